@@ -1,0 +1,335 @@
+//! `codec`: convert checkpoints, encode audio to codes, decode codes to audio, inspect and benchmark models.
+//! Every failure prints one line (`error: <file>: <problem>`) and exits with status 1.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use codec::convert::{ConvertOptions, StorageDtype};
+use codec::npy::{self, NpyData};
+use codec::{Audio, Codec, Codes, DeviceKind, Error, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "codec", version, about = "Neural audio codecs: audio → discrete codes → audio")]
+struct Cli {
+    /// CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// cpu, cuda, metal or auto.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A .gguf model file, or a hub model id such as kyutai/mimi (downloaded and converted once).
+    #[arg(short = 'm', long = "model")]
+    model: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a checkpoint (HF directory or .safetensors) into a GGUF model file.
+    Convert {
+        src: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Architecture (default: detected from config.json or the tensor names).
+        #[arg(long)]
+        arch: Option<String>,
+        /// A transformers-style config.json describing the architecture.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Weight storage: f32, f16 or q8_0 (biases, norms and codebooks stay f32).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Encode audio (wav, flac, mp3, ogg; any rate and channels) into codes (.npy, int32, shape (n_q, frames)).
+    Encode {
+        #[command(flatten)]
+        model: ModelArg,
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Number of codebooks (default: all).
+        #[arg(long = "n-q")]
+        n_q: Option<usize>,
+    },
+    /// Decode codes (.npy, int32 or int64, shape (n_q, frames) or (1, n_q, frames)) into a WAV file.
+    Decode {
+        #[command(flatten)]
+        model: ModelArg,
+        codes: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Write 16-bit PCM instead of 32-bit float.
+        #[arg(long)]
+        pcm16: bool,
+    },
+    /// Encode then decode; the output is trimmed to the input's length.
+    Roundtrip {
+        #[command(flatten)]
+        model: ModelArg,
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long = "n-q")]
+        n_q: Option<usize>,
+        #[arg(long)]
+        pcm16: bool,
+    },
+    /// Print a model file's architecture, rates, codebooks, parameters and storage.
+    Info { model: String },
+    /// Time encode and decode on synthetic audio and print the real-time factor.
+    Bench {
+        #[arg(short = 'm', long = "model", required_unless_present = "random")]
+        model: Option<String>,
+        /// Architecture of the random-weight model (with --random).
+        #[arg(long, requires = "random")]
+        arch: Option<String>,
+        /// Build a full-size random-weight model in memory instead of loading one.
+        #[arg(long, requires = "arch")]
+        random: bool,
+        /// Seconds of audio.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Timed runs of each direction (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long = "n-q")]
+        n_q: Option<usize>,
+    },
+}
+
+/// A spinner with elapsed time on stderr; invisible with --quiet or when stderr is not a terminal.
+fn spinner(quiet: bool, msg: String) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or(ProgressStyle::default_spinner()));
+    pb.set_message(msg);
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+fn load(spec: &str, cli: &Cli) -> Result<Codec> {
+    let path = codec::hub::resolve_model(spec, !cli.quiet)?;
+    let device: DeviceKind = cli.device.parse()?;
+    let pb = spinner(cli.quiet, format!("loading {}", path.display()));
+    let codec = Codec::load(&path, device);
+    pb.finish_and_clear();
+    codec
+}
+
+fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
+    codec::audio::read_mono_at(path, codec.sample_rate())
+}
+
+fn encode(codec: &Codec, audio: &Audio, n_q: Option<usize>, quiet: bool) -> Result<Codes> {
+    let secs = audio.samples.len() as f64 / audio.sample_rate as f64;
+    let pb = spinner(quiet, format!("encoding {secs:.1} s"));
+    let codes = codec.encode(audio, n_q);
+    pb.finish_and_clear();
+    codes
+}
+
+fn decode(codec: &Codec, codes: &Codes, quiet: bool) -> Result<Audio> {
+    let pb = spinner(quiet, format!("decoding {} frames", codes.n_frames));
+    let audio = codec.decode(codes);
+    pb.finish_and_clear();
+    audio
+}
+
+/// Reads codes per DESIGN.md: int32/int64, (n_q, F) or (1, n_q, F), values in [0, codebook_size).
+fn read_codes(path: &Path, codec: &Codec) -> Result<Codes> {
+    let arr = npy::read(path)?;
+    let values: Vec<i64> = match &arr.data {
+        NpyData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+        NpyData::I64(v) => v.clone(),
+        _ => {
+            return Err(Error::codes(path, format!("codes must be int32 or int64, got {}", arr.data.dtype())))
+        }
+    };
+    let (n_q, n_frames) = match arr.shape.as_slice() {
+        [q, f] => (*q, *f),
+        [1, q, f] => (*q, *f),
+        s => return Err(Error::codes(path, format!("codes must have shape (n_q, frames) or (1, n_q, frames), got {s:?}"))),
+    };
+    if n_q == 0 || n_frames == 0 {
+        return Err(Error::codes(path, format!("codes are empty (shape {:?})", arr.shape)));
+    }
+    if n_q > codec.max_n_q() {
+        return Err(Error::codes(path, format!("{n_q} codebooks, the model has at most {}", codec.max_n_q())));
+    }
+    let size = codec.codebook_size() as i64;
+    if let Some(pos) = values.iter().position(|&c| c < 0 || c >= size) {
+        return Err(Error::codes(
+            path,
+            format!(
+                "code {} at codebook {}, frame {} is out of range [0, {size})",
+                values[pos],
+                pos / n_frames,
+                pos % n_frames
+            ),
+        ));
+    }
+    Ok(Codes { n_q, n_frames, data: values.into_iter().map(|c| c as u32).collect() })
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err(Error::InvalidArgument("--threads must be at least 1".into()));
+        }
+        // candle sizes its CPU thread pool from this variable on first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match &cli.command {
+        Command::Convert { src, output, arch, config, dtype } => {
+            let opts = ConvertOptions { arch: arch.clone(), config: config.clone(), dtype: dtype.parse::<StorageDtype>()? };
+            let pb = spinner(cli.quiet, format!("converting {}", src.display()));
+            let res = codec::convert::convert(src, output, &opts);
+            pb.finish_and_clear();
+            res?;
+            if !cli.quiet {
+                eprintln!("wrote {}", output.display());
+            }
+            Ok(())
+        }
+        Command::Encode { model, input, output, n_q } => {
+            let codec = load(&model.model, cli)?;
+            codec.check_n_q(*n_q)?;
+            let audio = read_audio(input, &codec)?;
+            let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
+            let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
+            npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)
+        }
+        Command::Decode { model, codes, output, pcm16 } => {
+            let codec = load(&model.model, cli)?;
+            let codes = read_codes(codes, &codec)?;
+            let audio = decode(&codec, &codes, cli.quiet)?;
+            codec::audio::write_wav(output, &audio, *pcm16)
+        }
+        Command::Roundtrip { model, input, output, n_q, pcm16 } => {
+            let codec = load(&model.model, cli)?;
+            codec.check_n_q(*n_q)?;
+            let audio = read_audio(input, &codec)?;
+            let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
+            let mut out = decode(&codec, &codes, cli.quiet)?;
+            out.samples.truncate(audio.samples.len());
+            codec::audio::write_wav(output, &out, *pcm16)
+        }
+        Command::Info { model } => info(model, cli),
+        Command::Bench { model, arch, random, seconds, runs, n_q } => {
+            let codec = match (model, arch) {
+                (_, Some(arch)) if *random => {
+                    let device = cli.device.parse::<DeviceKind>()?.device()?;
+                    Codec::from_model(codec::models::random(arch, &device)?, device)
+                }
+                (Some(m), _) => load(m, cli)?,
+                _ => return Err(Error::InvalidArgument("bench needs -m MODEL or --arch A --random".into())),
+            };
+            bench(&codec, *seconds, (*runs).max(1), *n_q)
+        }
+    }
+}
+
+fn info(spec: &str, cli: &Cli) -> Result<()> {
+    let path = codec::hub::resolve_model(spec, !cli.quiet)?;
+    let file = codec::gguf::ModelFile::open(&path)?;
+    let arch = file.architecture()?.to_string();
+    let codec = Codec::load(&path, DeviceKind::Cpu)?;
+    let tensors = file.tensor_list();
+    let params: usize = tensors.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
+    let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, _, d) in &tensors {
+        *dtypes.entry(format!("{d:?}")).or_default() += 1;
+    }
+    println!("file:           {}", path.display());
+    println!("architecture:   {arch}");
+    if let Ok(name) = file.string(codec::gguf::keys::NAME) {
+        println!("name:           {name}");
+    }
+    println!("sample rate:    {} Hz", codec.sample_rate());
+    println!("hop:            {} samples", codec.hop());
+    println!("frame rate:     {} Hz", codec.frame_rate());
+    println!("max n_q:        {}", codec.max_n_q());
+    println!("codebook size:  {}", codec.codebook_size());
+    println!("parameters:     {params} ({:.1} M)", params as f64 / 1e6);
+    let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
+    println!("tensors:        {} ({})", tensors.len(), dtypes.join(", "));
+    println!("file size:      {} bytes ({:.1} MiB)", file.file_size, file.file_size as f64 / (1 << 20) as f64);
+    println!("metadata:");
+    for (k, v) in file.metadata_lines() {
+        println!("  {k} = {v}");
+    }
+    Ok(())
+}
+
+fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result<()> {
+    let n_q = codec.check_n_q(n_q)?;
+    if !(seconds > 0.0) {
+        return Err(Error::InvalidArgument("--seconds must be positive".into()));
+    }
+    let sr = codec.sample_rate();
+    let len = (seconds * sr as f64).round() as usize;
+    // A chirp with harmonics: deterministic, non-trivial input.
+    let samples: Vec<f32> = (0..len)
+        .map(|i| {
+            let t = i as f64 / sr as f64;
+            let f = 110.0 + 400.0 * t / seconds;
+            (0.3 * (2.0 * std::f64::consts::PI * f * t).sin() + 0.1 * (6.0 * std::f64::consts::PI * f * t).sin()) as f32
+        })
+        .collect();
+    let audio = Audio { sample_rate: sr, samples };
+    println!(
+        "bench: {seconds} s at {sr} Hz, n_q {n_q}, {} threads, best of {runs}",
+        candle_core_threads()
+    );
+    let mut codes = None;
+    let mut best_enc = f64::INFINITY;
+    for _ in 0..runs {
+        let t = Instant::now();
+        codes = Some(codec.encode(&audio, Some(n_q))?);
+        best_enc = best_enc.min(t.elapsed().as_secs_f64());
+    }
+    let codes = codes.ok_or_else(|| Error::InvalidArgument("no runs".into()))?;
+    let mut best_dec = f64::INFINITY;
+    for _ in 0..runs {
+        let t = Instant::now();
+        codec.decode(&codes)?;
+        best_dec = best_dec.min(t.elapsed().as_secs_f64());
+    }
+    for (what, t) in [("encode", best_enc), ("decode", best_dec)] {
+        println!("{what}: {:8.1} ms  RTF {:.4}  ({:.1}x real time)", t * 1e3, t / seconds, seconds / t);
+    }
+    Ok(())
+}
+
+fn candle_core_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! [`Codec`]: the runtime users call. Loads a GGUF, picks the architecture, resamples input to the model rate, checks
+//! codes, and moves data between plain vectors and device tensors.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::audio::Audio;
+use crate::error::TensorContext;
+use crate::gguf::ModelFile;
+use crate::models::{self, Model};
+use crate::{Error, Result};
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+    /// CUDA or Metal when this build has them and a device answers, else CPU.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            "metal" => Ok(Self::Metal),
+            "auto" => Ok(Self::Auto),
+            _ => Err(Error::InvalidArgument(format!("unknown device '{s}' (expected cpu, cuda, metal or auto)"))),
+        }
+    }
+}
+
+impl DeviceKind {
+    pub fn device(self) -> Result<Device> {
+        let unavailable = |what: &str, e: candle_core::Error| {
+            Error::InvalidArgument(format!("device {what} is not available: {e} (build with --features {what}?)"))
+        };
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => Device::new_cuda(0).map_err(|e| unavailable("cuda", e)),
+            Self::Metal => Device::new_metal(0).map_err(|e| unavailable("metal", e)),
+            Self::Auto => Ok(Device::new_cuda(0).or_else(|_| Device::new_metal(0)).unwrap_or(Device::Cpu)),
+        }
+    }
+}
+
+/// Codes of one mono clip: `n_q` rows of `n_frames` entries, row-major (codec.cpp's `(n_q, n_frames)` layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codes {
+    pub n_q: usize,
+    pub n_frames: usize,
+    pub data: Vec<u32>,
+}
+
+impl Codes {
+    pub fn row(&self, q: usize) -> &[u32] {
+        &self.data[q * self.n_frames..(q + 1) * self.n_frames]
+    }
+}
+
+/// A loaded codec model.
+pub struct Codec {
+    model: Box<dyn Model>,
+    device: Device,
+    path: PathBuf,
+}
+
+impl Codec {
+    /// Loads a GGUF model file onto `device`.
+    pub fn load(path: &Path, device: DeviceKind) -> Result<Self> {
+        let file = ModelFile::open(path)?;
+        let device = device.device()?;
+        let model = models::load(&file, &device)?;
+        Ok(Self { model, device, path: path.to_path_buf() })
+    }
+
+    /// Wraps an already built model (tests, random-weight benchmarks).
+    pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
+        Self { model, device, path: PathBuf::from("<memory>") }
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.model.sample_rate()
+    }
+    pub fn hop(&self) -> usize {
+        self.model.hop()
+    }
+    pub fn frame_rate(&self) -> f64 {
+        self.sample_rate() as f64 / self.hop() as f64
+    }
+    pub fn max_n_q(&self) -> usize {
+        self.model.n_q()
+    }
+    pub fn codebook_size(&self) -> usize {
+        self.model.codebook_size()
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// Checks a requested codebook count; `None` means all.
+    pub fn check_n_q(&self, n_q: Option<usize>) -> Result<usize> {
+        let max = self.max_n_q();
+        match n_q {
+            None => Ok(max),
+            Some(0) => Err(Error::InvalidArgument("--n-q must be at least 1".into())),
+            Some(n) if n > max => {
+                Err(Error::InvalidArgument(format!("--n-q {n} exceeds the model's maximum of {max} codebooks")))
+            }
+            Some(n) => Ok(n),
+        }
+    }
+
+    /// Mono audio at any rate → codes with `n_q` codebooks (all when `None`).
+    pub fn encode(&self, audio: &Audio, n_q: Option<usize>) -> Result<Codes> {
+        let n_q = self.check_n_q(n_q)?;
+        if audio.samples.is_empty() {
+            return Err(Error::InvalidArgument("cannot encode empty audio".into()));
+        }
+        let samples = if audio.sample_rate == self.sample_rate() {
+            std::borrow::Cow::Borrowed(&audio.samples)
+        } else {
+            std::borrow::Cow::Owned(crate::audio::resample(&audio.samples, audio.sample_rate, self.sample_rate())?)
+        };
+        let pcm = Tensor::from_slice(&samples, (1, 1, samples.len()), &self.device).ctx("encode input")?;
+        let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
+        let (_, n_q, n_frames) = codes.dims3().ctx("encode output")?;
+        let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("encode output")?;
+        Ok(Codes { n_q, n_frames, data })
+    }
+
+    /// Codes → mono audio at the model rate, `n_frames * hop` samples.
+    pub fn decode(&self, codes: &Codes) -> Result<Audio> {
+        self.check_n_q(Some(codes.n_q))?;
+        if codes.n_frames == 0 {
+            return Err(Error::InvalidArgument("cannot decode zero frames".into()));
+        }
+        if codes.data.len() != codes.n_q * codes.n_frames {
+            return Err(Error::InvalidArgument(format!(
+                "codes hold {} values, expected n_q {} × n_frames {}",
+                codes.data.len(),
+                codes.n_q,
+                codes.n_frames
+            )));
+        }
+        let size = self.codebook_size();
+        if let Some(pos) = codes.data.iter().position(|&c| c as usize >= size) {
+            return Err(Error::InvalidArgument(format!(
+                "code {} at codebook {}, frame {} is out of range (codebook size {size})",
+                codes.data[pos],
+                pos / codes.n_frames,
+                pos % codes.n_frames
+            )));
+        }
+        let t = Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
+        let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
+        let samples = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
+        Ok(Audio { sample_rate: self.sample_rate(), samples })
+    }
+}

@@ -1,0 +1,125 @@
+//! Converters: source checkpoints → one GGUF model file. Every weight transform lives here (DESIGN.md principle 2).
+//!
+//! A source is a HF-style directory (`config.json` + `*.safetensors`) or a single `.safetensors` file (with `--config`
+//! for its architecture where the file alone does not say). The architecture comes from `--arch`, else from
+//! `config.json`'s `model_type`, else from the tensor names.
+
+pub mod mimi;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::Value as Json;
+
+use crate::{Error, Result};
+
+/// Storage type for the converted weights. Biases, norms, codebooks and 1-D tensors always stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageDtype {
+    #[default]
+    F32,
+    F16,
+    Q8_0,
+}
+
+impl std::str::FromStr for StorageDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
+            _ => Err(Error::InvalidArgument(format!("unknown dtype '{s}' (expected f32, f16 or q8_0)"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    /// `mimi`, …; `None` detects it from the source.
+    pub arch: Option<String>,
+    /// A `config.json` giving the architecture (overrides one found next to the weights).
+    pub config: Option<PathBuf>,
+    pub dtype: StorageDtype,
+}
+
+/// Architectures `convert` knows.
+pub const ARCHITECTURES: &[&str] = &[crate::models::mimi::ARCH];
+
+fn read_json(path: &Path) -> Result<Json> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::convert(path, format!("invalid JSON: {e}")))
+}
+
+fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::convert(path, format!("cannot read safetensors: {e}")))
+}
+
+/// Converts `src` into the GGUF file `out`.
+pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
+    if let Some(arch) = &opts.arch {
+        if !ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown architecture '{arch}' (known: {})",
+                ARCHITECTURES.join(", ")
+            )));
+        }
+    }
+    let meta = std::fs::metadata(src).map_err(|e| Error::io(src, e))?;
+    let (weights, found_config): (Vec<PathBuf>, Option<PathBuf>) = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+            .map_err(|e| Error::io(src, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        let config = src.join("config.json");
+        (files, config.exists().then_some(config))
+    } else {
+        let ext = src.extension().and_then(|x| x.to_str()).unwrap_or("");
+        if ext != "safetensors" {
+            return Err(Error::convert(
+                src,
+                format!("unsupported source '.{ext}' (this build reads a directory or a .safetensors file)"),
+            ));
+        }
+        let config = src.parent().map(|p| p.join("config.json")).filter(|p| p.exists());
+        (vec![src.to_path_buf()], config)
+    };
+    if weights.is_empty() {
+        return Err(Error::convert(src, "no .safetensors file in this directory"));
+    }
+    let config_path = opts.config.clone().or(found_config);
+    let config = config_path.as_ref().map(|p| read_json(p)).transpose()?;
+
+    let mut tensors = HashMap::new();
+    for file in &weights {
+        tensors.extend(load_safetensors(file)?);
+    }
+    let names: Vec<&String> = tensors.keys().collect();
+    let model_type = config.as_ref().and_then(|j| j.get("model_type")).and_then(|v| v.as_str());
+    let arch = match (&opts.arch, model_type) {
+        (Some(a), _) => a.clone(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) if mimi::looks_like_mimi(&names) => crate::models::mimi::ARCH.to_string(),
+        (None, None) => {
+            return Err(Error::convert(src, "cannot tell the architecture from the tensor names; pass --arch"))
+        }
+    };
+    match arch.as_str() {
+        crate::models::mimi::ARCH => {
+            // A config.json of another model next to an original Mimi file is not its config.
+            let cfg = match (&config_path, &config) {
+                (Some(p), Some(j)) if model_type.is_none_or(|t| t == "mimi") => Some((p.as_path(), j)),
+                _ => None,
+            };
+            mimi::convert(src, tensors, cfg, out, opts)
+        }
+        other => Err(Error::convert(
+            src,
+            format!("architecture '{other}' is not supported by this build (known: {})", ARCHITECTURES.join(", ")),
+        )),
+    }
+}

@@ -1,0 +1,77 @@
+//! The one error type of the library. Every variant says *what* failed and *where* (a file, a tensor, an argument),
+//! so the CLI can print it as a single line.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed at the OS level.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// A model file (GGUF) is missing pieces, truncated, corrupt or of another architecture.
+    #[error("{path}: {msg}")]
+    ModelFile { path: PathBuf, msg: String },
+
+    /// A source checkpoint could not be converted.
+    #[error("{path}: cannot convert: {msg}")]
+    Convert { path: PathBuf, msg: String },
+
+    /// An audio file could not be read or written, or holds no samples.
+    #[error("{path}: {msg}")]
+    Audio { path: PathBuf, msg: String },
+
+    /// A codes array has the wrong dtype, shape or values.
+    #[error("{path}: {msg}")]
+    Codes { path: PathBuf, msg: String },
+
+    /// A caller's argument is out of range (n_q, architecture name, device, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// Fetching a model by id from the hub failed.
+    #[error("{0}")]
+    Hub(String),
+
+    /// A tensor operation failed inside a model; `context` names the stage.
+    #[error("{context}: {source}")]
+    Tensor { context: String, source: candle_core::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+    pub fn model_file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::ModelFile { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+    pub fn convert(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Convert { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+    pub fn audio(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Audio { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+    pub fn codes(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Codes { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+}
+
+/// Tensor errors inside forward passes carry no file: `?` on them names the stage generically.
+impl From<candle_core::Error> for Error {
+    fn from(source: candle_core::Error) -> Self {
+        Error::Tensor { context: "tensor op".into(), source }
+    }
+}
+
+/// Adds a stage name to a candle result: `conv.forward(&x).ctx("encoder.layers.3")?`.
+pub trait TensorContext<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> TensorContext<T> for std::result::Result<T, candle_core::Error> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Tensor { context: context.into(), source })
+    }
+}

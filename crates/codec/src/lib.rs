@@ -1,0 +1,19 @@
+//! codec-rs: neural audio codecs (Mimi, DAC, WavTokenizer) on candle.
+//!
+//! Audio → codes: [`Codec::encode`]; codes → audio: [`Codec::decode`]. A model is one GGUF file made by
+//! [`convert::convert`] from the checkpoint layouts users have; [`hub::resolve_model`] turns a model id into one.
+
+pub mod audio;
+mod codec;
+pub mod convert;
+pub mod error;
+pub mod gguf;
+pub mod hub;
+pub mod models;
+pub mod nn;
+pub mod npy;
+
+pub use audio::Audio;
+pub use codec::{Codec, Codes, DeviceKind};
+pub use error::{Error, Result};
+pub use models::Model;

@@ -1,0 +1,325 @@
+//! Mimi (Kyutai): 24 kHz audio ↔ 12.5 Hz frames of up to 32 codes.
+//!
+//! Encode: SEANet encoder (causal convs, 25 Hz) → transformer → strided conv to 12.5 Hz → split RVQ (semantic codebooks
+//! and acoustic codebooks, both quantising the same latent). Decode runs the mirror image: RVQ sums → depthwise
+//! transposed conv to 25 Hz → transformer → SEANet decoder.
+//!
+//! Tensor names are the transformers (hub) layout's; the converter maps Kyutai's original checkpoint onto them.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::gguf::{keys, ModelFile};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+use crate::nn::rvq::ResidualVq;
+use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
+use crate::nn::transformer::{Transformer, TransformerConfig};
+
+pub const ARCH: &str = "mimi";
+
+/// `codec.mimi.*` metadata keys (names follow transformers' `MimiConfig`).
+pub mod key {
+    pub const NUM_SEMANTIC_QUANTIZERS: &str = "codec.mimi.num_semantic_quantizers";
+    pub const NUM_FILTERS: &str = "codec.mimi.num_filters";
+    pub const UPSAMPLING_RATIOS: &str = "codec.mimi.upsampling_ratios";
+    pub const KERNEL_SIZE: &str = "codec.mimi.kernel_size";
+    pub const RESIDUAL_KERNEL_SIZE: &str = "codec.mimi.residual_kernel_size";
+    pub const LAST_KERNEL_SIZE: &str = "codec.mimi.last_kernel_size";
+    pub const DILATION_GROWTH_RATE: &str = "codec.mimi.dilation_growth_rate";
+    pub const NUM_RESIDUAL_LAYERS: &str = "codec.mimi.num_residual_layers";
+    pub const COMPRESS: &str = "codec.mimi.compress";
+    pub const USE_CAUSAL_CONV: &str = "codec.mimi.use_causal_conv";
+    pub const PAD_MODE: &str = "codec.mimi.pad_mode";
+    /// Stride of the conv between the SEANet rate and the frame rate (2: 25 Hz → 12.5 Hz).
+    pub const DOWNSAMPLE_STRIDE: &str = "codec.mimi.downsample_stride";
+    pub const NUM_HIDDEN_LAYERS: &str = "codec.mimi.num_hidden_layers";
+    pub const NUM_ATTENTION_HEADS: &str = "codec.mimi.num_attention_heads";
+    pub const HEAD_DIM: &str = "codec.mimi.head_dim";
+    pub const INTERMEDIATE_SIZE: &str = "codec.mimi.intermediate_size";
+    pub const SLIDING_WINDOW: &str = "codec.mimi.sliding_window";
+    pub const ROPE_THETA: &str = "codec.mimi.rope_theta";
+    pub const NORM_EPS: &str = "codec.mimi.norm_eps";
+}
+
+/// Every hyper-parameter of a Mimi model, as stored in the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MimiConfig {
+    pub sample_rate: usize,
+    pub channels: usize,
+    /// Latent width (SEANet output, transformer d_model, quantizer input).
+    pub hidden_size: usize,
+    pub num_filters: usize,
+    pub upsampling_ratios: Vec<usize>,
+    pub kernel_size: usize,
+    pub residual_kernel_size: usize,
+    pub last_kernel_size: usize,
+    pub dilation_growth_rate: usize,
+    pub num_residual_layers: usize,
+    pub compress: usize,
+    pub use_causal_conv: bool,
+    pub pad_mode: String,
+    pub downsample_stride: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub sliding_window: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    pub codebook_size: usize,
+    pub codebook_dim: usize,
+    pub num_quantizers: usize,
+    pub num_semantic_quantizers: usize,
+}
+
+impl MimiConfig {
+    /// The published kyutai/mimi architecture (moshi's `loaders.py` / the hub's config.json), with `n_q` codebooks.
+    pub fn published(n_q: usize) -> Self {
+        Self {
+            sample_rate: 24000,
+            channels: 1,
+            hidden_size: 512,
+            num_filters: 64,
+            upsampling_ratios: vec![8, 6, 5, 4],
+            kernel_size: 7,
+            residual_kernel_size: 3,
+            last_kernel_size: 3,
+            dilation_growth_rate: 2,
+            num_residual_layers: 1,
+            compress: 2,
+            use_causal_conv: true,
+            pad_mode: "constant".into(),
+            downsample_stride: 2,
+            num_hidden_layers: 8,
+            num_attention_heads: 8,
+            head_dim: 64,
+            intermediate_size: 2048,
+            sliding_window: 250,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            codebook_size: 2048,
+            codebook_dim: 256,
+            num_quantizers: n_q,
+            num_semantic_quantizers: 1,
+        }
+    }
+
+    /// Samples per output frame: SEANet hop × downsample stride.
+    pub fn hop(&self) -> usize {
+        self.upsampling_ratios.iter().product::<usize>() * self.downsample_stride
+    }
+
+    pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
+        Ok(Self {
+            sample_rate: f.usize(keys::SAMPLE_RATE)?,
+            channels: 1,
+            hidden_size: f.usize(keys::LATENT_DIM)?,
+            num_filters: f.usize(key::NUM_FILTERS)?,
+            upsampling_ratios: f.usize_array(key::UPSAMPLING_RATIOS)?,
+            kernel_size: f.usize(key::KERNEL_SIZE)?,
+            residual_kernel_size: f.usize(key::RESIDUAL_KERNEL_SIZE)?,
+            last_kernel_size: f.usize(key::LAST_KERNEL_SIZE)?,
+            dilation_growth_rate: f.usize(key::DILATION_GROWTH_RATE)?,
+            num_residual_layers: f.usize(key::NUM_RESIDUAL_LAYERS)?,
+            compress: f.usize(key::COMPRESS)?,
+            use_causal_conv: f.bool(key::USE_CAUSAL_CONV)?,
+            pad_mode: f.string(key::PAD_MODE)?.to_string(),
+            downsample_stride: f.usize(key::DOWNSAMPLE_STRIDE)?,
+            num_hidden_layers: f.usize(key::NUM_HIDDEN_LAYERS)?,
+            num_attention_heads: f.usize(key::NUM_ATTENTION_HEADS)?,
+            head_dim: f.usize(key::HEAD_DIM)?,
+            intermediate_size: f.usize(key::INTERMEDIATE_SIZE)?,
+            sliding_window: f.usize(key::SLIDING_WINDOW)?,
+            rope_theta: f.f64(key::ROPE_THETA)?,
+            norm_eps: f.f64(key::NORM_EPS)?,
+            codebook_size: f.usize(keys::CODEBOOK_SIZE)?,
+            codebook_dim: f.usize(keys::CODEBOOK_DIM)?,
+            num_quantizers: f.usize(keys::N_Q)?,
+            num_semantic_quantizers: f.usize(key::NUM_SEMANTIC_QUANTIZERS)?,
+        })
+    }
+
+    /// Writes every key `from_gguf` reads.
+    pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
+        w.u32(keys::SAMPLE_RATE, self.sample_rate);
+        w.u32(keys::HOP_SIZE, self.hop());
+        w.u32(keys::N_Q, self.num_quantizers);
+        w.u32(keys::CODEBOOK_SIZE, self.codebook_size);
+        w.u32(keys::CODEBOOK_DIM, self.codebook_dim);
+        w.u32(keys::LATENT_DIM, self.hidden_size);
+        w.bool(keys::HAS_ENCODER, true);
+        w.bool(keys::HAS_DECODER, true);
+        w.u32(key::NUM_SEMANTIC_QUANTIZERS, self.num_semantic_quantizers);
+        w.u32(key::NUM_FILTERS, self.num_filters);
+        w.u32_array(key::UPSAMPLING_RATIOS, &self.upsampling_ratios);
+        w.u32(key::KERNEL_SIZE, self.kernel_size);
+        w.u32(key::RESIDUAL_KERNEL_SIZE, self.residual_kernel_size);
+        w.u32(key::LAST_KERNEL_SIZE, self.last_kernel_size);
+        w.u32(key::DILATION_GROWTH_RATE, self.dilation_growth_rate);
+        w.u32(key::NUM_RESIDUAL_LAYERS, self.num_residual_layers);
+        w.u32(key::COMPRESS, self.compress);
+        w.bool(key::USE_CAUSAL_CONV, self.use_causal_conv);
+        w.string(key::PAD_MODE, &self.pad_mode);
+        w.u32(key::DOWNSAMPLE_STRIDE, self.downsample_stride);
+        w.u32(key::NUM_HIDDEN_LAYERS, self.num_hidden_layers);
+        w.u32(key::NUM_ATTENTION_HEADS, self.num_attention_heads);
+        w.u32(key::HEAD_DIM, self.head_dim);
+        w.u32(key::INTERMEDIATE_SIZE, self.intermediate_size);
+        w.u32(key::SLIDING_WINDOW, self.sliding_window);
+        w.f32(key::ROPE_THETA, self.rope_theta);
+        w.f32(key::NORM_EPS, self.norm_eps);
+    }
+
+    fn seanet(&self) -> candle_core::Result<SeanetConfig> {
+        let pad_mode = PadMode::parse(&self.pad_mode)
+            .ok_or_else(|| candle_core::Error::Msg(format!("unknown pad_mode '{}'", self.pad_mode)))?;
+        Ok(SeanetConfig {
+            channels: self.channels,
+            dimension: self.hidden_size,
+            n_filters: self.num_filters,
+            ratios: self.upsampling_ratios.clone(),
+            kernel_size: self.kernel_size,
+            residual_kernel_size: self.residual_kernel_size,
+            last_kernel_size: self.last_kernel_size,
+            dilation_base: self.dilation_growth_rate,
+            n_residual_layers: self.num_residual_layers,
+            compress: self.compress,
+            causal: self.use_causal_conv,
+            pad_mode,
+            true_skip: true,
+        })
+    }
+
+    fn transformer(&self) -> TransformerConfig {
+        TransformerConfig {
+            d_model: self.hidden_size,
+            num_heads: self.num_attention_heads,
+            head_dim: self.head_dim,
+            num_layers: self.num_hidden_layers,
+            ffn_dim: self.intermediate_size,
+            context: self.sliding_window,
+            rope_theta: self.rope_theta,
+            norm_eps: self.norm_eps,
+        }
+    }
+}
+
+/// Semantic codebooks and acoustic codebooks, each with its own projections; both quantise the same latent and their
+/// decodings add up.
+#[derive(Debug, Clone)]
+pub struct SplitRvq {
+    semantic: ResidualVq,
+    acoustic: ResidualVq,
+}
+
+impl SplitRvq {
+    fn new(cfg: &MimiConfig, vb: VarBuilder) -> Result<Self> {
+        let n_sem = cfg.num_semantic_quantizers;
+        let rvq = |n, name| {
+            ResidualVq::new(n, cfg.hidden_size, cfg.codebook_dim, cfg.codebook_size, true, vb.pp(name))
+        };
+        Ok(Self {
+            semantic: rvq(n_sem, "semantic_residual_vector_quantizer")?,
+            acoustic: rvq(cfg.num_quantizers - n_sem, "acoustic_residual_vector_quantizer")?,
+        })
+    }
+
+    /// Latent (B, hidden, F) → codes (B, n_q, F).
+    pub fn encode(&self, x: &Tensor, n_q: usize) -> Result<Tensor> {
+        let n_sem = self.semantic.n_q().min(n_q);
+        let semantic = self.semantic.encode(x, n_sem)?;
+        if n_q <= n_sem {
+            return Ok(semantic);
+        }
+        let acoustic = self.acoustic.encode(x, n_q - n_sem)?;
+        Tensor::cat(&[semantic, acoustic], 1)
+    }
+
+    /// Codes (B, n_q, F) → latent (B, hidden, F).
+    pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let n_q = codes.dim(1)?;
+        let n_sem = self.semantic.n_q().min(n_q);
+        let semantic = self.semantic.decode(&codes.narrow(1, 0, n_sem)?)?;
+        if n_q <= n_sem {
+            return Ok(semantic);
+        }
+        semantic + self.acoustic.decode(&codes.narrow(1, n_sem, n_q - n_sem)?)?
+    }
+}
+
+/// The whole model. Stages are public so tests can compare each against the reference's intermediates.
+#[derive(Debug, Clone)]
+pub struct Mimi {
+    pub config: MimiConfig,
+    pub encoder: SeanetEncoder,
+    pub encoder_transformer: Transformer,
+    pub downsample: Conv1d,
+    pub quantizer: SplitRvq,
+    pub upsample: ConvTranspose1d,
+    pub decoder_transformer: Transformer,
+    pub decoder: SeanetDecoder,
+}
+
+impl Mimi {
+    /// Builds the model a Mimi GGUF file describes, weights on `device`.
+    pub fn load(file: &ModelFile, device: &candle_core::Device) -> crate::Result<Self> {
+        let cfg = MimiConfig::from_gguf(file)?;
+        let vb = VarBuilder::from_tensors(file.load_tensors(device)?, candle_core::DType::F32, device);
+        Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid mimi model: {e}")))
+    }
+
+    pub fn new(config: MimiConfig, vb: VarBuilder) -> Result<Self> {
+        let seanet = config.seanet()?;
+        let transformer = config.transformer();
+        let h = config.hidden_size;
+        let s = config.downsample_stride;
+        let causal = config.use_causal_conv;
+        // The frame-rate convs pad by repeating the edge sample (the references' `pad_mode="replicate"`).
+        let resample_conv = ConvConfig::new(2 * s, causal, PadMode::Replicate).stride(s).bias(false);
+        Ok(Self {
+            encoder: SeanetEncoder::new(&seanet, vb.pp("encoder.layers"))?,
+            encoder_transformer: Transformer::new(&transformer, vb.pp("encoder_transformer"))?,
+            downsample: Conv1d::new(h, h, resample_conv, vb.pp("downsample.conv"))?,
+            quantizer: SplitRvq::new(&config, vb.pp("quantizer"))?,
+            upsample: ConvTranspose1d::new(h, h, resample_conv.groups(h), vb.pp("upsample.conv"))?,
+            decoder_transformer: Transformer::new(&transformer, vb.pp("decoder_transformer"))?,
+            decoder: SeanetDecoder::new(&seanet, vb.pp("decoder.layers"))?,
+            config,
+        })
+    }
+
+    /// Audio (B, 1, T) → latent (B, hidden, ceil(T / hop)), the quantizer's input.
+    pub fn encode_latent(&self, pcm: &Tensor) -> Result<Tensor> {
+        let x = self.encoder.forward(pcm)?;
+        let x = self.encoder_transformer.forward(&x)?;
+        self.downsample.forward(&x)
+    }
+
+    /// Quantized latent (B, hidden, F) → audio (B, 1, F * hop).
+    pub fn decode_latent(&self, latent: &Tensor) -> Result<Tensor> {
+        let x = self.upsample.forward(latent)?;
+        let x = self.decoder_transformer.forward(&x)?;
+        self.decoder.forward(&x)
+    }
+}
+
+impl super::Model for Mimi {
+    fn sample_rate(&self) -> u32 {
+        self.config.sample_rate as u32
+    }
+    fn hop(&self) -> usize {
+        self.config.hop()
+    }
+    fn n_q(&self) -> usize {
+        self.config.num_quantizers
+    }
+    fn codebook_size(&self) -> usize {
+        self.config.codebook_size
+    }
+    fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
+        self.quantizer.encode(&self.encode_latent(pcm)?, n_q)
+    }
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        self.decode_latent(&self.quantizer.decode(codes)?)
+    }
+}

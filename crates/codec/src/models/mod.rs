@@ -1,0 +1,73 @@
+//! One file per architecture; each implements [`Model`], the one seam between the generic runtime and a codec.
+
+pub mod mimi;
+
+use candle_core::{Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::gguf::ModelFile;
+
+/// What the runtime needs from an architecture. Tensors are batched: audio (B, 1, T) at `sample_rate()`, codes
+/// (B, n_q, F) u32 with F = ceil(T / hop()). Each model pads its input as its reference does.
+pub trait Model: Send + Sync {
+    fn sample_rate(&self) -> u32;
+    /// Audio samples per code frame.
+    fn hop(&self) -> usize;
+    /// Maximum number of codebooks.
+    fn n_q(&self) -> usize;
+    fn codebook_size(&self) -> usize;
+    /// Audio (B, 1, T) → codes (B, n_q, F), using the first `n_q` codebooks.
+    fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor>;
+    /// Codes (B, n, F), n ≤ n_q → audio (B, 1, F * hop).
+    fn decode(&self, codes: &Tensor) -> Result<Tensor>;
+}
+
+/// Architectures this build can run (`general.architecture` values).
+pub const ARCHITECTURES: &[&str] = &[mimi::ARCH];
+
+/// Builds the model a GGUF file describes, weights on `device`.
+pub fn load(file: &ModelFile, device: &Device) -> crate::Result<Box<dyn Model>> {
+    match file.architecture()? {
+        mimi::ARCH => Ok(Box::new(mimi::Mimi::load(file, device)?)),
+        other => Err(crate::Error::model_file(
+            &file.path,
+            format!("architecture '{other}' is not supported (this build runs: {})", ARCHITECTURES.join(", ")),
+        )),
+    }
+}
+
+/// Random weights of whatever shape a model asks for: enough to time the real architecture
+/// (`codec bench --random`), meaningless as a codec.
+struct RandomWeights;
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        _name: &str,
+        _h: candle_nn::Init,
+        dtype: candle_core::DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+    }
+    fn get_unchecked(&self, name: &str, _dtype: candle_core::DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("random weights have no shape for '{name}'")
+    }
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// The published full-size architecture `arch` with random weights, for benchmarks.
+pub fn random(arch: &str, device: &Device) -> crate::Result<Box<dyn Model>> {
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights), candle_core::DType::F32, device.clone());
+    let err = |e: candle_core::Error| crate::Error::InvalidArgument(format!("cannot build a random {arch}: {e}"));
+    match arch {
+        mimi::ARCH => Ok(Box::new(mimi::Mimi::new(mimi::MimiConfig::published(32), vb).map_err(err)?)),
+        other => Err(crate::Error::InvalidArgument(format!(
+            "unknown architecture '{other}' (known: {})",
+            ARCHITECTURES.join(", ")
+        ))),
+    }
+}

@@ -1,0 +1,189 @@
+//! 1-D convolutions with the padding rules of the codec references (moshi/EnCodec `StreamingConv1d`,
+//! `StreamingConvTranspose1d`): the input is padded so that the output has exactly `ceil(T / stride)` frames, on the
+//! left only for causal models, split around the centre otherwise. Transposed convolutions run unpadded (candle's fast
+//! path) and are trimmed afterwards.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// How the border of a padded signal is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    Constant,
+    Replicate,
+    Reflect,
+}
+
+impl PadMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "constant" | "zeros" => Some(Self::Constant),
+            "replicate" => Some(Self::Replicate),
+            "reflect" => Some(Self::Reflect),
+            _ => None,
+        }
+    }
+}
+
+/// Pads the last dim of `x` (B, C, T) by `left`/`right` samples.
+pub fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
+    if left == 0 && right == 0 {
+        return Ok(x.clone());
+    }
+    match mode {
+        PadMode::Constant => x.pad_with_zeros(D::Minus1, left, right),
+        PadMode::Replicate => x.pad_with_same(D::Minus1, left, right),
+        PadMode::Reflect => {
+            let len = x.dim(D::Minus1)?;
+            // Like torch, reflection needs more samples than the pad; short inputs are zero-extended first.
+            let extra = (left.max(right) + 1).saturating_sub(len);
+            let x = x.pad_with_zeros(D::Minus1, 0, extra)?;
+            let len = len + extra;
+            let idx: Vec<u32> = (1..=left)
+                .rev()
+                .chain(0..len)
+                .chain((0..right).map(|i| len - 2 - i))
+                .map(|i| i as u32)
+                .collect();
+            let idx = Tensor::new(idx, x.device())?;
+            let y = x.index_select(&idx, 2)?;
+            y.narrow(D::Minus1, 0, y.dim(D::Minus1)? - extra)
+        }
+    }
+}
+
+/// Hyper-parameters of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvConfig {
+    pub kernel_size: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    pub bias: bool,
+    pub causal: bool,
+    pub pad_mode: PadMode,
+}
+
+impl ConvConfig {
+    pub fn new(kernel_size: usize, causal: bool, pad_mode: PadMode) -> Self {
+        Self { kernel_size, stride: 1, dilation: 1, groups: 1, bias: true, causal, pad_mode }
+    }
+    pub fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+    pub fn dilation(self, dilation: usize) -> Self {
+        Self { dilation, ..self }
+    }
+    pub fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+    pub fn bias(self, bias: bool) -> Self {
+        Self { bias, ..self }
+    }
+}
+
+/// Conv1d over (B, C, T) with reference padding. Weight `[c_out, c_in / groups, k]` (`weight`), bias `[c_out]`.
+#[derive(Debug, Clone)]
+pub struct Conv1d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: ConvConfig,
+}
+
+impl Conv1d {
+    pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((c_out, c_in / cfg.groups, cfg.kernel_size), "weight")?;
+        let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
+        Ok(Self { weight, bias, cfg })
+    }
+
+    /// Left and right padding for an input of `len` samples: `(k_eff - stride)` in total, plus whatever makes the
+    /// last window complete, so the output has `ceil(len / stride)` frames.
+    fn padding(&self, len: usize) -> (usize, usize) {
+        let c = &self.cfg;
+        let k_eff = (c.kernel_size - 1) * c.dilation + 1;
+        let total = k_eff.saturating_sub(c.stride);
+        let n_frames = (len + total).saturating_sub(k_eff).div_ceil(c.stride) + 1;
+        let ideal = (n_frames - 1) * c.stride + k_eff - total;
+        let extra = ideal.saturating_sub(len);
+        if c.causal {
+            (total, extra)
+        } else {
+            let right = total / 2;
+            (total - right, right + extra)
+        }
+    }
+}
+
+impl Module for Conv1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (left, right) = self.padding(x.dim(D::Minus1)?);
+        let x = pad1d(x, left, right, self.cfg.pad_mode)?;
+        let y = x.conv1d(&self.weight, 0, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Transposed Conv1d over (B, C, T): output `(T - 1) * stride + k` trimmed by `k - stride` samples — all on the right
+/// when causal (`trim_right_ratio` 1), split around the centre otherwise. Weight `[c_in, c_out / groups, k]`.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose1d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    kernel_size: usize,
+    stride: usize,
+    groups: usize,
+    causal: bool,
+}
+
+impl ConvTranspose1d {
+    pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((c_in, c_out / cfg.groups, cfg.kernel_size), "weight")?;
+        let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
+        if cfg.groups != 1 && !(cfg.groups == c_in && c_in == c_out && cfg.kernel_size % cfg.stride == 0) {
+            candle_core::bail!("grouped transposed conv is supported only depthwise with kernel a multiple of stride");
+        }
+        Ok(Self { weight, bias, kernel_size: cfg.kernel_size, stride: cfg.stride, groups: cfg.groups, causal: cfg.causal })
+    }
+
+    /// Depthwise transposed conv as broadcast multiply + shifted sums: each input sample writes `k` outputs, the
+    /// `k / stride` stride-long slices of which land `stride` apart. Avoids candle's per-channel group loop.
+    fn depthwise(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        let (k, s) = (self.kernel_size, self.stride);
+        let w = self.weight.reshape((1, c, 1, k))?;
+        let prod = x.unsqueeze(3)?.broadcast_mul(&w)?; // (B, C, T, K)
+        let out_len = (t - 1) * s + k;
+        let mut y: Option<Tensor> = None;
+        for j in 0..k / s {
+            let part = prod.narrow(3, j * s, s)?.reshape((b, c, t * s))?;
+            let part = part.pad_with_zeros(2, j * s, out_len - t * s - j * s)?;
+            y = Some(match y {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+        y.ok_or_else(|| candle_core::Error::Msg("kernel shorter than stride".into()))
+    }
+}
+
+impl Module for ConvTranspose1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if self.groups == 1 {
+            x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?
+        } else {
+            self.depthwise(x)?
+        };
+        let total = self.kernel_size.saturating_sub(self.stride);
+        let (left, right) = if self.causal { (0, total) } else { (total - total / 2, total / 2) };
+        let len = y.dim(D::Minus1)?;
+        let y = y.narrow(D::Minus1, left, len - left - right)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! SEANet convolutional encoder/decoder (EnCodec, Mimi): strided convs between residual blocks, ELU activations.
+//!
+//! Tensor names (after the converter): `layers.{i}.conv.{weight,bias}` for the plain and (transposed) strided convs,
+//! `layers.{i}.block.{1,3}.conv.*` inside residual blocks, `layers.{i}.shortcut.conv.*` for a conv shortcut. `i` counts
+//! every module of the reference's sequential list, activations included, so indices match the checkpoints.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+
+#[derive(Debug, Clone)]
+pub struct SeanetConfig {
+    pub channels: usize,
+    /// Latent dimension at the bottleneck.
+    pub dimension: usize,
+    pub n_filters: usize,
+    /// Decoder upsampling ratios; the encoder applies them reversed.
+    pub ratios: Vec<usize>,
+    pub kernel_size: usize,
+    pub residual_kernel_size: usize,
+    pub last_kernel_size: usize,
+    pub dilation_base: usize,
+    pub n_residual_layers: usize,
+    pub compress: usize,
+    pub causal: bool,
+    pub pad_mode: PadMode,
+    /// Identity skip in residual blocks (Mimi); otherwise a 1x1 conv shortcut (EnCodec).
+    pub true_skip: bool,
+}
+
+impl SeanetConfig {
+    fn conv(&self, kernel_size: usize) -> ConvConfig {
+        ConvConfig::new(kernel_size, self.causal, self.pad_mode)
+    }
+}
+
+/// ELU → conv(k, dilation) dim→dim/compress → ELU → conv k1 back to dim, plus the skip.
+#[derive(Debug, Clone)]
+struct ResidualBlock {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    shortcut: Option<Conv1d>,
+}
+
+impl ResidualBlock {
+    fn new(dim: usize, dilation: usize, cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        let hidden = dim / cfg.compress;
+        let conv1 = Conv1d::new(dim, hidden, cfg.conv(cfg.residual_kernel_size).dilation(dilation), vb.pp("block.1.conv"))?;
+        let conv2 = Conv1d::new(hidden, dim, cfg.conv(1), vb.pp("block.3.conv"))?;
+        let shortcut =
+            if cfg.true_skip { None } else { Some(Conv1d::new(dim, dim, cfg.conv(1), vb.pp("shortcut.conv"))?) };
+        Ok(Self { conv1, conv2, shortcut })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv1.forward(&x.elu(1.0)?)?;
+        let y = self.conv2.forward(&y.elu(1.0)?)?;
+        let skip = match &self.shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        skip + y
+    }
+}
+
+/// One entry of the sequential stack; `Elu` holds no weights but keeps the reference's numbering.
+#[derive(Debug, Clone)]
+enum Layer {
+    Conv(Conv1d),
+    ConvTranspose(ConvTranspose1d),
+    Residual(ResidualBlock),
+    Elu,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Layer::Conv(c) => c.forward(x),
+            Layer::ConvTranspose(c) => c.forward(x),
+            Layer::Residual(r) => r.forward(x),
+            Layer::Elu => x.elu(1.0),
+        }
+    }
+}
+
+/// Builds the numbered stack; `push` hands each new layer its index's weights.
+struct Stack<'a> {
+    layers: Vec<Layer>,
+    vb: VarBuilder<'a>,
+}
+
+impl Stack<'_> {
+    fn vb(&self) -> VarBuilder<'_> {
+        self.vb.pp(self.layers.len().to_string())
+    }
+    fn conv(&mut self, c_in: usize, c_out: usize, cfg: ConvConfig) -> Result<()> {
+        let conv = Conv1d::new(c_in, c_out, cfg, self.vb().pp("conv"))?;
+        self.layers.push(Layer::Conv(conv));
+        Ok(())
+    }
+    fn conv_transpose(&mut self, c_in: usize, c_out: usize, cfg: ConvConfig) -> Result<()> {
+        let conv = ConvTranspose1d::new(c_in, c_out, cfg, self.vb().pp("conv"))?;
+        self.layers.push(Layer::ConvTranspose(conv));
+        Ok(())
+    }
+    fn residuals(&mut self, dim: usize, cfg: &SeanetConfig) -> Result<()> {
+        for j in 0..cfg.n_residual_layers {
+            let block = ResidualBlock::new(dim, cfg.dilation_base.pow(j as u32), cfg, self.vb())?;
+            self.layers.push(Layer::Residual(block));
+        }
+        Ok(())
+    }
+    fn elu(&mut self) {
+        self.layers.push(Layer::Elu);
+    }
+}
+
+fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
+    layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x))
+}
+
+/// Audio (B, channels, T) → latent (B, dimension, T / prod(ratios)).
+#[derive(Debug, Clone)]
+pub struct SeanetEncoder {
+    layers: Vec<Layer>,
+}
+
+impl SeanetEncoder {
+    pub fn new(cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        let mut s = Stack { layers: vec![], vb };
+        let mut mult = 1;
+        s.conv(cfg.channels, cfg.n_filters, cfg.conv(cfg.kernel_size))?;
+        for &ratio in cfg.ratios.iter().rev() {
+            let dim = mult * cfg.n_filters;
+            s.residuals(dim, cfg)?;
+            s.elu();
+            s.conv(dim, dim * 2, cfg.conv(ratio * 2).stride(ratio))?;
+            mult *= 2;
+        }
+        s.elu();
+        s.conv(mult * cfg.n_filters, cfg.dimension, cfg.conv(cfg.last_kernel_size))?;
+        Ok(Self { layers: s.layers })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        run(&self.layers, x)
+    }
+}
+
+/// Latent (B, dimension, F) → audio (B, channels, F * prod(ratios)).
+#[derive(Debug, Clone)]
+pub struct SeanetDecoder {
+    layers: Vec<Layer>,
+}
+
+impl SeanetDecoder {
+    pub fn new(cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        let mut s = Stack { layers: vec![], vb };
+        let mut mult = 1 << cfg.ratios.len();
+        s.conv(cfg.dimension, mult * cfg.n_filters, cfg.conv(cfg.kernel_size))?;
+        for &ratio in cfg.ratios.iter() {
+            let dim = mult * cfg.n_filters;
+            s.elu();
+            s.conv_transpose(dim, dim / 2, cfg.conv(ratio * 2).stride(ratio))?;
+            s.residuals(dim / 2, cfg)?;
+            mult /= 2;
+        }
+        s.elu();
+        s.conv(cfg.n_filters, cfg.channels, cfg.conv(cfg.last_kernel_size))?;
+        Ok(Self { layers: s.layers })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        run(&self.layers, x)
+    }
+}

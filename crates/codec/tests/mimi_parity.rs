@@ -1,0 +1,152 @@
+//! Mimi against the reference implementations (moshi and transformers) on the committed reduced-config fixtures
+//! (`tests/fixtures/mimi`, made by `scripts/make_fixtures.py`): both checkpoint layouts are converted, then codes must
+//! be equal and every stage must match by cosine similarity.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Module, Tensor};
+use codec::convert::{convert, ConvertOptions};
+use codec::gguf::ModelFile;
+use codec::models::mimi::Mimi;
+use codec::npy;
+use codec::{Audio, Codec, Codes, DeviceKind};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mimi")
+}
+
+fn load_f32(name: &str) -> (Vec<usize>, Vec<f32>) {
+    let arr = npy::read(&fixtures().join(name)).unwrap();
+    (arr.shape.clone(), arr.to_f32_vec())
+}
+
+fn load_codes(name: &str) -> Codes {
+    let arr = npy::read(&fixtures().join(name)).unwrap();
+    let [n_q, n_frames] = arr.shape[..] else { panic!("codes shape {:?}", arr.shape) };
+    Codes { n_q, n_frames, data: arr.to_i64_vec().unwrap().into_iter().map(|c| c as u32).collect() }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn assert_close(stage: &str, ours: &Tensor, reference: &str, min_cos: f64) {
+    let (shape, want) = load_f32(reference);
+    let got = ours.squeeze(0).unwrap();
+    assert_eq!(got.dims(), &shape[..], "{stage}: shape");
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let cos = cosine(&got, &want);
+    eprintln!("{stage}: cos {cos:.9}");
+    assert!(cos >= min_cos, "{stage}: cosine {cos} < {min_cos}");
+}
+
+fn mismatch_fraction(a: &Codes, b: &Codes) -> f64 {
+    assert_eq!((a.n_q, a.n_frames), (b.n_q, b.n_frames), "codes shape");
+    a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count() as f64 / a.data.len() as f64
+}
+
+/// Tests run in parallel: each conversion gets its own file.
+fn convert_to(src: &Path, config: Option<PathBuf>, name: &str) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let out = std::env::temp_dir().join(format!("codec-rs-test-{}-{name}-{n}.gguf", std::process::id()));
+    convert(src, &out, &ConvertOptions { config, ..Default::default() }).unwrap();
+    out
+}
+
+fn original_gguf() -> PathBuf {
+    let dir = fixtures().join("original");
+    convert_to(&dir.join("model.safetensors"), Some(dir.join("config.json")), "original")
+}
+
+fn hub_gguf() -> PathBuf {
+    convert_to(&fixtures().join("hub"), None, "hub")
+}
+
+fn input() -> Audio {
+    let (_, samples) = load_f32("input.npy");
+    Audio { sample_rate: 24000, samples }
+}
+
+/// Every stage of the original-layout conversion against moshi's intermediates.
+#[test]
+fn stages_match_moshi() {
+    let gguf = original_gguf();
+    let mimi = Mimi::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    let audio = input();
+    let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &Device::Cpu).unwrap();
+
+    let x = mimi.encoder.forward(&pcm).unwrap();
+    assert_close("seanet_out", &x, "seanet_out.npy", 0.99999);
+    let x = mimi.encoder_transformer.forward(&x).unwrap();
+    assert_close("enc_transformer_out", &x, "enc_transformer_out.npy", 0.99999);
+    let latent = mimi.downsample.forward(&x).unwrap();
+    assert_close("latent", &latent, "latent.npy", 0.99999);
+
+    let want = load_codes("codes.npy");
+    let codes = mimi.quantizer.encode(&latent, want.n_q).unwrap();
+    let got = Codes { n_q: want.n_q, n_frames: want.n_frames, data: codes.flatten_all().unwrap().to_vec1().unwrap() };
+    assert_eq!(mismatch_fraction(&got, &want), 0.0, "codes differ from moshi's");
+
+    let ref_codes = Tensor::from_slice(&want.data, (1, want.n_q, want.n_frames), &Device::Cpu).unwrap();
+    let q = mimi.quantizer.decode(&ref_codes).unwrap();
+    assert_close("quantized", &q, "quantized.npy", 0.99999);
+    let x = mimi.upsample.forward(&q).unwrap();
+    assert_close("upsampled", &x, "upsampled.npy", 0.99999);
+    let x = mimi.decoder_transformer.forward(&x).unwrap();
+    assert_close("dec_transformer_out", &x, "dec_transformer_out.npy", 0.9999);
+    let y = mimi.decoder.forward(&x).unwrap();
+    assert_close("decoded", &y, "decoded.npy", 0.9999);
+    std::fs::remove_file(gguf).ok();
+}
+
+fn check_end_to_end(codec: &Codec, input: &str, codes: &str, decoded: &str, n_q: Option<usize>) {
+    let (_, samples) = load_f32(input);
+    let want = load_codes(codes);
+    let got = codec.encode(&Audio { sample_rate: 24000, samples }, n_q).unwrap();
+    let frac = mismatch_fraction(&got, &want);
+    assert_eq!(frac, 0.0, "{codes}: {:.4} % of codes differ", frac * 100.0);
+    let audio = codec.decode(&want).unwrap();
+    let (_, ref_audio) = load_f32(decoded);
+    let cos = cosine(&audio.samples, &ref_audio);
+    eprintln!("{decoded}: cos {cos:.9}");
+    assert!(cos >= 0.9999, "{decoded}: cosine {cos}");
+}
+
+/// Both layouts through the public API: all codebooks, a prefix of them, and an input that is not a whole number
+/// of frames.
+#[test]
+fn both_layouts_match_references() {
+    for (gguf, layout) in [(original_gguf(), "original"), (hub_gguf(), "hub")] {
+        eprintln!("layout: {layout}");
+        let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+        check_end_to_end(&codec, "input.npy", "codes.npy", "decoded.npy", None);
+        check_end_to_end(&codec, "input.npy", "codes_nq3.npy", "decoded_nq3.npy", Some(3));
+        check_end_to_end(&codec, "input_odd.npy", "codes_odd.npy", "decoded_odd.npy", None);
+        check_end_to_end(&codec, "input.npy", "codes_hub.npy", "decoded_hub.npy", None);
+        std::fs::remove_file(gguf).ok();
+    }
+}
+
+/// The two conversions hold the same model: identical tensors after the layout transforms.
+#[test]
+fn layouts_convert_to_identical_tensors() {
+    let (a, b) = (original_gguf(), hub_gguf());
+    let (fa, fb) = (ModelFile::open(&a).unwrap(), ModelFile::open(&b).unwrap());
+    let (ta, tb) = (fa.load_tensors(&Device::Cpu).unwrap(), fb.load_tensors(&Device::Cpu).unwrap());
+    let mut names: Vec<_> = ta.keys().collect();
+    names.sort();
+    let mut names_b: Vec<_> = tb.keys().collect();
+    names_b.sort();
+    assert_eq!(names, names_b, "tensor names differ");
+    for name in names {
+        let diff = (&ta[name] - &tb[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-6, "{name}: max diff {diff}");
+    }
+    std::fs::remove_file(a).ok();
+    std::fs::remove_file(b).ok();
+}
