@@ -208,7 +208,9 @@ impl Writer {
     /// Adds a tensor in the requested storage dtype. 1-D tensors (biases, norms, scales) and `keep_f32` tensors
     /// (codebooks) stay f32; q8_0 applies where the last dim is a multiple of its 32-wide block, f16 elsewhere.
     pub fn tensor(&mut self, name: &str, t: &Tensor, dtype: StorageDtype, keep_f32: bool) -> candle_core::Result<()> {
-        let t = t.to_dtype(DType::F32)?.contiguous()?;
+        // A fresh buffer: quantize reads the whole storage, which for a view (e.g. one chunk of a stacked q/k/v)
+        // holds more than the tensor.
+        let t = Tensor::from_vec(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, t.shape(), &Device::Cpu)?;
         let ggml = match dtype {
             _ if keep_f32 || t.rank() <= 1 => GgmlDType::F32,
             StorageDtype::F32 => GgmlDType::F32,

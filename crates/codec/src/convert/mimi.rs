@@ -80,7 +80,11 @@ pub fn config_from_json(path: &Path, j: &Json) -> Result<MimiConfig> {
     let sample_rate = uint("sampling_rate", d.sample_rate)?;
     let hidden_size = uint("hidden_size", d.hidden_size)?;
     let heads = uint("num_attention_heads", d.num_attention_heads)?;
-    let frame_rate = float("frame_rate", 12.5)?;
+    // transformers ≥ 5 writes the frame rate as `_frame_rate`.
+    let frame_rate = match j.get("frame_rate") {
+        Some(_) => float("frame_rate", 12.5)?,
+        None => float("_frame_rate", 12.5)?,
+    };
     let seanet_rate = sample_rate as f64 / ratios.iter().product::<usize>() as f64;
     let stride = seanet_rate / frame_rate;
     if stride < 1.0 || (stride - stride.round()).abs() > 1e-6 {

@@ -1,0 +1,168 @@
+//! The `codec` binary as a user runs it: the happy paths on the reduced-config Mimi fixture, and every kind of bad
+//! input giving one line on stderr that names the file and the problem, with a non-zero exit and no panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use codec::npy;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mimi")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("codec-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn codec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_codec")).args(args).arg("--quiet").output().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The hub-layout fixture converted once through the CLI.
+fn model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let out = tmp("mimi.gguf");
+        let o = codec(&["convert", s(&fixtures().join("hub")), "-o", s(&out)]);
+        assert!(o.status.success(), "convert failed: {}", String::from_utf8_lossy(&o.stderr));
+        out
+    })
+}
+
+/// Asserts a failure: exit status 1, exactly one stderr line containing every `needles` entry, no panic.
+fn assert_fails(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}; stderr: {err}", o.status);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr {err:?} does not mention {n:?}");
+    }
+}
+
+#[test]
+fn encode_decode_roundtrip_match_reference() {
+    let codes = tmp("codes.npy");
+    let o = codec(&["encode", "-m", s(model()), s(&fixtures().join("input.wav")), "-o", s(&codes)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = npy::read(&codes).unwrap();
+    let want = npy::read(&fixtures().join("codes.npy")).unwrap();
+    assert!(matches!(got.data, npy::NpyData::I32(_)), "codes must be int32");
+    assert_eq!(got.shape, want.shape);
+    assert_eq!(got.to_i64_vec().unwrap(), want.to_i64_vec().unwrap());
+
+    let nq3 = tmp("codes3.npy");
+    let o = codec(&["encode", "-m", s(model()), s(&fixtures().join("input.wav")), "-o", s(&nq3), "--n-q", "3"]);
+    assert!(o.status.success());
+    let want3 = npy::read(&fixtures().join("codes_nq3.npy")).unwrap();
+    assert_eq!(npy::read(&nq3).unwrap().to_i64_vec().unwrap(), want3.to_i64_vec().unwrap());
+
+    // decode accepts the reference's int64 codes
+    let wav = tmp("decoded.wav");
+    let o = codec(&["decode", "-m", s(model()), s(&fixtures().join("codes.npy")), "-o", s(&wav)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let audio = codec::audio::read(&wav).unwrap();
+    let want = npy::read(&fixtures().join("decoded.npy")).unwrap().to_f32_vec();
+    let dot: f64 = audio.samples.iter().zip(&want).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let na: f64 = audio.samples.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    assert_eq!(audio.samples.len(), want.len());
+    assert!(dot / (na * nb) > 0.9999, "decoded cos {}", dot / (na * nb));
+
+    // roundtrip trims to the input length; --pcm16 writes 16-bit
+    let input = npy::read(&fixtures().join("input_odd.npy")).unwrap().to_f32_vec();
+    let odd_wav = tmp("odd.wav");
+    codec::audio::write_wav(&odd_wav, &codec::Audio { sample_rate: 24000, samples: input.clone() }, false).unwrap();
+    let out = tmp("rt.wav");
+    let o = codec(&["roundtrip", "-m", s(model()), s(&odd_wav), "-o", s(&out), "--pcm16"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let spec = hound::WavReader::open(&out).unwrap().spec();
+    assert_eq!(spec.bits_per_sample, 16);
+    assert_eq!(codec::audio::read(&out).unwrap().samples.len(), input.len());
+}
+
+#[test]
+fn info_describes_the_model() {
+    let o = codec(&["info", s(model())]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in ["architecture:   mimi", "sample rate:    24000 Hz", "hop:            1920", "frame rate:     12.5 Hz", "max n_q:        8", "codebook size:  64", "parameters:", "file size:"] {
+        assert!(out.contains(want), "info output lacks {want:?}:\n{out}");
+    }
+}
+
+#[test]
+fn bad_model_files() {
+    assert_fails(&codec(&["info", "/nonexistent/model.gguf"]), &["/nonexistent/model.gguf"]);
+
+    let garbage = tmp("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a gguf file at all, just text padding padding").unwrap();
+    assert_fails(&codec(&["info", s(&garbage)]), &["garbage.gguf", "not a valid GGUF"]);
+
+    let bytes = std::fs::read(model()).unwrap();
+    let truncated = tmp("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(&codec(&["info", s(&truncated)]), &["truncated.gguf", "truncated"]);
+    let header_only = tmp("header.gguf");
+    std::fs::write(&header_only, &bytes[..100]).unwrap();
+    assert_fails(&codec(&["info", s(&header_only)]), &["header.gguf"]);
+
+    let mut w = codec::gguf::Writer::new("encodec", "other");
+    w.u32(codec::gguf::keys::SAMPLE_RATE, 24000);
+    let other = tmp("other.gguf");
+    w.write(&other).unwrap();
+    assert_fails(&codec(&["info", s(&other)]), &["other.gguf", "'encodec' is not supported"]);
+}
+
+#[test]
+fn bad_arguments() {
+    let src = fixtures().join("hub");
+    assert_fails(&codec(&["convert", s(&src), "-o", s(&tmp("x.gguf")), "--arch", "nope"]), &["unknown architecture 'nope'"]);
+    assert_fails(&codec(&["convert", s(&src), "-o", s(&tmp("x.gguf")), "--dtype", "q4"]), &["unknown dtype 'q4'"]);
+    assert_fails(&codec(&["convert", "/nonexistent/dir", "-o", s(&tmp("x.gguf"))]), &["/nonexistent/dir"]);
+    let input = fixtures().join("input.wav");
+    assert_fails(
+        &codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("c.npy")), "--n-q", "9"]),
+        &["--n-q 9 exceeds the model's maximum of 8"],
+    );
+    assert_fails(&codec(&["roundtrip", "-m", s(model()), s(&input), "-o", s(&tmp("c.wav")), "--n-q", "0"]), &["--n-q"]);
+    assert_fails(&codec(&["info", "not-a-file-nor-id"]), &["not-a-file-nor-id"]);
+}
+
+#[test]
+fn bad_codes() {
+    let out = tmp("o.wav");
+    let case = |name: &str, shape: &[usize], data: Vec<i32>| {
+        let p = tmp(name);
+        npy::write_i32(&p, shape, &data).unwrap();
+        codec(&["decode", "-m", s(model()), s(&p), "-o", s(&out)])
+    };
+    assert_fails(&case("range.npy", &[2, 3], vec![0, 1, 2, 3, 64, 5]), &["range.npy", "code 64", "out of range"]);
+    assert_fails(&case("neg.npy", &[1, 2], vec![0, -1]), &["neg.npy", "out of range"]);
+    assert_fails(&case("shape.npy", &[6], vec![0; 6]), &["shape.npy", "shape"]);
+    assert_fails(&case("batch.npy", &[2, 1, 3], vec![0; 6]), &["batch.npy", "shape"]);
+    assert_fails(&case("many.npy", &[9, 2], vec![0; 18]), &["many.npy", "9 codebooks"]);
+    let float = tmp("float.npy");
+    npy::write_f32(&float, &[1, 2], &[0.0, 1.0]).unwrap();
+    assert_fails(&codec(&["decode", "-m", s(model()), s(&float), "-o", s(&out)]), &["float.npy", "int32 or int64"]);
+    let missing = tmp("missing.npy");
+    assert_fails(&codec(&["decode", "-m", s(model()), s(&missing), "-o", s(&out)]), &["missing.npy"]);
+}
+
+#[test]
+fn bad_audio() {
+    let empty = tmp("empty.wav");
+    codec::audio::write_wav(&empty, &codec::Audio { sample_rate: 24000, samples: vec![] }, false).unwrap();
+    assert_fails(&codec(&["encode", "-m", s(model()), s(&empty), "-o", s(&tmp("e.npy"))]), &["empty.wav"]);
+    let junk = tmp("junk.wav");
+    std::fs::write(&junk, b"RIFF....WAVEjunkjunkjunkjunk").unwrap();
+    assert_fails(&codec(&["encode", "-m", s(model()), s(&junk), "-o", s(&tmp("j.npy"))]), &["junk.wav"]);
+    assert_fails(&codec(&["roundtrip", "-m", s(model()), "/nonexistent.flac", "-o", s(&tmp("j.wav"))]), &["/nonexistent.flac"]);
+}
