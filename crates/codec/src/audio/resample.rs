@@ -8,8 +8,10 @@ use crate::{Error, Result};
 
 /// Sinc filter taps: rubato's "high quality" setting; the transition band is ~5 % of the lower Nyquist frequency.
 const SINC_LEN: usize = 256;
-/// Sub-sample positions of the tabulated sinc; cubic interpolation between them keeps the error below 16-bit noise.
-const OVERSAMPLING: usize = 256;
+/// Largest sinc table, in sub-sample positions, for the exact (polyphase) mode: 256 × 1024 f32 = 1 MiB.
+const MAX_EXACT_OVERSAMPLING: u32 = 1024;
+/// Sub-sample positions for other rate pairs; cubic interpolation between them keeps the error below 16-bit noise.
+const FALLBACK_OVERSAMPLING: u32 = 256;
 /// Input frames per resampler call.
 const CHUNK: usize = 1024;
 
@@ -18,6 +20,10 @@ const CHUNK: usize = 1024;
 /// The output has `round(len · to / from)` samples and is aligned with the input: output sample `m` is the
 /// band-limited input evaluated at time `m / to` seconds (the signal is taken as zero outside the input), so a
 /// sine keeps its phase. `from == to` returns a copy. Rates of 0 are an [`Error::InvalidArgument`].
+///
+/// With `to / from = T / F` in lowest terms and `T ≤ 1024` (every pair of common rates), each output lands exactly
+/// on one of the `T` tabulated sinc phases: an exact polyphase windowed-sinc filter. Otherwise the phases are
+/// interpolated (cubic, 256 phases) and outputs sit 1/256 of an input sample late, a negligible delay.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     if from == 0 || to == 0 {
         return Err(Error::InvalidArgument(format!("cannot resample from {from} Hz to {to} Hz")));
@@ -30,20 +36,30 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
         return Ok(Vec::new());
     }
 
-    // rubato's SincFixedIn puts output k (from 0) at input time (k+1)·t − 1, t = from/to: it has no latency but an
-    // offset of t − 1 input samples, which is fractional for most rate pairs. With t = F/T in lowest terms,
-    // prepending F − 1 zeros and dropping the first T − 1 outputs moves output k = m + T − 1 to input time
-    // (m + T)·t − 1 − (F − 1) = m·t exactly. The cost is at most one second of extra input (F ≤ from).
     let g = gcd(from, to);
-    let (lead_in, skip) = ((from / g - 1) as usize, (to / g - 1) as usize);
+    let (f, t) = ((from / g) as u64, (to / g) as u64);
+    // rubato's SincFixedIn with `n` sinc phases puts output k (from 0) at input time (k+1)·F/T − 1 + 1/n: no
+    // latency, but an offset that is fractional for most rate pairs. Prepending `lead_in` zeros and dropping the
+    // first `skip` outputs moves output m + skip to input time (m + skip + 1)·F/T − 1 + 1/n − lead_in, which is
+    // m·F/T when (skip + 1)·F + T/n = T·(lead_in + 1). With n = T that has a solution with skip < T, hence
+    // lead_in ≤ F: at most one second of extra input.
+    let (phases, interpolation, lead_in, skip) = if t <= MAX_EXACT_OVERSAMPLING as u64 {
+        let skip = (0..t).find(|j| ((j + 1) * f + 1) % t == 0).unwrap_or(0);
+        let lead_in = ((skip + 1) * f + 1) / t - 1;
+        (t as usize, SincInterpolationType::Nearest, lead_in, skip)
+    } else {
+        // Same equation without the 1/n term, which stays as the documented 1/256-sample residual.
+        (FALLBACK_OVERSAMPLING as usize, SincInterpolationType::Cubic, f - 1, t - 1)
+    };
+    let (lead_in, skip) = (lead_in as usize, skip as usize);
 
     let err = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("resampling {from} Hz to {to} Hz: {e}"));
     let window = WindowFunction::BlackmanHarris2;
     let params = SincInterpolationParameters {
         sinc_len: SINC_LEN,
         f_cutoff: calculate_cutoff(SINC_LEN, window),
-        oversampling_factor: OVERSAMPLING,
-        interpolation: SincInterpolationType::Cubic,
+        oversampling_factor: phases,
+        interpolation,
         window,
     };
     // Each call must yield at least one output for the loop below to progress, so a chunk spans ≥ 2 output periods.
@@ -127,7 +143,7 @@ mod tests {
     #[test]
     fn odd_ratios_keep_phase() {
         // 44.1k → 24k has a fractional rubato offset (t − 1 = 0.8375 samples), the case the alignment is for.
-        for (from, to, freq) in [(44_100, 24_000, 3000.0), (24_000, 44_100, 5000.0), (22_050, 16_000, 440.0)] {
+        for (from, to, freq) in [(44_100, 24_000, 3000.0), (24_000, 44_100, 5000.0), (22_050, 16_000, 7000.0)] {
             let len = from as usize / 2 + 7;
             let (n, err) = max_error_vs_analytic(from, to, freq, len);
             assert_eq!(n, ((len as u64 * to as u64) as f64 / from as f64).round() as usize);

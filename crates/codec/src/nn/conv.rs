@@ -3,8 +3,10 @@
 //! left only for causal models, split around the centre otherwise. Transposed convolutions run unpadded (candle's fast
 //! path) and are trimmed afterwards.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp};
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +120,22 @@ impl Conv1d {
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (left, right) = self.padding(x.dim(D::Minus1)?);
-        let x = pad1d(x, left, right, self.cfg.pad_mode)?;
-        let y = x.conv1d(&self.weight, 0, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
+        let c = &self.cfg;
+        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 {
+            // Zero padding happens inside the kernel; other modes pad first.
+            let (x, op) = if c.pad_mode == PadMode::Constant {
+                (x.contiguous()?, Conv1dOp { stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right })
+            } else {
+                let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
+                (x, Conv1dOp { stride: c.stride, dilation: c.dilation, pad_left: 0, pad_right: 0 })
+            };
+            return match &self.bias {
+                Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
+                None => x.apply_op2_no_bwd(&self.weight, &op),
+            };
+        }
+        let x = pad1d(x, left, right, c.pad_mode)?;
+        let y = x.conv1d(&self.weight, 0, c.stride, c.dilation, c.groups)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
             None => Ok(y),
@@ -172,13 +188,21 @@ impl ConvTranspose1d {
 
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let total = self.kernel_size.saturating_sub(self.stride);
+        let (left, right) = if self.causal { (0, total) } else { (total - total / 2, total / 2) };
+        if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let op = ConvTranspose1dOp { stride: self.stride, trim_left: left, trim_right: right };
+            let x = x.contiguous()?;
+            return match &self.bias {
+                Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
+                None => x.apply_op2_no_bwd(&self.weight, &op),
+            };
+        }
         let y = if self.groups == 1 {
             x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?
         } else {
             self.depthwise(x)?
         };
-        let total = self.kernel_size.saturating_sub(self.stride);
-        let (left, right) = if self.causal { (0, total) } else { (total - total / 2, total / 2) };
         let len = y.dim(D::Minus1)?;
         let y = y.narrow(D::Minus1, left, len - left - right)?;
         match &self.bias {

@@ -1,0 +1,278 @@
+//! CPU kernels for 1-D convolutions as per-tap GEMMs, without im2col/col2im buffers.
+//!
+//! candle's CPU conv1d copies the input into a `(T, C_in·K)` im2col matrix and its transposed conv scatters through a
+//! col2im buffer; profiles of Mimi showed those copies and their page faults costing more than the arithmetic. Here a
+//! convolution is `K` GEMMs accumulating into the output: tap `j` multiplies the `(C_out, C_in)` weight slice by the
+//! input read at column stride `stride` from offset `j·dilation` (a strided view, no copy). Zero padding is implicit:
+//! each tap only touches the output columns whose input sample lies inside the signal. A transposed conv is the mirror:
+//! tap `j` writes `Wⱼᵀ·X` to output columns `t·stride + j`, and the trim is applied by skipping the columns cut away.
+//!
+//! Inputs with few channels (the first conv: 1 channel) use a small im2col instead, as K rank-1 updates would
+//! each stream the whole output.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use gemm::{gemm, Parallelism};
+
+/// Output columns `t` in `0..n_out` for which `t·stride + offset` lands in `0..n_in` (offset may be negative).
+fn tap_range(offset: isize, stride: usize, n_in: usize, n_out: usize) -> std::ops::Range<usize> {
+    let s = stride as isize;
+    let first = if offset >= 0 { 0 } else { (-offset + s - 1) / s };
+    let last = (n_in as isize - 1 - offset).div_euclid(s) + 1; // exclusive
+    let (first, last) = (first.max(0) as usize, last.clamp(0, n_out as isize) as usize);
+    first..last.max(first)
+}
+
+fn parallelism() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        n if n > 1 => Parallelism::Rayon(n),
+        _ => Parallelism::None,
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Output rows initialised to the bias (or zero), so every tap can accumulate.
+fn init_output(b: usize, c_out: usize, t_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    match bias {
+        None => vec![0f32; b * c_out * t_out],
+        Some(bias) => {
+            let mut out = Vec::with_capacity(b * c_out * t_out);
+            for _ in 0..b {
+                for &v in bias {
+                    out.extend(std::iter::repeat_n(v, t_out));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Conv1d with implicit zero padding: x (B, C_in, T), w (C_out, C_in, K), bias (C_out).
+#[derive(Debug, Clone, Copy)]
+pub struct Conv1dOp {
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad_left: usize,
+    pub pad_right: usize,
+}
+
+/// Below this many input channels the taps are gathered into one im2col matrix (see the module docs).
+const IM2COL_MAX_CHANNELS: usize = 8;
+
+impl Conv1dOp {
+    fn out_len(&self, t: usize, k: usize) -> usize {
+        let span = self.dilation * (k - 1) + 1;
+        (t + self.pad_left + self.pad_right).saturating_sub(span) / self.stride + 1
+    }
+
+    fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (b, c_in, t) = xl.shape().dims3()?;
+        let (c_out, c_in_w, k) = wl.shape().dims3()?;
+        if c_in != c_in_w {
+            candle_core::bail!("conv1d: input has {c_in} channels, weight expects {c_in_w}");
+        }
+        let t_out = self.out_len(t, k);
+        let mut out = init_output(b, c_out, t_out, bias);
+        let par = parallelism();
+        if c_in < IM2COL_MAX_CHANNELS {
+            // cols[(i·K + j), τ] = x[i, τ·s + j·d − left], zero outside; W is already (C_out, C_in·K) row-major.
+            let mut cols = vec![0f32; c_in * k * t_out];
+            for bi in 0..b {
+                for i in 0..c_in {
+                    let src = &x[(bi * c_in + i) * t..(bi * c_in + i + 1) * t];
+                    for j in 0..k {
+                        let offset = (j * self.dilation) as isize - self.pad_left as isize;
+                        let row = &mut cols[(i * k + j) * t_out..(i * k + j + 1) * t_out];
+                        for tau in tap_range(offset, self.stride, t, t_out) {
+                            row[tau] = src[(tau as isize * self.stride as isize + offset) as usize];
+                        }
+                    }
+                }
+                unsafe {
+                    gemm(
+                        c_out, t_out, c_in * k,
+                        out.as_mut_ptr().add(bi * c_out * t_out), 1, t_out as isize, true,
+                        w.as_ptr(), 1, (c_in * k) as isize,
+                        cols.as_ptr(), 1, t_out as isize,
+                        1.0, 1.0, false, false, false, par,
+                    );
+                }
+            }
+        } else {
+            for bi in 0..b {
+                for j in 0..k {
+                    let offset = (j * self.dilation) as isize - self.pad_left as isize;
+                    let r = tap_range(offset, self.stride, t, t_out);
+                    if r.is_empty() {
+                        continue;
+                    }
+                    let src0 = (r.start as isize * self.stride as isize + offset) as usize;
+                    // SAFETY: tap_range keeps every read inside row bi of x and every write inside row bi of out.
+                    unsafe {
+                        gemm(
+                            c_out, r.len(), c_in,
+                            out.as_mut_ptr().add(bi * c_out * t_out + r.start), 1, t_out as isize, true,
+                            w.as_ptr().add(j), k as isize, (c_in * k) as isize,
+                            x.as_ptr().add(bi * c_in * t + src0), self.stride as isize, t as isize,
+                            1.0, 1.0, false, false, false, par,
+                        );
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, t_out))))
+    }
+}
+
+impl CustomOp2 for Conv1dOp {
+    fn name(&self) -> &'static str {
+        "codec-conv1d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, None)
+    }
+}
+
+impl CustomOp3 for Conv1dOp {
+    fn name(&self) -> &'static str {
+        "codec-conv1d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(s3, l3, "conv bias")?;
+        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, Some(bias))
+    }
+}
+
+/// Transposed conv1d, output trimmed by `trim_left`/`trim_right`: x (B, C_in, T), w (C_in, C_out, K).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvTranspose1dOp {
+    pub stride: usize,
+    pub trim_left: usize,
+    pub trim_right: usize,
+}
+
+impl ConvTranspose1dOp {
+    fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (b, c_in, t) = xl.shape().dims3()?;
+        let (c_in_w, c_out, k) = wl.shape().dims3()?;
+        if c_in != c_in_w {
+            candle_core::bail!("conv_transpose1d: input has {c_in} channels, weight expects {c_in_w}");
+        }
+        let full = (t - 1) * self.stride + k;
+        let t_out = full.saturating_sub(self.trim_left + self.trim_right);
+        let mut out = init_output(b, c_out, t_out, bias);
+        let par = parallelism();
+        for bi in 0..b {
+            for j in 0..k {
+                // Input column τ lands on output column τ·s + j − trim_left.
+                let offset = j as isize - self.trim_left as isize;
+                let r = tap_range(offset, self.stride, t_out, t);
+                if r.is_empty() {
+                    continue;
+                }
+                let dst0 = (r.start as isize * self.stride as isize + offset) as usize;
+                // SAFETY: tap_range keeps every written column inside row bi of out.
+                unsafe {
+                    gemm(
+                        c_out, r.len(), c_in,
+                        out.as_mut_ptr().add(bi * c_out * t_out + dst0), self.stride as isize, t_out as isize, true,
+                        w.as_ptr().add(j), (c_out * k) as isize, k as isize,
+                        x.as_ptr().add(bi * c_in * t + r.start), 1, t as isize,
+                        1.0, 1.0, false, false, false, par,
+                    );
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, t_out))))
+    }
+}
+
+impl CustomOp2 for ConvTranspose1dOp {
+    fn name(&self) -> &'static str {
+        "codec-conv-transpose1d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, None)
+    }
+}
+
+impl CustomOp3 for ConvTranspose1dOp {
+    fn name(&self) -> &'static str {
+        "codec-conv-transpose1d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(s3, l3, "conv bias")?;
+        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, Some(bias))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    /// Against candle's own conv1d on an explicitly zero-padded input, over strides, dilations, paddings and both
+    /// the im2col and the per-tap path.
+    #[test]
+    fn conv1d_matches_candle() {
+        let dev = Device::Cpu;
+        for &(c_in, c_out, k, s, d, l, r) in
+            &[(1, 4, 7, 1, 1, 6, 0), (3, 5, 3, 1, 3, 3, 3), (16, 8, 4, 2, 1, 2, 1), (12, 6, 8, 4, 1, 4, 3), (9, 2, 1, 1, 1, 0, 0)]
+        {
+            let x = Tensor::randn(0f32, 1., (2, c_in, 37), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
+            let op = Conv1dOp { stride: s, dilation: d, pad_left: l, pad_right: r };
+            let got = x.apply_op3(&w, &bias, op).unwrap();
+            let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
+            let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
+        }
+    }
+
+    /// Against candle per batch item: candle 0.11's CPU conv_transpose1d mixes up batch items when B > 1.
+    #[test]
+    fn conv_transpose1d_matches_candle() {
+        let dev = Device::Cpu;
+        for &(c_in, c_out, k, s, tl, tr) in &[(8, 4, 8, 4, 0, 4), (5, 3, 4, 2, 1, 1), (6, 6, 3, 1, 0, 0), (4, 2, 10, 5, 3, 2)] {
+            let x = Tensor::randn(0f32, 1., (2, c_in, 11), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
+            let op = ConvTranspose1dOp { stride: s, trim_left: tl, trim_right: tr };
+            let got = x.apply_op2(&w, op).unwrap();
+            let items: Vec<Tensor> =
+                (0..2).map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, s, 1, 1).unwrap()).collect();
+            let full = Tensor::cat(&items, 0).unwrap();
+            let len = full.dim(2).unwrap();
+            let want = full.narrow(2, tl, len - tl - tr).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, tl, tr));
+        }
+    }
+}
