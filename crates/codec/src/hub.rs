@@ -31,8 +31,7 @@ pub const REPO_FILES: [&str; 2] = ["config.json", "model.safetensors"];
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const DEFAULT_REVISION: &str = "main";
-const LOCAL_FILE_HINT: &str =
-    "pass a local model file instead (codec convert DIR -o model.gguf, then -m model.gguf)";
+const LOCAL_FILE_HINT: &str = "pass a local model file instead (codec convert DIR -o model.gguf, then -m model.gguf)";
 
 /// A hub model id: `owner/name`, optionally pinned with `@revision` (a branch, tag or commit).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,18 +277,15 @@ impl Hub {
                 }
             }
         }
-        self.cached_snapshot(id).ok_or_else(|| {
-            Error::Hub(format!("cannot download {id}: the repo changed while downloading; try again"))
-        })
+        self.cached_snapshot(id)
+            .ok_or_else(|| Error::Hub(format!("cannot download {id}: the repo changed while downloading; try again")))
     }
 
     /// One line: what failed, where, why, and how to do without the hub.
     fn error(&self, id: &ModelId, repo: &ApiRepo, file: &str, err: ApiError) -> Error {
         let reason = match &err {
             ApiError::RequestError(e) => match e.as_ref() {
-                ureq::Error::Status(code, response) => {
-                    status_reason(*code, response.header("x-error-code"), id, file)
-                }
+                ureq::Error::Status(code, response) => status_reason(*code, response.header("x-error-code"), id, file),
                 ureq::Error::Transport(t) => {
                     // ureq's own Display repeats the URL, which the message already names.
                     let mut reason = t.kind().to_string();

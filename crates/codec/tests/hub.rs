@@ -126,7 +126,12 @@ fn handle(
                 ];
                 reply(&mut out, 302, &headers, b"")
             } else {
-                serve(&mut out, body, range.as_deref(), &[("ETag", format!("\"{etag}\"")), ("X-Repo-Commit", COMMIT.into())])
+                serve(
+                    &mut out,
+                    body,
+                    range.as_deref(),
+                    &[("ETag", format!("\"{etag}\"")), ("X-Repo-Commit", COMMIT.into())],
+                )
             }
         }
         _ => reply(&mut out, 404, &[], b"not found"),
@@ -140,7 +145,8 @@ fn serve(out: &mut TcpStream, body: &[u8], range: Option<&str>, headers: &[(&str
     };
     let (start, end) = spec.split_once('-').unwrap_or((spec, ""));
     let start: usize = start.parse().unwrap_or(0);
-    let end: usize = end.parse().map(|e: usize| e.min(body.len().saturating_sub(1))).unwrap_or(body.len().saturating_sub(1));
+    let end: usize =
+        end.parse().map(|e: usize| e.min(body.len().saturating_sub(1))).unwrap_or(body.len().saturating_sub(1));
     if start >= body.len() || start > end {
         return reply(out, 416, &[("Content-Range", format!("bytes */{}", body.len()))], b"");
     }
@@ -176,7 +182,9 @@ fn hub_env(test: &str, endpoint: &str) -> PathBuf {
     std::fs::create_dir_all(&home).unwrap();
     std::env::set_var("HF_HOME", &home);
     std::env::set_var("HF_ENDPOINT", endpoint);
-    for var in ["HF_TOKEN", "HF_HUB_CACHE", "ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "all_proxy", "https_proxy", "http_proxy"] {
+    for var in
+        ["HF_TOKEN", "HF_HUB_CACHE", "ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "all_proxy", "https_proxy", "http_proxy"]
+    {
         std::env::remove_var(var);
     }
     home
@@ -237,7 +245,9 @@ fn download_fetches_the_repo_over_http_into_hf_home() {
     assert!(seen.iter().any(|r| r.range.as_deref() == Some("bytes=0-")), "{seen:#?}");
     // HF_TOKEN reaches the hub (the resolve requests; the CDN is the same host here).
     assert!(
-        seen.iter().filter(|r| r.path.contains("/resolve/")).all(|r| r.authorization.as_deref() == Some("Bearer hf_test_token")),
+        seen.iter()
+            .filter(|r| r.path.contains("/resolve/"))
+            .all(|r| r.authorization.as_deref() == Some("Bearer hf_test_token")),
         "{seen:#?}"
     );
 
@@ -324,10 +334,9 @@ fn hub_errors_are_one_line_and_point_to_local_files() {
     // Neither a file nor an id.
     for spec in ["no/such/dir/model.gguf", "missing.gguf", "models/mimi.gguf", "mimi"] {
         match hub::resolve_model(spec, false) {
-            Err(Error::InvalidArgument(msg)) => assert_eq!(
-                msg,
-                format!("MODEL '{spec}': no such file, and not a model id like kyutai/mimi")
-            ),
+            Err(Error::InvalidArgument(msg)) => {
+                assert_eq!(msg, format!("MODEL '{spec}': no such file, and not a model id like kyutai/mimi"))
+            }
             other => panic!("{spec}: {other:?}"),
         }
     }

@@ -290,7 +290,11 @@ impl Mimi {
 
     /// Audio (B, 1, T) → latent (B, hidden, ceil(T / hop)), the quantizer's input.
     pub fn encode_latent(&self, pcm: &Tensor) -> Result<Tensor> {
-        let x = self.encoder.forward(pcm)?;
+        // moshi zero-pads to whole frames first (what streaming sees too); transformers instead lets each conv pad
+        // its own last window, which changes the last frame's codes. We follow moshi, the original.
+        let len = pcm.dim(2)?;
+        let pcm = pcm.pad_with_zeros(2, 0, len.next_multiple_of(self.config.hop()) - len)?;
+        let x = self.encoder.forward(&pcm)?;
         let x = self.encoder_transformer.forward(&x)?;
         self.downsample.forward(&x)
     }
