@@ -12,6 +12,11 @@ use codec::npy::{self, NpyData};
 use codec::{Audio, Codec, Codes, DeviceKind, Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Models allocate and free tens of megabytes per layer; mimalloc reuses those pages where glibc's malloc returns
+/// them to the OS and faults them in again.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "codec", version, about = "Neural audio codecs: audio → discrete codes → audio")]
 struct Cli {

@@ -86,10 +86,7 @@ impl NpyArray {
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|_| Error::InvalidArgument("uint64 array holds a value above i64::MAX".into()))?,
             NpyData::F32(_) | NpyData::F64(_) => {
-                return Err(Error::InvalidArgument(format!(
-                    "expected an integer array, got {}",
-                    self.data.dtype()
-                )))
+                return Err(Error::InvalidArgument(format!("expected an integer array, got {}", self.data.dtype())))
             }
         })
     }
@@ -532,8 +529,9 @@ mod tests {
         let a = read_bytes("v2.npy", &bytes).unwrap();
         assert_eq!(a, NpyArray { shape: vec![3], data: NpyData::I32(vec![1, -2, 70000]) });
 
-        let a = read_bytes("u1.npy", &npy_bytes("{'descr': '|u1', 'fortran_order': False, 'shape': (2,), }", &[7, 255]))
-            .unwrap();
+        let a =
+            read_bytes("u1.npy", &npy_bytes("{'descr': '|u1', 'fortran_order': False, 'shape': (2,), }", &[7, 255]))
+                .unwrap();
         assert_eq!(a.to_i64_vec().unwrap(), vec![7, 255]);
 
         let big = npy_bytes("{'descr': '<u8', 'fortran_order': False, 'shape': (1,), }", &u64::MAX.to_le_bytes());

@@ -48,9 +48,7 @@ pub(crate) mod test_util {
 
     /// `amp · sin(2π·freq·n/rate)` for n in 0..len.
     pub fn sine(len: usize, rate: u32, freq: f64, amp: f64) -> Vec<f32> {
-        (0..len)
-            .map(|n| (amp * (2.0 * std::f64::consts::PI * freq * n as f64 / rate as f64).sin()) as f32)
-            .collect()
+        (0..len).map(|n| (amp * (2.0 * std::f64::consts::PI * freq * n as f64 / rate as f64).sin()) as f32).collect()
     }
 
     /// Fraction of the signal's energy in a tone of `freq` Hz, whatever its phase: 1.0 for a pure sine over whole

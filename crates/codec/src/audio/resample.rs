@@ -6,11 +6,12 @@ use rubato::{
 
 use crate::{Error, Result};
 
-/// Sinc filter taps: rubato's "high quality" setting; the transition band is ~5 % of the lower Nyquist frequency.
+/// Sinc filter taps, rubato's "high quality" setting: with its fitted cutoff (`calculate_cutoff`) the pass band ends
+/// at ~95 % of the lower Nyquist frequency.
 const SINC_LEN: usize = 256;
 /// Largest sinc table, in sub-sample positions, for the exact (polyphase) mode: 256 × 1024 f32 = 1 MiB.
 const MAX_EXACT_OVERSAMPLING: u32 = 1024;
-/// Sub-sample positions for other rate pairs; cubic interpolation between them keeps the error below 16-bit noise.
+/// Sub-sample positions for other rate pairs, with cubic interpolation between them (rubato's recommended setting).
 const FALLBACK_OVERSAMPLING: u32 = 256;
 /// Input frames per resampler call.
 const CHUNK: usize = 1024;

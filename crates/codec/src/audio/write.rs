@@ -88,7 +88,9 @@ mod tests {
         let audio = Audio { sample_rate: 24_000, samples: vec![0.0] };
         let err = write_wav(Path::new("/nonexistent/dir/out.wav"), &audio, false).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
-        assert!(matches!(write_wav(&tmp_path("rate0.wav"), &Audio { sample_rate: 0, samples: vec![] }, false),
-            Err(Error::Audio { .. })));
+        assert!(matches!(
+            write_wav(&tmp_path("rate0.wav"), &Audio { sample_rate: 0, samples: vec![] }, false),
+            Err(Error::Audio { .. })
+        ));
     }
 }

@@ -99,6 +99,10 @@ impl Conv1d {
         Ok(Self { weight, bias, cfg })
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Left and right padding for an input of `len` samples: `(k_eff - stride)` in total, plus whatever makes the
     /// last window complete, so the output has `ceil(len / stride)` frames.
     fn padding(&self, len: usize) -> (usize, usize) {
