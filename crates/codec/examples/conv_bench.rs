@@ -1,29 +1,68 @@
-use candle_core::{Device, Module, Tensor};
-use candle_nn::VarBuilder;
-use codec::nn::conv::{Conv1d, ConvConfig, PadMode};
+//! Micro-benchmark of our CPU convolutions against candle's stock ones, on the shapes of full-size Mimi's SEANet
+//! (10 s at 24 kHz). `RAYON_NUM_THREADS=2 cargo run --release -p codec --example conv_bench`
+//! A benchmark, not a test: it prints times and never fails on them.
+
 use std::collections::HashMap;
 use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use codec::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+
+const RUNS: usize = 3;
+
+fn weights(shape: (usize, usize, usize), c_out: usize) -> VarBuilder<'static> {
+    let dev = Device::Cpu;
+    let mut m = HashMap::new();
+    m.insert("weight".to_string(), Tensor::randn(0f32, 0.1, shape, &dev).unwrap());
+    m.insert("bias".to_string(), Tensor::zeros(c_out, DType::F32, &dev).unwrap());
+    VarBuilder::from_tensors(m, DType::F32, &dev)
+}
+
+/// Mean seconds per call after one warm-up.
+fn time(f: impl Fn() -> Tensor) -> f64 {
+    f();
+    let start = Instant::now();
+    for _ in 0..RUNS {
+        f();
+    }
+    start.elapsed().as_secs_f64() / RUNS as f64
+}
+
 fn main() {
     let dev = Device::Cpu;
-    // (c_in, c_out, k, stride, T)
-    for &(ci, co, k, s, t) in &[(1usize, 64usize, 7usize, 1usize, 240000usize), (64, 32, 3, 1, 240000), (32, 64, 1, 1, 240000), (64, 128, 8, 4, 240000), (128, 64, 3, 1, 60000), (128, 256, 10, 5, 60000), (256, 512, 12, 6, 12000), (512, 1024, 16, 8, 2000), (1024, 512, 3, 1, 250)] {
-        let mut m = HashMap::new();
-        m.insert("weight".to_string(), Tensor::randn(0f32, 0.1, (co, ci, k), &dev).unwrap());
-        m.insert("bias".to_string(), Tensor::zeros(co, candle_core::DType::F32, &dev).unwrap());
-        let vb = VarBuilder::from_tensors(m, candle_core::DType::F32, &dev);
-        let conv = Conv1d::new(ci, co, ConvConfig::new(k, true, PadMode::Constant).stride(s), vb).unwrap();
+    println!("conv1d (c_in -> c_out, kernel, stride, input length): ours vs candle");
+    for &(ci, co, k, s, t) in &[
+        (1, 64, 7, 1, 240000),
+        (64, 32, 3, 1, 240000),
+        (32, 64, 1, 1, 240000),
+        (64, 128, 8, 4, 240000),
+        (128, 256, 10, 5, 60000),
+        (256, 512, 12, 6, 12000),
+        (512, 1024, 16, 8, 2000),
+        (1024, 512, 3, 1, 250),
+    ] {
+        let conv = Conv1d::new(ci, co, ConvConfig::new(k, true, PadMode::Constant).stride(s), weights((co, ci, k), co)).unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
-        let _ = conv.forward(&x).unwrap();
-        let n = 3;
-        let st = Instant::now();
-        for _ in 0..n { let _ = conv.forward(&x).unwrap(); }
-        let dt = st.elapsed().as_secs_f64() / n as f64;
-        let flops = 2.0 * (ci * co * k) as f64 * (t / s) as f64;
-        let st = Instant::now();
-        let xp = x.pad_with_zeros(2, k - s, 0).unwrap();
-        for _ in 0..n { let _ = xp.conv1d(conv_w(&conv), 0, s, 1, 1).unwrap(); }
-        let dc = st.elapsed().as_secs_f64() / n as f64;
-        println!("{ci:5}->{co:5} k{k:2} s{s} T{t:6}: ours {:7.2} ms {:6.1} GFLOP/s | candle {:7.2} ms {:6.1} GFLOP/s", dt * 1e3, flops / dt / 1e9, dc * 1e3, flops / dc / 1e9);
+        let ours = time(|| conv.forward(&x).unwrap());
+        let padded = x.pad_with_zeros(2, k - s, 0).unwrap();
+        let stock = time(|| padded.conv1d(conv.weight(), 0, s, 1, 1).unwrap());
+        let gflop = 2.0 * (ci * co * k) as f64 * (t / s) as f64 / 1e9;
+        println!(
+            "{ci:5} -> {co:5} k{k:2} s{s} T{t:6}: ours {:7.2} ms {:6.1} GFLOP/s | candle {:7.2} ms {:6.1} GFLOP/s",
+            ours * 1e3,
+            gflop / ours,
+            stock * 1e3,
+            gflop / stock
+        );
+    }
+    println!("conv-transpose1d (causal trim): ours");
+    for &(ci, co, k, s, t) in &[(1024, 512, 16, 8, 250), (512, 256, 12, 6, 2000), (256, 128, 10, 5, 12000), (128, 64, 8, 4, 60000)] {
+        let cfg = ConvConfig::new(k, true, PadMode::Constant).stride(s);
+        let conv = ConvTranspose1d::new(ci, co, cfg, weights((ci, co, k), co)).unwrap();
+        let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
+        let ours = time(|| conv.forward(&x).unwrap());
+        let gflop = 2.0 * (ci * co * k) as f64 * t as f64 / 1e9;
+        println!("{ci:5} -> {co:5} k{k:2} s{s} T{t:6}: ours {:7.2} ms {:6.1} GFLOP/s", ours * 1e3, gflop / ours);
     }
 }
-fn conv_w(c: &Conv1d) -> &Tensor { c.weight() }

@@ -104,6 +104,8 @@ impl Conv1dOp {
                     );
                 }
             }
+        } else if self.stride > 1 && self.dilation == 1 {
+            self.strided(x, (b, c_in, t), w, (c_out, k), t_out, &mut out, par);
         } else {
             for bi in 0..b {
                 for j in 0..k {
@@ -127,6 +129,68 @@ impl Conv1dOp {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, t_out))))
+    }
+}
+
+impl Conv1dOp {
+    /// Strided conv by phase decomposition: the input is regrouped once into `(C_in·s, T_out + m − 1)` with row
+    /// `i·s + r` holding samples `τ·s + r` of channel `i`, so the conv becomes `m = ⌈K/s⌉` GEMMs over contiguous
+    /// column windows with `s` times the inner dimension (the per-tap path makes `K` GEMMs that each stream the
+    /// output and read the input at column stride `s`; measured 1.4–2.5× slower on Mimi's encoder).
+    #[allow(clippy::too_many_arguments)]
+    fn strided(
+        &self,
+        x: &[f32],
+        (b, c_in, t): (usize, usize, usize),
+        w: &[f32],
+        (c_out, k): (usize, usize),
+        t_out: usize,
+        out: &mut [f32],
+        par: Parallelism,
+    ) {
+        use rayon::prelude::*;
+        let s = self.stride;
+        let m = k.div_ceil(s);
+        let cols = t_out + m - 1;
+        // Weight slices W_m[o, i·s + r] = w[o, i, m·s + r] (zero past the kernel): a GEMM-style packing of the
+        // weights, as any GEMM does per call, not a stored transform.
+        let mut wm = vec![0f32; m * c_out * c_in * s];
+        wm.par_chunks_mut(c_in * s).enumerate().for_each(|(mo, dst)| {
+            let (mi, o) = (mo / c_out, mo % c_out);
+            for i in 0..c_in {
+                let n = s.min(k - mi * s);
+                let src = (o * c_in + i) * k + mi * s;
+                dst[i * s..i * s + n].copy_from_slice(&w[src..src + n]);
+            }
+        });
+        let mut xs = vec![0f32; c_in * s * cols];
+        for bi in 0..b {
+            xs.par_chunks_mut(s * cols).enumerate().for_each(|(i, rows)| {
+                let src = &x[(bi * c_in + i) * t..(bi * c_in + i + 1) * t];
+                for r in 0..s {
+                    let row = &mut rows[r * cols..(r + 1) * cols];
+                    let offset = r as isize - self.pad_left as isize;
+                    let valid = tap_range(offset, s, t, cols);
+                    row[..valid.start].fill(0.0);
+                    row[valid.end..].fill(0.0);
+                    for tau in valid {
+                        row[tau] = src[(tau as isize * s as isize + offset) as usize];
+                    }
+                }
+            });
+            for mi in 0..m {
+                // SAFETY: column window mi..mi + t_out lies inside the `cols` columns of xs.
+                unsafe {
+                    gemm(
+                        c_out, t_out, c_in * s,
+                        out.as_mut_ptr().add(bi * c_out * t_out), 1, t_out as isize, true,
+                        wm.as_ptr().add(mi * c_out * c_in * s), 1, (c_in * s) as isize,
+                        xs.as_ptr().add(mi), 1, cols as isize,
+                        1.0, 1.0, false, false, false, par,
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -243,7 +307,7 @@ mod tests {
     fn conv1d_matches_candle() {
         let dev = Device::Cpu;
         for &(c_in, c_out, k, s, d, l, r) in
-            &[(1, 4, 7, 1, 1, 6, 0), (3, 5, 3, 1, 3, 3, 3), (16, 8, 4, 2, 1, 2, 1), (12, 6, 8, 4, 1, 4, 3), (9, 2, 1, 1, 1, 0, 0)]
+            &[(1, 4, 7, 1, 1, 6, 0), (3, 5, 3, 1, 3, 3, 3), (16, 8, 4, 2, 1, 2, 1), (12, 6, 8, 4, 1, 4, 3), (10, 4, 7, 3, 1, 4, 2), (9, 3, 5, 2, 1, 0, 0), (9, 2, 1, 1, 1, 0, 0)]
         {
             let x = Tensor::randn(0f32, 1., (2, c_in, 37), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
