@@ -2,7 +2,7 @@
 //!
 //! `kyutai/mimi` (or `kyutai/mimi@<revision>`) is fetched through hf-hub's cache — `config.json` and
 //! `model.safetensors` — converted once with [`convert::convert`], and the GGUF is kept next to that cache as
-//! `$HF_HOME/codec-rs/<owner>--<name>--<commit>.gguf`.
+//! `$HF_HOME/codec-rs/v1/<owner>--<name>--<commit>.gguf`.
 //!
 //! Environment, with the names and meanings of Python's `huggingface_hub` so both share one cache:
 //! - `HF_ENDPOINT`: the hub's URL (default `https://huggingface.co`), e.g. a mirror.
@@ -151,9 +151,12 @@ pub fn download(spec: &str, progress: bool) -> Result<PathBuf> {
     Hub::from_env().download(&id, progress)
 }
 
-/// Where converted models are kept: `$HF_HOME/codec-rs`.
+/// Version of what the converter writes; bump it when converted files change, so stale cached GGUFs are not reused.
+const CONVERTED_FORMAT: &str = "v1";
+
+/// Where converted models are kept: `$HF_HOME/codec-rs/v1` (the converter's output version).
 pub fn cache_dir() -> PathBuf {
-    hf_home().join("codec-rs")
+    hf_home().join("codec-rs").join(CONVERTED_FORMAT)
 }
 
 fn parse_id(spec: &str) -> Result<ModelId> {
@@ -198,12 +201,20 @@ fn convert_atomically(snapshot: &Path, gguf: &Path) -> Result<()> {
     let stem = gguf.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let tmp = TempFile(dir.join(format!(".{stem}.{}.tmp.gguf", std::process::id())));
 
-    convert::convert(snapshot, &tmp.0, &ConvertOptions::default())?;
+    let opts = ConvertOptions { name: gguf_name(gguf), ..Default::default() };
+    convert::convert(snapshot, &tmp.0, &opts)?;
     // Flush to disk before the rename publishes the file, so a crash cannot leave a renamed but empty file.
     fs::File::open(&tmp.0).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp.0, e))?;
     fs::rename(&tmp.0, gguf).map_err(|e| Error::io(gguf, e))?;
     std::mem::forget(tmp);
     Ok(())
+}
+
+/// `owner/name` for the GGUF's `general.name`, from the cache file name `<owner>--<name>--<commit>.gguf`.
+fn gguf_name(gguf: &Path) -> Option<String> {
+    let stem = gguf.file_stem()?.to_str()?;
+    let mut parts = stem.splitn(3, "--");
+    Some(format!("{}/{}", parts.next()?, parts.next()?))
 }
 
 /// Removes a partial output on error or panic.

@@ -264,14 +264,16 @@ fn resolve_converts_once_then_hits_the_cache() {
     let home = hub_env("resolve", &server.endpoint);
 
     let gguf = hub::resolve_model("kyutai/mimi", false).unwrap();
-    assert_eq!(gguf, home.join(format!("codec-rs/kyutai--mimi--{COMMIT}.gguf")));
-    assert_eq!(hub::cache_dir(), home.join("codec-rs"));
+    assert_eq!(gguf, home.join(format!("codec-rs/v1/kyutai--mimi--{COMMIT}.gguf")));
+    assert_eq!(hub::cache_dir(), home.join("codec-rs/v1"));
     let bytes = std::fs::read(&gguf).unwrap();
     assert_eq!(&bytes[..4], b"GGUF");
+    let file = codec::gguf::ModelFile::open(&gguf).unwrap();
+    assert_eq!(file.string(codec::gguf::keys::NAME).unwrap(), "kyutai/mimi");
     let seen = server.requests();
     assert!(count(&seen, "config.json") >= 1 && count(&seen, "model.safetensors") >= 1, "{seen:#?}");
     // Only the finished file is left in the cache dir: no temp files.
-    let entries: Vec<_> = std::fs::read_dir(home.join("codec-rs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(hub::cache_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
 
     // Second call: the cached GGUF, untouched, without any request.

@@ -265,7 +265,8 @@ pub fn convert(
     let vb = candle_nn::VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
     Mimi::new(cfg.clone(), vb).map_err(|e| err(format!("checkpoint does not match the Mimi architecture: {e}")))?;
 
-    let mut w = Writer::new(ARCH, src.file_name().and_then(|s| s.to_str()).unwrap_or("mimi"));
+    let name = opts.name.clone().or_else(|| src.file_name().and_then(|s| s.to_str()).map(String::from));
+    let mut w = Writer::new(ARCH, name.as_deref().unwrap_or(ARCH));
     cfg.to_gguf(&mut w);
     for (name, t, keep_f32) in &final_tensors {
         w.tensor(name, t, opts.dtype, *keep_f32).map_err(|e| err(format!("tensor '{name}': {e}")))?;

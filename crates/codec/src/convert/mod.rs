@@ -42,6 +42,8 @@ pub struct ConvertOptions {
     /// A `config.json` giving the architecture (overrides one found next to the weights).
     pub config: Option<PathBuf>,
     pub dtype: StorageDtype,
+    /// `general.name`; default: the source's file or directory name.
+    pub name: Option<String>,
 }
 
 /// Architectures `convert` knows.
