@@ -200,7 +200,12 @@ fn run(cli: &Cli) -> Result<()> {
     }
     match &cli.command {
         Command::Convert { src, output, arch, config, dtype } => {
-            let opts = ConvertOptions { arch: arch.clone(), config: config.clone(), dtype: dtype.parse::<StorageDtype>()? };
+            let opts = ConvertOptions {
+                arch: arch.clone(),
+                config: config.clone(),
+                dtype: dtype.parse::<StorageDtype>()?,
+                name: None,
+            };
             let pb = spinner(cli.quiet, format!("converting {}", src.display()));
             let res = codec::convert::convert(src, output, &opts);
             pb.finish_and_clear();
@@ -316,6 +321,13 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result
     }
     for (what, t) in [("encode", best_enc), ("decode", best_dec)] {
         println!("{what}: {:8.1} ms  RTF {:.4}  ({:.1}x real time)", t * 1e3, t / seconds, seconds / t);
+    }
+    let stages = codec.stage_times(&audio, n_q)?;
+    if !stages.is_empty() {
+        println!("stages (one more run):");
+        for (name, t) in stages {
+            println!("  {name:24} {:8.1} ms", t.as_secs_f64() * 1e3);
+        }
     }
     Ok(())
 }

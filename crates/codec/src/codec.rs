@@ -119,6 +119,12 @@ impl Codec {
         }
     }
 
+    /// Per-stage wall times of one encode + decode of `audio` (at the model rate) with `n_q` codebooks.
+    pub fn stage_times(&self, audio: &Audio, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+        let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &self.device).ctx("bench input")?;
+        self.model.stage_times(&pcm, n_q).ctx("bench stages")
+    }
+
     /// Mono audio at any rate → codes with `n_q` codebooks (all when `None`).
     pub fn encode(&self, audio: &Audio, n_q: Option<usize>) -> Result<Codes> {
         let n_q = self.check_n_q(n_q)?;

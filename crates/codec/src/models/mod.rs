@@ -20,6 +20,10 @@ pub trait Model: Send + Sync {
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor>;
     /// Codes (B, n, F), n ≤ n_q → audio (B, 1, F * hop).
     fn decode(&self, codes: &Tensor) -> Result<Tensor>;
+    /// Wall time of each stage of one encode and decode of `pcm` (for `codec bench`); empty if not broken down.
+    fn stage_times(&self, _pcm: &Tensor, _n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+        Ok(vec![])
+    }
 }
 
 /// Architectures this build can run (`general.architecture` values).

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Full-size Mimi: codec-rs against the references, parity and speed, on one machine. Run by hand, never by CI.
+
+    ~/ref-venv/bin/python scripts/make_fixtures.py --full-size --input /tmp/speech.wav --out /tmp/mimi-full
+    cargo build --release
+    ~/ref-venv/bin/python scripts/compare_full_size.py /tmp/mimi-full [--threads 2] [--runs 3]
+
+Converts both checkpoint layouts (and f16 / q8_0 copies) with `codec convert`, encodes the fixture's input and decodes
+moshi's codes with `codec`, and prints the code mismatch fraction, decoded cosine and SNR against moshi's outputs.
+Then times `codec bench` and moshi / transformers (`make_fixtures.py --bench-only`) with the same thread count and
+prints the speed ratios. Needs numpy and soundfile (the reference venv has both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+CODEC = ROOT / "target" / "release" / "codec"
+
+
+def run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+def compare(name: str, codes: np.ndarray, ref_codes: np.ndarray, decoded: np.ndarray, ref_decoded: np.ndarray) -> None:
+    mismatch = (codes != ref_codes).mean()
+    cos = float(decoded @ ref_decoded / np.linalg.norm(decoded) / np.linalg.norm(ref_decoded))
+    snr = 10 * np.log10((ref_decoded**2).sum() / max(((decoded - ref_decoded) ** 2).sum(), 1e-30))
+    print(f"{name:10s} codes {codes.shape} mismatch {mismatch * 100:6.2f} %   decoded cos {cos:.9f}   "
+          f"SNR {snr:6.1f} dB   max |diff| {np.abs(decoded - ref_decoded).max():.2e}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("fixtures", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    fx = args.fixtures
+    ref_codes = np.load(fx / "codes.npy")
+    ref_decoded = np.load(fx / "decoded.npy").astype(np.float64)
+    threads = ["--threads", str(args.threads), "--quiet"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = {
+            "original": ["convert", str(fx / "original" / "model.safetensors"), "--config", str(fx / "original" / "config.json")],
+            "hub": ["convert", str(fx / "hub")],
+            "hub-f16": ["convert", str(fx / "hub"), "--dtype", "f16"],
+            "hub-q8_0": ["convert", str(fx / "hub"), "--dtype", "q8_0"],
+        }
+        print(f"parity against moshi ({fx}):")
+        for name, cmd in models.items():
+            gguf = tmp / f"{name}.gguf"
+            run(str(CODEC), *cmd, "-o", str(gguf), "--quiet")
+            run(str(CODEC), "encode", "-m", str(gguf), str(fx / "input.wav"), "-o", str(tmp / "codes.npy"), *threads)
+            run(str(CODEC), "decode", "-m", str(gguf), str(fx / "codes.npy"), "-o", str(tmp / "dec.wav"), *threads)
+            decoded, _ = sf.read(tmp / "dec.wav", dtype="float64")
+            compare(name, np.load(tmp / "codes.npy"), ref_codes, decoded, ref_decoded)
+            print(f"{'':10s} file size {gguf.stat().st_size / 2**20:.1f} MiB")
+
+        bench = run(str(CODEC), "bench", "-m", str(tmp / "hub.gguf"), "--runs", str(args.runs), *threads)
+    print(bench.strip())
+    ours = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
+    ref = run(sys.executable, str(ROOT / "scripts" / "make_fixtures.py"), "--bench-only", "--out", str(fx),
+              "--threads", str(args.threads))
+    print(ref.strip())
+    moshi = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
+    for k in ("encode", "decode"):
+        print(f"{k}: codec-rs {ours[k]:.3f} s, moshi {float(moshi[k]):.3f} s -> {float(moshi[k]) / ours[k]:.2f}x faster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
