@@ -120,7 +120,9 @@ fn spinner(quiet: bool, msg: String) -> ProgressBar {
         return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
     }
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or(ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or(ProgressStyle::default_spinner()),
+    );
     pb.set_message(msg);
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
@@ -160,14 +162,17 @@ fn read_codes(path: &Path, codec: &Codec) -> Result<Codes> {
     let values: Vec<i64> = match &arr.data {
         NpyData::I32(v) => v.iter().map(|&x| x as i64).collect(),
         NpyData::I64(v) => v.clone(),
-        _ => {
-            return Err(Error::codes(path, format!("codes must be int32 or int64, got {}", arr.data.dtype())))
-        }
+        _ => return Err(Error::codes(path, format!("codes must be int32 or int64, got {}", arr.data.dtype()))),
     };
     let (n_q, n_frames) = match arr.shape.as_slice() {
         [q, f] => (*q, *f),
         [1, q, f] => (*q, *f),
-        s => return Err(Error::codes(path, format!("codes must have shape (n_q, frames) or (1, n_q, frames), got {s:?}"))),
+        s => {
+            return Err(Error::codes(
+                path,
+                format!("codes must have shape (n_q, frames) or (1, n_q, frames), got {s:?}"),
+            ))
+        }
     };
     if n_q == 0 || n_frames == 0 {
         return Err(Error::codes(path, format!("codes are empty (shape {:?})", arr.shape)));
@@ -287,7 +292,7 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
 
 fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result<()> {
     let n_q = codec.check_n_q(n_q)?;
-    if !(seconds > 0.0) {
+    if !seconds.is_finite() || seconds <= 0.0 {
         return Err(Error::InvalidArgument("--seconds must be positive".into()));
     }
     let sr = codec.sample_rate();
@@ -301,10 +306,7 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result
         })
         .collect();
     let audio = Audio { sample_rate: sr, samples };
-    println!(
-        "bench: {seconds} s at {sr} Hz, n_q {n_q}, {} threads, best of {runs}",
-        candle_core_threads()
-    );
+    println!("bench: {seconds} s at {sr} Hz, n_q {n_q}, {} threads, best of {runs}", candle_core_threads());
     let mut codes = None;
     let mut best_enc = f64::INFINITY;
     for _ in 0..runs {

@@ -93,7 +93,16 @@ fn info_describes_the_model() {
     let o = codec(&["info", s(model())]);
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    for want in ["architecture:   mimi", "sample rate:    24000 Hz", "hop:            1920", "frame rate:     12.5 Hz", "max n_q:        8", "codebook size:  64", "parameters:", "file size:"] {
+    for want in [
+        "architecture:   mimi",
+        "sample rate:    24000 Hz",
+        "hop:            1920",
+        "frame rate:     12.5 Hz",
+        "max n_q:        8",
+        "codebook size:  64",
+        "parameters:",
+        "file size:",
+    ] {
         assert!(out.contains(want), "info output lacks {want:?}:\n{out}");
     }
 }
@@ -124,7 +133,10 @@ fn bad_model_files() {
 #[test]
 fn bad_arguments() {
     let src = fixtures().join("hub");
-    assert_fails(&codec(&["convert", s(&src), "-o", s(&tmp("x.gguf")), "--arch", "nope"]), &["unknown architecture 'nope'"]);
+    assert_fails(
+        &codec(&["convert", s(&src), "-o", s(&tmp("x.gguf")), "--arch", "nope"]),
+        &["unknown architecture 'nope'"],
+    );
     assert_fails(&codec(&["convert", s(&src), "-o", s(&tmp("x.gguf")), "--dtype", "q4"]), &["unknown dtype 'q4'"]);
     assert_fails(&codec(&["convert", "/nonexistent/dir", "-o", s(&tmp("x.gguf"))]), &["/nonexistent/dir"]);
     let input = fixtures().join("input.wav");
@@ -164,5 +176,8 @@ fn bad_audio() {
     let junk = tmp("junk.wav");
     std::fs::write(&junk, b"RIFF....WAVEjunkjunkjunkjunk").unwrap();
     assert_fails(&codec(&["encode", "-m", s(model()), s(&junk), "-o", s(&tmp("j.npy"))]), &["junk.wav"]);
-    assert_fails(&codec(&["roundtrip", "-m", s(model()), "/nonexistent.flac", "-o", s(&tmp("j.wav"))]), &["/nonexistent.flac"]);
+    assert_fails(
+        &codec(&["roundtrip", "-m", s(model()), "/nonexistent.flac", "-o", s(&tmp("j.wav"))]),
+        &["/nonexistent.flac"],
+    );
 }

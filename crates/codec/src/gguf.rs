@@ -128,12 +128,8 @@ impl ModelFile {
 
     /// (name, shape, storage dtype) of every tensor, sorted by name.
     pub fn tensor_list(&self) -> Vec<(String, Vec<usize>, GgmlDType)> {
-        let mut out: Vec<_> = self
-            .content
-            .tensor_infos
-            .iter()
-            .map(|(n, i)| (n.clone(), i.shape.dims().to_vec(), i.ggml_dtype))
-            .collect();
+        let mut out: Vec<_> =
+            self.content.tensor_infos.iter().map(|(n, i)| (n.clone(), i.shape.dims().to_vec(), i.ggml_dtype)).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

@@ -91,7 +91,9 @@ pub fn config_from_json(path: &Path, j: &Json) -> Result<MimiConfig> {
         return Err(bad(format!("frame_rate {frame_rate} does not divide the SEANet rate {seanet_rate}")));
     }
     if uint("num_key_value_heads", heads)? != heads {
-        return Err(bad("grouped-query attention (num_key_value_heads != num_attention_heads) is not supported".into()));
+        return Err(
+            bad("grouped-query attention (num_key_value_heads != num_attention_heads) is not supported".into()),
+        );
     }
     let rope_theta = match j.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
         Some(v) => v.as_f64().ok_or_else(|| bad("rope_parameters.rope_theta is not a number".into()))?,
@@ -189,7 +191,10 @@ fn interleaved_to_rotate_half(w: &Tensor, heads: usize) -> candle_core::Result<T
 }
 
 fn count_codebooks(names: &[&String]) -> usize {
-    names.iter().filter(|n| n.ends_with("embed_sum") || n.ends_with("embedding_sum") || n.ends_with("codebook.embed")).count()
+    names
+        .iter()
+        .filter(|n| n.ends_with("embed_sum") || n.ends_with("embedding_sum") || n.ends_with("codebook.embed"))
+        .count()
 }
 
 /// Converts a loaded checkpoint (`tensors`, original or hub names) with an optional `config.json` into a GGUF.
@@ -206,7 +211,11 @@ pub fn convert(
     let mut cfg = match config {
         Some((path, j)) => config_from_json(path, j)?,
         None if original => MimiConfig::published(count_codebooks(&names)),
-        None => return Err(err("the hub layout needs its config.json (put it next to the safetensors or pass --config)".into())),
+        None => {
+            return Err(err(
+                "the hub layout needs its config.json (put it next to the safetensors or pass --config)".into()
+            ))
+        }
     };
     let n_found = count_codebooks(&names);
     if n_found < cfg.num_quantizers {
@@ -225,7 +234,8 @@ pub fn convert(
             if let Some(prefix) = new.strip_suffix("self_attn.in_proj_weight") {
                 let parts = t.chunk(3, 0).map_err(|e| err(format!("tensor '{name}': {e}")))?;
                 let heads = cfg.num_attention_heads;
-                let permute = |w: &Tensor| interleaved_to_rotate_half(w, heads).map_err(|e| err(format!("{name}: {e}")));
+                let permute =
+                    |w: &Tensor| interleaved_to_rotate_half(w, heads).map_err(|e| err(format!("{name}: {e}")));
                 hub.insert(format!("{prefix}self_attn.q_proj.weight"), permute(&parts[0])?);
                 hub.insert(format!("{prefix}self_attn.k_proj.weight"), permute(&parts[1])?);
                 hub.insert(format!("{prefix}self_attn.v_proj.weight"), parts[2].clone());
@@ -251,7 +261,9 @@ pub fn convert(
             let usage = hub
                 .get(&format!("{prefix}codebook.cluster_usage"))
                 .ok_or_else(|| err(format!("'{prefix}codebook.cluster_usage' is missing")))?;
-            let embed = t.broadcast_div(&usage.clamp(CLUSTER_USAGE_EPS, f64::INFINITY).map_err(fail)?.unsqueeze(1).map_err(fail)?);
+            let embed = t.broadcast_div(
+                &usage.clamp(CLUSTER_USAGE_EPS, f64::INFINITY).map_err(fail)?.unsqueeze(1).map_err(fail)?,
+            );
             final_tensors.push((format!("{prefix}codebook.embed"), embed.map_err(fail)?, true));
         } else if name.ends_with("input_proj.weight") || name.ends_with("output_proj.weight") {
             final_tensors.push((name.clone(), t.squeeze(2).map_err(fail)?, false));

@@ -215,9 +215,7 @@ pub struct SplitRvq {
 impl SplitRvq {
     fn new(cfg: &MimiConfig, vb: VarBuilder) -> Result<Self> {
         let n_sem = cfg.num_semantic_quantizers;
-        let rvq = |n, name| {
-            ResidualVq::new(n, cfg.hidden_size, cfg.codebook_dim, cfg.codebook_size, true, vb.pp(name))
-        };
+        let rvq = |n, name| ResidualVq::new(n, cfg.hidden_size, cfg.codebook_dim, cfg.codebook_size, true, vb.pp(name));
         Ok(Self {
             semantic: rvq(n_sem, "semantic_residual_vector_quantizer")?,
             acoustic: rvq(cfg.num_quantizers - n_sem, "acoustic_residual_vector_quantizer")?,

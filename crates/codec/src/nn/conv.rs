@@ -41,12 +41,8 @@ pub fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Ten
             let extra = (left.max(right) + 1).saturating_sub(len);
             let x = x.pad_with_zeros(D::Minus1, 0, extra)?;
             let len = len + extra;
-            let idx: Vec<u32> = (1..=left)
-                .rev()
-                .chain(0..len)
-                .chain((0..right).map(|i| len - 2 - i))
-                .map(|i| i as u32)
-                .collect();
+            let idx: Vec<u32> =
+                (1..=left).rev().chain(0..len).chain((0..right).map(|i| len - 2 - i)).map(|i| i as u32).collect();
             let idx = Tensor::new(idx, x.device())?;
             let y = x.index_select(&idx, 2)?;
             y.narrow(D::Minus1, 0, y.dim(D::Minus1)? - extra)
@@ -163,10 +159,17 @@ impl ConvTranspose1d {
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((c_in, c_out / cfg.groups, cfg.kernel_size), "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
-        if cfg.groups != 1 && !(cfg.groups == c_in && c_in == c_out && cfg.kernel_size % cfg.stride == 0) {
+        if cfg.groups != 1 && !(cfg.groups == c_in && c_in == c_out && cfg.kernel_size.is_multiple_of(cfg.stride)) {
             candle_core::bail!("grouped transposed conv is supported only depthwise with kernel a multiple of stride");
         }
-        Ok(Self { weight, bias, kernel_size: cfg.kernel_size, stride: cfg.stride, groups: cfg.groups, causal: cfg.causal })
+        Ok(Self {
+            weight,
+            bias,
+            kernel_size: cfg.kernel_size,
+            stride: cfg.stride,
+            groups: cfg.groups,
+            causal: cfg.causal,
+        })
     }
 
     /// Depthwise transposed conv as broadcast multiply + shifted sums: each input sample writes `k` outputs, the

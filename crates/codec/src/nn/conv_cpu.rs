@@ -96,11 +96,25 @@ impl Conv1dOp {
                 }
                 unsafe {
                     gemm(
-                        c_out, t_out, c_in * k,
-                        out.as_mut_ptr().add(bi * c_out * t_out), 1, t_out as isize, true,
-                        w.as_ptr(), 1, (c_in * k) as isize,
-                        cols.as_ptr(), 1, t_out as isize,
-                        1.0, 1.0, false, false, false, par,
+                        c_out,
+                        t_out,
+                        c_in * k,
+                        out.as_mut_ptr().add(bi * c_out * t_out),
+                        1,
+                        t_out as isize,
+                        true,
+                        w.as_ptr(),
+                        1,
+                        (c_in * k) as isize,
+                        cols.as_ptr(),
+                        1,
+                        t_out as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
                     );
                 }
             }
@@ -118,11 +132,25 @@ impl Conv1dOp {
                     // SAFETY: tap_range keeps every read inside row bi of x and every write inside row bi of out.
                     unsafe {
                         gemm(
-                            c_out, r.len(), c_in,
-                            out.as_mut_ptr().add(bi * c_out * t_out + r.start), 1, t_out as isize, true,
-                            w.as_ptr().add(j), k as isize, (c_in * k) as isize,
-                            x.as_ptr().add(bi * c_in * t + src0), self.stride as isize, t as isize,
-                            1.0, 1.0, false, false, false, par,
+                            c_out,
+                            r.len(),
+                            c_in,
+                            out.as_mut_ptr().add(bi * c_out * t_out + r.start),
+                            1,
+                            t_out as isize,
+                            true,
+                            w.as_ptr().add(j),
+                            k as isize,
+                            (c_in * k) as isize,
+                            x.as_ptr().add(bi * c_in * t + src0),
+                            self.stride as isize,
+                            t as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
                         );
                     }
                 }
@@ -182,11 +210,25 @@ impl Conv1dOp {
                 // SAFETY: column window mi..mi + t_out lies inside the `cols` columns of xs.
                 unsafe {
                     gemm(
-                        c_out, t_out, c_in * s,
-                        out.as_mut_ptr().add(bi * c_out * t_out), 1, t_out as isize, true,
-                        wm.as_ptr().add(mi * c_out * c_in * s), 1, (c_in * s) as isize,
-                        xs.as_ptr().add(mi), 1, cols as isize,
-                        1.0, 1.0, false, false, false, par,
+                        c_out,
+                        t_out,
+                        c_in * s,
+                        out.as_mut_ptr().add(bi * c_out * t_out),
+                        1,
+                        t_out as isize,
+                        true,
+                        wm.as_ptr().add(mi * c_out * c_in * s),
+                        1,
+                        (c_in * s) as isize,
+                        xs.as_ptr().add(mi),
+                        1,
+                        cols as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
                     );
                 }
             }
@@ -252,11 +294,25 @@ impl ConvTranspose1dOp {
                 // SAFETY: tap_range keeps every written column inside row bi of out.
                 unsafe {
                     gemm(
-                        c_out, r.len(), c_in,
-                        out.as_mut_ptr().add(bi * c_out * t_out + dst0), self.stride as isize, t_out as isize, true,
-                        w.as_ptr().add(j), (c_out * k) as isize, k as isize,
-                        x.as_ptr().add(bi * c_in * t + r.start), 1, t as isize,
-                        1.0, 1.0, false, false, false, par,
+                        c_out,
+                        r.len(),
+                        c_in,
+                        out.as_mut_ptr().add(bi * c_out * t_out + dst0),
+                        self.stride as isize,
+                        t_out as isize,
+                        true,
+                        w.as_ptr().add(j),
+                        (c_out * k) as isize,
+                        k as isize,
+                        x.as_ptr().add(bi * c_in * t + r.start),
+                        1,
+                        t as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
                     );
                 }
             }
@@ -306,9 +362,15 @@ mod tests {
     #[test]
     fn conv1d_matches_candle() {
         let dev = Device::Cpu;
-        for &(c_in, c_out, k, s, d, l, r) in
-            &[(1, 4, 7, 1, 1, 6, 0), (3, 5, 3, 1, 3, 3, 3), (16, 8, 4, 2, 1, 2, 1), (12, 6, 8, 4, 1, 4, 3), (10, 4, 7, 3, 1, 4, 2), (9, 3, 5, 2, 1, 0, 0), (9, 2, 1, 1, 1, 0, 0)]
-        {
+        for &(c_in, c_out, k, s, d, l, r) in &[
+            (1, 4, 7, 1, 1, 6, 0),
+            (3, 5, 3, 1, 3, 3, 3),
+            (16, 8, 4, 2, 1, 2, 1),
+            (12, 6, 8, 4, 1, 4, 3),
+            (10, 4, 7, 3, 1, 4, 2),
+            (9, 3, 5, 2, 1, 0, 0),
+            (9, 2, 1, 1, 1, 0, 0),
+        ] {
             let x = Tensor::randn(0f32, 1., (2, c_in, 37), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
@@ -325,7 +387,9 @@ mod tests {
     #[test]
     fn conv_transpose1d_matches_candle() {
         let dev = Device::Cpu;
-        for &(c_in, c_out, k, s, tl, tr) in &[(8, 4, 8, 4, 0, 4), (5, 3, 4, 2, 1, 1), (6, 6, 3, 1, 0, 0), (4, 2, 10, 5, 3, 2)] {
+        for &(c_in, c_out, k, s, tl, tr) in
+            &[(8, 4, 8, 4, 0, 4), (5, 3, 4, 2, 1, 1), (6, 6, 3, 1, 0, 0), (4, 2, 10, 5, 3, 2)]
+        {
             let x = Tensor::randn(0f32, 1., (2, c_in, 11), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
             let op = ConvTranspose1dOp { stride: s, trim_left: tl, trim_right: tr };

@@ -56,7 +56,10 @@ impl ResidualVq {
         vb: VarBuilder,
     ) -> Result<Self> {
         let (input_proj, output_proj) = if projected {
-            (Some(vb.get((codebook_dim, dim), "input_proj.weight")?), Some(vb.get((dim, codebook_dim), "output_proj.weight")?))
+            (
+                Some(vb.get((codebook_dim, dim), "input_proj.weight")?),
+                Some(vb.get((dim, codebook_dim), "output_proj.weight")?),
+            )
         } else {
             (None, None)
         };

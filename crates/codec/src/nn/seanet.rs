@@ -46,7 +46,8 @@ struct ResidualBlock {
 impl ResidualBlock {
     fn new(dim: usize, dilation: usize, cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
         let hidden = dim / cfg.compress;
-        let conv1 = Conv1d::new(dim, hidden, cfg.conv(cfg.residual_kernel_size).dilation(dilation), vb.pp("block.1.conv"))?;
+        let conv1 =
+            Conv1d::new(dim, hidden, cfg.conv(cfg.residual_kernel_size).dilation(dilation), vb.pp("block.1.conv"))?;
         let conv2 = Conv1d::new(hidden, dim, cfg.conv(1), vb.pp("block.3.conv"))?;
         let shortcut =
             if cfg.true_skip { None } else { Some(Conv1d::new(dim, dim, cfg.conv(1), vb.pp("shortcut.conv"))?) };

@@ -165,7 +165,8 @@ pub struct Transformer {
 
 impl Transformer {
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        let layers = (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let layers =
+            (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
         Ok(Self { layers, cfg: cfg.clone() })
     }
 
