@@ -1,6 +1,7 @@
 //! Building blocks shared by the architectures.
 
 pub mod conv;
+mod elu;
 mod conv_cpu;
 pub mod rvq;
 pub mod seanet;

@@ -8,6 +8,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+use super::elu::elu;
 
 #[derive(Debug, Clone)]
 pub struct SeanetConfig {
@@ -55,8 +56,8 @@ impl ResidualBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(&x.elu(1.0)?)?;
-        let y = self.conv2.forward(&y.elu(1.0)?)?;
+        let y = self.conv1.forward(&elu(x)?)?;
+        let y = self.conv2.forward(&elu(&y)?)?;
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -80,7 +81,7 @@ impl Layer {
             Layer::Conv(c) => c.forward(x),
             Layer::ConvTranspose(c) => c.forward(x),
             Layer::Residual(r) => r.forward(x),
-            Layer::Elu => x.elu(1.0),
+            Layer::Elu => elu(x),
         }
     }
 }
