@@ -30,7 +30,9 @@ impl CustomOp1 for Elu {
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = if v > 0.0 { v } else { exp_nonpositive(v) - 1.0 };
+                // Both branches computed, then a select: keeps the loop branch-free so it vectorises.
+                let neg = exp_nonpositive(if v < 0.0 { v } else { 0.0 }) - 1.0;
+                *d = if v > 0.0 { v } else { neg };
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -43,8 +45,10 @@ impl CustomOp1 for Elu {
 fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let x = if x > -87.0 { x } else { -87.0 };
+    // Round to nearest by adding and removing 1.5·2^23 (`f32::round` is a libm call on baseline x86-64).
+    const ROUND: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -53,7 +57,9 @@ fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let e_r = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n without a float→int cast (Rust's saturating `as` does not vectorise): the low bits of 2^23 + 127 + n are
+    // the biased exponent; shifting by 23 moves them into the exponent field and the rest out of the word.
+    let two_n = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     e_r * two_n
 }
 
