@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use codec::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+use codec::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 
 const RUNS: usize = 3;
 
@@ -42,7 +42,7 @@ fn main() {
         (512, 1024, 16, 8, 2000),
         (1024, 512, 3, 1, 250),
     ] {
-        let conv = Conv1d::new(ci, co, ConvConfig::new(k, true, PadMode::Constant).stride(s), weights((co, ci, k), co))
+        let conv = Conv1d::new(ci, co, ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s), weights((co, ci, k), co))
             .unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());
@@ -61,7 +61,7 @@ fn main() {
     for &(ci, co, k, s, t) in
         &[(1024, 512, 16, 8, 250), (512, 256, 12, 6, 2000), (256, 128, 10, 5, 12000), (128, 64, 8, 4, 60000)]
     {
-        let cfg = ConvConfig::new(k, true, PadMode::Constant).stride(s);
+        let cfg = ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s);
         let conv = ConvTranspose1d::new(ci, co, cfg, weights((ci, co, k), co)).unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());

@@ -15,11 +15,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
 use super::ConvertOptions;
-use crate::gguf::Writer;
 use crate::models::mimi::{Mimi, MimiConfig, ARCH};
 use crate::{Error, Result};
 
@@ -272,16 +271,5 @@ pub fn convert(
         }
     }
 
-    // 3. Check the result builds the model it claims to be before writing anything.
-    let map: HashMap<String, Tensor> = final_tensors.iter().map(|(n, t, _)| (n.clone(), t.clone())).collect();
-    let vb = candle_nn::VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
-    Mimi::new(cfg.clone(), vb).map_err(|e| err(format!("checkpoint does not match the Mimi architecture: {e}")))?;
-
-    let name = opts.name.clone().or_else(|| src.file_name().and_then(|s| s.to_str()).map(String::from));
-    let mut w = Writer::new(ARCH, name.as_deref().unwrap_or(ARCH));
-    cfg.to_gguf(&mut w);
-    for (name, t, keep_f32) in &final_tensors {
-        w.tensor(name, t, opts.dtype, *keep_f32).map_err(|e| err(format!("tensor '{name}': {e}")))?;
-    }
-    w.write(out)
+    super::write_gguf(src, ARCH, &final_tensors, |vb| Mimi::new(cfg.clone(), vb).map(|_| ()), |w| cfg.to_gguf(w), out, opts)
 }

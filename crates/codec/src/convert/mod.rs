@@ -1,9 +1,10 @@
 //! Converters: source checkpoints → one GGUF model file. Every weight transform lives here (DESIGN.md principle 2).
 //!
-//! A source is a HF-style directory (`config.json` + `*.safetensors`) or a single `.safetensors` file (with `--config`
-//! for its architecture where the file alone does not say). The architecture comes from `--arch`, else from
+//! A source is a HF-style directory (`config.json` + `*.safetensors`), a single `.safetensors` file (with `--config`
+//! for its architecture where the file alone does not say) or descript's DAC `.pth`. The architecture comes from `--arch`, else from
 //! `config.json`'s `model_type`, else from the tensor names.
 
+pub mod dac;
 pub mod mimi;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 
+use crate::gguf::Writer;
 use crate::{Error, Result};
 
 /// Storage type for the converted weights. Biases, norms, codebooks and 1-D tensors always stay f32.
@@ -47,7 +49,31 @@ pub struct ConvertOptions {
 }
 
 /// Architectures `convert` knows.
-pub const ARCHITECTURES: &[&str] = &[crate::models::mimi::ARCH];
+pub const ARCHITECTURES: &[&str] = &[crate::models::mimi::ARCH, crate::models::dac::ARCH];
+
+/// Checks that `tensors` (name, tensor, keep in f32) build the model (`build`), then writes them with the metadata
+/// `metadata` adds: nothing is written for a checkpoint that does not fit its architecture.
+fn write_gguf(
+    src: &Path,
+    arch: &str,
+    tensors: &[(String, Tensor, bool)],
+    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<()>,
+    metadata: impl FnOnce(&mut Writer),
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<()> {
+    let err = |msg: String| Error::convert(src, msg);
+    let map: HashMap<String, Tensor> = tensors.iter().map(|(n, t, _)| (n.clone(), t.clone())).collect();
+    let vb = candle_nn::VarBuilder::from_tensors(map, candle_core::DType::F32, &Device::Cpu);
+    build(vb).map_err(|e| err(format!("checkpoint does not match the {arch} architecture: {e}")))?;
+    let name = opts.name.clone().or_else(|| src.file_name().and_then(|s| s.to_str()).map(String::from));
+    let mut w = Writer::new(arch, name.as_deref().unwrap_or(arch));
+    metadata(&mut w);
+    for (name, t, keep_f32) in tensors {
+        w.tensor(name, t, opts.dtype, *keep_f32).map_err(|e| err(format!("tensor '{name}': {e}")))?;
+    }
+    w.write(out)
+}
 
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -70,6 +96,15 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
         }
     }
     let meta = std::fs::metadata(src).map_err(|e| Error::io(src, e))?;
+    let ext = src.extension().and_then(|x| x.to_str()).unwrap_or("");
+    if meta.is_file() && ext == "pth" {
+        // descript's DAC release format: weights and architecture in one torch pickle.
+        if opts.arch.as_deref().is_some_and(|a| a != crate::models::dac::ARCH) {
+            return Err(Error::convert(src, "a .pth source is read as descript's DAC format (--arch dac)"));
+        }
+        let (tensors, cfg) = dac::read_pth(src)?;
+        return dac::convert(src, tensors, cfg, out, opts);
+    }
     let (weights, found_config): (Vec<PathBuf>, Option<PathBuf>) = if meta.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(src)
             .map_err(|e| Error::io(src, e))?
@@ -80,11 +115,10 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
         let config = src.join("config.json");
         (files, config.exists().then_some(config))
     } else {
-        let ext = src.extension().and_then(|x| x.to_str()).unwrap_or("");
         if ext != "safetensors" {
             return Err(Error::convert(
                 src,
-                format!("unsupported source '.{ext}' (this build reads a directory or a .safetensors file)"),
+                format!("unsupported source '.{ext}' (this build reads a directory, a .safetensors or a DAC .pth file)"),
             ));
         }
         let config = src.parent().map(|p| p.join("config.json")).filter(|p| p.exists());
@@ -106,18 +140,23 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
         (Some(a), _) => a.clone(),
         (None, Some(t)) => t.to_string(),
         (None, None) if mimi::looks_like_mimi(&names) => crate::models::mimi::ARCH.to_string(),
+        (None, None) if dac::looks_like_dac(&names) => crate::models::dac::ARCH.to_string(),
         (None, None) => {
             return Err(Error::convert(src, "cannot tell the architecture from the tensor names; pass --arch"))
         }
     };
+    // A config.json of another model next to the weights is not their config.
+    let own_config = match (&config_path, &config) {
+        (Some(p), Some(j)) if model_type.is_none_or(|t| t == arch) => Some((p.as_path(), j)),
+        _ => None,
+    };
     match arch.as_str() {
-        crate::models::mimi::ARCH => {
-            // A config.json of another model next to an original Mimi file is not its config.
-            let cfg = match (&config_path, &config) {
-                (Some(p), Some(j)) if model_type.is_none_or(|t| t == "mimi") => Some((p.as_path(), j)),
-                _ => None,
-            };
-            mimi::convert(src, tensors, cfg, out, opts)
+        crate::models::mimi::ARCH => mimi::convert(src, tensors, own_config, out, opts),
+        crate::models::dac::ARCH => {
+            let (path, j) = own_config.ok_or_else(|| {
+                Error::convert(src, "a DAC safetensors checkpoint needs its config.json (next to it or --config)")
+            })?;
+            dac::convert(src, tensors, dac::config_from_json(path, j)?, out, opts)
         }
         other => Err(Error::convert(
             src,

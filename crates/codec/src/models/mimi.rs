@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::gguf::{keys, ModelFile};
-use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 use crate::nn::rvq::ResidualVq;
 use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
 use crate::nn::transformer::{Transformer, TransformerConfig};
@@ -271,9 +271,9 @@ impl Mimi {
         let transformer = config.transformer();
         let h = config.hidden_size;
         let s = config.downsample_stride;
-        let causal = config.use_causal_conv;
+        let padding = if config.use_causal_conv { Padding::Causal } else { Padding::Centered };
         // The frame-rate convs pad by repeating the edge sample (the references' `pad_mode="replicate"`).
-        let resample_conv = ConvConfig::new(2 * s, causal, PadMode::Replicate).stride(s).bias(false);
+        let resample_conv = ConvConfig::new(2 * s, padding, PadMode::Replicate).stride(s).bias(false);
         Ok(Self {
             encoder: SeanetEncoder::new(&seanet, vb.pp("encoder.layers"))?,
             encoder_transformer: Transformer::new(&transformer, vb.pp("encoder_transformer"))?,

@@ -1,5 +1,6 @@
 //! One file per architecture; each implements [`Model`], the one seam between the generic runtime and a codec.
 
+pub mod dac;
 pub mod mimi;
 
 use candle_core::{Device, Result, Tensor};
@@ -27,12 +28,13 @@ pub trait Model: Send + Sync {
 }
 
 /// Architectures this build can run (`general.architecture` values).
-pub const ARCHITECTURES: &[&str] = &[mimi::ARCH];
+pub const ARCHITECTURES: &[&str] = &[mimi::ARCH, dac::ARCH];
 
 /// Builds the model a GGUF file describes, weights on `device`.
 pub fn load(file: &ModelFile, device: &Device) -> crate::Result<Box<dyn Model>> {
     match file.architecture()? {
         mimi::ARCH => Ok(Box::new(mimi::Mimi::load(file, device)?)),
+        dac::ARCH => Ok(Box::new(dac::Dac::load(file, device)?)),
         other => Err(crate::Error::model_file(
             &file.path,
             format!("architecture '{other}' is not supported (this build runs: {})", ARCHITECTURES.join(", ")),
@@ -69,6 +71,7 @@ pub fn random(arch: &str, device: &Device) -> crate::Result<Box<dyn Model>> {
     let err = |e: candle_core::Error| crate::Error::InvalidArgument(format!("cannot build a random {arch}: {e}"));
     match arch {
         mimi::ARCH => Ok(Box::new(mimi::Mimi::new(mimi::MimiConfig::published(32), vb).map_err(err)?)),
+        dac::ARCH => Ok(Box::new(dac::Dac::new(dac::DacConfig::published_44khz(), vb).map_err(err)?)),
         other => Err(crate::Error::InvalidArgument(format!(
             "unknown architecture '{other}' (known: {})",
             ARCHITECTURES.join(", ")

@@ -1,7 +1,7 @@
-//! 1-D convolutions with the padding rules of the codec references (moshi/EnCodec `StreamingConv1d`,
-//! `StreamingConvTranspose1d`): the input is padded so that the output has exactly `ceil(T / stride)` frames, on the
-//! left only for causal models, split around the centre otherwise. Transposed convolutions run unpadded (candle's fast
-//! path) and are trimmed afterwards.
+//! 1-D convolutions with the padding rules of the codec references: moshi/EnCodec's `StreamingConv1d` /
+//! `StreamingConvTranspose1d` (the input is padded so that the output has exactly `ceil(T / stride)` frames, on the
+//! left only for causal models, split around the centre otherwise) and torch's plain `padding=` (DAC). Transposed
+//! convolutions run unpadded and are trimmed afterwards.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -50,6 +50,17 @@ pub fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Ten
     }
 }
 
+/// Where the `k_eff − stride` samples of padding (or, transposed, of trim) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// All on the left, plus what completes the last window on the right: `ceil(T / stride)` frames (causal SEANet).
+    Causal,
+    /// Split around the centre (the extra sample on the left), plus what completes the last window (EnCodec).
+    Centered,
+    /// torch's `padding=p` on both sides; transposed: trims `p` on the left and `p − output_padding` on the right.
+    Torch { padding: usize, output_padding: usize },
+}
+
 /// Hyper-parameters of one convolution.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvConfig {
@@ -58,13 +69,17 @@ pub struct ConvConfig {
     pub dilation: usize,
     pub groups: usize,
     pub bias: bool,
-    pub causal: bool,
+    pub padding: Padding,
     pub pad_mode: PadMode,
 }
 
 impl ConvConfig {
-    pub fn new(kernel_size: usize, causal: bool, pad_mode: PadMode) -> Self {
-        Self { kernel_size, stride: 1, dilation: 1, groups: 1, bias: true, causal, pad_mode }
+    pub fn new(kernel_size: usize, padding: Padding, pad_mode: PadMode) -> Self {
+        Self { kernel_size, stride: 1, dilation: 1, groups: 1, bias: true, padding, pad_mode }
+    }
+    /// torch's `Conv1d(kernel_size, padding=p)` with zero padding.
+    pub fn torch(kernel_size: usize, padding: usize) -> Self {
+        Self::new(kernel_size, Padding::Torch { padding, output_padding: 0 }, PadMode::Constant)
     }
     pub fn stride(self, stride: usize) -> Self {
         Self { stride, ..self }
@@ -99,8 +114,8 @@ impl Conv1d {
         &self.weight
     }
 
-    /// Left and right padding for an input of `len` samples: `(k_eff - stride)` in total, plus whatever makes the
-    /// last window complete, so the output has `ceil(len / stride)` frames.
+    /// Left and right padding for an input of `len` samples. Streaming styles pad `(k_eff - stride)` in total plus
+    /// whatever makes the last window complete, so the output has `ceil(len / stride)` frames.
     fn padding(&self, len: usize) -> (usize, usize) {
         let c = &self.cfg;
         let k_eff = (c.kernel_size - 1) * c.dilation + 1;
@@ -108,11 +123,10 @@ impl Conv1d {
         let n_frames = (len + total).saturating_sub(k_eff).div_ceil(c.stride) + 1;
         let ideal = (n_frames - 1) * c.stride + k_eff - total;
         let extra = ideal.saturating_sub(len);
-        if c.causal {
-            (total, extra)
-        } else {
-            let right = total / 2;
-            (total - right, right + extra)
+        match c.padding {
+            Padding::Causal => (total, extra),
+            Padding::Centered => (total - total / 2, total / 2 + extra),
+            Padding::Torch { padding, .. } => (padding, padding),
         }
     }
 }
@@ -144,7 +158,8 @@ impl Module for Conv1d {
 }
 
 /// Transposed Conv1d over (B, C, T): output `(T - 1) * stride + k` trimmed by `k - stride` samples — all on the right
-/// when causal (`trim_right_ratio` 1), split around the centre otherwise. Weight `[c_in, c_out / groups, k]`.
+/// when causal (`trim_right_ratio` 1), split around the centre when centered — or as torch's `padding` /
+/// `output_padding` say. Weight `[c_in, c_out / groups, k]`.
 #[derive(Debug, Clone)]
 pub struct ConvTranspose1d {
     weight: Tensor,
@@ -152,7 +167,7 @@ pub struct ConvTranspose1d {
     kernel_size: usize,
     stride: usize,
     groups: usize,
-    causal: bool,
+    padding: Padding,
 }
 
 impl ConvTranspose1d {
@@ -168,7 +183,7 @@ impl ConvTranspose1d {
             kernel_size: cfg.kernel_size,
             stride: cfg.stride,
             groups: cfg.groups,
-            causal: cfg.causal,
+            padding: cfg.padding,
         })
     }
 
@@ -196,7 +211,11 @@ impl ConvTranspose1d {
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let total = self.kernel_size.saturating_sub(self.stride);
-        let (left, right) = if self.causal { (0, total) } else { (total - total / 2, total / 2) };
+        let (left, right) = match self.padding {
+            Padding::Causal => (0, total),
+            Padding::Centered => (total - total / 2, total / 2),
+            Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
+        };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
             let op = ConvTranspose1dOp { stride: self.stride, trim_left: left, trim_right: right };
             let x = x.contiguous()?;

@@ -5,4 +5,5 @@ mod elu;
 mod conv_cpu;
 pub mod rvq;
 pub mod seanet;
+pub mod snake;
 pub mod transformer;

@@ -112,3 +112,108 @@ impl ResidualVq {
         y.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()
     }
 }
+
+/// One layer of DAC's factorised quantiser: project the latent to a few dims, pick the entry of highest cosine
+/// similarity (both sides L2-normalised), project the raw entry back. Tensor names: `in_proj.{weight,bias}`
+/// `[dim, latent]`, `out_proj.{weight,bias}` `[latent, dim]`, `codebook.weight` `[bins, dim]` and
+/// `codebook.normalized` (its rows L2-normalised by the converter).
+#[derive(Debug, Clone)]
+struct FactorizedCodebook {
+    in_w: Tensor,
+    in_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    codebook: Tensor,
+    normalized: Tensor,
+    /// ‖normalized row‖², (1, bins): a cache, kept because the reference adds it (≈ 1, not exactly).
+    normalized_sq: Tensor,
+}
+
+impl FactorizedCodebook {
+    fn new(latent: usize, dim: usize, bins: usize, vb: VarBuilder) -> Result<Self> {
+        let normalized = vb.get((bins, dim), "codebook.normalized")?;
+        let normalized_sq = normalized.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+        Ok(Self {
+            in_w: vb.get((dim, latent), "in_proj.weight")?,
+            in_b: vb.get(dim, "in_proj.bias")?,
+            out_w: vb.get((latent, dim), "out_proj.weight")?,
+            out_b: vb.get(latent, "out_proj.bias")?,
+            codebook: vb.get((bins, dim), "codebook.weight")?,
+            normalized,
+            normalized_sq,
+        })
+    }
+
+    fn project_out(&self, q: &Tensor) -> Result<Tensor> {
+        q.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)
+    }
+
+    /// Residual (N, latent) → (indices (N,), the quantised residual (N, latent)).
+    fn encode(&self, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        let z_e = residual.matmul(&self.in_w.t()?)?.broadcast_add(&self.in_b)?;
+        // F.normalize: x / max(‖x‖, 1e-12); then the reference's squared distance, in its order of operations.
+        let enc = z_e.broadcast_div(&z_e.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?)?;
+        let dots = enc.matmul(&self.normalized.t()?)?;
+        let dist = enc.sqr()?.sum_keepdim(1)?.broadcast_sub(&(dots * 2.0)?)?.broadcast_add(&self.normalized_sq)?;
+        let idx = dist.argmin(D::Minus1)?;
+        // The reference's straight-through `z_e + (z_q − z_e)`: equal to z_q up to rounding, which feeds the residual.
+        let z_q = (&z_e + (self.codebook.index_select(&idx, 0)? - &z_e)?)?;
+        Ok((idx, self.project_out(&z_q)?))
+    }
+
+    fn decode(&self, idx: &Tensor) -> Result<Tensor> {
+        self.project_out(&self.codebook.index_select(idx, 0)?)
+    }
+}
+
+/// DAC's residual stack of factorised codebooks.
+#[derive(Debug, Clone)]
+pub struct FactorizedRvq {
+    layers: Vec<FactorizedCodebook>,
+}
+
+impl FactorizedRvq {
+    pub fn new(n_q: usize, latent: usize, dim: usize, bins: usize, vb: VarBuilder) -> Result<Self> {
+        let layers =
+            (0..n_q).map(|i| FactorizedCodebook::new(latent, dim, bins, vb.pp(format!("quantizers.{i}")))).collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Latent (B, latent, T) → (codes (B, n_q, T), the sum of the quantised residuals (B, latent, T)).
+    pub fn encode(&self, x: &Tensor, n_q: usize) -> Result<(Tensor, Tensor)> {
+        let (b, _, t) = x.dims3()?;
+        let mut residual = x.transpose(1, 2)?.flatten(0, 1)?.contiguous()?;
+        let mut codes = Vec::with_capacity(n_q);
+        let mut sum: Option<Tensor> = None;
+        for layer in self.layers.iter().take(n_q) {
+            let (idx, q) = layer.encode(&residual)?;
+            residual = (residual - &q)?;
+            sum = Some(match sum {
+                Some(s) => (s + q)?,
+                None => q,
+            });
+            codes.push(idx.reshape((b, 1, t))?);
+        }
+        let sum = sum.ok_or_else(|| candle_core::Error::Msg("encode needs at least one codebook".into()))?;
+        Ok((Tensor::cat(&codes, 1)?, sum.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()?))
+    }
+
+    /// Codes (B, n, T) → latent (B, latent, T).
+    pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let (b, n, t) = codes.dims3()?;
+        let mut sum: Option<Tensor> = None;
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
+            let q = layer.decode(&codes.narrow(1, i, 1)?.flatten_all()?)?;
+            sum = Some(match sum {
+                Some(s) => (s + q)?,
+                None => q,
+            });
+        }
+        let sum = sum.ok_or_else(|| candle_core::Error::Msg("decode needs at least one codebook".into()))?;
+        sum.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()
+    }
+
+    pub fn n_q(&self) -> usize {
+        self.layers.len()
+    }
+}

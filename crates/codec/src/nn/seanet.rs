@@ -7,7 +7,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode};
+use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 use super::elu::elu;
 
 #[derive(Debug, Clone)]
@@ -32,7 +32,8 @@ pub struct SeanetConfig {
 
 impl SeanetConfig {
     fn conv(&self, kernel_size: usize) -> ConvConfig {
-        ConvConfig::new(kernel_size, self.causal, self.pad_mode)
+        let padding = if self.causal { Padding::Causal } else { Padding::Centered };
+        ConvConfig::new(kernel_size, padding, self.pad_mode)
     }
 }
 

@@ -1,0 +1,286 @@
+//! DAC checkpoints → GGUF.
+//!
+//! Two source layouts, one result:
+//! - descript's released `weights*.pth`: a torch zip/pickle holding `state_dict` (sequential names such as
+//!   `encoder.block.1.block.0.block.1.weight_v`) and `metadata.kwargs` with the architecture — read here in Rust;
+//! - the hub/transformers layout (`config.json` + `model.safetensors`: `encoder.block.0.res_unit1.conv1.…`).
+//!
+//! Both are renamed to the hub names, then: weight norm folded (`w = v · g / ‖v‖`, norm over all dims but the first),
+//! Snake α squeezed from `[1, C, 1]` to `[C]`, the quantiser's 1x1 projections squeezed to matrices, and each codebook
+//! gets its L2-normalised copy (`codebook.normalized`) for the cosine-similarity lookup.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use candle_core::pickle::{Object, Stack};
+use candle_core::{DType, Tensor};
+use serde_json::Value as Json;
+
+use super::ConvertOptions;
+use crate::models::dac::{Dac, DacConfig, ARCH};
+use crate::{Error, Result};
+
+/// True when the tensor names look like a DAC checkpoint (either layout).
+pub fn looks_like_dac(names: &[&String]) -> bool {
+    names.iter().any(|n| n.starts_with("quantizer.quantizers.0.codebook"))
+}
+
+fn is_original_layout(names: &[&String]) -> bool {
+    names.iter().any(|n| n.starts_with("decoder.model."))
+}
+
+/// Reads descript's `.pth`: the state dict and the architecture from `metadata.kwargs`.
+pub fn read_pth(path: &Path) -> Result<(HashMap<String, Tensor>, DacConfig)> {
+    let err = |msg: String| Error::convert(path, msg);
+    let kwargs = pth_kwargs(path)?;
+    let tensors = candle_core::pickle::read_all_with_key(path, Some("state_dict"))
+        .map_err(|e| err(format!("cannot read the state_dict: {e}")))?;
+    if tensors.is_empty() {
+        return Err(err("no tensors under 'state_dict'".into()));
+    }
+    Ok((tensors.into_iter().collect(), config_from_kwargs(path, &kwargs)?))
+}
+
+/// `metadata.kwargs` of a descript checkpoint, as (name, value) pairs.
+fn pth_kwargs(path: &Path) -> Result<Vec<(String, Object)>> {
+    let err = |msg: String| Error::convert(path, msg);
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| err(format!("not a PyTorch zip checkpoint ({e})")))?;
+    let pkl = (0..zip.len())
+        .filter_map(|i| zip.name_for_index(i).and_then(|n| n.ok()).map(|n| n.to_string()))
+        .find(|n| n.ends_with("data.pkl"))
+        .ok_or_else(|| err("no data.pkl in the checkpoint".into()))?;
+    let mut bytes = vec![];
+    zip.by_name(&pkl)
+        .and_then(|mut f| f.read_to_end(&mut bytes).map_err(Into::into))
+        .map_err(|e| err(format!("cannot read {pkl}: {e}")))?;
+    let mut stack = Stack::empty();
+    stack.read_loop(&mut std::io::Cursor::new(bytes)).map_err(|e| err(format!("cannot parse {pkl}: {e}")))?;
+    let root = stack.finalize().map_err(|e| err(format!("cannot parse {pkl}: {e}")))?;
+    let kwargs = dict_get(&root, "metadata")
+        .and_then(|m| dict_get(m, "kwargs"))
+        .ok_or_else(|| err("no metadata.kwargs: not a descript DAC checkpoint".into()))?;
+    match kwargs {
+        Object::Dict(items) => Ok(items
+            .iter()
+            .filter_map(|(k, v)| match k {
+                Object::Unicode(k) => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()),
+        _ => Err(err("metadata.kwargs is not a dict".into())),
+    }
+}
+
+fn dict_get<'a>(obj: &'a Object, key: &str) -> Option<&'a Object> {
+    match obj {
+        Object::Dict(items) => items.iter().find(|(k, _)| matches!(k, Object::Unicode(s) if s == key)).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn object_usize(v: &Object) -> Option<usize> {
+    match v {
+        Object::Int(i) => usize::try_from(*i).ok(),
+        Object::Long(i) => usize::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+fn config_from_kwargs(path: &Path, kwargs: &[(String, Object)]) -> Result<DacConfig> {
+    let get = |k: &str| kwargs.iter().find(|(name, _)| name == k).map(|(_, v)| v);
+    let missing = |k: &str| Error::convert(path, format!("metadata.kwargs lacks '{k}'"));
+    let uint = |k: &str| get(k).and_then(object_usize).ok_or_else(|| missing(k));
+    let list = |k: &str| match get(k) {
+        Some(Object::List(items)) | Some(Object::Tuple(items)) => {
+            items.iter().map(object_usize).collect::<Option<Vec<_>>>().ok_or_else(|| missing(k))
+        }
+        _ => Err(missing(k)),
+    };
+    let encoder_dim = uint("encoder_dim")?;
+    let encoder_rates = list("encoder_rates")?;
+    let latent_dim = match get("latent_dim") {
+        None | Some(Object::None) => encoder_dim << encoder_rates.len(),
+        Some(v) => object_usize(v).ok_or_else(|| missing("latent_dim"))?,
+    };
+    let codebook_dim = match get("codebook_dim") {
+        Some(Object::List(_)) => {
+            return Err(Error::convert(path, "per-codebook codebook_dim lists are not supported"));
+        }
+        _ => uint("codebook_dim")?,
+    };
+    Ok(DacConfig {
+        sample_rate: uint("sample_rate")?,
+        encoder_dim,
+        encoder_rates,
+        latent_dim,
+        decoder_dim: uint("decoder_dim")?,
+        decoder_rates: list("decoder_rates")?,
+        n_codebooks: uint("n_codebooks")?,
+        codebook_size: uint("codebook_size")?,
+        codebook_dim,
+    })
+}
+
+/// Reads a transformers `DacConfig` JSON. `sampling_rate` is required: transformers' default (16000) does not match
+/// its default ratios, so a missing value would silently make a wrong model.
+pub fn config_from_json(path: &Path, j: &Json) -> Result<DacConfig> {
+    let missing = |k: &str| Error::convert(path, format!("config lacks '{k}' (or it is not a non-negative integer)"));
+    let uint = |k: &str| j.get(k).and_then(Json::as_u64).map(|v| v as usize).ok_or_else(|| missing(k));
+    let list = |k: &str| -> Result<Vec<usize>> {
+        j.get(k)
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| missing(k))
+    };
+    let encoder_dim = uint("encoder_hidden_size")?;
+    let encoder_rates = list("downsampling_ratios")?;
+    let decoder_rates = match j.get("upsampling_ratios") {
+        Some(_) => list("upsampling_ratios")?,
+        None => encoder_rates.iter().rev().copied().collect(),
+    };
+    let latent_dim = match j.get("hidden_size") {
+        Some(_) => uint("hidden_size")?,
+        None => encoder_dim << encoder_rates.len(),
+    };
+    Ok(DacConfig {
+        sample_rate: uint("sampling_rate")?,
+        encoder_dim,
+        encoder_rates,
+        latent_dim,
+        decoder_dim: uint("decoder_hidden_size")?,
+        decoder_rates,
+        n_codebooks: uint("n_codebooks")?,
+        codebook_size: uint("codebook_size")?,
+        codebook_dim: uint("codebook_dim")?,
+    })
+}
+
+/// Maps a descript name to its hub name (`n` = number of encoder/decoder blocks).
+fn original_to_hub(name: &str, n: usize) -> Option<String> {
+    const UNIT: [&str; 4] = ["snake1", "conv1", "snake2", "conv2"];
+    let parts: Vec<&str> = name.split('.').collect();
+    let idx = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok());
+    let rest = |i: usize| parts[i..].join(".");
+    let unit = |j: usize, k: usize| Some(format!("res_unit{}.{}", j + 1, UNIT.get(k)?));
+    match (parts.first().copied(), parts.get(1).copied()) {
+        (Some("encoder"), Some("block")) => {
+            let i = idx(2)?;
+            if i == 0 {
+                return Some(format!("encoder.conv1.{}", rest(3)));
+            }
+            if i == n + 1 {
+                return Some(format!("encoder.snake1.{}", rest(3)));
+            }
+            if i == n + 2 {
+                return Some(format!("encoder.conv2.{}", rest(3)));
+            }
+            // encoder.block.i.block.j[.block.k].…
+            let j = idx(4)?;
+            let inner = match j {
+                0..=2 => format!("{}.{}", unit(j, idx(6)?)?, rest(7)),
+                3 => format!("snake1.{}", rest(5)),
+                4 => format!("conv1.{}", rest(5)),
+                _ => return None,
+            };
+            Some(format!("encoder.block.{}.{inner}", i - 1))
+        }
+        (Some("decoder"), Some("model")) => {
+            let i = idx(2)?;
+            if i == 0 {
+                return Some(format!("decoder.conv1.{}", rest(3)));
+            }
+            if i == n + 1 {
+                return Some(format!("decoder.snake1.{}", rest(3)));
+            }
+            if i == n + 2 {
+                return Some(format!("decoder.conv2.{}", rest(3)));
+            }
+            let j = idx(4)?;
+            let inner = match j {
+                0 => format!("snake1.{}", rest(5)),
+                1 => format!("conv_t1.{}", rest(5)),
+                2..=4 => format!("{}.{}", unit(j - 2, idx(6)?)?, rest(7)),
+                _ => return None,
+            };
+            Some(format!("decoder.block.{}.{inner}", i - 1))
+        }
+        _ => Some(name.to_string()),
+    }
+}
+
+/// `v · (g / ‖v‖)` with the norm over every dim but the first (torch's `weight_norm(dim=0)`), in torch's order.
+fn fold_weight_norm(g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let dims: Vec<usize> = (1..v.rank()).collect();
+    let norm = v.sqr()?.sum_keepdim(dims)?.sqrt()?;
+    v.broadcast_mul(&g.reshape(norm.shape())?.div(&norm)?)
+}
+
+/// Converts a loaded checkpoint (`tensors`, descript or hub names) of architecture `cfg` into a GGUF.
+pub fn convert(
+    src: &Path,
+    tensors: HashMap<String, Tensor>,
+    cfg: DacConfig,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<()> {
+    let err = |msg: String| Error::convert(src, msg);
+    let names: Vec<&String> = tensors.keys().collect();
+    let original = is_original_layout(&names);
+    let n_blocks = cfg.encoder_rates.len();
+
+    // 1. Hub names, weight-norm pairs collected under their module prefix.
+    let mut plain: HashMap<String, Tensor> = HashMap::new();
+    let mut norm_g: HashMap<String, Tensor> = HashMap::new();
+    let mut norm_v: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in tensors {
+        let t = t.to_dtype(DType::F32).map_err(|e| err(format!("tensor '{name}': {e}")))?;
+        let name = if original {
+            original_to_hub(&name, n_blocks).ok_or_else(|| err(format!("unexpected tensor '{name}'")))?
+        } else {
+            name
+        };
+        if let Some(p) = name.strip_suffix(".weight_g").or_else(|| name.strip_suffix(".parametrizations.weight.original0")) {
+            norm_g.insert(p.to_string(), t);
+        } else if let Some(p) =
+            name.strip_suffix(".weight_v").or_else(|| name.strip_suffix(".parametrizations.weight.original1"))
+        {
+            norm_v.insert(p.to_string(), t);
+        } else {
+            plain.insert(name, t);
+        }
+    }
+    for (prefix, g) in norm_g {
+        let v = norm_v.remove(&prefix).ok_or_else(|| err(format!("'{prefix}' has weight_g but no weight_v")))?;
+        let w = fold_weight_norm(&g, &v).map_err(|e| err(format!("weight norm of '{prefix}': {e}")))?;
+        plain.insert(format!("{prefix}.weight"), w);
+    }
+    if let Some(prefix) = norm_v.keys().next() {
+        return Err(err(format!("'{prefix}' has weight_v but no weight_g")));
+    }
+
+    // 2. Shapes the runtime wants, and the normalised codebooks.
+    let mut final_tensors: Vec<(String, Tensor, bool)> = Vec::new();
+    let mut names: Vec<String> = plain.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let t = &plain[&name];
+        let fail = |e: candle_core::Error| err(format!("tensor '{name}': {e}"));
+        if name.ends_with(".alpha") {
+            final_tensors.push((name.clone(), t.flatten_all().map_err(fail)?, true));
+        } else if name.ends_with("proj.weight") && name.starts_with("quantizer.") {
+            final_tensors.push((name.clone(), t.squeeze(2).map_err(fail)?, false));
+        } else if let Some(prefix) = name.strip_suffix("codebook.weight") {
+            let norm = t.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(fail)?;
+            let normalized = t.broadcast_div(&norm.clamp(1e-12, f64::INFINITY).map_err(fail)?).map_err(fail)?;
+            final_tensors.push((name.clone(), t.clone(), true));
+            final_tensors.push((format!("{prefix}codebook.normalized"), normalized, true));
+        } else {
+            final_tensors.push((name.clone(), t.clone(), false));
+        }
+    }
+
+    super::write_gguf(src, ARCH, &final_tensors, |vb| Dac::new(cfg.clone(), vb).map(|_| ()), |w| cfg.to_gguf(w), out, opts)
+}

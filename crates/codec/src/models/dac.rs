@@ -1,0 +1,302 @@
+//! DAC (Descript Audio Codec): 16 / 24 / 44.1 kHz audio ↔ frames of up to `n_q` codes.
+//!
+//! Encode: the input is right-padded to a hop multiple, then a conv and one encoder block per rate (three residual
+//! units with dilations 1/3/9, Snake, strided conv doubling the channels), Snake, conv to the latent → factorised
+//! RVQ (cosine-similarity codebooks). Decode: codes → sum of projected entries → conv, one decoder block per rate
+//! (Snake, transposed conv halving the channels, three residual units), Snake, conv to one channel, tanh.
+//! Every conv is non-causal with torch's `padding=` (weight norm folded by the converter).
+//!
+//! Tensor names are the transformers (hub) layout's (`encoder.block.0.res_unit1.conv1.weight`, …); the converter maps
+//! descript's `.pth` names onto them.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::gguf::{keys, ModelFile};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::rvq::FactorizedRvq;
+use crate::nn::snake::Snake;
+
+pub const ARCH: &str = "dac";
+
+/// `codec.dac.*` metadata keys (names follow descript's `DAC(...)` arguments).
+pub mod key {
+    pub const ENCODER_DIM: &str = "codec.dac.encoder_dim";
+    pub const ENCODER_RATES: &str = "codec.dac.encoder_rates";
+    pub const DECODER_DIM: &str = "codec.dac.decoder_dim";
+    pub const DECODER_RATES: &str = "codec.dac.decoder_rates";
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DacConfig {
+    pub sample_rate: usize,
+    pub encoder_dim: usize,
+    pub encoder_rates: Vec<usize>,
+    pub latent_dim: usize,
+    pub decoder_dim: usize,
+    pub decoder_rates: Vec<usize>,
+    pub n_codebooks: usize,
+    pub codebook_size: usize,
+    pub codebook_dim: usize,
+}
+
+impl DacConfig {
+    pub fn hop(&self) -> usize {
+        self.encoder_rates.iter().product()
+    }
+
+    /// descript's released 44.1 kHz model (`weights_44khz_8kbps_0.0.1.pth`), for `bench --random`.
+    pub fn published_44khz() -> Self {
+        Self {
+            sample_rate: 44100,
+            encoder_dim: 64,
+            encoder_rates: vec![2, 4, 8, 8],
+            latent_dim: 1024,
+            decoder_dim: 1536,
+            decoder_rates: vec![8, 8, 4, 2],
+            n_codebooks: 9,
+            codebook_size: 1024,
+            codebook_dim: 8,
+        }
+    }
+
+    pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
+        Ok(Self {
+            sample_rate: f.usize(keys::SAMPLE_RATE)?,
+            encoder_dim: f.usize(key::ENCODER_DIM)?,
+            encoder_rates: f.usize_array(key::ENCODER_RATES)?,
+            latent_dim: f.usize(keys::LATENT_DIM)?,
+            decoder_dim: f.usize(key::DECODER_DIM)?,
+            decoder_rates: f.usize_array(key::DECODER_RATES)?,
+            n_codebooks: f.usize(keys::N_Q)?,
+            codebook_size: f.usize(keys::CODEBOOK_SIZE)?,
+            codebook_dim: f.usize(keys::CODEBOOK_DIM)?,
+        })
+    }
+
+    pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
+        w.u32(keys::SAMPLE_RATE, self.sample_rate);
+        w.u32(keys::HOP_SIZE, self.hop());
+        w.u32(keys::N_Q, self.n_codebooks);
+        w.u32(keys::CODEBOOK_SIZE, self.codebook_size);
+        w.u32(keys::CODEBOOK_DIM, self.codebook_dim);
+        w.u32(keys::LATENT_DIM, self.latent_dim);
+        w.bool(keys::HAS_ENCODER, true);
+        w.bool(keys::HAS_DECODER, true);
+        w.u32(key::ENCODER_DIM, self.encoder_dim);
+        w.u32_array(key::ENCODER_RATES, &self.encoder_rates);
+        w.u32(key::DECODER_DIM, self.decoder_dim);
+        w.u32_array(key::DECODER_RATES, &self.decoder_rates);
+    }
+}
+
+/// Snake → conv k7 (dilation d, "same" padding) → Snake → conv k1, plus the input (centre-cropped if shorter).
+#[derive(Debug, Clone)]
+struct ResidualUnit {
+    snake1: Snake,
+    conv1: Conv1d,
+    snake2: Snake,
+    conv2: Conv1d,
+}
+
+impl ResidualUnit {
+    fn new(dim: usize, dilation: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv1: Conv1d::new(dim, dim, ConvConfig::torch(7, 3 * dilation).dilation(dilation), vb.pp("conv1"))?,
+            snake2: Snake::new(dim, vb.pp("snake2"))?,
+            conv2: Conv1d::new(dim, dim, ConvConfig::torch(1, 0), vb.pp("conv2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv1.forward(&self.snake1.forward(x)?)?;
+        let y = self.conv2.forward(&self.snake2.forward(&y)?)?;
+        let crop = (x.dim(2)? - y.dim(2)?) / 2;
+        x.narrow(2, crop, y.dim(2)?)? + y
+    }
+}
+
+fn residual_units(dim: usize, vb: &VarBuilder) -> Result<[ResidualUnit; 3]> {
+    Ok([
+        ResidualUnit::new(dim, 1, vb.pp("res_unit1"))?,
+        ResidualUnit::new(dim, 3, vb.pp("res_unit2"))?,
+        ResidualUnit::new(dim, 9, vb.pp("res_unit3"))?,
+    ])
+}
+
+/// The strided conv of an encoder block: kernel 2s, stride s, padding ⌈s/2⌉.
+fn down_conv(stride: usize) -> ConvConfig {
+    ConvConfig::torch(2 * stride, stride.div_ceil(2)).stride(stride)
+}
+
+#[derive(Debug, Clone)]
+struct EncoderBlock {
+    res: [ResidualUnit; 3],
+    snake1: Snake,
+    conv1: Conv1d,
+}
+
+impl EncoderBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.res.iter().try_fold(x.clone(), |x, r| r.forward(&x))?;
+        self.conv1.forward(&self.snake1.forward(&x)?)
+    }
+}
+
+/// Audio (B, 1, T) → continuous latent (B, latent_dim, T / hop).
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    conv1: Conv1d,
+    blocks: Vec<EncoderBlock>,
+    snake1: Snake,
+    conv2: Conv1d,
+}
+
+impl Encoder {
+    fn new(cfg: &DacConfig, vb: VarBuilder) -> Result<Self> {
+        let mut dim = cfg.encoder_dim;
+        let conv1 = Conv1d::new(1, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
+        let mut blocks = Vec::with_capacity(cfg.encoder_rates.len());
+        for (i, &stride) in cfg.encoder_rates.iter().enumerate() {
+            let vb = vb.pp(format!("block.{i}"));
+            blocks.push(EncoderBlock {
+                res: residual_units(dim, &vb)?,
+                snake1: Snake::new(dim, vb.pp("snake1"))?,
+                conv1: Conv1d::new(dim, 2 * dim, down_conv(stride), vb.pp("conv1"))?,
+            });
+            dim *= 2;
+        }
+        Ok(Self {
+            conv1,
+            blocks,
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv2: Conv1d::new(dim, cfg.latent_dim, ConvConfig::torch(3, 1), vb.pp("conv2"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(x)?;
+        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x))?;
+        self.conv2.forward(&self.snake1.forward(&x)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderBlock {
+    snake1: Snake,
+    conv_t1: ConvTranspose1d,
+    res: [ResidualUnit; 3],
+}
+
+impl DecoderBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv_t1.forward(&self.snake1.forward(x)?)?;
+        self.res.iter().try_fold(x, |x, r| r.forward(&x))
+    }
+}
+
+/// Latent (B, latent_dim, F) → audio (B, 1, ≈ F · hop) in [-1, 1].
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    conv1: Conv1d,
+    blocks: Vec<DecoderBlock>,
+    snake1: Snake,
+    conv2: Conv1d,
+}
+
+impl Decoder {
+    fn new(cfg: &DacConfig, vb: VarBuilder) -> Result<Self> {
+        let mut dim = cfg.decoder_dim;
+        let conv1 = Conv1d::new(cfg.latent_dim, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
+        let mut blocks = Vec::with_capacity(cfg.decoder_rates.len());
+        for (i, &stride) in cfg.decoder_rates.iter().enumerate() {
+            let vb = vb.pp(format!("block.{i}"));
+            // The reference sets no output_padding: an odd stride s yields s·T − 1 samples.
+            let up = ConvConfig::new(
+                2 * stride,
+                Padding::Torch { padding: stride.div_ceil(2), output_padding: 0 },
+                PadMode::Constant,
+            )
+            .stride(stride);
+            blocks.push(DecoderBlock {
+                snake1: Snake::new(dim, vb.pp("snake1"))?,
+                conv_t1: ConvTranspose1d::new(dim, dim / 2, up, vb.pp("conv_t1"))?,
+                res: residual_units(dim / 2, &vb)?,
+            });
+            dim /= 2;
+        }
+        Ok(Self {
+            conv1,
+            blocks,
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv2: Conv1d::new(dim, 1, ConvConfig::torch(7, 3), vb.pp("conv2"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(x)?;
+        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x))?;
+        self.conv2.forward(&self.snake1.forward(&x)?)?.tanh()
+    }
+}
+
+/// The whole model. Stages are public so tests can compare each against the reference's intermediates.
+#[derive(Debug, Clone)]
+pub struct Dac {
+    pub config: DacConfig,
+    pub encoder: Encoder,
+    pub quantizer: FactorizedRvq,
+    pub decoder: Decoder,
+}
+
+impl Dac {
+    pub fn load(file: &ModelFile, device: &candle_core::Device) -> crate::Result<Self> {
+        let cfg = DacConfig::from_gguf(file)?;
+        let vb = VarBuilder::from_tensors(file.load_tensors(device)?, candle_core::DType::F32, device);
+        Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid dac model: {e}")))
+    }
+
+    pub fn new(config: DacConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::new(&config, vb.pp("encoder"))?,
+            quantizer: FactorizedRvq::new(
+                config.n_codebooks,
+                config.latent_dim,
+                config.codebook_dim,
+                config.codebook_size,
+                vb.pp("quantizer"),
+            )?,
+            decoder: Decoder::new(&config, vb.pp("decoder"))?,
+            config,
+        })
+    }
+
+    /// Audio (B, 1, T) → latent (B, latent, ceil(T / hop)), after the reference's right-padding to a hop multiple.
+    pub fn encode_latent(&self, pcm: &Tensor) -> Result<Tensor> {
+        let len = pcm.dim(2)?;
+        let pcm = pcm.pad_with_zeros(2, 0, len.next_multiple_of(self.config.hop()) - len)?;
+        self.encoder.forward(&pcm)
+    }
+}
+
+impl super::Model for Dac {
+    fn sample_rate(&self) -> u32 {
+        self.config.sample_rate as u32
+    }
+    fn hop(&self) -> usize {
+        self.config.hop()
+    }
+    fn n_q(&self) -> usize {
+        self.config.n_codebooks
+    }
+    fn codebook_size(&self) -> usize {
+        self.config.codebook_size
+    }
+    fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
+        Ok(self.quantizer.encode(&self.encode_latent(pcm)?, n_q)?.0)
+    }
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.quantizer.decode(codes)?)
+    }
+}
