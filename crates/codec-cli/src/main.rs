@@ -137,17 +137,26 @@ fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
     codec::audio::read_mono_at(path, codec.sample_rate())
 }
 
+/// A bar over code frames on stderr, moved after each chunk; invisible like the spinner.
+fn frame_bar(quiet: bool, msg: &str, frames: usize) -> ProgressBar {
+    let pb = spinner(quiet, msg.to_string());
+    pb.set_length(frames as u64);
+    let style = ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} frames [{elapsed}<{eta}]");
+    pb.set_style(style.unwrap_or(ProgressStyle::default_bar()));
+    pb
+}
+
 fn encode(codec: &Codec, audio: &Audio, n_q: Option<usize>, quiet: bool) -> Result<Codes> {
-    let secs = audio.samples.len() as f64 / audio.sample_rate as f64;
-    let pb = spinner(quiet, format!("encoding {secs:.1} s"));
-    let codes = codec.encode(audio, n_q);
+    let frames = (audio.samples.len() as f64 * codec.frame_rate() / audio.sample_rate as f64).ceil() as usize;
+    let pb = frame_bar(quiet, "encoding", frames);
+    let codes = codec.encode_with_progress(audio, n_q, &mut |done, _| pb.set_position(done as u64));
     pb.finish_and_clear();
     codes
 }
 
 fn decode(codec: &Codec, codes: &Codes, quiet: bool) -> Result<Audio> {
-    let pb = spinner(quiet, format!("decoding {} frames", codes.n_frames));
-    let audio = codec.decode(codes);
+    let pb = frame_bar(quiet, "decoding", codes.n_frames);
+    let audio = codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64));
     pb.finish_and_clear();
     audio
 }

@@ -68,6 +68,7 @@ pub struct Codec {
     model: Box<dyn Model>,
     device: Device,
     path: PathBuf,
+    chunk_seconds: f64,
 }
 
 impl Codec {
@@ -76,12 +77,17 @@ impl Codec {
         let file = ModelFile::open(path)?;
         let device = device.device()?;
         let model = models::load(&file, &device)?;
-        Ok(Self { model, device, path: path.to_path_buf() })
+        Ok(Self { model, device, path: path.to_path_buf(), chunk_seconds: CHUNK_SECONDS })
     }
 
     /// Wraps an already built model (tests, random-weight benchmarks).
     pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
-        Self { model, device, path: PathBuf::from("<memory>") }
+        Self { model, device, path: PathBuf::from("<memory>"), chunk_seconds: CHUNK_SECONDS }
+    }
+
+    /// Audio per chunk on long inputs (default [`CHUNK_SECONDS`]); results do not depend on it.
+    pub fn set_chunk_seconds(&mut self, seconds: f64) {
+        self.chunk_seconds = seconds;
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -127,6 +133,16 @@ impl Codec {
 
     /// Mono audio at any rate → codes with `n_q` codebooks (all when `None`).
     pub fn encode(&self, audio: &Audio, n_q: Option<usize>) -> Result<Codes> {
+        self.encode_with_progress(audio, n_q, &mut |_, _| {})
+    }
+
+    /// [`Codec::encode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::chunks`]).
+    pub fn encode_with_progress(
+        &self,
+        audio: &Audio,
+        n_q: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Codes> {
         let n_q = self.check_n_q(n_q)?;
         if audio.samples.is_empty() {
             return Err(Error::InvalidArgument("cannot encode empty audio".into()));
@@ -136,15 +152,29 @@ impl Codec {
         } else {
             std::borrow::Cow::Owned(crate::audio::resample(&audio.samples, audio.sample_rate, self.sample_rate())?)
         };
-        let pcm = Tensor::from_slice(&samples, (1, 1, samples.len()), &self.device).ctx("encode input")?;
-        let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
-        let (_, n_q, n_frames) = codes.dims3().ctx("encode output")?;
-        let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("encode output")?;
-        Ok(Codes { n_q, n_frames, data })
+        let hop = self.hop();
+        let n_frames = samples.len().div_ceil(hop);
+        let mut rows = vec![Vec::with_capacity(n_frames); n_q];
+        for chunk in self.chunks(n_frames) {
+            let (s0, s1) = (chunk.from * hop, (chunk.to * hop).min(samples.len()));
+            let pcm = Tensor::from_slice(&samples[s0..s1], (1, 1, s1 - s0), &self.device).ctx("encode input")?;
+            let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
+            let codes = codes.narrow(2, chunk.keep_from - chunk.from, chunk.keep_to - chunk.keep_from).ctx("encode")?;
+            for (row, codes) in rows.iter_mut().zip(codes.squeeze(0).and_then(|c| c.to_vec2::<u32>()).ctx("encode")?) {
+                row.extend(codes);
+            }
+            progress(chunk.keep_to, n_frames);
+        }
+        Ok(Codes { n_q, n_frames, data: rows.concat() })
     }
 
-    /// Codes → mono audio at the model rate, `n_frames * hop` samples.
+    /// Codes → mono audio at the model rate, about `n_frames * hop` samples.
     pub fn decode(&self, codes: &Codes) -> Result<Audio> {
+        self.decode_with_progress(codes, &mut |_, _| {})
+    }
+
+    /// [`Codec::decode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::chunks`]).
+    pub fn decode_with_progress(&self, codes: &Codes, progress: &mut dyn FnMut(usize, usize)) -> Result<Audio> {
         self.check_n_q(Some(codes.n_q))?;
         if codes.n_frames == 0 {
             return Err(Error::InvalidArgument("cannot decode zero frames".into()));
@@ -166,9 +196,49 @@ impl Codec {
                 pos % codes.n_frames
             )));
         }
-        let t = Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
-        let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
-        let samples = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
+        let all = Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
+        let hop = self.hop();
+        let mut samples = Vec::with_capacity(codes.n_frames * hop);
+        for chunk in self.chunks(codes.n_frames) {
+            let t = all.narrow(2, chunk.from, chunk.to - chunk.from).ctx("decode input")?;
+            let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
+            let pcm = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
+            // Output sample i of a chunk is sample from·hop + i of the whole; a model may return a few samples
+            // fewer than frames·hop at the end (DAC's odd strides), which only the last chunk keeps.
+            let start = ((chunk.keep_from - chunk.from) * hop).min(pcm.len());
+            let end = ((chunk.keep_to - chunk.from) * hop).min(pcm.len());
+            samples.extend_from_slice(&pcm[start..end]);
+            progress(chunk.keep_to, codes.n_frames);
+        }
         Ok(Audio { sample_rate: self.sample_rate(), samples })
     }
+
+    /// How `n_frames` are processed: in chunks of `chunk_seconds` of audio with the model's context on both sides
+    /// (so each kept frame sees what it would see in one pass), or in one piece when the model has no finite context.
+    pub fn chunks(&self, n_frames: usize) -> Vec<Chunk> {
+        let Some((before, after)) = self.model.chunk_context() else {
+            return vec![Chunk { from: 0, to: n_frames, keep_from: 0, keep_to: n_frames }];
+        };
+        let per_chunk = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
+        (0..n_frames)
+            .step_by(per_chunk)
+            .map(|keep_from| {
+                let keep_to = (keep_from + per_chunk).min(n_frames);
+                Chunk { from: keep_from.saturating_sub(before), to: (keep_to + after).min(n_frames), keep_from, keep_to }
+            })
+            .collect()
+    }
+}
+
+/// Default audio per chunk on long inputs: bounds memory (a DAC 44.1 kHz chunk peaks near 2 GB) at a small cost in
+/// recomputed context.
+pub const CHUNK_SECONDS: f64 = 20.0;
+
+/// Frames `from..to` are run through the model; the result for `keep_from..keep_to` is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub from: usize,
+    pub to: usize,
+    pub keep_from: usize,
+    pub keep_to: usize,
 }

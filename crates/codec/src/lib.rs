@@ -14,6 +14,6 @@ pub mod nn;
 pub mod npy;
 
 pub use audio::Audio;
-pub use codec::{Codec, Codes, DeviceKind};
+pub use codec::{Chunk, Codec, Codes, DeviceKind, CHUNK_SECONDS};
 pub use error::{Error, Result};
 pub use models::Model;

@@ -60,6 +60,19 @@ impl DacConfig {
         }
     }
 
+    /// Samples one output can depend on, on either side, bounding encoder and decoder alike: at each level of the
+    /// encoder three residual units (k7, dilations 1/3/9: ±39 samples) and the strided conv (±s), scaled by the
+    /// level's stride; the first conv ±3, the last ±1 frame; the decoder mirrors this plus its first conv's ±3 frames.
+    pub fn receptive_radius(&self) -> usize {
+        let mut scale = 1;
+        let mut radius = 3 + 4 * self.hop();
+        for &s in &self.encoder_rates {
+            radius += scale * (39 + s);
+            scale *= s;
+        }
+        radius
+    }
+
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
         Ok(Self {
             sample_rate: f.usize(keys::SAMPLE_RATE)?,
@@ -295,6 +308,10 @@ impl super::Model for Dac {
     }
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
         Ok(self.quantizer.encode(&self.encode_latent(pcm)?, n_q)?.0)
+    }
+    fn chunk_context(&self) -> Option<(usize, usize)> {
+        let frames = self.config.receptive_radius().div_ceil(self.config.hop()) + 1;
+        Some((frames, frames))
     }
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         self.decoder.forward(&self.quantizer.decode(codes)?)

@@ -21,6 +21,11 @@ pub trait Model: Send + Sync {
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor>;
     /// Codes (B, n, F), n ≤ n_q → audio (B, 1, F * hop).
     fn decode(&self, codes: &Tensor) -> Result<Tensor>;
+    /// Frames of context (before, after) with which chunked encode and decode give what one pass gives, i.e. the
+    /// receptive field; `None` when it is unbounded (global attention) and inputs are processed in one piece.
+    fn chunk_context(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// Wall time of each stage of one encode and decode of `pcm` (for `codec bench`); empty if not broken down.
     fn stage_times(&self, _pcm: &Tensor, _n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
         Ok(vec![])
