@@ -2,40 +2,27 @@
 //! (`tests/fixtures/mimi`, made by `scripts/make_fixtures.py`): both checkpoint layouts are converted, then codes must
 //! be equal and every stage must match by cosine similarity.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Module, Tensor};
-use codec::convert::{convert, ConvertOptions};
 use codec::gguf::ModelFile;
 use codec::models::mimi::Mimi;
-use codec::npy;
 use codec::{Audio, Codec, Codes, DeviceKind};
+
+mod common;
+use common::{convert_to, cosine, mismatch_fraction};
 
 /// `MIMI_FIXTURES=/tmp/mimi-full` runs the stage test on a full-size set made by `make_fixtures.py --full-size`.
 fn fixtures() -> PathBuf {
-    match std::env::var_os("MIMI_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mimi"),
-    }
+    common::fixture_dir("mimi", "MIMI_FIXTURES")
 }
 
 fn load_f32(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let arr = npy::read(&fixtures().join(name)).unwrap();
-    (arr.shape.clone(), arr.to_f32_vec())
+    common::load_f32(&fixtures().join(name))
 }
 
 fn load_codes(name: &str) -> Codes {
-    let arr = npy::read(&fixtures().join(name)).unwrap();
-    let [n_q, n_frames] = arr.shape[..] else { panic!("codes shape {:?}", arr.shape) };
-    Codes { n_q, n_frames, data: arr.to_i64_vec().unwrap().into_iter().map(|c| c as u32).collect() }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+    common::load_codes(&fixtures().join(name))
 }
 
 fn assert_close(stage: &str, ours: &Tensor, reference: &str, min_cos: f64) {
@@ -47,20 +34,6 @@ fn assert_close(stage: &str, ours: &Tensor, reference: &str, min_cos: f64) {
     let cos = cosine(&got, &want);
     eprintln!("{stage}: cos {cos:.9}");
     assert!(cos >= min_cos, "{stage}: cosine {cos} < {min_cos}");
-}
-
-fn mismatch_fraction(a: &Codes, b: &Codes) -> f64 {
-    assert_eq!((a.n_q, a.n_frames), (b.n_q, b.n_frames), "codes shape");
-    a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count() as f64 / a.data.len() as f64
-}
-
-/// Tests run in parallel: each conversion gets its own file.
-fn convert_to(src: &Path, config: Option<PathBuf>, name: &str) -> PathBuf {
-    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let out = std::env::temp_dir().join(format!("codec-rs-test-{}-{name}-{n}.gguf", std::process::id()));
-    convert(src, &out, &ConvertOptions { config, ..Default::default() }).unwrap();
-    out
 }
 
 fn original_gguf() -> PathBuf {

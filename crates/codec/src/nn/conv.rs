@@ -6,7 +6,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp};
+use super::conv_cpu::{self, Conv1dOp, ConvTranspose1dOp};
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,10 +143,7 @@ impl Module for Conv1d {
                 let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
                 (x, Conv1dOp { stride: c.stride, dilation: c.dilation, pad_left: 0, pad_right: 0 })
             };
-            return match &self.bias {
-                Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-                None => x.apply_op2_no_bwd(&self.weight, &op),
-            };
+            return conv_cpu::apply(op, &x, &self.weight, self.bias.as_ref());
         }
         let x = pad1d(x, left, right, c.pad_mode)?;
         let y = x.conv1d(&self.weight, 0, c.stride, c.dilation, c.groups)?;
@@ -218,11 +215,7 @@ impl Module for ConvTranspose1d {
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
             let op = ConvTranspose1dOp { stride: self.stride, trim_left: left, trim_right: right };
-            let x = x.contiguous()?;
-            return match &self.bias {
-                Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-                None => x.apply_op2_no_bwd(&self.weight, &op),
-            };
+            return conv_cpu::apply(op, &x.contiguous()?, &self.weight, self.bias.as_ref());
         }
         let y = if self.groups == 1 {
             x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?

@@ -10,7 +10,7 @@
 //! Inputs with few channels (the first conv: 1 channel) use a small im2col instead, as K rank-1 updates would
 //! each stream the whole output.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 
 /// Output columns `t` in `0..n_out` for which `t·stride + offset` lands in `0..n_in` (offset may be negative).
@@ -29,7 +29,8 @@ fn parallelism() -> Parallelism {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor, from its storage and layout.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -53,6 +54,50 @@ fn init_output(b: usize, c_out: usize, t_out: usize, bias: Option<&[f32]>) -> Ve
     }
 }
 
+/// A convolution kernel run as a candle custom op: x, weight and optional bias in, f32 contiguous.
+pub trait ConvKernel: Sync {
+    const NAME: &'static str;
+    fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)>;
+}
+
+/// Runs `kernel` on CPU tensors (contiguous f32): `x` (B, C_in, T), `w` in the kernel's layout, `bias` (C_out).
+pub fn apply<K: ConvKernel>(kernel: K, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let op = CpuConv(kernel);
+    match bias {
+        Some(b) => x.apply_op3_no_bwd(w, b, &op),
+        None => x.apply_op2_no_bwd(w, &op),
+    }
+}
+
+struct CpuConv<K>(K);
+
+impl<K: ConvKernel> CustomOp2 for CpuConv<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, None)
+    }
+}
+
+impl<K: ConvKernel> CustomOp3 for CpuConv<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(s3, l3, "conv bias")?;
+        self.0.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, Some(bias))
+    }
+}
+
 /// Conv1d with implicit zero padding: x (B, C_in, T), w (C_out, C_in, K), bias (C_out).
 #[derive(Debug, Clone, Copy)]
 pub struct Conv1dOp {
@@ -70,6 +115,10 @@ impl Conv1dOp {
         let span = self.dilation * (k - 1) + 1;
         (t + self.pad_left + self.pad_right).saturating_sub(span) / self.stride + 1
     }
+}
+
+impl ConvKernel for Conv1dOp {
+    const NAME: &'static str = "codec-conv1d";
 
     fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (b, c_in, t) = xl.shape().dims3()?;
@@ -236,32 +285,7 @@ impl Conv1dOp {
     }
 }
 
-impl CustomOp2 for Conv1dOp {
-    fn name(&self) -> &'static str {
-        "codec-conv1d"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, None)
-    }
-}
 
-impl CustomOp3 for Conv1dOp {
-    fn name(&self) -> &'static str {
-        "codec-conv1d-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bias = f32_slice(s3, l3, "conv bias")?;
-        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, Some(bias))
-    }
-}
 
 /// Transposed conv1d, output trimmed by `trim_left`/`trim_right`: x (B, C_in, T), w (C_in, C_out, K).
 #[derive(Debug, Clone, Copy)]
@@ -271,7 +295,9 @@ pub struct ConvTranspose1dOp {
     pub trim_right: usize,
 }
 
-impl ConvTranspose1dOp {
+impl ConvKernel for ConvTranspose1dOp {
+    const NAME: &'static str = "codec-conv-transpose1d";
+
     fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (b, c_in, t) = xl.shape().dims3()?;
         let (c_in_w, c_out, k) = wl.shape().dims3()?;
@@ -321,32 +347,7 @@ impl ConvTranspose1dOp {
     }
 }
 
-impl CustomOp2 for ConvTranspose1dOp {
-    fn name(&self) -> &'static str {
-        "codec-conv-transpose1d"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, None)
-    }
-}
 
-impl CustomOp3 for ConvTranspose1dOp {
-    fn name(&self) -> &'static str {
-        "codec-conv-transpose1d-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bias = f32_slice(s3, l3, "conv bias")?;
-        self.run(f32_slice(s1, l1, "conv input")?, l1, f32_slice(s2, l2, "conv weight")?, l2, Some(bias))
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -375,7 +376,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let op = Conv1dOp { stride: s, dilation: d, pad_left: l, pad_right: r };
-            let got = x.apply_op3(&w, &bias, op).unwrap();
+            let got = apply(op, &x, &w, Some(&bias)).unwrap();
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
@@ -393,7 +394,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, c_in, 11), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
             let op = ConvTranspose1dOp { stride: s, trim_left: tl, trim_right: tr };
-            let got = x.apply_op2(&w, op).unwrap();
+            let got = apply(op, &x, &w, None).unwrap();
             let items: Vec<Tensor> =
                 (0..2).map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, s, 1, 1).unwrap()).collect();
             let full = Tensor::cat(&items, 0).unwrap();

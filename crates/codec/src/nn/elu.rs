@@ -5,6 +5,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::conv_cpu::f32_slice;
+
 /// `x` where `x > 0`, `exp(x) − 1` elsewhere.
 pub fn elu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -25,8 +27,7 @@ impl CustomOp1 for Elu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("elu input must be contiguous") };
-        let src = &storage.as_slice::<f32>()?[start..end];
+        let src = f32_slice(storage, layout, "elu input")?;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
             for (d, &v) in dst.iter_mut().zip(src) {

@@ -8,6 +8,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::conv_cpu::f32_slice;
+
 #[derive(Debug, Clone)]
 pub struct Snake {
     /// α as `[C]`.
@@ -50,16 +52,9 @@ impl CustomOp3 for SnakeOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let slice = |s: &'_ CpuStorage, l: &Layout| -> Result<Vec<f32>> {
-            match l.contiguous_offsets() {
-                Some((a, b)) => Ok(s.as_slice::<f32>()?[a..b].to_vec()),
-                None => candle_core::bail!("snake inputs must be contiguous"),
-            }
-        };
         let (_, c, t) = l1.shape().dims3()?;
-        let (alpha, inv) = (slice(s2, l2)?, slice(s3, l3)?);
-        let Some((start, end)) = l1.contiguous_offsets() else { candle_core::bail!("snake input must be contiguous") };
-        let x = &s1.as_slice::<f32>()?[start..end];
+        let x = f32_slice(s1, l1, "snake input")?;
+        let (alpha, inv) = (f32_slice(s2, l2, "snake alpha")?, f32_slice(s3, l3, "snake alpha")?);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (dst, src))| {
             let (a, inv) = (alpha[row % c], inv[row % c]);

@@ -1,0 +1,51 @@
+//! Helpers shared by the parity tests: reading reference arrays, comparing, converting into temp files.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+
+use codec::convert::{convert, ConvertOptions};
+use codec::npy;
+use codec::Codes;
+
+/// The committed fixture dir `tests/fixtures/<name>`, or `$<env>` when set (full-size sets made by hand).
+pub fn fixture_dir(name: &str, env: &str) -> PathBuf {
+    match std::env::var_os(env) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name),
+    }
+}
+
+pub fn load_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let arr = npy::read(path).unwrap();
+    (arr.shape.clone(), arr.to_f32_vec())
+}
+
+/// Reference codes `(n_q, F)` of any integer dtype.
+pub fn load_codes(path: &Path) -> Codes {
+    let arr = npy::read(path).unwrap();
+    let [n_q, n_frames] = arr.shape[..] else { panic!("{}: codes shape {:?}", path.display(), arr.shape) };
+    Codes { n_q, n_frames, data: arr.to_i64_vec().unwrap().into_iter().map(|c| c as u32).collect() }
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn mismatch_fraction(a: &Codes, b: &Codes) -> f64 {
+    assert_eq!((a.n_q, a.n_frames), (b.n_q, b.n_frames), "codes shape");
+    a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count() as f64 / a.data.len() as f64
+}
+
+/// Converts `src` into a temp GGUF of its own (tests run in parallel).
+pub fn convert_to(src: &Path, config: Option<PathBuf>, name: &str) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let out = std::env::temp_dir().join(format!("codec-rs-test-{}-{name}-{n}.gguf", std::process::id()));
+    convert(src, &out, &ConvertOptions { config, ..Default::default() }).unwrap();
+    out
+}
