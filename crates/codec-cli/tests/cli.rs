@@ -88,6 +88,25 @@ fn encode_decode_roundtrip_match_reference() {
     assert_eq!(codec::audio::read(&out).unwrap().samples.len(), input.len());
 }
 
+/// DAC from descript's .pth through the CLI: convert, roundtrip trimmed to the input, codes equal to the reference.
+#[test]
+fn dac_from_pth() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dac/24khz");
+    let gguf = tmp("dac24.gguf");
+    let o = codec(&["convert", s(&dir.join("original/weights.pth")), "-o", s(&gguf)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let codes = tmp("dac_codes.npy");
+    let o = codec(&["encode", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&codes)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = npy::read(&dir.join("codes.npy")).unwrap().to_i64_vec().unwrap();
+    assert_eq!(npy::read(&codes).unwrap().to_i64_vec().unwrap(), want);
+    let out = tmp("dac_rt.wav");
+    let o = codec(&["roundtrip", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let input = codec::audio::read(&dir.join("input.wav")).unwrap();
+    assert_eq!(codec::audio::read(&out).unwrap().samples.len(), input.samples.len());
+}
+
 #[test]
 fn info_describes_the_model() {
     let o = codec(&["info", s(model())]);
@@ -146,6 +165,9 @@ fn bad_arguments() {
     );
     assert_fails(&codec(&["roundtrip", "-m", s(model()), s(&input), "-o", s(&tmp("c.wav")), "--n-q", "0"]), &["--n-q"]);
     assert_fails(&codec(&["info", "not-a-file-nor-id"]), &["not-a-file-nor-id"]);
+    let pth = tmp("garbage.pth");
+    std::fs::write(&pth, b"not a zip").unwrap();
+    assert_fails(&codec(&["convert", s(&pth), "-o", s(&tmp("x.gguf"))]), &["garbage.pth", "not a PyTorch zip checkpoint"]);
 }
 
 #[test]
