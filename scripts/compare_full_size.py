@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Full-size Mimi: codec-rs against the references, parity and speed, on one machine. Run by hand, never by CI.
+"""Full-size models: codec-rs against the references, parity and speed, on one machine. Run by hand, never by CI.
 
     ~/ref-venv/bin/python scripts/make_fixtures.py --full-size --input /tmp/speech.wav --out /tmp/mimi-full
+    ~/ref-venv/bin/python scripts/make_dac_fixtures.py --full-size --input /tmp/speech44.wav --out /tmp/dac-full
     cargo build --release
-    ~/ref-venv/bin/python scripts/compare_full_size.py /tmp/mimi-full [--threads 2] [--runs 3]
+    ~/ref-venv/bin/python scripts/compare_full_size.py mimi /tmp/mimi-full [--threads 2] [--runs 3]
+    ~/ref-venv/bin/python scripts/compare_full_size.py dac /tmp/dac-full/44khz
 
 Converts both checkpoint layouts (and f16 / q8_0 copies) with `codec convert`, encodes the fixture's input and decodes
-moshi's codes with `codec`, and prints the code mismatch fraction, decoded cosine and SNR against moshi's outputs.
-Then times `codec bench` and moshi / transformers (`make_fixtures.py --bench-only`) with the same thread count and
-prints the speed ratios. Needs numpy and soundfile (the reference venv has both).
+the reference's codes with `codec`, and prints the code mismatch fraction, decoded cosine and SNR against the
+reference's outputs (moshi for Mimi, descript for DAC). Then times `codec bench` and the reference (the generator's
+`--bench-only`) with the same thread count and prints the speed ratios. Needs numpy and soundfile (the reference venv
+has both).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def compare(name: str, codes: np.ndarray, ref_codes: np.ndarray, decoded: np.nda
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("arch", choices=["mimi", "dac"])
     ap.add_argument("fixtures", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
@@ -51,13 +55,17 @@ def main() -> int:
     threads = ["--threads", str(args.threads), "--quiet"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        original = {
+            "mimi": ["convert", str(fx / "original" / "model.safetensors"), "--config", str(fx / "original" / "config.json")],
+            "dac": ["convert", str(fx / "original" / "weights.pth")],
+        }[args.arch]
         models = {
-            "original": ["convert", str(fx / "original" / "model.safetensors"), "--config", str(fx / "original" / "config.json")],
+            "original": original,
             "hub": ["convert", str(fx / "hub")],
             "hub-f16": ["convert", str(fx / "hub"), "--dtype", "f16"],
             "hub-q8_0": ["convert", str(fx / "hub"), "--dtype", "q8_0"],
         }
-        print(f"parity against moshi ({fx}):")
+        print(f"parity against the reference ({fx}):")
         for name, cmd in models.items():
             gguf = tmp / f"{name}.gguf"
             run(str(CODEC), *cmd, "-o", str(gguf), "--quiet")
@@ -70,12 +78,15 @@ def main() -> int:
         bench = run(str(CODEC), "bench", "-m", str(tmp / "hub.gguf"), "--runs", str(args.runs), *threads)
     print(bench.strip())
     ours = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
-    ref = run(sys.executable, str(ROOT / "scripts" / "make_fixtures.py"), "--bench-only", "--out", str(fx),
+    generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py"}[args.arch]
+    ref = run(sys.executable, str(ROOT / "scripts" / generator), "--bench-only", "--out", str(fx),
               "--threads", str(args.threads))
     print(ref.strip())
-    moshi = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
+    reference = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
+    name = {"mimi": "moshi", "dac": "descript"}[args.arch]
     for k in ("encode", "decode"):
-        print(f"{k}: codec-rs {ours[k]:.3f} s, moshi {float(moshi[k]):.3f} s -> {float(moshi[k]) / ours[k]:.2f}x faster")
+        theirs = float(reference[k])
+        print(f"{k}: codec-rs {ours[k]:.3f} s, {name} {theirs:.3f} s -> {theirs / ours[k]:.2f}x faster")
     return 0
 
 
