@@ -245,7 +245,9 @@ fn run(cli: &Cli) -> Result<()> {
             let audio = read_audio(input, &codec)?;
             let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
             let mut out = decode(&codec, &codes, cli.quiet)?;
-            out.samples.truncate(audio.samples.len());
+            // Same length as the input: trimmed, or zero-extended where a model's decoder returns a few samples
+            // fewer than frames × hop (DAC with odd strides).
+            out.samples.resize(audio.samples.len(), 0.0);
             codec::audio::write_wav(output, &out, *pcm16)
         }
         Command::Info { model } => info(model, cli),

@@ -1,6 +1,7 @@
-//! Residual vector quantisation with Euclidean codebooks (Mimi, EnCodec, WavTokenizer).
+//! Residual vector quantisation: Euclidean codebooks (Mimi, EnCodec, WavTokenizer) and DAC's factorised
+//! cosine-similarity codebooks.
 //!
-//! Tensor names: `input_proj.weight` / `output_proj.weight` as `[out, in]` matrices (1x1 convs squeezed by the
+//! Euclidean tensor names: `input_proj.weight` / `output_proj.weight` as `[out, in]` matrices (1x1 convs squeezed by the
 //! converter), `layers.{i}.codebook.embed` `[bins, dim]` (already `embed_sum / cluster_usage` where the source kept
 //! running sums).
 
