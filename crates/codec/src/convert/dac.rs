@@ -211,13 +211,6 @@ fn original_to_hub(name: &str, n: usize) -> Option<String> {
     }
 }
 
-/// `v · (g / ‖v‖)` with the norm over every dim but the first (torch's `weight_norm(dim=0)`), in torch's order.
-fn fold_weight_norm(g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    let dims: Vec<usize> = (1..v.rank()).collect();
-    let norm = v.sqr()?.sum_keepdim(dims)?.sqrt()?;
-    v.broadcast_mul(&g.reshape(norm.shape())?.div(&norm)?)
-}
-
 /// Converts a loaded checkpoint (`tensors`, descript or hub names) of architecture `cfg` into a GGUF.
 pub fn convert(
     src: &Path,
@@ -231,10 +224,8 @@ pub fn convert(
     let original = is_original_layout(&names);
     let n_blocks = cfg.encoder_rates.len();
 
-    // 1. Hub names, weight-norm pairs collected under their module prefix.
-    let mut plain: HashMap<String, Tensor> = HashMap::new();
-    let mut norm_g: HashMap<String, Tensor> = HashMap::new();
-    let mut norm_v: HashMap<String, Tensor> = HashMap::new();
+    // 1. Hub names, then weight norm folded.
+    let mut renamed: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32).map_err(|e| err(format!("tensor '{name}': {e}")))?;
         let name = if original {
@@ -242,24 +233,9 @@ pub fn convert(
         } else {
             name
         };
-        if let Some(p) = name.strip_suffix(".weight_g").or_else(|| name.strip_suffix(".parametrizations.weight.original0")) {
-            norm_g.insert(p.to_string(), t);
-        } else if let Some(p) =
-            name.strip_suffix(".weight_v").or_else(|| name.strip_suffix(".parametrizations.weight.original1"))
-        {
-            norm_v.insert(p.to_string(), t);
-        } else {
-            plain.insert(name, t);
-        }
+        renamed.insert(name, t);
     }
-    for (prefix, g) in norm_g {
-        let v = norm_v.remove(&prefix).ok_or_else(|| err(format!("'{prefix}' has weight_g but no weight_v")))?;
-        let w = fold_weight_norm(&g, &v).map_err(|e| err(format!("weight norm of '{prefix}': {e}")))?;
-        plain.insert(format!("{prefix}.weight"), w);
-    }
-    if let Some(prefix) = norm_v.keys().next() {
-        return Err(err(format!("'{prefix}' has weight_v but no weight_g")));
-    }
+    let plain = super::fold_weight_norms(src, renamed)?;
 
     // 2. Shapes the runtime wants, and the normalised codebooks.
     let mut final_tensors: Vec<(String, Tensor, bool)> = Vec::new();

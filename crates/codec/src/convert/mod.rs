@@ -51,6 +51,42 @@ pub struct ConvertOptions {
 /// Architectures `convert` knows.
 pub const ARCHITECTURES: &[&str] = &[crate::models::mimi::ARCH, crate::models::dac::ARCH];
 
+/// `v · (g / ‖v‖)` with the norm over every dim but the first (torch's `weight_norm(dim=0)`), in torch's order.
+fn fold_weight_norm(g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let dims: Vec<usize> = (1..v.rank()).collect();
+    let norm = v.sqr()?.sum_keepdim(dims)?.sqrt()?;
+    v.broadcast_mul(&g.reshape(norm.shape())?.div(&norm)?)
+}
+
+/// Replaces every weight-normed pair (`X.weight_g` + `X.weight_v`, or transformers' `X.parametrizations.weight.
+/// original0/1`) by its folded `X.weight`.
+fn fold_weight_norms(src: &Path, tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    let err = |msg: String| Error::convert(src, msg);
+    let mut plain = HashMap::new();
+    let mut norm_g = HashMap::new();
+    let mut norm_v = HashMap::new();
+    for (name, t) in tensors {
+        if let Some(p) = name.strip_suffix(".weight_g").or_else(|| name.strip_suffix(".parametrizations.weight.original0")) {
+            norm_g.insert(p.to_string(), t);
+        } else if let Some(p) =
+            name.strip_suffix(".weight_v").or_else(|| name.strip_suffix(".parametrizations.weight.original1"))
+        {
+            norm_v.insert(p.to_string(), t);
+        } else {
+            plain.insert(name, t);
+        }
+    }
+    for (prefix, g) in norm_g {
+        let v = norm_v.remove(&prefix).ok_or_else(|| err(format!("'{prefix}' has weight_g but no weight_v")))?;
+        let w = fold_weight_norm(&g, &v).map_err(|e| err(format!("weight norm of '{prefix}': {e}")))?;
+        plain.insert(format!("{prefix}.weight"), w);
+    }
+    if let Some(prefix) = norm_v.keys().next() {
+        return Err(err(format!("'{prefix}' has weight_v but no weight_g")));
+    }
+    Ok(plain)
+}
+
 /// Checks that `tensors` (name, tensor, keep in f32) build the model (`build`), then writes them with the metadata
 /// `metadata` adds: nothing is written for a checkpoint that does not fit its architecture.
 fn write_gguf(

@@ -187,6 +187,7 @@ impl MimiConfig {
             causal: self.use_causal_conv,
             pad_mode,
             true_skip: true,
+            lstm_layers: 0,
         })
     }
 

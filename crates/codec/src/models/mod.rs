@@ -2,6 +2,7 @@
 
 pub mod dac;
 pub mod mimi;
+pub mod wavtokenizer;
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -33,13 +34,14 @@ pub trait Model: Send + Sync {
 }
 
 /// Architectures this build can run (`general.architecture` values).
-pub const ARCHITECTURES: &[&str] = &[mimi::ARCH, dac::ARCH];
+pub const ARCHITECTURES: &[&str] = &[mimi::ARCH, dac::ARCH, wavtokenizer::ARCH];
 
 /// Builds the model a GGUF file describes, weights on `device`.
 pub fn load(file: &ModelFile, device: &Device) -> crate::Result<Box<dyn Model>> {
     match file.architecture()? {
         mimi::ARCH => Ok(Box::new(mimi::Mimi::load(file, device)?)),
         dac::ARCH => Ok(Box::new(dac::Dac::load(file, device)?)),
+        wavtokenizer::ARCH => Ok(Box::new(wavtokenizer::WavTokenizer::load(file, device)?)),
         other => Err(crate::Error::model_file(
             &file.path,
             format!("architecture '{other}' is not supported (this build runs: {})", ARCHITECTURES.join(", ")),
@@ -77,6 +79,10 @@ pub fn random(arch: &str, device: &Device) -> crate::Result<Box<dyn Model>> {
     match arch {
         mimi::ARCH => Ok(Box::new(mimi::Mimi::new(mimi::MimiConfig::published(32), vb).map_err(err)?)),
         dac::ARCH => Ok(Box::new(dac::Dac::new(dac::DacConfig::published_44khz(), vb).map_err(err)?)),
+        wavtokenizer::ARCH => {
+            let cfg = wavtokenizer::WavTokenizerConfig::published_frame75();
+            Ok(Box::new(wavtokenizer::WavTokenizer::new(cfg, vb).map_err(err)?))
+        }
         other => Err(crate::Error::InvalidArgument(format!(
             "unknown architecture '{other}' (known: {})",
             ARCHITECTURES.join(", ")

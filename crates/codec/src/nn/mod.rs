@@ -2,8 +2,10 @@
 
 pub mod conv;
 mod elu;
+pub mod lstm;
 mod conv_cpu;
 pub mod rvq;
 pub mod seanet;
 pub mod snake;
 pub mod transformer;
+pub mod vocos;

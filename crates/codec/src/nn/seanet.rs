@@ -2,13 +2,15 @@
 //!
 //! Tensor names (after the converter): `layers.{i}.conv.{weight,bias}` for the plain and (transposed) strided convs,
 //! `layers.{i}.block.{1,3}.conv.*` inside residual blocks, `layers.{i}.shortcut.conv.*` for a conv shortcut. `i` counts
-//! every module of the reference's sequential list, activations included, so indices match the checkpoints.
+//! every module of the reference's sequential list, activations included, so indices match the checkpoints; an
+//! encoder LSTM is `layers.{i}.lstm.*`.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 use super::elu::elu;
+use super::lstm::Lstm;
 
 #[derive(Debug, Clone)]
 pub struct SeanetConfig {
@@ -28,6 +30,8 @@ pub struct SeanetConfig {
     pub pad_mode: PadMode,
     /// Identity skip in residual blocks (Mimi); otherwise a 1x1 conv shortcut (EnCodec).
     pub true_skip: bool,
+    /// LSTM layers (with skip) after the last encoder stage (EnCodec: 2; Mimi: 0).
+    pub lstm_layers: usize,
 }
 
 impl SeanetConfig {
@@ -73,6 +77,7 @@ enum Layer {
     Conv(Conv1d),
     ConvTranspose(ConvTranspose1d),
     Residual(ResidualBlock),
+    Lstm(Lstm),
     Elu,
 }
 
@@ -82,6 +87,7 @@ impl Layer {
             Layer::Conv(c) => c.forward(x),
             Layer::ConvTranspose(c) => c.forward(x),
             Layer::Residual(r) => r.forward(x),
+            Layer::Lstm(l) => l.forward_with_skip(x),
             Layer::Elu => elu(x),
         }
     }
@@ -140,6 +146,10 @@ impl SeanetEncoder {
             s.elu();
             s.conv(dim, dim * 2, cfg.conv(ratio * 2).stride(ratio))?;
             mult *= 2;
+        }
+        if cfg.lstm_layers > 0 {
+            let lstm = Lstm::new(mult * cfg.n_filters, cfg.lstm_layers, s.vb().pp("lstm"))?;
+            s.layers.push(Layer::Lstm(lstm));
         }
         s.elu();
         s.conv(mult * cfg.n_filters, cfg.dimension, cfg.conv(cfg.last_kernel_size))?;

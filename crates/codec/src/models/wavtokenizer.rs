@@ -1,0 +1,214 @@
+//! WavTokenizer: 24 kHz audio ↔ one code per frame from a single large codebook (75 or 40 frames/s).
+//!
+//! Encode: EnCodec's SEANet encoder (non-causal, reflect padding, 1x1-conv shortcuts, a 2-layer LSTM with skip) →
+//! nearest codebook entry (Euclidean). Decode: codebook rows → Vocos backbone (conv embed, pos_net with a global
+//! attention block, AdaLayerNorm row `bandwidth_id`, ConvNeXt blocks) → ISTFT head (inverse real DFT as a matmul,
+//! overlap-add by shifted sums): F frames give exactly F · hop samples.
+//!
+//! Tensor names: `encoder.layers.*` (SEANet, see `nn::seanet`), `quantizer.layers.0.codebook.embed`, `backbone.*`,
+//! `head.*` (see `nn::vocos`).
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::gguf::{keys, ModelFile};
+use crate::nn::conv::PadMode;
+use crate::nn::rvq::ResidualVq;
+use crate::nn::seanet::{SeanetConfig, SeanetEncoder};
+use crate::nn::vocos::{Backbone, IstftHead, VocosConfig};
+
+pub const ARCH: &str = "wavtokenizer";
+
+/// `codec.wavtokenizer.*` metadata keys (names follow the reference's YAML where it has them).
+pub mod key {
+    pub const N_FILTERS: &str = "codec.wavtokenizer.n_filters";
+    /// The reference's `dowmsamples`, in its order (the encoder applies them reversed).
+    pub const DOWNSAMPLES: &str = "codec.wavtokenizer.downsamples";
+    pub const LSTM_LAYERS: &str = "codec.wavtokenizer.lstm_layers";
+    pub const BACKBONE_DIM: &str = "codec.wavtokenizer.backbone_dim";
+    pub const INTERMEDIATE_DIM: &str = "codec.wavtokenizer.intermediate_dim";
+    pub const NUM_LAYERS: &str = "codec.wavtokenizer.num_layers";
+    pub const ADANORM_NUM_EMBEDDINGS: &str = "codec.wavtokenizer.adanorm_num_embeddings";
+    pub const BANDWIDTH_ID: &str = "codec.wavtokenizer.bandwidth_id";
+    pub const N_FFT: &str = "codec.wavtokenizer.n_fft";
+    pub const ISTFT_HOP: &str = "codec.wavtokenizer.istft_hop_length";
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WavTokenizerConfig {
+    pub sample_rate: usize,
+    pub n_filters: usize,
+    pub downsamples: Vec<usize>,
+    pub lstm_layers: usize,
+    /// Latent width: encoder output, codebook dim, backbone input.
+    pub dimension: usize,
+    pub codebook_size: usize,
+    pub n_q: usize,
+    pub backbone_dim: usize,
+    pub intermediate_dim: usize,
+    pub num_layers: usize,
+    pub adanorm_num_embeddings: usize,
+    pub bandwidth_id: usize,
+    pub n_fft: usize,
+    pub istft_hop: usize,
+}
+
+impl WavTokenizerConfig {
+    pub fn hop(&self) -> usize {
+        self.downsamples.iter().product()
+    }
+
+    /// The released 75 tokens/s model (`wavtokenizer_*_frame75_*`), for `bench --random`.
+    pub fn published_frame75() -> Self {
+        Self {
+            sample_rate: 24000,
+            n_filters: 32,
+            downsamples: vec![8, 5, 4, 2],
+            lstm_layers: 2,
+            dimension: 512,
+            codebook_size: 4096,
+            n_q: 1,
+            backbone_dim: 768,
+            intermediate_dim: 2304,
+            num_layers: 12,
+            adanorm_num_embeddings: 4,
+            bandwidth_id: 0,
+            n_fft: 1280,
+            istft_hop: 320,
+        }
+    }
+
+    pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
+        Ok(Self {
+            sample_rate: f.usize(keys::SAMPLE_RATE)?,
+            n_filters: f.usize(key::N_FILTERS)?,
+            downsamples: f.usize_array(key::DOWNSAMPLES)?,
+            lstm_layers: f.usize(key::LSTM_LAYERS)?,
+            dimension: f.usize(keys::LATENT_DIM)?,
+            codebook_size: f.usize(keys::CODEBOOK_SIZE)?,
+            n_q: f.usize(keys::N_Q)?,
+            backbone_dim: f.usize(key::BACKBONE_DIM)?,
+            intermediate_dim: f.usize(key::INTERMEDIATE_DIM)?,
+            num_layers: f.usize(key::NUM_LAYERS)?,
+            adanorm_num_embeddings: f.usize(key::ADANORM_NUM_EMBEDDINGS)?,
+            bandwidth_id: f.usize(key::BANDWIDTH_ID)?,
+            n_fft: f.usize(key::N_FFT)?,
+            istft_hop: f.usize(key::ISTFT_HOP)?,
+        })
+    }
+
+    pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
+        w.u32(keys::SAMPLE_RATE, self.sample_rate);
+        w.u32(keys::HOP_SIZE, self.hop());
+        w.u32(keys::N_Q, self.n_q);
+        w.u32(keys::CODEBOOK_SIZE, self.codebook_size);
+        w.u32(keys::CODEBOOK_DIM, self.dimension);
+        w.u32(keys::LATENT_DIM, self.dimension);
+        w.bool(keys::HAS_ENCODER, true);
+        w.bool(keys::HAS_DECODER, true);
+        w.u32(key::N_FILTERS, self.n_filters);
+        w.u32_array(key::DOWNSAMPLES, &self.downsamples);
+        w.u32(key::LSTM_LAYERS, self.lstm_layers);
+        w.u32(key::BACKBONE_DIM, self.backbone_dim);
+        w.u32(key::INTERMEDIATE_DIM, self.intermediate_dim);
+        w.u32(key::NUM_LAYERS, self.num_layers);
+        w.u32(key::ADANORM_NUM_EMBEDDINGS, self.adanorm_num_embeddings);
+        w.u32(key::BANDWIDTH_ID, self.bandwidth_id);
+        w.u32(key::N_FFT, self.n_fft);
+        w.u32(key::ISTFT_HOP, self.istft_hop);
+    }
+
+    /// EnCodec's SEANet as WavTokenizer builds it (`EncodecFeatures`: kernels 7/3/7, one residual layer, compress 2).
+    fn seanet(&self) -> SeanetConfig {
+        SeanetConfig {
+            channels: 1,
+            dimension: self.dimension,
+            n_filters: self.n_filters,
+            ratios: self.downsamples.clone(),
+            kernel_size: 7,
+            residual_kernel_size: 3,
+            last_kernel_size: 7,
+            dilation_base: 2,
+            n_residual_layers: 1,
+            compress: 2,
+            causal: false,
+            pad_mode: PadMode::Reflect,
+            true_skip: false,
+            lstm_layers: self.lstm_layers,
+        }
+    }
+
+    fn vocos(&self) -> VocosConfig {
+        VocosConfig {
+            input_channels: self.dimension,
+            dim: self.backbone_dim,
+            intermediate_dim: self.intermediate_dim,
+            num_layers: self.num_layers,
+            adanorm_num_embeddings: self.adanorm_num_embeddings,
+            bandwidth_id: self.bandwidth_id,
+            n_fft: self.n_fft,
+            hop_length: self.istft_hop,
+        }
+    }
+}
+
+/// The whole model. Stages are public so tests can compare each against the reference's intermediates.
+#[derive(Debug, Clone)]
+pub struct WavTokenizer {
+    pub config: WavTokenizerConfig,
+    pub encoder: SeanetEncoder,
+    pub quantizer: ResidualVq,
+    pub backbone: Backbone,
+    pub head: IstftHead,
+}
+
+impl WavTokenizer {
+    pub fn load(file: &ModelFile, device: &candle_core::Device) -> crate::Result<Self> {
+        let cfg = WavTokenizerConfig::from_gguf(file)?;
+        let vb = VarBuilder::from_tensors(file.load_tensors(device)?, candle_core::DType::F32, device);
+        Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid wavtokenizer model: {e}")))
+    }
+
+    pub fn new(config: WavTokenizerConfig, vb: VarBuilder) -> Result<Self> {
+        if config.istft_hop != config.hop() {
+            candle_core::bail!("ISTFT hop {} differs from the encoder hop {}", config.istft_hop, config.hop());
+        }
+        let vocos = config.vocos();
+        Ok(Self {
+            encoder: SeanetEncoder::new(&config.seanet(), vb.pp("encoder.layers"))?,
+            quantizer: ResidualVq::new(
+                config.n_q,
+                config.dimension,
+                config.dimension,
+                config.codebook_size,
+                false,
+                vb.pp("quantizer"),
+            )?,
+            backbone: Backbone::new(&vocos, vb.pp("backbone"))?,
+            head: IstftHead::new(&vocos, vb.pp("head"))?,
+            config,
+        })
+    }
+}
+
+impl super::Model for WavTokenizer {
+    fn sample_rate(&self) -> u32 {
+        self.config.sample_rate as u32
+    }
+    fn hop(&self) -> usize {
+        self.config.hop()
+    }
+    fn n_q(&self) -> usize {
+        self.config.n_q
+    }
+    fn codebook_size(&self) -> usize {
+        self.config.codebook_size
+    }
+    fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
+        self.quantizer.encode(&self.encoder.forward(pcm)?, n_q)
+    }
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let features = self.backbone.forward(&self.quantizer.decode(codes)?)?;
+        self.head.forward(&features)
+    }
+}

@@ -1,0 +1,270 @@
+//! Vocos decoder (WavTokenizer's variant): a ConvNeXt backbone with a `pos_net` (ResNet blocks with GroupNorm and one
+//! single-head attention block over the whole sequence) and AdaLayerNorm, then an ISTFT head that predicts log-magnitude
+//! and phase and turns them into audio with backend ops only.
+//!
+//! Tensor names (after `backbone.` / `head.`): `embed.*`, `pos_net.{0,1,3,4}.{norm1,conv1,norm2,conv2}.*`,
+//! `pos_net.2.{norm,q,k,v,proj_out}.*`, `pos_net.5.*` (GroupNorm), `norm.{scale,shift}.weight` (AdaLayerNorm rows),
+//! `convnext.{i}.{dwconv,norm.scale,norm.shift,pwconv1,pwconv2,gamma}`, `final_layer_norm.*`; head `out.*`,
+//! `istft.basis_real` / `istft.basis_imag` (inverse real DFT × window, made by the converter) and `istft.window_sq`.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
+
+use super::conv::{Conv1d, ConvConfig};
+
+#[derive(Debug, Clone)]
+pub struct VocosConfig {
+    pub input_channels: usize,
+    pub dim: usize,
+    pub intermediate_dim: usize,
+    pub num_layers: usize,
+    pub adanorm_num_embeddings: usize,
+    /// Which AdaLayerNorm row to use (WavTokenizer decodes with 0).
+    pub bandwidth_id: usize,
+    pub n_fft: usize,
+    pub hop_length: usize,
+}
+
+const GROUPS: usize = 32;
+const EPS: f64 = 1e-6;
+
+fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, channels, GROUPS.min(channels), EPS)
+}
+
+fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear::new(vb.get((c_out, c_in), "weight")?, Some(vb.get(c_out, "bias")?)))
+}
+
+/// GroupNorm → swish → conv k3, twice, plus the input.
+#[derive(Debug, Clone)]
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv1d,
+    norm2: GroupNorm,
+    conv2: Conv1d,
+}
+
+impl ResnetBlock {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(dim, vb.pp("norm1"))?,
+            conv1: Conv1d::new(dim, dim, ConvConfig::torch(3, 1), vb.pp("conv1"))?,
+            norm2: group_norm(dim, vb.pp("norm2"))?,
+            conv2: Conv1d::new(dim, dim, ConvConfig::torch(3, 1), vb.pp("conv2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
+        let h = self.conv2.forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+        x + h
+    }
+}
+
+/// Single-head self-attention over the whole sequence, 1x1 conv projections, plus the input.
+#[derive(Debug, Clone)]
+struct AttnBlock {
+    norm: GroupNorm,
+    q: Conv1d,
+    k: Conv1d,
+    v: Conv1d,
+    proj_out: Conv1d,
+}
+
+impl AttnBlock {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let pw = |name| Conv1d::new(dim, dim, ConvConfig::torch(1, 0), vb.pp(name));
+        Ok(Self { norm: group_norm(dim, vb.pp("norm"))?, q: pw("q")?, k: pw("k")?, v: pw("v")?, proj_out: pw("proj_out")? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.norm.forward(x)?;
+        let c = h.dim(1)?;
+        let q = self.q.forward(&h)?.transpose(1, 2)?.contiguous()?; // (B, T, C)
+        let k = self.k.forward(&h)?; // (B, C, T)
+        let v = self.v.forward(&h)?; // (B, C, T)
+        let w = (q.matmul(&k)? * (c as f64).powf(-0.5))?; // (B, Tq, Tk)
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        let h = v.matmul(&w.transpose(1, 2)?.contiguous()?)?; // (B, C, Tq)
+        x + self.proj_out.forward(&h)?
+    }
+}
+
+/// LayerNorm without affine, then one learnt (scale, shift) row per condition.
+#[derive(Debug, Clone)]
+struct AdaLayerNorm {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl AdaLayerNorm {
+    fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+        let row = |name: &str| -> Result<Tensor> {
+            vb.get((cfg.adanorm_num_embeddings, cfg.dim), &format!("{name}.weight"))?.get(cfg.bandwidth_id)
+        };
+        Ok(Self { scale: row("scale")?, shift: row("shift")? })
+    }
+
+    /// (B, T, C) → (B, T, C).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_sub(&mean)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + EPS)?.sqrt()?)?;
+        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    }
+}
+
+/// Depthwise conv k7 → AdaLayerNorm → Linear → GELU → Linear → γ, plus the input.
+#[derive(Debug, Clone)]
+struct ConvNextBlock {
+    dwconv: Conv1d,
+    norm: AdaLayerNorm,
+    pwconv1: Linear,
+    pwconv2: Linear,
+    gamma: Tensor,
+}
+
+impl ConvNextBlock {
+    fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.dim;
+        Ok(Self {
+            dwconv: Conv1d::new(d, d, ConvConfig::torch(7, 3).groups(d), vb.pp("dwconv"))?,
+            norm: AdaLayerNorm::new(cfg, vb.pp("norm"))?,
+            pwconv1: linear(d, cfg.intermediate_dim, vb.pp("pwconv1"))?,
+            pwconv2: linear(cfg.intermediate_dim, d, vb.pp("pwconv2"))?,
+            gamma: vb.get(d, "gamma")?,
+        })
+    }
+
+    /// (B, C, T) → (B, C, T).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.dwconv.forward(x)?.transpose(1, 2)?.contiguous()?;
+        let h = self.pwconv1.forward(&self.norm.forward(&h)?)?.gelu_erf()?;
+        let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
+        x + h.transpose(1, 2)?
+    }
+}
+
+/// Latent (B, input_channels, F) → features (B, F, dim).
+#[derive(Debug, Clone)]
+pub struct Backbone {
+    embed: Conv1d,
+    pos_resnets: [ResnetBlock; 4],
+    pos_attn: AttnBlock,
+    pos_norm: GroupNorm,
+    norm: AdaLayerNorm,
+    convnext: Vec<ConvNextBlock>,
+    final_layer_norm: candle_nn::LayerNorm,
+}
+
+impl Backbone {
+    pub fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.dim;
+        let pos = vb.pp("pos_net");
+        Ok(Self {
+            embed: Conv1d::new(cfg.input_channels, d, ConvConfig::torch(7, 3), vb.pp("embed"))?,
+            pos_resnets: [
+                ResnetBlock::new(d, pos.pp("0"))?,
+                ResnetBlock::new(d, pos.pp("1"))?,
+                ResnetBlock::new(d, pos.pp("3"))?,
+                ResnetBlock::new(d, pos.pp("4"))?,
+            ],
+            pos_attn: AttnBlock::new(d, pos.pp("2"))?,
+            pos_norm: group_norm(d, pos.pp("5"))?,
+            norm: AdaLayerNorm::new(cfg, vb.pp("norm"))?,
+            convnext: (0..cfg.num_layers)
+                .map(|i| ConvNextBlock::new(cfg, vb.pp(format!("convnext.{i}"))))
+                .collect::<Result<_>>()?,
+            final_layer_norm: candle_nn::LayerNorm::new(
+                vb.get(d, "final_layer_norm.weight")?,
+                vb.get(d, "final_layer_norm.bias")?,
+                EPS,
+            ),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.embed.forward(x)?;
+        let x = self.pos_resnets[0].forward(&x)?;
+        let x = self.pos_resnets[1].forward(&x)?;
+        let x = self.pos_attn.forward(&x)?;
+        let x = self.pos_resnets[2].forward(&x)?;
+        let x = self.pos_resnets[3].forward(&x)?;
+        let x = self.pos_norm.forward(&x)?;
+        let x = self.norm.forward(&x.transpose(1, 2)?.contiguous()?)?.transpose(1, 2)?;
+        let x = self.convnext.iter().try_fold(x, |x, block| block.forward(&x))?;
+        self.final_layer_norm.forward(&x.transpose(1, 2)?.contiguous()?)
+    }
+}
+
+/// Features (B, F, dim) → audio (B, 1, F · hop): log-magnitude and phase → inverse real DFT as a matmul with the
+/// windowed basis → overlap-add of `n_fft / hop` shifted slices → division by the summed squared window → "same"
+/// trim of `(n_fft − hop) / 2` on each side.
+#[derive(Debug, Clone)]
+pub struct IstftHead {
+    out: Linear,
+    basis_real: Tensor,
+    basis_imag: Tensor,
+    window_sq: Tensor,
+    n_fft: usize,
+    hop: usize,
+}
+
+impl IstftHead {
+    pub fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+        let (n, hop) = (cfg.n_fft, cfg.hop_length);
+        if n % hop != 0 || (n - hop) % 2 != 0 {
+            candle_core::bail!("ISTFT head needs n_fft ({n}) a multiple of hop ({hop}) and an even n_fft - hop");
+        }
+        let bins = n / 2 + 1;
+        Ok(Self {
+            out: linear(cfg.dim, n + 2, vb.pp("out"))?,
+            basis_real: vb.get((bins, n), "istft.basis_real")?,
+            basis_imag: vb.get((bins, n), "istft.basis_imag")?,
+            window_sq: vb.get(n, "istft.window_sq")?,
+            n_fft: n,
+            hop,
+        })
+    }
+
+    /// Log-magnitude and phase (B, F, n_fft/2 + 1) each, as the head predicts them.
+    pub fn spectrum(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let y = self.out.forward(x)?;
+        let bins = self.n_fft / 2 + 1;
+        Ok((y.narrow(D::Minus1, 0, bins)?, y.narrow(D::Minus1, bins, bins)?))
+    }
+
+    /// Sums `frames` (B, F, n_fft) into (B, (F − 1)·hop + n_fft): slice j of every frame lands j·hop later.
+    fn overlap_add(&self, frames: &Tensor) -> Result<Tensor> {
+        let (b, f, n) = frames.dims3()?;
+        let m = n / self.hop;
+        let total = (f - 1 + m) * self.hop;
+        let mut sum: Option<Tensor> = None;
+        for j in 0..m {
+            let slice = frames.narrow(2, j * self.hop, self.hop)?.reshape((b, f * self.hop))?;
+            let slice = slice.pad_with_zeros(1, j * self.hop, total - f * self.hop - j * self.hop)?;
+            sum = Some(match sum {
+                Some(s) => (s + slice)?,
+                None => slice,
+            });
+        }
+        sum.ok_or_else(|| candle_core::Error::Msg("empty ISTFT frame".into()))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (log_mag, phase) = self.spectrum(x)?;
+        let mag = log_mag.exp()?.clamp(f64::NEG_INFINITY, 1e2)?;
+        let real = (&mag * phase.cos()?)?;
+        let imag = (&mag * phase.sin()?)?;
+        let frames = (real.broadcast_matmul(&self.basis_real)? + imag.broadcast_matmul(&self.basis_imag)?)?;
+        let (b, f, _) = frames.dims3()?;
+        let audio = self.overlap_add(&frames)?;
+        let envelope = self.overlap_add(&self.window_sq.reshape((1, 1, self.n_fft))?.repeat((1, f, 1))?)?;
+        let pad = (self.n_fft - self.hop) / 2;
+        let len = f * self.hop;
+        let audio = audio.narrow(1, pad, len)?.broadcast_div(&envelope.narrow(1, pad, len)?)?;
+        audio.reshape((b, 1, len))
+    }
+}
