@@ -6,6 +6,7 @@
 
 pub mod dac;
 pub mod mimi;
+pub mod wavtokenizer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,7 +50,8 @@ pub struct ConvertOptions {
 }
 
 /// Architectures `convert` knows.
-pub const ARCHITECTURES: &[&str] = &[crate::models::mimi::ARCH, crate::models::dac::ARCH];
+pub const ARCHITECTURES: &[&str] =
+    &[crate::models::mimi::ARCH, crate::models::dac::ARCH, crate::models::wavtokenizer::ARCH];
 
 /// `v · (g / ‖v‖)` with the norm over every dim but the first (torch's `weight_norm(dim=0)`), in torch's order.
 fn fold_weight_norm(g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
@@ -111,6 +113,20 @@ fn write_gguf(
     w.write(out)
 }
 
+/// The only `.yaml`/`.yml` file next to `src`, if there is exactly one.
+fn single_yaml_beside(src: &Path) -> Option<PathBuf> {
+    let dir = src.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let yamls: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    match yamls.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::convert(path, format!("invalid JSON: {e}")))
@@ -141,6 +157,18 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
         let (tensors, cfg) = dac::read_pth(src)?;
         return dac::convert(src, tensors, cfg, out, opts);
     }
+    if meta.is_file() && ext == "ckpt" {
+        // WavTokenizer's release format: a Lightning checkpoint plus its training YAML.
+        if opts.arch.as_deref().is_some_and(|a| a != crate::models::wavtokenizer::ARCH) {
+            return Err(Error::convert(src, "a .ckpt source is read as a WavTokenizer checkpoint (--arch wavtokenizer)"));
+        }
+        let config = opts.config.clone().or_else(|| single_yaml_beside(src)).ok_or_else(|| {
+            Error::convert(src, "a WavTokenizer .ckpt needs its YAML config: pass --config FILE.yaml")
+        })?;
+        let tensors = wavtokenizer::read_ckpt(src)?;
+        let cfg = wavtokenizer::config_from_yaml(&config, &tensors)?;
+        return wavtokenizer::convert(src, tensors, cfg, out, opts);
+    }
     let (weights, found_config): (Vec<PathBuf>, Option<PathBuf>) = if meta.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(src)
             .map_err(|e| Error::io(src, e))?
@@ -154,7 +182,10 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
         if ext != "safetensors" {
             return Err(Error::convert(
                 src,
-                format!("unsupported source '.{ext}' (this build reads a directory, a .safetensors or a DAC .pth file)"),
+                format!(
+                    "unsupported source '.{ext}' (this build reads a directory, a .safetensors, a DAC .pth or a \
+                     WavTokenizer .ckpt file)"
+                ),
             ));
         }
         let config = src.parent().map(|p| p.join("config.json")).filter(|p| p.exists());
