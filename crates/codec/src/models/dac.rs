@@ -309,6 +309,14 @@ impl super::Model for Dac {
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
         Ok(self.quantizer.encode(&self.encode_latent(pcm)?, n_q)?.0)
     }
+    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+        let mut t = super::StageTimer::default();
+        let z = t.time("encoder", || self.encode_latent(pcm))?;
+        let codes = t.time("quantizer encode", || Ok(self.quantizer.encode(&z, n_q)?.0))?;
+        let z = t.time("quantizer decode", || self.quantizer.decode(&codes))?;
+        t.time("decoder", || self.decoder.forward(&z))?;
+        Ok(t.times)
+    }
     fn chunk_context(&self) -> Option<(usize, usize)> {
         let frames = self.config.receptive_radius().div_ceil(self.config.hop()) + 1;
         Some((frames, frames))

@@ -326,23 +326,17 @@ impl super::Model for Mimi {
         self.decode_latent(&self.quantizer.decode(codes)?)
     }
     fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
-        let mut times = vec![];
-        let mut time = |name, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
-            let start = std::time::Instant::now();
-            let y = f()?;
-            times.push((name, start.elapsed()));
-            Ok(y)
-        };
+        let mut t = super::StageTimer::default();
         let len = pcm.dim(2)?;
         let pcm = pcm.pad_with_zeros(2, 0, len.next_multiple_of(self.config.hop()) - len)?;
-        let x = time("encoder (SEANet)", &|| self.encoder.forward(&pcm))?;
-        let x = time("encoder transformer", &|| self.encoder_transformer.forward(&x))?;
-        let x = time("downsample", &|| self.downsample.forward(&x))?;
-        let codes = time("quantizer encode", &|| self.quantizer.encode(&x, n_q))?;
-        let x = time("quantizer decode", &|| self.quantizer.decode(&codes))?;
-        let x = time("upsample", &|| self.upsample.forward(&x))?;
-        let x = time("decoder transformer", &|| self.decoder_transformer.forward(&x))?;
-        time("decoder (SEANet)", &|| self.decoder.forward(&x))?;
-        Ok(times)
+        let x = t.time("encoder (SEANet)", || self.encoder.forward(&pcm))?;
+        let x = t.time("encoder transformer", || self.encoder_transformer.forward(&x))?;
+        let x = t.time("downsample", || self.downsample.forward(&x))?;
+        let codes = t.time("quantizer encode", || self.quantizer.encode(&x, n_q))?;
+        let x = t.time("quantizer decode", || self.quantizer.decode(&codes))?;
+        let x = t.time("upsample", || self.upsample.forward(&x))?;
+        let x = t.time("decoder transformer", || self.decoder_transformer.forward(&x))?;
+        t.time("decoder (SEANet)", || self.decoder.forward(&x))?;
+        Ok(t.times)
     }
 }

@@ -33,6 +33,21 @@ pub trait Model: Send + Sync {
     }
 }
 
+/// Collects named stage timings for [`Model::stage_times`].
+#[derive(Default)]
+pub(crate) struct StageTimer {
+    pub times: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl StageTimer {
+    pub fn time(&mut self, name: &'static str, f: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        let start = std::time::Instant::now();
+        let y = f()?;
+        self.times.push((name, start.elapsed()));
+        Ok(y)
+    }
+}
+
 /// Architectures this build can run (`general.architecture` values).
 pub const ARCHITECTURES: &[&str] = &[mimi::ARCH, dac::ARCH, wavtokenizer::ARCH];
 

@@ -211,4 +211,13 @@ impl super::Model for WavTokenizer {
         let features = self.backbone.forward(&self.quantizer.decode(codes)?)?;
         self.head.forward(&features)
     }
+    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+        let mut t = super::StageTimer::default();
+        let z = t.time("encoder (SEANet + LSTM)", || self.encoder.forward(pcm))?;
+        let codes = t.time("quantizer encode", || self.quantizer.encode(&z, n_q))?;
+        let z = t.time("quantizer decode", || self.quantizer.decode(&codes))?;
+        let x = t.time("backbone", || self.backbone.forward(&z))?;
+        t.time("ISTFT head", || self.head.forward(&x))?;
+        Ok(t.times)
+    }
 }

@@ -1,7 +1,7 @@
 //! Building blocks shared by the architectures.
 
 pub mod conv;
-mod elu;
+pub mod activation;
 pub mod lstm;
 mod conv_cpu;
 pub mod rvq;

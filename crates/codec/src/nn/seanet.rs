@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
-use super::elu::elu;
+use super::activation::elu;
 use super::lstm::Lstm;
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
+use super::activation::gelu_erf;
+
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
     pub d_model: usize,
@@ -151,7 +153,7 @@ impl Layer {
     fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope)?;
         let x = (x + h.broadcast_mul(&self.attn_scale)?)?;
-        let h = self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?.gelu_erf()?;
+        let h = gelu_erf(&self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?)?;
         let h = self.fc2.forward(&h)?;
         x + h.broadcast_mul(&self.mlp_scale)?
     }

@@ -10,6 +10,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{GroupNorm, Linear, VarBuilder};
 
+use super::activation::gelu_erf;
 use super::conv::{Conv1d, ConvConfig};
 
 #[derive(Debug, Clone)]
@@ -141,7 +142,7 @@ impl ConvNextBlock {
     /// (B, C, T) → (B, C, T).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.dwconv.forward(x)?.transpose(1, 2)?.contiguous()?;
-        let h = self.pwconv1.forward(&self.norm.forward(&h)?)?.gelu_erf()?;
+        let h = gelu_erf(&self.pwconv1.forward(&self.norm.forward(&h)?)?)?;
         let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
         x + h.transpose(1, 2)?
     }
