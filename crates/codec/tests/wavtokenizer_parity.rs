@@ -1,0 +1,56 @@
+//! WavTokenizer against the original repository's code on the committed reduced-config fixtures
+//! (`tests/fixtures/wavtokenizer/<variant>`, made by `scripts/make_wavtokenizer_fixtures.py`): the Lightning checkpoint
+//! and its YAML are converted, codes must be equal, the encoder output and the decoded audio must match.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use codec::gguf::ModelFile;
+use codec::models::wavtokenizer::WavTokenizer;
+use codec::{Audio, Codec, Codes, DeviceKind};
+
+mod common;
+use common::{cosine, mismatch_fraction};
+
+const VARIANTS: [&str; 2] = ["frame75", "frame40"];
+
+/// `WAVTOKENIZER_FIXTURES=/tmp/wt-full` runs the tests on a full-size set made with `--full-size`.
+fn fixtures(variant: &str) -> PathBuf {
+    common::fixture_dir("wavtokenizer", "WAVTOKENIZER_FIXTURES").join(variant)
+}
+
+fn load_f32(variant: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    common::load_f32(&fixtures(variant).join(name))
+}
+
+fn convert(variant: &str) -> PathBuf {
+    let dir = fixtures(variant).join("original");
+    common::convert_to(&dir.join("model.ckpt"), Some(dir.join("config.yaml")), variant)
+}
+
+#[test]
+fn both_variants_match_the_reference() {
+    for variant in VARIANTS {
+        let gguf = convert(variant);
+        let model = WavTokenizer::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+        let (_, samples) = load_f32(variant, "input.npy");
+        let pcm = Tensor::from_slice(&samples, (1, 1, samples.len()), &Device::Cpu).unwrap();
+        let latent = model.encoder.forward(&pcm).unwrap();
+        let (shape, want) = load_f32(variant, "encoder_out.npy");
+        assert_eq!(latent.squeeze(0).unwrap().dims(), &shape[..], "{variant}: encoder_out shape");
+        let cos = cosine(&latent.flatten_all().unwrap().to_vec1().unwrap(), &want);
+        eprintln!("{variant}: encoder_out cos {cos:.9}");
+        assert!(cos >= 0.99999, "{variant}: encoder_out cos {cos}");
+
+        let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+        let want = common::load_codes(&fixtures(variant).join("codes.npy"));
+        let got = codec.encode(&Audio { sample_rate: 24000, samples }, None).unwrap();
+        assert_eq!(mismatch_fraction(&got, &want), 0.0, "{variant}: codes differ");
+        let out = codec.decode(&Codes { ..want }).unwrap();
+        let (_, reference) = load_f32(variant, "decoded.npy");
+        let cos = cosine(&out.samples, &reference);
+        eprintln!("{variant}: decoded cos {cos:.9}");
+        assert!(cos >= 0.9999, "{variant}: decoded cos {cos}");
+        std::fs::remove_file(gguf).ok();
+    }
+}
