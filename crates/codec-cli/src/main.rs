@@ -12,7 +12,6 @@ use codec::npy::{self, NpyData};
 use codec::{Audio, Codec, Codes, DeviceKind, Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-
 #[derive(Parser)]
 #[command(name = "codec", version, about = "Neural audio codecs: audio → discrete codes → audio")]
 struct Cli {

@@ -88,23 +88,27 @@ fn encode_decode_roundtrip_match_reference() {
     assert_eq!(codec::audio::read(&out).unwrap().samples.len(), input.len());
 }
 
-/// DAC from descript's .pth through the CLI: convert, roundtrip trimmed to the input, codes equal to the reference.
+/// Release checkpoints through the CLI: convert (DAC's .pth; WavTokenizer's .ckpt with the YAML found beside it),
+/// codes equal to the reference's, roundtrip output as long as the input.
 #[test]
-fn dac_from_pth() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dac/24khz");
-    let gguf = tmp("dac24.gguf");
-    let o = codec(&["convert", s(&dir.join("original/weights.pth")), "-o", s(&gguf)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let codes = tmp("dac_codes.npy");
-    let o = codec(&["encode", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&codes)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = npy::read(&dir.join("codes.npy")).unwrap().to_i64_vec().unwrap();
-    assert_eq!(npy::read(&codes).unwrap().to_i64_vec().unwrap(), want);
-    let out = tmp("dac_rt.wav");
-    let o = codec(&["roundtrip", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&out)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let input = codec::audio::read(&dir.join("input.wav")).unwrap();
-    assert_eq!(codec::audio::read(&out).unwrap().samples.len(), input.samples.len());
+fn release_checkpoints() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    for (dir, checkpoint) in [("dac/24khz", "original/weights.pth"), ("wavtokenizer/frame40", "original/model.ckpt")] {
+        let dir = fixtures.join(dir);
+        let gguf = tmp(&format!("{}.gguf", checkpoint.replace('/', "_")));
+        let o = codec(&["convert", s(&dir.join(checkpoint)), "-o", s(&gguf)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let codes = tmp("release_codes.npy");
+        let o = codec(&["encode", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&codes)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let want = npy::read(&dir.join("codes.npy")).unwrap().to_i64_vec().unwrap();
+        assert_eq!(npy::read(&codes).unwrap().to_i64_vec().unwrap(), want, "{}", dir.display());
+        let out = tmp("release_rt.wav");
+        let o = codec(&["roundtrip", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&out)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let input = codec::audio::read(&dir.join("input.wav")).unwrap();
+        assert_eq!(codec::audio::read(&out).unwrap().samples.len(), input.samples.len());
+    }
 }
 
 #[test]
@@ -167,7 +171,15 @@ fn bad_arguments() {
     assert_fails(&codec(&["info", "not-a-file-nor-id"]), &["not-a-file-nor-id"]);
     let pth = tmp("garbage.pth");
     std::fs::write(&pth, b"not a zip").unwrap();
-    assert_fails(&codec(&["convert", s(&pth), "-o", s(&tmp("x.gguf"))]), &["garbage.pth", "not a PyTorch zip checkpoint"]);
+    assert_fails(
+        &codec(&["convert", s(&pth), "-o", s(&tmp("x.gguf"))]),
+        &["garbage.pth", "not a PyTorch zip checkpoint"],
+    );
+    let ckpt_dir = tmp("ckpt");
+    std::fs::create_dir_all(&ckpt_dir).unwrap();
+    let ckpt = ckpt_dir.join("model.ckpt");
+    std::fs::write(&ckpt, b"not a zip").unwrap();
+    assert_fails(&codec(&["convert", s(&ckpt), "-o", s(&tmp("x.gguf"))]), &["model.ckpt", "needs its YAML config"]);
 }
 
 #[test]

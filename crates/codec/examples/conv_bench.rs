@@ -42,8 +42,13 @@ fn main() {
         (512, 1024, 16, 8, 2000),
         (1024, 512, 3, 1, 250),
     ] {
-        let conv = Conv1d::new(ci, co, ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s), weights((co, ci, k), co))
-            .unwrap();
+        let conv = Conv1d::new(
+            ci,
+            co,
+            ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s),
+            weights((co, ci, k), co),
+        )
+        .unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());
         let padded = x.pad_with_zeros(2, k - s, 0).unwrap();

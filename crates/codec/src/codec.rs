@@ -224,7 +224,12 @@ impl Codec {
             .step_by(per_chunk)
             .map(|keep_from| {
                 let keep_to = (keep_from + per_chunk).min(n_frames);
-                Chunk { from: keep_from.saturating_sub(before), to: (keep_to + after).min(n_frames), keep_from, keep_to }
+                Chunk {
+                    from: keep_from.saturating_sub(before),
+                    to: (keep_to + after).min(n_frames),
+                    keep_from,
+                    keep_to,
+                }
             })
             .collect()
     }

@@ -66,7 +66,9 @@ fn both_layouts_match_references() {
             assert!(cos >= 0.99999, "{variant} {layout}: encoder_out cos {cos}");
 
             let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
-            for (codes, decoded, n_q) in [("codes.npy", "decoded.npy", None), ("codes_nq2.npy", "decoded_nq2.npy", Some(2))] {
+            for (codes, decoded, n_q) in
+                [("codes.npy", "decoded.npy", None), ("codes_nq2.npy", "decoded_nq2.npy", Some(2))]
+            {
                 let want = load_codes(variant, codes);
                 let got = codec.encode(&audio, n_q).unwrap();
                 let frac = mismatch_fraction(&got, &want);

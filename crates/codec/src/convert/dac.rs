@@ -258,5 +258,13 @@ pub fn convert(
         }
     }
 
-    super::write_gguf(src, ARCH, &final_tensors, |vb| Dac::new(cfg.clone(), vb).map(|_| ()), |w| cfg.to_gguf(w), out, opts)
+    super::write_gguf(
+        src,
+        ARCH,
+        &final_tensors,
+        |vb| Dac::new(cfg.clone(), vb).map(|_| ()),
+        |w| cfg.to_gguf(w),
+        out,
+        opts,
+    )
 }

@@ -271,5 +271,13 @@ pub fn convert(
         }
     }
 
-    super::write_gguf(src, ARCH, &final_tensors, |vb| Mimi::new(cfg.clone(), vb).map(|_| ()), |w| cfg.to_gguf(w), out, opts)
+    super::write_gguf(
+        src,
+        ARCH,
+        &final_tensors,
+        |vb| Mimi::new(cfg.clone(), vb).map(|_| ()),
+        |w| cfg.to_gguf(w),
+        out,
+        opts,
+    )
 }

@@ -68,7 +68,9 @@ fn fold_weight_norms(src: &Path, tensors: HashMap<String, Tensor>) -> Result<Has
     let mut norm_g = HashMap::new();
     let mut norm_v = HashMap::new();
     for (name, t) in tensors {
-        if let Some(p) = name.strip_suffix(".weight_g").or_else(|| name.strip_suffix(".parametrizations.weight.original0")) {
+        if let Some(p) =
+            name.strip_suffix(".weight_g").or_else(|| name.strip_suffix(".parametrizations.weight.original0"))
+        {
             norm_g.insert(p.to_string(), t);
         } else if let Some(p) =
             name.strip_suffix(".weight_v").or_else(|| name.strip_suffix(".parametrizations.weight.original1"))
@@ -160,7 +162,10 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
     if meta.is_file() && ext == "ckpt" {
         // WavTokenizer's release format: a Lightning checkpoint plus its training YAML.
         if opts.arch.as_deref().is_some_and(|a| a != crate::models::wavtokenizer::ARCH) {
-            return Err(Error::convert(src, "a .ckpt source is read as a WavTokenizer checkpoint (--arch wavtokenizer)"));
+            return Err(Error::convert(
+                src,
+                "a .ckpt source is read as a WavTokenizer checkpoint (--arch wavtokenizer)",
+            ));
         }
         let config = opts.config.clone().or_else(|| single_yaml_beside(src)).ok_or_else(|| {
             Error::convert(src, "a WavTokenizer .ckpt needs its YAML config: pass --config FILE.yaml")

@@ -54,9 +54,11 @@ pub fn config_from_yaml(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         return Err(Error::convert(path, format!("ISTFT padding '{padding}' is not supported (only \"same\")")));
     }
     let shape = |name: &str| tensors.get(name).map(|t| t.dims().to_vec()).ok_or_else(|| missing(name));
-    let first_conv = shape(&format!("{ENCODER}0.conv.conv.weight_v")).or_else(|_| shape(&format!("{ENCODER}0.conv.conv.weight")))?;
+    let first_conv =
+        shape(&format!("{ENCODER}0.conv.conv.weight_v")).or_else(|_| shape(&format!("{ENCODER}0.conv.conv.weight")))?;
     let embed = shape(&format!("{QUANTIZER}0._codebook.embed"))?;
-    let lstm_layers = (0..).take_while(|l| tensors.keys().any(|n| n.ends_with(&format!("lstm.weight_ih_l{l}")))).count();
+    let lstm_layers =
+        (0..).take_while(|l| tensors.keys().any(|n| n.ends_with(&format!("lstm.weight_ih_l{l}")))).count();
     let cfg = WavTokenizerConfig {
         sample_rate: uint("/sample_rate")?,
         n_filters: first_conv[0],
@@ -74,7 +76,10 @@ pub fn config_from_yaml(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         istft_hop: uint(&format!("{hd}/hop_length"))?,
     };
     if embed[0] != cfg.codebook_size {
-        return Err(Error::convert(path, format!("vq_bins {} but the codebook has {} rows", cfg.codebook_size, embed[0])));
+        return Err(Error::convert(
+            path,
+            format!("vq_bins {} but the codebook has {} rows", cfg.codebook_size, embed[0]),
+        ));
     }
     Ok(cfg)
 }

@@ -285,8 +285,6 @@ impl Conv1dOp {
     }
 }
 
-
-
 /// Transposed conv1d, output trimmed by `trim_left`/`trim_right`: x (B, C_in, T), w (C_in, C_out, K).
 #[derive(Debug, Clone, Copy)]
 pub struct ConvTranspose1dOp {
@@ -346,8 +344,6 @@ impl ConvKernel for ConvTranspose1dOp {
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, t_out))))
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {

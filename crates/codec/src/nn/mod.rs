@@ -1,9 +1,9 @@
 //! Building blocks shared by the architectures.
 
-pub mod conv;
 pub mod activation;
-pub mod lstm;
+pub mod conv;
 mod conv_cpu;
+pub mod lstm;
 pub mod rvq;
 pub mod seanet;
 pub mod snake;

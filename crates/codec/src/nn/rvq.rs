@@ -175,8 +175,9 @@ pub struct FactorizedRvq {
 
 impl FactorizedRvq {
     pub fn new(n_q: usize, latent: usize, dim: usize, bins: usize, vb: VarBuilder) -> Result<Self> {
-        let layers =
-            (0..n_q).map(|i| FactorizedCodebook::new(latent, dim, bins, vb.pp(format!("quantizers.{i}")))).collect::<Result<_>>()?;
+        let layers = (0..n_q)
+            .map(|i| FactorizedCodebook::new(latent, dim, bins, vb.pp(format!("quantizers.{i}"))))
+            .collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 

@@ -8,8 +8,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 use super::activation::elu;
+use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 use super::lstm::Lstm;
 
 #[derive(Debug, Clone)]

@@ -115,7 +115,9 @@ mod tests {
         let x = Tensor::randn(0f32, 2.0, (2, 5, 1000), &dev).unwrap();
         let got = snake.forward(&x).unwrap();
         let a = alpha.reshape((1, 5, 1)).unwrap();
-        let want = (&x + x.broadcast_mul(&a).unwrap().sin().unwrap().sqr().unwrap().broadcast_div(&(&a + 1e-9).unwrap()).unwrap()).unwrap();
+        let want = (&x
+            + x.broadcast_mul(&a).unwrap().sin().unwrap().sqr().unwrap().broadcast_div(&(&a + 1e-9).unwrap()).unwrap())
+        .unwrap();
         let diff: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
         assert!(diff < 1e-5, "max diff {diff}");
     }

@@ -76,7 +76,13 @@ struct AttnBlock {
 impl AttnBlock {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let pw = |name| Conv1d::new(dim, dim, ConvConfig::torch(1, 0), vb.pp(name));
-        Ok(Self { norm: group_norm(dim, vb.pp("norm"))?, q: pw("q")?, k: pw("k")?, v: pw("v")?, proj_out: pw("proj_out")? })
+        Ok(Self {
+            norm: group_norm(dim, vb.pp("norm"))?,
+            q: pw("q")?,
+            k: pw("k")?,
+            v: pw("v")?,
+            proj_out: pw("proj_out")?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
