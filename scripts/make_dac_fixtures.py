@@ -26,7 +26,8 @@ What it does, per variant (see tests/fixtures/dac/README.md for the file list):
      codebook rows are samples of that layer's projected residual (8-dim) plus noise, with random row norms (lookup
      normalises them, decode does not); out_proj is the least-squares map from the chosen entries back to the residual
      (so later layers see a structured residual and the bias is non-zero); near-ties on the test input are removed
-     (every cosine-similarity argmax has a gap s1 - s2 >= 2e-3), so an f32 port must reproduce the codes exactly;
+     (between the L2-normalised projected latent and the best / second-best normalised entry, the distances satisfy
+     (d2 - d1) / d1 >= 2e-3 and d2 - d1 >= 1e-4), so an f32 port must reproduce the codes exactly;
   4. saves descript's original format `original/weights.pth` with `DAC.save(path, package=False)` (a torch.save of
      {'state_dict': ..., 'metadata': {'kwargs': {...}}}, what `DAC.load` / `dac.utils.load_model(load_path=...)` read)
      and checks it reloads; and the same weights in the transformers hub layout (`hub/config.json` +
@@ -77,7 +78,8 @@ REDUCED = {"encoder_dim": 4, "decoder_dim": 32, "n_codebooks": 4, "codebook_size
 FULL = {"encoder_dim": 64, "decoder_dim": 1536, "codebook_size": 1024, "codebook_dim": 8}
 
 N_Q_PARTIAL = 2
-MIN_MARGIN = 2e-3
+MIN_MARGIN = 2e-3  # relative distance gap (d2 - d1) / d1 on the unit sphere (the Mimi fixtures' criterion) ...
+MIN_ABS_GAP = 1e-4  # ... and absolute gap d2 - d1 (>> f32 error of a normalised latent, ~1e-6)
 
 
 def dac_kwargs(variant: str, full: bool) -> dict:
@@ -238,17 +240,20 @@ def lsuv_walk(mod, h: torch.Tensor, name: str, rep: list, targets: dict, means: 
     return mod(h)  # Snake1d, Tanh
 
 
-def cos_margins(ze: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ze [M, d], codebook [K, d] -> (best index, best cosine, s1 - s2) in float64."""
+def lookup_margins(ze: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ze [M, d], codebook [K, d] -> (best index, relative gap (d2 - d1) / d1, absolute gap d2 - d1), float64, where
+    d1 <= d2 are the two smallest Euclidean distances between the L2-normalised ze and the L2-normalised entries
+    (descript's lookup: argmin of |e^ - c^|^2, i.e. argmax of the cosine similarity)."""
     a = torch.nn.functional.normalize(ze.double(), dim=1)
     b = torch.nn.functional.normalize(codebook.double(), dim=1)
-    s = a @ b.T
-    top = s.topk(2, dim=1)
-    return top.indices[:, 0], top.values[:, 0], top.values[:, 0] - top.values[:, 1]
+    top = (a @ b.T).topk(2, dim=1)
+    dist = torch.sqrt((2 - 2 * top.values).clamp_min(0))
+    gap = dist[:, 1] - dist[:, 0]
+    return top.indices[:, 0], gap / dist[:, 0].clamp_min(1e-12), gap
 
 
 def calibrate_quantizer(model: dac.model.DAC, z_cal: torch.Tensor, protect: list[torch.Tensor], g: torch.Generator,
-                        min_margin: float, verbose: bool = True) -> dict:
+                        min_margin: float, min_abs_gap: float, verbose: bool = True) -> dict:
     """Layer by layer on the calibration latent z_cal [1, D, N]: in_proj to unit std, codebook rows = samples of the
     projected residual + noise with random norms, near-ties of `protect` (test latents) removed by nudging the winning
     row towards the vector, out_proj = least-squares map entry -> residual. Returns stats."""
@@ -277,19 +282,22 @@ def calibrate_quantizer(model: dac.model.DAC, z_cal: torch.Tensor, protect: list
             # near-tie removal on the protected (test) inputs
             P = torch.cat([vq.in_proj(p)[0].T for p in pres]).double()
             nudges = 0
-            for _ in range(50000):
-                best, _, margin = cos_margins(P, rows.float())  # the f32 rows are what the model will hold
-                bad = torch.nonzero(margin < min_margin)[:, 0]
+            for _ in range(20000):
+                best, rel, gap = lookup_margins(P, rows.float())  # the f32 rows are what the model will hold
+                bad = torch.nonzero((rel < min_margin) | (gap < min_abs_gap))[:, 0]
                 if len(bad) == 0:
                     break
-                i = int(bad[0])
-                a = int(best[i])
-                na = rows[a].norm()
-                target = P[i] / P[i].norm() * na
-                rows[a] = rows[a] + 0.05 * (target - rows[a])
-                nudges += 1
+                done = set()
+                for i in bad.tolist():  # one nudge per winning entry per round: turn it 5 % towards the latent
+                    a = int(best[i])
+                    if a in done:
+                        continue
+                    done.add(a)
+                    target = P[i] / P[i].norm() * rows[a].norm()
+                    rows[a] = rows[a] + 0.05 * (target - rows[a])
+                    nudges += 1
             else:
-                print(f"  warning: layer {li}: could not clear all near-ties (min gap {float(margin.min()):.2g})")
+                print(f"  warning: layer {li}: could not clear all near-ties (min relative gap {float(rel.min()):.2g})")
             vq.codebook.weight.copy_(rows.float())
             stats["nudges"].append(nudges)
 
@@ -316,20 +324,21 @@ def calibrate_quantizer(model: dac.model.DAC, z_cal: torch.Tensor, protect: list
     return stats
 
 
-def rvq_margins(model: dac.model.DAC, z: torch.Tensor, n_q: int) -> tuple[list[float], torch.Tensor]:
-    """Replays descript's ResidualVectorQuantize.forward on z [1, D, F]; per codebook the smallest cosine gap
-    s1 - s2 between the best and second-best entry over all frames (float64 on the f32 projected latents).
+def rvq_margins(model: dac.model.DAC, z: torch.Tensor, n_q: int) -> tuple[list[float], list[float], torch.Tensor]:
+    """Replays descript's ResidualVectorQuantize.forward on z [1, D, F]; per codebook the smallest relative and
+    absolute distance gaps (see lookup_margins) over all frames (float64 on the f32 projected latents).
     Also returns the codes implied by the cosine argmax (must equal descript's)."""
-    out, codes = [], []
+    out, out_abs, codes = [], [], []
     res = z
     with torch.no_grad():
         for vq in model.quantizer.quantizers[:n_q]:
             ze = vq.in_proj(res)
-            best, _, margin = cos_margins(ze[0].T, vq.codebook.weight)
-            out.append(float(margin.min()))
+            best, rel, gap = lookup_margins(ze[0].T, vq.codebook.weight)
+            out.append(float(rel.min()))
+            out_abs.append(float(gap.min()))
             codes.append(best)
             res = res - vq(res)[0]
-    return out, torch.stack(codes)
+    return out, out_abs, torch.stack(codes)
 
 
 def make_honest(model: dac.model.DAC, cal: np.ndarray, protect: list[np.ndarray], seed: int, full: bool) -> dict:
@@ -346,7 +355,7 @@ def make_honest(model: dac.model.DAC, cal: np.ndarray, protect: list[np.ndarray]
                                                                           for n, b in rep))
         z_cal = model.encoder(xc)  # exact, after rescaling
         z_prot = [model.encoder(model.preprocess(t3(p), sr)) for p in protect]
-    qstats = calibrate_quantizer(model, z_cal, z_prot, g, MIN_MARGIN)
+    qstats = calibrate_quantizer(model, z_cal, z_prot, g, MIN_MARGIN, MIN_ABS_GAP)
     with torch.no_grad():
         _, codes_cal, _, _, _ = model.quantizer(z_cal)
         zq_cal = model.quantizer.from_codes(codes_cal)[0]
@@ -561,7 +570,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
     F = codes.shape[-1]
     c = np_codes(codes)
     distinct = [len(np.unique(c[i])) for i in range(c.shape[0])]
-    margins, cos_codes = rvq_margins(model, st["encoder_out"], n_q)
+    margins, abs_gaps, cos_codes = rvq_margins(model, st["encoder_out"], n_q)
     assert torch.equal(cos_codes, codes[0]), "cosine argmax differs from descript's distance argmax"
     dec = np_f32(st["decoded"]).reshape(-1)
     dec_z = np_f32(st["decoded_from_z_encode"]).reshape(-1)
@@ -575,7 +584,8 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
         print(f"  {k:18s} {tuple(st[k].shape[1:])}  {stat(st[k].numpy())}")
     print(f"  decoded            {stat(dec)}; |y|>0.99: {float(np.mean(np.abs(dec) > 0.99)):.4f}")
     print(f"  distinct codes per codebook (of {kw['codebook_size']}, {F} frames): {distinct}")
-    print(f"  smallest cosine gap s1-s2 per codebook: {[f'{m:.3g}' for m in margins]}")
+    print(f"  smallest distance gap per codebook: relative {[f'{m:.3g}' for m in margins]}, "
+          f"absolute {[f'{m:.3g}' for m in abs_gaps]}")
     rel = float(np.linalg.norm(dec - dec_z) / np.linalg.norm(dec))
     print(f"  decode(from_codes) vs decode(z from encode): cos {cos(dec, dec_z):.10f}, max|diff| "
           f"{maxdiff(dec, dec_z):.3g}")
@@ -646,7 +656,8 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
         "decoded_samples": len(dec),
         "n_q_partial": N_Q_PARTIAL,
         "distinct_codes": distinct,
-        "min_cosine_gap": margins,
+        "min_relative_distance_gap": margins,
+        "min_distance_gap": abs_gaps,
         "near_tie_nudges": qstats["nudges"],
         "calibration_residual_ratio": qstats["residual_ratio_cal"],
         "stage_std": sstats,
@@ -680,7 +691,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
             variant=variant, mode="full size" if full else "reduced config", command=command, seed=seed,
             vseed=vseed, kw=json.dumps(kw), sr=sr, hop=hop, T=len(x), Tp=st["padded"].shape[-1], F=F,
             Td=len(dec), nq=n_q, distinct=", ".join(map(str, distinct)),
-            gap=min(margins), codes_equal=codes_equal, hcos=summary["decoded_cos_transformers"],
+            gap=min(margins), agap=min(abs_gaps), codes_equal=codes_equal, hcos=summary["decoded_cos_transformers"],
             hmax=summary["decoded_max_abs_diff_transformers"]))
     for p in ("original/weights.pth", "hub/model.safetensors"):
         os.chmod(out / p, 0o644)
@@ -702,7 +713,8 @@ Generated by `scripts/make_dac_fixtures.py` (`{command}`); see `../README.md` fo
 - `dac.model.DAC` kwargs (also in `original/weights.pth` → `metadata.kwargs`): `{kw}`
 - sample rate {sr}, hop {hop}; seed {seed} (this variant: torch/numpy seed {vseed})
 - input {T} samples → `preprocess` pads to {Tp} → codes [{nq}, {F}] → decoded {Td} samples
-- distinct codes per codebook: {distinct}; smallest cosine gap s1 − s2: {gap:.3g}
+- distinct codes per codebook: {distinct}; smallest distance gaps (normalised vectors): (d2 − d1)/d1 {gap:.3g},
+  d2 − d1 {agap:.3g}
 - transformers (hub) vs descript: codes identical {codes_equal}; decoded cos {hcos:.12f}, max |diff| {hmax:.3g}
 """
 
@@ -731,9 +743,9 @@ on a calibration signal (4 s synthetic + the input) so every stage has std ~1, r
 and the pre-tanh output std 0.5 (decoded std ~0.4, almost no tanh saturation). The quantizer is calibrated layer by
 layer: `in_proj` to unit std, codebook rows = samples of that layer's projected residual plus noise, with random norms
 (the lookup L2-normalises them, the decode does not), `out_proj` = least-squares map from the chosen entries to the
-residual (non-zero bias, the residual shrinks layer by layer), and near-ties on the test input removed: every
-cosine-similarity argmax has a gap s1 - s2 >= 2e-3 (listed in `summary.json`), so an f32 port must reproduce the codes
-exactly.
+residual (non-zero bias, the residual shrinks layer by layer), and near-ties on the test input removed: with d1 <= d2
+the two smallest distances between the L2-normalised projected latent and the L2-normalised entries, every lookup has
+(d2 - d1)/d1 >= 2e-3 and d2 - d1 >= 1e-4 (minima in `summary.json`), so an f32 port must reproduce the codes exactly.
 
 ## Files (per variant directory; arrays are batch-squeezed `.npy`)
 - `original/weights.pth`: descript's own format, written by `DAC.save(path, package=False)` (audiotools
@@ -767,7 +779,7 @@ exactly.
   - `codes_nq2.npy` / `decoded_nq2.npy`: the same with `model.encode(xp, n_quantizers=2)` (a prefix of `codes`).
 - transformers (hub) on the same padded input: `codes_hub.npy` = `DacModel.encode(xp).audio_codes`, `decoded_hub.npy` =
   `DacModel.decode(audio_codes=codes_hub).audio_values`.
-- `summary.json`: config, distinct codes, cosine gaps, stage statistics, descript-vs-transformers agreement;
+- `summary.json`: config, distinct codes, distance gaps, stage statistics, descript-vs-transformers agreement;
   `README.md`: a short per-variant note.
 
 No loudness normalisation or chunking is involved: `DAC.compress`/`decompress` (the .dac file path) normalise to -16 dB
@@ -787,7 +799,8 @@ LUFS and process in chunks; these fixtures call `preprocess`/`encode`/`decode` d
 - All convs (incl. in_proj/out_proj and the conv-transposes) have biases; weight norm on all of them, none on the
   codebooks.
 
-Regenerate with the command above; the output is deterministic (same bytes) on the same library versions.
+Regenerate with the command above; the output is deterministic (same bytes) on the same library versions and the same
+`--threads` (torch's CPU reductions depend on the thread count, which moves the calibrated weights in the last bits).
 """
 
 

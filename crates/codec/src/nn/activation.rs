@@ -96,7 +96,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
     // 2^n without a float→int cast (Rust's saturating `as` does not vectorise): the low bits of 2^23 + 127 + n are
     // the biased exponent; shifting by 23 moves them into the exponent field and the rest out of the word.
