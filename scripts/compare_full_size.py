@@ -6,6 +6,7 @@
     cargo build --release
     ~/ref-venv/bin/python scripts/compare_full_size.py mimi /tmp/mimi-full [--threads 2] [--runs 3]
     ~/ref-venv/bin/python scripts/compare_full_size.py dac /tmp/dac-full/44khz
+    ~/ref-venv/bin/python scripts/compare_full_size.py wavtokenizer /tmp/wt-full/frame75
 
 Converts both checkpoint layouts (and f16 / q8_0 copies) with `codec convert`, encodes the fixture's input and decodes
 the reference's codes with `codec`, and prints the code mismatch fraction, decoded cosine and SNR against the
@@ -44,10 +45,11 @@ def compare(name: str, codes: np.ndarray, ref_codes: np.ndarray, decoded: np.nda
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("arch", choices=["mimi", "dac"])
+    ap.add_argument("arch", choices=["mimi", "dac", "wavtokenizer"])
     ap.add_argument("fixtures", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--wavtokenizer-src", default="/tmp/WavTokenizer", help="checkout of the original repository")
     args = ap.parse_args()
     fx = args.fixtures
     ref_codes = np.load(fx / "codes.npy")
@@ -55,16 +57,17 @@ def main() -> int:
     threads = ["--threads", str(args.threads), "--quiet"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        original = {
-            "mimi": ["convert", str(fx / "original" / "model.safetensors"), "--config", str(fx / "original" / "config.json")],
-            "dac": ["convert", str(fx / "original" / "weights.pth")],
+        orig = fx / "original"
+        layouts = {
+            "mimi": {"original": [str(orig / "model.safetensors"), "--config", str(orig / "config.json")],
+                     "hub": [str(fx / "hub")]},
+            "dac": {"original": [str(orig / "weights.pth")], "hub": [str(fx / "hub")]},
+            "wavtokenizer": {"original": [str(orig / "model.ckpt"), "--config", str(orig / "config.yaml")]},
         }[args.arch]
-        models = {
-            "original": original,
-            "hub": ["convert", str(fx / "hub")],
-            "hub-f16": ["convert", str(fx / "hub"), "--dtype", "f16"],
-            "hub-q8_0": ["convert", str(fx / "hub"), "--dtype", "q8_0"],
-        }
+        last = list(layouts)[-1]
+        models = {name: ["convert", *src] for name, src in layouts.items()}
+        models[f"{last}-f16"] = ["convert", *layouts[last], "--dtype", "f16"]
+        models[f"{last}-q8_0"] = ["convert", *layouts[last], "--dtype", "q8_0"]
         print(f"parity against the reference ({fx}):")
         for name, cmd in models.items():
             gguf = tmp / f"{name}.gguf"
@@ -75,15 +78,17 @@ def main() -> int:
             compare(name, np.load(tmp / "codes.npy"), ref_codes, decoded, ref_decoded)
             print(f"{'':10s} file size {gguf.stat().st_size / 2**20:.1f} MiB")
 
-        bench = run(str(CODEC), "bench", "-m", str(tmp / "hub.gguf"), "--runs", str(args.runs), *threads)
+        bench = run(str(CODEC), "bench", "-m", str(tmp / f"{last}.gguf"), "--runs", str(args.runs), *threads)
     print(bench.strip())
     ours = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
-    generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py"}[args.arch]
+    generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py",
+                 "wavtokenizer": "make_wavtokenizer_fixtures.py"}[args.arch]
+    extra = ["--wavtokenizer-src", args.wavtokenizer_src] if args.arch == "wavtokenizer" else []
     ref = run(sys.executable, str(ROOT / "scripts" / generator), "--bench-only", "--out", str(fx),
-              "--threads", str(args.threads))
+              "--threads", str(args.threads), *extra)
     print(ref.strip())
     reference = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
-    name = {"mimi": "moshi", "dac": "descript"}[args.arch]
+    name = {"mimi": "moshi", "dac": "descript", "wavtokenizer": "WavTokenizer"}[args.arch]
     for k in ("encode", "decode"):
         theirs = float(reference[k])
         print(f"{k}: codec-rs {ours[k]:.3f} s, {name} {theirs:.3f} s -> {theirs / ours[k]:.2f}x faster")
