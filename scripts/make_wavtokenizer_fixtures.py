@@ -28,9 +28,10 @@ What it does, per variant (see tests/fixtures/wavtokenizer/README.md for the fil
      constructors EncodecFeatures calls (SEANetEncoder, SEANetDecoder, ResidualVectorQuantizer) — everything else is
      built by the reference's own `WavTokenizer.from_hparams0802(config)`;
   2. seeded init made honest: every weight-normed SEANet conv gets random weight_v (random row norms) and a separate
-     weight_g, random biases; LSTM weights/biases random; an LSUV pass rescales convs stage by stage on a calibration
-     signal; the codebook `embed` = encoder frames of the calibration signal + noise with near-ties on the test input
-     removed (second-best squared distance >= (1 + 2e-3) x best); backbone convs/linears random + LSUV, GroupNorm /
+     weight_g, random biases; LSTM weights/biases random; an LSUV pass rescales the conv weights stage by stage on a
+     calibration signal (biases kept a fixed fraction of each stage's scale); the codebook `embed` = encoder frames of
+     the calibration signal + noise with near-ties on the test input removed ((d2 - d1) / d2 >= 2e-3 and
+     (d2 - d1) / (|x|^2 + |e|^2) >= 1e-5); backbone convs/linears random + LSUV, GroupNorm /
      LayerNorm affines, AdaLayerNorm scale/shift rows (all 4, different), ConvNeXt LayerScale gamma per channel,
      attention logits ~std 2; the head's linear gives log-magnitudes with a spectral tilt (a few low bins hit the
      exp(.) <= 100 clip) and phases of std ~2.5 rad, scaled so the decoded audio has std ~0.15;
@@ -97,7 +98,9 @@ FULL = {"n_filters": 32, "decoder_n_filters": 32, "dimension": 512, "vq_bins": 4
 
 SAMPLE_RATE = 24000
 FULL_SAMPLES = 240_077  # 10.003 s: not a multiple of 320 or 600 (the padding paths run at full size too)
-MIN_REL_GAP = 2e-3      # codes: d2 >= (1 + gap) * d1 ... expressed as (d2 - d1) / d2 >= MIN_REL_GAP
+MIN_REL_GAP = 2e-3      # codes: second-best vs best squared distance, (d2 - d1) / d2 >= MIN_REL_GAP, and
+MIN_ABS_GAP = 1e-5      # (d2 - d1) / (|x|^2 + |e_best|^2) >= MIN_ABS_GAP: the terms an f32 -(|x|^2 - 2x.e + |e|^2)
+                        # cancels have rounding errors ~3e-7 of that (measured at dim 512): a 30x safety margin
 BRANCH = 0.6            # residual branch std relative to the stream it is added to
 TARGET_AUDIO_STD = 0.15
 MAG_TILT = 5.0          # log-magnitude bias falls by this much from DC to Nyquist (plus noise)
@@ -390,11 +393,20 @@ def scale_out(mod: nn.Module, s: float) -> None:
 
 
 def lsuv(mod: nn.Module, inner: nn.Module, h, target: float, name: str, rep: list):
-    """Run mod(h), rescale `inner` (the layer holding the weights) so the output std is `target`."""
+    """Run mod(h); rescale the weights of `inner` (the layer holding them: weight_g or weight) so the input-driven
+    part of the output has std `target`, and make the (seeded, ~N(0, 0.2)) bias a fixed fraction of that target.
+    Scaling weight and bias together instead would let a bias that dominates a quiet input (the first conv on audio)
+    be amplified stage after stage: the codec's latents would hardly depend on the input."""
     y = mod(h)
-    before = _std(y)
+    b = inner.bias
+    y0 = y - (b if isinstance(inner, nn.Linear) else b[None, :, None])
+    before = _std(y0)
     s = target / max(before, 1e-12)
-    scale_out(inner, s)
+    if hasattr(inner, "weight_g"):
+        inner.weight_g.mul_(s)
+    else:
+        inner.weight.mul_(s)
+    b.mul_(target)
     rep.append((name, before))
     return mod(h)
 
@@ -437,11 +449,14 @@ def sq_dists(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 def nn_margins(x: torch.Tensor, e: torch.Tensor):
-    """best index, relative gap (d2 - d1) / d2, absolute gap (d2 - d1) / |x|^2 per row of x."""
+    """best index, relative gap (d2 - d1) / d2, and the gap relative to the f32 cancellation scale
+    (d2 - d1) / (|x|^2 + |e_best|^2), per row of x."""
     d = sq_dists(x, e)
     top = d.topk(2, dim=1, largest=False)
     d1, d2 = top.values[:, 0], top.values[:, 1]
-    return top.indices[:, 0], (d2 - d1) / d2.clamp_min(1e-300), (d2 - d1) / x.double().pow(2).sum(1).clamp_min(1e-300)
+    best = top.indices[:, 0]
+    scale = x.double().pow(2).sum(1) + e.double()[best].pow(2).sum(1)
+    return best, (d2 - d1) / d2.clamp_min(1e-300), (d2 - d1) / scale.clamp_min(1e-300)
 
 
 def honest_codebook(model, hz: Honest, z_cal: torch.Tensor, z_prot: torch.Tensor, full: bool) -> dict:
@@ -458,8 +473,8 @@ def honest_codebook(model, hz: Honest, z_cal: torch.Tensor, z_prot: torch.Tensor
     P = z_prot[0].T.double()  # [F, D] the test frames (f32 values, as the model sees them)
     nudges = 0
     for it in range(200000):
-        best, rel, _ = nn_margins(P, rows.float())  # what the model will hold: f32 rows
-        bad = torch.nonzero(rel < MIN_REL_GAP)[:, 0]
+        best, rel, absg = nn_margins(P, rows.float())  # what the model will hold: f32 rows
+        bad = torch.nonzero((rel < MIN_REL_GAP) | (absg < MIN_ABS_GAP))[:, 0]
         if len(bad) == 0:
             break
         i = int(bad[0])
@@ -804,6 +819,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
     assert len(dec) == F * hop
     embed = model.feature_extractor.encodec.quantizer.vq.layers[0]._codebook.embed
     best, rel, absg = nn_margins(torch.from_numpy(enc.T), embed)
+    enc_frame_std = float(np.median(enc.astype(np.float64).std(axis=1)))
     codes_np_equal = bool(np.array_equal(best.numpy(), c[0]))
     assert codes_np_equal, "float64 Euclidean nearest search disagrees with the reference codes"
     assert np.array_equal(q, embed.numpy()[c[0]].T), "codes_to_features is not a plain embed lookup"
@@ -819,7 +835,9 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
         print(f"  {k:14s} {tuple(st[k].shape[1:])}  {stat(st[k].numpy())}")
     print(f"  decoded        {stat(dec)}; clipped |S| fraction {clipped:.4f}")
     print(f"  distinct codes {distinct} of {s['vq_bins']} over {F} frames; min relative gap (d2-d1)/d2 "
-          f"{float(rel.min()):.3g}, min (d2-d1)/|x|^2 {float(absg.min()):.3g}; nudges {hstats['near_tie_nudges']}")
+          f"{float(rel.min()):.3g}, min (d2-d1)/(|x|^2+|e|^2) {float(absg.min()):.3g}; nudges {hstats['near_tie_nudges']}")
+    print(f"  encoder_out per-channel std over frames (median) {enc_frame_std:.3g} (input-driven part of the latent)")
+    assert float(rel.min()) >= MIN_REL_GAP and float(absg.min()) >= MIN_ABS_GAP
     print(f"  numpy ISTFT vs reference: cos {istft_cos:.12f}, max|diff| {istft_md:.3g}; numpy codes equal: "
           f"{codes_np_equal}; decode(encode features) vs decode(codes_to_features): max|diff| "
           f"{maxdiff(dec, dec_enc):.3g}")
@@ -856,7 +874,10 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
         "decoded_samples": len(dec),
         "distinct_codes": distinct,
         "min_relative_gap": float(rel.min()),
-        "min_gap_over_norm2": float(absg.min()),
+        "min_gap_over_cancellation_scale": float(absg.min()),
+        "near_tie_criteria": {"min_rel_gap_(d2-d1)/d2": MIN_REL_GAP,
+                              "min_(d2-d1)/(|x|^2+|e_best|^2)": MIN_ABS_GAP},
+        "encoder_out_frame_std_median": enc_frame_std,
         "near_tie_nudges": hstats["near_tie_nudges"],
         "stage_std": hstats["stage_std"],
         "attention": hstats["attention"],
@@ -891,7 +912,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
             variant=variant, mode="full size" if full else "reduced config", command=command, seed=seed,
             vseed=vseed, dows=v["dowmsamples"], strides=list(reversed(v["dowmsamples"])), hop=hop, n_fft=n_fft,
             sizes=json.dumps(s), T=len(x), F=F, Td=len(dec), distinct=distinct, bins=s["vq_bins"],
-            gap=float(rel.min()), clipped=clipped, dstd=float(dec.std())))
+            gap=float(rel.min()), agap=float(absg.min()), clipped=clipped, dstd=float(dec.std())))
     total = 0
     print(f"  files in {out}:")
     for p in sorted(out.rglob("*")):
@@ -917,7 +938,8 @@ and numerics.
   head n_fft {n_fft}, padding "same"; sizes `{sizes}`
 - seed {seed} (this variant: {vseed}); bandwidth_id 0
 - input {T} samples -> codes [1, {F}] (F = ceil(T / {hop})) -> decoded {Td} samples (= F x hop, not trimmed)
-- {distinct} distinct codes of {bins}; smallest relative gap (d2 - d1) / d2 of the nearest search: {gap:.3g}
+- {distinct} distinct codes of {bins}; nearest search: smallest (d2 - d1) / d2 {gap:.3g}, smallest
+  (d2 - d1) / (‖x‖² + ‖e‖²) {agap:.3g}
 - decoded std {dstd:.3g}; fraction of |S| bins clipped at 100: {clipped:.4f}
 """
 
@@ -938,18 +960,21 @@ with the **real** n_fft / hop (they define the head: linear dim -> n_fft + 2). R
 {nf} (channels {chans}, LSTM {lstm}), dimension = codebook dim = backbone input {dimension}, {bins} bins, 1
 quantizer, backbone dim {dim}, intermediate {inter}, {layers} ConvNeXt layers, 4 AdaLN rows.
 
-| dir | dowmsamples (config) | encoder strides (applied) | hop | n_fft | input samples | frames F | decoded samples | distinct codes | min rel. gap | clipped |S| |
-|---|---|---|---|---|---|---|---|---|---|---|
+| dir | dowmsamples (config) | encoder strides (applied) | hop | n_fft | input samples | frames F | decoded samples | distinct codes | min (d2-d1)/d2 | min (d2-d1)/(‖x‖²+‖e‖²) | clipped \|S\| |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {table}
 
 Seed {seed} (variant i uses seed {seed} + 100 i). Weights are made honest (`make_honest`): every weight-normed SEANet
 conv gets a random `weight_v` with random row norms and a separate `weight_g` (a port that drops `weight_g` or
-normalises over the wrong axis fails), random biases; LSTM weights/biases random; an LSUV pass rescales each conv
-(`weight_g` and bias) on a calibration signal (4 s synthetic + the input) so every stage has std ~1 and residual
-branches ~0.6 of their stream. The codebook `embed` = encoder frames of the calibration signal + 15 % noise, then
-near-ties on the test input removed: for every frame the second-best squared distance d2 and the best d1 satisfy
-(d2 - d1) / d2 >= 2e-3 (listed in `summary.json`), so an f32 port must reproduce the codes exactly. Backbone/head:
-every conv/linear random (random row norms) with random bias, LSUV-rescaled; GroupNorm/LayerNorm affines random;
+normalises over the wrong axis fails), random biases; LSTM weights/biases random; an LSUV pass rescales each conv's
+`weight_g` on a calibration signal (4 s synthetic + the input) so the input-driven part of every stage has std ~1
+(residual branches ~0.6 of their stream) and sets each bias to a fixed ~N(0, 0.2) fraction of that (scaling biases
+along would let the first conv's bias swamp the quiet audio and leave latents that hardly depend on the input). The
+codebook `embed` = encoder frames of the calibration signal + 15 % noise, then near-ties on the test input removed:
+for every frame the best and second-best squared distances d1 < d2 satisfy (d2 - d1) / d2 >= 2e-3 **and**
+(d2 - d1) / (‖x‖² + ‖e_best‖²) >= 1e-5 (the f32 expanded form cancels those terms; its rounding is ~3e-7 of them at
+dim 512), both listed in `summary.json`, so an f32 port must reproduce the codes exactly. Backbone/head:
+every conv/linear random (random row norms) with random bias, LSUV-rescaled the same way; GroupNorm/LayerNorm affines random;
 AdaLayerNorm `scale`/`shift` rows random and different per row (only row 0 is used — a port reading the wrong row
 fails); ConvNeXt `gamma` random per channel; attention q/k scaled to logits of std ~2 (peaked, not one-hot); head
 linear: log-magnitude logits std 1 around a bias falling {tilt} from DC to Nyquist (so a few low bins exceed the
@@ -1036,14 +1061,39 @@ groups of 24 channels: check it with the full-size run (below) before trusting a
   x + gamma ⊙ pwconv2(GELU(pwconv1(AdaLN(dwconv(x))))) with dwconv depthwise k7 p3 (groups = C, bias), exact erf
   GELU, gamma per channel -> final LayerNorm (affine, eps 1e-6). LayerNorms are over channels.
 - **Head / ISTFT ("same" padding)**: logmag, p = split(linear(x)); mag = min(exp(logmag), 100) (no lower clip);
-  S = mag·(cos p + i·sin p); frames = irfft(S, n_fft) along frequency with the 1/n_fft ("backward") normalisation —
-  the imaginary parts of the DC and Nyquist bins are **ignored** (C2R), a hand-written inverse DFT must drop them;
+  S = mag·(cos p + i·sin p) (p is used as is, never wrapped); frames = irfft(S, n_fft) along frequency with the
+  1/n_fft ("backward") normalisation, i.e. frame[n] = (1/n_fft)·Σ_k c_k·(Re S_k cos(2πkn/n_fft) - Im S_k
+  sin(2πkn/n_fft)) with c_0 = c_{{n_fft/2}} = 1, else 2 (so Im of the DC and Nyquist bins has no effect);
   frames · window, window = `torch.hann_window(n_fft)` (**periodic** Hann, 0.5 - 0.5 cos(2πn/n_fft), also stored as
   `head.istft.window`); overlap-add at hop into (F - 1)·hop + n_fft samples; divide by the overlap-added window²
   (window envelope, computed over the same frames); trim pad = (n_fft - hop) / 2 on **both** sides (frame75 480,
   frame40 900) -> exactly F·hop samples. Not `torch.istft(center=True)`: no centre padding, the first output sample
   is sample `pad` of the overlap-add buffer. The script checks a float64 numpy version of exactly this against the
   reference (cos > 1 - 1e-9, `summary.json` → `checks`).
+
+## Pitfalls (measured on these fixtures: how far a plausible mistake lands)
+- Encoder strides run in **reversed** config order (`SEANetEncoder` reverses `ratios`): frame75 applies 2, 4, 5, 8.
+- Reflect padding everywhere, including the extra right padding of strided convs: zero padding instead changes 7 %
+  (frame75) / 15 % (frame40) of the codes. Ignoring `weight_g` (using `weight_v` as the weight) or dropping the LSTM
+  skip changes 99-100 % of them.
+- `_codebook.embed` is the codebook; `embed_avg / cluster_size` is EMA state written consistently with it here (a
+  converter using it gets the same codes on these fixtures, but there is no reason to). `inited` must be 1 in a
+  checkpoint: with 0 the reference runs k-means on its first input and overwrites `embed` (matters only to anyone
+  rebuilding the reference model by hand).
+- The reference returns codes as [n_q = 1, B, F]; `codes_to_features` takes [K, L] or [K, B, L].
+- AdaLayerNorm with the wrong row (bandwidth_id 1 instead of 0): decoded cos 0.35 / 0.39. ConvNeXt `gamma` collapsed to
+  its mean: cos 0.88 / 0.90.
+- `backbone_out` is time-major [F, dim] (the head's linear runs on it as is); `pos_net_out` and the other latents are
+  channel-major [C, F]. The head's first n_fft/2 + 1 outputs are the log-magnitude, the next n_fft/2 + 1 the phase.
+- Magnitude clip `exp(.) <= 100` (upper only): without it decoded cos 0.91 / 0.94.
+- `torch.istft(center=True)` is **not** the same ISTFT (different trimming): decoded cos ~0. The window must be the
+  periodic Hann: a symmetric one still gives decoded cos 0.999999 (it passes a 0.9999 cosine test!) but max |diff|
+  1e-3 against 2e-7 for the correct window — compare `decoded` by max |diff| too, not only by cosine. (torch computes
+  the f32 window differently from the f64 formula by ~2.5e-7; either, or the stored `head.istft.window`, is fine.)
+- `decoded` has F·hop samples, more than the input's T: trimming to T is the caller's job (`codec roundtrip` does it).
+  No tanh or clamp on the output.
+- The pos_net attention spans the whole sequence: frame-chunked decoding changes the output.
+- Reduced-config GroupNorm has 1 channel per group (see above): only the full-size run checks the grouping.
 
 Regenerate with the command above; the output is deterministic on the same library versions.
 
@@ -1118,6 +1168,7 @@ def write_top_readme(root: Path, summaries: list[dict], seed: int, command: str,
         rows.append(f"| `{s['variant']}/` | {VARIANTS[s['variant']]['dowmsamples']} | {z['encoder_strides_in_order']} | "
                     f"{z['hop_length']} | {z['n_fft']} | {s['input_samples']} | {s['frames']} | "
                     f"{s['decoded_samples']} | {s['distinct_codes']} | {s['min_relative_gap']:.3g} | "
+                    f"{s['min_gap_over_cancellation_scale']:.3g} | "
                     f"{s['clipped_magnitude_fraction']:.4f} |")
     v0 = summaries[0]["variant"]
     r = REDUCED
