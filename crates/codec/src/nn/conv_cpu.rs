@@ -29,6 +29,23 @@ fn parallelism() -> Parallelism {
     }
 }
 
+/// `dst += lhs · rhs` for an (m × k)·(k × n) product; every matrix is (pointer, column stride, row stride).
+///
+/// # Safety
+/// Every element addressed through the strides must lie inside its buffer, and `dst` must not alias the inputs.
+unsafe fn gemm_acc(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    par: Parallelism,
+) {
+    gemm(
+        m, n, k, dst.0, dst.1, dst.2, true, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, 1.0, 1.0, false, false, false,
+        par,
+    );
+}
+
 /// The f32 data of a contiguous CPU tensor, from its storage and layout.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -144,25 +161,11 @@ impl ConvKernel for Conv1dOp {
                     }
                 }
                 unsafe {
-                    gemm(
-                        c_out,
-                        t_out,
-                        c_in * k,
-                        out.as_mut_ptr().add(bi * c_out * t_out),
-                        1,
-                        t_out as isize,
-                        true,
-                        w.as_ptr(),
-                        1,
-                        (c_in * k) as isize,
-                        cols.as_ptr(),
-                        1,
-                        t_out as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    gemm_acc(
+                        (c_out, t_out, c_in * k),
+                        (out.as_mut_ptr().add(bi * c_out * t_out), 1, t_out as isize),
+                        (w.as_ptr(), 1, (c_in * k) as isize),
+                        (cols.as_ptr(), 1, t_out as isize),
                         par,
                     );
                 }
@@ -180,25 +183,11 @@ impl ConvKernel for Conv1dOp {
                     let src0 = (r.start as isize * self.stride as isize + offset) as usize;
                     // SAFETY: tap_range keeps every read inside row bi of x and every write inside row bi of out.
                     unsafe {
-                        gemm(
-                            c_out,
-                            r.len(),
-                            c_in,
-                            out.as_mut_ptr().add(bi * c_out * t_out + r.start),
-                            1,
-                            t_out as isize,
-                            true,
-                            w.as_ptr().add(j),
-                            k as isize,
-                            (c_in * k) as isize,
-                            x.as_ptr().add(bi * c_in * t + src0),
-                            self.stride as isize,
-                            t as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
+                        gemm_acc(
+                            (c_out, r.len(), c_in),
+                            (out.as_mut_ptr().add(bi * c_out * t_out + r.start), 1, t_out as isize),
+                            (w.as_ptr().add(j), k as isize, (c_in * k) as isize),
+                            (x.as_ptr().add(bi * c_in * t + src0), self.stride as isize, t as isize),
                             par,
                         );
                     }
@@ -258,25 +247,11 @@ impl Conv1dOp {
             for mi in 0..m {
                 // SAFETY: column window mi..mi + t_out lies inside the `cols` columns of xs.
                 unsafe {
-                    gemm(
-                        c_out,
-                        t_out,
-                        c_in * s,
-                        out.as_mut_ptr().add(bi * c_out * t_out),
-                        1,
-                        t_out as isize,
-                        true,
-                        wm.as_ptr().add(mi * c_out * c_in * s),
-                        1,
-                        (c_in * s) as isize,
-                        xs.as_ptr().add(mi),
-                        1,
-                        cols as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    gemm_acc(
+                        (c_out, t_out, c_in * s),
+                        (out.as_mut_ptr().add(bi * c_out * t_out), 1, t_out as isize),
+                        (wm.as_ptr().add(mi * c_out * c_in * s), 1, (c_in * s) as isize),
+                        (xs.as_ptr().add(mi), 1, cols as isize),
                         par,
                     );
                 }
@@ -317,25 +292,11 @@ impl ConvKernel for ConvTranspose1dOp {
                 let dst0 = (r.start as isize * self.stride as isize + offset) as usize;
                 // SAFETY: tap_range keeps every written column inside row bi of out.
                 unsafe {
-                    gemm(
-                        c_out,
-                        r.len(),
-                        c_in,
-                        out.as_mut_ptr().add(bi * c_out * t_out + dst0),
-                        self.stride as isize,
-                        t_out as isize,
-                        true,
-                        w.as_ptr().add(j),
-                        (c_out * k) as isize,
-                        k as isize,
-                        x.as_ptr().add(bi * c_in * t + r.start),
-                        1,
-                        t as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    gemm_acc(
+                        (c_out, r.len(), c_in),
+                        (out.as_mut_ptr().add(bi * c_out * t_out + dst0), self.stride as isize, t_out as isize),
+                        (w.as_ptr().add(j), (c_out * k) as isize, k as isize),
+                        (x.as_ptr().add(bi * c_in * t + r.start), 1, t as isize),
                         par,
                     );
                 }
