@@ -20,7 +20,8 @@ pub trait Model: Send + Sync {
     fn codebook_size(&self) -> usize;
     /// Audio (B, 1, T) → codes (B, n_q, F), using the first `n_q` codebooks.
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor>;
-    /// Codes (B, n, F), n ≤ n_q → audio (B, 1, F * hop).
+    /// Codes (B, n, F), n ≤ n_q → audio (B, 1, F * hop) — a few samples fewer where the reference does so too
+    /// (DAC with odd strides).
     fn decode(&self, codes: &Tensor) -> Result<Tensor>;
     /// Frames of context (before, after) with which chunked encode and decode give what one pass gives, i.e. the
     /// receptive field; `None` when it is unbounded (global attention) and inputs are processed in one piece.
