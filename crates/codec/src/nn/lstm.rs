@@ -4,12 +4,16 @@
 //! Tensor names per layer `l`: `weight_ih_l{l}` `[4H, in]`, `weight_hh_l{l}` `[4H, H]`, `bias_l{l}` `[4H]` (the
 //! converter adds PyTorch's `bias_ih` and `bias_hh`).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use super::conv_cpu::f32_slice;
 
 #[derive(Debug, Clone)]
 struct LstmLayer {
     w_ih_t: Tensor,
+    w_hh: Tensor,
     w_hh_t: Tensor,
     bias: Tensor,
     hidden: usize,
@@ -18,10 +22,13 @@ struct LstmLayer {
 impl LstmLayer {
     /// (B, T, in) → (B, T, H), from zero state.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let h_dim = self.hidden;
         // Input projections of every step in one matmul; only the recurrent part is sequential.
         let x_proj = x.broadcast_matmul(&self.w_ih_t)?.broadcast_add(&self.bias)?;
+        if x_proj.device().is_cpu() && x_proj.dtype() == DType::F32 {
+            return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &Recurrence);
+        }
+        let (b, t, _) = x.dims3()?;
+        let h_dim = self.hidden;
         let mut h = Tensor::zeros((b, h_dim), x.dtype(), x.device())?;
         let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);
@@ -52,6 +59,7 @@ impl Lstm {
             .map(|l| {
                 Ok(LstmLayer {
                     w_ih_t: vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?.t()?,
+                    w_hh: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?,
                     w_hh_t: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?.t()?,
                     bias: vb.get(4 * dim, &format!("bias_l{l}"))?,
                     hidden: dim,
@@ -66,5 +74,66 @@ impl Lstm {
         let seq = x.transpose(1, 2)?.contiguous()?;
         let y = self.layers.iter().try_fold(seq.clone(), |h, layer| layer.forward(&h))?;
         (y + seq)?.transpose(1, 2)?.contiguous()
+    }
+}
+
+/// The sequential part of an LSTM layer on CPU: per step one matrix-vector product (threads over gate rows) and the
+/// gate arithmetic, in place. With candle ops every step was a dozen small tensor ops, which dominated WavTokenizer's
+/// encoder. Inputs: the input projections plus bias (B, T, 4H) and `weight_hh` (4H, H); output h for every step.
+struct Recurrence;
+
+/// Dot product with eight independent accumulators, so the compiler can vectorise it (a single running sum must
+/// be added in order).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (xa, xb) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += xa[k] * xb[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for Recurrence {
+    fn name(&self) -> &'static str {
+        "codec-lstm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, t, four_h) = l1.shape().dims3()?;
+        let h_dim = four_h / 4;
+        let x_proj = f32_slice(s1, l1, "lstm input")?;
+        let w = f32_slice(s2, l2, "lstm weight_hh")?;
+        let mut out = vec![0f32; b * t * h_dim];
+        let mut gates = vec![0f32; four_h];
+        for bi in 0..b {
+            let mut h = vec![0f32; h_dim];
+            let mut c = vec![0f32; h_dim];
+            for step in 0..t {
+                let xp = &x_proj[(bi * t + step) * four_h..(bi * t + step + 1) * four_h];
+                let rows_per_task = four_h.div_ceil(rayon::current_num_threads()).max(64);
+                gates.par_chunks_mut(rows_per_task).enumerate().for_each(|(chunk, g)| {
+                    for (i, gi) in g.iter_mut().enumerate() {
+                        let row = chunk * rows_per_task + i;
+                        *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], &h);
+                    }
+                });
+                let dst = &mut out[(bi * t + step) * h_dim..(bi * t + step + 1) * h_dim];
+                for j in 0..h_dim {
+                    let (i, f) = (sigmoid(gates[j]), sigmoid(gates[h_dim + j]));
+                    let (g, o) = (gates[2 * h_dim + j].tanh(), sigmoid(gates[3 * h_dim + j]));
+                    c[j] = f * c[j] + i * g;
+                    h[j] = o * c[j].tanh();
+                    dst[j] = h[j];
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h_dim))))
     }
 }
