@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::pad_to_multiple;
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
 
@@ -287,8 +288,7 @@ impl Dac {
 
     /// Audio (B, 1, T) → latent (B, latent, ceil(T / hop)), after the reference's right-padding to a hop multiple.
     pub fn encode_latent(&self, pcm: &Tensor) -> Result<Tensor> {
-        let len = pcm.dim(2)?;
-        let pcm = pcm.pad_with_zeros(2, 0, len.next_multiple_of(self.config.hop()) - len)?;
+        let pcm = pad_to_multiple(pcm, self.config.hop())?;
         self.encoder.forward(&pcm)
     }
 }

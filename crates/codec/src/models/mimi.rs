@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::pad_to_multiple;
 use crate::nn::rvq::ResidualVq;
 use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
 use crate::nn::transformer::{Transformer, TransformerConfig};
@@ -291,8 +292,7 @@ impl Mimi {
     pub fn encode_latent(&self, pcm: &Tensor) -> Result<Tensor> {
         // moshi zero-pads to whole frames first (what streaming sees too); transformers instead lets each conv pad
         // its own last window, which changes the last frame's codes. We follow moshi, the original.
-        let len = pcm.dim(2)?;
-        let pcm = pcm.pad_with_zeros(2, 0, len.next_multiple_of(self.config.hop()) - len)?;
+        let pcm = pad_to_multiple(pcm, self.config.hop())?;
         let x = self.encoder.forward(&pcm)?;
         let x = self.encoder_transformer.forward(&x)?;
         self.downsample.forward(&x)
@@ -327,8 +327,7 @@ impl super::Model for Mimi {
     }
     fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
         let mut t = super::StageTimer::default();
-        let len = pcm.dim(2)?;
-        let pcm = pcm.pad_with_zeros(2, 0, len.next_multiple_of(self.config.hop()) - len)?;
+        let pcm = pad_to_multiple(pcm, self.config.hop())?;
         let x = t.time("encoder (SEANet)", || self.encoder.forward(&pcm))?;
         let x = t.time("encoder transformer", || self.encoder_transformer.forward(&x))?;
         let x = t.time("downsample", || self.downsample.forward(&x))?;

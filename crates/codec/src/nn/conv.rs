@@ -7,6 +7,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::conv_cpu::{self, Conv1dOp, ConvTranspose1dOp};
+use super::sum_all;
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,16 +193,10 @@ impl ConvTranspose1d {
         let w = self.weight.reshape((1, c, 1, k))?;
         let prod = x.unsqueeze(3)?.broadcast_mul(&w)?; // (B, C, T, K)
         let out_len = (t - 1) * s + k;
-        let mut y: Option<Tensor> = None;
-        for j in 0..k / s {
+        sum_all((0..k / s).map(|j| {
             let part = prod.narrow(3, j * s, s)?.reshape((b, c, t * s))?;
-            let part = part.pad_with_zeros(2, j * s, out_len - t * s - j * s)?;
-            y = Some(match y {
-                Some(acc) => (acc + part)?,
-                None => part,
-            });
-        }
-        y.ok_or_else(|| candle_core::Error::Msg("kernel shorter than stride".into()))
+            part.pad_with_zeros(2, j * s, out_len - t * s - j * s)
+        }))
     }
 }
 

@@ -11,6 +11,8 @@
 //! each stream the whole output.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::f32_slice;
 use gemm::{gemm, Parallelism};
 
 /// Output columns `t` in `0..n_out` for which `t·stride + offset` lands in `0..n_in` (offset may be negative).
@@ -44,15 +46,6 @@ unsafe fn gemm_acc(
         m, n, k, dst.0, dst.1, dst.2, true, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, 1.0, 1.0, false, false, false,
         par,
     );
-}
-
-/// The f32 data of a contiguous CPU tensor, from its storage and layout.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what} must be contiguous"),
-    }
 }
 
 /// Output rows initialised to the bias (or zero), so every tap can accumulate.

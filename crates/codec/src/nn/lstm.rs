@@ -8,13 +8,12 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::conv_cpu::f32_slice;
+use super::f32_slice;
 
 #[derive(Debug, Clone)]
 struct LstmLayer {
     w_ih_t: Tensor,
     w_hh: Tensor,
-    w_hh_t: Tensor,
     bias: Tensor,
     hidden: usize,
 }
@@ -29,11 +28,12 @@ impl LstmLayer {
         }
         let (b, t, _) = x.dims3()?;
         let h_dim = self.hidden;
+        let w_hh_t = self.w_hh.t()?;
         let mut h = Tensor::zeros((b, h_dim), x.dtype(), x.device())?;
         let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
-            let gates = (x_proj.narrow(1, step, 1)?.squeeze(1)? + h.matmul(&self.w_hh_t)?)?;
+            let gates = (x_proj.narrow(1, step, 1)?.squeeze(1)? + h.matmul(&w_hh_t)?)?;
             let gate = |i: usize| gates.narrow(D::Minus1, i * h_dim, h_dim);
             let input = candle_nn::ops::sigmoid(&gate(0)?)?;
             let forget = candle_nn::ops::sigmoid(&gate(1)?)?;
@@ -60,7 +60,6 @@ impl Lstm {
                 Ok(LstmLayer {
                     w_ih_t: vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?.t()?,
                     w_hh: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?,
-                    w_hh_t: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?.t()?,
                     bias: vb.get(4 * dim, &format!("bias_l{l}"))?,
                     hidden: dim,
                 })

@@ -8,6 +8,8 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::sum_all;
+
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
 pub struct EuclideanCodebook {
@@ -96,16 +98,13 @@ impl ResidualVq {
     /// Codes (B, n, T), n ≤ n_q → latent (B, dim, T).
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let (b, n, t) = codes.dims3()?;
-        let mut sum: Option<Tensor> = None;
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
-            let idx = codes.narrow(1, i, 1)?.flatten_all()?;
-            let q = layer.decode(&idx)?;
-            sum = Some(match sum {
-                Some(s) => (s + q)?,
-                None => q,
-            });
-        }
-        let sum = sum.ok_or_else(|| candle_core::Error::Msg("decode needs at least one codebook".into()))?;
+        let sum = sum_all(
+            self.layers
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, layer)| layer.decode(&codes.narrow(1, i, 1)?.flatten_all()?)),
+        )?;
         let y = match &self.output_proj {
             Some(w) => sum.matmul(&w.t()?)?,
             None => sum,
@@ -186,32 +185,27 @@ impl FactorizedRvq {
         let (b, _, t) = x.dims3()?;
         let mut residual = x.transpose(1, 2)?.flatten(0, 1)?.contiguous()?;
         let mut codes = Vec::with_capacity(n_q);
-        let mut sum: Option<Tensor> = None;
+        let mut quantized = Vec::with_capacity(n_q);
         for layer in self.layers.iter().take(n_q) {
             let (idx, q) = layer.encode(&residual)?;
             residual = (residual - &q)?;
-            sum = Some(match sum {
-                Some(s) => (s + q)?,
-                None => q,
-            });
+            quantized.push(Ok(q));
             codes.push(idx.reshape((b, 1, t))?);
         }
-        let sum = sum.ok_or_else(|| candle_core::Error::Msg("encode needs at least one codebook".into()))?;
+        let sum = sum_all(quantized)?;
         Ok((Tensor::cat(&codes, 1)?, sum.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()?))
     }
 
     /// Codes (B, n, T) → latent (B, latent, T).
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let (b, n, t) = codes.dims3()?;
-        let mut sum: Option<Tensor> = None;
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
-            let q = layer.decode(&codes.narrow(1, i, 1)?.flatten_all()?)?;
-            sum = Some(match sum {
-                Some(s) => (s + q)?,
-                None => q,
-            });
-        }
-        let sum = sum.ok_or_else(|| candle_core::Error::Msg("decode needs at least one codebook".into()))?;
+        let sum = sum_all(
+            self.layers
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, layer)| layer.decode(&codes.narrow(1, i, 1)?.flatten_all()?)),
+        )?;
         sum.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()
     }
 

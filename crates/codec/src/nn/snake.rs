@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::conv_cpu::f32_slice;
+use super::f32_slice;
 
 #[derive(Debug, Clone)]
 pub struct Snake {

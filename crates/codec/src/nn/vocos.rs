@@ -12,6 +12,7 @@ use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 use super::activation::gelu_erf;
 use super::conv::{Conv1d, ConvConfig};
+use super::sum_all;
 
 #[derive(Debug, Clone)]
 pub struct VocosConfig {
@@ -248,16 +249,10 @@ impl IstftHead {
         let (b, f, n) = frames.dims3()?;
         let m = n / self.hop;
         let total = (f - 1 + m) * self.hop;
-        let mut sum: Option<Tensor> = None;
-        for j in 0..m {
+        sum_all((0..m).map(|j| {
             let slice = frames.narrow(2, j * self.hop, self.hop)?.reshape((b, f * self.hop))?;
-            let slice = slice.pad_with_zeros(1, j * self.hop, total - f * self.hop - j * self.hop)?;
-            sum = Some(match sum {
-                Some(s) => (s + slice)?,
-                None => slice,
-            });
-        }
-        sum.ok_or_else(|| candle_core::Error::Msg("empty ISTFT frame".into()))
+            slice.pad_with_zeros(1, j * self.hop, total - f * self.hop - j * self.hop)
+        }))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
