@@ -3,10 +3,12 @@
 //! left only for causal models, split around the centre otherwise) and torch's plain `padding=` (DAC). Transposed
 //! convolutions run unpadded and are trimmed afterwards.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::conv_cpu::{self, Conv1dOp, ConvTranspose1dOp};
+use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, PackedConv};
 use super::sum_all;
 
 /// How the border of a padded signal is filled.
@@ -102,13 +104,24 @@ pub struct Conv1d {
     weight: Tensor,
     bias: Option<Tensor>,
     cfg: ConvConfig,
+    /// The CPU GEMM form of the weights, packed on first use (only the layers a run needs pay for it).
+    packed: OnceLock<Arc<PackedConv>>,
+}
+
+/// The packed weights in `cell`, packing them on first use.
+fn packed(cell: &OnceLock<Arc<PackedConv>>, pack: impl FnOnce() -> Result<PackedConv>) -> Result<&PackedConv> {
+    if let Some(p) = cell.get() {
+        return Ok(p);
+    }
+    let p = Arc::new(pack()?);
+    Ok(cell.get_or_init(|| p))
 }
 
 impl Conv1d {
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((c_out, c_in / cfg.groups, cfg.kernel_size), "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
-        Ok(Self { weight, bias, cfg })
+        Ok(Self { weight, bias, cfg, packed: OnceLock::new() })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -137,14 +150,15 @@ impl Module for Conv1d {
         let (left, right) = self.padding(x.dim(D::Minus1)?);
         let c = &self.cfg;
         if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 {
+            let weights = packed(&self.packed, || PackedConv::conv1d(&self.weight, self.bias.as_ref()))?;
+            let op = Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right };
             // Zero padding happens inside the kernel; other modes pad first.
-            let (x, op) = if c.pad_mode == PadMode::Constant {
-                (x.contiguous()?, Conv1dOp { stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right })
+            return if c.pad_mode == PadMode::Constant {
+                x.contiguous()?.apply_op1_no_bwd(&op)
             } else {
                 let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
-                (x, Conv1dOp { stride: c.stride, dilation: c.dilation, pad_left: 0, pad_right: 0 })
+                x.apply_op1_no_bwd(&Conv1dOp { pad_left: 0, pad_right: 0, ..op })
             };
-            return conv_cpu::apply(op, &x, &self.weight, self.bias.as_ref());
         }
         let x = pad1d(x, left, right, c.pad_mode)?;
         let y = x.conv1d(&self.weight, 0, c.stride, c.dilation, c.groups)?;
@@ -166,6 +180,7 @@ pub struct ConvTranspose1d {
     stride: usize,
     groups: usize,
     padding: Padding,
+    packed: OnceLock<Arc<PackedConv>>,
 }
 
 impl ConvTranspose1d {
@@ -182,6 +197,7 @@ impl ConvTranspose1d {
             stride: cfg.stride,
             groups: cfg.groups,
             padding: cfg.padding,
+            packed: OnceLock::new(),
         })
     }
 
@@ -209,8 +225,11 @@ impl Module for ConvTranspose1d {
             Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = ConvTranspose1dOp { stride: self.stride, trim_left: left, trim_right: right };
-            return conv_cpu::apply(op, &x.contiguous()?, &self.weight, self.bias.as_ref());
+            let weights = packed(&self.packed, || {
+                PackedConv::conv_transpose1d(&self.weight, self.bias.as_ref(), self.stride)
+            })?;
+            let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
+            return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = if self.groups == 1 {
             x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?

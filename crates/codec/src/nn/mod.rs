@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod gemm;
 mod conv_cpu;
 pub mod lstm;
 pub mod rvq;

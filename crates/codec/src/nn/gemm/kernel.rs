@@ -1,0 +1,179 @@
+//! Register-blocked micro-kernels: `C[0..mr, 0..nr] (+)= Ã · B̃` for one packed A micro-panel (MR rows, `kc` deep,
+//! k-major: `a[p·MR + i]`) and one packed B micro-panel (`kc` deep, NR columns: `b[p·NR + j]`).
+//!
+//! The accumulators live in registers for the whole `kc` loop: per step, NR/W vector loads of B, MR broadcasts of A
+//! and MR·NR/W fused multiply-adds (W = vector width). AVX-512: 8 × 48 (24 zmm accumulators); AVX2 + FMA: 6 × 16
+//! (12 ymm); a portable 4 × 16 fallback the compiler vectorises as it can. Row edges (`mr < MR`) run a kernel
+//! monomorphised for exactly `mr` rows, so a 1-row output (a conv to mono audio) does not pay for 8.
+
+use super::Store;
+
+/// One micro-kernel family: tile shape and the tile routine.
+pub(super) trait MicroKernel {
+    const MR: usize;
+    const NR: usize;
+    /// # Safety
+    /// `a` holds `kc·MR` floats, `b` holds `kc·NR`; `store` addresses `mr × nr` valid elements of C (`mr ≤ MR`,
+    /// `nr ≤ NR`); the CPU supports the kernel's instruction set.
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store);
+}
+
+/// Writes an accumulated `R × NR` tile held in a row-major scratch array through `store` (strided / edge path).
+#[inline(always)]
+unsafe fn store_scalar<const NR: usize>(acc: &[[f32; NR]], mr: usize, nr: usize, store: &Store) {
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        let c = store.c.offset(i as isize * store.rs);
+        let row_bias = if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) };
+        for (j, &v) in row.iter().enumerate().take(nr) {
+            let p = c.offset(j as isize * store.cs);
+            let col_bias = if store.col_bias.is_null() { 0.0 } else { *store.col_bias.add(j) };
+            *p = v + row_bias + col_bias + if store.load_c { *p } else { 0.0 };
+        }
+    }
+}
+
+pub(super) struct Generic;
+
+impl MicroKernel for Generic {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
+        let mut acc = [[0f32; 16]; 4];
+        for p in 0..kc {
+            let b = std::slice::from_raw_parts(b.add(p * 16), 16);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = *a.add(p * 4 + i);
+                for (c, &bv) in row.iter_mut().zip(b) {
+                    *c = av.mul_add(bv, *c);
+                }
+            }
+        }
+        store_scalar(&acc, mr, nr, store);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{store_scalar, MicroKernel, Store};
+    use std::arch::x86_64::*;
+
+    pub(in super::super) struct Avx512;
+
+    impl MicroKernel for Avx512 {
+        const MR: usize = 8;
+        const NR: usize = 48;
+        unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
+            match mr {
+                8 => avx512::<8>(kc, a, b, nr, store),
+                7 => avx512::<7>(kc, a, b, nr, store),
+                6 => avx512::<6>(kc, a, b, nr, store),
+                5 => avx512::<5>(kc, a, b, nr, store),
+                4 => avx512::<4>(kc, a, b, nr, store),
+                3 => avx512::<3>(kc, a, b, nr, store),
+                2 => avx512::<2>(kc, a, b, nr, store),
+                _ => avx512::<1>(kc, a, b, nr, store),
+            }
+        }
+    }
+
+    /// Lane mask for columns `off..off + 16` of a tile with `nr` valid columns.
+    #[inline(always)]
+    fn lanes(nr: usize, off: usize) -> u16 {
+        match nr.saturating_sub(off) {
+            0 => 0,
+            n if n >= 16 => 0xffff,
+            n => (1u16 << n) - 1,
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512<const R: usize>(kc: usize, a: *const f32, b: *const f32, nr: usize, store: &Store) {
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        for p in 0..kc {
+            let bp = b.add(p * 48);
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            let b2 = _mm512_loadu_ps(bp.add(32));
+            let ap = a.add(p * 8);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                row[2] = _mm512_fmadd_ps(ai, b2, row[2]);
+            }
+        }
+        if store.cs != 1 {
+            let mut tmp = [[0f32; 48]; R];
+            for (t, v) in tmp.iter_mut().zip(&acc) {
+                _mm512_storeu_ps(t.as_mut_ptr(), v[0]);
+                _mm512_storeu_ps(t.as_mut_ptr().add(16), v[1]);
+                _mm512_storeu_ps(t.as_mut_ptr().add(32), v[2]);
+            }
+            store_scalar(&tmp, R, nr, store);
+            return;
+        }
+        let masks = [lanes(nr, 0), lanes(nr, 16), lanes(nr, 32)];
+        let mut col_bias = [_mm512_setzero_ps(); 3];
+        if !store.col_bias.is_null() {
+            for (v, (cb, &m)) in col_bias.iter_mut().zip(&masks).enumerate() {
+                *cb = _mm512_maskz_loadu_ps(m, store.col_bias.add(v * 16));
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let c = store.c.offset(i as isize * store.rs);
+            let row_bias = _mm512_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
+            for (v, (&x, &m)) in row.iter().zip(&masks).enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let p = c.add(v * 16);
+                let mut y = _mm512_add_ps(_mm512_add_ps(x, row_bias), col_bias[v]);
+                if store.load_c {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, p));
+                }
+                _mm512_mask_storeu_ps(p, m, y);
+            }
+        }
+    }
+
+    pub(in super::super) struct Avx2;
+
+    impl MicroKernel for Avx2 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+        unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
+            match mr {
+                6 => avx2::<6>(kc, a, b, nr, store),
+                5 => avx2::<5>(kc, a, b, nr, store),
+                4 => avx2::<4>(kc, a, b, nr, store),
+                3 => avx2::<3>(kc, a, b, nr, store),
+                2 => avx2::<2>(kc, a, b, nr, store),
+                _ => avx2::<1>(kc, a, b, nr, store),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<const R: usize>(kc: usize, a: *const f32, b: *const f32, nr: usize, store: &Store) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+            let ap = a.add(p * 6);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_set1_ps(*ap.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+        let mut tmp = [[0f32; 16]; R];
+        for (t, v) in tmp.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(t.as_mut_ptr(), v[0]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), v[1]);
+        }
+        store_scalar(&tmp, R, nr, store);
+    }
+}

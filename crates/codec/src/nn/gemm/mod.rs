@@ -1,0 +1,565 @@
+//! Single-precision GEMM, `C (+)= A · B (+ bias)`, packed and cache-blocked in the BLIS layering, with an AVX-512
+//! micro-kernel (AVX2 + FMA and portable fallbacks, chosen at run time).
+//!
+//! Why our own: every model here is bounded by matrix products (convs are GEMMs over an implicit im2col, the
+//! transformers and ConvNeXt blocks are linear layers), and the `gemm` crate candle uses reached 55–120 GFLOP/s on
+//! our shapes where OpenBLAS reaches ~200 at 2 threads (`cargo run --release -p codec --example gemm_bench`).
+//!
+//! Layering (loops outside-in): column blocks of `NC` → depth blocks of `KC`, B block packed into NR-wide panels
+//! (stays in L2) → row blocks of `MC`, A block packed into MR-tall panels → for each A panel (held in L1) the kernel
+//! sweeps the B panels. Operands are not matrices but *packers* ([`PackA`], [`PackB`]): a convolution packs its
+//! input straight from the signal (implicit im2col, zero padding and stride included), so no im2col buffer exists
+//! and each output element is written once per depth block. The epilogue adds per-row or per-column bias and can
+//! accumulate into C (residual adds, transposed-conv phases).
+//!
+//! Threads (rayon's pool) split the output into contiguous column or row ranges, each with its own packing
+//! buffers; there is no nested parallelism inside.
+
+mod kernel;
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use kernel::MicroKernel;
+
+/// Depth of a packed block: an A micro-panel (MR × KC) stays in L1 while the kernel sweeps the B panels.
+const KC: usize = 256;
+/// Columns of a packed B block (a multiple of every kernel's NR): KC × NC floats = 384 KiB, in L2.
+const NC: usize = 384;
+/// Rows of a packed A block (a multiple of every kernel's MR).
+const MC: usize = 192;
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// An operand that writes its `rows × ks` block into MR-tall panels: `dst[panel·(mr·kc) + p·mr + i]` =
+/// `A[rows.start + panel·mr + i, ks.start + p]`, zero past the last row. Packers run inside worker threads and must
+/// not use rayon themselves.
+pub trait PackA: Sync {
+    fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]);
+    /// The block already in panel layout, if this operand was packed ahead of time.
+    fn packed_a(&self, _rows: Range<usize>, _ks: Range<usize>, _mr: usize) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// An operand that writes its `ks × cols` block into NR-wide panels: `dst[panel·(kc·nr) + p·nr + j]` =
+/// `B[ks.start + p, cols.start + panel·nr + j]`, zero past the last column.
+pub trait PackB: Sync {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]);
+    /// The block already in panel layout, if this operand was packed ahead of time.
+    fn packed_b(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// An operand packed once, ahead of time, in the panel layout of this CPU's kernel: weights, which would otherwise
+/// be repacked for every block of every call (on a 1024 × 8192 conv weight over 250 frames that repacking cost a
+/// third of the product). Depth blocks of `KC` one after another; inside each, all panels along the packed side.
+pub struct Packed {
+    data: Vec<f32>,
+    /// Rows (for A) or columns (for B) covered.
+    len: usize,
+    depth: usize,
+    /// The panel width it was packed for (the kernel's MR for A, NR for B).
+    panel: usize,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} × {}, panel {})", self.len, self.depth, self.panel)
+    }
+}
+
+impl Packed {
+    /// Packs the `m × k` operand `a` as the left factor.
+    pub fn a(a: &impl PackA, m: usize, k: usize) -> Self {
+        let mr = tile_shape().0;
+        Self::pack(m, k, mr, |ks, dst| a.pack_a(0..m, ks, mr, dst))
+    }
+
+    /// Packs the `k × n` operand `b` as the right factor.
+    pub fn b(b: &impl PackB, k: usize, n: usize) -> Self {
+        let nr = tile_shape().1;
+        Self::pack(n, k, nr, |ks, dst| b.pack_b(ks, 0..n, nr, dst))
+    }
+
+    fn pack(len: usize, depth: usize, panel: usize, mut pack: impl FnMut(Range<usize>, &mut [f32])) -> Self {
+        let stride = len.div_ceil(panel) * panel;
+        let mut data = vec![0f32; stride * depth];
+        for pc in (0..depth).step_by(KC) {
+            let kc = KC.min(depth - pc);
+            pack(pc..pc + kc, &mut data[stride * pc..stride * (pc + kc)]);
+        }
+        Self { data, len, depth, panel }
+    }
+
+    /// The packed block for `range` (starting on a panel boundary) × depth block `ks`.
+    fn block(&self, range: Range<usize>, ks: Range<usize>) -> Option<&[f32]> {
+        let stride = self.len.div_ceil(self.panel) * self.panel;
+        let ok = range.start.is_multiple_of(self.panel) && range.end <= self.len && ks.end <= self.depth;
+        let start = stride * ks.start + range.start * ks.len();
+        ok.then(|| &self.data[start..start + range.len().div_ceil(self.panel) * self.panel * ks.len()])
+    }
+
+    pub fn rows(&self) -> usize {
+        self.len
+    }
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+}
+
+impl PackA for Packed {
+    fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
+        let src = self.block(rows, ks).filter(|_| mr == self.panel).expect("packed operand used with another tile");
+        dst[..src.len()].copy_from_slice(src);
+    }
+    fn packed_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[f32]> {
+        self.block(rows, ks).filter(|_| mr == self.panel)
+    }
+}
+
+impl PackB for Packed {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
+        let src = self.block(cols, ks).filter(|_| nr == self.panel).expect("packed operand used with another tile");
+        dst[..src.len()].copy_from_slice(src);
+    }
+    fn packed_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[f32]> {
+        self.block(cols, ks).filter(|_| nr == self.panel)
+    }
+}
+
+/// A dense matrix in a slice: element `(i, j)` at `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A `rows × cols` view; `None` if an element would lie outside `data`.
+    pub fn new(data: &'a [f32], (rows, cols): (usize, usize), rs: usize, cs: usize) -> Option<Self> {
+        let last = last_index(rows, cols, rs, cs)?;
+        (last.is_none_or(|l| l < data.len())).then_some(Self { data, rs, cs })
+    }
+    /// Row-major `rows × cols`.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Option<Self> {
+        Self::new(data, (rows, cols), cols, 1)
+    }
+    /// The transpose of a row-major `rows × cols` matrix (a `cols × rows` view).
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Option<Self> {
+        Self::new(data, (cols, rows), 1, cols)
+    }
+}
+
+/// Index of element `(rows−1, cols−1)`, `Some(None)` for an empty matrix, `None` on overflow.
+fn last_index(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<Option<usize>> {
+    if rows == 0 || cols == 0 {
+        return Some(None);
+    }
+    (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?).map(Some)
+}
+
+impl PackA for Strided<'_> {
+    fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
+        let kc = ks.len();
+        for (panel, r0) in rows.clone().step_by(mr).enumerate() {
+            let dst = &mut dst[panel * mr * kc..(panel + 1) * mr * kc];
+            let valid = mr.min(rows.end - r0);
+            for i in 0..valid {
+                let base = (r0 + i) * self.rs;
+                for (p, k) in ks.clone().enumerate() {
+                    dst[p * mr + i] = self.data[base + k * self.cs];
+                }
+            }
+            for i in valid..mr {
+                for p in 0..kc {
+                    dst[p * mr + i] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+impl PackB for Strided<'_> {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
+        let kc = ks.len();
+        for (panel, c0) in cols.clone().step_by(nr).enumerate() {
+            let dst = &mut dst[panel * kc * nr..(panel + 1) * kc * nr];
+            let valid = nr.min(cols.end - c0);
+            if self.cs == 1 {
+                for (p, k) in ks.clone().enumerate() {
+                    let src = &self.data[k * self.rs + c0..k * self.rs + c0 + valid];
+                    dst[p * nr..p * nr + valid].copy_from_slice(src);
+                    dst[p * nr + valid..(p + 1) * nr].fill(0.0);
+                }
+            } else {
+                for j in 0..valid {
+                    let base = (c0 + j) * self.cs;
+                    for (p, k) in ks.clone().enumerate() {
+                        dst[p * nr + j] = self.data[base + k * self.rs];
+                    }
+                }
+                for p in 0..kc {
+                    dst[p * nr + valid..(p + 1) * nr].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// The destination `C`, `rows × cols` at `data[i·rs + j·cs]`.
+pub struct Output<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Output<'a> {
+    /// `None` if an element would lie outside `data`.
+    pub fn new(data: &'a mut [f32], (rows, cols): (usize, usize), rs: usize, cs: usize) -> Option<Self> {
+        let last = last_index(rows, cols, rs, cs)?;
+        (last.is_none_or(|l| l < data.len())).then_some(Self { data, rows, cols, rs, cs })
+    }
+    pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Option<Self> {
+        Self::new(data, (rows, cols), cols, 1)
+    }
+}
+
+/// What happens to `A·B` on its way into C.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Add to C's previous contents instead of overwriting them.
+    pub accumulate: bool,
+    /// Added to every element of row `i` (a conv's per-channel bias in the (C, T) layout).
+    pub row_bias: Option<&'a [f32]>,
+    /// Added to every element of column `j` (a linear layer's bias in the (T, C) layout).
+    pub col_bias: Option<&'a [f32]>,
+}
+
+/// Where one micro-tile goes: C at `c` with strides, biases (null when none or not the first depth block), and
+/// whether C's contents are added.
+pub(crate) struct Store {
+    c: *mut f32,
+    rs: isize,
+    cs: isize,
+    row_bias: *const f32,
+    col_bias: *const f32,
+    load_c: bool,
+}
+
+/// The instruction set the kernels use, detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Generic,
+}
+
+/// (MR, NR) of the kernel this CPU runs.
+pub fn tile_shape() -> (usize, usize) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (kernel::Avx512::MR, kernel::Avx512::NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (kernel::Avx2::MR, kernel::Avx2::NR),
+        _ => (kernel::Generic::MR, kernel::Generic::NR),
+    }
+}
+
+pub fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("CODEC_GEMM_GENERIC").is_some() {
+                return Isa::Generic;
+            }
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Generic
+    })
+}
+
+/// `C (+)= A · B (+ bias)` for an (m × k) · (k × n) product. Panics only on a caller bug: biases shorter than
+/// their dimension, or `c` smaller than `m × n`.
+pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mut Output, epi: &Epilogue) {
+    assert!(c.rows >= m && c.cols >= n, "gemm: output {}×{} for a {m}×{n} product", c.rows, c.cols);
+    assert!(epi.row_bias.is_none_or(|r| r.len() >= m) && epi.col_bias.is_none_or(|b| b.len() >= n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                let p = &mut c.data[i * c.rs + j * c.cs];
+                let bias = epi.row_bias.map_or(0.0, |r| r[i]) + epi.col_bias.map_or(0.0, |b| b[j]);
+                *p = bias + if epi.accumulate { *p } else { 0.0 };
+            }
+        }
+        return;
+    }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => run::<kernel::Avx512>((m, n, k), a, b, c, epi),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => run::<kernel::Avx2>((m, n, k), a, b, c, epi),
+        _ => run::<kernel::Generic>((m, n, k), a, b, c, epi),
+    }
+}
+
+/// C's base pointer, shared by the threads; each writes a disjoint range of tiles.
+#[derive(Clone, Copy)]
+struct SharedOut {
+    ptr: *mut f32,
+    rs: usize,
+    cs: usize,
+}
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+fn run<K: MicroKernel>(
+    (m, n, k): (usize, usize, usize),
+    a: &impl PackA,
+    b: &impl PackB,
+    c: &mut Output,
+    epi: &Epilogue,
+) {
+    let out = SharedOut { ptr: c.data.as_mut_ptr(), rs: c.rs, cs: c.cs };
+    let threads = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };
+    let (m_panels, n_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
+    if threads <= 1 {
+        block::<K>(0..m, 0..n, k, a, b, out, epi);
+    } else if n_panels >= 2 * threads || n_panels >= m_panels {
+        let per = n_panels.div_ceil(threads) * K::NR;
+        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
+            block::<K>(0..m, t * per..((t + 1) * per).min(n), k, a, b, out, epi);
+        });
+    } else {
+        let per = m_panels.div_ceil(threads) * K::MR;
+        (0..m.div_ceil(per)).into_par_iter().for_each(|t| {
+            block::<K>(t * per..((t + 1) * per).min(m), 0..n, k, a, b, out, epi);
+        });
+    }
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls (rayon's workers live for the process).
+    static PACK_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A 64-byte aligned window of `len` floats in `buf`, growing it if needed (panels start on cache lines).
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len + 16 {
+        buf.resize(len + 16, 0.0);
+    }
+    let skip = buf.as_ptr().align_offset(64).min(16);
+    &mut buf[skip..skip + len]
+}
+
+/// The product restricted to output `rows × cols`, on the calling thread.
+fn block<K: MicroKernel>(
+    rows: Range<usize>,
+    cols: Range<usize>,
+    k: usize,
+    a: &impl PackA,
+    b: &impl PackB,
+    out: SharedOut,
+    epi: &Epilogue,
+) {
+    PACK_BUFFERS.with(|bufs| {
+        let mut fresh = (Vec::new(), Vec::new());
+        let mut borrowed = bufs.try_borrow_mut();
+        let (abuf, bbuf) = match borrowed.as_deref_mut() {
+            Ok(b) => (&mut b.0, &mut b.1),
+            Err(_) => (&mut fresh.0, &mut fresh.1),
+        };
+        for jc in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let bpack: &[f32] = match b.packed_b(pc..pc + kc, jc..jc + nc, K::NR) {
+                    Some(p) => p,
+                    None => {
+                        let buf = aligned(bbuf, nc.div_ceil(K::NR) * K::NR * kc);
+                        b.pack_b(pc..pc + kc, jc..jc + nc, K::NR, buf);
+                        buf
+                    }
+                };
+                for ic in rows.clone().step_by(MC) {
+                    let mc = MC.min(rows.end - ic);
+                    let apack: &[f32] = match a.packed_a(ic..ic + mc, pc..pc + kc, K::MR) {
+                        Some(p) => p,
+                        None => {
+                            let buf = aligned(abuf, mc.div_ceil(K::MR) * K::MR * kc);
+                            a.pack_a(ic..ic + mc, pc..pc + kc, K::MR, buf);
+                            buf
+                        }
+                    };
+                    for ir in (0..mc).step_by(K::MR) {
+                        let a_panel = apack[ir * kc..].as_ptr();
+                        let row = ic + ir;
+                        for jr in (0..nc).step_by(K::NR) {
+                            let col = jc + jr;
+                            let first = pc == 0;
+                            let store = Store {
+                                // SAFETY (of the offset): row < m ≤ c.rows and col < n ≤ c.cols, checked by Output.
+                                c: unsafe { out.ptr.add(row * out.rs + col * out.cs) },
+                                rs: out.rs as isize,
+                                cs: out.cs as isize,
+                                row_bias: match epi.row_bias {
+                                    Some(r) if first => r[row..].as_ptr(),
+                                    _ => std::ptr::null(),
+                                },
+                                col_bias: match epi.col_bias {
+                                    Some(c) if first => c[col..].as_ptr(),
+                                    _ => std::ptr::null(),
+                                },
+                                load_c: !first || epi.accumulate,
+                            };
+                            // SAFETY: the panels hold kc·MR and kc·NR packed floats; the tile's mr × nr elements lie
+                            // inside C (Output checked its extent); threads own disjoint row or column ranges; the
+                            // kernel type was chosen by `isa()` for this CPU.
+                            unsafe {
+                                K::tile(
+                                    kc,
+                                    a_panel,
+                                    bpack[jr * kc..].as_ptr(),
+                                    K::MR.min(mc - ir),
+                                    K::NR.min(nc - jr),
+                                    &store,
+                                )
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every kernel family against a naive triple loop, over edge sizes (rows and columns not multiples of the
+    /// tile, depths across KC), strided operands and outputs, biases and accumulation.
+    #[test]
+    fn matches_naive() {
+        let cases = [
+            (1, 1, 1),
+            (1, 300, 7),
+            (8, 48, 256),
+            (9, 49, 257),
+            (13, 100, 600),
+            (70, 5, 33),
+            (200, 401, 70),
+            (3, 1000, 2),
+        ];
+        for (ci, &(m, n, k)) in cases.iter().enumerate() {
+            let a = pseudo_random(m * k, ci as u64);
+            let bt = pseudo_random(n * k, 100 + ci as u64); // B stored transposed (n × k)
+            let rb = pseudo_random(m, 200 + ci as u64);
+            let cb = pseudo_random(n, 300 + ci as u64);
+            let init = pseudo_random(m * n * 2, 400 + ci as u64);
+            let mut want = init.clone();
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * bt[j * k + p] as f64).sum();
+                    // C with column stride 2 (the transposed-conv phase layout).
+                    want[i * 2 * n + 2 * j] += (dot + rb[i] as f64 + cb[j] as f64) as f32;
+                }
+            }
+            for kind in [Isa::Avx512, Isa::Avx2, Isa::Generic] {
+                let mut got = init.clone();
+                let am = Strided::row_major(&a, m, k).unwrap();
+                let bm = Strided::transposed(&bt, n, k).unwrap();
+                let mut c = Output::new(&mut got, (m, n), 2 * n, 2).unwrap();
+                let epi = Epilogue { accumulate: true, row_bias: Some(&rb), col_bias: Some(&cb) };
+                match kind {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 if is_x86_feature_detected!("avx512f") => {
+                        run::<kernel::Avx512>((m, n, k), &am, &bm, &mut c, &epi)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") => {
+                        run::<kernel::Avx2>((m, n, k), &am, &bm, &mut c, &epi)
+                    }
+                    Isa::Generic => run::<kernel::Generic>((m, n, k), &am, &bm, &mut c, &epi),
+                    _ => continue,
+                }
+                let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-4 * (k as f32).sqrt(), "{kind:?} {m}×{n}×{k}: max error {err}");
+            }
+        }
+    }
+
+    /// Overwrite mode with a contiguous output (the masked-store path) and no bias.
+    #[test]
+    fn overwrites_contiguous_output() {
+        let (m, n, k) = (17, 131, 300);
+        let a = pseudo_random(m * k, 1);
+        let b = pseudo_random(k * n, 2);
+        let mut got = vec![f32::NAN; m * n];
+        gemm(
+            m,
+            n,
+            k,
+            &Strided::row_major(&a, m, k).unwrap(),
+            &Strided::row_major(&b, k, n).unwrap(),
+            &mut Output::row_major(&mut got, m, n).unwrap(),
+            &Epilogue::default(),
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                assert!((got[i * n + j] - want).abs() < 1e-3, "({i}, {j}): {} vs {want}", got[i * n + j]);
+            }
+        }
+    }
+
+    /// Operands packed ahead of time give the same product as packing per call.
+    #[test]
+    fn prepacked_operands_match() {
+        let (m, n, k) = (37, 530, 600);
+        let a = pseudo_random(m * k, 5);
+        let b = pseudo_random(k * n, 6);
+        let (am, bm) = (Strided::row_major(&a, m, k).unwrap(), Strided::row_major(&b, k, n).unwrap());
+        let (pa, pb) = (Packed::a(&am, m, k), Packed::b(&bm, k, n));
+        let mut want = vec![0f32; m * n];
+        gemm(m, n, k, &am, &bm, &mut Output::row_major(&mut want, m, n).unwrap(), &Epilogue::default());
+        let mut got = vec![0f32; m * n];
+        gemm(m, n, k, &pa, &pb, &mut Output::row_major(&mut got, m, n).unwrap(), &Epilogue::default());
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn views_are_bounds_checked() {
+        let data = [0f32; 12];
+        assert!(Strided::row_major(&data, 3, 4).is_some());
+        assert!(Strided::row_major(&data, 4, 4).is_none());
+        assert!(Strided::new(&data, (2, 2), usize::MAX, 1).is_none());
+        let mut out = [0f32; 12];
+        assert!(Output::new(&mut out, (3, 3), 4, 2).is_none());
+    }
+}
