@@ -4,17 +4,18 @@
 //! Tensor names per layer `l`: `weight_ih_l{l}` `[4H, in]`, `weight_hh_l{l}` `[4H, H]`, `bias_l{l}` `[4H]` (the
 //! converter adds PyTorch's `bias_ih` and `bias_hh`).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::f32_slice;
+use super::linear::Linear;
 
 #[derive(Debug, Clone)]
 struct LstmLayer {
-    w_ih_t: Tensor,
+    /// Input projection of every step, with the summed biases.
+    input: Linear,
     w_hh: Tensor,
-    bias: Tensor,
     hidden: usize,
 }
 
@@ -22,7 +23,7 @@ impl LstmLayer {
     /// (B, T, in) → (B, T, H), from zero state.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Input projections of every step in one matmul; only the recurrent part is sequential.
-        let x_proj = x.broadcast_matmul(&self.w_ih_t)?.broadcast_add(&self.bias)?;
+        let x_proj = self.input.forward(x)?;
         if x_proj.device().is_cpu() && x_proj.dtype() == DType::F32 {
             return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &Recurrence);
         }
@@ -58,9 +59,11 @@ impl Lstm {
         let layers = (0..num_layers)
             .map(|l| {
                 Ok(LstmLayer {
-                    w_ih_t: vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?.t()?,
+                    input: Linear::new(
+                        vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?,
+                        Some(vb.get(4 * dim, &format!("bias_l{l}"))?),
+                    ),
                     w_hh: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?,
-                    bias: vb.get(4 * dim, &format!("bias_l{l}"))?,
                     hidden: dim,
                 })
             })

@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod conv;
 pub mod gemm;
+pub mod linear;
 mod conv_cpu;
 pub mod lstm;
 pub mod rvq;

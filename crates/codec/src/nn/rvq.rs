@@ -5,15 +5,18 @@
 //! converter), `layers.{i}.codebook.embed` `[bins, dim]` (already `embed_sum / cluster_usage` where the source kept
 //! running sums).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::linear::Linear;
 use super::sum_all;
 
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
 pub struct EuclideanCodebook {
     embed: Tensor,
+    /// The entries as a linear layer: `x · embedᵀ` gives every dot product at once.
+    dots: Linear,
     /// ‖e‖² per entry, (1, bins): a cache of `embed`, not a weight transform.
     embed_sq: Tensor,
 }
@@ -22,13 +25,13 @@ impl EuclideanCodebook {
     pub fn new(bins: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
         let embed = vb.get((bins, dim), "embed")?;
         let embed_sq = embed.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
-        Ok(Self { embed, embed_sq })
+        Ok(Self { dots: Linear::new(embed.clone(), None), embed, embed_sq })
     }
 
     /// (N, dim) → (N,) u32 indices of the nearest entries.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         // argmin ‖x − e‖² = argmin (‖e‖² − 2 x·e): ‖x‖² is the same for every entry.
-        let dots = x.matmul(&self.embed.t()?)?;
+        let dots = self.dots.forward(x)?;
         let dist = self.embed_sq.broadcast_sub(&(dots * 2.0)?)?;
         dist.argmin(D::Minus1)
     }

@@ -6,9 +6,10 @@
 //! `mlp_layer_scale.scale`. q/k rows are in rotate-half order (the converter permutes interleaved checkpoints).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::activation::gelu_erf;
+use super::linear::Linear;
 
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {

@@ -8,10 +8,11 @@
 //! `istft.basis_real` / `istft.basis_imag` (inverse real DFT × window, made by the converter) and `istft.window_sq`.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
 
 use super::activation::gelu_erf;
 use super::conv::{Conv1d, ConvConfig};
+use super::linear::Linear;
 use super::sum_all;
 
 #[derive(Debug, Clone)]
@@ -213,8 +214,8 @@ impl Backbone {
 #[derive(Debug, Clone)]
 pub struct IstftHead {
     out: Linear,
-    basis_real: Tensor,
-    basis_imag: Tensor,
+    basis_real: Linear,
+    basis_imag: Linear,
     window_sq: Tensor,
     n_fft: usize,
     hop: usize,
@@ -229,8 +230,8 @@ impl IstftHead {
         let bins = n / 2 + 1;
         Ok(Self {
             out: linear(cfg.dim, n + 2, vb.pp("out"))?,
-            basis_real: vb.get((bins, n), "istft.basis_real")?,
-            basis_imag: vb.get((bins, n), "istft.basis_imag")?,
+            basis_real: Linear::right_factor(&vb.get((bins, n), "istft.basis_real")?, None)?,
+            basis_imag: Linear::right_factor(&vb.get((bins, n), "istft.basis_imag")?, None)?,
             window_sq: vb.get(n, "istft.window_sq")?,
             n_fft: n,
             hop,
@@ -260,7 +261,7 @@ impl IstftHead {
         let mag = log_mag.exp()?.clamp(f64::NEG_INFINITY, 1e2)?;
         let real = (&mag * phase.cos()?)?;
         let imag = (&mag * phase.sin()?)?;
-        let frames = (real.broadcast_matmul(&self.basis_real)? + imag.broadcast_matmul(&self.basis_imag)?)?;
+        let frames = (self.basis_real.forward(&real)? + self.basis_imag.forward(&imag)?)?;
         let (b, f, _) = frames.dims3()?;
         let audio = self.overlap_add(&frames)?;
         let envelope = self.overlap_add(&self.window_sq.reshape((1, 1, self.n_fft))?.repeat((1, f, 1))?)?;

@@ -1,0 +1,90 @@
+//! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight packed once, on first use, as the
+//! right factor; the bias added in the GEMM's epilogue), candle's matmul on other devices.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+
+use super::f32_slice;
+use super::gemm::{gemm, Epilogue, Output, Packed, Strided};
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// (out, in).
+    weight: Tensor,
+    bias: Option<Tensor>,
+    packed: OnceLock<Arc<PackedLinear>>,
+}
+
+#[derive(Debug)]
+struct PackedLinear {
+    /// Wᵀ as the GEMM's right factor (in × out).
+    weight_t: Packed,
+    bias: Option<Vec<f32>>,
+}
+
+fn cpu_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl Linear {
+    /// `weight` (out, in), `bias` (out).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias, packed: OnceLock::new() }
+    }
+
+    /// `x · m` for a right factor `m` (in, out) as stored (an ISTFT basis, an LSTM's transposed input weights).
+    pub fn right_factor(m: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self::new(m.t()?, bias))
+    }
+
+    fn packed(&self) -> Result<&PackedLinear> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let (out, inp) = self.weight.dims2()?;
+        let w = cpu_vec(&self.weight)?;
+        let view = Strided::transposed(&w, out, inp).ok_or_else(|| candle_core::Error::Msg("linear weight".into()))?;
+        let p = Arc::new(PackedLinear { weight_t: Packed::b(&view, inp, out), bias: self.bias.as_ref().map(cpu_vec).transpose()? });
+        Ok(self.packed.get_or_init(|| p))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op1_no_bwd(&LinearOp(self.packed()?));
+        }
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct LinearOp<'a>(&'a PackedLinear);
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "codec-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, "linear input")?;
+        let (k, n) = (self.0.weight_t.depth(), self.0.weight_t.rows());
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("linear: input {:?} does not end in {k} features", dims);
+        }
+        let m = x.len() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        let a = Strided::row_major(x, m, k).expect("sized from x");
+        let mut y = Output::row_major(&mut out, m, n).expect("sized above");
+        let epi = Epilogue { col_bias: self.0.bias.as_deref(), ..Default::default() };
+        gemm(m, n, k, &a, &self.0.weight_t, &mut y, &epi);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
