@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, PackedConv};
+use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv};
 use super::sum_all;
 
 /// How the border of a padded signal is filled.
@@ -104,6 +104,8 @@ pub struct Conv1d {
     weight: Tensor,
     bias: Option<Tensor>,
     cfg: ConvConfig,
+    /// Depthwise convs on CPU: weight (C, K) and bias as plain vectors, read on first use.
+    depthwise: OnceLock<Arc<(Vec<f32>, Option<Vec<f32>>)>>,
     /// The CPU GEMM form of the weights, packed on first use (only the layers a run needs pay for it).
     packed: OnceLock<Arc<PackedConv>>,
 }
@@ -121,7 +123,7 @@ impl Conv1d {
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((c_out, c_in / cfg.groups, cfg.kernel_size), "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
-        Ok(Self { weight, bias, cfg, packed: OnceLock::new() })
+        Ok(Self { weight, bias, cfg, depthwise: OnceLock::new(), packed: OnceLock::new() })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -159,6 +161,28 @@ impl Module for Conv1d {
                 let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
                 x.apply_op1_no_bwd(&Conv1dOp { pad_left: 0, pad_right: 0, ..op })
             };
+        }
+        let c_in = x.dim(1)?;
+        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == c_in && c.stride == 1 {
+            let vectors = match self.depthwise.get() {
+                Some(v) => v,
+                None => {
+                    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+                    let v = Arc::new((flat(&self.weight)?, self.bias.as_ref().map(flat).transpose()?));
+                    self.depthwise.get_or_init(|| v)
+                }
+            };
+            let (pad_left, pad_right) = if c.pad_mode == PadMode::Constant { (left, right) } else { (0, 0) };
+            let op = DepthwiseConv1dOp {
+                weight: &vectors.0,
+                bias: vectors.1.as_deref(),
+                kernel: c.kernel_size,
+                dilation: c.dilation,
+                pad_left,
+                pad_right,
+            };
+            let x = if c.pad_mode == PadMode::Constant { x.clone() } else { pad1d(x, left, right, c.pad_mode)? };
+            return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let x = pad1d(x, left, right, c.pad_mode)?;
         let y = x.conv1d(&self.weight, 0, c.stride, c.dilation, c.groups)?;

@@ -194,6 +194,59 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
     }
 }
 
+/// Depthwise conv1d (groups = channels, one `K`-tap filter per channel) with implicit zero padding on x (B, C, T):
+/// per channel a few shifted multiply-adds over the row (vectorised), channels across threads. candle runs it as
+/// one tiny convolution per channel.
+#[derive(Debug, Clone, Copy)]
+pub struct DepthwiseConv1dOp<'a> {
+    /// (C, K) row-major.
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub kernel: usize,
+    pub dilation: usize,
+    pub pad_left: usize,
+    pub pad_right: usize,
+}
+
+impl CustomOp1 for DepthwiseConv1dOp<'_> {
+    fn name(&self) -> &'static str {
+        "codec-depthwise-conv1d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let x = f32_slice(storage, layout, "conv input")?;
+        let (b, c, t) = layout.shape().dims3()?;
+        let k = self.kernel;
+        if self.weight.len() != c * k || self.bias.is_some_and(|b| b.len() != c) {
+            candle_core::bail!("depthwise conv1d: input has {c} channels, weight holds {}", self.weight.len() / k);
+        }
+        let span = self.dilation * (k - 1) + 1;
+        let t_out = (t + self.pad_left + self.pad_right).saturating_sub(span) + 1;
+        let mut out = vec![0f32; b * c * t_out];
+        if t_out > 0 {
+            out.par_chunks_mut(t_out).zip(x.par_chunks(t.max(1))).enumerate().for_each(|(row, (y, x))| {
+                let ch = row % c;
+                y.fill(self.bias.map_or(0.0, |b| b[ch]));
+                for (j, &w) in self.weight[ch * k..(ch + 1) * k].iter().enumerate() {
+                    // y[τ] += w · x[τ + j·d − pad_left] where the input index is inside the row.
+                    let offset = (j * self.dilation) as isize - self.pad_left as isize;
+                    let lo = (-offset).clamp(0, t_out as isize) as usize;
+                    let hi = (t as isize - offset).clamp(lo as isize, t_out as isize) as usize;
+                    if hi == lo {
+                        continue;
+                    }
+                    let src = &x[(lo as isize + offset) as usize..(hi as isize + offset) as usize];
+                    for (yv, &xv) in y[lo..hi].iter_mut().zip(src) {
+                        *yv = w.mul_add(xv, *yv);
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, c, t_out))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +280,30 @@ mod tests {
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
+        }
+    }
+
+    #[test]
+    fn depthwise_conv1d_matches_candle() {
+        let dev = Device::Cpu;
+        for &(c, k, d, l, r, t) in &[(6, 7, 1, 3, 3, 40), (4, 3, 2, 4, 0, 9), (3, 5, 1, 0, 0, 5), (2, 7, 1, 3, 3, 2)] {
+            let x = Tensor::randn(0f32, 1., (2, c, t), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c, 1, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c, &dev).unwrap();
+            let (wv, bv) = (w.flatten_all().unwrap().to_vec1().unwrap(), bias.to_vec1().unwrap());
+            let op = DepthwiseConv1dOp {
+                weight: &wv,
+                bias: Some(&bv),
+                kernel: k,
+                dilation: d,
+                pad_left: l,
+                pad_right: r,
+            };
+            let got = x.apply_op1_no_bwd(&op).unwrap();
+            let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, 1, d, c).unwrap();
+            let want = want.broadcast_add(&bias.reshape((1, c, 1)).unwrap()).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-5, "case {:?}", (c, k, d, l, r, t));
         }
     }
 

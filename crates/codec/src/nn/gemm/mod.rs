@@ -368,6 +368,10 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// The product restricted to output `rows × cols`, on the calling thread.
+///
+/// Loop order: normally column blocks → depth blocks (B block packed once, kept in L2) → row blocks (A block packed,
+/// or already packed). When B was packed ahead of time (a linear layer's weight) the A block (the activations) is
+/// what costs packing, so rows go outermost and each A block is packed once instead of once per column block.
 fn block<K: MicroKernel>(
     rows: Range<usize>,
     cols: Range<usize>,
@@ -384,68 +388,95 @@ fn block<K: MicroKernel>(
             Ok(b) => (&mut b.0, &mut b.1),
             Err(_) => (&mut fresh.0, &mut fresh.1),
         };
-        for jc in cols.clone().step_by(NC) {
-            let nc = NC.min(cols.end - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let bpack: &[f32] = match b.packed_b(pc..pc + kc, jc..jc + nc, K::NR) {
-                    Some(p) => p,
-                    None => {
-                        let buf = aligned(bbuf, nc.div_ceil(K::NR) * K::NR * kc);
-                        b.pack_b(pc..pc + kc, jc..jc + nc, K::NR, buf);
-                        buf
+        let a_block = |buf: &mut Vec<f32>, ic: usize, mc: usize, pc: usize, kc: usize| -> *const f32 {
+            match a.packed_a(ic..ic + mc, pc..pc + kc, K::MR) {
+                Some(p) => p.as_ptr(),
+                None => {
+                    let buf = aligned(buf, mc.div_ceil(K::MR) * K::MR * kc);
+                    a.pack_a(ic..ic + mc, pc..pc + kc, K::MR, buf);
+                    buf.as_ptr()
+                }
+            }
+        };
+        let b_block = |buf: &mut Vec<f32>, jc: usize, nc: usize, pc: usize, kc: usize| -> *const f32 {
+            match b.packed_b(pc..pc + kc, jc..jc + nc, K::NR) {
+                Some(p) => p.as_ptr(),
+                None => {
+                    let buf = aligned(buf, nc.div_ceil(K::NR) * K::NR * kc);
+                    b.pack_b(pc..pc + kc, jc..jc + nc, K::NR, buf);
+                    buf.as_ptr()
+                }
+            }
+        };
+        let b_prepacked = b.packed_b(0..KC.min(k), cols.start..cols.start + NC.min(cols.len()), K::NR).is_some();
+        if b_prepacked {
+            for ic in rows.clone().step_by(MC) {
+                let mc = MC.min(rows.end - ic);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    let apack = a_block(abuf, ic, mc, pc, kc);
+                    for jc in cols.clone().step_by(NC) {
+                        let nc = NC.min(cols.end - jc);
+                        let bpack = b_block(bbuf, jc, nc, pc, kc);
+                        // SAFETY: both blocks hold the packed (mc × kc) and (kc × nc) panels.
+                        unsafe { macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi) };
                     }
-                };
-                for ic in rows.clone().step_by(MC) {
-                    let mc = MC.min(rows.end - ic);
-                    let apack: &[f32] = match a.packed_a(ic..ic + mc, pc..pc + kc, K::MR) {
-                        Some(p) => p,
-                        None => {
-                            let buf = aligned(abuf, mc.div_ceil(K::MR) * K::MR * kc);
-                            a.pack_a(ic..ic + mc, pc..pc + kc, K::MR, buf);
-                            buf
-                        }
-                    };
-                    for ir in (0..mc).step_by(K::MR) {
-                        let a_panel = apack[ir * kc..].as_ptr();
-                        let row = ic + ir;
-                        for jr in (0..nc).step_by(K::NR) {
-                            let col = jc + jr;
-                            let first = pc == 0;
-                            let store = Store {
-                                // SAFETY (of the offset): row < m ≤ c.rows and col < n ≤ c.cols, checked by Output.
-                                c: unsafe { out.ptr.add(row * out.rs + col * out.cs) },
-                                rs: out.rs as isize,
-                                cs: out.cs as isize,
-                                row_bias: match epi.row_bias {
-                                    Some(r) if first => r[row..].as_ptr(),
-                                    _ => std::ptr::null(),
-                                },
-                                col_bias: match epi.col_bias {
-                                    Some(c) if first => c[col..].as_ptr(),
-                                    _ => std::ptr::null(),
-                                },
-                                load_c: !first || epi.accumulate,
-                            };
-                            // SAFETY: the panels hold kc·MR and kc·NR packed floats; the tile's mr × nr elements lie
-                            // inside C (Output checked its extent); threads own disjoint row or column ranges; the
-                            // kernel type was chosen by `isa()` for this CPU.
-                            unsafe {
-                                K::tile(
-                                    kc,
-                                    a_panel,
-                                    bpack[jr * kc..].as_ptr(),
-                                    K::MR.min(mc - ir),
-                                    K::NR.min(nc - jr),
-                                    &store,
-                                )
-                            };
-                        }
+                }
+            }
+        } else {
+            for jc in cols.clone().step_by(NC) {
+                let nc = NC.min(cols.end - jc);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    let bpack = b_block(bbuf, jc, nc, pc, kc);
+                    for ic in rows.clone().step_by(MC) {
+                        let mc = MC.min(rows.end - ic);
+                        let apack = a_block(abuf, ic, mc, pc, kc);
+                        // SAFETY: both blocks hold the packed (mc × kc) and (kc × nc) panels.
+                        unsafe { macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi) };
                     }
                 }
             }
         }
     });
+}
+
+/// Every micro-tile of one packed A block × one packed B block: each A panel (in L1) against all B panels.
+///
+/// # Safety
+/// `apack` holds ⌈mc/MR⌉ panels of MR × kc floats, `bpack` ⌈nc/NR⌉ panels of kc × NR; the output rows
+/// `row0..row0+mc` and columns `col0..col0+nc` lie inside C and belong to this thread.
+unsafe fn macro_kernel<K: MicroKernel>(
+    apack: *const f32,
+    bpack: *const f32,
+    (row0, mc): (usize, usize),
+    (col0, nc): (usize, usize),
+    (pc, kc): (usize, usize),
+    out: SharedOut,
+    epi: &Epilogue,
+) {
+    let first = pc == 0;
+    for ir in (0..mc).step_by(K::MR) {
+        let row = row0 + ir;
+        for jr in (0..nc).step_by(K::NR) {
+            let col = col0 + jr;
+            let store = Store {
+                c: out.ptr.add(row * out.rs + col * out.cs),
+                rs: out.rs as isize,
+                cs: out.cs as isize,
+                row_bias: match epi.row_bias {
+                    Some(r) if first => r[row..].as_ptr(),
+                    _ => std::ptr::null(),
+                },
+                col_bias: match epi.col_bias {
+                    Some(c) if first => c[col..].as_ptr(),
+                    _ => std::ptr::null(),
+                },
+                load_c: !first || epi.accumulate,
+            };
+            K::tile(kc, apack.add(ir * kc), bpack.add(jr * kc), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
+        }
+    }
 }
 
 #[cfg(test)]
