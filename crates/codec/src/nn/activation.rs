@@ -73,9 +73,14 @@ impl<F: Fn(f32) -> f32 + Sync> CustomOp1 for Map<F> {
         let f = &self.1;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = f(v);
-            }
+            super::wide_simd(
+                #[inline(always)]
+                || {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = f(v);
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }

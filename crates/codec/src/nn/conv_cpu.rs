@@ -237,9 +237,14 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
                         continue;
                     }
                     let src = &x[(lo as isize + offset) as usize..(hi as isize + offset) as usize];
-                    for (yv, &xv) in y[lo..hi].iter_mut().zip(src) {
-                        *yv = w.mul_add(xv, *yv);
-                    }
+                    super::wide_simd(
+                        #[inline(always)]
+                        || {
+                            for (yv, &xv) in y[lo..hi].iter_mut().zip(src) {
+                                *yv += w * xv;
+                            }
+                        },
+                    )
                 }
             });
         }

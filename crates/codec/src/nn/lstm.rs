@@ -84,14 +84,16 @@ impl Lstm {
 /// encoder. Inputs: the input projections plus bias (B, T, 4H) and `weight_hh` (4H, H); output h for every step.
 struct Recurrence;
 
-/// Dot product with eight independent accumulators, so the compiler can vectorise it (a single running sum must
-/// be added in order).
+/// Dot product with 64 independent accumulators (four AVX-512 registers, `wide_simd`), so the compiler can
+/// vectorise it and the adds do not wait on each other (a single running sum must be added in order).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    const LANES: usize = 64;
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (xa, xb) in ca.zip(cb) {
-        for k in 0..8 {
+        for k in 0..LANES {
             acc[k] += xa[k] * xb[k];
         }
     }
@@ -121,10 +123,15 @@ impl CustomOp2 for Recurrence {
                 let xp = &x_proj[(bi * t + step) * four_h..(bi * t + step + 1) * four_h];
                 let rows_per_task = four_h.div_ceil(rayon::current_num_threads()).max(64);
                 gates.par_chunks_mut(rows_per_task).enumerate().for_each(|(chunk, g)| {
-                    for (i, gi) in g.iter_mut().enumerate() {
-                        let row = chunk * rows_per_task + i;
-                        *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], &h);
-                    }
+                    super::wide_simd(
+                        #[inline(always)]
+                        || {
+                            for (i, gi) in g.iter_mut().enumerate() {
+                                let row = chunk * rows_per_task + i;
+                                *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], &h);
+                            }
+                        },
+                    )
                 });
                 let dst = &mut out[(bi * t + step) * h_dim..(bi * t + step + 1) * h_dim];
                 for j in 0..h_dim {

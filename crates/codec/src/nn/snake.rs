@@ -58,9 +58,14 @@ impl CustomOp3 for SnakeOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (dst, src))| {
             let (a, inv) = (alpha[row % c], inv[row % c]);
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = v + inv * sin_squared(a * v);
-            }
+            super::wide_simd(
+                #[inline(always)]
+                || {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v + inv * sin_squared(a * v);
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

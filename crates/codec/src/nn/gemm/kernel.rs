@@ -44,7 +44,7 @@ impl MicroKernel for Generic {
             for (i, row) in acc.iter_mut().enumerate() {
                 let av = *a.add(p * 4 + i);
                 for (c, &bv) in row.iter_mut().zip(b) {
-                    *c = av.mul_add(bv, *c);
+                    *c += av * bv;
                 }
             }
         }
