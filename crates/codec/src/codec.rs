@@ -126,7 +126,7 @@ impl Codec {
     }
 
     /// Per-stage wall times of one encode + decode of `audio` (at the model rate) with `n_q` codebooks.
-    pub fn stage_times(&self, audio: &Audio, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+    pub fn stage_times(&self, audio: &Audio, n_q: usize) -> Result<Vec<crate::models::StageTime>> {
         let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &self.device).ctx("bench input")?;
         self.model.stage_times(&pcm, n_q).ctx("bench stages")
     }

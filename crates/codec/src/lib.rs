@@ -17,3 +17,4 @@ pub use audio::Audio;
 pub use codec::{Chunk, Codec, Codes, DeviceKind, CHUNK_SECONDS};
 pub use error::{Error, Result};
 pub use models::Model;
+pub use nn::gemm::{set_precision, Precision};

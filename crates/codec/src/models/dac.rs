@@ -309,7 +309,7 @@ impl super::Model for Dac {
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
         Ok(self.quantizer.encode(&self.encode_latent(pcm)?, n_q)?.0)
     }
-    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<super::StageTime>> {
         let mut t = super::StageTimer::default();
         let z = t.time("encoder", || self.encode_latent(pcm))?;
         let codes = t.time("quantizer encode", || Ok(self.quantizer.encode(&z, n_q)?.0))?;

@@ -325,7 +325,7 @@ impl super::Model for Mimi {
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         self.decode_latent(&self.quantizer.decode(codes)?)
     }
-    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<super::StageTime>> {
         let mut t = super::StageTimer::default();
         let pcm = pad_to_multiple(pcm, self.config.hop())?;
         let x = t.time("encoder (SEANet)", || self.encoder.forward(&pcm))?;

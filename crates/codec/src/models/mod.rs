@@ -29,22 +29,32 @@ pub trait Model: Send + Sync {
         None
     }
     /// Wall time of each stage of one encode and decode of `pcm` (for `codec bench`); empty if not broken down.
-    fn stage_times(&self, _pcm: &Tensor, _n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+    fn stage_times(&self, _pcm: &Tensor, _n_q: usize) -> Result<Vec<StageTime>> {
         Ok(vec![])
     }
+}
+
+/// One stage of a model run, as `codec bench` reports it.
+#[derive(Debug, Clone)]
+pub struct StageTime {
+    pub name: &'static str,
+    pub time: std::time::Duration,
+    /// Floating-point operations of the stage's matrix products (the GEMM counts them; element-wise work excluded).
+    pub gemm_flops: u64,
 }
 
 /// Collects named stage timings for [`Model::stage_times`].
 #[derive(Default)]
 pub(crate) struct StageTimer {
-    pub times: Vec<(&'static str, std::time::Duration)>,
+    pub times: Vec<StageTime>,
 }
 
 impl StageTimer {
     pub fn time(&mut self, name: &'static str, f: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-        let start = std::time::Instant::now();
+        let (start, flops) = (std::time::Instant::now(), crate::nn::gemm::flops_done());
         let y = f()?;
-        self.times.push((name, start.elapsed()));
+        let time = start.elapsed();
+        self.times.push(StageTime { name, time, gemm_flops: crate::nn::gemm::flops_done() - flops });
         Ok(y)
     }
 }

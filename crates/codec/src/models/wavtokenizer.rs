@@ -211,7 +211,7 @@ impl super::Model for WavTokenizer {
         let features = self.backbone.forward(&self.quantizer.decode(codes)?)?;
         self.head.forward(&features)
     }
-    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<(&'static str, std::time::Duration)>> {
+    fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<super::StageTime>> {
         let mut t = super::StageTimer::default();
         let z = t.time("encoder (SEANet + LSTM)", || self.encoder.forward(pcm))?;
         let codes = t.time("quantizer encode", || self.quantizer.encode(&z, n_q))?;

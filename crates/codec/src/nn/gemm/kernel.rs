@@ -12,6 +12,9 @@ use super::Store;
 pub(super) trait MicroKernel {
     const MR: usize;
     const NR: usize;
+    /// Whether packed panels hold bf16 pairs (`(A[i, 2q], A[i, 2q+1])` in one 32-bit word, low half first) instead
+    /// of f32: a panel `kc` deep is then ⌈kc/2⌉ words deep.
+    const BF16_PAIRS: bool = false;
     /// # Safety
     /// `a` holds `kc·MR` floats, `b` holds `kc·NR`; `store` addresses `mr × nr` valid elements of C (`mr ≤ MR`,
     /// `nr ≤ NR`); the CPU supports the kernel's instruction set.
@@ -53,7 +56,7 @@ impl MicroKernel for Generic {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{Avx2, Avx512};
+pub(super) use x86::{Avx2, Avx512, Avx512Bf16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -105,9 +108,17 @@ mod x86 {
                 row[2] = _mm512_fmadd_ps(ai, b2, row[2]);
             }
         }
+        store_avx512(&acc, nr, store);
+    }
+
+    /// Writes `R` rows of three accumulator vectors (48 columns) through `store`: masked vector stores when C's
+    /// columns are contiguous, the scalar path otherwise.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_avx512<const R: usize>(acc: &[[__m512; 3]; R], nr: usize, store: &Store) {
         if store.cs != 1 {
             let mut tmp = [[0f32; 48]; R];
-            for (t, v) in tmp.iter_mut().zip(&acc) {
+            for (t, v) in tmp.iter_mut().zip(acc) {
                 _mm512_storeu_ps(t.as_mut_ptr(), v[0]);
                 _mm512_storeu_ps(t.as_mut_ptr().add(16), v[1]);
                 _mm512_storeu_ps(t.as_mut_ptr().add(32), v[2]);
@@ -137,6 +148,48 @@ mod x86 {
                 _mm512_mask_storeu_ps(p, m, y);
             }
         }
+    }
+
+    /// AVX-512 BF16 (`vdpbf16ps`: two bf16 products per f32 lane, f32 accumulation), the `--precision bf16` mode;
+    /// same 8 × 48 tile as [`Avx512`], so weights packed for one convert to the other panel by panel.
+    pub(in super::super) struct Avx512Bf16;
+
+    impl MicroKernel for Avx512Bf16 {
+        const MR: usize = 8;
+        const NR: usize = 48;
+        const BF16_PAIRS: bool = true;
+        unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
+            let (a, b, pairs) = (a as *const u32, b as *const u32, kc.div_ceil(2));
+            match mr {
+                8 => avx512_bf16::<8>(pairs, a, b, nr, store),
+                7 => avx512_bf16::<7>(pairs, a, b, nr, store),
+                6 => avx512_bf16::<6>(pairs, a, b, nr, store),
+                5 => avx512_bf16::<5>(pairs, a, b, nr, store),
+                4 => avx512_bf16::<4>(pairs, a, b, nr, store),
+                3 => avx512_bf16::<3>(pairs, a, b, nr, store),
+                2 => avx512_bf16::<2>(pairs, a, b, nr, store),
+                _ => avx512_bf16::<1>(pairs, a, b, nr, store),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn avx512_bf16<const R: usize>(pairs: usize, a: *const u32, b: *const u32, nr: usize, store: &Store) {
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        for q in 0..pairs {
+            let bp = b.add(q * 48) as *const __m512i;
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(1)));
+            let b2: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(2)));
+            let ap = a.add(q * 8);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+                row[2] = _mm512_dpbf16_ps(row[2], ai, b2);
+            }
+        }
+        store_avx512(&acc, nr, store);
     }
 
     pub(in super::super) struct Avx2;

@@ -19,6 +19,8 @@ mod kernel;
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -42,6 +44,10 @@ pub trait PackA: Sync {
     fn packed_a(&self, _rows: Range<usize>, _ks: Range<usize>, _mr: usize) -> Option<&[f32]> {
         None
     }
+    /// The same as bf16 pairs (see [`to_bf16_pairs`]), if packed ahead of time.
+    fn packed_a_pairs(&self, _rows: Range<usize>, _ks: Range<usize>, _mr: usize) -> Option<&[u32]> {
+        None
+    }
 }
 
 /// An operand that writes its `ks × cols` block into NR-wide panels: `dst[panel·(kc·nr) + p·nr + j]` =
@@ -52,6 +58,37 @@ pub trait PackB: Sync {
     fn packed_b(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[f32]> {
         None
     }
+    /// The same as bf16 pairs (see [`to_bf16_pairs`]), if packed ahead of time.
+    fn packed_b_pairs(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[u32]> {
+        None
+    }
+}
+
+/// f32 → bf16 bits, rounding to nearest even (NaN stays NaN).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        0x7fc0
+    } else {
+        (b + 0x7fff + ((b >> 16) & 1)) >> 16
+    }
+}
+
+/// Packed f32 panels (`width` wide, `kc` deep, one after another) → bf16-pair panels `⌈kc/2⌉` deep: word
+/// `[q][i]` holds elements `2q` (low half) and `2q + 1` (high half, zero past `kc`) of lane `i`, the operand
+/// layout of `vdpbf16ps`.
+fn to_bf16_pairs(src: &[f32], width: usize, kc: usize, dst: &mut [u32]) {
+    let pairs = kc.div_ceil(2);
+    for (src, dst) in src.chunks_exact(width * kc).zip(dst.chunks_exact_mut(width * pairs)) {
+        for q in 0..pairs {
+            for i in 0..width {
+                let lo = bf16_bits(src[2 * q * width + i]);
+                let hi = if 2 * q + 1 < kc { bf16_bits(src[(2 * q + 1) * width + i]) } else { 0 };
+                dst[q * width + i] = lo | (hi << 16);
+            }
+        }
+    }
 }
 
 /// An operand packed once, ahead of time, in the panel layout of this CPU's kernel: weights, which would otherwise
@@ -59,6 +96,8 @@ pub trait PackB: Sync {
 /// third of the product). Depth blocks of `KC` one after another; inside each, all panels along the packed side.
 pub struct Packed {
     data: Vec<f32>,
+    /// `data` as bf16 pairs, made on first use in `--precision bf16`.
+    pairs: OnceLock<Vec<u32>>,
     /// Rows (for A) or columns (for B) covered.
     len: usize,
     depth: usize,
@@ -92,7 +131,29 @@ impl Packed {
             let kc = KC.min(depth - pc);
             pack(pc..pc + kc, &mut data[stride * pc..stride * (pc + kc)]);
         }
-        Self { data, len, depth, panel }
+        Self { data, pairs: OnceLock::new(), len, depth, panel }
+    }
+
+    /// The packed bf16-pair block for `range` × depth block `ks` (every depth block converted on first use).
+    fn pairs_block(&self, range: Range<usize>, ks: Range<usize>) -> Option<&[u32]> {
+        let stride = self.len.div_ceil(self.panel) * self.panel;
+        let ok = range.start.is_multiple_of(self.panel) && range.end <= self.len && ks.end <= self.depth;
+        if !ok {
+            return None;
+        }
+        let pairs = self.pairs.get_or_init(|| {
+            let mut out = vec![0u32; stride * self.depth.div_ceil(KC) * KC / 2];
+            for pc in (0..self.depth).step_by(KC) {
+                let kc = KC.min(self.depth - pc);
+                let dst = &mut out[stride * pc / 2..stride * (pc / 2 + kc.div_ceil(2))];
+                to_bf16_pairs(&self.data[stride * pc..stride * (pc + kc)], self.panel, kc, dst);
+            }
+            out
+        });
+        // Depth blocks before `ks` are whole KC blocks (even), so this one starts at stride · ks.start / 2.
+        let depth = ks.len().div_ceil(2);
+        let start = stride * ks.start / 2 + range.start * depth;
+        Some(&pairs[start..start + range.len().div_ceil(self.panel) * self.panel * depth])
     }
 
     /// The packed block for `range` (starting on a panel boundary) × depth block `ks`.
@@ -119,6 +180,9 @@ impl PackA for Packed {
     fn packed_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[f32]> {
         self.block(rows, ks).filter(|_| mr == self.panel)
     }
+    fn packed_a_pairs(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[u32]> {
+        (mr == self.panel).then(|| self.pairs_block(rows, ks)).flatten()
+    }
 }
 
 impl PackB for Packed {
@@ -128,6 +192,9 @@ impl PackB for Packed {
     }
     fn packed_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[f32]> {
         self.block(cols, ks).filter(|_| nr == self.panel)
+    }
+    fn packed_b_pairs(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[u32]> {
+        (nr == self.panel).then(|| self.pairs_block(cols, ks)).flatten()
     }
 }
 
@@ -261,6 +328,53 @@ pub enum Isa {
     Generic,
 }
 
+/// Arithmetic of the products: exact f32 (the default), or bf16 operands with f32 accumulation (`vdpbf16ps`,
+/// about twice the throughput; codes and audio then differ slightly from the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+static BF16_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Floating-point operations (2·m·n·k per product) done by this process's GEMMs: `codec bench` turns them into
+/// GFLOP/s per stage.
+static FLOPS: AtomicU64 = AtomicU64::new(0);
+
+pub fn flops_done() -> u64 {
+    FLOPS.load(Ordering::Relaxed)
+}
+
+/// Sets the precision of every product in this process. bf16 needs AVX-512 BF16; where the CPU lacks it products
+/// stay f32 and this returns `false`.
+pub fn set_precision(p: Precision) -> bool {
+    BF16_REQUESTED.store(p == Precision::Bf16, Ordering::Relaxed);
+    p == Precision::F32 || bf16_supported()
+}
+
+/// The precision products run in now (bf16 only where requested and supported).
+pub fn precision() -> Precision {
+    if BF16_REQUESTED.load(Ordering::Relaxed) && bf16_supported() {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
+
+/// Whether this CPU has the bf16 kernel (AVX-512 BF16).
+pub fn bf16_supported() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            isa() == Isa::Avx512 && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// (MR, NR) of the kernel this CPU runs.
 pub fn tile_shape() -> (usize, usize) {
     match isa() {
@@ -299,6 +413,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
     if m == 0 || n == 0 {
         return;
     }
+    FLOPS.fetch_add(2 * (m as u64) * (n as u64) * (k as u64), Ordering::Relaxed);
     if k == 0 {
         for i in 0..m {
             for j in 0..n {
@@ -308,6 +423,10 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
             }
         }
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if precision() == Precision::Bf16 {
+        return run::<kernel::Avx512Bf16>((m, n, k), a, b, c, epi);
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
@@ -355,13 +474,27 @@ fn run<K: MicroKernel>(
 
 thread_local! {
     /// Packing buffers, reused across calls (rayon's workers live for the process).
-    static PACK_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static PACK_BUFFERS: RefCell<Buffers> = const { RefCell::new(Buffers::new()) };
 }
 
-/// A 64-byte aligned window of `len` floats in `buf`, growing it if needed (panels start on cache lines).
-fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// One thread's packing buffers: f32 panels of A and B, and their bf16-pair conversions.
+struct Buffers {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    a_pairs: Vec<u32>,
+    b_pairs: Vec<u32>,
+}
+
+impl Buffers {
+    const fn new() -> Self {
+        Self { a: Vec::new(), b: Vec::new(), a_pairs: Vec::new(), b_pairs: Vec::new() }
+    }
+}
+
+/// A 64-byte aligned window of `len` words in `buf`, growing it if needed (panels start on cache lines).
+fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() < len + 16 {
-        buf.resize(len + 16, 0.0);
+        buf.resize(len + 16, T::default());
     }
     let skip = buf.as_ptr().align_offset(64).min(16);
     &mut buf[skip..skip + len]
@@ -382,31 +515,56 @@ fn block<K: MicroKernel>(
     epi: &Epilogue,
 ) {
     PACK_BUFFERS.with(|bufs| {
-        let mut fresh = (Vec::new(), Vec::new());
+        let mut fresh = Buffers::new();
         let mut borrowed = bufs.try_borrow_mut();
-        let (abuf, bbuf) = match borrowed.as_deref_mut() {
-            Ok(b) => (&mut b.0, &mut b.1),
-            Err(_) => (&mut fresh.0, &mut fresh.1),
+        let Buffers { a: abuf, b: bbuf, a_pairs, b_pairs } = match borrowed.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut fresh,
         };
-        let a_block = |buf: &mut Vec<f32>, ic: usize, mc: usize, pc: usize, kc: usize| -> *const f32 {
-            match a.packed_a(ic..ic + mc, pc..pc + kc, K::MR) {
-                Some(p) => p.as_ptr(),
-                None => {
-                    let buf = aligned(buf, mc.div_ceil(K::MR) * K::MR * kc);
-                    a.pack_a(ic..ic + mc, pc..pc + kc, K::MR, buf);
-                    buf.as_ptr()
+        // Each returns the block's panels in the kernel's word format (f32, or bf16 pairs cast to *const f32).
+        let mut a_block = |ic: usize, mc: usize, pc: usize, kc: usize| -> *const f32 {
+            let (rows, ks) = (ic..ic + mc, pc..pc + kc);
+            if K::BF16_PAIRS {
+                if let Some(p) = a.packed_a_pairs(rows.clone(), ks.clone(), K::MR) {
+                    return p.as_ptr() as *const f32;
                 }
             }
-        };
-        let b_block = |buf: &mut Vec<f32>, jc: usize, nc: usize, pc: usize, kc: usize| -> *const f32 {
-            match b.packed_b(pc..pc + kc, jc..jc + nc, K::NR) {
-                Some(p) => p.as_ptr(),
+            let f32_panels: &[f32] = match a.packed_a(rows.clone(), ks.clone(), K::MR) {
+                Some(p) => p,
                 None => {
-                    let buf = aligned(buf, nc.div_ceil(K::NR) * K::NR * kc);
-                    b.pack_b(pc..pc + kc, jc..jc + nc, K::NR, buf);
-                    buf.as_ptr()
+                    let buf = aligned(abuf, mc.div_ceil(K::MR) * K::MR * kc);
+                    a.pack_a(rows, ks, K::MR, buf);
+                    buf
+                }
+            };
+            if !K::BF16_PAIRS {
+                return f32_panels.as_ptr();
+            }
+            let dst = aligned(a_pairs, mc.div_ceil(K::MR) * K::MR * kc.div_ceil(2));
+            to_bf16_pairs(f32_panels, K::MR, kc, dst);
+            dst.as_ptr() as *const f32
+        };
+        let mut b_block = |jc: usize, nc: usize, pc: usize, kc: usize| -> *const f32 {
+            let (cols, ks) = (jc..jc + nc, pc..pc + kc);
+            if K::BF16_PAIRS {
+                if let Some(p) = b.packed_b_pairs(ks.clone(), cols.clone(), K::NR) {
+                    return p.as_ptr() as *const f32;
                 }
             }
+            let f32_panels: &[f32] = match b.packed_b(ks.clone(), cols.clone(), K::NR) {
+                Some(p) => p,
+                None => {
+                    let buf = aligned(bbuf, nc.div_ceil(K::NR) * K::NR * kc);
+                    b.pack_b(ks, cols, K::NR, buf);
+                    buf
+                }
+            };
+            if !K::BF16_PAIRS {
+                return f32_panels.as_ptr();
+            }
+            let dst = aligned(b_pairs, nc.div_ceil(K::NR) * K::NR * kc.div_ceil(2));
+            to_bf16_pairs(f32_panels, K::NR, kc, dst);
+            dst.as_ptr() as *const f32
         };
         let b_prepacked = b.packed_b(0..KC.min(k), cols.start..cols.start + NC.min(cols.len()), K::NR).is_some();
         if b_prepacked {
@@ -414,10 +572,10 @@ fn block<K: MicroKernel>(
                 let mc = MC.min(rows.end - ic);
                 for pc in (0..k).step_by(KC) {
                     let kc = KC.min(k - pc);
-                    let apack = a_block(abuf, ic, mc, pc, kc);
+                    let apack = a_block(ic, mc, pc, kc);
                     for jc in cols.clone().step_by(NC) {
                         let nc = NC.min(cols.end - jc);
-                        let bpack = b_block(bbuf, jc, nc, pc, kc);
+                        let bpack = b_block(jc, nc, pc, kc);
                         // SAFETY: both blocks hold the packed (mc × kc) and (kc × nc) panels.
                         unsafe { macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi) };
                     }
@@ -428,10 +586,10 @@ fn block<K: MicroKernel>(
                 let nc = NC.min(cols.end - jc);
                 for pc in (0..k).step_by(KC) {
                     let kc = KC.min(k - pc);
-                    let bpack = b_block(bbuf, jc, nc, pc, kc);
+                    let bpack = b_block(jc, nc, pc, kc);
                     for ic in rows.clone().step_by(MC) {
                         let mc = MC.min(rows.end - ic);
-                        let apack = a_block(abuf, ic, mc, pc, kc);
+                        let apack = a_block(ic, mc, pc, kc);
                         // SAFETY: both blocks hold the packed (mc × kc) and (kc × nc) panels.
                         unsafe { macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi) };
                     }
@@ -456,6 +614,8 @@ unsafe fn macro_kernel<K: MicroKernel>(
     epi: &Epilogue,
 ) {
     let first = pc == 0;
+    // Words per panel row: a depth of kc floats, or ⌈kc/2⌉ bf16 pairs.
+    let depth = if K::BF16_PAIRS { kc.div_ceil(2) } else { kc };
     for ir in (0..mc).step_by(K::MR) {
         let row = row0 + ir;
         for jr in (0..nc).step_by(K::NR) {
@@ -474,7 +634,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 },
                 load_c: !first || epi.accumulate,
             };
-            K::tile(kc, apack.add(ir * kc), bpack.add(jr * kc), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
+            K::tile(kc, apack.add(ir * depth), bpack.add(jr * depth), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
         }
     }
 }
@@ -582,6 +742,39 @@ mod tests {
         let mut got = vec![0f32; m * n];
         gemm(m, n, k, &pa, &pb, &mut Output::row_major(&mut got, m, n).unwrap(), &Epilogue::default());
         assert_eq!(got, want);
+    }
+
+    /// The bf16 kernel equals an f64 product of the bf16-rounded operands (up to f32 accumulation), with operands
+    /// packed per call and ahead of time, odd depths included.
+    #[test]
+    fn bf16_matches_rounded_product() {
+        if !bf16_supported() {
+            return;
+        }
+        let round = |v: &[f32]| v.iter().map(|&x| f32::from_bits(bf16_bits(x) << 16)).collect::<Vec<_>>();
+        for &(m, n, k) in &[(9, 50, 7), (20, 130, 301), (1, 3, 1), (64, 200, 512)] {
+            let a = pseudo_random(m * k, 7);
+            let b = pseudo_random(k * n, 8);
+            let (ar, br) = (round(&a), round(&b));
+            let (am, bm) = (Strided::row_major(&a, m, k).unwrap(), Strided::row_major(&b, k, n).unwrap());
+            let (pa, pb) = (Packed::a(&am, m, k), Packed::b(&bm, k, n));
+            for prepacked in [false, true] {
+                let mut got = vec![0f32; m * n];
+                let mut c = Output::row_major(&mut got, m, n).unwrap();
+                if prepacked {
+                    run::<kernel::Avx512Bf16>((m, n, k), &pa, &bm, &mut c, &Epilogue::default());
+                } else {
+                    run::<kernel::Avx512Bf16>((m, n, k), &am, &pb, &mut c, &Epilogue::default());
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k).map(|p| ar[i * k + p] as f64 * br[p * n + j] as f64).sum();
+                        let g = got[i * n + j] as f64;
+                        assert!((g - want).abs() < 1e-4, "{m}×{n}×{k} ({i}, {j}): {g} vs {want}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
