@@ -542,7 +542,8 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
     model = build_dac(kw)
 
     if full:
-        x = load_input_wav(input_wav, sr, 10 * sr)
+        # 10 s is a whole number of frames at hop 320 (16/24 kHz); the padding check below wants a partial last frame.
+        x = load_input_wav(input_wav, sr, 10 * sr if (10 * sr) % hop else 10 * sr + 100)
         cal = np.concatenate([synth_signal(10 * sr, sr, vseed + 1000), x])
     else:
         x = synth_signal(VARIANTS[variant]["reduced_samples"], sr, vseed)
