@@ -10,18 +10,23 @@
 
 Converts both checkpoint layouts (and f16 / q8_0 copies) with `codec convert`, encodes the fixture's input and decodes
 the reference's codes with `codec`, and prints the code mismatch fraction, decoded cosine and SNR against the
-reference's outputs (moshi for Mimi, descript for DAC). Then times `codec bench` and the reference (the generator's
-`--bench-only`) with the same thread count and prints the speed ratios. Needs numpy and soundfile (the reference venv
-has both).
+reference's outputs (moshi for Mimi, descript for DAC), in f32 and in `--precision bf16`. Then, side by side in one run
+with the same thread count: the whole `codec encode` / `codec decode` process (start-up, file I/O and all; best of
+`--runs`), `codec bench` (in-process), and the reference in-process (the generator's `--bench-only`; for Mimi also
+rustymimi, Kyutai's Rust Mimi, on the same weights file), and prints the ratios and the machine. Needs numpy and
+soundfile (the reference venv has both).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +36,44 @@ ROOT = Path(__file__).resolve().parent.parent
 CODEC = ROOT / "target" / "release" / "codec"
 
 
-def run(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+def run(*args: str, env: dict | None = None) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
+
+
+def best_wall(args: list[str], runs: int) -> float:
+    """Best wall time of the whole process over `runs` (after one warm-up that fills the page cache)."""
+    run(*args)
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        run(*args)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return f"{model}, {os.cpu_count()} logical CPUs; codec-rs {commit}; {time.strftime('%Y-%m-%d')}"
+
+
+RUSTYMIMI = """
+import sys, time, numpy as np, rustymimi
+path, wav, n_q, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+x = np.load(wav).astype(np.float32).reshape(1, 1, -1)
+tok = rustymimi.Tokenizer(path, num_codebooks=n_q)
+codes = tok.encode(x)
+def best(f):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times)
+print(f"rustymimi encode {best(lambda: tok.encode(x)):.3f} s decode {best(lambda: tok.decode(codes)):.3f} s")
+"""
 
 
 def compare(name: str, codes: np.ndarray, ref_codes: np.ndarray, decoded: np.ndarray, ref_decoded: np.ndarray) -> None:
@@ -68,18 +109,32 @@ def main() -> int:
         models = {name: ["convert", *src] for name, src in layouts.items()}
         models[f"{last}-f16"] = ["convert", *layouts[last], "--dtype", "f16"]
         models[f"{last}-q8_0"] = ["convert", *layouts[last], "--dtype", "q8_0"]
+        print(f"machine: {machine()}")
         print(f"parity against the reference ({fx}):")
         for name, cmd in models.items():
             gguf = tmp / f"{name}.gguf"
             run(str(CODEC), *cmd, "-o", str(gguf), "--quiet")
-            run(str(CODEC), "encode", "-m", str(gguf), str(fx / "input.wav"), "-o", str(tmp / "codes.npy"), *threads)
-            run(str(CODEC), "decode", "-m", str(gguf), str(fx / "codes.npy"), "-o", str(tmp / "dec.wav"), *threads)
-            decoded, _ = sf.read(tmp / "dec.wav", dtype="float64")
-            compare(name, np.load(tmp / "codes.npy"), ref_codes, decoded, ref_decoded)
+            precisions = ["f32", "bf16"] if name == last else ["f32"]
+            for precision in precisions:
+                opts = [*threads, "--precision", precision]
+                run(str(CODEC), "encode", "-m", str(gguf), str(fx / "input.wav"), "-o", str(tmp / "codes.npy"), *opts)
+                run(str(CODEC), "decode", "-m", str(gguf), str(fx / "codes.npy"), "-o", str(tmp / "dec.wav"), *opts)
+                decoded, _ = sf.read(tmp / "dec.wav", dtype="float64")
+                label = name if precision == "f32" else f"{name}-bf16"
+                compare(label, np.load(tmp / "codes.npy"), ref_codes, decoded, ref_decoded)
             print(f"{'':10s} file size {gguf.stat().st_size / 2**20:.1f} MiB")
 
-        bench = run(str(CODEC), "bench", "-m", str(tmp / f"{last}.gguf"), "--runs", str(args.runs), *threads)
+        model = str(tmp / f"{last}.gguf")
+        process = {}
+        for precision in ("f32", "bf16"):
+            opts = [*threads, "--precision", precision]
+            enc = [str(CODEC), "encode", "-m", model, str(fx / "input.wav"), "-o", str(tmp / "c.npy"), *opts]
+            dec = [str(CODEC), "decode", "-m", model, str(fx / "codes.npy"), "-o", str(tmp / "d.wav"), *opts]
+            process[precision] = {"encode": best_wall(enc, args.runs), "decode": best_wall(dec, args.runs)}
+        bench = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), *threads)
+        bench_bf16 = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), "--precision", "bf16", *threads)
     print(bench.strip())
+    print(bench_bf16.strip())
     ours = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
     generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py",
                  "wavtokenizer": "make_wavtokenizer_fixtures.py"}[args.arch]
@@ -89,9 +144,25 @@ def main() -> int:
     print(ref.strip())
     reference = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
     name = {"mimi": "moshi", "dac": "descript", "wavtokenizer": "WavTokenizer"}[args.arch]
+    ours_bf16 = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench_bf16)}
+    audio_s = sf.info(str(fx / "input.wav")).duration
+    print(f"speed, {audio_s:.1f} s of audio, {args.threads} threads, best of {args.runs} "
+          f"(codec process = the whole `codec encode/decode` command; in-process = `codec bench`):")
     for k in ("encode", "decode"):
         theirs = float(reference[k])
-        print(f"{k}: codec-rs {ours[k]:.3f} s, {name} {theirs:.3f} s -> {theirs / ours[k]:.2f}x faster")
+        print(f"{k}: {name} {theirs:.3f} s | codec process f32 {process['f32'][k]:.3f} s ({theirs / process['f32'][k]:.2f}x), "
+              f"bf16 {process['bf16'][k]:.3f} s ({theirs / process['bf16'][k]:.2f}x) | in-process f32 {ours[k]:.3f} s "
+              f"({theirs / ours[k]:.2f}x), bf16 {ours_bf16[k]:.3f} s ({theirs / ours_bf16[k]:.2f}x)")
+    if args.arch == "mimi":
+        env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+        n_q = int(ref_codes.shape[0])
+        rm = run(sys.executable, "-c", RUSTYMIMI, str(fx / "original" / "model.safetensors"), str(fx / "input.npy"),
+                 str(n_q), str(args.runs), env=env)
+        rusty = dict(re.findall(r"(encode|decode) ([\d.]+) s", rm))
+        for k in ("encode", "decode"):
+            r = float(rusty[k])
+            print(f"{k}: rustymimi {r:.3f} s in-process | codec process f32 {r / process['f32'][k]:.2f}x, "
+                  f"in-process f32 {r / ours[k]:.2f}x, bf16 {r / ours_bf16[k]:.2f}x")
     return 0
 
 
