@@ -125,9 +125,9 @@ impl ResidualUnit {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.conv1.forward(&self.snake1.forward(x)?)?;
-        let y = self.conv2.forward(&self.snake2.forward(&y)?)?;
+        // conv2 keeps y's length (k1); the skip is x centre-cropped to it, added inside the conv.
         let crop = (x.dim(2)? - y.dim(2)?) / 2;
-        x.narrow(2, crop, y.dim(2)?)? + y
+        self.conv2.forward_add(&self.snake2.forward(&y)?, &x.narrow(2, crop, y.dim(2)?)?)
     }
 }
 

@@ -147,6 +147,20 @@ impl Conv1d {
     }
 }
 
+impl Conv1d {
+    /// `forward(x) + residual`, the add fused into the convolution on CPU.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 && c.pad_mode == PadMode::Constant {
+            let (left, right) = self.padding(x.dim(D::Minus1)?);
+            let weights = packed(&self.packed, || PackedConv::conv1d(&self.weight, self.bias.as_ref()))?;
+            let op = Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right };
+            return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
+        }
+        self.forward(x)? + residual
+    }
+}
+
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (left, right) = self.padding(x.dim(D::Minus1)?);

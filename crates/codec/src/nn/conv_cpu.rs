@@ -10,7 +10,7 @@
 //! `j = r + m·s`, from input `q − m`, so phase `r` is an ordinary stride-1 conv with `⌈(K − r)/s⌉` taps read
 //! backwards, written to every `s`-th output column. No col2im buffer, no scatter-add.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::f32_slice;
 use super::gemm::{gemm, Epilogue, Output, PackB, Packed, Strided};
@@ -144,7 +144,24 @@ impl CustomOp1 for Conv1dOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "conv input")?;
+        self.run(f32_slice(storage, layout, "conv input")?, layout, None)
+    }
+}
+
+/// `conv(x) + residual` in one pass: the residual (B, C_out, T_out) is added in the GEMM's epilogue.
+impl CustomOp2 for Conv1dOp<'_> {
+    fn name(&self) -> &'static str {
+        "codec-conv1d-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let residual = f32_slice(s2, l2, "conv residual")?;
+        self.run(f32_slice(s1, l1, "conv input")?, l1, Some((residual, l2.shape())))
+    }
+}
+
+impl Conv1dOp<'_> {
+    fn run(&self, x: &[f32], layout: &Layout, residual: Option<(&[f32], &Shape)>) -> Result<(CpuStorage, Shape)> {
         let (b, c_in, t) = layout.shape().dims3()?;
         let w = self.weights;
         if c_in != w.c_in {
@@ -152,8 +169,15 @@ impl CustomOp1 for Conv1dOp<'_> {
         }
         let span = self.dilation * (w.kernel - 1) + 1;
         let t_out = (t + self.pad_left + self.pad_right).saturating_sub(span) / self.stride + 1;
+        let shape = Shape::from((b, w.c_out, t_out));
+        if let Some((_, r)) = residual {
+            if r != &shape {
+                candle_core::bail!("conv1d: residual {r:?} does not match the output {shape:?}");
+            }
+        }
         let mut out = vec![0f32; b * w.c_out * t_out];
-        for (xb, yb) in x.chunks_exact(c_in * t).zip(out.chunks_exact_mut(w.c_out * t_out)) {
+        for (item, (xb, yb)) in x.chunks_exact(c_in * t).zip(out.chunks_exact_mut(w.c_out * t_out)).enumerate() {
+            let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);
             let cols = Im2col {
                 x: xb,
                 t,
@@ -163,10 +187,10 @@ impl CustomOp1 for Conv1dOp<'_> {
                 tap_step: self.dilation as isize,
             };
             let mut y = Output::row_major(yb, w.c_out, t_out).expect("sized above");
-            let epi = Epilogue { row_bias: w.bias.as_deref(), ..Default::default() };
+            let epi = Epilogue { row_bias: w.bias.as_deref(), residual, ..Default::default() };
             gemm(w.c_out, t_out, c_in * w.kernel, &w.phases[0], &cols, &mut y, &epi);
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, t_out))))
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
@@ -305,6 +329,10 @@ mod tests {
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
+            // The fused residual add is the conv plus the residual, exactly.
+            let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
+            let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
+            assert_eq!(max_diff(&fused, &(&got + &residual).unwrap()), 0.0);
         }
     }
 

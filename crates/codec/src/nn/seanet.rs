@@ -62,12 +62,11 @@ impl ResidualBlock {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.conv1.forward(&elu(x)?)?;
-        let y = self.conv2.forward(&elu(&y)?)?;
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        skip + y
+        self.conv2.forward_add(&elu(&y)?, &skip)
     }
 }
 

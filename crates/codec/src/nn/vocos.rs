@@ -60,8 +60,7 @@ impl ResnetBlock {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
-        x + h
+        self.conv2.forward_add(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?, x)
     }
 }
 

@@ -30,7 +30,9 @@ unsafe fn store_scalar<const NR: usize>(acc: &[[f32; NR]], mr: usize, nr: usize,
         for (j, &v) in row.iter().enumerate().take(nr) {
             let p = c.offset(j as isize * store.cs);
             let col_bias = if store.col_bias.is_null() { 0.0 } else { *store.col_bias.add(j) };
-            *p = v + row_bias + col_bias + if store.load_c { *p } else { 0.0 };
+            let offset = i as isize * store.rs + j as isize * store.cs;
+            let residual = if store.residual.is_null() { 0.0 } else { *store.residual.offset(offset) };
+            *p = v + row_bias + col_bias + residual + if store.load_c { *p } else { 0.0 };
         }
     }
 }
@@ -95,6 +97,10 @@ mod x86 {
                         }
                         let p = c.add(v * 16);
                         let mut y = _mm512_add_ps(_mm512_add_ps(x, row_bias), col_bias[v]);
+                        if !store.residual.is_null() {
+                            let r = store.residual.offset(i as isize * store.rs).add(v * 16);
+                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, r));
+                        }
                         if store.load_c {
                             y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, p));
                         }

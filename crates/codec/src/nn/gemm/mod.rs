@@ -307,6 +307,9 @@ pub struct Epilogue<'a> {
     pub row_bias: Option<&'a [f32]>,
     /// Added to every element of column `j` (a linear layer's bias in the (T, C) layout).
     pub col_bias: Option<&'a [f32]>,
+    /// Added element-wise, laid out like C (same strides): a residual connection fused into the product instead
+    /// of a separate pass that reads both tensors again.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// Where one micro-tile goes: C at `c` with strides, biases (null when none or not the first depth block), and
@@ -317,6 +320,8 @@ pub(crate) struct Store {
     cs: isize,
     row_bias: *const f32,
     col_bias: *const f32,
+    /// Laid out like `c` (the tile's first element), or null.
+    residual: *const f32,
     load_c: bool,
 }
 
@@ -410,6 +415,7 @@ pub fn isa() -> Isa {
 pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mut Output, epi: &Epilogue) {
     assert!(c.rows >= m && c.cols >= n, "gemm: output {}×{} for a {m}×{n} product", c.rows, c.cols);
     assert!(epi.row_bias.is_none_or(|r| r.len() >= m) && epi.col_bias.is_none_or(|b| b.len() >= n));
+    assert!(epi.residual.is_none_or(|r| r.len() >= c.data.len()), "gemm: residual smaller than the output");
     if m == 0 || n == 0 {
         return;
     }
@@ -419,7 +425,8 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
             for j in 0..n {
                 let p = &mut c.data[i * c.rs + j * c.cs];
                 let bias = epi.row_bias.map_or(0.0, |r| r[i]) + epi.col_bias.map_or(0.0, |b| b[j]);
-                *p = bias + if epi.accumulate { *p } else { 0.0 };
+                let residual = epi.residual.map_or(0.0, |r| r[i * c.rs + j * c.cs]);
+                *p = bias + residual + if epi.accumulate { *p } else { 0.0 };
             }
         }
         return;
@@ -632,6 +639,10 @@ unsafe fn macro_kernel<K: MicroKernel>(
                     Some(c) if first => c[col..].as_ptr(),
                     _ => std::ptr::null(),
                 },
+                residual: match epi.residual {
+                    Some(r) if first => r.as_ptr().add(row * out.rs + col * out.cs),
+                    _ => std::ptr::null(),
+                },
                 load_c: !first || epi.accumulate,
             };
             K::tile(kc, apack.add(ir * depth), bpack.add(jr * depth), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
@@ -673,12 +684,14 @@ mod tests {
             let rb = pseudo_random(m, 200 + ci as u64);
             let cb = pseudo_random(n, 300 + ci as u64);
             let init = pseudo_random(m * n * 2, 400 + ci as u64);
+            let residual = pseudo_random(m * n * 2, 500 + ci as u64);
             let mut want = init.clone();
             for i in 0..m {
                 for j in 0..n {
                     let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * bt[j * k + p] as f64).sum();
                     // C with column stride 2 (the transposed-conv phase layout).
-                    want[i * 2 * n + 2 * j] += (dot + rb[i] as f64 + cb[j] as f64) as f32;
+                    let r = residual[i * 2 * n + 2 * j] as f64;
+                    want[i * 2 * n + 2 * j] += (dot + rb[i] as f64 + cb[j] as f64 + r) as f32;
                 }
             }
             for kind in [Isa::Avx512, Isa::Avx2, Isa::Generic] {
@@ -686,7 +699,8 @@ mod tests {
                 let am = Strided::row_major(&a, m, k).unwrap();
                 let bm = Strided::transposed(&bt, n, k).unwrap();
                 let mut c = Output::new(&mut got, (m, n), 2 * n, 2).unwrap();
-                let epi = Epilogue { accumulate: true, row_bias: Some(&rb), col_bias: Some(&cb) };
+                let epi =
+                    Epilogue { accumulate: true, row_bias: Some(&rb), col_bias: Some(&cb), residual: Some(&residual) };
                 match kind {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 if is_x86_feature_detected!("avx512f") => {
