@@ -105,10 +105,13 @@ pub struct Conv1d {
     bias: Option<Tensor>,
     cfg: ConvConfig,
     /// Depthwise convs on CPU: weight (C, K) and bias as plain vectors, read on first use.
-    depthwise: OnceLock<Arc<(Vec<f32>, Option<Vec<f32>>)>>,
+    depthwise: OnceLock<Arc<DepthwiseWeights>>,
     /// The CPU GEMM form of the weights, packed on first use (only the layers a run needs pay for it).
     packed: OnceLock<Arc<PackedConv>>,
 }
+
+/// A depthwise conv's weight (C, K) and bias as plain vectors.
+type DepthwiseWeights = (Vec<f32>, Option<Vec<f32>>);
 
 /// The packed weights in `cell`, packing them on first use.
 fn packed(cell: &OnceLock<Arc<PackedConv>>, pack: impl FnOnce() -> Result<PackedConv>) -> Result<&PackedConv> {

@@ -4,6 +4,7 @@ pub mod activation;
 pub mod conv;
 pub mod gemm;
 pub mod linear;
+pub mod norm;
 mod conv_cpu;
 pub mod lstm;
 pub mod rvq;

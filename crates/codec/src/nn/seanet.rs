@@ -75,7 +75,7 @@ impl ResidualBlock {
 enum Layer {
     Conv(Conv1d),
     ConvTranspose(ConvTranspose1d),
-    Residual(ResidualBlock),
+    Residual(Box<ResidualBlock>),
     Lstm(Lstm),
     Elu,
 }
@@ -115,7 +115,7 @@ impl Stack<'_> {
     fn residuals(&mut self, dim: usize, cfg: &SeanetConfig) -> Result<()> {
         for j in 0..cfg.n_residual_layers {
             let block = ResidualBlock::new(dim, cfg.dilation_base.pow(j as u32), cfg, self.vb())?;
-            self.layers.push(Layer::Residual(block));
+            self.layers.push(Layer::Residual(Box::new(block)));
         }
         Ok(())
     }

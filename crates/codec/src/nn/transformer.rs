@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::activation::gelu_erf;
 use super::linear::Linear;
+use super::norm::LayerNorm;
 
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
@@ -24,21 +25,6 @@ pub struct TransformerConfig {
     pub norm_eps: f64,
 }
 
-#[derive(Debug, Clone)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps: eps as f32 })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
 
 fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear::new(vb.get((c_out, c_in), "weight")?, None))

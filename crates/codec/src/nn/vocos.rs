@@ -13,6 +13,7 @@ use candle_nn::{GroupNorm, VarBuilder};
 use super::activation::gelu_erf;
 use super::conv::{Conv1d, ConvConfig};
 use super::linear::Linear;
+use super::norm::{layer_norm, LayerNorm};
 use super::sum_all;
 
 #[derive(Debug, Clone)]
@@ -116,11 +117,7 @@ impl AdaLayerNorm {
 
     /// (B, T, C) → (B, T, C).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_sub(&mean)?;
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_div(&(var + EPS)?.sqrt()?)?;
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+        layer_norm(x, &self.scale, &self.shift, EPS)
     }
 }
 
@@ -164,7 +161,7 @@ pub struct Backbone {
     pos_norm: GroupNorm,
     norm: AdaLayerNorm,
     convnext: Vec<ConvNextBlock>,
-    final_layer_norm: candle_nn::LayerNorm,
+    final_layer_norm: LayerNorm,
 }
 
 impl Backbone {
@@ -185,11 +182,7 @@ impl Backbone {
             convnext: (0..cfg.num_layers)
                 .map(|i| ConvNextBlock::new(cfg, vb.pp(format!("convnext.{i}"))))
                 .collect::<Result<_>>()?,
-            final_layer_norm: candle_nn::LayerNorm::new(
-                vb.get(d, "final_layer_norm.weight")?,
-                vb.get(d, "final_layer_norm.bias")?,
-                EPS,
-            ),
+            final_layer_norm: LayerNorm::new(d, EPS, vb.pp("final_layer_norm"))?,
         })
     }
 
