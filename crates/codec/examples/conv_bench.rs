@@ -30,6 +30,12 @@ fn time(f: impl Fn() -> Tensor) -> f64 {
 }
 
 fn main() {
+    // As the `codec` binary does: keep freed blocks on the heap, or every call pays page faults on its output.
+    // SAFETY: plain mallopt calls before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     let dev = Device::Cpu;
     println!("conv1d (c_in -> c_out, kernel, stride, input length): ours vs candle");
     for &(ci, co, k, s, t) in &[

@@ -7,22 +7,29 @@
 //! layer ([`PackedConv`]).
 //!
 //! A transposed conv is split into its `stride` output phases: output sample `u = q·s + r` only receives taps
-//! `j = r + m·s`, from input `q − m`, so phase `r` is an ordinary stride-1 conv with `⌈(K − r)/s⌉` taps read
-//! backwards, written to every `s`-th output column. No col2im buffer, no scatter-add.
+//! `j = r + m·s`, from input `q − m`, so phase `r` is an ordinary stride-1 conv with `⌈K/s⌉` taps read backwards.
+//! The phases read the same im2col columns, so they are stacked as the rows of one GEMM (`s·C_out` rows, B packed
+//! once) whose result is then interleaved into the output in one sequential pass. No col2im buffer, no scatter-add,
+//! no strided stores in the kernel (which, per phase, made transposed convs 60 % slower than convs of equal work).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::f32_slice;
+use rayon::prelude::*;
+
 use super::gemm::{gemm, Epilogue, Output, PackB, Packed, Strided};
 
-/// The weights of one conv layer in GEMM form (one left factor per output phase for a transposed conv) and its bias.
+/// The weights of one conv layer as the GEMM's left factor, and the bias of each GEMM row.
 #[derive(Debug)]
 pub struct PackedConv {
-    phases: Vec<Packed>,
+    /// Conv: `C_out × C_in·K`. Transposed: `s·C_out × C_in·⌈K/s⌉`, phase-major rows.
+    weights: Packed,
     bias: Option<Vec<f32>>,
     c_in: usize,
     c_out: usize,
     kernel: usize,
+    /// Taps per input channel in the GEMM depth: K for a conv, ⌈K/s⌉ for a transposed conv.
+    taps: usize,
 }
 
 fn cpu_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -34,32 +41,33 @@ impl PackedConv {
     pub fn conv1d(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let (c_out, c_in, kernel) = weight.dims3()?;
         let w = cpu_vec(weight)?;
-        let a = Strided::row_major(&w, c_out, c_in * kernel).ok_or_else(|| candle_core::Error::Msg("conv weight".into()))?;
+        let a = Strided::row_major(&w, c_out, c_in * kernel)
+            .ok_or_else(|| candle_core::Error::Msg("conv weight".into()))?;
         let bias = bias.map(cpu_vec).transpose()?;
-        Ok(Self { phases: vec![Packed::a(&a, c_out, c_in * kernel)], bias, c_in, c_out, kernel })
+        let weights = Packed::a(&a, c_out, c_in * kernel);
+        Ok(Self { weights, bias, c_in, c_out, kernel, taps: kernel })
     }
 
-    /// A transposed conv weight `(C_in, C_out, K)`: phase `r`'s matrix `A_r[o, (i, m)] = w[i, o, r + m·stride]`.
+    /// A transposed conv weight `(C_in, C_out, K)`: row `(r, o)` of the stacked matrix holds phase `r`'s taps,
+    /// `A[(r, o), (i, m)] = w[i, o, r + m·stride]` (zero past the kernel).
     pub fn conv_transpose1d(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
         let (c_in, c_out, kernel) = weight.dims3()?;
         let w = cpu_vec(weight)?;
-        let phases = (0..stride)
-            .map(|r| {
-                let taps = kernel.saturating_sub(r).div_ceil(stride);
-                let mut a = vec![0f32; c_out * c_in * taps];
-                for o in 0..c_out {
-                    for i in 0..c_in {
-                        for m in 0..taps {
-                            a[(o * c_in + i) * taps + m] = w[(i * c_out + o) * kernel + r + m * stride];
-                        }
+        let taps = kernel.div_ceil(stride);
+        let mut a = vec![0f32; stride * c_out * c_in * taps];
+        for r in 0..stride {
+            for o in 0..c_out {
+                for i in 0..c_in {
+                    for m in (0..taps).filter(|m| r + m * stride < kernel) {
+                        a[((r * c_out + o) * c_in + i) * taps + m] = w[(i * c_out + o) * kernel + r + m * stride];
                     }
                 }
-                let view = Strided::row_major(&a, c_out, c_in * taps).expect("sized above");
-                Packed::a(&view, c_out, c_in * taps)
-            })
-            .collect();
-        let bias = bias.map(cpu_vec).transpose()?;
-        Ok(Self { phases, bias, c_in, c_out, kernel })
+            }
+        }
+        let view = Strided::row_major(&a, stride * c_out, c_in * taps).expect("sized above");
+        let weights = Packed::a(&view, stride * c_out, c_in * taps);
+        let bias = bias.map(cpu_vec).transpose()?.map(|b| b.repeat(stride));
+        Ok(Self { weights, bias, c_in, c_out, kernel, taps })
     }
 }
 
@@ -188,7 +196,7 @@ impl Conv1dOp<'_> {
             };
             let mut y = Output::row_major(yb, w.c_out, t_out).expect("sized above");
             let epi = Epilogue { row_bias: w.bias.as_deref(), residual, ..Default::default() };
-            gemm(w.c_out, t_out, c_in * w.kernel, &w.phases[0], &cols, &mut y, &epi);
+            gemm(w.c_out, t_out, c_in * w.kernel, &w.weights, &cols, &mut y, &epi);
         }
         Ok((CpuStorage::F32(out), shape))
     }
@@ -212,27 +220,36 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
         let x = f32_slice(storage, layout, "conv input")?;
         let (b, c_in, t) = layout.shape().dims3()?;
         let (w, s) = (self.weights, self.stride);
-        if c_in != w.c_in || w.phases.len() != s {
+        if c_in != w.c_in || w.weights.rows() != s * w.c_out {
             candle_core::bail!("conv_transpose1d: input has {c_in} channels, weight expects {}", w.c_in);
         }
         let full = if t == 0 { 0 } else { (t - 1) * s + w.kernel };
         let t_out = full.saturating_sub(self.trim_left + self.trim_right);
         let mut out = vec![0f32; b * w.c_out * t_out];
+        // Output o = q·s + r − trim_left: the phases' columns q0..q1 cover every output sample.
+        let q0 = self.trim_left / s;
+        let q1 = (t_out + self.trim_left).div_ceil(s);
+        let n = q1.saturating_sub(q0);
+        let mut phases = vec![0f32; s * w.c_out * n];
         for (xb, yb) in x.chunks_exact(c_in * t).zip(out.chunks_exact_mut(w.c_out * t_out)) {
-            for (r, phase) in w.phases.iter().enumerate() {
-                // Output column o = q·s + r − trim_left for q in q0..q1.
-                let q0 = self.trim_left.saturating_sub(r).div_ceil(s);
-                let q1 = (t_out + self.trim_left).saturating_sub(r).div_ceil(s);
-                if q1 <= q0 {
-                    continue;
-                }
-                let o0 = q0 * s + r - self.trim_left;
-                let cols =
-                    Im2col { x: xb, t, taps: phase.depth() / c_in.max(1), stride: 1, offset: q0 as isize, tap_step: -1 };
-                let mut y = Output::new(&mut yb[o0..], (w.c_out, q1 - q0), t_out, s).expect("phase inside output");
-                let epi = Epilogue { row_bias: w.bias.as_deref(), ..Default::default() };
-                gemm(w.c_out, q1 - q0, phase.depth(), phase, &cols, &mut y, &epi);
+            if n == 0 {
+                break;
             }
+            let cols = Im2col { x: xb, t, taps: w.taps, stride: 1, offset: q0 as isize, tap_step: -1 };
+            let mut y = Output::row_major(&mut phases, s * w.c_out, n).expect("sized above");
+            let epi = Epilogue { row_bias: w.bias.as_deref(), ..Default::default() };
+            gemm(s * w.c_out, n, c_in * w.taps, &w.weights, &cols, &mut y, &epi);
+            // out[o, q·s + r − trim_left] = phases[(r, o), q − q0], written in output order.
+            yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
+                let (mut q, mut r) = (0, self.trim_left % s);
+                for v in row.iter_mut() {
+                    *v = phases[(r * w.c_out + o) * n + q];
+                    r += 1;
+                    if r == s {
+                        (q, r) = (q + 1, 0);
+                    }
+                }
+            });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, t_out))))
     }
