@@ -33,7 +33,8 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-CODEC = ROOT / "target" / "release" / "codec"
+# The binary under test: $CODEC_BIN, or the workspace build.
+CODEC = Path(os.environ.get("CODEC_BIN", ROOT / "target" / "release" / "codec"))
 
 
 def run(*args: str, env: dict | None = None) -> str:

@@ -70,17 +70,18 @@ fn main() {
         // The weight (A for convs, B for linear layers) packed ahead of time, as the models do.
         let weight_is_a = !what.contains("transformer") && !what.contains("wavtokenizer");
         let (am, bm) = (Strided::row_major(&av, m, k).unwrap(), Strided::row_major(&bv, k, n).unwrap());
-        let prepacked = if weight_is_a {
-            let pa = Packed::a(&am, m, k);
-            best_of(runs, || {
-                gemm(m, n, k, &pa, &bm, &mut Output::row_major(&mut c, m, n).unwrap(), &Epilogue::default())
-            })
-        } else {
-            let pb = Packed::b(&bm, k, n);
-            best_of(runs, || {
-                gemm(m, n, k, &am, &pb, &mut Output::row_major(&mut c, m, n).unwrap(), &Epilogue::default())
-            })
+        let (pa, pb) = (Packed::a(&am, m, k), Packed::b(&bm, k, n));
+        let mut prepacked_run = || {
+            let mut out = Output::row_major(&mut c, m, n).unwrap();
+            if weight_is_a {
+                gemm(m, n, k, &pa, &bm, &mut out, &Epilogue::default())
+            } else {
+                gemm(m, n, k, &am, &pb, &mut out, &Epilogue::default())
+            }
         };
+        let prepacked = best_of(runs, &mut prepacked_run);
+        let bf16 = codec::set_precision(codec::Precision::Bf16).then(|| best_of(runs, &mut prepacked_run));
+        codec::set_precision(codec::Precision::F32);
         let stock = best_of(runs, || {
             a.matmul(&b).unwrap();
         });
@@ -89,11 +90,12 @@ fn main() {
         candle_total += stock;
         flop_total += gflop;
         println!(
-            "{what:28} {m:5} {n:6} {k:5}  {:6.1} GF {:6.1} GF {:6.1} GF  {:.2}x",
+            "{what:28} {m:5} {n:6} {k:5}  {:6.1} GF {:6.1} GF {:6.1} GF  {:.2}x  bf16 {:6.1} GF",
             gflop / ours,
             gflop / prepacked,
             gflop / stock,
-            stock / prepacked
+            stock / prepacked,
+            bf16.map_or(0.0, |t| gflop / t)
         );
     }
     println!("all shapes: ours (weights prepacked) {:.1} GFLOP/s, candle {:.1} GFLOP/s", flop_total / ours_total, flop_total / candle_total);

@@ -464,9 +464,19 @@ fn run<K: MicroKernel>(
     let out = SharedOut { ptr: c.data.as_mut_ptr(), rs: c.rs, cs: c.cs };
     let threads = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };
     let (m_panels, n_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
+    // Split along the operand that has to be packed, so no thread packs what another packs too (conv: weights
+    // prepacked, split the signal's columns; linear: weights prepacked, split the rows), if it gives each thread
+    // a couple of panels; otherwise along the longer side.
+    let a_prepacked = a.packed_a(0..MC.min(m), 0..KC.min(k), K::MR).is_some();
+    let b_prepacked = b.packed_b(0..KC.min(k), 0..NC.min(n), K::NR).is_some();
+    let split_columns = match (a_prepacked, b_prepacked) {
+        (true, false) => n_panels >= 2 * threads || n_panels >= m_panels,
+        (false, true) => m_panels < 2 * threads && n_panels > m_panels,
+        _ => n_panels >= m_panels,
+    };
     if threads <= 1 {
         block::<K>(0..m, 0..n, k, a, b, out, epi);
-    } else if n_panels >= 2 * threads || n_panels >= m_panels {
+    } else if split_columns {
         let per = n_panels.div_ceil(threads) * K::NR;
         (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
             block::<K>(0..m, t * per..((t + 1) * per).min(n), k, a, b, out, epi);
@@ -509,9 +519,8 @@ fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
 
 /// The product restricted to output `rows × cols`, on the calling thread.
 ///
-/// Loop order: normally column blocks → depth blocks (B block packed once, kept in L2) → row blocks (A block packed,
-/// or already packed). When B was packed ahead of time (a linear layer's weight) the A block (the activations) is
-/// what costs packing, so rows go outermost and each A block is packed once instead of once per column block.
+/// Loop order: depth blocks → (all of this thread's A rows packed once) → column blocks (B block packed once, kept
+/// in L2) → row blocks. Each operand is packed exactly once per call; prepacked operands not at all.
 fn block<K: MicroKernel>(
     rows: Range<usize>,
     cols: Range<usize>,
@@ -573,33 +582,24 @@ fn block<K: MicroKernel>(
             to_bf16_pairs(f32_panels, K::NR, kc, dst);
             dst.as_ptr() as *const f32
         };
-        let b_prepacked = b.packed_b(0..KC.min(k), cols.start..cols.start + NC.min(cols.len()), K::NR).is_some();
-        if b_prepacked {
-            for ic in rows.clone().step_by(MC) {
-                let mc = MC.min(rows.end - ic);
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
-                    let apack = a_block(ic, mc, pc, kc);
-                    for jc in cols.clone().step_by(NC) {
-                        let nc = NC.min(cols.end - jc);
-                        let bpack = b_block(jc, nc, pc, kc);
-                        // SAFETY: both blocks hold the packed (mc × kc) and (kc × nc) panels.
-                        unsafe { macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi) };
-                    }
-                }
-            }
-        } else {
+        // Words per packed row or column: kc floats, or ⌈kc/2⌉ bf16 pairs.
+        let words = |kc: usize| if K::BF16_PAIRS { kc.div_ceil(2) } else { kc };
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // This thread's rows of A for the depth block, packed once (or found prepacked) and reused for every
+            // column block; the B block of each column block stays in L2 while all row blocks pass over it.
+            let a_rows = a_block(rows.start, rows.len(), pc, kc);
             for jc in cols.clone().step_by(NC) {
                 let nc = NC.min(cols.end - jc);
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
-                    let bpack = b_block(jc, nc, pc, kc);
-                    for ic in rows.clone().step_by(MC) {
-                        let mc = MC.min(rows.end - ic);
-                        let apack = a_block(ic, mc, pc, kc);
-                        // SAFETY: both blocks hold the packed (mc × kc) and (kc × nc) panels.
-                        unsafe { macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi) };
-                    }
+                let bpack = b_block(jc, nc, pc, kc);
+                for ic in rows.clone().step_by(MC) {
+                    let mc = MC.min(rows.end - ic);
+                    // SAFETY: ic − rows.start is a whole number of MR-row panels into the packed rows; both blocks
+                    // hold the packed (mc × kc) and (kc × nc) panels.
+                    unsafe {
+                        let apack = a_rows.add((ic - rows.start) * words(kc));
+                        macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi)
+                    };
                 }
             }
         }
