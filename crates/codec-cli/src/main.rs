@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use codec::convert::{ConvertOptions, StorageDtype};
 use codec::npy::{self, NpyData};
-use codec::{Audio, Codec, Codes, DeviceKind, Error, Result};
+use codec::{Audio, Codec, Codes, DeviceKind, Error, Parts, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
@@ -127,11 +127,12 @@ fn spinner(quiet: bool, msg: String) -> ProgressBar {
     pb
 }
 
-fn load(spec: &str, cli: &Cli) -> Result<Codec> {
+/// Loads the model for `parts`: `encode` and `decode` read only their half of the weights.
+fn load(spec: &str, cli: &Cli, parts: Parts) -> Result<Codec> {
     let path = codec::hub::resolve_model(spec, !cli.quiet)?;
     let device: DeviceKind = cli.device.parse()?;
     let pb = spinner(cli.quiet, format!("loading {}", path.display()));
-    let codec = Codec::load(&path, device);
+    let codec = Codec::load_parts(&path, device, parts);
     pb.finish_and_clear();
     codec
 }
@@ -237,7 +238,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Encode { model, input, output, n_q } => {
-            let codec = load(&model.model, cli)?;
+            let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
             let audio = read_audio(input, &codec)?;
             let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
@@ -245,13 +246,13 @@ fn run(cli: &Cli) -> Result<()> {
             npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)
         }
         Command::Decode { model, codes, output, pcm16 } => {
-            let codec = load(&model.model, cli)?;
+            let codec = load(&model.model, cli, Parts::Decoder)?;
             let codes = read_codes(codes, &codec)?;
             let audio = decode(&codec, &codes, cli.quiet)?;
             codec::audio::write_wav(output, &audio, *pcm16)
         }
         Command::Roundtrip { model, input, output, n_q, pcm16 } => {
-            let codec = load(&model.model, cli)?;
+            let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
             let audio = read_audio(input, &codec)?;
             let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
@@ -268,7 +269,7 @@ fn run(cli: &Cli) -> Result<()> {
                     let device = cli.device.parse::<DeviceKind>()?.device()?;
                     Codec::from_model(codec::models::random(arch, &device)?, device)
                 }
-                (Some(m), _) => load(m, cli)?,
+                (Some(m), _) => load(m, cli, Parts::All)?,
                 _ => return Err(Error::InvalidArgument("bench needs -m MODEL or --arch A --random".into())),
             };
             bench(&codec, *seconds, (*runs).max(1), *n_q)
@@ -365,7 +366,11 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result
         println!("stages (one more run; GEMM GFLOP/s counts the matrix products only):");
         for s in stages {
             let secs = s.time.as_secs_f64();
-            let rate = if s.gemm_flops > 0 { format!("{:7.1} GFLOP/s", s.gemm_flops as f64 / 1e9 / secs) } else { String::new() };
+            let rate = if s.gemm_flops > 0 {
+                format!("{:7.1} GFLOP/s", s.gemm_flops as f64 / 1e9 / secs)
+            } else {
+                String::new()
+            };
             println!("  {:24} {:8.1} ms  {rate}", s.name, secs * 1e3);
         }
     }

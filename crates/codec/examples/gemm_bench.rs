@@ -54,12 +54,16 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     println!("threads {}, kernel {:?}", rayon::current_num_threads(), codec::nn::gemm::isa());
-    println!("{:28} {:>5} {:>6} {:>5}  {:>9} {:>9} {:>9}  ratio", "shape", "M", "N", "K", "ours", "prepacked", "candle");
+    println!(
+        "{:28} {:>5} {:>6} {:>5}  {:>9} {:>9} {:>9}  ratio",
+        "shape", "M", "N", "K", "ours", "prepacked", "candle"
+    );
     let (mut ours_total, mut candle_total, mut flop_total) = (0.0, 0.0, 0.0);
     for &(what, m, n, k) in SHAPES {
         let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).unwrap();
-        let (av, bv) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (av, bv) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let mut c = vec![0f32; m * n];
         let runs = 5;
         let ours = best_of(runs, || {
@@ -98,5 +102,9 @@ fn main() {
             bf16.map_or(0.0, |t| gflop / t)
         );
     }
-    println!("all shapes: ours (weights prepacked) {:.1} GFLOP/s, candle {:.1} GFLOP/s", flop_total / ours_total, flop_total / candle_total);
+    println!(
+        "all shapes: ours (weights prepacked) {:.1} GFLOP/s, candle {:.1} GFLOP/s",
+        flop_total / ours_total,
+        flop_total / candle_total
+    );
 }

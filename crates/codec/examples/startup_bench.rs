@@ -101,7 +101,7 @@ fn load(path: &str, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     let t_open = best(runs, || ModelFile::open(path).unwrap());
     let file = ModelFile::open(path)?;
     let t_load = best(runs, || file.load_tensors(&Device::Cpu).unwrap());
-    let t_model = best(runs, || codec::models::load(&file, &Device::Cpu).unwrap());
+    let t_model = best(runs, || codec::models::load(&file, &Device::Cpu, codec::Parts::All).unwrap());
     let t_old = best(runs, || load_qtensor_path(path).unwrap());
     println!(
         "{}: open {:.1} ms, load_tensors {:.1} ms, open+load+build model {:.1} ms (best of {runs}); \

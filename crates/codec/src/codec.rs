@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::audio::Audio;
 use crate::error::TensorContext;
 use crate::gguf::ModelFile;
-use crate::models::{self, Model};
+use crate::models::{self, Model, Parts};
 use crate::{Error, Result};
 
 /// Where the model runs.
@@ -69,20 +69,44 @@ pub struct Codec {
     device: Device,
     path: PathBuf,
     chunk_seconds: f64,
+    parts: Parts,
 }
 
 impl Codec {
     /// Loads a GGUF model file onto `device`.
     pub fn load(path: &Path, device: DeviceKind) -> Result<Self> {
+        Self::load_parts(path, device, Parts::All)
+    }
+
+    /// Loads only the half of the model `parts` names (half the start-up when a run only encodes or decodes);
+    /// the other direction then fails with an error.
+    pub fn load_parts(path: &Path, device: DeviceKind, parts: Parts) -> Result<Self> {
         let file = ModelFile::open(path)?;
         let device = device.device()?;
-        let model = models::load(&file, &device)?;
-        Ok(Self { model, device, path: path.to_path_buf(), chunk_seconds: CHUNK_SECONDS })
+        let model = models::load(&file, &device, parts)?;
+        Ok(Self { model, device, path: path.to_path_buf(), chunk_seconds: CHUNK_SECONDS, parts })
     }
 
     /// Wraps an already built model (tests, random-weight benchmarks).
     pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
-        Self { model, device, path: PathBuf::from("<memory>"), chunk_seconds: CHUNK_SECONDS }
+        Self { model, device, path: PathBuf::from("<memory>"), chunk_seconds: CHUNK_SECONDS, parts: Parts::All }
+    }
+
+    /// An error unless this codec was loaded with what `wanted` needs.
+    fn require(&self, wanted: Parts) -> Result<()> {
+        if self.parts == Parts::All || self.parts == wanted {
+            return Ok(());
+        }
+        let loaded = if self.parts == Parts::Encoder { "encoding" } else { "decoding" };
+        let needed = match wanted {
+            Parts::Encoder => "encode",
+            Parts::Decoder => "decode",
+            Parts::All => "run both directions",
+        };
+        Err(Error::InvalidArgument(format!(
+            "{}: the model was loaded for {loaded} only and cannot {needed}",
+            self.path.display()
+        )))
     }
 
     /// Audio per chunk on long inputs (default [`CHUNK_SECONDS`]); results do not depend on it.
@@ -127,6 +151,7 @@ impl Codec {
 
     /// Per-stage wall times of one encode + decode of `audio` (at the model rate) with `n_q` codebooks.
     pub fn stage_times(&self, audio: &Audio, n_q: usize) -> Result<Vec<crate::models::StageTime>> {
+        self.require(Parts::All)?;
         let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &self.device).ctx("bench input")?;
         self.model.stage_times(&pcm, n_q).ctx("bench stages")
     }
@@ -143,6 +168,7 @@ impl Codec {
         n_q: Option<usize>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Codes> {
+        self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
         if audio.samples.is_empty() {
             return Err(Error::InvalidArgument("cannot encode empty audio".into()));
@@ -175,6 +201,7 @@ impl Codec {
 
     /// [`Codec::decode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::chunks`]).
     pub fn decode_with_progress(&self, codes: &Codes, progress: &mut dyn FnMut(usize, usize)) -> Result<Audio> {
+        self.require(Parts::Decoder)?;
         self.check_n_q(Some(codes.n_q))?;
         if codes.n_frames == 0 {
             return Err(Error::InvalidArgument("cannot decode zero frames".into()));

@@ -138,6 +138,12 @@ impl ModelFile {
     /// tensor's own buffer (f32: one copy; f16, q8_0: converted on the way), tensors in parallel. Other ggml
     /// storage types (not written by `codec convert`) go through candle's `QTensor::dequantize`.
     pub fn load_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        self.load_tensors_where(device, |_| true)
+    }
+
+    /// [`ModelFile::load_tensors`] for the tensors whose names `keep` accepts (a codec loaded to encode only needs
+    /// no decoder weights).
+    pub fn load_tensors_where(&self, device: &Device, keep: impl Fn(&str) -> bool) -> Result<HashMap<String, Tensor>> {
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         // SAFETY: the map is only read, and only inside this function. As with any memory-mapped read (candle's
         // safetensors loader does the same), another process truncating the file meanwhile would end this one
@@ -146,7 +152,7 @@ impl ModelFile {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
         let file_size = map.len() as u64;
         let mut jobs = Vec::with_capacity(self.content.tensor_infos.len());
-        for (name, info) in self.content.tensor_infos.iter() {
+        for (name, info) in self.content.tensor_infos.iter().filter(|(name, _)| keep(name)) {
             // Checked again: the file may have changed since `open`.
             let range = data_range(&self.content, info, file_size)
                 .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
@@ -276,10 +282,8 @@ const CHUNK: usize = 1 << 16;
 /// One tensor of `dims` from its GGUF bytes (`bytes.len()` already checked to match), as f32 on `device`.
 fn tensor_from_bytes(dtype: GgmlDType, bytes: &[u8], dims: &[usize], device: &Device) -> candle_core::Result<Tensor> {
     let elems: usize = dims.iter().product();
-    // `vec![0.0; n]` is calloc, which does not clear memory fresh from the kernel again: the conversion below is the
-    // one pass over the buffer.
-    let mut out = vec![0f32; elems];
-    prefault(&mut out);
+    // Zeroed by the kernel, not again by us: the conversion below is the one pass over the buffer.
+    let mut out = crate::nn::zeroed_f32(elems);
     match dtype {
         GgmlDType::F32 => {
             out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 4)).for_each(|(out, bytes)| f32_from_le(bytes, out))
@@ -300,26 +304,6 @@ fn tensor_from_bytes(dtype: GgmlDType, bytes: &[u8], dims: &[usize], device: &De
         }
     }
     Tensor::from_vec(out, dims, device)
-}
-
-/// Maps all of `buf`'s pages in one system call (Linux 5.14's `MADV_POPULATE_WRITE`) rather than one page fault per
-/// page as the conversion first writes each: the faults are most of a full-size load, and this saves a fifth of them
-/// on our VMs. Best effort: older kernels refuse it (EINVAL) and the pages fault in as usual.
-#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
-fn prefault(buf: &mut [f32]) {
-    #[cfg(target_os = "linux")]
-    if std::mem::size_of_val(buf) >= 1 << 18 {
-        // SAFETY: sysconf has no preconditions. MADV_POPULATE_WRITE only makes pages present (as a write fault would)
-        // and never changes their contents, and the page-rounded range lies in mapped memory: its first and last
-        // pages hold bytes of `buf`.
-        unsafe {
-            let page = libc::sysconf(libc::_SC_PAGESIZE).max(1) as usize;
-            let start = buf.as_mut_ptr() as usize;
-            let aligned = start - start % page;
-            let len = start + std::mem::size_of_val(buf) - aligned;
-            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE);
-        }
-    }
 }
 
 fn f32_from_le(bytes: &[u8], out: &mut [f32]) {

@@ -16,5 +16,5 @@ pub mod npy;
 pub use audio::Audio;
 pub use codec::{Chunk, Codec, Codes, DeviceKind, CHUNK_SECONDS};
 pub use error::{Error, Result};
-pub use models::Model;
+pub use models::{Model, Parts};
 pub use nn::gemm::{set_precision, Precision};

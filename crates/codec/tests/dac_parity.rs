@@ -55,7 +55,7 @@ fn both_layouts_match_references() {
     for variant in variants() {
         for (gguf, layout) in layouts(variant) {
             eprintln!("{variant} / {layout}");
-            let dac = Dac::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+            let dac = Dac::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu, codec::Parts::All).unwrap();
             let audio = input(variant, dac.config.sample_rate as u32);
             let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &Device::Cpu).unwrap();
             let latent = dac.encode_latent(&pcm).unwrap();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Module, Tensor};
 use codec::gguf::ModelFile;
 use codec::models::mimi::Mimi;
-use codec::{Audio, Codec, Codes, DeviceKind};
+use codec::{Audio, Codec, Codes, DeviceKind, Parts};
 
 mod common;
 use common::{convert_to, cosine, mismatch_fraction};
@@ -54,7 +54,7 @@ fn input() -> Audio {
 #[test]
 fn stages_match_moshi() {
     let gguf = original_gguf();
-    let mimi = Mimi::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    let mimi = Mimi::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu, codec::Parts::All).unwrap();
     let audio = input();
     let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &Device::Cpu).unwrap();
 
@@ -108,6 +108,24 @@ fn both_layouts_match_references() {
         check_end_to_end(&codec, "input.npy", "codes_hub.npy", "decoded_hub.npy", None);
         std::fs::remove_file(gguf).ok();
     }
+}
+
+/// Loading one half (`codec encode` / `codec decode`): the same codes and audio as the whole model, and a clear
+/// error for the other direction.
+#[test]
+fn one_half_loads_and_runs_alone() {
+    let gguf = hub_gguf();
+    let whole = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    let encoder = Codec::load_parts(&gguf, DeviceKind::Cpu, Parts::Encoder).unwrap();
+    let decoder = Codec::load_parts(&gguf, DeviceKind::Cpu, Parts::Decoder).unwrap();
+    let codes = whole.encode(&input(), None).unwrap();
+    assert_eq!(encoder.encode(&input(), None).unwrap().data, codes.data);
+    assert_eq!(decoder.decode(&codes).unwrap().samples, whole.decode(&codes).unwrap().samples);
+    let err = encoder.decode(&codes).unwrap_err().to_string();
+    assert!(err.contains("loaded for encoding only"), "{err}");
+    let err = decoder.encode(&input(), None).unwrap_err().to_string();
+    assert!(err.contains("loaded for decoding only"), "{err}");
+    std::fs::remove_file(gguf).ok();
 }
 
 /// The two conversions hold the same model: identical tensors after the layout transforms.

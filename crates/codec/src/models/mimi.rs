@@ -262,9 +262,13 @@ pub struct Mimi {
 
 impl Mimi {
     /// Builds the model a Mimi GGUF file describes, weights on `device`.
-    pub fn load(file: &ModelFile, device: &candle_core::Device) -> crate::Result<Self> {
+    pub fn load(file: &ModelFile, device: &candle_core::Device, parts: super::Parts) -> crate::Result<Self> {
         let cfg = MimiConfig::from_gguf(file)?;
-        let vb = VarBuilder::from_tensors(file.load_tensors(device)?, candle_core::DType::F32, device);
+        let halves = (
+            &["encoder.", "encoder_transformer.", "downsample."][..],
+            &["upsample.", "decoder_transformer.", "decoder."][..],
+        );
+        let vb = super::weights(file, device, parts, halves)?;
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid mimi model: {e}")))
     }
 

@@ -4,7 +4,7 @@ pub mod dac;
 pub mod mimi;
 pub mod wavtokenizer;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::gguf::ModelFile;
@@ -59,15 +59,83 @@ impl StageTimer {
     }
 }
 
+/// Which half of a codec a run needs. Loading only that half reads (and packs) only its weights: about half of a
+/// full-size model's start-up for `codec encode` or `codec decode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parts {
+    #[default]
+    All,
+    Encoder,
+    Decoder,
+}
+
+/// Weights from `file` for `parts`: tensors under `encoder_only` prefixes are read only for the encoder, under
+/// `decoder_only` only for the decoder. The ones not read stand in as zero-cost placeholders of the right shape (a
+/// broadcast zero) so the model builds unchanged; [`crate::Codec`] refuses to run the half they belong to.
+pub(crate) fn weights<'a>(
+    file: &ModelFile,
+    device: &Device,
+    parts: Parts,
+    (encoder_only, decoder_only): (&'static [&'static str], &'static [&'static str]),
+) -> crate::Result<VarBuilder<'a>> {
+    let skipped: &'static [&'static str] = match parts {
+        Parts::All => &[],
+        Parts::Encoder => decoder_only,
+        Parts::Decoder => encoder_only,
+    };
+    let tensors = file.load_tensors_where(device, |name| !skipped.iter().any(|p| name.starts_with(p)))?;
+    Ok(VarBuilder::from_backend(Box::new(PartialWeights { tensors, skipped }), DType::F32, device.clone()))
+}
+
+struct PartialWeights {
+    tensors: std::collections::HashMap<String, Tensor>,
+    skipped: &'static [&'static str],
+}
+
+impl PartialWeights {
+    fn is_skipped(&self, name: &str) -> bool {
+        self.skipped.iter().any(|p| name.starts_with(p))
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for PartialWeights {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(t) if t.shape() != &s => {
+                candle_core::bail!("shape mismatch for {name}: the file has {:?}, the model expects {s:?}", t.shape())
+            }
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None if self.is_skipped(name) => Tensor::zeros((), dtype, dev)?.broadcast_as(s),
+            None => candle_core::bail!("cannot find tensor {name}"),
+        }
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("cannot find tensor {name}"),
+        }
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name) || self.is_skipped(name)
+    }
+}
+
 /// Architectures this build can run (`general.architecture` values).
 pub const ARCHITECTURES: &[&str] = &[mimi::ARCH, dac::ARCH, wavtokenizer::ARCH];
 
-/// Builds the model a GGUF file describes, weights on `device`.
-pub fn load(file: &ModelFile, device: &Device) -> crate::Result<Box<dyn Model>> {
+/// Builds the model a GGUF file describes, weights on `device`; only `parts` can be run.
+pub fn load(file: &ModelFile, device: &Device, parts: Parts) -> crate::Result<Box<dyn Model>> {
     match file.architecture()? {
-        mimi::ARCH => Ok(Box::new(mimi::Mimi::load(file, device)?)),
-        dac::ARCH => Ok(Box::new(dac::Dac::load(file, device)?)),
-        wavtokenizer::ARCH => Ok(Box::new(wavtokenizer::WavTokenizer::load(file, device)?)),
+        mimi::ARCH => Ok(Box::new(mimi::Mimi::load(file, device, parts)?)),
+        dac::ARCH => Ok(Box::new(dac::Dac::load(file, device, parts)?)),
+        wavtokenizer::ARCH => Ok(Box::new(wavtokenizer::WavTokenizer::load(file, device, parts)?)),
         other => Err(crate::Error::model_file(
             &file.path,
             format!("architecture '{other}' is not supported (this build runs: {})", ARCHITECTURES.join(", ")),

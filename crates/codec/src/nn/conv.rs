@@ -266,9 +266,8 @@ impl Module for ConvTranspose1d {
             Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let weights = packed(&self.packed, || {
-                PackedConv::conv_transpose1d(&self.weight, self.bias.as_ref(), self.stride)
-            })?;
+            let weights =
+                packed(&self.packed, || PackedConv::conv_transpose1d(&self.weight, self.bias.as_ref(), self.stride))?;
             let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }

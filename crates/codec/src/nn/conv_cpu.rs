@@ -361,14 +361,8 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (c, 1, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c, &dev).unwrap();
             let (wv, bv) = (w.flatten_all().unwrap().to_vec1().unwrap(), bias.to_vec1().unwrap());
-            let op = DepthwiseConv1dOp {
-                weight: &wv,
-                bias: Some(&bv),
-                kernel: k,
-                dilation: d,
-                pad_left: l,
-                pad_right: r,
-            };
+            let op =
+                DepthwiseConv1dOp { weight: &wv, bias: Some(&bv), kernel: k, dilation: d, pad_left: l, pad_right: r };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, 1, d, c).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c, 1)).unwrap()).unwrap();

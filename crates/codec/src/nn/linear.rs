@@ -45,7 +45,10 @@ impl Linear {
         let (out, inp) = self.weight.dims2()?;
         let w = cpu_vec(&self.weight)?;
         let view = Strided::transposed(&w, out, inp).ok_or_else(|| candle_core::Error::Msg("linear weight".into()))?;
-        let p = Arc::new(PackedLinear { weight_t: Packed::b(&view, inp, out), bias: self.bias.as_ref().map(cpu_vec).transpose()? });
+        let p = Arc::new(PackedLinear {
+            weight_t: Packed::b(&view, inp, out),
+            bias: self.bias.as_ref().map(cpu_vec).transpose()?,
+        });
         Ok(self.packed.get_or_init(|| p))
     }
 }

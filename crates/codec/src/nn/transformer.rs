@@ -25,7 +25,6 @@ pub struct TransformerConfig {
     pub norm_eps: f64,
 }
 
-
 fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear::new(vb.get((c_out, c_in), "weight")?, None))
 }

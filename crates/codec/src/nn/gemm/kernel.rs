@@ -89,8 +89,7 @@ mod x86 {
                 }
                 for (i, row) in acc.iter().enumerate() {
                     let c = store.c.offset(i as isize * store.rs);
-                    let row_bias =
-                        _mm512_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
+                    let row_bias = _mm512_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
                     for (v, (&x, &m)) in row.iter().zip(&masks).enumerate() {
                         if m == 0 {
                             continue;

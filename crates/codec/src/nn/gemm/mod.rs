@@ -126,7 +126,7 @@ impl Packed {
 
     fn pack(len: usize, depth: usize, panel: usize, mut pack: impl FnMut(Range<usize>, &mut [f32])) -> Self {
         let stride = len.div_ceil(panel) * panel;
-        let mut data = vec![0f32; stride * depth];
+        let mut data = crate::nn::zeroed_f32(stride * depth);
         for pc in (0..depth).step_by(KC) {
             let kc = KC.min(depth - pc);
             pack(pc..pc + kc, &mut data[stride * pc..stride * (pc + kc)]);
@@ -238,8 +238,16 @@ impl PackA for Strided<'_> {
             let valid = mr.min(rows.end - r0);
             for i in 0..valid {
                 let base = (r0 + i) * self.rs;
-                for (p, k) in ks.clone().enumerate() {
-                    dst[p * mr + i] = self.data[base + k * self.cs];
+                if self.cs == 1 {
+                    // A row-major row: read it contiguously, write it down the panel's column i.
+                    let src = &self.data[base + ks.start..base + ks.end];
+                    for (d, &v) in dst.chunks_exact_mut(mr).zip(src) {
+                        d[i] = v;
+                    }
+                } else {
+                    for (p, k) in ks.clone().enumerate() {
+                        dst[p * mr + i] = self.data[base + k * self.cs];
+                    }
                 }
             }
             for i in valid..mr {
@@ -266,8 +274,16 @@ impl PackB for Strided<'_> {
             } else {
                 for j in 0..valid {
                     let base = (c0 + j) * self.cs;
-                    for (p, k) in ks.clone().enumerate() {
-                        dst[p * nr + j] = self.data[base + k * self.rs];
+                    if self.rs == 1 {
+                        // A column stored contiguously (a transposed weight): read it in one run.
+                        let src = &self.data[base + ks.start..base + ks.end];
+                        for (d, &v) in dst.chunks_exact_mut(nr).zip(src) {
+                            d[j] = v;
+                        }
+                    } else {
+                        for (p, k) in ks.clone().enumerate() {
+                            dst[p * nr + j] = self.data[base + k * self.rs];
+                        }
                     }
                 }
                 for p in 0..kc {
@@ -462,7 +478,8 @@ fn run<K: MicroKernel>(
     epi: &Epilogue,
 ) {
     let out = SharedOut { ptr: c.data.as_mut_ptr(), rs: c.rs, cs: c.cs };
-    let threads = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };
+    let threads =
+        if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };
     let (m_panels, n_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     // Split along the operand that has to be packed, so no thread packs what another packs too (conv: weights
     // prepacked, split the signal's columns; linear: weights prepacked, split the rows), if it gives each thread
