@@ -11,12 +11,14 @@ use codec::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
 
 const RUNS: usize = 3;
 
-fn weights(shape: (usize, usize, usize), c_out: usize) -> VarBuilder<'static> {
+/// A random weight of `shape` and a VarBuilder holding it (and a zero bias), for building a layer from it.
+fn weights(shape: (usize, usize, usize), c_out: usize) -> (Tensor, VarBuilder<'static>) {
     let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.1, shape, &dev).unwrap();
     let mut m = HashMap::new();
-    m.insert("weight".to_string(), Tensor::randn(0f32, 0.1, shape, &dev).unwrap());
+    m.insert("weight".to_string(), w.clone());
     m.insert("bias".to_string(), Tensor::zeros(c_out, DType::F32, &dev).unwrap());
-    VarBuilder::from_tensors(m, DType::F32, &dev)
+    (w, VarBuilder::from_tensors(m, DType::F32, &dev))
 }
 
 /// Mean seconds per call after one warm-up.
@@ -48,17 +50,12 @@ fn main() {
         (512, 1024, 16, 8, 2000),
         (1024, 512, 3, 1, 250),
     ] {
-        let conv = Conv1d::new(
-            ci,
-            co,
-            ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s),
-            weights((co, ci, k), co),
-        )
-        .unwrap();
+        let (w, vb) = weights((co, ci, k), co);
+        let conv = Conv1d::new(ci, co, ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s), vb).unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());
         let padded = x.pad_with_zeros(2, k - s, 0).unwrap();
-        let stock = time(|| padded.conv1d(conv.weight(), 0, s, 1, 1).unwrap());
+        let stock = time(|| padded.conv1d(&w, 0, s, 1, 1).unwrap());
         let gflop = 2.0 * (ci * co * k) as f64 * (t / s) as f64 / 1e9;
         println!(
             "{ci:5} -> {co:5} k{k:2} s{s} T{t:6}: ours {:7.2} ms {:6.1} GFLOP/s | candle {:7.2} ms {:6.1} GFLOP/s",
@@ -73,7 +70,7 @@ fn main() {
         &[(1024, 512, 16, 8, 250), (512, 256, 12, 6, 2000), (256, 128, 10, 5, 12000), (128, 64, 8, 4, 60000)]
     {
         let cfg = ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s);
-        let conv = ConvTranspose1d::new(ci, co, cfg, weights((ci, co, k), co)).unwrap();
+        let conv = ConvTranspose1d::new(ci, co, cfg, weights((ci, co, k), co).1).unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());
         let gflop = 2.0 * (ci * co * k) as f64 * t as f64 / 1e9;

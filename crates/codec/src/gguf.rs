@@ -37,6 +37,8 @@ pub struct ModelFile {
     pub path: PathBuf,
     pub file_size: u64,
     content: gguf_file::Content,
+    /// The file mapped on the first [`ModelFile::load_tensor`].
+    map: std::sync::OnceLock<memmap2::Mmap>,
 }
 
 impl ModelFile {
@@ -56,7 +58,36 @@ impl ModelFile {
             data_range(&content, info, file_size)
                 .map_err(|msg| Error::model_file(path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
         }
-        Ok(Self { path: path.to_path_buf(), file_size, content })
+        Ok(Self { path: path.to_path_buf(), file_size, content, map: std::sync::OnceLock::new() })
+    }
+
+    /// The shape of tensor `name`, if the file has it.
+    pub fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
+        self.content.tensor_infos.get(name).map(|i| i.shape.dims())
+    }
+
+    /// Reads one tensor as f32 onto `device` (as [`ModelFile::load_tensors`] does for all), from a memory map of the
+    /// file made on first use: building a model tensor by tensor lets each layer pack its weights and free the
+    /// f32 copy before the next is read, so memory freed by one layer is reused by the next.
+    pub fn load_tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let map = match self.map.get() {
+            Some(map) => map,
+            None => {
+                let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+                // SAFETY: as in `load_tensors`: the map is only read; `Writer::write` replaces files by rename.
+                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
+                self.map.get_or_init(|| map)
+            }
+        };
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::model_file(&self.path, format!("tensor '{name}' is missing")))?;
+        let range = data_range(&self.content, info, map.len() as u64)
+            .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
+        tensor_from_bytes(info.ggml_dtype, &map[range], info.shape.dims(), device)
+            .map_err(|e| Error::model_file(&self.path, format!("cannot read tensor '{name}': {e}")))
     }
 
     pub fn architecture(&self) -> Result<&str> {

@@ -267,7 +267,7 @@ pub struct Dac {
 impl Dac {
     pub fn load(file: &ModelFile, device: &candle_core::Device, parts: super::Parts) -> crate::Result<Self> {
         let cfg = DacConfig::from_gguf(file)?;
-        let vb = super::weights(file, device, parts, (&["encoder."], &["decoder."]))?;
+        let vb = super::weights(file, device, parts, (&["encoder."], &["decoder."]));
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid dac model: {e}")))
     }
 

@@ -268,7 +268,7 @@ impl Mimi {
             &["encoder.", "encoder_transformer.", "downsample."][..],
             &["upsample.", "decoder_transformer.", "decoder."][..],
         );
-        let vb = super::weights(file, device, parts, halves)?;
+        let vb = super::weights(file, device, parts, halves);
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid mimi model: {e}")))
     }
 

@@ -69,36 +69,37 @@ pub enum Parts {
     Decoder,
 }
 
-/// Weights from `file` for `parts`: tensors under `encoder_only` prefixes are read only for the encoder, under
-/// `decoder_only` only for the decoder. The ones not read stand in as zero-cost placeholders of the right shape (a
-/// broadcast zero) so the model builds unchanged; [`crate::Codec`] refuses to run the half they belong to.
+/// Weights from `file` for `parts`, read one tensor at a time as the model asks for them: tensors under
+/// `encoder_only` prefixes are read only for the encoder, under `decoder_only` only for the decoder. The others stand
+/// in as zero-cost placeholders of the right shape (a broadcast zero) so the model builds unchanged;
+/// [`crate::Codec`] refuses to run the half they belong to.
 pub(crate) fn weights<'a>(
-    file: &ModelFile,
+    file: &'a ModelFile,
     device: &Device,
     parts: Parts,
     (encoder_only, decoder_only): (&'static [&'static str], &'static [&'static str]),
-) -> crate::Result<VarBuilder<'a>> {
+) -> VarBuilder<'a> {
     let skipped: &'static [&'static str] = match parts {
         Parts::All => &[],
         Parts::Encoder => decoder_only,
         Parts::Decoder => encoder_only,
     };
-    let tensors = file.load_tensors_where(device, |name| !skipped.iter().any(|p| name.starts_with(p)))?;
-    Ok(VarBuilder::from_backend(Box::new(PartialWeights { tensors, skipped }), DType::F32, device.clone()))
+    VarBuilder::from_backend(Box::new(FileWeights { file, skipped }), DType::F32, device.clone())
 }
 
-struct PartialWeights {
-    tensors: std::collections::HashMap<String, Tensor>,
+struct FileWeights<'a> {
+    file: &'a ModelFile,
     skipped: &'static [&'static str],
 }
 
-impl PartialWeights {
-    fn is_skipped(&self, name: &str) -> bool {
-        self.skipped.iter().any(|p| name.starts_with(p))
+impl FileWeights<'_> {
+    fn read(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let t = self.file.load_tensor(name, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        t.to_dtype(dtype)
     }
 }
 
-impl candle_nn::var_builder::SimpleBackend for PartialWeights {
+impl candle_nn::var_builder::SimpleBackend for FileWeights<'_> {
     fn get(
         &self,
         s: candle_core::Shape,
@@ -107,23 +108,22 @@ impl candle_nn::var_builder::SimpleBackend for PartialWeights {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        match self.tensors.get(name) {
-            Some(t) if t.shape() != &s => {
-                candle_core::bail!("shape mismatch for {name}: the file has {:?}, the model expects {s:?}", t.shape())
+        match self.file.tensor_shape(name) {
+            Some(dims) if dims != s.dims() => {
+                candle_core::bail!("shape mismatch for {name}: the file has {dims:?}, the model expects {s:?}")
             }
-            Some(t) => t.to_dtype(dtype)?.to_device(dev),
-            None if self.is_skipped(name) => Tensor::zeros((), dtype, dev)?.broadcast_as(s),
+            Some(_) if self.skipped.iter().any(|p| name.starts_with(p)) => {
+                Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+            }
+            Some(_) => self.read(name, dtype, dev),
             None => candle_core::bail!("cannot find tensor {name}"),
         }
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        match self.tensors.get(name) {
-            Some(t) => t.to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("cannot find tensor {name}"),
-        }
+        self.read(name, dtype, dev)
     }
     fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name) || self.is_skipped(name)
+        self.file.tensor_shape(name).is_some()
     }
 }
 

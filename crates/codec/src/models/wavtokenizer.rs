@@ -165,7 +165,7 @@ pub struct WavTokenizer {
 impl WavTokenizer {
     pub fn load(file: &ModelFile, device: &candle_core::Device, parts: super::Parts) -> crate::Result<Self> {
         let cfg = WavTokenizerConfig::from_gguf(file)?;
-        let vb = super::weights(file, device, parts, (&["encoder."], &["backbone.", "head."]))?;
+        let vb = super::weights(file, device, parts, (&["encoder."], &["backbone.", "head."]));
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid wavtokenizer model: {e}")))
     }
 

@@ -101,7 +101,8 @@ impl ConvConfig {
 /// Conv1d over (B, C, T) with reference padding. Weight `[c_out, c_in / groups, k]` (`weight`), bias `[c_out]`.
 #[derive(Debug, Clone)]
 pub struct Conv1d {
-    weight: Tensor,
+    /// `None` once packed for the CPU kernels (the f32 copy is freed).
+    weight: Option<Tensor>,
     bias: Option<Tensor>,
     cfg: ConvConfig,
     /// Depthwise convs on CPU: weight (C, K) and bias as plain vectors, read on first use.
@@ -112,6 +113,18 @@ pub struct Conv1d {
 
 /// A depthwise conv's weight (C, K) and bias as plain vectors.
 type DepthwiseWeights = (Vec<f32>, Option<Vec<f32>>);
+
+/// Whether a CPU layer packs its weights when built, freeing the f32 tensor: on CPU, for f32 weights that are real
+/// (not the zero-cost placeholders of a model half that was not loaded; see `models::Parts`). Packing at build time
+/// lets the next layer's weights reuse the memory of this one's f32 copy (start-up is mostly page faults).
+pub(crate) fn pack_at_build(w: &Tensor) -> bool {
+    w.device().is_cpu() && w.dtype() == DType::F32 && !w.stride().iter().all(|&s| s == 0)
+}
+
+/// The weight tensor of a layer that kept it (an error for one whose weights live only packed).
+fn kept(weight: &Option<Tensor>) -> Result<&Tensor> {
+    weight.as_ref().ok_or_else(|| candle_core::Error::Msg("weights are packed for the CPU kernels only".into()))
+}
 
 /// The packed weights in `cell`, packing them on first use.
 fn packed(cell: &OnceLock<Arc<PackedConv>>, pack: impl FnOnce() -> Result<PackedConv>) -> Result<&PackedConv> {
@@ -126,11 +139,12 @@ impl Conv1d {
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((c_out, c_in / cfg.groups, cfg.kernel_size), "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
-        Ok(Self { weight, bias, cfg, depthwise: OnceLock::new(), packed: OnceLock::new() })
-    }
-
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+        let packed = OnceLock::new();
+        if cfg.groups == 1 && pack_at_build(&weight) {
+            let _ = packed.set(Arc::new(PackedConv::conv1d(&weight, bias.as_ref())?));
+            return Ok(Self { weight: None, bias, cfg, depthwise: OnceLock::new(), packed });
+        }
+        Ok(Self { weight: Some(weight), bias, cfg, depthwise: OnceLock::new(), packed })
     }
 
     /// Left and right padding for an input of `len` samples. Streaming styles pad `(k_eff - stride)` in total plus
@@ -156,7 +170,7 @@ impl Conv1d {
         let c = &self.cfg;
         if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 && c.pad_mode == PadMode::Constant {
             let (left, right) = self.padding(x.dim(D::Minus1)?);
-            let weights = packed(&self.packed, || PackedConv::conv1d(&self.weight, self.bias.as_ref()))?;
+            let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
             let op = Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
@@ -169,7 +183,7 @@ impl Module for Conv1d {
         let (left, right) = self.padding(x.dim(D::Minus1)?);
         let c = &self.cfg;
         if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 {
-            let weights = packed(&self.packed, || PackedConv::conv1d(&self.weight, self.bias.as_ref()))?;
+            let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
             let op = Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right };
             // Zero padding happens inside the kernel; other modes pad first.
             return if c.pad_mode == PadMode::Constant {
@@ -185,7 +199,7 @@ impl Module for Conv1d {
                 Some(v) => v,
                 None => {
                     let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-                    let v = Arc::new((flat(&self.weight)?, self.bias.as_ref().map(flat).transpose()?));
+                    let v = Arc::new((flat(kept(&self.weight)?)?, self.bias.as_ref().map(flat).transpose()?));
                     self.depthwise.get_or_init(|| v)
                 }
             };
@@ -202,7 +216,7 @@ impl Module for Conv1d {
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let x = pad1d(x, left, right, c.pad_mode)?;
-        let y = x.conv1d(&self.weight, 0, c.stride, c.dilation, c.groups)?;
+        let y = x.conv1d(kept(&self.weight)?, 0, c.stride, c.dilation, c.groups)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
             None => Ok(y),
@@ -215,7 +229,8 @@ impl Module for Conv1d {
 /// `output_padding` say. Weight `[c_in, c_out / groups, k]`.
 #[derive(Debug, Clone)]
 pub struct ConvTranspose1d {
-    weight: Tensor,
+    /// `None` once packed for the CPU kernels (the f32 copy is freed).
+    weight: Option<Tensor>,
     bias: Option<Tensor>,
     kernel_size: usize,
     stride: usize,
@@ -231,6 +246,13 @@ impl ConvTranspose1d {
         if cfg.groups != 1 && !(cfg.groups == c_in && c_in == c_out && cfg.kernel_size.is_multiple_of(cfg.stride)) {
             candle_core::bail!("grouped transposed conv is supported only depthwise with kernel a multiple of stride");
         }
+        let packed = OnceLock::new();
+        let weight = if cfg.groups == 1 && pack_at_build(&weight) {
+            let _ = packed.set(Arc::new(PackedConv::conv_transpose1d(&weight, bias.as_ref(), cfg.stride)?));
+            None
+        } else {
+            Some(weight)
+        };
         Ok(Self {
             weight,
             bias,
@@ -238,7 +260,7 @@ impl ConvTranspose1d {
             stride: cfg.stride,
             groups: cfg.groups,
             padding: cfg.padding,
-            packed: OnceLock::new(),
+            packed,
         })
     }
 
@@ -247,7 +269,7 @@ impl ConvTranspose1d {
     fn depthwise(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t) = x.dims3()?;
         let (k, s) = (self.kernel_size, self.stride);
-        let w = self.weight.reshape((1, c, 1, k))?;
+        let w = kept(&self.weight)?.reshape((1, c, 1, k))?;
         let prod = x.unsqueeze(3)?.broadcast_mul(&w)?; // (B, C, T, K)
         let out_len = (t - 1) * s + k;
         sum_all((0..k / s).map(|j| {
@@ -266,13 +288,14 @@ impl Module for ConvTranspose1d {
             Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let weights =
-                packed(&self.packed, || PackedConv::conv_transpose1d(&self.weight, self.bias.as_ref(), self.stride))?;
+            let weights = packed(&self.packed, || {
+                PackedConv::conv_transpose1d(kept(&self.weight)?, self.bias.as_ref(), self.stride)
+            })?;
             let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = if self.groups == 1 {
-            x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?
+            x.conv_transpose1d(kept(&self.weight)?, 0, 0, self.stride, 1, 1)?
         } else {
             self.depthwise(x)?
         };

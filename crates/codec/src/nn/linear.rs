@@ -1,5 +1,5 @@
-//! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight packed once, on first use, as the
-//! right factor; the bias added in the GEMM's epilogue), candle's matmul on other devices.
+//! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight packed once, when the layer is
+//! built, as the right factor; the bias added in the GEMM's epilogue), candle's matmul on other devices.
 
 use std::sync::{Arc, OnceLock};
 
@@ -10,8 +10,8 @@ use super::gemm::{gemm, Epilogue, Output, Packed, Strided};
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// (out, in).
-    weight: Tensor,
+    /// (out, in); `None` once packed for the CPU kernel (the f32 copy is freed).
+    weight: Option<Tensor>,
     bias: Option<Tensor>,
     packed: OnceLock<Arc<PackedLinear>>,
 }
@@ -27,28 +27,43 @@ fn cpu_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
+impl PackedLinear {
+    fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        let w = cpu_vec(weight)?;
+        let view = Strided::transposed(&w, out, inp).ok_or_else(|| candle_core::Error::Msg("linear weight".into()))?;
+        Ok(Self { weight_t: Packed::b(&view, inp, out), bias: bias.map(cpu_vec).transpose()? })
+    }
+}
+
 impl Linear {
-    /// `weight` (out, in), `bias` (out).
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, packed: OnceLock::new() }
+    /// `weight` (out, in), `bias` (out). On CPU the weight is packed here and its f32 copy dropped
+    /// (`conv::pack_at_build`).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let packed = OnceLock::new();
+        if super::conv::pack_at_build(&weight) {
+            let _ = packed.set(Arc::new(PackedLinear::new(&weight, bias.as_ref())?));
+            return Ok(Self { weight: None, bias, packed });
+        }
+        Ok(Self { weight: Some(weight), bias, packed })
     }
 
     /// `x · m` for a right factor `m` (in, out) as stored (an ISTFT basis, an LSTM's transposed input weights).
     pub fn right_factor(m: &Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self::new(m.t()?, bias))
+        Self::new(m.t()?, bias)
+    }
+
+    fn weight(&self) -> Result<&Tensor> {
+        self.weight
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("weights are packed for the CPU kernels only".into()))
     }
 
     fn packed(&self) -> Result<&PackedLinear> {
         if let Some(p) = self.packed.get() {
             return Ok(p);
         }
-        let (out, inp) = self.weight.dims2()?;
-        let w = cpu_vec(&self.weight)?;
-        let view = Strided::transposed(&w, out, inp).ok_or_else(|| candle_core::Error::Msg("linear weight".into()))?;
-        let p = Arc::new(PackedLinear {
-            weight_t: Packed::b(&view, inp, out),
-            bias: self.bias.as_ref().map(cpu_vec).transpose()?,
-        });
+        let p = Arc::new(PackedLinear::new(self.weight()?, self.bias.as_ref())?);
         Ok(self.packed.get_or_init(|| p))
     }
 }
@@ -58,7 +73,7 @@ impl Module for Linear {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             return x.contiguous()?.apply_op1_no_bwd(&LinearOp(self.packed()?));
         }
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let y = x.broadcast_matmul(&self.weight()?.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -62,7 +62,7 @@ impl Lstm {
                     input: Linear::new(
                         vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?,
                         Some(vb.get(4 * dim, &format!("bias_l{l}"))?),
-                    ),
+                    )?,
                     w_hh: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?,
                     hidden: dim,
                 })

@@ -26,7 +26,7 @@ pub struct TransformerConfig {
 }
 
 fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear::new(vb.get((c_out, c_in), "weight")?, None))
+    Linear::new(vb.get((c_out, c_in), "weight")?, None)
 }
 
 /// Rotation tables for positions `0..len`: (len, head_dim / 2) each.

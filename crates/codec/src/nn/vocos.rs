@@ -37,7 +37,7 @@ fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
 }
 
 fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear::new(vb.get((c_out, c_in), "weight")?, Some(vb.get(c_out, "bias")?)))
+    Linear::new(vb.get((c_out, c_in), "weight")?, Some(vb.get(c_out, "bias")?))
 }
 
 /// GroupNorm → swish → conv k3, twice, plus the input.
