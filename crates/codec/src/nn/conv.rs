@@ -168,10 +168,18 @@ impl Conv1d {
     /// `forward(x) + residual`, the add fused into the convolution on CPU.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
-        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 && c.pad_mode == PadMode::Constant {
-            let (left, right) = self.padding(x.dim(D::Minus1)?);
+        let (left, right) = self.padding(x.dim(D::Minus1)?);
+        let zero_padded = c.pad_mode == PadMode::Constant || (left == 0 && right == 0);
+        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 && zero_padded {
             let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
-            let op = Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right };
+            let op = Conv1dOp {
+                weights,
+                stride: c.stride,
+                dilation: c.dilation,
+                pad_left: left,
+                pad_right: right,
+                reflect: false,
+            };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
         self.forward(x)? + residual
@@ -184,9 +192,18 @@ impl Module for Conv1d {
         let c = &self.cfg;
         if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 {
             let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
-            let op = Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right };
-            // Zero padding happens inside the kernel; other modes pad first.
-            return if c.pad_mode == PadMode::Constant {
+            let len = x.dim(D::Minus1)?;
+            // Zero padding, and reflect padding shorter than the input, happen inside the kernel; others pad first.
+            let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
+            let op = Conv1dOp {
+                weights,
+                stride: c.stride,
+                dilation: c.dilation,
+                pad_left: left,
+                pad_right: right,
+                reflect,
+            };
+            return if c.pad_mode == PadMode::Constant || reflect {
                 x.contiguous()?.apply_op1_no_bwd(&op)
             } else {
                 let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;

@@ -72,7 +72,8 @@ impl PackedConv {
 }
 
 /// The implicit im2col matrix of one signal `x` (C_in × t): row `(i, j)` (i-major, `taps` per channel), column `c`
-/// holds `x[i, c·stride + offset + j·tap_step]`, zero outside the signal.
+/// holds `x[i, c·stride + offset + j·tap_step]`; outside the signal zero, or with `reflect` the mirrored sample
+/// (torch's reflect padding: `x[−n]` is `x[n]`, `x[t − 1 + n]` is `x[t − 1 − n]`; the caller keeps pads < t).
 struct Im2col<'a> {
     x: &'a [f32],
     t: usize,
@@ -80,6 +81,7 @@ struct Im2col<'a> {
     stride: usize,
     offset: isize,
     tap_step: isize,
+    reflect: bool,
 }
 
 impl PackB for Im2col<'_> {
@@ -113,7 +115,7 @@ impl Im2col<'_> {
                         16 => dst[..16].copy_from_slice(&src[..16]),
                         _ => dst.copy_from_slice(src),
                     }
-                } else if self.stride == 1 {
+                } else if self.stride == 1 && !self.reflect {
                     // Columns [lo, hi) of this panel read inside the signal.
                     let lo = (-start).clamp(0, valid as isize) as usize;
                     let hi = (t - start).clamp(lo as isize, valid as isize) as usize;
@@ -127,7 +129,12 @@ impl Im2col<'_> {
                     let s = self.stride as isize;
                     for (c, d) in dst[..valid].iter_mut().enumerate() {
                         let idx = start + c as isize * s;
-                        *d = if (0..t).contains(&idx) { src[idx as usize] } else { 0.0 };
+                        *d = match idx {
+                            _ if (0..t).contains(&idx) => src[idx as usize],
+                            _ if !self.reflect => 0.0,
+                            _ if idx < 0 => src.get(idx.unsigned_abs()).copied().unwrap_or(0.0),
+                            _ => src.get((2 * (t - 1) - idx).max(0) as usize).copied().unwrap_or(0.0),
+                        };
                     }
                     dst[valid..].fill(0.0);
                 }
@@ -144,6 +151,8 @@ pub struct Conv1dOp<'a> {
     pub dilation: usize,
     pub pad_left: usize,
     pub pad_right: usize,
+    /// Reflect padding instead of zeros (pads must be shorter than the input).
+    pub reflect: bool,
 }
 
 impl CustomOp1 for Conv1dOp<'_> {
@@ -193,6 +202,7 @@ impl Conv1dOp<'_> {
                 stride: self.stride,
                 offset: -(self.pad_left as isize),
                 tap_step: self.dilation as isize,
+                reflect: self.reflect,
             };
             let mut y = Output::row_major(yb, w.c_out, t_out).expect("sized above");
             let epi = Epilogue { row_bias: w.bias.as_deref(), residual, ..Default::default() };
@@ -235,7 +245,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
             if n == 0 {
                 break;
             }
-            let cols = Im2col { x: xb, t, taps: w.taps, stride: 1, offset: q0 as isize, tap_step: -1 };
+            let cols = Im2col { x: xb, t, taps: w.taps, stride: 1, offset: q0 as isize, tap_step: -1, reflect: false };
             let mut y = Output::row_major(&mut phases, s * w.c_out, n).expect("sized above");
             let epi = Epilogue { row_bias: w.bias.as_deref(), ..Default::default() };
             gemm(s * w.c_out, n, c_in * w.taps, &w.weights, &cols, &mut y, &epi);
@@ -340,7 +350,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let packed = PackedConv::conv1d(&w, Some(&bias)).unwrap();
-            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r };
+            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: false };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
@@ -350,6 +360,25 @@ mod tests {
             let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
             let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
             assert_eq!(max_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+        }
+    }
+
+    /// Implicit reflect padding equals reflect-padding the input first.
+    #[test]
+    fn conv1d_reflect_matches_padded_input() {
+        let dev = Device::Cpu;
+        for &(c_in, c_out, k, s, d, l, r, t) in
+            &[(3, 4, 7, 1, 1, 3, 3, 40), (5, 2, 4, 2, 1, 2, 1, 9), (2, 3, 3, 1, 3, 3, 3, 7), (4, 2, 8, 4, 1, 2, 2, 60)]
+        {
+            let x = Tensor::randn(0f32, 1., (2, c_in, t), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
+            let packed = PackedConv::conv1d(&w, None).unwrap();
+            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: true };
+            let got = x.apply_op1_no_bwd(&op).unwrap();
+            let padded = crate::nn::conv::pad1d(&x, l, r, crate::nn::conv::PadMode::Reflect).unwrap();
+            let want = padded.conv1d(&w, 0, s, d, 1).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r, t));
         }
     }
 

@@ -534,6 +534,49 @@ fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[skip..skip + len]
 }
 
+/// Where one operand block's panels come from: prepacked as bf16 pairs, prepacked as f32, or packed now.
+struct Panels<P, F, K> {
+    prepacked_pairs: P,
+    prepacked: F,
+    pack: K,
+}
+
+impl<'o, P, F, K> Panels<P, F, K>
+where
+    P: FnOnce() -> Option<&'o [u32]>,
+    F: FnOnce() -> Option<&'o [f32]>,
+    K: FnOnce(&mut [f32]),
+{
+    /// The block (`padded` rows or columns in panels of `width`, `kc` deep) in kernel `M`'s word format: found
+    /// prepacked, or packed into `buf` (then, for the bf16 kernel, converted into `pairs`).
+    fn words<M: MicroKernel>(
+        self,
+        (padded, width, kc): (usize, usize, usize),
+        buf: &mut Vec<f32>,
+        pairs: &mut Vec<u32>,
+    ) -> *const f32 {
+        if M::BF16_PAIRS {
+            if let Some(p) = (self.prepacked_pairs)() {
+                return p.as_ptr() as *const f32;
+            }
+        }
+        let f32_panels: &[f32] = match (self.prepacked)() {
+            Some(p) => p,
+            None => {
+                let dst = aligned(buf, padded * kc);
+                (self.pack)(dst);
+                dst
+            }
+        };
+        if !M::BF16_PAIRS {
+            return f32_panels.as_ptr();
+        }
+        let dst = aligned(pairs, padded * kc.div_ceil(2));
+        to_bf16_pairs(f32_panels, width, kc, dst);
+        dst.as_ptr() as *const f32
+    }
+}
+
 /// The product restricted to output `rows × cols`, on the calling thread.
 ///
 /// Loop order: depth blocks → (all of this thread's A rows packed once) → column blocks (B block packed once, kept
@@ -557,47 +600,21 @@ fn block<K: MicroKernel>(
         // Each returns the block's panels in the kernel's word format (f32, or bf16 pairs cast to *const f32).
         let mut a_block = |ic: usize, mc: usize, pc: usize, kc: usize| -> *const f32 {
             let (rows, ks) = (ic..ic + mc, pc..pc + kc);
-            if K::BF16_PAIRS {
-                if let Some(p) = a.packed_a_pairs(rows.clone(), ks.clone(), K::MR) {
-                    return p.as_ptr() as *const f32;
-                }
-            }
-            let f32_panels: &[f32] = match a.packed_a(rows.clone(), ks.clone(), K::MR) {
-                Some(p) => p,
-                None => {
-                    let buf = aligned(abuf, mc.div_ceil(K::MR) * K::MR * kc);
-                    a.pack_a(rows, ks, K::MR, buf);
-                    buf
-                }
+            let source = Panels {
+                prepacked_pairs: || a.packed_a_pairs(rows.clone(), ks.clone(), K::MR),
+                prepacked: || a.packed_a(rows.clone(), ks.clone(), K::MR),
+                pack: |dst: &mut [f32]| a.pack_a(rows.clone(), ks.clone(), K::MR, dst),
             };
-            if !K::BF16_PAIRS {
-                return f32_panels.as_ptr();
-            }
-            let dst = aligned(a_pairs, mc.div_ceil(K::MR) * K::MR * kc.div_ceil(2));
-            to_bf16_pairs(f32_panels, K::MR, kc, dst);
-            dst.as_ptr() as *const f32
+            source.words::<K>((mc.div_ceil(K::MR) * K::MR, K::MR, kc), abuf, a_pairs)
         };
         let mut b_block = |jc: usize, nc: usize, pc: usize, kc: usize| -> *const f32 {
             let (cols, ks) = (jc..jc + nc, pc..pc + kc);
-            if K::BF16_PAIRS {
-                if let Some(p) = b.packed_b_pairs(ks.clone(), cols.clone(), K::NR) {
-                    return p.as_ptr() as *const f32;
-                }
-            }
-            let f32_panels: &[f32] = match b.packed_b(ks.clone(), cols.clone(), K::NR) {
-                Some(p) => p,
-                None => {
-                    let buf = aligned(bbuf, nc.div_ceil(K::NR) * K::NR * kc);
-                    b.pack_b(ks, cols, K::NR, buf);
-                    buf
-                }
+            let source = Panels {
+                prepacked_pairs: || b.packed_b_pairs(ks.clone(), cols.clone(), K::NR),
+                prepacked: || b.packed_b(ks.clone(), cols.clone(), K::NR),
+                pack: |dst: &mut [f32]| b.pack_b(ks.clone(), cols.clone(), K::NR, dst),
             };
-            if !K::BF16_PAIRS {
-                return f32_panels.as_ptr();
-            }
-            let dst = aligned(b_pairs, nc.div_ceil(K::NR) * K::NR * kc.div_ceil(2));
-            to_bf16_pairs(f32_panels, K::NR, kc, dst);
-            dst.as_ptr() as *const f32
+            source.words::<K>((nc.div_ceil(K::NR) * K::NR, K::NR, kc), bbuf, b_pairs)
         };
         // Words per packed row or column: kc floats, or ⌈kc/2⌉ bf16 pairs.
         let words = |kc: usize| if K::BF16_PAIRS { kc.div_ceil(2) } else { kc };
