@@ -14,6 +14,8 @@ pub struct Linear {
     weight: Option<Tensor>,
     bias: Option<Tensor>,
     packed: OnceLock<Arc<PackedLinear>>,
+    /// Always f32, also under `--precision bf16` (see `gemm::Epilogue::exact`).
+    exact: bool,
 }
 
 #[derive(Debug)]
@@ -43,9 +45,14 @@ impl Linear {
         let packed = OnceLock::new();
         if super::conv::pack_at_build(&weight) {
             let _ = packed.set(Arc::new(PackedLinear::new(&weight, bias.as_ref())?));
-            return Ok(Self { weight: None, bias, packed });
+            return Ok(Self { weight: None, bias, packed, exact: false });
         }
-        Ok(Self { weight: Some(weight), bias, packed })
+        Ok(Self { weight: Some(weight), bias, packed, exact: false })
+    }
+
+    /// A layer that computes in f32 whatever the precision (codebook distances).
+    pub fn exact(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self { exact: true, ..Self::new(weight, bias)? })
     }
 
     /// `x · m` for a right factor `m` (in, out) as stored (an ISTFT basis, an LSTM's transposed input weights).
@@ -71,7 +78,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op1_no_bwd(&LinearOp(self.packed()?));
+            return x.contiguous()?.apply_op1_no_bwd(&LinearOp(self.packed()?, self.exact));
         }
         let y = x.broadcast_matmul(&self.weight()?.t()?)?;
         match &self.bias {
@@ -81,7 +88,8 @@ impl Module for Linear {
     }
 }
 
-struct LinearOp<'a>(&'a PackedLinear);
+/// The packed layer, and whether it stays f32.
+struct LinearOp<'a>(&'a PackedLinear, bool);
 
 impl CustomOp1 for LinearOp<'_> {
     fn name(&self) -> &'static str {
@@ -99,7 +107,7 @@ impl CustomOp1 for LinearOp<'_> {
         let mut out = vec![0f32; m * n];
         let a = Strided::row_major(x, m, k).expect("sized from x");
         let mut y = Output::row_major(&mut out, m, n).expect("sized above");
-        let epi = Epilogue { col_bias: self.0.bias.as_deref(), ..Default::default() };
+        let epi = Epilogue { col_bias: self.0.bias.as_deref(), exact: self.1, ..Default::default() };
         gemm(m, n, k, &a, &self.0.weight_t, &mut y, &epi);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = n;

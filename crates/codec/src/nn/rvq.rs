@@ -25,7 +25,7 @@ impl EuclideanCodebook {
     pub fn new(bins: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
         let embed = vb.get((bins, dim), "embed")?;
         let embed_sq = embed.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
-        Ok(Self { dots: Linear::new(embed.clone(), None)?, embed, embed_sq })
+        Ok(Self { dots: Linear::exact(embed.clone(), None)?, embed, embed_sq })
     }
 
     /// (N, dim) → (N,) u32 indices of the nearest entries.

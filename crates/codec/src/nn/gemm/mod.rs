@@ -326,6 +326,9 @@ pub struct Epilogue<'a> {
     /// Added element-wise, laid out like C (same strides): a residual connection fused into the product instead
     /// of a separate pass that reads both tensors again.
     pub residual: Option<&'a [f32]>,
+    /// Stay in f32 under `--precision bf16`: for nearest-codebook searches, where bf16 rounding flips decisions
+    /// between close entries at little speed gain.
+    pub exact: bool,
 }
 
 /// Where one micro-tile goes: C at `c` with strides, biases (null when none or not the first depth block), and
@@ -448,7 +451,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if precision() == Precision::Bf16 {
+    if precision() == Precision::Bf16 && !epi.exact {
         return run::<kernel::Avx512Bf16>((m, n, k), a, b, c, epi);
     }
     match isa() {
