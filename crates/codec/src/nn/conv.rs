@@ -195,14 +195,8 @@ impl Module for Conv1d {
             let len = x.dim(D::Minus1)?;
             // Zero padding, and reflect padding shorter than the input, happen inside the kernel; others pad first.
             let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
-            let op = Conv1dOp {
-                weights,
-                stride: c.stride,
-                dilation: c.dilation,
-                pad_left: left,
-                pad_right: right,
-                reflect,
-            };
+            let op =
+                Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right, reflect };
             return if c.pad_mode == PadMode::Constant || reflect {
                 x.contiguous()?.apply_op1_no_bwd(&op)
             } else {

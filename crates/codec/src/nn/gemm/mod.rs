@@ -736,8 +736,13 @@ mod tests {
                 let am = Strided::row_major(&a, m, k).unwrap();
                 let bm = Strided::transposed(&bt, n, k).unwrap();
                 let mut c = Output::new(&mut got, (m, n), 2 * n, 2).unwrap();
-                let epi =
-                    Epilogue { accumulate: true, row_bias: Some(&rb), col_bias: Some(&cb), residual: Some(&residual) };
+                let epi = Epilogue {
+                    accumulate: true,
+                    row_bias: Some(&rb),
+                    col_bias: Some(&cb),
+                    residual: Some(&residual),
+                    exact: false,
+                };
                 match kind {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 if is_x86_feature_detected!("avx512f") => {
