@@ -186,6 +186,46 @@ impl Conv1d {
     }
 }
 
+impl Conv1d {
+    fn depthwise_on_cpu(&self, x: &Tensor, channels: usize) -> bool {
+        let c = &self.cfg;
+        x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == channels && c.stride == 1
+    }
+
+    /// The depthwise CPU op on `x` (already padded unless zero padding `pads` is given).
+    fn depthwise_op(&self, x: &Tensor, (pad_left, pad_right): (usize, usize), channels_last: bool) -> Result<Tensor> {
+        let vectors = match self.depthwise.get() {
+            Some(v) => v,
+            None => {
+                let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+                let v = Arc::new((flat(kept(&self.weight)?)?, self.bias.as_ref().map(flat).transpose()?));
+                self.depthwise.get_or_init(|| v)
+            }
+        };
+        let op = DepthwiseConv1dOp {
+            weight: &vectors.0,
+            bias: vectors.1.as_deref(),
+            kernel: self.cfg.kernel_size,
+            dilation: self.cfg.dilation,
+            pad_left,
+            pad_right,
+            channels_last,
+        };
+        x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+
+    /// The conv on a channels-last input (B, T, C) → (B, T', C): in that layout on CPU for zero-padded depthwise
+    /// convs (ConvNeXt, whose other ops are per time step, so the block needs no transposes); through (B, C, T)
+    /// otherwise.
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, t, channels) = x.dims3()?;
+        if self.depthwise_on_cpu(x, channels) && self.cfg.pad_mode == PadMode::Constant {
+            return self.depthwise_op(x, self.padding(t), true);
+        }
+        self.forward(&x.transpose(1, 2)?)?.transpose(1, 2)?.contiguous()
+    }
+}
+
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (left, right) = self.padding(x.dim(D::Minus1)?);
@@ -204,27 +244,10 @@ impl Module for Conv1d {
                 x.apply_op1_no_bwd(&Conv1dOp { pad_left: 0, pad_right: 0, ..op })
             };
         }
-        let c_in = x.dim(1)?;
-        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == c_in && c.stride == 1 {
-            let vectors = match self.depthwise.get() {
-                Some(v) => v,
-                None => {
-                    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-                    let v = Arc::new((flat(kept(&self.weight)?)?, self.bias.as_ref().map(flat).transpose()?));
-                    self.depthwise.get_or_init(|| v)
-                }
-            };
-            let (pad_left, pad_right) = if c.pad_mode == PadMode::Constant { (left, right) } else { (0, 0) };
-            let op = DepthwiseConv1dOp {
-                weight: &vectors.0,
-                bias: vectors.1.as_deref(),
-                kernel: c.kernel_size,
-                dilation: c.dilation,
-                pad_left,
-                pad_right,
-            };
+        if self.depthwise_on_cpu(x, x.dim(1)?) {
             let x = if c.pad_mode == PadMode::Constant { x.clone() } else { pad1d(x, left, right, c.pad_mode)? };
-            return x.contiguous()?.apply_op1_no_bwd(&op);
+            let (left, right) = if c.pad_mode == PadMode::Constant { (left, right) } else { (0, 0) };
+            return self.depthwise_op(&x, (left, right), false);
         }
         let x = pad1d(x, left, right, c.pad_mode)?;
         let y = x.conv1d(kept(&self.weight)?, 0, c.stride, c.dilation, c.groups)?;

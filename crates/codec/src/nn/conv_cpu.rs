@@ -99,12 +99,16 @@ impl Im2col<'_> {
     fn pack_rows(&self, ks: std::ops::Range<usize>, cols: std::ops::Range<usize>, nr: usize, dst: &mut [f32]) {
         let kc = ks.len();
         let t = self.t as isize;
-        for (panel, c0) in cols.clone().step_by(nr).enumerate() {
-            let valid = nr.min(cols.end - c0);
-            for (p, row) in ks.clone().enumerate() {
-                let (i, j) = (row / self.taps, row % self.taps);
-                let src = &self.x[i * self.t..(i + 1) * self.t];
-                let start = (c0 * self.stride) as isize + self.offset + j as isize * self.tap_step;
+        // Rows outside, panels inside: the row's channel and tap are found once per row (a division per panel row
+        // cost more than its 48-float copy), then every panel reads the same signal row.
+        let (mut i, mut j) = (ks.start / self.taps, ks.start % self.taps);
+        for p in 0..kc {
+            let src = &self.x[i * self.t..(i + 1) * self.t];
+            let row_start = (cols.start * self.stride) as isize + self.offset + j as isize * self.tap_step;
+            (i, j) = if j + 1 == self.taps { (i + 1, 0) } else { (i, j + 1) };
+            for (panel, c0) in cols.clone().step_by(nr).enumerate() {
+                let valid = nr.min(cols.end - c0);
+                let start = row_start + ((c0 - cols.start) * self.stride) as isize;
                 let dst = &mut dst[(panel * kc + p) * nr..(panel * kc + p + 1) * nr];
                 if self.stride == 1 && start >= 0 && start + nr as isize <= t && valid == nr {
                     // A whole panel row inside the signal (the common case): a fixed-size copy the compiler
@@ -265,9 +269,10 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
     }
 }
 
-/// Depthwise conv1d (groups = channels, one `K`-tap filter per channel) with implicit zero padding on x (B, C, T):
-/// per channel a few shifted multiply-adds over the row (vectorised), channels across threads. candle runs it as
-/// one tiny convolution per channel.
+/// Depthwise conv1d (groups = channels, one `K`-tap filter per channel) with implicit zero padding on x (B, C, T),
+/// or on x (B, T, C) with `channels_last`: per tap one multiply-add over a contiguous row (vectorised), rows across
+/// threads; both layouts add the taps in the same order, so they give the same bits. candle runs it as one tiny
+/// convolution per channel.
 #[derive(Debug, Clone, Copy)]
 pub struct DepthwiseConv1dOp<'a> {
     /// (C, K) row-major.
@@ -277,6 +282,8 @@ pub struct DepthwiseConv1dOp<'a> {
     pub dilation: usize,
     pub pad_left: usize,
     pub pad_right: usize,
+    /// Input and output are (B, T, C) instead of (B, C, T).
+    pub channels_last: bool,
 }
 
 impl CustomOp1 for DepthwiseConv1dOp<'_> {
@@ -287,7 +294,10 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let x = f32_slice(storage, layout, "conv input")?;
-        let (b, c, t) = layout.shape().dims3()?;
+        let (b, c, t) = match layout.shape().dims3()? {
+            (b, t, c) if self.channels_last => (b, c, t),
+            dims => dims,
+        };
         let k = self.kernel;
         if self.weight.len() != c * k || self.bias.is_some_and(|b| b.len() != c) {
             candle_core::bail!("depthwise conv1d: input has {c} channels, weight holds {}", self.weight.len() / k);
@@ -295,6 +305,33 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
         let span = self.dilation * (k - 1) + 1;
         let t_out = (t + self.pad_left + self.pad_right).saturating_sub(span) + 1;
         let mut out = vec![0f32; b * c * t_out];
+        if self.channels_last && t_out > 0 && c > 0 {
+            // Taps as rows (K, C), so each tap is one contiguous multiply-add over the channels.
+            let taps: Vec<f32> = (0..k).flat_map(|j| (0..c).map(move |ch| self.weight[ch * k + j])).collect();
+            out.par_chunks_mut(c).enumerate().for_each(|(row, y)| {
+                let (bi, to) = (row / t_out, row % t_out);
+                match self.bias {
+                    Some(bias) => y.copy_from_slice(bias),
+                    None => y.fill(0.0),
+                }
+                for (j, w) in taps.chunks_exact(c).enumerate() {
+                    let src = (to + j * self.dilation) as isize - self.pad_left as isize;
+                    if !(0..t as isize).contains(&src) {
+                        continue;
+                    }
+                    let xr = &x[(bi * t + src as usize) * c..(bi * t + src as usize + 1) * c];
+                    super::wide_simd(
+                        #[inline(always)]
+                        || {
+                            for ((yv, &xv), &wv) in y.iter_mut().zip(xr).zip(w) {
+                                *yv += wv * xv;
+                            }
+                        },
+                    )
+                }
+            });
+            return Ok((CpuStorage::F32(out), Shape::from((b, t_out, c))));
+        }
         if t_out > 0 {
             out.par_chunks_mut(t_out).zip(x.par_chunks(t.max(1))).enumerate().for_each(|(row, (y, x))| {
                 let ch = row % c;
@@ -390,13 +427,24 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (c, 1, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c, &dev).unwrap();
             let (wv, bv) = (w.flatten_all().unwrap().to_vec1().unwrap(), bias.to_vec1().unwrap());
-            let op =
-                DepthwiseConv1dOp { weight: &wv, bias: Some(&bv), kernel: k, dilation: d, pad_left: l, pad_right: r };
+            let op = DepthwiseConv1dOp {
+                weight: &wv,
+                bias: Some(&bv),
+                kernel: k,
+                dilation: d,
+                pad_left: l,
+                pad_right: r,
+                channels_last: false,
+            };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, 1, d, c).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(max_diff(&got, &want) < 1e-5, "case {:?}", (c, k, d, l, r, t));
+            // Channels last: the same bits, transposed.
+            let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            let tc = xt.apply_op1_no_bwd(&DepthwiseConv1dOp { channels_last: true, ..op }).unwrap();
+            assert_eq!(max_diff(&tc.transpose(1, 2).unwrap(), &got), 0.0, "case {:?}", (c, k, d, l, r, t));
         }
     }
 

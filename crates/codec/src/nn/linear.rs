@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
 use super::f32_slice;
 use super::gemm::{gemm, Epilogue, Output, Packed, Strided};
@@ -75,10 +75,24 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `forward(x) · scale + residual` (per-feature `scale`, residual shaped like the output), the scale and the
+    /// add done in the GEMM's epilogue on CPU — ConvNeXt's `x + γ · pwconv2(h)`.
+    pub fn forward_scale_add(&self, x: &Tensor, scale: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let scale = cpu_vec(scale)?;
+            let op = LinearOp { layer: self.packed()?, exact: self.exact, col_scale: Some(&scale) };
+            return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
+        }
+        residual + self.forward(x)?.broadcast_mul(scale)?
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op1_no_bwd(&LinearOp(self.packed()?, self.exact));
+            let op = LinearOp { layer: self.packed()?, exact: self.exact, col_scale: None };
+            return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = x.broadcast_matmul(&self.weight()?.t()?)?;
         match &self.bias {
@@ -88,8 +102,12 @@ impl Module for Linear {
     }
 }
 
-/// The packed layer, and whether it stays f32.
-struct LinearOp<'a>(&'a PackedLinear, bool);
+/// One product of a packed layer: whether it stays f32, and an optional per-feature scale.
+struct LinearOp<'a> {
+    layer: &'a PackedLinear,
+    exact: bool,
+    col_scale: Option<&'a [f32]>,
+}
 
 impl CustomOp1 for LinearOp<'_> {
     fn name(&self) -> &'static str {
@@ -97,20 +115,52 @@ impl CustomOp1 for LinearOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "linear input")?;
-        let (k, n) = (self.0.weight_t.depth(), self.0.weight_t.rows());
+        self.run(f32_slice(storage, layout, "linear input")?, layout, None)
+    }
+}
+
+/// With a residual (shaped like the output) added in the epilogue.
+impl CustomOp2 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "codec-linear-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let residual = f32_slice(s2, l2, "linear residual")?;
+        self.run(f32_slice(s1, l1, "linear input")?, l1, Some((residual, l2.shape())))
+    }
+}
+
+impl LinearOp<'_> {
+    fn run(&self, x: &[f32], layout: &Layout, residual: Option<(&[f32], &Shape)>) -> Result<(CpuStorage, Shape)> {
+        let (k, n) = (self.layer.weight_t.depth(), self.layer.weight_t.rows());
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!("linear: input {:?} does not end in {k} features", dims);
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = n;
+        let shape = Shape::from(shape);
+        if let Some((_, r)) = residual {
+            if r != &shape {
+                candle_core::bail!("linear: residual {r:?} does not match the output {shape:?}");
+            }
+        }
+        if self.col_scale.is_some_and(|s| s.len() != n) {
+            candle_core::bail!("linear: {} scales for {n} features", self.col_scale.map_or(0, |s| s.len()));
         }
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
         let a = Strided::row_major(x, m, k).expect("sized from x");
         let mut y = Output::row_major(&mut out, m, n).expect("sized above");
-        let epi = Epilogue { col_bias: self.0.bias.as_deref(), exact: self.1, ..Default::default() };
-        gemm(m, n, k, &a, &self.0.weight_t, &mut y, &epi);
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("checked above") = n;
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        let epi = Epilogue {
+            col_bias: self.layer.bias.as_deref(),
+            col_scale: self.col_scale,
+            residual: residual.map(|(r, _)| r),
+            exact: self.exact,
+            ..Default::default()
+        };
+        gemm(m, n, k, &a, &self.layer.weight_t, &mut y, &epi);
+        Ok((CpuStorage::F32(out), shape))
     }
 }

@@ -143,12 +143,11 @@ impl ConvNextBlock {
         })
     }
 
-    /// (B, C, T) → (B, C, T).
+    /// (B, T, C) → (B, T, C): channels last throughout, γ and the residual add inside pwconv2.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.dwconv.forward(x)?.transpose(1, 2)?.contiguous()?;
+        let h = self.dwconv.forward_channels_last(x)?;
         let h = gelu_erf(&self.pwconv1.forward(&self.norm.forward(&h)?)?)?;
-        let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
-        x + h.transpose(1, 2)?
+        self.pwconv2.forward_scale_add(&h, &self.gamma, x)
     }
 }
 
@@ -194,9 +193,9 @@ impl Backbone {
         let x = self.pos_resnets[2].forward(&x)?;
         let x = self.pos_resnets[3].forward(&x)?;
         let x = self.pos_norm.forward(&x)?;
-        let x = self.norm.forward(&x.transpose(1, 2)?.contiguous()?)?.transpose(1, 2)?;
+        let x = self.norm.forward(&x.transpose(1, 2)?.contiguous()?)?;
         let x = self.convnext.iter().try_fold(x, |x, block| block.forward(&x))?;
-        self.final_layer_norm.forward(&x.transpose(1, 2)?.contiguous()?)
+        self.final_layer_norm.forward(&x)
     }
 }
 

@@ -32,7 +32,8 @@ unsafe fn store_scalar<const NR: usize>(acc: &[[f32; NR]], mr: usize, nr: usize,
             let col_bias = if store.col_bias.is_null() { 0.0 } else { *store.col_bias.add(j) };
             let offset = i as isize * store.rs + j as isize * store.cs;
             let residual = if store.residual.is_null() { 0.0 } else { *store.residual.offset(offset) };
-            *p = v + row_bias + col_bias + residual + if store.load_c { *p } else { 0.0 };
+            let scale = if store.col_scale.is_null() { 1.0 } else { *store.col_scale.add(j) };
+            *p = (v + row_bias + col_bias + if store.load_c { *p } else { 0.0 }) * scale + residual;
         }
     }
 }
@@ -96,12 +97,15 @@ mod x86 {
                         }
                         let p = c.add(v * 16);
                         let mut y = _mm512_add_ps(_mm512_add_ps(x, row_bias), col_bias[v]);
+                        if store.load_c {
+                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, p));
+                        }
+                        if !store.col_scale.is_null() {
+                            y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, store.col_scale.add(v * 16)));
+                        }
                         if !store.residual.is_null() {
                             let r = store.residual.offset(i as isize * store.rs).add(v * 16);
                             y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, r));
-                        }
-                        if store.load_c {
-                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, p));
                         }
                         _mm512_mask_storeu_ps(p, m, y);
                     }

@@ -323,8 +323,11 @@ pub struct Epilogue<'a> {
     pub row_bias: Option<&'a [f32]>,
     /// Added to every element of column `j` (a linear layer's bias in the (T, C) layout).
     pub col_bias: Option<&'a [f32]>,
-    /// Added element-wise, laid out like C (same strides): a residual connection fused into the product instead
-    /// of a separate pass that reads both tensors again.
+    /// Multiplies column `j` of the result (after the biases, before the residual): a per-channel scale such as
+    /// ConvNeXt's γ in the (T, C) layout.
+    pub col_scale: Option<&'a [f32]>,
+    /// Added element-wise last, laid out like C (same strides): a residual connection fused into the product
+    /// instead of a separate pass that reads both tensors again.
     pub residual: Option<&'a [f32]>,
     /// Stay in f32 under `--precision bf16`: for nearest-codebook searches, where bf16 rounding flips decisions
     /// between close entries at little speed gain.
@@ -339,7 +342,8 @@ pub(crate) struct Store {
     cs: isize,
     row_bias: *const f32,
     col_bias: *const f32,
-    /// Laid out like `c` (the tile's first element), or null.
+    /// For the last depth block only (else null): column scales, and the residual laid out like `c`.
+    col_scale: *const f32,
     residual: *const f32,
     load_c: bool,
 }
@@ -434,6 +438,7 @@ pub fn isa() -> Isa {
 pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mut Output, epi: &Epilogue) {
     assert!(c.rows >= m && c.cols >= n, "gemm: output {}×{} for a {m}×{n} product", c.rows, c.cols);
     assert!(epi.row_bias.is_none_or(|r| r.len() >= m) && epi.col_bias.is_none_or(|b| b.len() >= n));
+    assert!(epi.col_scale.is_none_or(|s| s.len() >= n), "gemm: fewer column scales than columns");
     assert!(epi.residual.is_none_or(|r| r.len() >= c.data.len()), "gemm: residual smaller than the output");
     if m == 0 || n == 0 {
         return;
@@ -445,7 +450,8 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
                 let p = &mut c.data[i * c.rs + j * c.cs];
                 let bias = epi.row_bias.map_or(0.0, |r| r[i]) + epi.col_bias.map_or(0.0, |b| b[j]);
                 let residual = epi.residual.map_or(0.0, |r| r[i * c.rs + j * c.cs]);
-                *p = bias + residual + if epi.accumulate { *p } else { 0.0 };
+                let scale = epi.col_scale.map_or(1.0, |s| s[j]);
+                *p = (bias + if epi.accumulate { *p } else { 0.0 }) * scale + residual;
             }
         }
         return;
@@ -635,7 +641,7 @@ fn block<K: MicroKernel>(
                     // hold the packed (mc × kc) and (kc × nc) panels.
                     unsafe {
                         let apack = a_rows.add((ic - rows.start) * words(kc));
-                        macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc), out, epi)
+                        macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc, k), out, epi)
                     };
                 }
             }
@@ -653,11 +659,11 @@ unsafe fn macro_kernel<K: MicroKernel>(
     bpack: *const f32,
     (row0, mc): (usize, usize),
     (col0, nc): (usize, usize),
-    (pc, kc): (usize, usize),
+    (pc, kc, k): (usize, usize, usize),
     out: SharedOut,
     epi: &Epilogue,
 ) {
-    let first = pc == 0;
+    let (first, last) = (pc == 0, pc + kc == k);
     // Words per panel row: a depth of kc floats, or ⌈kc/2⌉ bf16 pairs.
     let depth = if K::BF16_PAIRS { kc.div_ceil(2) } else { kc };
     for ir in (0..mc).step_by(K::MR) {
@@ -676,8 +682,12 @@ unsafe fn macro_kernel<K: MicroKernel>(
                     Some(c) if first => c[col..].as_ptr(),
                     _ => std::ptr::null(),
                 },
+                col_scale: match epi.col_scale {
+                    Some(s) if last => s[col..].as_ptr(),
+                    _ => std::ptr::null(),
+                },
                 residual: match epi.residual {
-                    Some(r) if first => r.as_ptr().add(row * out.rs + col * out.cs),
+                    Some(r) if last => r.as_ptr().add(row * out.rs + col * out.cs),
                     _ => std::ptr::null(),
                 },
                 load_c: !first || epi.accumulate,
@@ -722,13 +732,14 @@ mod tests {
             let cb = pseudo_random(n, 300 + ci as u64);
             let init = pseudo_random(m * n * 2, 400 + ci as u64);
             let residual = pseudo_random(m * n * 2, 500 + ci as u64);
+            let cs = pseudo_random(n, 600 + ci as u64);
             let mut want = init.clone();
             for i in 0..m {
                 for j in 0..n {
                     let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * bt[j * k + p] as f64).sum();
                     // C with column stride 2 (the transposed-conv phase layout).
-                    let r = residual[i * 2 * n + 2 * j] as f64;
-                    want[i * 2 * n + 2 * j] += (dot + rb[i] as f64 + cb[j] as f64 + r) as f32;
+                    let (r, s, c) = (residual[i * 2 * n + 2 * j] as f64, cs[j] as f64, init[i * 2 * n + 2 * j] as f64);
+                    want[i * 2 * n + 2 * j] = ((dot + rb[i] as f64 + cb[j] as f64 + c) * s + r) as f32;
                 }
             }
             for kind in [Isa::Avx512, Isa::Avx2, Isa::Generic] {
@@ -740,6 +751,7 @@ mod tests {
                     accumulate: true,
                     row_bias: Some(&rb),
                     col_bias: Some(&cb),
+                    col_scale: Some(&cs),
                     residual: Some(&residual),
                     exact: false,
                 };
@@ -761,13 +773,16 @@ mod tests {
         }
     }
 
-    /// Overwrite mode with a contiguous output (the masked-store path) and no bias.
+    /// Overwrite mode with a contiguous output (the masked-store path), a column scale and a residual.
     #[test]
     fn overwrites_contiguous_output() {
         let (m, n, k) = (17, 131, 300);
         let a = pseudo_random(m * k, 1);
         let b = pseudo_random(k * n, 2);
+        let (scale, residual) = (pseudo_random(n, 3), pseudo_random(m * n, 4));
         let mut got = vec![f32::NAN; m * n];
+        // Depth 300 spans two depth blocks: the scale and residual apply once, on the last.
+        let epi = Epilogue { col_scale: Some(&scale), residual: Some(&residual), ..Default::default() };
         gemm(
             m,
             n,
@@ -775,11 +790,12 @@ mod tests {
             &Strided::row_major(&a, m, k).unwrap(),
             &Strided::row_major(&b, k, n).unwrap(),
             &mut Output::row_major(&mut got, m, n).unwrap(),
-            &Epilogue::default(),
+            &epi,
         );
         for i in 0..m {
             for j in 0..n {
-                let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                let dot: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                let want = dot * scale[j] + residual[i * n + j];
                 assert!((got[i * n + j] - want).abs() < 1e-3, "({i}, {j}): {} vs {want}", got[i * n + j]);
             }
         }
