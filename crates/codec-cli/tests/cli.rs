@@ -169,6 +169,14 @@ fn bad_arguments() {
     );
     assert_fails(&codec(&["roundtrip", "-m", s(model()), s(&input), "-o", s(&tmp("c.wav")), "--n-q", "0"]), &["--n-q"]);
     assert_fails(&codec(&["info", "not-a-file-nor-id"]), &["not-a-file-nor-id"]);
+    assert_fails(
+        &codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("c.npy")), "--precision", "fp8"]),
+        &["--precision must be f32 or bf16, not 'fp8'"],
+    );
+    assert_fails(
+        &codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("c.npy")), "--threads", "0"]),
+        &["--threads"],
+    );
     let pth = tmp("garbage.pth");
     std::fs::write(&pth, b"not a zip").unwrap();
     assert_fails(
