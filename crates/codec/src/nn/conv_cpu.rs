@@ -2,9 +2,9 @@
 //!
 //! A conv1d is `Y (C_out × T_out) = W (C_out × C_in·K) · X̂ (C_in·K × T_out)` with `X̂[(i, j), τ] =
 //! x[i, τ·stride + j·dilation − pad_left]`. X̂ is never built: the GEMM's B packer reads it straight from the signal
-//! (zero padding and stride included) one cache-sized block at a time, so each output element is written once per
-//! depth block, with the bias added by the GEMM's epilogue. The weight is the GEMM's left factor, packed once per
-//! layer ([`PackedConv`]).
+//! (zero or reflect padding and stride included) one cache-sized block at a time, so each output element is written
+//! once per depth block, with the bias (and a residual, `Conv1d::forward_add`) added by the GEMM's epilogue. The
+//! weight is the GEMM's left factor, packed once per layer ([`PackedConv`]).
 //!
 //! A transposed conv is split into its `stride` output phases: output sample `u = q·s + r` only receives taps
 //! `j = r + m·s`, from input `q − m`, so phase `r` is an ordinary stride-1 conv with `⌈K/s⌉` taps read backwards.
@@ -14,9 +14,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::f32_slice;
 use rayon::prelude::*;
 
+use super::f32_slice;
 use super::gemm::{gemm, Epilogue, Output, PackB, Packed, Strided};
 
 /// The weights of one conv layer as the GEMM's left factor, and the bias of each GEMM row.
@@ -292,7 +292,6 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let x = f32_slice(storage, layout, "conv input")?;
         let (b, c, t) = match layout.shape().dims3()? {
             (b, t, c) if self.channels_last => (b, c, t),

@@ -1,19 +1,20 @@
 //! Single-precision GEMM, `C (+)= A · B (+ bias)`, packed and cache-blocked in the BLIS layering, with an AVX-512
-//! micro-kernel (AVX2 + FMA and portable fallbacks, chosen at run time).
+//! micro-kernel (AVX2 + FMA and portable fallbacks, chosen at run time) and an AVX-512 BF16 kernel for
+//! `--precision bf16`.
 //!
 //! Why our own: every model here is bounded by matrix products (convs are GEMMs over an implicit im2col, the
-//! transformers and ConvNeXt blocks are linear layers), and the `gemm` crate candle uses reached 55–120 GFLOP/s on
-//! our shapes where OpenBLAS reaches ~200 at 2 threads (`cargo run --release -p codec --example gemm_bench`).
+//! transformers and ConvNeXt blocks are linear layers). A BLAS-style call on plain matrices — the `gemm` crate candle
+//! uses reaches about what OpenBLAS does on our shapes (≈ 170 GFLOP/s at 2 threads here, `examples/gemm_bench.rs`
+//! next to `scripts/gemm_reference.py`) — leaves the rest on the table: an im2col buffer per conv (or one product
+//! per tap, each re-reading the output), weights repacked on every call, bias / residual / scale passes after
+//! it, no bf16. Here operands are *packers* ([`PackA`], [`PackB`]): a convolution packs its input straight from the
+//! signal (zero or reflect padding, stride, dilation), weights are packed once ([`Packed`]), and the epilogue adds
+//! per-row or per-column bias, scales columns and adds a residual as the tile is stored.
 //!
-//! Layering (loops outside-in): column blocks of `NC` → depth blocks of `KC`, B block packed into NR-wide panels
-//! (stays in L2) → row blocks of `MC`, A block packed into MR-tall panels → for each A panel (held in L1) the kernel
-//! sweeps the B panels. Operands are not matrices but *packers* ([`PackA`], [`PackB`]): a convolution packs its
-//! input straight from the signal (implicit im2col, zero padding and stride included), so no im2col buffer exists
-//! and each output element is written once per depth block. The epilogue adds per-row or per-column bias and can
-//! accumulate into C (residual adds, transposed-conv phases).
-//!
-//! Threads (rayon's pool) split the output into contiguous column or row ranges, each with its own packing
-//! buffers; there is no nested parallelism inside.
+//! Layering (loops outside-in): depth blocks of `KC` → this thread's A rows packed (or found prepacked) once →
+//! column blocks of `NC`, B block packed into NR-wide panels (stays in L2) → row blocks of `MC` → for each A panel
+//! (held in L1) the kernel sweeps the B panels. Threads (rayon's pool) split the output into contiguous column or
+//! row ranges — along the operand that needs packing — each with its own packing buffers; no nested parallelism.
 
 mod kernel;
 
