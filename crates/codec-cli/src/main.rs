@@ -137,8 +137,18 @@ fn load(spec: &str, cli: &Cli, parts: Parts) -> Result<Codec> {
     codec
 }
 
+/// Reads `path` as mono at the model's rate; non-finite samples (which would encode to garbage) are an error naming
+/// the file.
 fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
-    codec::audio::read_mono_at(path, codec.sample_rate())
+    let audio = codec::audio::read_mono_at(path, codec.sample_rate())?;
+    if let Some((i, v)) = audio.samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: sample {i} (at {:.3} s) is {v}; audio must be finite",
+            path.display(),
+            i as f64 / audio.sample_rate as f64
+        )));
+    }
+    Ok(audio)
 }
 
 /// A bar over code frames on stderr, moved after each chunk; invisible like the spinner.
@@ -207,6 +217,13 @@ fn read_codes(path: &Path, codec: &Codec) -> Result<Codes> {
 fn run(cli: &Cli) -> Result<()> {
     let threads = match cli.threads {
         Some(0) => return Err(Error::InvalidArgument("--threads must be at least 1".into())),
+        Some(n) if n > MAX_THREADS_PER_CPU * logical_cpus() => {
+            let max = MAX_THREADS_PER_CPU * logical_cpus();
+            if !cli.quiet {
+                eprintln!("note: --threads {n} is more than {max} ({MAX_THREADS_PER_CPU} per CPU); using {max}");
+            }
+            max
+        }
         Some(n) => n,
         None => physical_cores(),
     };
@@ -272,7 +289,10 @@ fn run(cli: &Cli) -> Result<()> {
                 (Some(m), _) => load(m, cli, Parts::All)?,
                 _ => return Err(Error::InvalidArgument("bench needs -m MODEL or --arch A --random".into())),
             };
-            bench(&codec, *seconds, (*runs).max(1), *n_q)
+            if *runs == 0 {
+                return Err(Error::InvalidArgument("--runs must be at least 1".into()));
+            }
+            bench(&codec, *seconds, *runs, *n_q)
         }
     }
 }
@@ -375,6 +395,13 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result
         }
     }
     Ok(())
+}
+
+/// More threads than this per logical CPU only add contention (and `--threads 10000` would start 10000 threads).
+const MAX_THREADS_PER_CPU: usize = 4;
+
+fn logical_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Physical cores (distinct core ids per package in sysfs), or the logical CPUs where that is unreadable.

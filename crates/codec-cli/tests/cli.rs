@@ -222,4 +222,27 @@ fn bad_audio() {
         &codec(&["roundtrip", "-m", s(model()), "/nonexistent.flac", "-o", s(&tmp("j.wav"))]),
         &["/nonexistent.flac"],
     );
+    // Non-finite samples would encode to garbage with exit 0: an error naming the file and the sample.
+    let mut samples = vec![0.1f32; 4800];
+    samples[1234] = f32::NAN;
+    let nan = tmp("nan.wav");
+    codec::audio::write_wav(&nan, &codec::Audio { sample_rate: 24000, samples }, false).unwrap();
+    assert_fails(
+        &codec(&["encode", "-m", s(model()), s(&nan), "-o", s(&tmp("n.npy"))]),
+        &["nan.wav", "sample 1234", "finite"],
+    );
+}
+
+/// Resource-minded arguments: an absurd thread count is clamped (not 10000 threads), zero runs is an error.
+#[test]
+fn thread_and_run_counts() {
+    let input = fixtures().join("input.wav");
+    let out = Command::new(env!("CARGO_BIN_EXE_codec"))
+        .args(["encode", "-m", s(model()), s(&input), "-o", s(&tmp("t.npy")), "--threads", "10000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--threads 10000 is more than"), "no clamping note: {err}");
+    assert_fails(&codec(&["bench", "-m", s(model()), "--runs", "0", "--seconds", "0.1"]), &["--runs"]);
 }

@@ -173,6 +173,9 @@ impl Codec {
         if audio.samples.is_empty() {
             return Err(Error::InvalidArgument("cannot encode empty audio".into()));
         }
+        if let Some((i, v)) = audio.samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!("audio sample {i} is {v}: samples must be finite")));
+        }
         let samples = if audio.sample_rate == self.sample_rate() {
             std::borrow::Cow::Borrowed(&audio.samples)
         } else {
