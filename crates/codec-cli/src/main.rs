@@ -24,7 +24,7 @@ struct Cli {
     /// No progress output.
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Arithmetic of the matrix products: f32 (exact, the default) or bf16 (AVX-512 BF16 on CPU, about twice as
+    /// Arithmetic of the matrix products: f32 (exact, the default) or bf16 (AVX-512 BF16 on CPU, up to 1.7x
     /// fast; codes and audio differ slightly from the reference).
     #[arg(long, global = true, default_value = "f32")]
     precision: String,
@@ -41,9 +41,12 @@ struct ModelArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert a checkpoint (HF directory or .safetensors) into a GGUF model file.
+    /// Convert a checkpoint into a GGUF model file: a hub-style directory (config.json + *.safetensors), a
+    /// .safetensors file, descript's DAC weights.pth, or a WavTokenizer Lightning .ckpt (+ its YAML).
     Convert {
+        /// The checkpoint: directory, .safetensors, .pth or .ckpt.
         src: PathBuf,
+        /// The GGUF file to write.
         #[arg(short, long)]
         output: PathBuf,
         /// Architecture (default: detected from config.json or the tensor names).
@@ -60,7 +63,9 @@ enum Command {
     Encode {
         #[command(flatten)]
         model: ModelArg,
+        /// The audio file to encode.
         input: PathBuf,
+        /// The codes file to write (.npy).
         #[arg(short, long)]
         output: PathBuf,
         /// Number of codebooks (default: all).
@@ -71,7 +76,9 @@ enum Command {
     Decode {
         #[command(flatten)]
         model: ModelArg,
+        /// The codes file (.npy) to decode.
         codes: PathBuf,
+        /// The WAV file to write.
         #[arg(short, long)]
         output: PathBuf,
         /// Write 16-bit PCM instead of 32-bit float.
@@ -82,18 +89,26 @@ enum Command {
     Roundtrip {
         #[command(flatten)]
         model: ModelArg,
+        /// The audio file to encode.
         input: PathBuf,
+        /// The WAV file to write (as long as the input).
         #[arg(short, long)]
         output: PathBuf,
+        /// Number of codebooks (default: all).
         #[arg(long = "n-q")]
         n_q: Option<usize>,
+        /// Write 16-bit PCM instead of 32-bit float.
         #[arg(long)]
         pcm16: bool,
     },
     /// Print a model file's architecture, rates, codebooks, parameters and storage.
-    Info { model: String },
+    Info {
+        /// A .gguf model file or a hub model id.
+        model: String,
+    },
     /// Time encode and decode on synthetic audio and print the real-time factor.
     Bench {
+        /// A .gguf model file or a hub model id (or --arch A --random).
         #[arg(short = 'm', long = "model", required_unless_present = "random")]
         model: Option<String>,
         /// Architecture of the random-weight model (with --random).
@@ -108,6 +123,7 @@ enum Command {
         /// Timed runs of each direction (the best is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Number of codebooks (default: all).
         #[arg(long = "n-q")]
         n_q: Option<usize>,
     },
@@ -149,6 +165,14 @@ fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
         )));
     }
     Ok(audio)
+}
+
+/// "wrote FILE (… s at … Hz)" on stderr unless --quiet.
+fn wrote_audio(cli: &Cli, output: &Path, audio: &Audio) {
+    if !cli.quiet {
+        let seconds = audio.samples.len() as f64 / audio.sample_rate as f64;
+        eprintln!("wrote {} ({seconds:.2} s at {} Hz)", output.display(), audio.sample_rate);
+    }
 }
 
 /// A bar over code frames on stderr, moved after each chunk; invisible like the spinner.
@@ -260,13 +284,19 @@ fn run(cli: &Cli) -> Result<()> {
             let audio = read_audio(input, &codec)?;
             let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
             let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
-            npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)
+            npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
+            if !cli.quiet {
+                eprintln!("wrote {} ({} codebooks × {} frames)", output.display(), codes.n_q, codes.n_frames);
+            }
+            Ok(())
         }
         Command::Decode { model, codes, output, pcm16 } => {
             let codec = load(&model.model, cli, Parts::Decoder)?;
             let codes = read_codes(codes, &codec)?;
             let audio = decode(&codec, &codes, cli.quiet)?;
-            codec::audio::write_wav(output, &audio, *pcm16)
+            codec::audio::write_wav(output, &audio, *pcm16)?;
+            wrote_audio(cli, output, &audio);
+            Ok(())
         }
         Command::Roundtrip { model, input, output, n_q, pcm16 } => {
             let codec = load(&model.model, cli, Parts::All)?;
@@ -277,10 +307,15 @@ fn run(cli: &Cli) -> Result<()> {
             // Same length as the input: trimmed, or zero-extended where a model's decoder returns a few samples
             // fewer than frames × hop (DAC with odd strides).
             out.samples.resize(audio.samples.len(), 0.0);
-            codec::audio::write_wav(output, &out, *pcm16)
+            codec::audio::write_wav(output, &out, *pcm16)?;
+            wrote_audio(cli, output, &out);
+            Ok(())
         }
         Command::Info { model } => info(model, cli),
         Command::Bench { model, arch, random, seconds, runs, n_q } => {
+            if model.is_some() && *random {
+                return Err(Error::InvalidArgument("bench takes -m MODEL or --arch A --random, not both".into()));
+            }
             let codec = match (model, arch) {
                 (_, Some(arch)) if *random => {
                     let device = cli.device.parse::<DeviceKind>()?.device()?;

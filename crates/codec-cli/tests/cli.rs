@@ -233,7 +233,8 @@ fn bad_audio() {
     );
 }
 
-/// Resource-minded arguments: an absurd thread count is clamped (not 10000 threads), zero runs is an error.
+/// Resource-minded arguments: an absurd thread count is clamped (not 10000 threads), zero runs is an error, a model
+/// and a random one at once is an error; success says what was written.
 #[test]
 fn thread_and_run_counts() {
     let input = fixtures().join("input.wav");
@@ -244,5 +245,7 @@ fn thread_and_run_counts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("--threads 10000 is more than"), "no clamping note: {err}");
+    assert!(err.contains("wrote") && err.contains("frames"), "success says nothing: {err}");
     assert_fails(&codec(&["bench", "-m", s(model()), "--runs", "0", "--seconds", "0.1"]), &["--runs"]);
+    assert_fails(&codec(&["bench", "-m", s(model()), "--arch", "mimi", "--random"]), &["not both"]);
 }
