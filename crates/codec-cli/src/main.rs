@@ -25,7 +25,7 @@ struct Cli {
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Arithmetic of the matrix products: f32 (exact, the default) or bf16 (AVX-512 BF16 on CPU, up to 1.7x
-    /// fast; codes and audio differ slightly from the reference).
+    /// faster; codes and audio differ slightly from the reference).
     #[arg(long, global = true, default_value = "f32")]
     precision: String,
     #[command(subcommand)]
