@@ -167,6 +167,23 @@ fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
     Ok(audio)
 }
 
+/// Checks an output path before any work: the format its extension names is the one we write, its directory exists,
+/// and it is not a directory itself — so a typo costs nothing and a `.mp3` name never holds WAV data.
+fn check_output(path: &Path, extension: &str) -> Result<()> {
+    let bad = |problem: String| Err(Error::InvalidArgument(format!("{}: {problem}", path.display())));
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension)) {
+        return bad(format!("this command writes .{extension} files; give the output that extension"));
+    }
+    if path.is_dir() {
+        return bad("is a directory".into());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return bad(format!("directory {} does not exist", dir.display()));
+    }
+    Ok(())
+}
+
 /// "wrote FILE (… s at … Hz)" on stderr unless --quiet.
 fn wrote_audio(cli: &Cli, output: &Path, audio: &Audio) {
     if !cli.quiet {
@@ -279,6 +296,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Encode { model, input, output, n_q } => {
+            check_output(output, "npy")?;
             let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
             let audio = read_audio(input, &codec)?;
@@ -291,6 +309,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Decode { model, codes, output, pcm16 } => {
+            check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::Decoder)?;
             let codes = read_codes(codes, &codec)?;
             let audio = decode(&codec, &codes, cli.quiet)?;
@@ -299,6 +318,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Roundtrip { model, input, output, n_q, pcm16 } => {
+            check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
             let audio = read_audio(input, &codec)?;

@@ -248,4 +248,12 @@ fn thread_and_run_counts() {
     assert!(err.contains("wrote") && err.contains("frames"), "success says nothing: {err}");
     assert_fails(&codec(&["bench", "-m", s(model()), "--runs", "0", "--seconds", "0.1"]), &["--runs"]);
     assert_fails(&codec(&["bench", "-m", s(model()), "--arch", "mimi", "--random"]), &["not both"]);
+    // Output paths are checked before any work.
+    let codes = fixtures().join("codes.npy");
+    assert_fails(&codec(&["decode", "-m", s(model()), s(&codes), "-o", s(&tmp("out.mp3"))]), &["out.mp3", ".wav"]);
+    assert_fails(
+        &codec(&["encode", "-m", s(model()), s(&input), "-o", "/nonexistent/dir/c.npy"]),
+        &["/nonexistent/dir"],
+    );
+    assert_fails(&codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("codes.txt"))]), &["codes.txt", ".npy"]);
 }
