@@ -489,10 +489,31 @@ fn keep_freed_memory() {
     }
 }
 
+/// The last panic's message and place, kept by the panic hook instead of printed: a panic the library turns into
+/// an error (a hostile file in a third-party decoder) prints nothing, and one that escapes is reported by `main`
+/// as one line, never a backtrace.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    std::panic::set_hook(Box::new(|info| {
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(format!("{msg}{place}"));
+        }
+    }));
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = std::panic::catch_unwind(|| run(&cli)).unwrap_or_else(|_| {
+        let what = LAST_PANIC.lock().ok().and_then(|mut p| p.take()).unwrap_or_default();
+        Err(Error::InvalidArgument(format!("internal error (please report): {what}")))
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");

@@ -222,6 +222,20 @@ fn bad_audio() {
         &codec(&["roundtrip", "-m", s(model()), "/nonexistent.flac", "-o", s(&tmp("j.wav"))]),
         &["/nonexistent.flac"],
     );
+    // A header the decoder library panics on (sample rate 0): one line naming the file, no backtrace.
+    let mut rate0 = b"RIFF".to_vec();
+    rate0.extend(236u32.to_le_bytes());
+    rate0.extend(b"WAVEfmt ");
+    rate0.extend(16u32.to_le_bytes());
+    rate0.extend([1u16, 1].iter().flat_map(|v| v.to_le_bytes()));
+    rate0.extend([0u32, 0].iter().flat_map(|v| v.to_le_bytes()));
+    rate0.extend([2u16, 16].iter().flat_map(|v| v.to_le_bytes()));
+    rate0.extend(b"data");
+    rate0.extend(200u32.to_le_bytes());
+    rate0.extend([0u8; 200]);
+    let rate0_path = tmp("rate0.wav");
+    std::fs::write(&rate0_path, rate0).unwrap();
+    assert_fails(&codec(&["encode", "-m", s(model()), s(&rate0_path), "-o", s(&tmp("r.npy"))]), &["rate0.wav"]);
     // Non-finite samples would encode to garbage with exit 0: an error naming the file and the sample.
     let mut samples = vec![0.1f32; 4800];
     samples[1234] = f32::NAN;

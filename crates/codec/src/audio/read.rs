@@ -25,6 +25,19 @@ const SUPPORTED: &str = "wav, flac, mp3, ogg/vorbis";
 /// (gapless mp3). Errors: a missing or unreadable file is [`Error::Io`]; a file that is not audio, holds no audio
 /// track, or decodes to zero samples is [`Error::Audio`].
 pub fn read(path: &Path) -> Result<Audio> {
+    // symphonia panics on some malformed headers (a WAV with sample rate 0 builds a zero time base): whatever the
+    // decoder does with a hostile file, it becomes an error naming the file.
+    std::panic::catch_unwind(|| read_unguarded(path)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(Error::audio(path, format!("malformed audio file (the decoder failed: {msg})")))
+    })
+}
+
+fn read_unguarded(path: &Path) -> Result<Audio> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // Opening a directory succeeds on Unix; say so instead of "not a supported audio file".
     if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
