@@ -438,16 +438,24 @@ impl Writer {
     }
 
     /// Writes the file; a failure leaves no partial file behind under `path`.
+    ///
+    /// Only a regular file (or nothing) at `path` is replaced: a directory, symlink, device or pipe there is an
+    /// error, and errors name `path`, not the temporary file beside it.
     pub fn write(&self, path: &Path) -> Result<()> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_file() {
+                return Err(Error::model_file(path, "is not a regular file; refusing to replace it"));
+            }
+        }
         let tmp = path.with_extension("gguf.partial");
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let file = File::create(&tmp).map_err(|e| Error::io(path, e))?;
         let mut w = BufWriter::new(file);
         let metadata: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = self.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let res = gguf_file::write(&mut w, &metadata, &tensors)
             .map_err(|e| Error::model_file(path, format!("cannot write: {e}")))
-            .and_then(|_| w.into_inner().map_err(|e| Error::io(&tmp, e.into_error())))
-            .and_then(|mut f| f.stream_position().map(|_| ()).map_err(|e| Error::io(&tmp, e)));
+            .and_then(|_| w.into_inner().map_err(|e| Error::io(path, e.into_error())))
+            .and_then(|mut f| f.stream_position().map(|_| ()).map_err(|e| Error::io(path, e)));
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -459,6 +467,30 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Writer::write` replaces a regular file but never a directory or a symlink, and names the target in errors.
+    #[test]
+    fn write_refuses_special_targets() {
+        let dir = std::env::temp_dir().join(format!("codec-rs-gguf-target-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let w = Writer::new("mimi", "test");
+        let err = w.write(&dir).unwrap_err().to_string();
+        assert!(err.contains("not a regular file") && err.contains(&*dir.to_string_lossy()), "{err}");
+        let target = dir.join("real.gguf");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.join("link.gguf");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            assert!(w.write(&link).unwrap_err().to_string().contains("not a regular file"));
+            assert_eq!(std::fs::read(&target).unwrap(), b"x", "the symlink's target was touched");
+        }
+        w.write(&target).unwrap();
+        assert!(ModelFile::open(&target).is_ok());
+        let err = w.write(&dir.join("missing/sub/out.gguf")).unwrap_err().to_string();
+        assert!(err.contains("out.gguf") && !err.contains("partial"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("codec-gguf-{}-{name}", std::process::id()))
