@@ -236,6 +236,10 @@ fn bad_audio() {
     let rate0_path = tmp("rate0.wav");
     std::fs::write(&rate0_path, rate0).unwrap();
     assert_fails(&codec(&["encode", "-m", s(model()), s(&rate0_path), "-o", s(&tmp("r.npy"))]), &["rate0.wav"]);
+    // A tiny file claiming 1 Hz would be resampled to gigabytes: its rate is refused.
+    let slow = tmp("slow.wav");
+    codec::audio::write_wav(&slow, &codec::Audio { sample_rate: 1, samples: vec![0.1; 1000] }, false).unwrap();
+    assert_fails(&codec(&["encode", "-m", s(model()), s(&slow), "-o", s(&tmp("s.npy"))]), &["slow.wav", "1 Hz"]);
     // Non-finite samples would encode to garbage with exit 0: an error naming the file and the sample.
     let mut samples = vec![0.1f32; 4800];
     samples[1234] = f32::NAN;

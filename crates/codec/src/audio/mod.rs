@@ -25,9 +25,25 @@ pub struct Audio {
     pub samples: Vec<f32>,
 }
 
-/// Reads any supported audio file ([`read`]) and resamples it to `rate` Hz ([`resample`]).
+/// Input sample rates accepted for resampling: below or above these a file is almost surely lying, and resampling
+/// it would make far more samples (a 48 KB WAV claiming 1 Hz asked for 9 GB) or do far more work than its size
+/// suggests.
+pub const MIN_INPUT_RATE: u32 = 1000;
+pub const MAX_INPUT_RATE: u32 = 768_000;
+
+/// Reads any supported audio file ([`read`]) and resamples it to `rate` Hz ([`resample`]); input rates outside
+/// [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`] are an error naming the file.
 pub fn read_mono_at(path: &Path, rate: u32) -> Result<Audio> {
     let audio = read(path)?;
+    if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&audio.sample_rate) {
+        return Err(crate::Error::audio(
+            path,
+            format!(
+                "sample rate {} Hz is outside the supported {MIN_INPUT_RATE}–{MAX_INPUT_RATE} Hz",
+                audio.sample_rate
+            ),
+        ));
+    }
     if audio.sample_rate == rate {
         return Ok(audio);
     }
