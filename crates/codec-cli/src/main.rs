@@ -363,10 +363,10 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
     for (_, _, d) in &tensors {
         *dtypes.entry(format!("{d:?}")).or_default() += 1;
     }
-    println!("file:           {}", path.display());
-    println!("architecture:   {arch}");
+    println!("file:           {}", printable(&path.display().to_string()));
+    println!("architecture:   {}", printable(&arch));
     if let Ok(name) = file.string(codec::gguf::keys::NAME) {
-        println!("name:           {name}");
+        println!("name:           {}", printable(name));
     }
     println!("sample rate:    {} Hz", codec.sample_rate());
     println!("hop:            {} samples", codec.hop());
@@ -379,9 +379,15 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
     println!("file size:      {} bytes ({:.1} MiB)", file.file_size, file.file_size as f64 / (1 << 20) as f64);
     println!("metadata:");
     for (k, v) in file.metadata_lines() {
-        println!("  {k} = {v}");
+        println!("  {} = {}", printable(&k), printable(&v));
     }
     Ok(())
+}
+
+/// `s` with control characters (NULs, terminal escape sequences from a hostile file, newlines) escaped, so text
+/// taken from files cannot drive the terminal or break the one-line error format.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result<()> {
@@ -516,8 +522,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.to_string().replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", printable(&e.to_string().replace('\n', " ")));
             ExitCode::FAILURE
         }
     }

@@ -251,6 +251,19 @@ fn bad_audio() {
     );
 }
 
+/// Text from a hostile file (a model name with a terminal escape and a NUL) is printed escaped.
+#[test]
+fn file_text_is_escaped() {
+    let out = tmp("evil.gguf");
+    let opts = codec::convert::ConvertOptions { name: Some("evil\u{1b}[31m\0name".into()), ..Default::default() };
+    codec::convert::convert(&fixtures().join("hub"), &out, &opts).unwrap();
+    let info = codec(&["info", s(&out)]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    assert!(!text.contains('\u{1b}') && !text.contains('\0'), "raw control bytes: {text:?}");
+    assert!(text.contains("evil\\u{1b}[31m\\u{0}name"), "{text}");
+}
+
 /// Resource-minded arguments: an absurd thread count is clamped (not 10000 threads), zero runs is an error, a model
 /// and a random one at once is an error; success says what was written.
 #[test]
