@@ -66,24 +66,31 @@ impl ModelFile {
         self.content.tensor_infos.get(name).map(|i| i.shape.dims())
     }
 
-    /// Reads one tensor as f32 onto `device` (as [`ModelFile::load_tensors`] does for all), from a memory map of the
-    /// file made on first use: building a model tensor by tensor lets each layer pack its weights and free the
-    /// f32 copy before the next is read, so memory freed by one layer is reused by the next.
+    /// The file memory-mapped, on first use.
+    fn mapped(&self) -> Result<&memmap2::Mmap> {
+        if let Some(map) = self.map.get() {
+            return Ok(map);
+        }
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        // SAFETY: the map is only read. As with any memory-mapped read (candle's safetensors loader does the same),
+        // another process truncating the file meanwhile would end this one with SIGBUS; rewriting it in place would
+        // give torn values. `Writer::write` replaces files by rename, so our own writes never do either.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.map.get_or_init(|| map))
+    }
+
+    /// Reads tensor `name` as f32 (the compute dtype) onto `device`, with one pass over its mapped bytes straight
+    /// into the tensor's own buffer (f32: one copy; f16 widened, q8_0 dequantized on the way; other ggml types, not
+    /// written by `codec convert`, through candle's `QTensor::dequantize`). Models are built tensor by tensor, so
+    /// each layer can pack its weights and free the f32 copy before the next is read.
     pub fn load_tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let map = match self.map.get() {
-            Some(map) => map,
-            None => {
-                let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-                // SAFETY: as in `load_tensors`: the map is only read; `Writer::write` replaces files by rename.
-                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
-                self.map.get_or_init(|| map)
-            }
-        };
+        let map = self.mapped()?;
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| Error::model_file(&self.path, format!("tensor '{name}' is missing")))?;
+        // Checked again: the file may have changed since `open`.
         let range = data_range(&self.content, info, map.len() as u64)
             .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
         tensor_from_bytes(info.ggml_dtype, &map[range], info.shape.dims(), device)
@@ -163,41 +170,12 @@ impl ModelFile {
         out
     }
 
-    /// Reads every tensor onto `device` as f32 (the compute dtype); f16 is widened and q8_0 dequantized here.
-    ///
-    /// The file is memory-mapped and each tensor is built with one pass over its mapped bytes straight into the
-    /// tensor's own buffer (f32: one copy; f16, q8_0: converted on the way), tensors in parallel. Other ggml
-    /// storage types (not written by `codec convert`) go through candle's `QTensor::dequantize`.
+    /// Every tensor, as [`ModelFile::load_tensor`] reads them, tensors in parallel (largest first, so the loop ends
+    /// with small tensors filling the gaps).
     pub fn load_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        self.load_tensors_where(device, |_| true)
-    }
-
-    /// [`ModelFile::load_tensors`] for the tensors whose names `keep` accepts (a codec loaded to encode only needs
-    /// no decoder weights).
-    pub fn load_tensors_where(&self, device: &Device, keep: impl Fn(&str) -> bool) -> Result<HashMap<String, Tensor>> {
-        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        // SAFETY: the map is only read, and only inside this function. As with any memory-mapped read (candle's
-        // safetensors loader does the same), another process truncating the file meanwhile would end this one
-        // with SIGBUS; rewriting it in place would give torn values. `Writer::write` replaces files by rename, so
-        // our own writes never do either.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
-        let file_size = map.len() as u64;
-        let mut jobs = Vec::with_capacity(self.content.tensor_infos.len());
-        for (name, info) in self.content.tensor_infos.iter().filter(|(name, _)| keep(name)) {
-            // Checked again: the file may have changed since `open`.
-            let range = data_range(&self.content, info, file_size)
-                .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
-            jobs.push((name, info, range));
-        }
-        // Largest first, so the parallel loop ends with small tensors filling the gaps.
-        jobs.sort_by_key(|(_, _, range)| std::cmp::Reverse(range.len()));
-        jobs.into_par_iter()
-            .map(|(name, info, range)| {
-                let tensor = tensor_from_bytes(info.ggml_dtype, &map[range], info.shape.dims(), device)
-                    .map_err(|e| Error::model_file(&self.path, format!("cannot read tensor '{name}': {e}")))?;
-                Ok((name.clone(), tensor))
-            })
-            .collect()
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort_by_key(|n| std::cmp::Reverse(self.content.tensor_infos[*n].shape.elem_count()));
+        names.into_par_iter().map(|name| Ok((name.clone(), self.load_tensor(name, device)?))).collect()
     }
 }
 
