@@ -162,31 +162,32 @@ impl Conv1d {
             Padding::Torch { padding, .. } => (padding, padding),
         }
     }
-}
 
-impl Conv1d {
+    /// The CPU GEMM op for `x` (f32 on CPU, not grouped), and whether it pads inside: zero padding, and reflect
+    /// padding shorter than the input, happen while the input is packed; other modes pad the input first.
+    fn gemm_op(&self, x: &Tensor) -> Result<Option<(Conv1dOp<'_>, bool)>> {
+        let c = &self.cfg;
+        if !(x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1) {
+            return Ok(None);
+        }
+        let len = x.dim(D::Minus1)?;
+        let (left, right) = self.padding(len);
+        let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
+        let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
+        let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
+        let op =
+            Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right, reflect };
+        Ok(Some((op, inside)))
+    }
+
     /// `forward(x) + residual`, the add fused into the convolution on CPU.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let c = &self.cfg;
-        let (left, right) = self.padding(x.dim(D::Minus1)?);
-        let zero_padded = c.pad_mode == PadMode::Constant || (left == 0 && right == 0);
-        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 && zero_padded {
-            let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
-            let op = Conv1dOp {
-                weights,
-                stride: c.stride,
-                dilation: c.dilation,
-                pad_left: left,
-                pad_right: right,
-                reflect: false,
-            };
-            return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
+        match self.gemm_op(x)? {
+            Some((op, true)) => x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op),
+            _ => self.forward(x)? + residual,
         }
-        self.forward(x)? + residual
     }
-}
 
-impl Conv1d {
     fn depthwise_on_cpu(&self, x: &Tensor, channels: usize) -> bool {
         let c = &self.cfg;
         x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == channels && c.stride == 1
@@ -230,19 +231,13 @@ impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (left, right) = self.padding(x.dim(D::Minus1)?);
         let c = &self.cfg;
-        if x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1 {
-            let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
-            let len = x.dim(D::Minus1)?;
-            // Zero padding, and reflect padding shorter than the input, happen inside the kernel; others pad first.
-            let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
-            let op =
-                Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right, reflect };
-            return if c.pad_mode == PadMode::Constant || reflect {
-                x.contiguous()?.apply_op1_no_bwd(&op)
-            } else {
+        match self.gemm_op(x)? {
+            Some((op, true)) => return x.contiguous()?.apply_op1_no_bwd(&op),
+            Some((op, false)) => {
                 let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
-                x.apply_op1_no_bwd(&Conv1dOp { pad_left: 0, pad_right: 0, ..op })
-            };
+                return x.apply_op1_no_bwd(&Conv1dOp { pad_left: 0, pad_right: 0, ..op });
+            }
+            None => {}
         }
         if self.depthwise_on_cpu(x, x.dim(1)?) {
             let x = if c.pad_mode == PadMode::Constant { x.clone() } else { pad1d(x, left, right, c.pad_mode)? };
