@@ -9,7 +9,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv};
-use super::sum_all;
+use super::{f32_vec, get_or_try_init, kept, pack_at_build, sum_all};
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,33 +107,12 @@ pub struct Conv1d {
     cfg: ConvConfig,
     /// Depthwise convs on CPU: weight (C, K) and bias as plain vectors, read on first use.
     depthwise: OnceLock<Arc<DepthwiseWeights>>,
-    /// The CPU GEMM form of the weights, packed on first use (only the layers a run needs pay for it).
+    /// The CPU GEMM form of the weights: packed when built (see `nn::pack_at_build`), else on first CPU use.
     packed: OnceLock<Arc<PackedConv>>,
 }
 
 /// A depthwise conv's weight (C, K) and bias as plain vectors.
 type DepthwiseWeights = (Vec<f32>, Option<Vec<f32>>);
-
-/// Whether a CPU layer packs its weights when built, freeing the f32 tensor: on CPU, for f32 weights that are real
-/// (not the zero-cost placeholders of a model half that was not loaded; see `models::Parts`). Packing at build time
-/// lets the next layer's weights reuse the memory of this one's f32 copy (start-up is mostly page faults).
-pub(crate) fn pack_at_build(w: &Tensor) -> bool {
-    w.device().is_cpu() && w.dtype() == DType::F32 && !w.stride().iter().all(|&s| s == 0)
-}
-
-/// The weight tensor of a layer that kept it (an error for one whose weights live only packed).
-fn kept(weight: &Option<Tensor>) -> Result<&Tensor> {
-    weight.as_ref().ok_or_else(|| candle_core::Error::Msg("weights are packed for the CPU kernels only".into()))
-}
-
-/// The packed weights in `cell`, packing them on first use.
-fn packed(cell: &OnceLock<Arc<PackedConv>>, pack: impl FnOnce() -> Result<PackedConv>) -> Result<&PackedConv> {
-    if let Some(p) = cell.get() {
-        return Ok(p);
-    }
-    let p = Arc::new(pack()?);
-    Ok(cell.get_or_init(|| p))
-}
 
 impl Conv1d {
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
@@ -172,7 +151,9 @@ impl Conv1d {
         }
         let len = x.dim(D::Minus1)?;
         let (left, right) = self.padding(len);
-        let weights = packed(&self.packed, || PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref()))?;
+        let weights = get_or_try_init(&self.packed, || {
+            Ok(Arc::new(PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref())?))
+        })?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
         let op =
@@ -195,14 +176,9 @@ impl Conv1d {
 
     /// The depthwise CPU op on `x` (already padded unless zero padding `pads` is given).
     fn depthwise_op(&self, x: &Tensor, (pad_left, pad_right): (usize, usize), channels_last: bool) -> Result<Tensor> {
-        let vectors = match self.depthwise.get() {
-            Some(v) => v,
-            None => {
-                let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-                let v = Arc::new((flat(kept(&self.weight)?)?, self.bias.as_ref().map(flat).transpose()?));
-                self.depthwise.get_or_init(|| v)
-            }
-        };
+        let vectors = get_or_try_init(&self.depthwise, || {
+            Ok(Arc::new((f32_vec(kept(&self.weight)?)?, self.bias.as_ref().map(f32_vec).transpose()?)))
+        })?;
         let op = DepthwiseConv1dOp {
             weight: &vectors.0,
             bias: vectors.1.as_deref(),
@@ -317,8 +293,8 @@ impl Module for ConvTranspose1d {
             Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let weights = packed(&self.packed, || {
-                PackedConv::conv_transpose1d(kept(&self.weight)?, self.bias.as_ref(), self.stride)
+            let weights = get_or_try_init(&self.packed, || {
+                Ok(Arc::new(PackedConv::conv_transpose1d(kept(&self.weight)?, self.bias.as_ref(), self.stride)?))
             })?;
             let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
             return x.contiguous()?.apply_op1_no_bwd(&op);

@@ -16,8 +16,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::gemm::{gemm, Epilogue, Output, PackB, Packed, Strided};
+use super::{f32_slice, f32_vec};
 
 /// The weights of one conv layer as the GEMM's left factor, and the bias of each GEMM row.
 #[derive(Debug)]
@@ -32,18 +32,14 @@ pub struct PackedConv {
     taps: usize,
 }
 
-fn cpu_vec(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()
-}
-
 impl PackedConv {
     /// A conv1d weight `(C_out, C_in, K)`: already the row-major `C_out × C_in·K` matrix the GEMM wants.
     pub fn conv1d(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let (c_out, c_in, kernel) = weight.dims3()?;
-        let w = cpu_vec(weight)?;
+        let w = f32_vec(weight)?;
         let a = Strided::row_major(&w, c_out, c_in * kernel)
             .ok_or_else(|| candle_core::Error::Msg("conv weight".into()))?;
-        let bias = bias.map(cpu_vec).transpose()?;
+        let bias = bias.map(f32_vec).transpose()?;
         let weights = Packed::a(&a, c_out, c_in * kernel);
         Ok(Self { weights, bias, c_in, c_out, kernel, taps: kernel })
     }
@@ -52,7 +48,7 @@ impl PackedConv {
     /// `A[(r, o), (i, m)] = w[i, o, r + m·stride]` (zero past the kernel).
     pub fn conv_transpose1d(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
         let (c_in, c_out, kernel) = weight.dims3()?;
-        let w = cpu_vec(weight)?;
+        let w = f32_vec(weight)?;
         let taps = kernel.div_ceil(stride);
         let mut a = vec![0f32; stride * c_out * c_in * taps];
         for r in 0..stride {
@@ -66,7 +62,7 @@ impl PackedConv {
         }
         let view = Strided::row_major(&a, stride * c_out, c_in * taps).expect("sized above");
         let weights = Packed::a(&view, stride * c_out, c_in * taps);
-        let bias = bias.map(cpu_vec).transpose()?.map(|b| b.repeat(stride));
+        let bias = bias.map(f32_vec).transpose()?.map(|b| b.repeat(stride));
         Ok(Self { weights, bias, c_in, c_out, kernel, taps })
     }
 }

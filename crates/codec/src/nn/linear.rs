@@ -5,8 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
-use super::f32_slice;
 use super::gemm::{gemm, Epilogue, Output, Packed, Strided};
+use super::{f32_slice, f32_vec, get_or_try_init, kept, pack_at_build};
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -25,25 +25,21 @@ struct PackedLinear {
     bias: Option<Vec<f32>>,
 }
 
-fn cpu_vec(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
-}
-
 impl PackedLinear {
     fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let (out, inp) = weight.dims2()?;
-        let w = cpu_vec(weight)?;
+        let w = f32_vec(weight)?;
         let view = Strided::transposed(&w, out, inp).ok_or_else(|| candle_core::Error::Msg("linear weight".into()))?;
-        Ok(Self { weight_t: Packed::b(&view, inp, out), bias: bias.map(cpu_vec).transpose()? })
+        Ok(Self { weight_t: Packed::b(&view, inp, out), bias: bias.map(f32_vec).transpose()? })
     }
 }
 
 impl Linear {
     /// `weight` (out, in), `bias` (out). On CPU the weight is packed here and its f32 copy dropped
-    /// (`conv::pack_at_build`).
+    /// (`nn::pack_at_build`).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let packed = OnceLock::new();
-        if super::conv::pack_at_build(&weight) {
+        if pack_at_build(&weight) {
             let _ = packed.set(Arc::new(PackedLinear::new(&weight, bias.as_ref())?));
             return Ok(Self { weight: None, bias, packed, exact: false });
         }
@@ -55,23 +51,14 @@ impl Linear {
         Ok(Self { exact: true, ..Self::new(weight, bias)? })
     }
 
-    /// `x · m` for a right factor `m` (in, out) as stored (an ISTFT basis, an LSTM's transposed input weights).
+    /// `x · m` for a right factor `m` (in, out) as stored (the ISTFT bases).
     pub fn right_factor(m: &Tensor, bias: Option<Tensor>) -> Result<Self> {
         Self::new(m.t()?, bias)
     }
 
-    fn weight(&self) -> Result<&Tensor> {
-        self.weight
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("weights are packed for the CPU kernels only".into()))
-    }
-
     fn packed(&self) -> Result<&PackedLinear> {
-        if let Some(p) = self.packed.get() {
-            return Ok(p);
-        }
-        let p = Arc::new(PackedLinear::new(self.weight()?, self.bias.as_ref())?);
-        Ok(self.packed.get_or_init(|| p))
+        get_or_try_init(&self.packed, || Ok(Arc::new(PackedLinear::new(kept(&self.weight)?, self.bias.as_ref())?)))
+            .map(|p| p.as_ref())
     }
 }
 
@@ -80,7 +67,7 @@ impl Linear {
     /// add done in the GEMM's epilogue on CPU — ConvNeXt's `x + γ · pwconv2(h)`.
     pub fn forward_scale_add(&self, x: &Tensor, scale: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let scale = cpu_vec(scale)?;
+            let scale = f32_vec(scale)?;
             let op = LinearOp { layer: self.packed()?, exact: self.exact, col_scale: Some(&scale) };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
@@ -94,7 +81,7 @@ impl Module for Linear {
             let op = LinearOp { layer: self.packed()?, exact: self.exact, col_scale: None };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
-        let y = x.broadcast_matmul(&self.weight()?.t()?)?;
+        let y = x.broadcast_matmul(&kept(&self.weight)?.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
