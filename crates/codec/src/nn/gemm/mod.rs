@@ -351,8 +351,6 @@ impl<'a> Output<'a> {
 /// What happens to `A·B` on its way into C.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {
-    /// Add to C's previous contents instead of overwriting them.
-    pub accumulate: bool,
     /// Added to every element of row `i` (a conv's per-channel bias in the (C, T) layout).
     pub row_bias: Option<&'a [f32]>,
     /// Added to every element of column `j` (a linear layer's bias in the (T, C) layout).
@@ -369,7 +367,7 @@ pub struct Epilogue<'a> {
 }
 
 /// Where one micro-tile goes: C at `c` with strides, biases (null when none or not the first depth block), and
-/// whether C's contents are added.
+/// whether C already holds the earlier depth blocks' sum (added to this one).
 pub(crate) struct Store {
     c: *mut f32,
     rs: isize,
@@ -485,7 +483,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
                 let bias = epi.row_bias.map_or(0.0, |r| r[i]) + epi.col_bias.map_or(0.0, |b| b[j]);
                 let residual = epi.residual.map_or(0.0, |r| r[i * c.rs + j * c.cs]);
                 let scale = epi.col_scale.map_or(1.0, |s| s[j]);
-                *p = (bias + if epi.accumulate { *p } else { 0.0 }) * scale + residual;
+                *p = bias * scale + residual;
             }
         }
         return;
@@ -724,7 +722,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
                     Some(r) if last => r.as_ptr().add(row * out.rs + col * out.cs),
                     _ => std::ptr::null(),
                 },
-                load_c: !first || epi.accumulate,
+                load_c: !first,
             };
             K::tile(kc, apack.add(ir * depth), bpack.add(jr * depth), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
         }
@@ -746,7 +744,8 @@ mod tests {
     }
 
     /// Every kernel family against a naive triple loop, over edge sizes (rows and columns not multiples of the
-    /// tile, depths across KC), strided operands and outputs, biases and accumulation.
+    /// tile, depths across KC), strided operands and outputs (elements between the written columns untouched),
+    /// biases, column scales and residuals.
     #[test]
     fn matches_naive() {
         let cases = [
@@ -771,9 +770,9 @@ mod tests {
             for i in 0..m {
                 for j in 0..n {
                     let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * bt[j * k + p] as f64).sum();
-                    // C with column stride 2 (the transposed-conv phase layout).
-                    let (r, s, c) = (residual[i * 2 * n + 2 * j] as f64, cs[j] as f64, init[i * 2 * n + 2 * j] as f64);
-                    want[i * 2 * n + 2 * j] = ((dot + rb[i] as f64 + cb[j] as f64 + c) * s + r) as f32;
+                    // C with column stride 2: every other element is written.
+                    let (r, s) = (residual[i * 2 * n + 2 * j] as f64, cs[j] as f64);
+                    want[i * 2 * n + 2 * j] = ((dot + rb[i] as f64 + cb[j] as f64) * s + r) as f32;
                 }
             }
             for kind in [Isa::Avx512, Isa::Avx2, Isa::Generic] {
@@ -782,7 +781,6 @@ mod tests {
                 let bm = Strided::transposed(&bt, n, k).unwrap();
                 let mut c = Output::new(&mut got, (m, n), 2 * n, 2).unwrap();
                 let epi = Epilogue {
-                    accumulate: true,
                     row_bias: Some(&rb),
                     col_bias: Some(&cb),
                     col_scale: Some(&cs),
