@@ -66,6 +66,17 @@ mod x86 {
     use super::{store_scalar, MicroKernel, Store};
     use std::arch::x86_64::*;
 
+    /// Calls `kernel::<R>(args…)` for `R = mr` among the listed row counts, `R = 1` otherwise: a tile kernel
+    /// monomorphised per row count keeps its accumulators in registers.
+    macro_rules! for_rows {
+        ($mr:expr, $kernel:ident, $args:tt, $($rows:literal),*) => {
+            match $mr {
+                $($rows => $kernel::<$rows> $args,)*
+                _ => $kernel::<1> $args,
+            }
+        };
+    }
+
     /// Writes `R` rows of three accumulator vectors (48 columns) through `store`: masked vector stores when C's
     /// columns are contiguous, the scalar path otherwise. A macro, not a function: the accumulators must stay in
     /// registers (a call took them through memory, 4 % of a Mimi run).
@@ -120,16 +131,7 @@ mod x86 {
         const MR: usize = 8;
         const NR: usize = 48;
         unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
-            match mr {
-                8 => avx512::<8>(kc, a, b, nr, store),
-                7 => avx512::<7>(kc, a, b, nr, store),
-                6 => avx512::<6>(kc, a, b, nr, store),
-                5 => avx512::<5>(kc, a, b, nr, store),
-                4 => avx512::<4>(kc, a, b, nr, store),
-                3 => avx512::<3>(kc, a, b, nr, store),
-                2 => avx512::<2>(kc, a, b, nr, store),
-                _ => avx512::<1>(kc, a, b, nr, store),
-            }
+            for_rows!(mr, avx512, (kc, a, b, nr, store), 8, 7, 6, 5, 4, 3, 2)
         }
     }
 
@@ -172,16 +174,7 @@ mod x86 {
         const BF16_PAIRS: bool = true;
         unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
             let (a, b, pairs) = (a as *const u32, b as *const u32, kc.div_ceil(2));
-            match mr {
-                8 => avx512_bf16::<8>(pairs, a, b, nr, store),
-                7 => avx512_bf16::<7>(pairs, a, b, nr, store),
-                6 => avx512_bf16::<6>(pairs, a, b, nr, store),
-                5 => avx512_bf16::<5>(pairs, a, b, nr, store),
-                4 => avx512_bf16::<4>(pairs, a, b, nr, store),
-                3 => avx512_bf16::<3>(pairs, a, b, nr, store),
-                2 => avx512_bf16::<2>(pairs, a, b, nr, store),
-                _ => avx512_bf16::<1>(pairs, a, b, nr, store),
-            }
+            for_rows!(mr, avx512_bf16, (pairs, a, b, nr, store), 8, 7, 6, 5, 4, 3, 2)
         }
     }
 
@@ -210,14 +203,7 @@ mod x86 {
         const MR: usize = 6;
         const NR: usize = 16;
         unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
-            match mr {
-                6 => avx2::<6>(kc, a, b, nr, store),
-                5 => avx2::<5>(kc, a, b, nr, store),
-                4 => avx2::<4>(kc, a, b, nr, store),
-                3 => avx2::<3>(kc, a, b, nr, store),
-                2 => avx2::<2>(kc, a, b, nr, store),
-                _ => avx2::<1>(kc, a, b, nr, store),
-            }
+            for_rows!(mr, avx2, (kc, a, b, nr, store), 6, 5, 4, 3, 2)
         }
     }
 
