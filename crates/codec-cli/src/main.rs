@@ -502,6 +502,13 @@ static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // Like any Unix filter, end quietly when the reader of our output goes away (`codec bench | head`); Rust
+    // ignores SIGPIPE, which turns the next print into a panic.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     std::panic::set_hook(Box::new(|info| {
         let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         let msg = info
