@@ -51,7 +51,8 @@ fn main() {
         (1024, 512, 3, 1, 250),
     ] {
         let (w, vb) = weights((co, ci, k), co);
-        let conv = Conv1d::new(ci, co, ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s), vb).unwrap();
+        let conv =
+            Conv1d::new(ci, co, ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s), vb.into()).unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());
         let padded = x.pad_with_zeros(2, k - s, 0).unwrap();
@@ -70,7 +71,7 @@ fn main() {
         &[(1024, 512, 16, 8, 250), (512, 256, 12, 6, 2000), (256, 128, 10, 5, 12000), (128, 64, 8, 4, 60000)]
     {
         let cfg = ConvConfig::new(k, Padding::Causal, PadMode::Constant).stride(s);
-        let conv = ConvTranspose1d::new(ci, co, cfg, weights((ci, co, k), co).1).unwrap();
+        let conv = ConvTranspose1d::new(ci, co, cfg, weights((ci, co, k), co).1.into()).unwrap();
         let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
         let ours = time(|| conv.forward(&x).unwrap());
         let gflop = 2.0 * (ci * co * k) as f64 * t as f64 / 1e9;

@@ -6,11 +6,11 @@
 //! #   → /tmp/mimi-full-f32.gguf, /tmp/mimi-full-f16.gguf, /tmp/mimi-full-q8_0.gguf
 //! # time open / load_tensors / model build (best of RUNS), and candle's QTensor path for comparison
 //! cargo run --release -p codec --example startup_bench -- load /tmp/mimi-full-f32.gguf [RUNS]
-//! # one fresh process, as `codec encode` runs it: open, load_tensors, model build, then three encodes of IN_AUDIO
+//! # one fresh process, as `codec encode` runs it: open, build the encoder, then three encodes of IN_AUDIO
 //! cargo run --release -p codec --example startup_bench -- phases /tmp/mimi-full-f32.gguf short.wav
 //! ```
 //! The weights are meaningless; only their names, shapes and storage dtypes match a converted kyutai/mimi (files
-//! converted from `scripts/make_fixtures.py --full-size` time the same). `phases` reads Mimi files only.
+//! converted from `scripts/make_fixtures.py --full-size` time the same).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -54,7 +54,7 @@ fn make(prefix: &str) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = MimiConfig::published(32);
     let rec = Arc::new(Mutex::new(Vec::new()));
     let vb = VarBuilder::from_backend(Box::new(Recorder(rec.clone())), DType::F32, Device::Cpu);
-    Mimi::new(cfg.clone(), vb)?;
+    Mimi::new(cfg.clone(), vb.into())?;
     let tensors = std::mem::take(&mut *rec.lock().unwrap());
     let n: usize = tensors.iter().map(|(_, t)| t.elem_count()).sum();
     println!("{} tensors, {n} parameters", tensors.len());
@@ -147,13 +147,9 @@ fn phases(path: &str, audio: &str) -> Result<(), Box<dyn std::error::Error>> {
     let file = ModelFile::open(path)?;
     print!("open {}", ms(t));
     let t = Instant::now();
-    let tensors = file.load_tensors(&dev)?;
-    print!(", load_tensors {}", ms(t));
-    let t = Instant::now();
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
-    let model = Mimi::new(MimiConfig::from_gguf(&file)?, vb)?;
-    print!(", Mimi::new {}", ms(t));
-    let codec = codec::Codec::from_model(Box::new(model), dev);
+    let model = codec::models::load(&file, &dev, codec::Parts::Encoder)?;
+    print!(", build encoder {}", ms(t));
+    let codec = codec::Codec::from_model(model, dev);
     let t = Instant::now();
     let input = codec::audio::read_mono_at(Path::new(audio), codec.sample_rate())?;
     print!(", read audio {}", ms(t));

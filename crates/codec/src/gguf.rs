@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -32,13 +33,32 @@ pub mod keys {
 
 pub use gguf_file::Value;
 
+/// f32 values of one tensor, read in place from a mapped model file (checked 4-byte aligned when made).
+#[derive(Clone)]
+pub struct MappedF32 {
+    map: Arc<memmap2::Mmap>,
+    bytes: std::ops::Range<usize>,
+}
+
+impl MappedF32 {
+    pub fn as_slice(&self) -> &[f32] {
+        bytemuck::cast_slice(&self.map[self.bytes.clone()])
+    }
+}
+
+impl std::fmt::Debug for MappedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedF32({} values at byte {})", self.bytes.len() / 4, self.bytes.start)
+    }
+}
+
 /// An opened GGUF model file: metadata and tensor directory read and checked, tensor data still on disk.
 pub struct ModelFile {
     pub path: PathBuf,
     pub file_size: u64,
     content: gguf_file::Content,
-    /// The file mapped on the first [`ModelFile::load_tensor`].
-    map: std::sync::OnceLock<memmap2::Mmap>,
+    /// The file mapped on the first [`ModelFile::load_tensor`] or [`ModelFile::mapped_f32`].
+    map: std::sync::OnceLock<Arc<memmap2::Mmap>>,
 }
 
 impl ModelFile {
@@ -67,7 +87,7 @@ impl ModelFile {
     }
 
     /// The file memory-mapped, on first use.
-    fn mapped(&self) -> Result<&memmap2::Mmap> {
+    fn mapped(&self) -> Result<&Arc<memmap2::Mmap>> {
         if let Some(map) = self.map.get() {
             return Ok(map);
         }
@@ -76,7 +96,21 @@ impl ModelFile {
         // another process truncating the file meanwhile would end this one with SIGBUS; rewriting it in place would
         // give torn values. `Writer::write` replaces files by rename, so our own writes never do either.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
-        Ok(self.map.get_or_init(|| map))
+        Ok(self.map.get_or_init(|| Arc::new(map)))
+    }
+
+    /// Tensor `name`'s values in place in the mapped file, if it is stored as f32 that this host can read directly
+    /// (little-endian, 4-byte aligned: any GGUF alignment but 1 or 2); `None` otherwise (then use `load_tensor`).
+    pub fn mapped_f32(&self, name: &str) -> Result<Option<MappedF32>> {
+        let Some(info) = self.content.tensor_infos.get(name) else { return Ok(None) };
+        if info.ggml_dtype != GgmlDType::F32 || cfg!(target_endian = "big") {
+            return Ok(None);
+        }
+        let map = self.mapped()?;
+        let bytes = data_range(&self.content, info, map.len() as u64)
+            .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
+        let aligned = bytemuck::try_cast_slice::<u8, f32>(&map[bytes.clone()]).is_ok();
+        Ok(aligned.then(|| MappedF32 { map: map.clone(), bytes }))
     }
 
     /// Reads tensor `name` as f32 (the compute dtype) onto `device`, with one pass over its mapped bytes straight

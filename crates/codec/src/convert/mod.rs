@@ -97,7 +97,7 @@ fn write_gguf(
     src: &Path,
     arch: &str,
     tensors: &[(String, Tensor, bool)],
-    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<()>,
+    build: impl FnOnce(crate::nn::Weights) -> candle_core::Result<()>,
     metadata: impl FnOnce(&mut Writer),
     out: &Path,
     opts: &ConvertOptions,
@@ -105,7 +105,7 @@ fn write_gguf(
     let err = |msg: String| Error::convert(src, msg);
     let map: HashMap<String, Tensor> = tensors.iter().map(|(n, t, _)| (n.clone(), t.clone())).collect();
     let vb = candle_nn::VarBuilder::from_tensors(map, candle_core::DType::F32, &Device::Cpu);
-    build(vb).map_err(|e| err(format!("checkpoint does not match the {arch} architecture: {e}")))?;
+    build(vb.into()).map_err(|e| err(format!("checkpoint does not match the {arch} architecture: {e}")))?;
     let name = opts.name.clone().or_else(|| src.file_name().and_then(|s| s.to_str()).map(String::from));
     let mut w = Writer::new(arch, name.as_deref().unwrap_or(arch));
     metadata(&mut w);

@@ -9,8 +9,8 @@
 //! Tensor names are the transformers (hub) layout's (`encoder.block.0.res_unit1.conv1.weight`, …); the converter maps
 //! descript's `.pth` names onto them.
 
+use crate::nn::Weights;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
@@ -114,7 +114,7 @@ struct ResidualUnit {
 }
 
 impl ResidualUnit {
-    fn new(dim: usize, dilation: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, dilation: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             snake1: Snake::new(dim, vb.pp("snake1"))?,
             conv1: Conv1d::new(dim, dim, ConvConfig::torch(7, 3 * dilation).dilation(dilation), vb.pp("conv1"))?,
@@ -131,7 +131,7 @@ impl ResidualUnit {
     }
 }
 
-fn residual_units(dim: usize, vb: &VarBuilder) -> Result<[ResidualUnit; 3]> {
+fn residual_units(dim: usize, vb: &Weights) -> Result<[ResidualUnit; 3]> {
     Ok([
         ResidualUnit::new(dim, 1, vb.pp("res_unit1"))?,
         ResidualUnit::new(dim, 3, vb.pp("res_unit2"))?,
@@ -168,7 +168,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    fn new(cfg: &DacConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DacConfig, vb: Weights) -> Result<Self> {
         let mut dim = cfg.encoder_dim;
         let conv1 = Conv1d::new(1, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
         let mut blocks = Vec::with_capacity(cfg.encoder_rates.len());
@@ -220,7 +220,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn new(cfg: &DacConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DacConfig, vb: Weights) -> Result<Self> {
         let mut dim = cfg.decoder_dim;
         let conv1 = Conv1d::new(cfg.latent_dim, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
         let mut blocks = Vec::with_capacity(cfg.decoder_rates.len());
@@ -271,7 +271,7 @@ impl Dac {
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid dac model: {e}")))
     }
 
-    pub fn new(config: DacConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: DacConfig, vb: Weights) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::new(&config, vb.pp("encoder"))?,
             quantizer: FactorizedRvq::new(

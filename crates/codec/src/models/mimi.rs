@@ -6,8 +6,8 @@
 //!
 //! Tensor names are the transformers (hub) layout's; the converter maps Kyutai's original checkpoint onto them.
 
+use crate::nn::Weights;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
@@ -215,7 +215,7 @@ pub struct SplitRvq {
 }
 
 impl SplitRvq {
-    fn new(cfg: &MimiConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &MimiConfig, vb: Weights) -> Result<Self> {
         let n_sem = cfg.num_semantic_quantizers;
         let rvq = |n, name| ResidualVq::new(n, cfg.hidden_size, cfg.codebook_dim, cfg.codebook_size, true, vb.pp(name));
         Ok(Self {
@@ -272,7 +272,7 @@ impl Mimi {
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid mimi model: {e}")))
     }
 
-    pub fn new(config: MimiConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: MimiConfig, vb: Weights) -> Result<Self> {
         let seanet = config.seanet()?;
         let transformer = config.transformer();
         let h = config.hidden_size;

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::gguf::ModelFile;
+use crate::nn::Weights;
 
 /// What the runtime needs from an architecture. Tensors are batched: audio (B, 1, T) at `sample_rate()`, codes
 /// (B, n_q, F) u32 with F = ceil(T / hop()). Each model pads its input as its reference does.
@@ -78,13 +79,14 @@ pub(crate) fn weights<'a>(
     device: &Device,
     parts: Parts,
     (encoder_only, decoder_only): (&'static [&'static str], &'static [&'static str]),
-) -> VarBuilder<'a> {
+) -> Weights<'a> {
     let skipped: &'static [&'static str] = match parts {
         Parts::All => &[],
         Parts::Encoder => decoder_only,
         Parts::Decoder => encoder_only,
     };
-    VarBuilder::from_backend(Box::new(FileWeights { file, skipped }), DType::F32, device.clone())
+    let vb = VarBuilder::from_backend(Box::new(FileWeights { file, skipped }), DType::F32, device.clone());
+    Weights::from_file(vb, file, skipped)
 }
 
 struct FileWeights<'a> {
@@ -168,7 +170,7 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
 
 /// The published full-size architecture `arch` with random weights, for benchmarks.
 pub fn random(arch: &str, device: &Device) -> crate::Result<Box<dyn Model>> {
-    let vb = VarBuilder::from_backend(Box::new(RandomWeights), candle_core::DType::F32, device.clone());
+    let vb: Weights = VarBuilder::from_backend(Box::new(RandomWeights), candle_core::DType::F32, device.clone()).into();
     let err = |e: candle_core::Error| crate::Error::InvalidArgument(format!("cannot build a random {arch}: {e}"));
     match arch {
         mimi::ARCH => Ok(Box::new(mimi::Mimi::new(mimi::MimiConfig::published(32), vb).map_err(err)?)),

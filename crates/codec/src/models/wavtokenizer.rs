@@ -8,8 +8,8 @@
 //! Tensor names: `encoder.layers.*` (SEANet, see `nn::seanet`), `quantizer.layers.0.codebook.embed`, `backbone.*`,
 //! `head.*` (see `nn::vocos`).
 
+use crate::nn::Weights;
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::PadMode;
@@ -169,7 +169,7 @@ impl WavTokenizer {
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid wavtokenizer model: {e}")))
     }
 
-    pub fn new(config: WavTokenizerConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: WavTokenizerConfig, vb: Weights) -> Result<Self> {
         if config.istft_hop != config.hop() {
             candle_core::bail!("ISTFT hop {} differs from the encoder hop {}", config.istft_hop, config.hop());
         }

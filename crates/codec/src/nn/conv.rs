@@ -6,10 +6,9 @@
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 
 use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv};
-use super::{f32_vec, get_or_try_init, kept, pack_at_build, sum_all};
+use super::{f32_vec, get_or_try_init, kept, sum_all, Weights};
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +106,7 @@ pub struct Conv1d {
     cfg: ConvConfig,
     /// Depthwise convs on CPU: weight (C, K) and bias as plain vectors, read on first use.
     depthwise: OnceLock<Arc<DepthwiseWeights>>,
-    /// The CPU GEMM form of the weights: packed when built (see `nn::pack_at_build`), else on first CPU use.
+    /// The CPU GEMM form of the weights (see `nn::weight::GemmWeight`), set when built.
     packed: OnceLock<Arc<PackedConv>>,
 }
 
@@ -115,15 +114,18 @@ pub struct Conv1d {
 type DepthwiseWeights = (Vec<f32>, Option<Vec<f32>>);
 
 impl Conv1d {
-    pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((c_out, c_in / cfg.groups, cfg.kernel_size), "weight")?;
+    pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: Weights) -> Result<Self> {
+        let dims = (c_out, c_in / cfg.groups, cfg.kernel_size);
+        let weight = vb.matrix(dims, "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
         let packed = OnceLock::new();
-        if cfg.groups == 1 && pack_at_build(&weight) {
-            let _ = packed.set(Arc::new(PackedConv::conv1d(&weight, bias.as_ref())?));
-            return Ok(Self { weight: None, bias, cfg, depthwise: OnceLock::new(), packed });
+        if cfg.groups == 1 {
+            if let Some(gemm) = PackedConv::conv1d(&weight, dims, bias.as_ref())? {
+                let _ = packed.set(Arc::new(gemm));
+                return Ok(Self { weight: None, bias, cfg, depthwise: OnceLock::new(), packed });
+            }
         }
-        Ok(Self { weight: Some(weight), bias, cfg, depthwise: OnceLock::new(), packed })
+        Ok(Self { weight: Some(weight.into_tensor()?), bias, cfg, depthwise: OnceLock::new(), packed })
     }
 
     /// Left and right padding for an input of `len` samples. Streaming styles pad `(k_eff - stride)` in total plus
@@ -152,7 +154,9 @@ impl Conv1d {
         let len = x.dim(D::Minus1)?;
         let (left, right) = self.padding(len);
         let weights = get_or_try_init(&self.packed, || {
-            Ok(Arc::new(PackedConv::conv1d(kept(&self.weight)?, self.bias.as_ref())?))
+            let weight = kept(&self.weight)?;
+            let gemm = PackedConv::conv1d(&weight.clone().into(), weight.dims3()?, self.bias.as_ref())?;
+            Ok(Arc::new(gemm.ok_or_else(|| candle_core::Error::Msg("conv weights not runnable on CPU".into()))?))
         })?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
@@ -245,18 +249,24 @@ pub struct ConvTranspose1d {
 }
 
 impl ConvTranspose1d {
-    pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((c_in, c_out / cfg.groups, cfg.kernel_size), "weight")?;
+    pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: Weights) -> Result<Self> {
+        let dims = (c_in, c_out / cfg.groups, cfg.kernel_size);
+        let weight = vb.matrix(dims, "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
         if cfg.groups != 1 && !(cfg.groups == c_in && c_in == c_out && cfg.kernel_size.is_multiple_of(cfg.stride)) {
             candle_core::bail!("grouped transposed conv is supported only depthwise with kernel a multiple of stride");
         }
         let packed = OnceLock::new();
-        let weight = if cfg.groups == 1 && pack_at_build(&weight) {
-            let _ = packed.set(Arc::new(PackedConv::conv_transpose1d(&weight, bias.as_ref(), cfg.stride)?));
-            None
-        } else {
-            Some(weight)
+        let gemm = match cfg.groups {
+            1 => PackedConv::conv_transpose1d(&weight, dims, bias.as_ref(), cfg.stride)?,
+            _ => None,
+        };
+        let weight = match gemm {
+            Some(gemm) => {
+                let _ = packed.set(Arc::new(gemm));
+                None
+            }
+            None => Some(weight.into_tensor()?),
         };
         Ok(Self {
             weight,
@@ -294,7 +304,14 @@ impl Module for ConvTranspose1d {
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
             let weights = get_or_try_init(&self.packed, || {
-                Ok(Arc::new(PackedConv::conv_transpose1d(kept(&self.weight)?, self.bias.as_ref(), self.stride)?))
+                let weight = kept(&self.weight)?;
+                let gemm = PackedConv::conv_transpose1d(
+                    &weight.clone().into(),
+                    weight.dims3()?,
+                    self.bias.as_ref(),
+                    self.stride,
+                )?;
+                Ok(Arc::new(gemm.ok_or_else(|| candle_core::Error::Msg("conv weights not runnable on CPU".into()))?))
             })?;
             let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
             return x.contiguous()?.apply_op1_no_bwd(&op);

@@ -16,14 +16,15 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, Epilogue, Output, PackB, Packed, Strided};
+use super::gemm::{gemm, Epilogue, Output, PackB};
+use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
 use super::{f32_slice, f32_vec};
 
 /// The weights of one conv layer as the GEMM's left factor, and the bias of each GEMM row.
 #[derive(Debug)]
 pub struct PackedConv {
     /// Conv: `C_out × C_in·K`. Transposed: `s·C_out × C_in·⌈K/s⌉`, phase-major rows.
-    weights: Packed,
+    weights: GemmWeight,
     bias: Option<Vec<f32>>,
     c_in: usize,
     c_out: usize,
@@ -33,37 +34,30 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// A conv1d weight `(C_out, C_in, K)`: already the row-major `C_out × C_in·K` matrix the GEMM wants.
-    pub fn conv1d(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let (c_out, c_in, kernel) = weight.dims3()?;
-        let w = f32_vec(weight)?;
-        let a = Strided::row_major(&w, c_out, c_in * kernel)
-            .ok_or_else(|| candle_core::Error::Msg("conv weight".into()))?;
+    /// A conv1d weight `(C_out, C_in, K)`: already the row-major `C_out × C_in·K` matrix the GEMM wants. `None`
+    /// where our GEMM does not take the weight (see [`GemmWeight::new`]).
+    pub fn conv1d(
+        weight: &Matrix,
+        (c_out, c_in, kernel): (usize, usize, usize),
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Self>> {
+        let layout = OperandLayout::AsStored { rows: c_out, cols: c_in * kernel };
+        let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?;
-        let weights = Packed::a(&a, c_out, c_in * kernel);
-        Ok(Self { weights, bias, c_in, c_out, kernel, taps: kernel })
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel }))
     }
 
-    /// A transposed conv weight `(C_in, C_out, K)`: row `(r, o)` of the stacked matrix holds phase `r`'s taps,
-    /// `A[(r, o), (i, m)] = w[i, o, r + m·stride]` (zero past the kernel).
-    pub fn conv_transpose1d(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
-        let (c_in, c_out, kernel) = weight.dims3()?;
-        let w = f32_vec(weight)?;
-        let taps = kernel.div_ceil(stride);
-        let mut a = vec![0f32; stride * c_out * c_in * taps];
-        for r in 0..stride {
-            for o in 0..c_out {
-                for i in 0..c_in {
-                    for m in (0..taps).filter(|m| r + m * stride < kernel) {
-                        a[((r * c_out + o) * c_in + i) * taps + m] = w[(i * c_out + o) * kernel + r + m * stride];
-                    }
-                }
-            }
-        }
-        let view = Strided::row_major(&a, stride * c_out, c_in * taps).expect("sized above");
-        let weights = Packed::a(&view, stride * c_out, c_in * taps);
+    /// A transposed conv weight `(C_in, C_out, K)`, read as its output phases stacked (`OperandLayout::Phases`).
+    pub fn conv_transpose1d(
+        weight: &Matrix,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        bias: Option<&Tensor>,
+        stride: usize,
+    ) -> Result<Option<Self>> {
+        let layout = OperandLayout::Phases { c_in, c_out, kernel, stride };
+        let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?.map(|b| b.repeat(stride));
-        Ok(Self { weights, bias, c_in, c_out, kernel, taps })
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel.div_ceil(stride) }))
     }
 }
 
@@ -206,7 +200,7 @@ impl Conv1dOp<'_> {
             };
             let mut y = Output::row_major(yb, w.c_out, t_out).expect("sized above");
             let epi = Epilogue { row_bias: w.bias.as_deref(), residual, ..Default::default() };
-            gemm(w.c_out, t_out, c_in * w.kernel, &w.weights, &cols, &mut y, &epi);
+            gemm(w.c_out, t_out, c_in * w.kernel, &w.weights.operand(), &cols, &mut y, &epi);
         }
         Ok((CpuStorage::F32(out), shape))
     }
@@ -230,7 +224,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
         let x = f32_slice(storage, layout, "conv input")?;
         let (b, c_in, t) = layout.shape().dims3()?;
         let (w, s) = (self.weights, self.stride);
-        if c_in != w.c_in || w.weights.rows() != s * w.c_out {
+        if c_in != w.c_in || w.weights.dims().0 != s * w.c_out {
             candle_core::bail!("conv_transpose1d: input has {c_in} channels, weight expects {}", w.c_in);
         }
         let full = if t == 0 { 0 } else { (t - 1) * s + w.kernel };
@@ -248,7 +242,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
             let cols = Im2col { x: xb, t, taps: w.taps, stride: 1, offset: q0 as isize, tap_step: -1, reflect: false };
             let mut y = Output::row_major(&mut phases, s * w.c_out, n).expect("sized above");
             let epi = Epilogue { row_bias: w.bias.as_deref(), ..Default::default() };
-            gemm(s * w.c_out, n, c_in * w.taps, &w.weights, &cols, &mut y, &epi);
+            gemm(s * w.c_out, n, c_in * w.taps, &w.weights.operand(), &cols, &mut y, &epi);
             // out[o, q·s + r − trim_left] = phases[(r, o), q − q0], written in output order.
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
                 let (mut q, mut r) = (0, self.trim_left % s);
@@ -381,7 +375,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, c_in, 137), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
-            let packed = PackedConv::conv1d(&w, Some(&bias)).unwrap();
+            let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
             let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: false };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
@@ -404,7 +398,7 @@ mod tests {
         {
             let x = Tensor::randn(0f32, 1., (2, c_in, t), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
-            let packed = PackedConv::conv1d(&w, None).unwrap();
+            let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), None).unwrap().unwrap();
             let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: true };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let padded = crate::nn::conv::pad1d(&x, l, r, crate::nn::conv::PadMode::Reflect).unwrap();
@@ -458,7 +452,8 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, c_in, 11), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
-            let packed = PackedConv::conv_transpose1d(&w, Some(&bias), s).unwrap();
+            let dims = w.dims3().unwrap();
+            let packed = PackedConv::conv_transpose1d(&w.clone().into(), dims, Some(&bias), s).unwrap().unwrap();
             let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: tl, trim_right: tr };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let items: Vec<Tensor> =

@@ -1,16 +1,17 @@
-//! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight packed once, when the layer is
-//! built, as the right factor; the bias added in the GEMM's epilogue), candle's matmul on other devices.
+//! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight as the right factor, see
+//! `nn::weight`; the bias added in the GEMM's epilogue), candle's matmul on other devices.
 
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
-use super::gemm::{gemm, Epilogue, Output, Packed, Strided};
-use super::{f32_slice, f32_vec, get_or_try_init, kept, pack_at_build};
+use super::gemm::{gemm, Epilogue, Output, Strided};
+use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
+use super::{f32_slice, f32_vec, get_or_try_init, kept};
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// (out, in); `None` once packed for the CPU kernel (the f32 copy is freed).
+    /// (out, in); `None` when the CPU kernel has it (`packed`).
     weight: Option<Tensor>,
     bias: Option<Tensor>,
     packed: OnceLock<Arc<PackedLinear>>,
@@ -21,44 +22,66 @@ pub struct Linear {
 #[derive(Debug)]
 struct PackedLinear {
     /// Wᵀ as the GEMM's right factor (in × out).
-    weight_t: Packed,
+    weight_t: GemmWeight,
     bias: Option<Vec<f32>>,
 }
 
 impl PackedLinear {
-    fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let (out, inp) = weight.dims2()?;
-        let w = f32_vec(weight)?;
-        let view = Strided::transposed(&w, out, inp).ok_or_else(|| candle_core::Error::Msg("linear weight".into()))?;
-        Ok(Self { weight_t: Packed::b(&view, inp, out), bias: bias.map(f32_vec).transpose()? })
+    /// `None` where our GEMM does not take the weight (see [`GemmWeight::new`]).
+    fn new(weight: &Matrix, layout: OperandLayout, bias: Option<&Tensor>) -> Result<Option<Self>> {
+        let Some(weight_t) = GemmWeight::new(weight, layout, Side::Right)? else { return Ok(None) };
+        Ok(Some(Self { weight_t, bias: bias.map(f32_vec).transpose()? }))
     }
 }
 
 impl Linear {
-    /// `weight` (out, in), `bias` (out). On CPU the weight is packed here and its f32 copy dropped
-    /// (`nn::pack_at_build`).
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let packed = OnceLock::new();
-        if pack_at_build(&weight) {
-            let _ = packed.set(Arc::new(PackedLinear::new(&weight, bias.as_ref())?));
-            return Ok(Self { weight: None, bias, packed, exact: false });
-        }
-        Ok(Self { weight: Some(weight), bias, packed, exact: false })
+    /// `weight` (out, in), `bias` (out). On CPU the weight becomes a GEMM operand here (read in place from a
+    /// mapped file, or packed and its f32 copy dropped; see `nn::weight`).
+    pub fn new(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
+        Self::build(weight.into(), bias, false)
     }
 
     /// A layer that computes in f32 whatever the precision (codebook distances).
-    pub fn exact(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self { exact: true, ..Self::new(weight, bias)? })
+    pub fn exact(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
+        Self::build(weight.into(), bias, true)
     }
 
     /// `x · m` for a right factor `m` (in, out) as stored (the ISTFT bases).
-    pub fn right_factor(m: &Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Self::new(m.t()?, bias)
+    pub fn right_factor(m: Matrix, bias: Option<Tensor>) -> Result<Self> {
+        let (inp, out) = matrix_dims(&m)?;
+        let layout = OperandLayout::AsStored { rows: inp, cols: out };
+        match PackedLinear::new(&m, layout, bias.as_ref())? {
+            Some(p) => Ok(Self { weight: None, bias, packed: OnceLock::from(Arc::new(p)), exact: false }),
+            None => Ok(Self { weight: Some(m.into_tensor()?.t()?), bias, packed: OnceLock::new(), exact: false }),
+        }
+    }
+
+    fn build(weight: Matrix, bias: Option<Tensor>, exact: bool) -> Result<Self> {
+        let (out, inp) = matrix_dims(&weight)?;
+        let layout = OperandLayout::Transposed { rows: out, cols: inp };
+        match PackedLinear::new(&weight, layout, bias.as_ref())? {
+            Some(p) => Ok(Self { weight: None, bias, packed: OnceLock::from(Arc::new(p)), exact }),
+            None => Ok(Self { weight: Some(weight.into_tensor()?), bias, packed: OnceLock::new(), exact }),
+        }
     }
 
     fn packed(&self) -> Result<&PackedLinear> {
-        get_or_try_init(&self.packed, || Ok(Arc::new(PackedLinear::new(kept(&self.weight)?, self.bias.as_ref())?)))
-            .map(|p| p.as_ref())
+        get_or_try_init(&self.packed, || {
+            let weight = kept(&self.weight)?;
+            let (out, inp) = weight.dims2()?;
+            let layout = OperandLayout::Transposed { rows: out, cols: inp };
+            let packed = PackedLinear::new(&weight.clone().into(), layout, self.bias.as_ref())?;
+            Ok(Arc::new(packed.ok_or_else(|| candle_core::Error::Msg("linear weights not runnable on CPU".into()))?))
+        })
+        .map(|p| p.as_ref())
+    }
+}
+
+/// The two dims of a matrix weight.
+fn matrix_dims(m: &Matrix) -> Result<(usize, usize)> {
+    match m {
+        Matrix::Mapped(_, shape) => shape.dims2(),
+        Matrix::Tensor(t) => t.dims2(),
     }
 }
 
@@ -120,7 +143,7 @@ impl CustomOp2 for LinearOp<'_> {
 
 impl LinearOp<'_> {
     fn run(&self, x: &[f32], layout: &Layout, residual: Option<(&[f32], &Shape)>) -> Result<(CpuStorage, Shape)> {
-        let (k, n) = (self.layer.weight_t.depth(), self.layer.weight_t.rows());
+        let (k, n) = self.layer.weight_t.dims();
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!("linear: input {:?} does not end in {k} features", dims);
@@ -147,7 +170,7 @@ impl LinearOp<'_> {
             exact: self.exact,
             ..Default::default()
         };
-        gemm(m, n, k, &a, &self.layer.weight_t, &mut y, &epi);
+        gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi);
         Ok((CpuStorage::F32(out), shape))
     }
 }

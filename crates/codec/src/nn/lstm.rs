@@ -4,8 +4,8 @@
 //! Tensor names per layer `l`: `weight_ih_l{l}` `[4H, in]`, `weight_hh_l{l}` `[4H, H]`, `bias_l{l}` `[4H]` (the
 //! converter adds PyTorch's `bias_ih` and `bias_hh`).
 
+use super::Weights;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
-use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -55,12 +55,12 @@ pub struct Lstm {
 
 impl Lstm {
     /// `dim` in and out (SEANet's LSTMs keep the width), `num_layers` stacked.
-    pub fn new(dim: usize, num_layers: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, num_layers: usize, vb: Weights) -> Result<Self> {
         let layers = (0..num_layers)
             .map(|l| {
                 Ok(LstmLayer {
                     input: Linear::new(
-                        vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?,
+                        vb.matrix((4 * dim, dim), &format!("weight_ih_l{l}"))?,
                         Some(vb.get(4 * dim, &format!("bias_l{l}"))?),
                     )?,
                     w_hh: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?,

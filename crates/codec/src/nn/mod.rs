@@ -12,6 +12,9 @@ pub mod seanet;
 pub mod snake;
 pub mod transformer;
 pub mod vocos;
+pub mod weight;
+
+pub use weight::Weights;
 
 use std::sync::OnceLock;
 

@@ -2,8 +2,8 @@
 //! taken in two passes as torch does. On CPU one fused op, rows across threads; the same ops as candle tensors
 //! elsewhere (eight passes over the activations, a measurable share of WavTokenizer's backbone).
 
+use super::Weights;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
-use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -17,7 +17,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, eps: f64, vb: Weights) -> Result<Self> {
         Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -5,16 +5,18 @@
 //! converter), `layers.{i}.codebook.embed` `[bins, dim]` (already `embed_sum / cluster_usage` where the source kept
 //! running sums).
 
+use super::Weights;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 
 use super::linear::Linear;
 use super::sum_all;
+use super::weight::Matrix;
 
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
 pub struct EuclideanCodebook {
-    embed: Tensor,
+    /// The entries (bins, dim): in place in a mapped model file, or a tensor.
+    embed: Matrix,
     /// The entries as a linear layer: `x · embedᵀ` gives every dot product at once.
     dots: Linear,
     /// ‖e‖² per entry, (1, bins): a cache of `embed`, not a weight transform.
@@ -22,9 +24,16 @@ pub struct EuclideanCodebook {
 }
 
 impl EuclideanCodebook {
-    pub fn new(bins: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
-        let embed = vb.get((bins, dim), "embed")?;
-        let embed_sq = embed.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+    pub fn new(bins: usize, dim: usize, vb: Weights) -> Result<Self> {
+        let embed = vb.matrix((bins, dim), "embed")?;
+        let embed_sq = match &embed {
+            Matrix::Tensor(t) => t.sqr()?.sum_keepdim(1)?.t()?.contiguous()?,
+            Matrix::Mapped(data, _) => {
+                let sq: Vec<f32> =
+                    data.as_slice().chunks_exact(dim.max(1)).map(|e| e.iter().map(|v| v * v).sum()).collect();
+                Tensor::from_vec(sq, (1, bins), vb.device())?
+            }
+        };
         Ok(Self { dots: Linear::exact(embed.clone(), None)?, embed, embed_sq })
     }
 
@@ -38,7 +47,7 @@ impl EuclideanCodebook {
 
     /// (N,) indices → (N, dim) vectors.
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        self.embed.index_select(codes, 0)
+        self.embed.rows(codes)
     }
 }
 
@@ -53,14 +62,7 @@ pub struct ResidualVq {
 impl ResidualVq {
     /// `dim`: the outside (latent) dimension; `codebook_dim`: inside the codebooks; `projected`: whether 1x1
     /// projections map between them.
-    pub fn new(
-        n_q: usize,
-        dim: usize,
-        codebook_dim: usize,
-        bins: usize,
-        projected: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(n_q: usize, dim: usize, codebook_dim: usize, bins: usize, projected: bool, vb: Weights) -> Result<Self> {
         let (input_proj, output_proj) = if projected {
             (
                 Some(vb.get((codebook_dim, dim), "input_proj.weight")?),
@@ -133,7 +135,7 @@ struct FactorizedCodebook {
 }
 
 impl FactorizedCodebook {
-    fn new(latent: usize, dim: usize, bins: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(latent: usize, dim: usize, bins: usize, vb: Weights) -> Result<Self> {
         let normalized = vb.get((bins, dim), "codebook.normalized")?;
         let normalized_sq = normalized.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
         Ok(Self {
@@ -176,7 +178,7 @@ pub struct FactorizedRvq {
 }
 
 impl FactorizedRvq {
-    pub fn new(n_q: usize, latent: usize, dim: usize, bins: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(n_q: usize, latent: usize, dim: usize, bins: usize, vb: Weights) -> Result<Self> {
         let layers = (0..n_q)
             .map(|i| FactorizedCodebook::new(latent, dim, bins, vb.pp(format!("quantizers.{i}"))))
             .collect::<Result<_>>()?;

@@ -5,8 +5,8 @@
 //! every module of the reference's sequential list, activations included, so indices match the checkpoints; an
 //! encoder LSTM is `layers.{i}.lstm.*`.
 
+use super::Weights;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use super::activation::elu;
 use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
@@ -50,7 +50,7 @@ struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    fn new(dim: usize, dilation: usize, cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, dilation: usize, cfg: &SeanetConfig, vb: Weights) -> Result<Self> {
         let hidden = dim / cfg.compress;
         let conv1 =
             Conv1d::new(dim, hidden, cfg.conv(cfg.residual_kernel_size).dilation(dilation), vb.pp("block.1.conv"))?;
@@ -95,11 +95,11 @@ impl Layer {
 /// Builds the numbered stack; `push` hands each new layer its index's weights.
 struct Stack<'a> {
     layers: Vec<Layer>,
-    vb: VarBuilder<'a>,
+    vb: Weights<'a>,
 }
 
 impl Stack<'_> {
-    fn vb(&self) -> VarBuilder<'_> {
+    fn vb(&self) -> Weights<'_> {
         self.vb.pp(self.layers.len().to_string())
     }
     fn conv(&mut self, c_in: usize, c_out: usize, cfg: ConvConfig) -> Result<()> {
@@ -135,7 +135,7 @@ pub struct SeanetEncoder {
 }
 
 impl SeanetEncoder {
-    pub fn new(cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &SeanetConfig, vb: Weights) -> Result<Self> {
         let mut s = Stack { layers: vec![], vb };
         let mut mult = 1;
         s.conv(cfg.channels, cfg.n_filters, cfg.conv(cfg.kernel_size))?;
@@ -167,7 +167,7 @@ pub struct SeanetDecoder {
 }
 
 impl SeanetDecoder {
-    pub fn new(cfg: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &SeanetConfig, vb: Weights) -> Result<Self> {
         let mut s = Stack { layers: vec![], vb };
         let mut mult = 1 << cfg.ratios.len();
         s.conv(cfg.dimension, mult * cfg.n_filters, cfg.conv(cfg.kernel_size))?;

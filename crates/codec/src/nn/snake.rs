@@ -4,8 +4,8 @@
 //! On CPU one fused pass (threads over channels, a `sin²` the compiler vectorises) replaces the five passes of
 //! candle ops — with candle's single-threaded scalar `sin` those made Snake most of DAC's non-GEMM time.
 
+use super::Weights;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -19,7 +19,7 @@ pub struct Snake {
 }
 
 impl Snake {
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, vb: Weights) -> Result<Self> {
         let alpha = vb.get(channels, "alpha")?;
         let inv_alpha = (&alpha + 1e-9)?.recip()?;
         Ok(Self { alpha, inv_alpha })
@@ -115,8 +115,12 @@ mod tests {
     fn fused_matches_candle_ops() {
         let dev = Device::Cpu;
         let alpha = (Tensor::rand(0.2f32, 3.0, 5, &dev).unwrap()).to_dtype(DType::F32).unwrap();
-        let vb = VarBuilder::from_tensors(HashMap::from([("alpha".to_string(), alpha.clone())]), DType::F32, &dev);
-        let snake = Snake::new(5, vb).unwrap();
+        let vb = candle_nn::VarBuilder::from_tensors(
+            HashMap::from([("alpha".to_string(), alpha.clone())]),
+            DType::F32,
+            &dev,
+        );
+        let snake = Snake::new(5, vb.into()).unwrap();
         let x = Tensor::randn(0f32, 2.0, (2, 5, 1000), &dev).unwrap();
         let got = snake.forward(&x).unwrap();
         let a = alpha.reshape((1, 5, 1)).unwrap();

@@ -5,8 +5,8 @@
 //! `self_attn_layer_scale.scale`, `post_attention_layernorm.*`, `mlp.fc1.weight`, `mlp.fc2.weight`,
 //! `mlp_layer_scale.scale`. q/k rows are in rotate-half order (the converter permutes interleaved checkpoints).
 
+use super::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 
 use super::activation::gelu_erf;
 use super::linear::Linear;
@@ -25,8 +25,8 @@ pub struct TransformerConfig {
     pub norm_eps: f64,
 }
 
-fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::new(vb.get((c_out, c_in), "weight")?, None)
+fn linear(c_in: usize, c_out: usize, vb: Weights) -> Result<Linear> {
+    Linear::new(vb.matrix((c_out, c_in), "weight")?, None)
 }
 
 /// Rotation tables for positions `0..len`: (len, head_dim / 2) each.
@@ -61,7 +61,7 @@ struct Attention {
 const QUERY_BLOCK: usize = 256;
 
 impl Attention {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TransformerConfig, vb: Weights) -> Result<Self> {
         let inner = cfg.num_heads * cfg.head_dim;
         Ok(Self {
             q_proj: linear(cfg.d_model, inner, vb.pp("q_proj"))?,
@@ -124,7 +124,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TransformerConfig, vb: Weights) -> Result<Self> {
         Ok(Self {
             input_layernorm: LayerNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
@@ -152,7 +152,7 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &TransformerConfig, vb: Weights) -> Result<Self> {
         let layers =
             (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
         Ok(Self { layers, cfg: cfg.clone() })

@@ -8,7 +8,9 @@
 //! `istft.basis_real` / `istft.basis_imag` (inverse real DFT × window, made by the converter) and `istft.window_sq`.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::GroupNorm;
+
+use super::Weights;
 
 use super::activation::gelu_erf;
 use super::conv::{Conv1d, ConvConfig};
@@ -32,12 +34,12 @@ pub struct VocosConfig {
 const GROUPS: usize = 32;
 const EPS: f64 = 1e-6;
 
-fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
+fn group_norm(channels: usize, vb: Weights) -> Result<GroupNorm> {
     GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, channels, GROUPS.min(channels), EPS)
 }
 
-fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::new(vb.get((c_out, c_in), "weight")?, Some(vb.get(c_out, "bias")?))
+fn linear(c_in: usize, c_out: usize, vb: Weights) -> Result<Linear> {
+    Linear::new(vb.matrix((c_out, c_in), "weight")?, Some(vb.get(c_out, "bias")?))
 }
 
 /// GroupNorm → swish → conv k3, twice, plus the input.
@@ -50,7 +52,7 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             norm1: group_norm(dim, vb.pp("norm1"))?,
             conv1: Conv1d::new(dim, dim, ConvConfig::torch(3, 1), vb.pp("conv1"))?,
@@ -76,7 +78,7 @@ struct AttnBlock {
 }
 
 impl AttnBlock {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, vb: Weights) -> Result<Self> {
         let pw = |name| Conv1d::new(dim, dim, ConvConfig::torch(1, 0), vb.pp(name));
         Ok(Self {
             norm: group_norm(dim, vb.pp("norm"))?,
@@ -108,7 +110,7 @@ struct AdaLayerNorm {
 }
 
 impl AdaLayerNorm {
-    fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let row = |name: &str| -> Result<Tensor> {
             vb.get((cfg.adanorm_num_embeddings, cfg.dim), &format!("{name}.weight"))?.get(cfg.bandwidth_id)
         };
@@ -132,7 +134,7 @@ struct ConvNextBlock {
 }
 
 impl ConvNextBlock {
-    fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let d = cfg.dim;
         Ok(Self {
             dwconv: Conv1d::new(d, d, ConvConfig::torch(7, 3).groups(d), vb.pp("dwconv"))?,
@@ -164,7 +166,7 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    pub fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let d = cfg.dim;
         let pos = vb.pp("pos_net");
         Ok(Self {
@@ -213,7 +215,7 @@ pub struct IstftHead {
 }
 
 impl IstftHead {
-    pub fn new(cfg: &VocosConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let (n, hop) = (cfg.n_fft, cfg.hop_length);
         if n % hop != 0 || (n - hop) % 2 != 0 {
             candle_core::bail!("ISTFT head needs n_fft ({n}) a multiple of hop ({hop}) and an even n_fft - hop");
@@ -221,8 +223,8 @@ impl IstftHead {
         let bins = n / 2 + 1;
         Ok(Self {
             out: linear(cfg.dim, n + 2, vb.pp("out"))?,
-            basis_real: Linear::right_factor(&vb.get((bins, n), "istft.basis_real")?, None)?,
-            basis_imag: Linear::right_factor(&vb.get((bins, n), "istft.basis_imag")?, None)?,
+            basis_real: Linear::right_factor(vb.matrix((bins, n), "istft.basis_real")?, None)?,
+            basis_imag: Linear::right_factor(vb.matrix((bins, n), "istft.basis_imag")?, None)?,
             window_sq: vb.get(n, "istft.window_sq")?,
             n_fft: n,
             hop,

@@ -1,0 +1,399 @@
+//! Where layers get their weights, and how a weight matrix becomes a GEMM operand on the CPU.
+//!
+//! A model is built from [`Weights`]: tensors by name, from a model file or any candle `VarBuilder`. Layers that
+//! multiply by a matrix take it with [`Weights::matrix`]: when the file stores it as f32, that is the file's own bytes
+//! in the memory map, not a copy. Such a [`GemmWeight`] is read in place by the GEMM's packing on its first run and
+//! packed into the kernel's panel layout on its second. So a one-shot `codec encode` allocates and writes nothing for
+//! its weights (copying them and faulting in fresh pages for the copies was most of the start-up), while a server,
+//! a benchmark or a stream that runs the layer again gets packed weights from then on.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use candle_core::{Device, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use super::gemm::{PackA, PackB, Packed};
+use super::{f32_vec, pack_at_build};
+use crate::gguf::{MappedF32, ModelFile};
+
+/// The weights a model is built from: candle's `VarBuilder` for tensors, plus in-place matrices when they come
+/// from a model file.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    vb: VarBuilder<'a>,
+    /// The file the tensors come from, and the name prefixes that stand in as placeholders (`models::Parts`).
+    file: Option<(&'a ModelFile, &'static [&'static str])>,
+}
+
+impl<'a> From<VarBuilder<'a>> for Weights<'a> {
+    fn from(vb: VarBuilder<'a>) -> Self {
+        Self { vb, file: None }
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// Tensors through `vb`, whose backend reads `file`; matrices under `placeholders` are not mapped.
+    pub(crate) fn from_file(vb: VarBuilder<'a>, file: &'a ModelFile, placeholders: &'static [&'static str]) -> Self {
+        Self { vb, file: Some((file, placeholders)) }
+    }
+
+    /// The weights under `prefix.`.
+    pub fn pp(&self, prefix: impl ToString) -> Self {
+        Self { vb: self.vb.pp(prefix), file: self.file }
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    /// Tensor `name`, which must have shape `shape`, as an f32 tensor of its own.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        self.vb.get(shape, name)
+    }
+
+    /// Matrix `name` of shape `shape` for a GEMM layer: in place in the mapped file where it is stored as f32 and
+    /// the model runs on the CPU, else a tensor of its own.
+    pub fn matrix(&self, shape: impl Into<Shape>, name: &str) -> Result<Matrix> {
+        let shape = shape.into();
+        if let (Some((file, placeholders)), true) = (self.file, self.device().is_cpu()) {
+            let prefix = self.vb.prefix();
+            let full = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+            let in_place =
+                file.tensor_shape(&full) == Some(shape.dims()) && !placeholders.iter().any(|p| full.starts_with(p));
+            if in_place {
+                if let Some(data) = file.mapped_f32(&full).map_err(|e| candle_core::Error::Msg(e.to_string()))? {
+                    return Ok(Matrix::Mapped(data, shape));
+                }
+            }
+        }
+        Ok(Matrix::Tensor(self.vb.get(shape, name)?))
+    }
+}
+
+/// A weight matrix as loaded: f32 values in the mapped model file, or a tensor.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    Mapped(MappedF32, Shape),
+    Tensor(Tensor),
+}
+
+impl From<Tensor> for Matrix {
+    fn from(t: Tensor) -> Self {
+        Self::Tensor(t)
+    }
+}
+
+impl Matrix {
+    /// Rows `indices` (N,) u32 → (N, cols): a codebook lookup.
+    pub fn rows(&self, indices: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Tensor(t) => t.index_select(indices, 0),
+            Self::Mapped(data, shape) => {
+                let (rows, cols) = shape.dims2()?;
+                let (data, indices) = (data.as_slice(), indices.to_vec1::<u32>()?);
+                let mut out = Vec::with_capacity(indices.len() * cols);
+                for &i in &indices {
+                    let i = i as usize;
+                    if i >= rows {
+                        candle_core::bail!("index {i} out of range for {rows} rows");
+                    }
+                    out.extend_from_slice(&data[i * cols..(i + 1) * cols]);
+                }
+                Tensor::from_vec(out, (indices.len(), cols), &Device::Cpu)
+            }
+        }
+    }
+
+    /// As a tensor (a copy if mapped), for the layers and devices our GEMM does not serve.
+    pub fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Self::Mapped(data, shape) => Tensor::from_slice(data.as_slice(), shape, &Device::Cpu),
+            Self::Tensor(t) => Ok(t),
+        }
+    }
+}
+
+/// How a weight stored row-major (as in the file) is read as a GEMM operand.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OperandLayout {
+    /// The stored `rows × cols` matrix itself (a conv's `C_out × C_in·K`).
+    AsStored { rows: usize, cols: usize },
+    /// The transpose of the stored `rows × cols` matrix (a linear layer's `Wᵀ`).
+    Transposed { rows: usize, cols: usize },
+    /// A transposed conv weight `(C_in, C_out, K)` as its `stride` output phases stacked (see `conv_cpu`):
+    /// `A[(r, o), (i, m)] = w[i, o, r + m·stride]`, zero past the kernel.
+    Phases { c_in: usize, c_out: usize, kernel: usize, stride: usize },
+}
+
+impl OperandLayout {
+    /// Rows and columns of the operand.
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            Self::AsStored { rows, cols } => (rows, cols),
+            Self::Transposed { rows, cols } => (cols, rows),
+            Self::Phases { c_in, c_out, kernel, stride } => (stride * c_out, c_in * kernel.div_ceil(stride)),
+        }
+    }
+
+    /// Stored elements it reads.
+    fn stored_len(self) -> usize {
+        match self {
+            Self::AsStored { rows, cols } | Self::Transposed { rows, cols } => rows * cols,
+            Self::Phases { c_in, c_out, kernel, .. } => c_in * c_out * kernel,
+        }
+    }
+}
+
+/// Which factor of the product a weight is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    Left,
+    Right,
+}
+
+/// A stored weight read through an [`OperandLayout`].
+#[derive(Clone, Copy)]
+pub(crate) struct WeightView<'a> {
+    data: &'a [f32],
+    layout: OperandLayout,
+}
+
+impl WeightView<'_> {
+    fn strided(&self) -> Option<super::gemm::Strided<'_>> {
+        match self.layout {
+            OperandLayout::AsStored { rows, cols } => super::gemm::Strided::row_major(self.data, rows, cols),
+            OperandLayout::Transposed { rows, cols } => super::gemm::Strided::transposed(self.data, rows, cols),
+            OperandLayout::Phases { .. } => None,
+        }
+    }
+}
+
+impl PackA for WeightView<'_> {
+    fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
+        let OperandLayout::Phases { c_out, kernel, stride, .. } = self.layout else {
+            let strided = self.strided().expect("a stored matrix is strided");
+            return strided.pack_a(rows, ks, mr, dst);
+        };
+        // Phase rows gathered from the stored (C_in, C_out, K) weight, columns walked as (channel, tap) pairs.
+        let (kc, taps) = (ks.len(), kernel.div_ceil(stride));
+        for (panel, r0) in rows.clone().step_by(mr).enumerate() {
+            let dst = &mut dst[panel * mr * kc..(panel + 1) * mr * kc];
+            for i in 0..mr {
+                let row = r0 + i;
+                if row >= rows.end {
+                    (0..kc).for_each(|p| dst[p * mr + i] = 0.0);
+                    continue;
+                }
+                let (r, o) = (row / c_out, row % c_out);
+                let (mut channel, mut m) = (ks.start / taps, ks.start % taps);
+                for p in 0..kc {
+                    let tap = r + m * stride;
+                    dst[p * mr + i] = if tap < kernel { self.data[(channel * c_out + o) * kernel + tap] } else { 0.0 };
+                    m += 1;
+                    if m == taps {
+                        (channel, m) = (channel + 1, 0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PackB for WeightView<'_> {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
+        match self.strided() {
+            Some(strided) => strided.pack_b(ks, cols, nr, dst),
+            // Transposed convs are only ever the left factor.
+            None => unreachable!("a transposed conv's phases as a right factor"),
+        }
+    }
+}
+
+/// A layer's weight matrix as a GEMM operand on the CPU.
+#[derive(Debug)]
+pub(crate) enum GemmWeight {
+    /// In the mapped model file: read in place on the first run, packed on the second.
+    InPlace { data: MappedF32, layout: OperandLayout, side: Side, packed: OnceLock<Packed>, ran: AtomicBool },
+    /// Packed when the layer was built: weights that had to be converted into a tensor of their own anyway
+    /// (f16 or q8_0 files, derived matrices), whose f32 copy is then freed.
+    Packed { packed: Packed, layout: OperandLayout },
+}
+
+impl GemmWeight {
+    /// The operand for `matrix` read through `layout`; `None` for a tensor our GEMM does not take (not on the CPU,
+    /// not f32, or a placeholder; see `nn::pack_at_build`).
+    pub fn new(matrix: &Matrix, layout: OperandLayout, side: Side) -> Result<Option<Self>> {
+        let (rows, cols) = layout.dims();
+        match matrix {
+            Matrix::Mapped(data, _) => {
+                if data.as_slice().len() != layout.stored_len() {
+                    candle_core::bail!("weight has {} values, the layer reads {}", data.as_slice().len(), rows * cols);
+                }
+                let (packed, ran) = (OnceLock::new(), AtomicBool::new(false));
+                Ok(Some(Self::InPlace { data: data.clone(), layout, side, packed, ran }))
+            }
+            Matrix::Tensor(t) if pack_at_build(t) => {
+                let data = f32_vec(t)?;
+                if data.len() != layout.stored_len() {
+                    candle_core::bail!("weight has {} values, the layer reads {}", data.len(), layout.stored_len());
+                }
+                Ok(Some(Self::Packed { packed: pack(WeightView { data: &data, layout }, side), layout }))
+            }
+            Matrix::Tensor(_) => Ok(None),
+        }
+    }
+
+    /// Rows and columns of the operand.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::InPlace { layout, .. } | Self::Packed { layout, .. } => layout.dims(),
+        }
+    }
+
+    /// The operand for one product.
+    pub fn operand(&self) -> Operand<'_> {
+        match self {
+            Self::Packed { packed, .. } => Operand::Packed(packed),
+            Self::InPlace { data, layout, side, packed, ran } => {
+                let view = WeightView { data: data.as_slice(), layout: *layout };
+                if let Some(p) = packed.get() {
+                    Operand::Packed(p)
+                } else if ran.swap(true, Ordering::Relaxed) {
+                    Operand::Packed(packed.get_or_init(|| pack(view, *side)))
+                } else {
+                    Operand::InPlace(view)
+                }
+            }
+        }
+    }
+}
+
+fn pack(view: WeightView, side: Side) -> Packed {
+    let (rows, cols) = view.layout.dims();
+    match side {
+        Side::Left => Packed::a(&view, rows, cols),
+        Side::Right => Packed::b(&view, rows, cols),
+    }
+}
+
+/// A weight operand for one product: packed, or read in place.
+pub(crate) enum Operand<'a> {
+    Packed(&'a Packed),
+    InPlace(WeightView<'a>),
+}
+
+impl PackA for Operand<'_> {
+    fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
+        match self {
+            Self::Packed(p) => p.pack_a(rows, ks, mr, dst),
+            Self::InPlace(v) => v.pack_a(rows, ks, mr, dst),
+        }
+    }
+    fn packed_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[f32]> {
+        match self {
+            Self::Packed(p) => p.packed_a(rows, ks, mr),
+            Self::InPlace(_) => None,
+        }
+    }
+    fn packed_a_pairs(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[u32]> {
+        match self {
+            Self::Packed(p) => p.packed_a_pairs(rows, ks, mr),
+            Self::InPlace(_) => None,
+        }
+    }
+}
+
+impl PackB for Operand<'_> {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
+        match self {
+            Self::Packed(p) => p.pack_b(ks, cols, nr, dst),
+            Self::InPlace(v) => v.pack_b(ks, cols, nr, dst),
+        }
+    }
+    fn packed_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[f32]> {
+        match self {
+            Self::Packed(p) => p.packed_b(ks, cols, nr),
+            Self::InPlace(_) => None,
+        }
+    }
+    fn packed_b_pairs(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[u32]> {
+        match self {
+            Self::Packed(p) => p.packed_b_pairs(ks, cols, nr),
+            Self::InPlace(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Module, Tensor};
+
+    use super::*;
+    use crate::convert::StorageDtype;
+    use crate::gguf::Writer;
+    use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+    use crate::nn::linear::Linear;
+    use crate::nn::rvq::EuclideanCodebook;
+
+    /// Layers built over a mapped f32 file (read in place on the first run, packed on the second) give exactly
+    /// what the same layers built from tensors give (packed when built), on every run.
+    #[test]
+    fn in_place_weights_match_packed_tensors() {
+        let dev = Device::Cpu;
+        let tensors: HashMap<String, Tensor> = [
+            ("conv.weight", vec![6, 5, 3]),
+            ("tconv.weight", vec![5, 4, 8]),
+            ("linear.weight", vec![7, 5]),
+            ("codebook.embed", vec![9, 5]),
+        ]
+        .into_iter()
+        .map(|(name, shape)| (name.to_string(), Tensor::randn(0f32, 1., shape, &dev).unwrap()))
+        .chain([("conv.bias".to_string(), Tensor::randn(0f32, 1., 6, &dev).unwrap())])
+        .chain([("tconv.bias".to_string(), Tensor::randn(0f32, 1., 4, &dev).unwrap())])
+        .collect();
+        let path = std::env::temp_dir().join(format!("codec-weight-test-{}.gguf", std::process::id()));
+        let mut w = Writer::new("test", "test");
+        for (name, t) in &tensors {
+            w.tensor(name, t, StorageDtype::F32, true).unwrap();
+        }
+        w.write(&path).unwrap();
+        let file = ModelFile::open(&path).unwrap();
+        let mapped = Weights::from_file(VarBuilder::from_tensors(tensors.clone(), DType::F32, &dev), &file, &[]);
+        let owned: Weights = VarBuilder::from_tensors(tensors, DType::F32, &dev).into();
+        assert!(matches!(mapped.matrix((7, 5), "linear.weight").unwrap(), Matrix::Mapped(..)));
+        assert!(matches!(owned.matrix((7, 5), "linear.weight").unwrap(), Matrix::Tensor(..)));
+
+        let conv =
+            |vb: &Weights| Conv1d::new(5, 6, ConvConfig::new(3, Padding::Causal, PadMode::Constant), vb.pp("conv"));
+        let tconv = |vb: &Weights| {
+            ConvTranspose1d::new(5, 4, ConvConfig::new(8, Padding::Causal, PadMode::Constant).stride(4), vb.pp("tconv"))
+        };
+        let linear = |vb: &Weights| Linear::new(vb.matrix((7, 5), "linear.weight")?, None);
+        let codebook = |vb: &Weights| EuclideanCodebook::new(9, 5, vb.pp("codebook"));
+        let x = Tensor::randn(0f32, 1., (2, 5, 40), &dev).unwrap();
+        let rows = Tensor::randn(0f32, 1., (40, 5), &dev).unwrap();
+        let same = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        };
+        let (c_m, c_o) = (conv(&mapped).unwrap(), conv(&owned).unwrap());
+        let (t_m, t_o) = (tconv(&mapped).unwrap(), tconv(&owned).unwrap());
+        let (l_m, l_o) = (linear(&mapped).unwrap(), linear(&owned).unwrap());
+        let (q_m, q_o) = (codebook(&mapped).unwrap(), codebook(&owned).unwrap());
+        for _run in 0..3 {
+            same(&c_m.forward(&x).unwrap(), &c_o.forward(&x).unwrap());
+            same(&t_m.forward(&x).unwrap(), &t_o.forward(&x).unwrap());
+            same(&l_m.forward(&rows).unwrap(), &l_o.forward(&rows).unwrap());
+            let codes = q_m.encode(&rows).unwrap();
+            assert_eq!(codes.to_vec1::<u32>().unwrap(), q_o.encode(&rows).unwrap().to_vec1::<u32>().unwrap());
+            same(&q_m.decode(&codes).unwrap(), &q_o.decode(&codes).unwrap());
+        }
+        // A codebook lookup past the last entry is an error, not a panic.
+        assert!(q_m.decode(&Tensor::new(&[9u32], &dev).unwrap()).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+}
