@@ -270,6 +270,12 @@ impl PackA for Strided<'_> {
         for (panel, r0) in rows.clone().step_by(mr).enumerate() {
             let dst = &mut dst[panel * mr * kc..(panel + 1) * mr * kc];
             let valid = mr.min(rows.end - r0);
+            if self.cs == 1 && mr == 8 && valid == 8 && transpose_simd() {
+                // Eight rows at a time, 8 × 8 blocks transposed in registers (weights read in place pack this way).
+                let row = |i: usize| &self.data[(r0 + i) * self.rs + ks.start..(r0 + i) * self.rs + ks.end];
+                transpose_into(std::array::from_fn(row), dst, mr);
+                continue;
+            }
             for i in 0..valid {
                 let base = (r0 + i) * self.rs;
                 if self.cs == 1 {
@@ -306,7 +312,16 @@ impl PackB for Strided<'_> {
                     dst[p * nr + valid..(p + 1) * nr].fill(0.0);
                 }
             } else {
-                for j in 0..valid {
+                let mut first = 0;
+                if self.rs == 1 && transpose_simd() {
+                    // Columns stored contiguously (a linear layer's Wᵀ): eight at a time, transposed in registers.
+                    let column = |j: usize| &self.data[(c0 + j) * self.cs + ks.start..(c0 + j) * self.cs + ks.end];
+                    while first + 8 <= valid {
+                        transpose_into(std::array::from_fn(|j| column(first + j)), &mut dst[first..], nr);
+                        first += 8;
+                    }
+                }
+                for j in first..valid {
                     let base = (c0 + j) * self.cs;
                     if self.rs == 1 {
                         // A column stored contiguously (a transposed weight): read it in one run.
@@ -324,6 +339,64 @@ impl PackB for Strided<'_> {
                     dst[p * nr + valid..(p + 1) * nr].fill(0.0);
                 }
             }
+        }
+    }
+}
+
+/// Whether the packers may use [`transpose_into`]'s AVX path.
+fn transpose_simd() -> bool {
+    cfg!(target_arch = "x86_64") && isa() != Isa::Generic
+}
+
+/// `dst[p·stride + i] = lines[i][p]` for the 8 equally long `lines`: packing a panel from the other layout (rows of
+/// a row-major A, columns of a transposed B), in 8 × 8 blocks transposed in AVX registers, the tail one by one.
+/// Only called where [`transpose_simd`] holds.
+fn transpose_into(lines: [&[f32]; 8], dst: &mut [f32], stride: usize) {
+    let len = lines[0].len();
+    assert!(lines.iter().all(|l| l.len() == len) && (len == 0 || dst.len() >= (len - 1) * stride + 8));
+    let blocks = len / 8 * 8;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX is present (`transpose_simd`); the assert above bounds every load and store.
+    unsafe {
+        transpose_8x8_blocks(&lines, blocks, dst, stride)
+    };
+    for p in blocks..len {
+        for (i, line) in lines.iter().enumerate() {
+            dst[p * stride + i] = line[p];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_8x8_blocks(lines: &[&[f32]; 8], blocks: usize, dst: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    for p in (0..blocks).step_by(8) {
+        let mut r = [_mm256_setzero_ps(); 8];
+        for i in 0..8 {
+            r[i] = _mm256_loadu_ps(lines[i].as_ptr().add(p));
+        }
+        // Pairs, then quads, then 128-bit halves: out[q] = (r[0][q], …, r[7][q]).
+        let mut t = [(_mm256_setzero_ps(), _mm256_setzero_ps()); 4];
+        for (pair, t) in t.iter_mut().enumerate() {
+            let (a, b) = (r[2 * pair], r[2 * pair + 1]);
+            *t = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        }
+        let s = [
+            _mm256_shuffle_ps::<0x44>(t[0].0, t[1].0),
+            _mm256_shuffle_ps::<0xEE>(t[0].0, t[1].0),
+            _mm256_shuffle_ps::<0x44>(t[0].1, t[1].1),
+            _mm256_shuffle_ps::<0xEE>(t[0].1, t[1].1),
+            _mm256_shuffle_ps::<0x44>(t[2].0, t[3].0),
+            _mm256_shuffle_ps::<0xEE>(t[2].0, t[3].0),
+            _mm256_shuffle_ps::<0x44>(t[2].1, t[3].1),
+            _mm256_shuffle_ps::<0xEE>(t[2].1, t[3].1),
+        ];
+        for q in 0..4 {
+            let out = dst.as_mut_ptr().add((p + q) * stride);
+            _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x20>(s[q], s[q + 4]));
+            let out = dst.as_mut_ptr().add((p + q + 4) * stride);
+            _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x31>(s[q], s[q + 4]));
         }
     }
 }
