@@ -5,12 +5,13 @@
 //! converter), `layers.{i}.codebook.embed` `[bins, dim]` (already `embed_sum / cluster_usage` where the source kept
 //! running sums).
 
-use super::Weights;
+use std::sync::OnceLock;
+
 use candle_core::{Module, Result, Tensor, D};
 
 use super::linear::Linear;
-use super::sum_all;
 use super::weight::Matrix;
+use super::{get_or_try_init, sum_all, wide_simd, Weights};
 
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
@@ -20,28 +21,45 @@ pub struct EuclideanCodebook {
     /// The entries as a linear layer: `x · embedᵀ` gives every dot product at once.
     dots: Linear,
     /// ‖e‖² per entry, (1, bins): a cache of `embed`, not a weight transform.
-    embed_sq: Tensor,
+    embed_sq: OnceLock<Tensor>,
+}
+
+/// Σ v², in 16 independent lanes (vectorised) summed at the end.
+fn sum_of_squares(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += x * x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 impl EuclideanCodebook {
     pub fn new(bins: usize, dim: usize, vb: Weights) -> Result<Self> {
         let embed = vb.matrix((bins, dim), "embed")?;
-        let embed_sq = match &embed {
-            Matrix::Tensor(t) => t.sqr()?.sum_keepdim(1)?.t()?.contiguous()?,
-            Matrix::Mapped(data, _) => {
-                let sq: Vec<f32> =
-                    data.as_slice().chunks_exact(dim.max(1)).map(|e| e.iter().map(|v| v * v).sum()).collect();
-                Tensor::from_vec(sq, (1, bins), vb.device())?
+        Ok(Self { dots: Linear::exact(embed.clone(), None)?, embed, embed_sq: OnceLock::new() })
+    }
+
+    /// ‖e‖² per entry, computed on first use: codebooks beyond the `n_q` a run asks for are never read.
+    fn embed_sq(&self) -> Result<&Tensor> {
+        get_or_try_init(&self.embed_sq, || match &self.embed {
+            Matrix::Tensor(t) => t.sqr()?.sum_keepdim(1)?.t()?.contiguous(),
+            Matrix::Mapped(data, shape) => {
+                let (bins, dim) = shape.dims2()?;
+                let sq = wide_simd(|| data.as_slice().chunks_exact(dim.max(1)).map(sum_of_squares).collect());
+                Tensor::from_vec(sq, (1, bins), &candle_core::Device::Cpu)
             }
-        };
-        Ok(Self { dots: Linear::exact(embed.clone(), None)?, embed, embed_sq })
+        })
     }
 
     /// (N, dim) → (N,) u32 indices of the nearest entries.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         // argmin ‖x − e‖² = argmin (‖e‖² − 2 x·e): ‖x‖² is the same for every entry.
         let dots = self.dots.forward(x)?;
-        let dist = self.embed_sq.broadcast_sub(&(dots * 2.0)?)?;
+        let dist = self.embed_sq()?.broadcast_sub(&(dots * 2.0)?)?;
         dist.argmin(D::Minus1)
     }
 
