@@ -70,6 +70,8 @@ pub struct Codec {
     path: PathBuf,
     chunk_seconds: f64,
     parts: Parts,
+    /// The most memory one model pass may need (see [`Codec::set_memory_limit`]); `None`: unchecked.
+    memory_limit: Option<u64>,
 }
 
 impl Codec {
@@ -84,12 +86,21 @@ impl Codec {
         let file = ModelFile::open(path)?;
         let device = device.device()?;
         let model = models::load(&file, &device, parts)?;
-        Ok(Self { model, device, path: path.to_path_buf(), chunk_seconds: CHUNK_SECONDS, parts })
+        let path = path.to_path_buf();
+        Ok(Self { model, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit: default_memory_limit() })
     }
 
     /// Wraps an already built model (tests, random-weight benchmarks).
     pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
-        Self { model, device, path: PathBuf::from("<memory>"), chunk_seconds: CHUNK_SECONDS, parts: Parts::All }
+        let path = PathBuf::from("<memory>");
+        Self {
+            model,
+            device,
+            path,
+            chunk_seconds: CHUNK_SECONDS,
+            parts: Parts::All,
+            memory_limit: default_memory_limit(),
+        }
     }
 
     /// An error unless this codec was loaded with what `wanted` needs.
@@ -112,6 +123,30 @@ impl Codec {
     /// Audio per chunk on long inputs (default [`CHUNK_SECONDS`]); results do not depend on it.
     pub fn set_chunk_seconds(&mut self, seconds: f64) {
         self.chunk_seconds = seconds;
+    }
+
+    /// The memory one model pass (a whole input, or one chunk of it) may need, in bytes; `None` turns the check
+    /// off. Default: `$CODEC_MEMORY_LIMIT` (bytes, or with a K/M/G/T suffix; `off`) if set, else the memory the system
+    /// reports available when the codec is loaded (Linux; unchecked elsewhere). A pass that would need more, by
+    /// [`Model::peak_bytes`], fails with an error before it allocates, instead of aborting part way.
+    pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
+        self.memory_limit = bytes;
+    }
+
+    /// An error if one pass over `frames` frames would need more memory than the limit.
+    fn check_memory(&self, frames: usize, what: &str) -> Result<()> {
+        let (Some(limit), need) = (self.memory_limit, self.model.peak_bytes(frames)) else { return Ok(()) };
+        if need <= limit {
+            return Ok(());
+        }
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        Err(Error::InvalidArgument(format!(
+            "{what} {:.0} s of audio in one pass needs about {:.1} GiB, more than the {:.1} GiB limit \
+             (available memory, or $CODEC_MEMORY_LIMIT); split the input into shorter pieces",
+            frames as f64 / self.frame_rate(),
+            gib(need),
+            gib(limit)
+        )))
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -183,8 +218,10 @@ impl Codec {
         };
         let hop = self.hop();
         let n_frames = samples.len().div_ceil(hop);
+        let chunks = self.chunks(n_frames);
+        chunks.iter().try_for_each(|c| self.check_memory(c.to - c.from, "encoding"))?;
         let mut rows = vec![Vec::with_capacity(n_frames); n_q];
-        for chunk in self.chunks(n_frames) {
+        for chunk in chunks {
             let (s0, s1) = (chunk.from * hop, (chunk.to * hop).min(samples.len()));
             let pcm = Tensor::from_slice(&samples[s0..s1], (1, 1, s1 - s0), &self.device).ctx("encode input")?;
             let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
@@ -226,10 +263,12 @@ impl Codec {
                 pos % codes.n_frames
             )));
         }
+        let chunks = self.chunks(codes.n_frames);
+        chunks.iter().try_for_each(|c| self.check_memory(c.to - c.from, "decoding"))?;
         let all = Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
         let hop = self.hop();
         let mut samples = Vec::with_capacity(codes.n_frames * hop);
-        for chunk in self.chunks(codes.n_frames) {
+        for chunk in chunks {
             let t = all.narrow(2, chunk.from, chunk.to - chunk.from).ctx("decode input")?;
             let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
             let pcm = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
@@ -265,6 +304,43 @@ impl Codec {
     }
 }
 
+/// [`Codec::set_memory_limit`]'s default: `$CODEC_MEMORY_LIMIT` (`off` for none), else the system's available
+/// memory (also when the variable does not parse: a typo must not turn the check off).
+fn default_memory_limit() -> Option<u64> {
+    match std::env::var("CODEC_MEMORY_LIMIT") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("off") => None,
+        Ok(v) => parse_bytes(&v).or_else(available_memory),
+        Err(_) => available_memory(),
+    }
+}
+
+/// `123`, `512M`, `8G`, `1.5T` → bytes (binary units); `None` if malformed.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let scale = match unit {
+        'B' => 1u64,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        'T' => 1 << 40,
+        _ => return None,
+    };
+    let value = number.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)? * scale as f64;
+    (value < u64::MAX as f64).then_some(value as u64)
+}
+
+/// `MemAvailable` of `/proc/meminfo`: what can be allocated without swapping.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Default audio per chunk on long inputs: bounds memory (a DAC 44.1 kHz chunk peaks near 2 GB) at a small cost in
 /// recomputed context.
 pub const CHUNK_SECONDS: f64 = 20.0;
@@ -276,4 +352,20 @@ pub struct Chunk {
     pub to: usize,
     pub keep_from: usize,
     pub keep_to: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn parses_byte_sizes() {
+        assert_eq!(parse_bytes("123"), Some(123));
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes(" 8g "), Some(8 << 30));
+        assert_eq!(parse_bytes("1.5K"), Some(1536));
+        for bad in ["", "G", "-1G", "1X", "nanG", "1e30T"] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
+        }
+    }
 }

@@ -146,3 +146,21 @@ fn layouts_convert_to_identical_tensors() {
     std::fs::remove_file(a).ok();
     std::fs::remove_file(b).ok();
 }
+
+/// A pass that would need more memory than the limit is refused before it runs, with a message that says so;
+/// without a limit the same input runs.
+#[test]
+fn memory_limit_refuses_oversized_passes() {
+    let gguf = hub_gguf();
+    let mut codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    codec.set_memory_limit(None);
+    let codes = codec.encode(&input(), None).unwrap();
+    codec.set_memory_limit(Some(1 << 20));
+    let err = codec.encode(&input(), None).unwrap_err().to_string();
+    assert!(err.contains("encoding") && err.contains("GiB limit"), "{err}");
+    let err = codec.decode(&codes).unwrap_err().to_string();
+    assert!(err.contains("decoding") && err.contains("GiB limit"), "{err}");
+    // The estimate saturates rather than wrapping for absurd lengths.
+    assert_eq!(codec.model().peak_bytes(usize::MAX), u64::MAX);
+    std::fs::remove_file(gguf).ok();
+}

@@ -29,6 +29,10 @@ pub trait Model: Send + Sync {
     fn chunk_context(&self) -> Option<(usize, usize)> {
         None
     }
+    /// About the most memory one encode or decode of `n_frames` frames in one piece allocates, in bytes: what
+    /// [`crate::Codec`] checks against the memory limit before it runs (measured peak RSS growth per audio sample,
+    /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
+    fn peak_bytes(&self, n_frames: usize) -> u64;
     /// Wall time of each stage of one encode and decode of `pcm` (for `codec bench`); empty if not broken down.
     fn stage_times(&self, _pcm: &Tensor, _n_q: usize) -> Result<Vec<StageTime>> {
         Ok(vec![])
@@ -42,6 +46,11 @@ pub struct StageTime {
     pub time: std::time::Duration,
     /// Floating-point operations of the stage's matrix products (the GEMM counts them; element-wise work excluded).
     pub gemm_flops: u64,
+}
+
+/// `bytes_per_sample` bytes for each audio sample of `n_frames` frames of `hop` samples, saturating.
+pub(crate) fn bytes_per_sample(n_frames: usize, hop: usize, bytes_per_sample: u64) -> u64 {
+    (n_frames as u64).saturating_mul(hop as u64).saturating_mul(bytes_per_sample)
 }
 
 /// Collects named stage timings for [`Model::stage_times`].
