@@ -502,6 +502,12 @@ static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // Errors stay one line: candle attaches a backtrace to its errors whenever RUST_BACKTRACE is set, which our
+    // message then carries. RUST_LIB_BACKTRACE (which wins over RUST_BACKTRACE for errors, not for panics) turns
+    // that off unless the user sets it explicitly. Set before any thread starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     // Like any Unix filter, end quietly when the reader of our output goes away (`codec bench | head`); Rust
     // ignores SIGPIPE, which turns the next print into a panic.
     #[cfg(unix)]

@@ -33,6 +33,10 @@ pub mod keys {
 
 pub use gguf_file::Value;
 
+/// The largest hop (audio samples per code frame) a model file may declare: far above any codec's (Mimi 1920),
+/// and small enough that frame and sample counts cannot overflow.
+pub const MAX_HOP: usize = 1 << 16;
+
 /// f32 values of one tensor, read in place from a mapped model file (checked 4-byte aligned when made).
 #[derive(Clone)]
 pub struct MappedF32 {
@@ -164,6 +168,47 @@ impl ModelFile {
             .or_else(|_| v.to_u32().map(|v| v as usize))
             .or_else(|_| v.to_i32().ok().filter(|v| *v >= 0).map(|v| v as usize).ok_or(()))
             .map_err(|_| self.bad_type(key, "an unsigned integer"))
+    }
+
+    /// A size or count: an unsigned integer of at least 1.
+    pub fn count(&self, key: &str) -> Result<usize> {
+        match self.usize(key)? {
+            0 => Err(Error::model_file(&self.path, format!("metadata key '{key}' is 0; it must be at least 1"))),
+            n => Ok(n),
+        }
+    }
+
+    /// Stride factors whose product is a hop: a non-empty array of counts, the product at most [`MAX_HOP`].
+    pub fn strides(&self, key: &str) -> Result<Vec<usize>> {
+        let v = self.usize_array(key)?;
+        let hop = v.iter().try_fold(1usize, |hop, &s| hop.checked_mul(s).filter(|&h| h <= MAX_HOP));
+        if v.is_empty() || v.contains(&0) || hop.is_none() {
+            let msg = format!(
+                "metadata key '{key}' is {v:?}; it must be factors of at least 1 multiplying to at most {MAX_HOP}"
+            );
+            return Err(Error::model_file(&self.path, msg));
+        }
+        Ok(v)
+    }
+
+    /// The model's sample rate, within the rates audio can have here.
+    pub fn sample_rate(&self) -> Result<usize> {
+        let rate = self.usize(keys::SAMPLE_RATE)?;
+        let (lo, hi) = (crate::audio::MIN_INPUT_RATE as usize, crate::audio::MAX_INPUT_RATE as usize);
+        if !(lo..=hi).contains(&rate) {
+            let msg = format!("metadata key '{}' is {rate}; it must be {lo}–{hi} Hz", keys::SAMPLE_RATE);
+            return Err(Error::model_file(&self.path, msg));
+        }
+        Ok(rate)
+    }
+
+    /// A finite float above 0 (a scale, an epsilon, a base).
+    pub fn positive_f64(&self, key: &str) -> Result<f64> {
+        let v = self.f64(key)?;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Error::model_file(&self.path, format!("metadata key '{key}' is {v}; it must be above 0")));
+        }
+        Ok(v)
     }
 
     pub fn f64(&self, key: &str) -> Result<f64> {

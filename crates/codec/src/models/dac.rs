@@ -74,17 +74,18 @@ impl DacConfig {
         radius
     }
 
+    /// Reads and checks every key: sizes at least 1, strides with a bounded hop.
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
         Ok(Self {
-            sample_rate: f.usize(keys::SAMPLE_RATE)?,
-            encoder_dim: f.usize(key::ENCODER_DIM)?,
-            encoder_rates: f.usize_array(key::ENCODER_RATES)?,
-            latent_dim: f.usize(keys::LATENT_DIM)?,
-            decoder_dim: f.usize(key::DECODER_DIM)?,
-            decoder_rates: f.usize_array(key::DECODER_RATES)?,
-            n_codebooks: f.usize(keys::N_Q)?,
-            codebook_size: f.usize(keys::CODEBOOK_SIZE)?,
-            codebook_dim: f.usize(keys::CODEBOOK_DIM)?,
+            sample_rate: f.sample_rate()?,
+            encoder_dim: f.count(key::ENCODER_DIM)?,
+            encoder_rates: f.strides(key::ENCODER_RATES)?,
+            latent_dim: f.count(keys::LATENT_DIM)?,
+            decoder_dim: f.count(key::DECODER_DIM)?,
+            decoder_rates: f.strides(key::DECODER_RATES)?,
+            n_codebooks: f.count(keys::N_Q)?,
+            codebook_size: f.count(keys::CODEBOOK_SIZE)?,
+            codebook_dim: f.count(keys::CODEBOOK_DIM)?,
         })
     }
 

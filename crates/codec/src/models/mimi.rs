@@ -110,34 +110,56 @@ impl MimiConfig {
         self.upsampling_ratios.iter().product::<usize>() * self.downsample_stride
     }
 
+    /// Reads and checks every key: sizes at least 1, strides with a bounded hop, positive floats, and the
+    /// semantic codebooks among all codebooks.
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
-        Ok(Self {
-            sample_rate: f.usize(keys::SAMPLE_RATE)?,
+        let cfg = Self {
+            sample_rate: f.sample_rate()?,
             channels: 1,
-            hidden_size: f.usize(keys::LATENT_DIM)?,
-            num_filters: f.usize(key::NUM_FILTERS)?,
-            upsampling_ratios: f.usize_array(key::UPSAMPLING_RATIOS)?,
-            kernel_size: f.usize(key::KERNEL_SIZE)?,
-            residual_kernel_size: f.usize(key::RESIDUAL_KERNEL_SIZE)?,
-            last_kernel_size: f.usize(key::LAST_KERNEL_SIZE)?,
-            dilation_growth_rate: f.usize(key::DILATION_GROWTH_RATE)?,
-            num_residual_layers: f.usize(key::NUM_RESIDUAL_LAYERS)?,
-            compress: f.usize(key::COMPRESS)?,
+            hidden_size: f.count(keys::LATENT_DIM)?,
+            num_filters: f.count(key::NUM_FILTERS)?,
+            upsampling_ratios: f.strides(key::UPSAMPLING_RATIOS)?,
+            kernel_size: f.count(key::KERNEL_SIZE)?,
+            residual_kernel_size: f.count(key::RESIDUAL_KERNEL_SIZE)?,
+            last_kernel_size: f.count(key::LAST_KERNEL_SIZE)?,
+            dilation_growth_rate: f.count(key::DILATION_GROWTH_RATE)?,
+            num_residual_layers: f.count(key::NUM_RESIDUAL_LAYERS)?,
+            compress: f.count(key::COMPRESS)?,
             use_causal_conv: f.bool(key::USE_CAUSAL_CONV)?,
             pad_mode: f.string(key::PAD_MODE)?.to_string(),
-            downsample_stride: f.usize(key::DOWNSAMPLE_STRIDE)?,
+            downsample_stride: f.count(key::DOWNSAMPLE_STRIDE)?,
             num_hidden_layers: f.usize(key::NUM_HIDDEN_LAYERS)?,
-            num_attention_heads: f.usize(key::NUM_ATTENTION_HEADS)?,
-            head_dim: f.usize(key::HEAD_DIM)?,
-            intermediate_size: f.usize(key::INTERMEDIATE_SIZE)?,
-            sliding_window: f.usize(key::SLIDING_WINDOW)?,
-            rope_theta: f.f64(key::ROPE_THETA)?,
-            norm_eps: f.f64(key::NORM_EPS)?,
-            codebook_size: f.usize(keys::CODEBOOK_SIZE)?,
-            codebook_dim: f.usize(keys::CODEBOOK_DIM)?,
-            num_quantizers: f.usize(keys::N_Q)?,
-            num_semantic_quantizers: f.usize(key::NUM_SEMANTIC_QUANTIZERS)?,
-        })
+            num_attention_heads: f.count(key::NUM_ATTENTION_HEADS)?,
+            head_dim: f.count(key::HEAD_DIM)?,
+            intermediate_size: f.count(key::INTERMEDIATE_SIZE)?,
+            sliding_window: f.count(key::SLIDING_WINDOW)?,
+            rope_theta: f.positive_f64(key::ROPE_THETA)?,
+            norm_eps: f.positive_f64(key::NORM_EPS)?,
+            codebook_size: f.count(keys::CODEBOOK_SIZE)?,
+            codebook_dim: f.count(keys::CODEBOOK_DIM)?,
+            num_quantizers: f.count(keys::N_Q)?,
+            num_semantic_quantizers: f.count(key::NUM_SEMANTIC_QUANTIZERS)?,
+        };
+        let bad = |msg: String| Err(crate::Error::model_file(&f.path, msg));
+        if cfg.num_semantic_quantizers > cfg.num_quantizers {
+            return bad(format!(
+                "metadata key '{}' is {}, more than the {} codebooks of '{}'",
+                key::NUM_SEMANTIC_QUANTIZERS,
+                cfg.num_semantic_quantizers,
+                cfg.num_quantizers,
+                keys::N_Q
+            ));
+        }
+        let seanet_hop: usize = cfg.upsampling_ratios.iter().product();
+        if seanet_hop.checked_mul(cfg.downsample_stride).is_none_or(|hop| hop > crate::gguf::MAX_HOP) {
+            return bad(format!(
+                "metadata key '{}' is {}: the hop (× the upsampling ratios) exceeds {}",
+                key::DOWNSAMPLE_STRIDE,
+                cfg.downsample_stride,
+                crate::gguf::MAX_HOP
+            ));
+        }
+        Ok(cfg)
     }
 
     /// Writes every key `from_gguf` reads.

@@ -78,23 +78,38 @@ impl WavTokenizerConfig {
         }
     }
 
+    /// Reads and checks every key: sizes at least 1, strides with a bounded hop, the bandwidth id among the
+    /// AdaLayerNorm embeddings.
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
-        Ok(Self {
-            sample_rate: f.usize(keys::SAMPLE_RATE)?,
-            n_filters: f.usize(key::N_FILTERS)?,
-            downsamples: f.usize_array(key::DOWNSAMPLES)?,
+        let cfg = Self {
+            sample_rate: f.sample_rate()?,
+            n_filters: f.count(key::N_FILTERS)?,
+            downsamples: f.strides(key::DOWNSAMPLES)?,
             lstm_layers: f.usize(key::LSTM_LAYERS)?,
-            dimension: f.usize(keys::LATENT_DIM)?,
-            codebook_size: f.usize(keys::CODEBOOK_SIZE)?,
-            n_q: f.usize(keys::N_Q)?,
-            backbone_dim: f.usize(key::BACKBONE_DIM)?,
-            intermediate_dim: f.usize(key::INTERMEDIATE_DIM)?,
+            dimension: f.count(keys::LATENT_DIM)?,
+            codebook_size: f.count(keys::CODEBOOK_SIZE)?,
+            n_q: f.count(keys::N_Q)?,
+            backbone_dim: f.count(key::BACKBONE_DIM)?,
+            intermediate_dim: f.count(key::INTERMEDIATE_DIM)?,
             num_layers: f.usize(key::NUM_LAYERS)?,
-            adanorm_num_embeddings: f.usize(key::ADANORM_NUM_EMBEDDINGS)?,
+            adanorm_num_embeddings: f.count(key::ADANORM_NUM_EMBEDDINGS)?,
             bandwidth_id: f.usize(key::BANDWIDTH_ID)?,
-            n_fft: f.usize(key::N_FFT)?,
-            istft_hop: f.usize(key::ISTFT_HOP)?,
-        })
+            n_fft: f.count(key::N_FFT)?,
+            istft_hop: f.count(key::ISTFT_HOP)?,
+        };
+        if cfg.bandwidth_id >= cfg.adanorm_num_embeddings {
+            return Err(crate::Error::model_file(
+                &f.path,
+                format!(
+                    "metadata key '{}' is {}, not below the {} embeddings of '{}'",
+                    key::BANDWIDTH_ID,
+                    cfg.bandwidth_id,
+                    cfg.adanorm_num_embeddings,
+                    key::ADANORM_NUM_EMBEDDINGS
+                ),
+            ));
+        }
+        Ok(cfg)
     }
 
     pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
