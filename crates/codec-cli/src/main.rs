@@ -216,6 +216,15 @@ fn decode(codec: &Codec, codes: &Codes, quiet: bool) -> Result<Audio> {
     audio
 }
 
+/// Names `file` in a library error that names none: the codec checks what it is given as plain data (lengths,
+/// memory needed), without knowing which file it came from.
+fn naming(file: &Path) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::InvalidArgument(msg) => Error::InvalidArgument(format!("{}: {msg}", file.display())),
+        e => e,
+    }
+}
+
 /// Reads codes per DESIGN.md: int32/int64, (n_q, F) or (1, n_q, F), values in [0, codebook_size).
 fn read_codes(path: &Path, codec: &Codec) -> Result<Codes> {
     let arr = npy::read(path)?;
@@ -300,7 +309,7 @@ fn run(cli: &Cli) -> Result<()> {
             let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
             let audio = read_audio(input, &codec)?;
-            let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
+            let codes = encode(&codec, &audio, *n_q, cli.quiet).map_err(naming(input))?;
             let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
             npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
             if !cli.quiet {
@@ -311,8 +320,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Decode { model, codes, output, pcm16 } => {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::Decoder)?;
-            let codes = read_codes(codes, &codec)?;
-            let audio = decode(&codec, &codes, cli.quiet)?;
+            let audio = decode(&codec, &read_codes(codes, &codec)?, cli.quiet).map_err(naming(codes))?;
             codec::audio::write_wav(output, &audio, *pcm16)?;
             wrote_audio(cli, output, &audio);
             Ok(())
@@ -322,8 +330,8 @@ fn run(cli: &Cli) -> Result<()> {
             let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
             let audio = read_audio(input, &codec)?;
-            let codes = encode(&codec, &audio, *n_q, cli.quiet)?;
-            let mut out = decode(&codec, &codes, cli.quiet)?;
+            let codes = encode(&codec, &audio, *n_q, cli.quiet).map_err(naming(input))?;
+            let mut out = decode(&codec, &codes, cli.quiet).map_err(naming(input))?;
             // Same length as the input: trimmed, or zero-extended where a model's decoder returns a few samples
             // fewer than frames × hop (DAC with odd strides).
             out.samples.resize(audio.samples.len(), 0.0);
