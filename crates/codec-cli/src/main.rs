@@ -155,7 +155,9 @@ fn load(spec: &str, cli: &Cli, parts: Parts) -> Result<Codec> {
 
 /// Reads `path` as mono at the model's rate; non-finite samples (which would encode to garbage) are an error naming
 /// the file.
-fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
+/// Reads audio at the model's rate. Non-finite samples are an error; samples beyond full scale (|x| > 1, possible
+/// in float files) are encoded as they are, as the reference implementations do, with a note.
+fn read_audio(path: &Path, codec: &Codec, quiet: bool) -> Result<Audio> {
     let audio = codec::audio::read_mono_at(path, codec.sample_rate())?;
     if let Some((i, v)) = audio.samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(Error::InvalidArgument(format!(
@@ -163,6 +165,13 @@ fn read_audio(path: &Path, codec: &Codec) -> Result<Audio> {
             path.display(),
             i as f64 / audio.sample_rate as f64
         )));
+    }
+    let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if peak > 1.0 && !quiet {
+        eprintln!(
+            "note: {} peaks at {peak:.3}, beyond full scale (1.0); encoding it as it is",
+            printable(&path.display().to_string())
+        );
     }
     Ok(audio)
 }
@@ -296,8 +305,12 @@ fn run(cli: &Cli) -> Result<()> {
                 name: None,
             };
             let pb = spinner(cli.quiet, format!("converting {}", src.display()));
-            let res = codec::convert::convert(src, output, &opts);
+            let mut notes = Vec::new();
+            let res = codec::convert::convert_with_notes(src, output, &opts, &mut notes);
             pb.finish_and_clear();
+            if !cli.quiet {
+                notes.iter().for_each(|n| eprintln!("note: {}", printable(n)));
+            }
             res?;
             if !cli.quiet {
                 eprintln!("wrote {}", output.display());
@@ -308,7 +321,7 @@ fn run(cli: &Cli) -> Result<()> {
             check_output(output, "npy")?;
             let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
-            let audio = read_audio(input, &codec)?;
+            let audio = read_audio(input, &codec, cli.quiet)?;
             let codes = encode(&codec, &audio, *n_q, cli.quiet).map_err(naming(input))?;
             let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
             npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
@@ -329,7 +342,7 @@ fn run(cli: &Cli) -> Result<()> {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
-            let audio = read_audio(input, &codec)?;
+            let audio = read_audio(input, &codec, cli.quiet)?;
             let codes = encode(&codec, &audio, *n_q, cli.quiet).map_err(naming(input))?;
             let mut out = decode(&codec, &codes, cli.quiet).map_err(naming(input))?;
             // Same length as the input: trimmed, or zero-extended where a model's decoder returns a few samples

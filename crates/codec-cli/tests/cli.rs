@@ -203,3 +203,18 @@ fn thread_and_run_counts() {
     );
     assert_fails(&codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("codes.txt"))]), &["codes.txt", ".npy"]);
 }
+
+/// Samples beyond full scale are encoded as they are (as the references do), not silently: a note says so.
+#[test]
+fn loud_audio_is_encoded_with_a_note() {
+    let loud = tmp("loud.wav");
+    let samples: Vec<f32> = (0..4800).map(|i| 3.0 * (i as f32 * 0.05).sin()).collect();
+    codec::audio::write_wav(&loud, &codec::Audio { sample_rate: 24000, samples }, false).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_codec"))
+        .args(["encode", "-m", s(model()), s(&loud), "-o", s(&tmp("loud.npy"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("loud.wav peaks at 3.000, beyond full scale"), "{err}");
+}

@@ -164,3 +164,24 @@ fn memory_limit_refuses_oversized_passes() {
     assert_eq!(codec.model().peak_bytes(usize::MAX), u64::MAX);
     std::fs::remove_file(gguf).ok();
 }
+
+/// A config.json of another model beside the weights (Kyutai's repos ship their language model's next to the
+/// Mimi tokenizer) is not taken for the codec's: it is ignored, with a note saying so.
+#[test]
+fn foreign_config_beside_weights_is_ignored() {
+    let dir = std::env::temp_dir().join(format!("codec-rs-test-{}-foreign", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("original/model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let lm = r#"{"model_type": "moshi", "dim": 4096, "num_heads": 32, "num_layers": 32, "n_q": 8, "card": 2048}"#;
+    std::fs::write(dir.join("config.json"), lm).unwrap();
+    let out = dir.join("out.gguf");
+    let mut notes = Vec::new();
+    let result =
+        codec::convert::convert_with_notes(&dir.join("model.safetensors"), &out, &Default::default(), &mut notes);
+    assert!(notes.iter().any(|n| n.contains("ignoring") && n.contains("describes 'moshi'")), "{notes:?}");
+    // Without it, the weights are read as the published kyutai/mimi architecture, which this reduced fixture is
+    // not: the error is about the weights, not about a 'moshi' architecture.
+    let err = result.unwrap_err().to_string();
+    assert!(!err.contains("moshi") && err.contains("mimi"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

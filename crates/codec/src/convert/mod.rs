@@ -141,6 +141,12 @@ fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 /// Converts `src` into the GGUF file `out`.
 pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
+    convert_with_notes(src, out, opts, &mut Vec::new())
+}
+
+/// [`convert`], adding to `notes` what a user should know about choices made on the way (a `config.json` beside
+/// the weights that was ignored, and why).
+pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: &mut Vec<String>) -> Result<()> {
     if let Some(arch) = &opts.arch {
         if !ARCHITECTURES.contains(&arch.as_str()) {
             return Err(Error::InvalidArgument(format!(
@@ -200,14 +206,25 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
         return Err(Error::convert(src, "no .safetensors file in this directory"));
     }
     let config_path = opts.config.clone().or(found_config);
-    let config = config_path.as_ref().map(|p| read_json(p)).transpose()?;
+    let mut config = config_path.as_ref().map(|p| read_json(p)).transpose()?;
+    let model_type = config.as_ref().and_then(|j| j.get("model_type")).and_then(|v| v.as_str()).map(String::from);
+    // A config.json found beside the weights is theirs only if it says it describes one of our architectures
+    // (Kyutai's repos ship their language model's config next to the Mimi weights); one given with --config is
+    // trusted unless it names another architecture.
+    if let (Some(path), None) = (&config_path, &opts.config) {
+        if !model_type.as_deref().is_some_and(|t| ARCHITECTURES.contains(&t)) {
+            let what = model_type.as_deref().map_or("has no model_type".to_string(), |t| format!("describes '{t}'"));
+            notes.push(format!("ignoring {}: it {what}, not a codec this build converts", path.display()));
+            config = None;
+        }
+    }
 
     let mut tensors = HashMap::new();
     for file in &weights {
         tensors.extend(load_safetensors(file)?);
     }
     let names: Vec<&String> = tensors.keys().collect();
-    let model_type = config.as_ref().and_then(|j| j.get("model_type")).and_then(|v| v.as_str());
+    let model_type = config.as_ref().and(model_type.as_deref());
     let arch = match (&opts.arch, model_type) {
         (Some(a), _) => a.clone(),
         (None, Some(t)) => t.to_string(),
