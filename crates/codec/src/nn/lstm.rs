@@ -6,7 +6,7 @@
 
 use super::Weights;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::f32_slice;
 use super::linear::Linear;
@@ -27,10 +27,15 @@ impl LstmLayer {
         if x_proj.device().is_cpu() && x_proj.dtype() == DType::F32 {
             return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &Recurrence);
         }
-        let (b, t, _) = x.dims3()?;
+        self.recurrence_with_tensor_ops(&x_proj)
+    }
+
+    /// The recurrence over input projections (B, T, 4H) as tensor ops, step by step (devices other than the CPU).
+    fn recurrence_with_tensor_ops(&self, x_proj: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x_proj.dims3()?;
         let h_dim = self.hidden;
         let w_hh_t = self.w_hh.t()?;
-        let mut h = Tensor::zeros((b, h_dim), x.dtype(), x.device())?;
+        let mut h = Tensor::zeros((b, h_dim), x_proj.dtype(), x_proj.device())?;
         let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
@@ -79,9 +84,12 @@ impl Lstm {
     }
 }
 
-/// The sequential part of an LSTM layer on CPU: per step one matrix-vector product (threads over gate rows) and the
-/// gate arithmetic, in place. With candle ops every step was a dozen small tensor ops, which dominated WavTokenizer's
-/// encoder. Inputs: the input projections plus bias (B, T, 4H) and `weight_hh` (4H, H); output h for every step.
+/// The sequential part of an LSTM layer on CPU: per step one matrix-vector product and the gate arithmetic.
+/// Every thread of the pool runs the whole recurrence for its own slice of hidden units (their four gate rows of
+/// `weight_hh`, which then stay in that core's cache from step to step), and the threads meet at a spin barrier once
+/// per step to share the new hidden state. A parallel loop per step paid a pool dispatch and a reload of the weights
+/// from L3 at each of the thousands of steps. Inputs: the input projections plus bias (B, T, 4H) and `weight_hh`
+/// (4H, H); output h for every step.
 struct Recurrence;
 
 /// Dot product with 64 independent accumulators (four AVX-512 registers, `wide_simd`), so the compiler can
@@ -104,6 +112,48 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// A barrier for threads that each run on their own core: spins briefly (a step takes microseconds), then
+/// yields, so an oversubscribed machine does not burn its cores.
+struct SpinBarrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    threads: usize,
+}
+
+impl SpinBarrier {
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// A buffer the threads write disjoint parts of between barriers.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: each element is written by one thread between two barriers and read only after the next one.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The buffer's element `i` (a method, so closures capture the whole `Shared`, not its raw pointer).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 impl CustomOp2 for Recurrence {
     fn name(&self) -> &'static str {
         "codec-lstm"
@@ -114,35 +164,97 @@ impl CustomOp2 for Recurrence {
         let h_dim = four_h / 4;
         let x_proj = f32_slice(s1, l1, "lstm input")?;
         let w = f32_slice(s2, l2, "lstm weight_hh")?;
+        if w.len() != four_h * h_dim || x_proj.len() != b * t * four_h {
+            candle_core::bail!("lstm: weight_hh has {} values for hidden size {h_dim}", w.len());
+        }
         let mut out = vec![0f32; b * t * h_dim];
-        let mut gates = vec![0f32; four_h];
-        for bi in 0..b {
-            let mut h = vec![0f32; h_dim];
-            let mut c = vec![0f32; h_dim];
-            for step in 0..t {
-                let xp = &x_proj[(bi * t + step) * four_h..(bi * t + step + 1) * four_h];
-                let rows_per_task = four_h.div_ceil(rayon::current_num_threads()).max(64);
-                gates.par_chunks_mut(rows_per_task).enumerate().for_each(|(chunk, g)| {
+        // Hidden state of the step being read and of the step being written.
+        let mut states = vec![0f32; 2 * h_dim];
+        let threads = rayon::current_num_threads().clamp(1, h_dim.div_ceil(32).max(1));
+        let barrier = SpinBarrier { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads };
+        let (out_ptr, states_ptr) = (Shared(out.as_mut_ptr()), Shared(states.as_mut_ptr()));
+        let per = h_dim.div_ceil(threads);
+        let run = |thread: usize| {
+            let units = (thread * per).min(h_dim)..((thread + 1) * per).min(h_dim);
+            let mut c = vec![0f32; units.len()];
+            let mut gates = vec![0f32; 4 * units.len()];
+            for bi in 0..b {
+                for step in 0..t {
+                    // SAFETY: `states` has 2·H values; this step reads one half, written before the last barrier.
+                    let h =
+                        unsafe { std::slice::from_raw_parts(states_ptr.at((step % 2) * h_dim) as *const f32, h_dim) };
+                    let xp = &x_proj[(bi * t + step) * four_h..(bi * t + step + 1) * four_h];
                     super::wide_simd(
                         #[inline(always)]
                         || {
-                            for (i, gi) in g.iter_mut().enumerate() {
-                                let row = chunk * rows_per_task + i;
-                                *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], &h);
+                            for (g, gate) in gates.chunks_exact_mut(units.len().max(1)).enumerate() {
+                                for (k, gi) in gate.iter_mut().enumerate() {
+                                    let row = g * h_dim + units.start + k;
+                                    *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], h);
+                                }
                             }
                         },
-                    )
-                });
-                let dst = &mut out[(bi * t + step) * h_dim..(bi * t + step + 1) * h_dim];
-                for j in 0..h_dim {
-                    let (i, f) = (sigmoid(gates[j]), sigmoid(gates[h_dim + j]));
-                    let (g, o) = (gates[2 * h_dim + j].tanh(), sigmoid(gates[3 * h_dim + j]));
-                    c[j] = f * c[j] + i * g;
-                    h[j] = o * c[j].tanh();
-                    dst[j] = h[j];
+                    );
+                    let n = units.len();
+                    for (k, j) in units.clone().enumerate() {
+                        let (i, f) = (sigmoid(gates[k]), sigmoid(gates[n + k]));
+                        let (g, o) = (gates[2 * n + k].tanh(), sigmoid(gates[3 * n + k]));
+                        c[k] = f * c[k] + i * g;
+                        let h_new = o * c[k].tanh();
+                        // SAFETY: unit j of the other half and of this step's output row belong to this thread
+                        // alone; both lie inside their buffers (j < H, the row inside B·T·H).
+                        unsafe {
+                            *states_ptr.at(((step + 1) % 2) * h_dim + j) = h_new;
+                            *out_ptr.at((bi * t + step) * h_dim + j) = h_new;
+                        }
+                    }
+                    barrier.wait();
                 }
+                // The next batch item starts from zero state, read from the first half at its step 0.
+                c.fill(0.0);
+                for j in units.clone() {
+                    // SAFETY: as above; every read of the previous step is done (barrier), the next comes after
+                    // the barrier below.
+                    unsafe { *states_ptr.at(j) = 0.0 };
+                }
+                barrier.wait();
             }
+        };
+        if threads == 1 {
+            run(0);
+        } else {
+            rayon::broadcast(|ctx| {
+                if ctx.index() < threads {
+                    run(ctx.index())
+                }
+            });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t, h_dim))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    /// The threaded CPU recurrence equals the step-by-step tensor ops, over batch items (each from zero state)
+    /// and an odd number of steps.
+    #[test]
+    fn cpu_recurrence_matches_tensor_ops() {
+        let dev = Device::Cpu;
+        for hidden in [40, 100] {
+            let layer = LstmLayer {
+                input: Linear::new(Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap(), None).unwrap(),
+                w_hh: Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap(),
+                hidden,
+            };
+            let x_proj = Tensor::randn(0f32, 1.0, (3, 7, 4 * hidden), &dev).unwrap();
+            let got = x_proj.apply_op2_no_bwd(&layer.w_hh, &Recurrence).unwrap();
+            let want = layer.recurrence_with_tensor_ops(&x_proj).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "hidden {hidden}");
+        }
     }
 }
