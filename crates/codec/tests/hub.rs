@@ -55,16 +55,16 @@ impl HubServer {
     }
 }
 
-/// A stable stand-in for the hub's content hashes (sha256 for LFS, git sha1 otherwise).
-fn etag_of(bytes: &[u8]) -> String {
-    use std::hash::{Hash, Hasher};
-    (0..4u8)
-        .map(|seed| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (seed, bytes).hash(&mut h);
-            format!("{:016x}", h.finish())
-        })
-        .collect()
+/// The hub's etags: an LFS file's is its sha256 (which the client checks); a plain file's is its git sha1, which
+/// the client cannot check (40 hex digits here too, cut from the sha256).
+fn etag_of(bytes: &[u8], lfs: bool) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    if lfs {
+        hex
+    } else {
+        hex[..40].to_string()
+    }
 }
 
 fn handle(
@@ -99,7 +99,7 @@ fn handle(
     match parts.as_slice() {
         // The CDN an LFS redirect points to: content addressed by its etag.
         ["cdn", etag] => {
-            let body = repos.values().flat_map(|files| files.values()).find(|b| etag_of(b) == *etag);
+            let body = repos.values().flat_map(|files| files.values()).find(|b| etag_of(b, true) == *etag);
             match body {
                 Some(body) => serve(&mut out, body, range.as_deref(), &[("ETag", format!("\"{etag}\""))]),
                 None => reply(&mut out, 404, &[], b"no such blob"),
@@ -115,8 +115,9 @@ fn handle(
             let Some(body) = files.get(*file) else {
                 return reply(&mut out, 404, &[("X-Error-Code", "EntryNotFound".into())], b"Entry not found");
             };
-            let etag = etag_of(body);
-            if file.ends_with(".safetensors") {
+            let lfs = file.ends_with(".safetensors");
+            let etag = etag_of(body, lfs);
+            if lfs {
                 let headers = [
                     ("Location", format!("{endpoint}/cdn/{etag}")),
                     ("X-Linked-Etag", format!("\"{etag}\"")),
@@ -182,9 +183,17 @@ fn hub_env(test: &str, endpoint: &str) -> PathBuf {
     std::fs::create_dir_all(&home).unwrap();
     std::env::set_var("HF_HOME", &home);
     std::env::set_var("HF_ENDPOINT", endpoint);
-    for var in
-        ["HF_TOKEN", "HF_HUB_CACHE", "ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "all_proxy", "https_proxy", "http_proxy"]
-    {
+    for var in [
+        "HF_TOKEN",
+        "HF_HUB_CACHE",
+        "HF_HUB_DOWNLOAD_TIMEOUT",
+        "ALL_PROXY",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "all_proxy",
+        "https_proxy",
+        "http_proxy",
+    ] {
         std::env::remove_var(var);
     }
     home
@@ -239,7 +248,8 @@ fn download_fetches_the_repo_over_http_into_hf_home() {
 
     let seen = server.requests();
     assert!(count(&seen, "/acme/tiny-codec/resolve/main/config.json") >= 1, "{seen:#?}");
-    assert!(count(&seen, "/acme/tiny-codec/resolve/main/model.safetensors") >= 1, "{seen:#?}");
+    // The first reply names the commit; the rest of the snapshot is asked for at that commit.
+    assert!(count(&seen, &format!("/acme/tiny-codec/resolve/{COMMIT}/model.safetensors")) >= 1, "{seen:#?}");
     assert!(count(&seen, "/cdn/") >= 1, "LFS redirect not followed: {seen:#?}");
     assert!(seen.iter().all(|r| !r.path.starts_with("//")), "{seen:#?}");
     assert!(seen.iter().any(|r| r.range.as_deref() == Some("bytes=0-")), "{seen:#?}");
@@ -342,4 +352,134 @@ fn hub_errors_are_one_line_and_point_to_local_files() {
             other => panic!("{spec}: {other:?}"),
         }
     }
+}
+
+/// A server that accepts connections and never answers; or, with `stall_body`, answers the metadata request of a
+/// 100-byte `config.json` and then sends 10 bytes of it and nothing more. Each connection is held until the client
+/// gives up and closes it.
+fn start_stalling(stall_body: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                if stall_body {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut metadata = false;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                            break;
+                        }
+                        metadata |= line.to_ascii_lowercase().starts_with("range: bytes=0-0");
+                    }
+                    let head = if metadata {
+                        format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Length: 1\r\nETag: \"{}\"\r\nX-Repo-Commit: {COMMIT}\r\n\
+                             Content-Range: bytes 0-0/100\r\nConnection: close\r\n\r\n{{",
+                            "a".repeat(40)
+                        )
+                    } else {
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\nContent-Range: bytes 0-99/100\r\n\r\n{\"0123456\""
+                            .to_string()
+                    };
+                    let _ = stream.write_all(head.as_bytes());
+                }
+                // Hold the connection open, silent, until the client closes it.
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            });
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn a_hub_that_stops_answering_times_out_with_a_retry_hint() {
+    let _env = lock_env();
+    for (case, stall_body) in [("silent", false), ("stalled body", true)] {
+        let endpoint = start_stalling(stall_body);
+        hub_env("timeout", &endpoint);
+        std::env::set_var("HF_HUB_DOWNLOAD_TIMEOUT", "1");
+        let start = std::time::Instant::now();
+        let result = hub::resolve_model("kyutai/mimi", false);
+        let elapsed = start.elapsed();
+        std::env::remove_var("HF_HUB_DOWNLOAD_TIMEOUT");
+        let msg = match result {
+            Err(Error::Hub(msg)) => msg,
+            other => panic!("{case}: expected a hub error, got {other:?}"),
+        };
+        assert!(elapsed < std::time::Duration::from_secs(10), "{case}: took {elapsed:?}");
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "cannot download kyutai/mimi from {endpoint}/kyutai/mimi/resolve/main/config.json: timed out (no reply \
+                 or data for 1 s); retry later, or raise HF_HUB_DOWNLOAD_TIMEOUT (seconds) on a slow link"
+            )),
+            "{case}: {msg}"
+        );
+    }
+
+    std::env::set_var("HF_HUB_DOWNLOAD_TIMEOUT", "soon");
+    let result = hub::resolve_model("kyutai/mimi", false);
+    std::env::remove_var("HF_HUB_DOWNLOAD_TIMEOUT");
+    match result {
+        Err(Error::InvalidArgument(msg)) => {
+            assert_eq!(msg, "HF_HUB_DOWNLOAD_TIMEOUT='soon': expected a positive number of seconds")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn damaged_cache_files_are_fetched_or_converted_again() {
+    let _env = lock_env();
+    let files = fixture_repo();
+    let server = HubServer::start(HashMap::from([("kyutai/mimi".to_string(), files.clone())]));
+    let home = hub_env("damaged", &server.endpoint);
+    let gguf = hub::resolve_model("kyutai/mimi", false).unwrap();
+    let converted_len = std::fs::metadata(&gguf).unwrap().len();
+    let snapshot = hub::download("kyutai/mimi", false).unwrap();
+    let truncate = |path: &Path| {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len / 2).unwrap();
+    };
+
+    // A truncated GGUF (a full disk, say) is converted again from the cached download, without any request.
+    truncate(&gguf);
+    let before = server.requests().len();
+    assert_eq!(hub::resolve_model("kyutai/mimi", false).unwrap(), gguf);
+    assert_eq!(std::fs::metadata(&gguf).unwrap().len(), converted_len);
+    codec::gguf::ModelFile::open(&gguf).unwrap();
+    assert_eq!(server.requests().len(), before, "{:#?}", &server.requests()[before..]);
+
+    // A truncated weights file fails its sha256 before converting and is fetched again.
+    truncate(&snapshot.join("model.safetensors"));
+    std::fs::remove_file(&gguf).unwrap();
+    assert_eq!(hub::resolve_model("kyutai/mimi", false).unwrap(), gguf);
+    codec::gguf::ModelFile::open(&gguf).unwrap();
+    assert_eq!(std::fs::read(snapshot.join("model.safetensors")).unwrap(), files["model.safetensors"]);
+    assert!(count(&server.requests()[before..], "/cdn/") >= 1, "{:#?}", &server.requests()[before..]);
+
+    // A damaged config.json (its etag, a git sha1, cannot be checked): the error names it and what to delete.
+    std::fs::write(snapshot.join("config.json"), b"{\"model_type\": \"mi").unwrap();
+    std::fs::remove_file(&gguf).unwrap();
+    let repo_dir = home.join("hub/models--kyutai--mimi");
+    match hub::resolve_model("kyutai/mimi", false) {
+        Err(Error::Hub(msg)) => {
+            assert!(!msg.contains('\n'), "{msg}");
+            assert!(msg.starts_with(&snapshot.join("config.json").display().to_string()), "{msg}");
+            assert!(
+                msg.ends_with(&format!(
+                    "; if the cached download is damaged, delete {} to fetch it again",
+                    repo_dir.display()
+                )),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a hub error, got {other:?}"),
+    }
+    // Following the hint works.
+    std::fs::remove_dir_all(&repo_dir).unwrap();
+    assert_eq!(hub::resolve_model("kyutai/mimi", false).unwrap(), gguf);
+    codec::gguf::ModelFile::open(&gguf).unwrap();
 }
