@@ -11,8 +11,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mimi")
 }
 
+/// A scratch file under cargo's per-target temporary directory, reused by every run (nothing piles up in /tmp).
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("codec-cli-test-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
