@@ -89,6 +89,8 @@ scratch_base=${TMPDIR:-/tmp}
 scratch=$(mktemp -d "$scratch_base/codec-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 export CODEC_FUZZ_TMP=$scratch
+# One thread per fuzzer: libFuzzer runs one input at a time, and a machine shared with other work keeps its cores.
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 
 failed=()
 summary=()

@@ -157,7 +157,9 @@ fn check_flac_metadata(path: &Path, mut file: &File) -> Result<()> {
                 let what = if kind == 4 { "Vorbis comment" } else { "picture" };
                 return Err(Error::audio(
                     path,
-                    format!("corrupt FLAC metadata: a {what} block declares more bytes than its {len}-byte block holds"),
+                    format!(
+                        "corrupt FLAC metadata: a {what} block declares more bytes than its {len}-byte block holds"
+                    ),
                 ));
             }
             if last || (block.len() as u64) < len {
