@@ -33,6 +33,7 @@ fn is_original_layout(names: &[&String]) -> bool {
 /// Reads descript's `.pth`: the state dict and the architecture from `metadata.kwargs`.
 pub fn read_pth(path: &Path) -> Result<(HashMap<String, Tensor>, DacConfig)> {
     let err = |msg: String| Error::convert(path, msg);
+    super::pickle_check::check_pickles(path)?;
     let kwargs = pth_kwargs(path)?;
     let tensors = candle_core::pickle::read_all_with_key(path, Some("state_dict"))
         .map_err(|e| err(format!("cannot read the state_dict: {e}")))?;

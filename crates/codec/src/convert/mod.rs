@@ -6,6 +6,7 @@
 
 pub mod dac;
 pub mod mimi;
+mod pickle_check;
 pub mod wavtokenizer;
 
 use std::collections::HashMap;

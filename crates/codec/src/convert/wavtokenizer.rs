@@ -25,6 +25,7 @@ pub fn looks_like_wavtokenizer(names: &[&String]) -> bool {
 
 /// Reads the Lightning checkpoint's `state_dict`.
 pub fn read_ckpt(path: &Path) -> Result<HashMap<String, Tensor>> {
+    super::pickle_check::check_pickles(path)?;
     let tensors = candle_core::pickle::read_all_with_key(path, Some("state_dict"))
         .map_err(|e| Error::convert(path, format!("cannot read the state_dict of this checkpoint: {e}")))?;
     if tensors.is_empty() {
