@@ -42,9 +42,10 @@ impl From<std::io::Error> for Walk {
     }
 }
 
-/// Skips `n` bytes; `Ok(false)` if the stream ends first.
-fn skip(r: &mut impl BufRead, n: u64) -> std::result::Result<bool, Walk> {
-    Ok(std::io::copy(&mut r.take(n), &mut std::io::sink())? == n)
+/// Skips `n` bytes; false if the stream ends or fails first (a zip entry's CRC is checked at its end, after candle
+/// would already have allocated).
+fn skip(r: &mut impl BufRead, n: u64) -> bool {
+    std::io::copy(&mut r.take(n), &mut std::io::sink()).is_ok_and(|copied| copied == n)
 }
 
 /// Walks the opcodes candle's unpickler knows, up to STOP or the first one it does not know.
@@ -76,7 +77,7 @@ fn walk(r: &mut impl BufRead) -> std::result::Result<(), Walk> {
                     return Ok(());
                 }
                 let len = u32::from_le_bytes(len);
-                if !skip(r, len as u64)? {
+                if !skip(r, len as u64) {
                     return Err(Walk::Bad(format!("a string of {len} bytes runs past the end of the pickle")));
                 }
                 0
@@ -109,7 +110,7 @@ fn walk(r: &mut impl BufRead) -> std::result::Result<(), Walk> {
             | b'e' => 0,
             _ => return Ok(()),
         };
-        if !skip(r, fixed)? {
+        if !skip(r, fixed) {
             return Ok(());
         }
     }
@@ -145,6 +146,20 @@ mod tests {
         assert!(msg.contains("lying.pth") && msg.contains("a string of 4294967295 bytes runs past"), "{msg}");
         let _ = std::fs::remove_file(ckpt);
         let _ = std::fs::remove_file(pth);
+    }
+
+    /// The fuzzer's input had a wrong CRC too: reading the entry to its end fails, which must not hide the lie.
+    #[test]
+    fn lying_string_length_in_an_entry_with_a_bad_crc_is_an_error() {
+        let path = zip_with_pickle("bad_crc.ckpt", b"\x80\x02}q\x00X\xff\xff\xff\xffabc");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[14] ^= 0xff; // CRC-32 in the local header
+        let central = bytes.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        bytes[central + 16] ^= 0xff; // and in the central directory
+        std::fs::write(&path, &bytes).unwrap();
+        let msg = crate::convert::wavtokenizer::read_ckpt(&path).unwrap_err().to_string();
+        assert!(msg.contains("a string of 4294967295 bytes runs past"), "{msg}");
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
