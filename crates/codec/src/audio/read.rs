@@ -3,14 +3,18 @@
 use std::fs::File;
 use std::io::ErrorKind;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use symphonia::core::audio::{AudioBuffer, Signal};
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
+use symphonia::core::errors::Result as SymResult;
 use symphonia::core::formats::FormatOptions;
+use symphonia::core::formats::FormatReader;
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
+use symphonia::core::probe::{Descriptor, Hint, Instantiate, Probe, QueryDescriptor};
+use symphonia::default::formats::FlacReader;
 
 use super::Audio;
 use crate::{Error, Result};
@@ -43,19 +47,16 @@ fn read_unguarded(path: &Path) -> Result<Audio> {
     if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
         return Err(Error::io(path, std::io::Error::from(ErrorKind::IsADirectory)));
     }
-    check_flac_metadata(path, &file)?;
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
     }
     let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &format_opts, &MetadataOptions::default())
-        .map_err(|e| match e {
-            SymError::IoError(io) if io.kind() != ErrorKind::UnexpectedEof => Error::io(path, io),
-            e => Error::audio(path, format!("not a supported audio file ({}; supported: {SUPPORTED})", describe(&e))),
-        })?;
+    let probed = probe().format(&hint, stream, &format_opts, &MetadataOptions::default()).map_err(|e| match e {
+        SymError::IoError(io) if io.kind() != ErrorKind::UnexpectedEof => Error::io(path, io),
+        e => Error::audio(path, format!("not a supported audio file ({}; supported: {SUPPORTED})", describe(&e))),
+    })?;
     let mut format = probed.format;
 
     let track = format
@@ -122,53 +123,67 @@ fn read_unguarded(path: &Path) -> Result<Audio> {
     Ok(Audio { sample_rate, samples })
 }
 
+/// symphonia's probe (every enabled format) with FLAC behind [`flac_checked`], registered first so it wins.
+fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let mut probe = Probe::default();
+        for d in <FlacReader as QueryDescriptor>::query() {
+            probe.register(&Descriptor {
+                short_name: d.short_name,
+                long_name: d.long_name,
+                extensions: d.extensions,
+                mime_types: d.mime_types,
+                markers: d.markers,
+                score: d.score,
+                inst: Instantiate::Format(flac_checked),
+            });
+        }
+        symphonia::default::register_enabled_formats(&mut probe);
+        probe
+    })
+}
+
 /// symphonia's FLAC reader allocates every length it reads inside a metadata block (a Vorbis comment; a picture's
-/// media type, description and data) before reading the bytes, so a lying 32-bit length asked for up to 4 GiB. For a
-/// file that starts as FLAC, every such length is checked first to fit in its block (it must, for the block to
-/// parse at all); a lie is an [`Error::Audio`]. Blocks are read one at a time (at most 16 MiB, the 24-bit block size).
-fn check_flac_metadata(path: &Path, mut file: &File) -> Result<()> {
+/// media type, description and data) before reading the bytes, so a lying 32-bit length asked for up to 4 GiB
+/// (found by fuzzing). Here, where the probe found the `fLaC` marker (anywhere in the first MiB, as symphonia
+/// searches), every such length is first checked to fit in its block — it must, for the block to parse at all — and
+/// a lie is an error; then symphonia's reader starts from the marker. Blocks are read one at a time (at most 16 MiB,
+/// the 24-bit block size).
+fn flac_checked(mut mss: MediaSourceStream, opts: &FormatOptions) -> SymResult<Box<dyn FormatReader>> {
     use std::io::{Read, Seek, SeekFrom};
-    let io = |e| Error::io(path, e);
+    use symphonia::core::io::ReadBytes;
+    let start = mss.pos();
     let mut magic = [0u8; 4];
-    let is_flac = match file.read_exact(&mut magic) {
-        Ok(()) => &magic == b"fLaC",
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => false,
-        Err(e) => return Err(io(e)),
-    };
-    if is_flac {
-        loop {
-            let mut header = [0u8; 4];
-            match file.read_exact(&mut header) {
-                Ok(()) => {}
-                // A truncated file: symphonia reports what is missing.
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(io(e)),
-            }
-            let (last, kind) = (header[0] & 0x80 != 0, header[0] & 0x7f);
-            let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as u64;
-            let mut block = Vec::new();
-            file.by_ref().take(len).read_to_end(&mut block).map_err(io)?;
-            let lengths_fit = match kind {
-                4 => vorbis_comment_fits(&block),
-                6 => flac_picture_fits(&block),
-                _ => true,
-            };
-            if !lengths_fit {
-                let what = if kind == 4 { "Vorbis comment" } else { "picture" };
-                return Err(Error::audio(
-                    path,
-                    format!(
-                        "corrupt FLAC metadata: a {what} block declares more bytes than its {len}-byte block holds"
-                    ),
-                ));
-            }
-            if last || (block.len() as u64) < len {
-                break;
-            }
+    mss.read_exact(&mut magic)?;
+    loop {
+        let mut header = [0u8; 4];
+        match mss.read_exact(&mut header) {
+            Ok(()) => {}
+            // A truncated file: symphonia reports what is missing.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+        let (last, kind) = (header[0] & 0x80 != 0, header[0] & 0x7f);
+        let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as u64;
+        let mut block = Vec::new();
+        (&mut mss).take(len).read_to_end(&mut block)?;
+        let lengths_fit = match kind {
+            4 => vorbis_comment_fits(&block),
+            6 => flac_picture_fits(&block),
+            _ => true,
+        };
+        if !lengths_fit {
+            return Err(SymError::DecodeError(
+                "corrupt FLAC metadata (a length inside a Vorbis comment or picture block runs past its block)",
+            ));
+        }
+        if last || (block.len() as u64) < len {
+            break;
         }
     }
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    Ok(())
+    mss.seek(SeekFrom::Start(start))?;
+    Ok(Box::new(FlacReader::try_new(mss, opts)?))
 }
 
 /// Reads a `u32` at `*at` (little- or big-endian) and advances; `None` past the end.
@@ -389,17 +404,22 @@ mod tests {
         let mut picture = 3u32.to_be_bytes().to_vec();
         picture.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
         picture.extend_from_slice(b"image/png");
-        for (kind, body) in [(4u8, comment), (6, picture)] {
-            let mut file = flac[..42].to_vec();
+        for (kind, body, junk) in [(4u8, &comment, 0), (6, &picture, 0), (4, &comment, 53)] {
+            // The fuzzer's second find: the marker after 53 bytes of junk, where symphonia's probe still finds it.
+            let mut file = vec![0x5a; junk];
+            file.extend_from_slice(&flac[..42]);
             let len = (body.len() as u32).to_be_bytes();
             file.extend_from_slice(&[0x80 | kind, len[1], len[2], len[3]]);
-            file.extend_from_slice(&body);
-            let path = tmp_path(&format!("lying_block_{kind}.flac"));
+            file.extend_from_slice(body);
+            let path = tmp_path(&format!("lying_block_{kind}_{junk}.flac"));
             std::fs::write(&path, &file).unwrap();
             let err = read(&path).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, Error::Audio { .. }), "{err:?}");
-            assert!(msg.contains("corrupt FLAC metadata") && msg.contains(&format!("lying_block_{kind}")), "{msg}");
+            assert!(
+                msg.contains("corrupt FLAC metadata") && msg.contains(&format!("lying_block_{kind}_{junk}")),
+                "{msg}"
+            );
             let _ = std::fs::remove_file(&path);
         }
     }
