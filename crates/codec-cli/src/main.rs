@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use codec::convert::{ConvertOptions, StorageDtype};
-use codec::npy::{self, NpyData};
+use codec::npy;
 use codec::{Audio, Codec, Codes, DeviceKind, Error, Parts, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -234,43 +234,9 @@ fn naming(file: &Path) -> impl Fn(Error) -> Error + '_ {
     }
 }
 
-/// Reads codes per DESIGN.md: int32/int64, (n_q, F) or (1, n_q, F), values in [0, codebook_size).
+/// Reads codes per DESIGN.md (the checks live in the library, [`npy::read_codes`]).
 fn read_codes(path: &Path, codec: &Codec) -> Result<Codes> {
-    let arr = npy::read(path)?;
-    let values: Vec<i64> = match &arr.data {
-        NpyData::I32(v) => v.iter().map(|&x| x as i64).collect(),
-        NpyData::I64(v) => v.clone(),
-        _ => return Err(Error::codes(path, format!("codes must be int32 or int64, got {}", arr.data.dtype()))),
-    };
-    let (n_q, n_frames) = match arr.shape.as_slice() {
-        [q, f] => (*q, *f),
-        [1, q, f] => (*q, *f),
-        s => {
-            return Err(Error::codes(
-                path,
-                format!("codes must have shape (n_q, frames) or (1, n_q, frames), got {s:?}"),
-            ))
-        }
-    };
-    if n_q == 0 || n_frames == 0 {
-        return Err(Error::codes(path, format!("codes are empty (shape {:?})", arr.shape)));
-    }
-    if n_q > codec.max_n_q() {
-        return Err(Error::codes(path, format!("{n_q} codebooks, the model has at most {}", codec.max_n_q())));
-    }
-    let size = codec.codebook_size() as i64;
-    if let Some(pos) = values.iter().position(|&c| c < 0 || c >= size) {
-        return Err(Error::codes(
-            path,
-            format!(
-                "code {} at codebook {}, frame {} is out of range [0, {size})",
-                values[pos],
-                pos / n_frames,
-                pos % n_frames
-            ),
-        ));
-    }
-    Ok(Codes { n_q, n_frames, data: values.into_iter().map(|c| c as u32).collect() })
+    npy::read_codes(path, codec.max_n_q(), codec.codebook_size())
 }
 
 fn run(cli: &Cli) -> Result<()> {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::{Error, Result};
+use crate::{Codes, Error, Result};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -97,6 +97,46 @@ impl NpyArray {
 pub fn read(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(&bytes).map_err(|msg| Error::codes(path, msg))
+}
+
+/// Reads codes per DESIGN.md: int32 or int64, shape `(n_q, frames)` or `(1, n_q, frames)`, at most `max_n_q`
+/// codebooks, every value in `[0, codebook_size)`. Anything else is an [`Error::Codes`] naming the file.
+pub fn read_codes(path: &Path, max_n_q: usize, codebook_size: usize) -> Result<Codes> {
+    let arr = read(path)?;
+    let values: Vec<i64> = match &arr.data {
+        NpyData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+        NpyData::I64(v) => v.clone(),
+        _ => return Err(Error::codes(path, format!("codes must be int32 or int64, got {}", arr.data.dtype()))),
+    };
+    let (n_q, n_frames) = match arr.shape.as_slice() {
+        [q, f] => (*q, *f),
+        [1, q, f] => (*q, *f),
+        s => {
+            return Err(Error::codes(
+                path,
+                format!("codes must have shape (n_q, frames) or (1, n_q, frames), got {s:?}"),
+            ))
+        }
+    };
+    if n_q == 0 || n_frames == 0 {
+        return Err(Error::codes(path, format!("codes are empty (shape {:?})", arr.shape)));
+    }
+    if n_q > max_n_q {
+        return Err(Error::codes(path, format!("{n_q} codebooks, the model has at most {max_n_q}")));
+    }
+    let size = i64::try_from(codebook_size).unwrap_or(i64::MAX);
+    if let Some(pos) = values.iter().position(|&c| c < 0 || c >= size) {
+        return Err(Error::codes(
+            path,
+            format!(
+                "code {} at codebook {}, frame {} is out of range [0, {size})",
+                values[pos],
+                pos / n_frames,
+                pos % n_frames
+            ),
+        ));
+    }
+    Ok(Codes { n_q, n_frames, data: values.into_iter().map(|c| c as u32).collect() })
 }
 
 /// Writes an `int32` array (the codes layout) as `.npy` v1.0.

@@ -3,14 +3,18 @@
 use std::fs::File;
 use std::io::ErrorKind;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use symphonia::core::audio::{AudioBuffer, Signal};
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
+use symphonia::core::errors::Result as SymResult;
 use symphonia::core::formats::FormatOptions;
+use symphonia::core::formats::FormatReader;
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
+use symphonia::core::probe::{Descriptor, Hint, Instantiate, Probe, QueryDescriptor};
+use symphonia::default::formats::FlacReader;
 
 use super::Audio;
 use crate::{Error, Result};
@@ -49,12 +53,10 @@ fn read_unguarded(path: &Path) -> Result<Audio> {
         hint.with_extension(ext);
     }
     let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &format_opts, &MetadataOptions::default())
-        .map_err(|e| match e {
-            SymError::IoError(io) if io.kind() != ErrorKind::UnexpectedEof => Error::io(path, io),
-            e => Error::audio(path, format!("not a supported audio file ({}; supported: {SUPPORTED})", describe(&e))),
-        })?;
+    let probed = probe().format(&hint, stream, &format_opts, &MetadataOptions::default()).map_err(|e| match e {
+        SymError::IoError(io) if io.kind() != ErrorKind::UnexpectedEof => Error::io(path, io),
+        e => Error::audio(path, format!("not a supported audio file ({}; supported: {SUPPORTED})", describe(&e))),
+    })?;
     let mut format = probed.format;
 
     let track = format
@@ -119,6 +121,120 @@ fn read_unguarded(path: &Path) -> Result<Audio> {
     // Some whenever a packet decoded, which non-empty `samples` implies.
     let sample_rate = rate.filter(|&r| r > 0).ok_or_else(|| Error::audio(path, "sample rate is 0"))?;
     Ok(Audio { sample_rate, samples })
+}
+
+/// symphonia's probe (every enabled format) with FLAC behind [`flac_checked`], registered first so it wins.
+fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let mut probe = Probe::default();
+        for d in <FlacReader as QueryDescriptor>::query() {
+            probe.register(&Descriptor {
+                short_name: d.short_name,
+                long_name: d.long_name,
+                extensions: d.extensions,
+                mime_types: d.mime_types,
+                markers: d.markers,
+                score: d.score,
+                inst: Instantiate::Format(flac_checked),
+            });
+        }
+        symphonia::default::register_enabled_formats(&mut probe);
+        probe
+    })
+}
+
+/// symphonia's FLAC reader allocates every length it reads inside a metadata block (a Vorbis comment; a picture's
+/// media type, description and data) before reading the bytes, so a lying 32-bit length asked for up to 4 GiB
+/// (found by fuzzing). Here, where the probe found the `fLaC` marker (anywhere in the first MiB, as symphonia
+/// searches), every such length is first checked to fit in its block — it must, for the block to parse at all — and
+/// a lie is an error; then symphonia's reader starts from the marker. Blocks are read one at a time (at most 16 MiB,
+/// the 24-bit block size).
+fn flac_checked(mut mss: MediaSourceStream, opts: &FormatOptions) -> SymResult<Box<dyn FormatReader>> {
+    use std::io::{Read, Seek, SeekFrom};
+    use symphonia::core::io::ReadBytes;
+    let start = mss.pos();
+    let mut magic = [0u8; 4];
+    mss.read_exact(&mut magic)?;
+    loop {
+        let mut header = [0u8; 4];
+        match mss.read_exact(&mut header) {
+            Ok(()) => {}
+            // A truncated file: symphonia reports what is missing.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+        let (last, kind) = (header[0] & 0x80 != 0, header[0] & 0x7f);
+        let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as u64;
+        let mut block = Vec::new();
+        (&mut mss).take(len).read_to_end(&mut block)?;
+        let lengths_fit = match kind {
+            4 => vorbis_comment_fits(&block),
+            6 => flac_picture_fits(&block),
+            _ => true,
+        };
+        if !lengths_fit {
+            return Err(SymError::DecodeError(
+                "corrupt FLAC metadata (a length inside a Vorbis comment or picture block runs past its block)",
+            ));
+        }
+        if last || (block.len() as u64) < len {
+            break;
+        }
+    }
+    mss.seek(SeekFrom::Start(start))?;
+    Ok(Box::new(FlacReader::try_new(mss, opts)?))
+}
+
+/// Reads a `u32` at `*at` (little- or big-endian) and advances; `None` past the end.
+fn take_u32(b: &[u8], at: &mut usize, big_endian: bool) -> Option<u32> {
+    let bytes: [u8; 4] = b.get(*at..at.checked_add(4)?)?.try_into().ok()?;
+    *at += 4;
+    Some(if big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) })
+}
+
+/// Skips `n` bytes at `*at`; false if fewer are left.
+fn skip(b: &[u8], at: &mut usize, n: u32) -> bool {
+    match at.checked_add(n as usize).filter(|&end| end <= b.len()) {
+        Some(end) => {
+            *at = end;
+            true
+        }
+        None => false,
+    }
+}
+
+/// True unless a length inside a Vorbis comment block (vendor string, each comment) runs past the block. A block
+/// that ends early is left to symphonia (it reports the truncation without a large allocation).
+fn vorbis_comment_fits(b: &[u8]) -> bool {
+    let mut at = 0;
+    let Some(vendor) = take_u32(b, &mut at, false) else { return true };
+    if !skip(b, &mut at, vendor) {
+        return false;
+    }
+    let Some(n) = take_u32(b, &mut at, false) else { return true };
+    for _ in 0..n {
+        let Some(len) = take_u32(b, &mut at, false) else { return true };
+        if !skip(b, &mut at, len) {
+            return false;
+        }
+    }
+    true
+}
+
+/// True unless a length inside a FLAC picture block (media type, description, data) runs past the block.
+fn flac_picture_fits(b: &[u8]) -> bool {
+    let mut at = 4; // picture type
+    for field in 0..3 {
+        if field == 2 && !skip(b, &mut at, 16) {
+            return true; // width, height, depth, colours: truncated, left to symphonia
+        }
+        let Some(len) = take_u32(b, &mut at, true) else { return true };
+        if !skip(b, &mut at, len) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Appends the channel average of `buf` to `out`; a single channel is copied unchanged (bit-exact).
@@ -272,6 +388,40 @@ mod tests {
         let msg = read(&path).unwrap_err().to_string();
         assert!(msg.contains("not a supported audio file"), "{msg}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Found by fuzzing (fuzz target `audio`): a FLAC Vorbis comment declaring 2.8 GB made symphonia allocate it
+    /// before reading; lengths inside comment and picture blocks are now checked against their block first.
+    #[test]
+    fn flac_metadata_lengths_past_their_block_are_an_error() {
+        let flac = std::fs::read(data_file("sine440_16k_mono.flac")).unwrap();
+        assert_eq!(&flac[..5], b"fLaC\x00", "STREAMINFO first, not the last block");
+        let mut comment = 3u32.to_le_bytes().to_vec();
+        comment.extend_from_slice(b"abc");
+        comment.extend_from_slice(&1u32.to_le_bytes());
+        comment.extend_from_slice(&0xa9a9_a9a9u32.to_le_bytes());
+        comment.extend_from_slice(b"x=1");
+        let mut picture = 3u32.to_be_bytes().to_vec();
+        picture.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
+        picture.extend_from_slice(b"image/png");
+        for (kind, body, junk) in [(4u8, &comment, 0), (6, &picture, 0), (4, &comment, 53)] {
+            // The fuzzer's second find: the marker after 53 bytes of junk, where symphonia's probe still finds it.
+            let mut file = vec![0x5a; junk];
+            file.extend_from_slice(&flac[..42]);
+            let len = (body.len() as u32).to_be_bytes();
+            file.extend_from_slice(&[0x80 | kind, len[1], len[2], len[3]]);
+            file.extend_from_slice(body);
+            let path = tmp_path(&format!("lying_block_{kind}_{junk}.flac"));
+            std::fs::write(&path, &file).unwrap();
+            let err = read(&path).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Audio { .. }), "{err:?}");
+            assert!(
+                msg.contains("corrupt FLAC metadata") && msg.contains(&format!("lying_block_{kind}_{junk}")),
+                "{msg}"
+            );
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     #[test]

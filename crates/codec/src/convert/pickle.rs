@@ -5,7 +5,8 @@
 //! nests lists a million deep overflows the stack, and a few dozen `GET`s of a memoised list holding itself twice
 //! build a tree of 2^n nodes. This pass replays the opcodes candle understands on a stack of (depth, node count)
 //! pairs instead of objects — flat, no recursion, memory bounded by the stack length — and refuses the file once
-//! either exceeds a limit no real checkpoint comes near.
+//! either exceeds a limit no real checkpoint comes near, or an argument lies about its size (a string longer than
+//! the pickle, an integer wider than candle reads).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -144,14 +145,21 @@ fn step(vm: &mut Replay, r: &mut impl BufRead) -> Step<()> {
         b'M' => skip(r, 2).and_then(|_| vm.push(LEAF)),
         b'J' => skip(r, 4).and_then(|_| vm.push(LEAF)),
         b'G' => skip(r, 8).and_then(|_| vm.push(LEAF)),
+        // candle shifts a LONG1 into an i64 (wider ones overflow) and allocates a BINUNICODE's declared length
+        // before reading it (a lying length asked for 4 GiB; found by fuzzing): both are checked here first. A string
+        // that cannot be read to its end (short, or the zip entry fails its CRC there) is the same lie.
         0x8a => {
             let n = read_n::<1>(r)?[0];
+            if n > 8 {
+                return Err(Halt::Limit(format!("a {n}-byte LONG1 integer (at most 8 bytes are supported)")));
+            }
             skip(r, u64::from(n))?;
             vm.push(LEAF)
         }
         b'X' => {
             let len = u32::from_le_bytes(read_n::<4>(r)?);
-            skip(r, u64::from(len))?;
+            skip(r, u64::from(len))
+                .map_err(|_| Halt::Limit(format!("a string of {len} bytes runs past the end of the pickle")))?;
             vm.push(LEAF)
         }
         // GLOBAL: module and class, each up to a newline.
@@ -332,6 +340,39 @@ mod tests {
         assert!(check_pickle(&mut &nested_lists(MAX_DEPTH as usize + 1)[..]).is_err());
         // Malformed input is left to candle, which reports it.
         check_pickle(&mut &b"\x80\x02]a"[..]).unwrap();
-        check_pickle(&mut &b"\x80\x02X\xff\xff\xff\xff"[..]).unwrap();
+    }
+
+    /// Found by fuzzing (target `ckpt`): a BINUNICODE declaring 4 GiB made candle allocate it before reading; both
+    /// readers of torch zips say what is wrong instead, also when the entry's CRC is wrong too (the fuzzer's input).
+    #[test]
+    fn lying_string_lengths_are_an_error() {
+        let pickle = b"\x80\x02}q\x00X\xff\xff\xff\xffabc";
+        for ext in ["pth", "ckpt"] {
+            let path = torch_zip(&format!("lying-{ext}"), ext, pickle);
+            let msg = check_torch_zip(&path).unwrap_err().to_string();
+            assert!(msg.contains("model.") && msg.contains("a string of 4294967295 bytes runs past"), "{msg}");
+        }
+        let path = torch_zip("bad-crc", "ckpt", pickle);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[14] ^= 0xff; // CRC-32 in the local header
+        let central = bytes.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        bytes[central + 16] ^= 0xff; // and in the central directory
+        std::fs::write(&path, &bytes).unwrap();
+        let msg = check_torch_zip(&path).unwrap_err().to_string();
+        assert!(msg.contains("a string of 4294967295 bytes runs past"), "{msg}");
+    }
+
+    #[test]
+    fn wide_long1_is_an_error_and_sane_values_pass() {
+        let mut pickle = b"\x80\x02\x8a\x20".to_vec();
+        pickle.extend_from_slice(&[1; 32]);
+        pickle.push(b'.');
+        let msg = check_torch_zip(&torch_zip("wide-long", "ckpt", &pickle)).unwrap_err().to_string();
+        assert!(msg.contains("a 32-byte LONG1 integer"), "{msg}");
+        // {'a': 'bc', 'n': 2**40 as a 6-byte LONG1, 'f': 1.5}
+        let mut pickle = b"\x80\x02}q\x00(X\x01\x00\x00\x00aX\x02\x00\x00\x00bcX\x01\x00\x00\x00n\x8a\x06".to_vec();
+        pickle.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
+        pickle.extend_from_slice(b"X\x01\x00\x00\x00fG?\xf8\x00\x00\x00\x00\x00\x00u.");
+        assert!(check_torch_zip(&torch_zip("fine-values", "ckpt", &pickle)).is_ok());
     }
 }
