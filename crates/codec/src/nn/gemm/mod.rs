@@ -597,13 +597,16 @@ fn run<K: MicroKernel>(
     let (m_panels, n_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     // Split along the operand that has to be packed, so no thread packs what another packs too (conv: weights
     // prepacked, split the signal's columns; linear: weights prepacked, split the rows), if it gives each thread
-    // a couple of panels; otherwise along the longer side.
+    // a couple of panels. When both need packing, each thread packs all of the operand not split: split so that
+    // is the smaller (A is m × k, B is k × n; a linear layer's weights read in place are B, and larger than a
+    // clip's activations), given a panel per thread.
     let a_prepacked = a.packed_a(0..MC.min(m), 0..KC.min(k), K::MR).is_some();
     let b_prepacked = b.packed_b(0..KC.min(k), 0..NC.min(n), K::NR).is_some();
     let split_columns = match (a_prepacked, b_prepacked) {
         (true, false) => n_panels >= 2 * threads || n_panels >= m_panels,
         (false, true) => m_panels < 2 * threads && n_panels > m_panels,
-        _ => n_panels >= m_panels,
+        (true, true) => n_panels >= m_panels,
+        (false, false) => n_panels >= threads && m <= n,
     };
     if threads <= 1 {
         block::<K>(0..m, 0..n, k, a, b, out, epi);
