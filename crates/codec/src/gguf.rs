@@ -13,7 +13,6 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::convert::StorageDtype;
 use crate::{Error, Result};
 
 /// Metadata keys shared by every architecture. Per-architecture keys live under `codec.<arch>.*` and are named next to
@@ -32,6 +31,28 @@ pub mod keys {
 }
 
 pub use gguf_file::Value;
+
+/// How a model file stores its weights (`codec convert --dtype`); lives with the file format, which the converters
+/// use (not the other way round). Biases, norms, codebooks and 1-D tensors always stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageDtype {
+    #[default]
+    F32,
+    F16,
+    Q8_0,
+}
+
+impl std::str::FromStr for StorageDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
+            _ => Err(Error::InvalidArgument(format!("unknown dtype '{s}' (expected f32, f16 or q8_0)"))),
+        }
+    }
+}
 
 /// The largest hop (audio samples per code frame) a model file may declare: far above any codec's (Mimi 1920),
 /// and small enough that frame and sample counts cannot overflow.
@@ -371,7 +392,7 @@ const CHUNK: usize = 1 << 16;
 fn tensor_from_bytes(dtype: GgmlDType, bytes: &[u8], dims: &[usize], device: &Device) -> candle_core::Result<Tensor> {
     let elems: usize = dims.iter().product();
     // Zeroed by the kernel, not again by us: the conversion below is the one pass over the buffer.
-    let mut out = crate::nn::zeroed_f32(elems);
+    let mut out = crate::mem::zeroed_f32(elems);
     match dtype {
         GgmlDType::F32 => {
             out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 4)).for_each(|(out, bytes)| f32_from_le(bytes, out))

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod hub;
+mod mem;
 pub mod models;
 pub mod nn;
 pub mod npy;

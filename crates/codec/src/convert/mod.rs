@@ -18,26 +18,7 @@ use serde_json::Value as Json;
 use crate::gguf::Writer;
 use crate::{Error, Result};
 
-/// Storage type for the converted weights. Biases, norms, codebooks and 1-D tensors always stay f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StorageDtype {
-    #[default]
-    F32,
-    F16,
-    Q8_0,
-}
-
-impl std::str::FromStr for StorageDtype {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "q8_0" => Ok(Self::Q8_0),
-            _ => Err(Error::InvalidArgument(format!("unknown dtype '{s}' (expected f32, f16 or q8_0)"))),
-        }
-    }
-}
+pub use crate::gguf::StorageDtype;
 
 #[derive(Debug, Clone, Default)]
 pub struct ConvertOptions {

@@ -333,8 +333,7 @@ mod tests {
     use candle_core::{DType, Device, Module, Tensor};
 
     use super::*;
-    use crate::convert::StorageDtype;
-    use crate::gguf::Writer;
+    use crate::gguf::{StorageDtype, Writer};
     use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
     use crate::nn::linear::Linear;
     use crate::nn::rvq::EuclideanCodebook;

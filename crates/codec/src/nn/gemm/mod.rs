@@ -160,7 +160,7 @@ impl Packed {
 
     fn pack(len: usize, depth: usize, panel: usize, mut pack: impl FnMut(Range<usize>, &mut [f32])) -> Self {
         let stride = len.div_ceil(panel) * panel;
-        let mut data = crate::nn::zeroed_f32(stride * depth);
+        let mut data = crate::mem::zeroed_f32(stride * depth);
         for pc in (0..depth).step_by(KC) {
             let kc = KC.min(depth - pc);
             pack(pc..pc + kc, &mut data[stride * pc..stride * (pc + kc)]);
