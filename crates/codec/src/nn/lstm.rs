@@ -144,6 +144,9 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// Held by the recurrence that has the pool's threads (see `Recurrence::cpu_fwd`).
+static PARALLEL_RECURRENCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A barrier for threads that each run on their own core: spins briefly (a step takes microseconds), then
 /// yields, so an oversubscribed machine does not burn its cores.
 struct SpinBarrier {
@@ -202,7 +205,17 @@ impl CustomOp2 for Recurrence {
         let mut out = vec![0f32; b * t * h_dim];
         // Hidden state of the step being read and of the step being written.
         let mut states = vec![0f32; 2 * h_dim];
-        let threads = rayon::current_num_threads().clamp(1, h_dim.div_ceil(32).max(1));
+        // All pool threads must reach the barrier together, so only one recurrence at a time may take the pool,
+        // and never from inside it (a worker waiting at one call's barrier while another worker waits at another's
+        // would deadlock): otherwise this one runs on the calling thread alone.
+        let pool = match rayon::current_thread_index() {
+            None => PARALLEL_RECURRENCE.try_lock().ok(),
+            Some(_) => None,
+        };
+        let threads = match pool {
+            Some(_) => rayon::current_num_threads().clamp(1, h_dim.div_ceil(32).max(1)),
+            None => 1,
+        };
         let barrier = SpinBarrier { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads };
         let (out_ptr, states_ptr) = (Shared(out.as_mut_ptr()), Shared(states.as_mut_ptr()));
         let per = h_dim.div_ceil(threads);
@@ -288,5 +301,28 @@ mod tests {
             let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "hidden {hidden}");
         }
+    }
+
+    /// Recurrences started at once from several threads, and from inside the pool, all finish (no two wait at
+    /// each other's barrier) with the single-call result.
+    #[test]
+    fn concurrent_recurrences_finish() {
+        use rayon::prelude::*;
+        let dev = Device::Cpu;
+        let hidden = 96;
+        let w_hh = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
+        let x_proj = Tensor::randn(0f32, 1.0, (1, 50, 4 * hidden), &dev).unwrap();
+        let want =
+            x_proj.apply_op2_no_bwd(&w_hh, &Recurrence).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let run =
+            || x_proj.apply_op2_no_bwd(&w_hh, &Recurrence).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(run)).collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), want);
+            }
+        });
+        let inside: Vec<Vec<f32>> = (0..4).into_par_iter().map(|_| run()).collect();
+        assert!(inside.iter().all(|got| *got == want));
     }
 }
