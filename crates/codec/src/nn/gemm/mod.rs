@@ -270,23 +270,14 @@ impl PackA for Strided<'_> {
         for (panel, r0) in rows.clone().step_by(mr).enumerate() {
             let dst = &mut dst[panel * mr * kc..(panel + 1) * mr * kc];
             let valid = mr.min(rows.end - r0);
-            if self.cs == 1 && mr == 8 && valid == 8 && transpose_simd() {
-                // Eight rows at a time, 8 × 8 blocks transposed in registers (weights read in place pack this way).
+            if self.cs == 1 {
+                // Row-major rows: each read contiguously, written down the panel's column.
                 let row = |i: usize| &self.data[(r0 + i) * self.rs + ks.start..(r0 + i) * self.rs + ks.end];
-                transpose_into(std::array::from_fn(row), dst, mr);
-                continue;
-            }
-            for i in 0..valid {
-                let base = (r0 + i) * self.rs;
-                if self.cs == 1 {
-                    // A row-major row: read it contiguously, write it down the panel's column i.
-                    let src = &self.data[base + ks.start..base + ks.end];
-                    for (d, &v) in dst.chunks_exact_mut(mr).zip(src) {
-                        d[i] = v;
-                    }
-                } else {
+                pack_lines(row, valid, mr, dst);
+            } else {
+                for i in 0..valid {
                     for (p, k) in ks.clone().enumerate() {
-                        dst[p * mr + i] = self.data[base + k * self.cs];
+                        dst[p * mr + i] = self.data[(r0 + i) * self.rs + k * self.cs];
                     }
                 }
             }
@@ -312,26 +303,14 @@ impl PackB for Strided<'_> {
                     dst[p * nr + valid..(p + 1) * nr].fill(0.0);
                 }
             } else {
-                let mut first = 0;
-                if self.rs == 1 && transpose_simd() {
-                    // Columns stored contiguously (a linear layer's Wᵀ): eight at a time, transposed in registers.
+                if self.rs == 1 {
+                    // Columns stored contiguously (a linear layer's Wᵀ): each read in one run.
                     let column = |j: usize| &self.data[(c0 + j) * self.cs + ks.start..(c0 + j) * self.cs + ks.end];
-                    while first + 8 <= valid {
-                        transpose_into(std::array::from_fn(|j| column(first + j)), &mut dst[first..], nr);
-                        first += 8;
-                    }
-                }
-                for j in first..valid {
-                    let base = (c0 + j) * self.cs;
-                    if self.rs == 1 {
-                        // A column stored contiguously (a transposed weight): read it in one run.
-                        let src = &self.data[base + ks.start..base + ks.end];
-                        for (d, &v) in dst.chunks_exact_mut(nr).zip(src) {
-                            d[j] = v;
-                        }
-                    } else {
+                    pack_lines(column, valid, nr, dst);
+                } else {
+                    for j in 0..valid {
                         for (p, k) in ks.clone().enumerate() {
-                            dst[p * nr + j] = self.data[base + k * self.rs];
+                            dst[p * nr + j] = self.data[(c0 + j) * self.cs + k * self.rs];
                         }
                     }
                 }
@@ -339,6 +318,24 @@ impl PackB for Strided<'_> {
                     dst[p * nr + valid..(p + 1) * nr].fill(0.0);
                 }
             }
+        }
+    }
+}
+
+/// `dst[p·width + lane] = line(lane)[p]` for the first `lanes` lanes: lines that run along the depth (rows of a
+/// row-major A, columns of a transposed B — weights read in place pack this way) written across a panel, 8 lanes at
+/// a time transposed in registers where the CPU allows.
+fn pack_lines<'a>(line: impl Fn(usize) -> &'a [f32], lanes: usize, width: usize, dst: &mut [f32]) {
+    let mut first = 0;
+    if transpose_simd() {
+        while first + 8 <= lanes {
+            transpose_into(std::array::from_fn(|j| line(first + j)), &mut dst[first..], width);
+            first += 8;
+        }
+    }
+    for lane in first..lanes {
+        for (d, &v) in dst.chunks_exact_mut(width).zip(line(lane)) {
+            d[lane] = v;
         }
     }
 }
