@@ -225,20 +225,23 @@ impl GemmWeight {
     /// The operand for `matrix` read through `layout`; `None` for a tensor our GEMM does not take (not on the CPU,
     /// not f32, or a placeholder; see `nn::pack_at_build`).
     pub fn new(matrix: &Matrix, layout: OperandLayout, side: Side) -> Result<Option<Self>> {
-        let (rows, cols) = layout.dims();
+        let check = |data: &[f32]| match data.len() == layout.stored_len() {
+            true => Ok(()),
+            false => Err(candle_core::Error::Msg(format!(
+                "weight has {} values, the layer reads {}",
+                data.len(),
+                layout.stored_len()
+            ))),
+        };
         match matrix {
             Matrix::Mapped(data, _) => {
-                if data.as_slice().len() != layout.stored_len() {
-                    candle_core::bail!("weight has {} values, the layer reads {}", data.as_slice().len(), rows * cols);
-                }
+                check(data.as_slice())?;
                 let (packed, ran) = (OnceLock::new(), AtomicBool::new(false));
                 Ok(Some(Self::InPlace { data: data.clone(), layout, side, packed, ran }))
             }
             Matrix::Tensor(t) if pack_at_build(t) => {
                 let data = f32_vec(t)?;
-                if data.len() != layout.stored_len() {
-                    candle_core::bail!("weight has {} values, the layer reads {}", data.len(), layout.stored_len());
-                }
+                check(&data)?;
                 Ok(Some(Self::Packed { packed: pack(WeightView { data: &data, layout }, side), layout }))
             }
             Matrix::Tensor(_) => Ok(None),
