@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Module, Result, Tensor, D};
 
 use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv};
-use super::{f32_vec, get_or_try_init, kept, sum_all, Weights};
+use super::{f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights};
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +106,8 @@ pub struct Conv1d {
     cfg: ConvConfig,
     /// Depthwise convs on CPU: weight (C, K) and bias as plain vectors, read on first use.
     depthwise: OnceLock<Arc<DepthwiseWeights>>,
-    /// The CPU GEMM form of the weights (see `nn::weight::GemmWeight`), set when built.
-    packed: OnceLock<Arc<PackedConv>>,
+    /// The CPU GEMM form of the weights (see `nn::weight::GemmWeight`), made when built.
+    packed: Option<Arc<PackedConv>>,
 }
 
 /// A depthwise conv's weight (C, K) and bias as plain vectors.
@@ -118,14 +118,12 @@ impl Conv1d {
         let dims = (c_out, c_in / cfg.groups, cfg.kernel_size);
         let weight = vb.matrix(dims, "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
-        let packed = OnceLock::new();
-        if cfg.groups == 1 {
-            if let Some(gemm) = PackedConv::conv1d(&weight, dims, bias.as_ref())? {
-                let _ = packed.set(Arc::new(gemm));
-                return Ok(Self { weight: None, bias, cfg, depthwise: OnceLock::new(), packed });
-            }
-        }
-        Ok(Self { weight: Some(weight.into_tensor()?), bias, cfg, depthwise: OnceLock::new(), packed })
+        let packed = match cfg.groups {
+            1 => PackedConv::conv1d(&weight, dims, bias.as_ref())?.map(Arc::new),
+            _ => None,
+        };
+        let weight = if packed.is_some() { None } else { Some(weight.into_tensor()?) };
+        Ok(Self { weight, bias, cfg, depthwise: OnceLock::new(), packed })
     }
 
     /// Left and right padding for an input of `len` samples. Streaming styles pad `(k_eff - stride)` in total plus
@@ -153,11 +151,7 @@ impl Conv1d {
         }
         let len = x.dim(D::Minus1)?;
         let (left, right) = self.padding(len);
-        let weights = get_or_try_init(&self.packed, || {
-            let weight = kept(&self.weight)?;
-            let gemm = PackedConv::conv1d(&weight.clone().into(), weight.dims3()?, self.bias.as_ref())?;
-            Ok(Arc::new(gemm.ok_or_else(|| candle_core::Error::Msg("conv weights not runnable on CPU".into()))?))
-        })?;
+        let weights = gemm_form(&self.packed)?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
         let op =
@@ -245,7 +239,8 @@ pub struct ConvTranspose1d {
     stride: usize,
     groups: usize,
     padding: Padding,
-    packed: OnceLock<Arc<PackedConv>>,
+    /// The CPU GEMM form of the weights, made when built.
+    packed: Option<Arc<PackedConv>>,
 }
 
 impl ConvTranspose1d {
@@ -256,18 +251,11 @@ impl ConvTranspose1d {
         if cfg.groups != 1 && !(cfg.groups == c_in && c_in == c_out && cfg.kernel_size.is_multiple_of(cfg.stride)) {
             candle_core::bail!("grouped transposed conv is supported only depthwise with kernel a multiple of stride");
         }
-        let packed = OnceLock::new();
-        let gemm = match cfg.groups {
-            1 => PackedConv::conv_transpose1d(&weight, dims, bias.as_ref(), cfg.stride)?,
+        let packed = match cfg.groups {
+            1 => PackedConv::conv_transpose1d(&weight, dims, bias.as_ref(), cfg.stride)?.map(Arc::new),
             _ => None,
         };
-        let weight = match gemm {
-            Some(gemm) => {
-                let _ = packed.set(Arc::new(gemm));
-                None
-            }
-            None => Some(weight.into_tensor()?),
-        };
+        let weight = if packed.is_some() { None } else { Some(weight.into_tensor()?) };
         Ok(Self {
             weight,
             bias,
@@ -303,16 +291,7 @@ impl Module for ConvTranspose1d {
             Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
         };
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let weights = get_or_try_init(&self.packed, || {
-                let weight = kept(&self.weight)?;
-                let gemm = PackedConv::conv_transpose1d(
-                    &weight.clone().into(),
-                    weight.dims3()?,
-                    self.bias.as_ref(),
-                    self.stride,
-                )?;
-                Ok(Arc::new(gemm.ok_or_else(|| candle_core::Error::Msg("conv weights not runnable on CPU".into()))?))
-            })?;
+            let weights = gemm_form(&self.packed)?;
             let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }

@@ -1,20 +1,21 @@
 //! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight as the right factor, see
 //! `nn::weight`; the bias added in the GEMM's epilogue), candle's matmul on other devices.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
 use super::gemm::{gemm, Epilogue, Output, Strided};
 use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
-use super::{f32_slice, f32_vec, get_or_try_init, kept};
+use super::{f32_slice, f32_vec, gemm_form, kept};
 
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// (out, in); `None` when the CPU kernel has it (`packed`).
     weight: Option<Tensor>,
     bias: Option<Tensor>,
-    packed: OnceLock<Arc<PackedLinear>>,
+    /// The CPU GEMM form (see `nn::weight::GemmWeight`), made when built.
+    packed: Option<Arc<PackedLinear>>,
     /// Always f32, also under `--precision bf16` (see `gemm::Epilogue::exact`).
     exact: bool,
 }
@@ -38,42 +39,37 @@ impl Linear {
     /// `weight` (out, in), `bias` (out). On CPU the weight becomes a GEMM operand here (read in place from a
     /// mapped file, or packed and its f32 copy dropped; see `nn::weight`).
     pub fn new(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
-        Self::build(weight.into(), bias, false)
+        Self::weight_out_in(weight.into(), bias, false)
     }
 
     /// A layer that computes in f32 whatever the precision (codebook distances).
     pub fn exact(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
-        Self::build(weight.into(), bias, true)
+        Self::weight_out_in(weight.into(), bias, true)
     }
 
     /// `x · m` for a right factor `m` (in, out) as stored (the ISTFT bases).
     pub fn right_factor(m: Matrix, bias: Option<Tensor>) -> Result<Self> {
         let (inp, out) = matrix_dims(&m)?;
-        let layout = OperandLayout::AsStored { rows: inp, cols: out };
-        match PackedLinear::new(&m, layout, bias.as_ref())? {
-            Some(p) => Ok(Self { weight: None, bias, packed: OnceLock::from(Arc::new(p)), exact: false }),
-            None => Ok(Self { weight: Some(m.into_tensor()?.t()?), bias, packed: OnceLock::new(), exact: false }),
-        }
+        Self::build(m, OperandLayout::AsStored { rows: inp, cols: out }, bias, false, |t| t.t())
     }
 
-    fn build(weight: Matrix, bias: Option<Tensor>, exact: bool) -> Result<Self> {
+    fn weight_out_in(weight: Matrix, bias: Option<Tensor>, exact: bool) -> Result<Self> {
         let (out, inp) = matrix_dims(&weight)?;
-        let layout = OperandLayout::Transposed { rows: out, cols: inp };
-        match PackedLinear::new(&weight, layout, bias.as_ref())? {
-            Some(p) => Ok(Self { weight: None, bias, packed: OnceLock::from(Arc::new(p)), exact }),
-            None => Ok(Self { weight: Some(weight.into_tensor()?), bias, packed: OnceLock::new(), exact }),
-        }
+        Self::build(weight, OperandLayout::Transposed { rows: out, cols: inp }, bias, exact, Ok)
     }
 
-    fn packed(&self) -> Result<&PackedLinear> {
-        get_or_try_init(&self.packed, || {
-            let weight = kept(&self.weight)?;
-            let (out, inp) = weight.dims2()?;
-            let layout = OperandLayout::Transposed { rows: out, cols: inp };
-            let packed = PackedLinear::new(&weight.clone().into(), layout, self.bias.as_ref())?;
-            Ok(Arc::new(packed.ok_or_else(|| candle_core::Error::Msg("linear weights not runnable on CPU".into()))?))
-        })
-        .map(|p| p.as_ref())
+    /// The layer with the CPU GEMM form of `weight` read through `layout`, or, where our GEMM does not take it,
+    /// the weight as an (out, in) tensor (`out_in` turns the stored tensor into that).
+    fn build(
+        weight: Matrix,
+        layout: OperandLayout,
+        bias: Option<Tensor>,
+        exact: bool,
+        out_in: impl FnOnce(Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let packed = PackedLinear::new(&weight, layout, bias.as_ref())?.map(Arc::new);
+        let weight = if packed.is_some() { None } else { Some(out_in(weight.into_tensor()?)?) };
+        Ok(Self { weight, bias, packed, exact })
     }
 }
 
@@ -91,7 +87,7 @@ impl Linear {
     pub fn forward_scale_add(&self, x: &Tensor, scale: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let scale = f32_vec(scale)?;
-            let op = LinearOp { layer: self.packed()?, exact: self.exact, col_scale: Some(&scale) };
+            let op = LinearOp { layer: gemm_form(&self.packed)?, exact: self.exact, col_scale: Some(&scale) };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
         residual + self.forward(x)?.broadcast_mul(scale)?
@@ -101,7 +97,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = LinearOp { layer: self.packed()?, exact: self.exact, col_scale: None };
+            let op = LinearOp { layer: gemm_form(&self.packed)?, exact: self.exact, col_scale: None };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = x.broadcast_matmul(&kept(&self.weight)?.t()?)?;

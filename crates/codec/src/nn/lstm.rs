@@ -8,8 +8,8 @@ use super::Weights;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::f32_slice;
 use super::linear::Linear;
+use super::{dot, f32_slice};
 
 #[derive(Debug, Clone)]
 struct LstmLayer {
@@ -91,54 +91,6 @@ impl Lstm {
 /// from L3 at each of the thousands of steps. Inputs: the input projections plus bias (B, T, 4H) and `weight_hh`
 /// (4H, H); output h for every step.
 struct Recurrence;
-
-/// Dot product with 64 independent accumulators (four AVX-512 registers), so the adds do not wait on each other,
-/// summed pairwise at the end. Written with intrinsics where the CPU has AVX-512: the portable loop's accumulator
-/// array stayed in memory, a store-to-load dependency on every add (most of the LSTM's time).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::isa() == super::gemm::Isa::Avx512 {
-        // SAFETY: AVX-512F is present (checked above).
-        return unsafe { dot_avx512(a, b) };
-    }
-    const LANES: usize = 64;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for k in 0..LANES {
-            acc[k] += xa[k] * xb[k];
-        }
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for k in 0..width {
-            acc[k] += acc[k + width];
-        }
-    }
-    acc[0] + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let (x, y) = (_mm512_loadu_ps(a.as_ptr().add(i + 16 * r)), _mm512_loadu_ps(b.as_ptr().add(i + 16 * r)));
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(x, y));
-        }
-        i += 64;
-    }
-    let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
-    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(sum) + tail
-}
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())

@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor, D};
 
 use super::linear::Linear;
 use super::weight::Matrix;
-use super::{get_or_try_init, sum_all, wide_simd, Weights};
+use super::{dot, get_or_try_init, sum_all, wide_simd, Weights};
 
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
@@ -22,19 +22,6 @@ pub struct EuclideanCodebook {
     dots: Linear,
     /// ‖e‖² per entry, (1, bins): a cache of `embed`, not a weight transform.
     embed_sq: OnceLock<Tensor>,
-}
-
-/// Σ v², in 16 independent lanes (vectorised) summed at the end.
-fn sum_of_squares(v: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = v.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
-    for chunk in chunks {
-        for (lane, x) in lanes.iter_mut().zip(chunk) {
-            *lane += x * x;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 impl EuclideanCodebook {
@@ -49,7 +36,7 @@ impl EuclideanCodebook {
             Matrix::Tensor(t) => t.sqr()?.sum_keepdim(1)?.t()?.contiguous(),
             Matrix::Mapped(data, shape) => {
                 let (bins, dim) = shape.dims2()?;
-                let sq = wide_simd(|| data.as_slice().chunks_exact(dim.max(1)).map(sum_of_squares).collect());
+                let sq = wide_simd(|| data.as_slice().chunks_exact(dim.max(1)).map(|e| dot(e, e)).collect());
                 Tensor::from_vec(sq, (1, bins), &candle_core::Device::Cpu)
             }
         })
