@@ -294,6 +294,17 @@ fn bad_inputs_fail_cleanly() {
     codes_case("more than the memory limit", dir.file("long.npy", &long), "limit", limit);
     codes_case("header that is not a dict", dir.file("header.npy", &npy("[1, 2, 3]", &[])), "header.npy", None);
 
+    // A malformed setting names the variable, not a file.
+    let fine = dir.file("fine.npy", &npy(&format!("{i4}(1, 4), }}"), &ints(&[0; 4])));
+    cases.push(Case {
+        what: "malformed memory limit",
+        args: vec!["decode".into(), "-m".into(), s(&model), s(&fine), "-o".into(), s(&wav_out)],
+        names: "CODEC_MEMORY_LIMIT='8Q'".into(),
+        says: "is not a size",
+        out: wav_out.clone(),
+        env: Some(("CODEC_MEMORY_LIMIT", "8Q")),
+    });
+
     // Checkpoints, through `convert`.
     let mut convert_case = |what, path: PathBuf, says| {
         let args = vec!["convert".into(), s(&path), "-o".into(), s(&gguf_out)];

@@ -87,10 +87,12 @@ impl Codec {
         let device = device.device()?;
         let model = models::load(&file, &device, parts)?;
         let path = path.to_path_buf();
-        Ok(Self { model, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit: default_memory_limit() })
+        let memory_limit = default_memory_limit()?;
+        Ok(Self { model, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit })
     }
 
-    /// Wraps an already built model (tests, random-weight benchmarks).
+    /// Wraps an already built model (tests, random-weight benchmarks); a malformed `$CODEC_MEMORY_LIMIT` counts as
+    /// unset here (`load` reports it).
     pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
         let path = PathBuf::from("<memory>");
         Self {
@@ -99,7 +101,7 @@ impl Codec {
             path,
             chunk_seconds: CHUNK_SECONDS,
             parts: Parts::All,
-            memory_limit: default_memory_limit(),
+            memory_limit: default_memory_limit().unwrap_or_else(|_| available_memory()),
         }
     }
 
@@ -126,7 +128,8 @@ impl Codec {
     }
 
     /// The memory one model pass (a whole input, or one chunk of it) may need, in bytes; `None` turns the check
-    /// off. Default: `$CODEC_MEMORY_LIMIT` (bytes, or with a K/M/G/T suffix; `off`) if set, else the memory the system
+    /// off. Default: `$CODEC_MEMORY_LIMIT` (bytes, or with a K/M/G/T suffix; `off`; anything else is an error at
+    /// load) if set, else the memory the system
     /// reports available when the codec is loaded (Linux; unchecked elsewhere). A pass that would need more, by
     /// [`Model::peak_bytes`], fails with an error before it allocates, instead of aborting part way.
     pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
@@ -305,12 +308,17 @@ impl Codec {
 }
 
 /// [`Codec::set_memory_limit`]'s default: `$CODEC_MEMORY_LIMIT` (`off` for none), else the system's available
-/// memory (also when the variable does not parse: a typo must not turn the check off).
-fn default_memory_limit() -> Option<u64> {
+/// memory. A value that does not parse is an error, not a silent default.
+fn default_memory_limit() -> Result<Option<u64>> {
     match std::env::var("CODEC_MEMORY_LIMIT") {
-        Ok(v) if v.trim().eq_ignore_ascii_case("off") => None,
-        Ok(v) => parse_bytes(&v).or_else(available_memory),
-        Err(_) => available_memory(),
+        Ok(v) if v.trim().eq_ignore_ascii_case("off") => Ok(None),
+        Ok(v) => parse_bytes(&v).map(Some).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "CODEC_MEMORY_LIMIT='{}' is not a size (bytes, or with a K/M/G/T suffix such as 8G; or off)",
+                v.escape_debug()
+            ))
+        }),
+        Err(_) => Ok(available_memory()),
     }
 }
 
