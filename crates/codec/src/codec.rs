@@ -2,6 +2,7 @@
 //! codes, and moves data between plain vectors and device tensors.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
@@ -9,6 +10,7 @@ use crate::audio::Audio;
 use crate::error::TensorContext;
 use crate::gguf::ModelFile;
 use crate::models::{self, Model, Parts};
+use crate::stream::{self, DecoderStream, EncoderStream, StreamDecoder, StreamEncoder};
 use crate::{Error, Result};
 
 /// Where the model runs.
@@ -65,7 +67,7 @@ impl Codes {
 
 /// A loaded codec model.
 pub struct Codec {
-    model: Box<dyn Model>,
+    model: Arc<dyn Model>,
     device: Device,
     path: PathBuf,
     chunk_seconds: f64,
@@ -85,7 +87,7 @@ impl Codec {
     pub fn load_parts(path: &Path, device: DeviceKind, parts: Parts) -> Result<Self> {
         let file = ModelFile::open(path)?;
         let device = device.device()?;
-        let model = models::load(&file, &device, parts)?;
+        let model = models::load(&file, &device, parts)?.into();
         let path = path.to_path_buf();
         let memory_limit = default_memory_limit()?;
         Ok(Self { model, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit })
@@ -96,7 +98,7 @@ impl Codec {
     pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
         let path = PathBuf::from("<memory>");
         Self {
-            model,
+            model: model.into(),
             device,
             path,
             chunk_seconds: CHUNK_SECONDS,
@@ -221,20 +223,95 @@ impl Codec {
         };
         let hop = self.hop();
         let n_frames = samples.len().div_ceil(hop);
+        let Some(inner) = self.encoder_stream(n_q)? else {
+            // No finite context: one pass.
+            self.check_memory(n_frames, "encoding")?;
+            let pcm = Tensor::from_slice(&samples, (1, 1, samples.len()), &self.device).ctx("encode input")?;
+            let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
+            let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("encode")?;
+            progress(n_frames, n_frames);
+            return Ok(Codes { n_q, n_frames, data });
+        };
+        // Long inputs go through the stream in chunks, so memory stays that of one chunk.
+        let mut stream = StreamEncoder::new(inner, n_q);
         let chunks = self.chunks(n_frames);
         chunks.iter().try_for_each(|c| self.check_memory(c.to - c.from, "encoding"))?;
         let mut rows = vec![Vec::with_capacity(n_frames); n_q];
-        for chunk in chunks {
-            let (s0, s1) = (chunk.from * hop, (chunk.to * hop).min(samples.len()));
-            let pcm = Tensor::from_slice(&samples[s0..s1], (1, 1, s1 - s0), &self.device).ctx("encode input")?;
-            let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
-            let codes = codes.narrow(2, chunk.keep_from - chunk.from, chunk.keep_to - chunk.keep_from).ctx("encode")?;
-            for (row, codes) in rows.iter_mut().zip(codes.squeeze(0).and_then(|c| c.to_vec2::<u32>()).ctx("encode")?) {
-                row.extend(codes);
+        let mut done = 0;
+        let mut add = |codes: Codes, progress: &mut dyn FnMut(usize, usize)| {
+            for (q, row) in rows.iter_mut().enumerate() {
+                row.extend_from_slice(codes.row(q));
             }
-            progress(chunk.keep_to, n_frames);
+            done += codes.n_frames;
+            progress(done, n_frames);
+        };
+        for chunk in &chunks {
+            let piece = &samples[(chunk.keep_from * hop).min(samples.len())..(chunk.keep_to * hop).min(samples.len())];
+            add(self.named(stream.push(piece))?, progress);
         }
+        add(self.named(stream.flush())?, progress);
         Ok(Codes { n_q, n_frames, data: rows.concat() })
+    }
+
+    /// Names the model file in a model-side error.
+    fn named<T>(&self, result: Result<T>) -> Result<T> {
+        result.map_err(|e| match e {
+            Error::Tensor { context, source } => {
+                Error::Tensor { context: format!("{}: {context}", self.path.display()), source }
+            }
+            other => other,
+        })
+    }
+
+    /// A streaming encoder with `n_q` codebooks (all when `None`): audio at the model's rate in pieces of any size,
+    /// codes out as frames complete — the codes of [`Codec::encode`] on the whole input. Mimi streams with one
+    /// frame of latency; DAC with its receptive field; WavTokenizer is [`Error::Unsupported`].
+    pub fn stream_encoder(&self, n_q: Option<usize>) -> Result<StreamEncoder> {
+        self.require(Parts::Encoder)?;
+        let n_q = self.check_n_q(n_q)?;
+        match self.encoder_stream(n_q)? {
+            Some(inner) => Ok(StreamEncoder::new(inner, n_q)),
+            None => Err(Error::Unsupported(format!(
+                "{}: this model's encoder cannot stream (its context is unbounded)",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// A streaming decoder: codes in pieces of any number of frames, audio out as it becomes final — the audio of
+    /// [`Codec::decode`] on all the codes (up to rounding). WavTokenizer is [`Error::Unsupported`]: its decoder's
+    /// attention spans the whole clip, so no sample is final before the last frame.
+    pub fn stream_decoder(&self) -> Result<StreamDecoder> {
+        self.require(Parts::Decoder)?;
+        match self.decoder_stream() {
+            Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.max_n_q(), self.codebook_size())),
+            None => Err(Error::Unsupported(format!(
+                "{}: this model's decoder cannot stream (its attention spans the whole clip); decode whole clips",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// The model's stateful encoder stream, else the windowed one if its context is finite.
+    fn encoder_stream(&self, n_q: usize) -> Result<Option<Box<dyn EncoderStream>>> {
+        if let Some(stream) = self.model.clone().stream_encoder(n_q, &self.device) {
+            return Ok(Some(stream));
+        }
+        Ok(self.model.chunk_context().map(|context| {
+            Box::new(stream::windowed::Encoder::new(self.model.clone(), self.device.clone(), n_q, context))
+                as Box<dyn EncoderStream>
+        }))
+    }
+
+    /// The model's stateful decoder stream, else the windowed one if its context is finite.
+    fn decoder_stream(&self) -> Option<Box<dyn DecoderStream>> {
+        if let Some(stream) = self.model.clone().stream_decoder(&self.device) {
+            return Some(stream);
+        }
+        self.model.chunk_context().map(|context| {
+            Box::new(stream::windowed::Decoder::new(self.model.clone(), self.device.clone(), context))
+                as Box<dyn DecoderStream>
+        })
     }
 
     /// Codes → mono audio at the model rate, about `n_frames * hop` samples.
@@ -249,46 +326,40 @@ impl Codec {
         if codes.n_frames == 0 {
             return Err(Error::InvalidArgument("cannot decode zero frames".into()));
         }
-        if codes.data.len() != codes.n_q * codes.n_frames {
-            return Err(Error::InvalidArgument(format!(
-                "codes hold {} values, expected n_q {} × n_frames {}",
-                codes.data.len(),
-                codes.n_q,
-                codes.n_frames
-            )));
-        }
-        let size = self.codebook_size();
-        if let Some(pos) = codes.data.iter().position(|&c| c as usize >= size) {
-            return Err(Error::InvalidArgument(format!(
-                "code {} at codebook {}, frame {} is out of range (codebook size {size})",
-                codes.data[pos],
-                pos / codes.n_frames,
-                pos % codes.n_frames
-            )));
-        }
+        stream::check_codes(codes, self.max_n_q(), self.codebook_size())?;
+        let sample_rate = self.sample_rate();
+        let Some(inner) = self.decoder_stream() else {
+            self.check_memory(codes.n_frames, "decoding")?;
+            let t =
+                Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
+            let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
+            let samples = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
+            progress(codes.n_frames, codes.n_frames);
+            return Ok(Audio { sample_rate, samples });
+        };
         let chunks = self.chunks(codes.n_frames);
         chunks.iter().try_for_each(|c| self.check_memory(c.to - c.from, "decoding"))?;
-        let all = Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
-        let hop = self.hop();
-        let mut samples = Vec::with_capacity(codes.n_frames * hop);
-        for chunk in chunks {
-            let t = all.narrow(2, chunk.from, chunk.to - chunk.from).ctx("decode input")?;
-            let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
-            let pcm = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
-            // Output sample i of a chunk is sample from·hop + i of the whole; a model may return a few samples
-            // fewer than frames·hop at the end (DAC's odd strides), which only the last chunk keeps.
-            let start = ((chunk.keep_from - chunk.from) * hop).min(pcm.len());
-            let end = ((chunk.keep_to - chunk.from) * hop).min(pcm.len());
-            samples.extend_from_slice(&pcm[start..end]);
+        let mut stream = StreamDecoder::new(inner, self.device.clone(), self.max_n_q(), self.codebook_size());
+        let mut samples = Vec::with_capacity(codes.n_frames * self.hop());
+        for chunk in &chunks {
+            let piece = Codes {
+                n_q: codes.n_q,
+                n_frames: chunk.keep_to - chunk.keep_from,
+                data: (0..codes.n_q).flat_map(|q| &codes.row(q)[chunk.keep_from..chunk.keep_to]).copied().collect(),
+            };
+            samples.extend(self.named(stream.push(&piece))?);
             progress(chunk.keep_to, codes.n_frames);
         }
-        Ok(Audio { sample_rate: self.sample_rate(), samples })
+        samples.extend(self.named(stream.flush())?);
+        Ok(Audio { sample_rate, samples })
     }
 
     /// How `n_frames` are processed: in chunks of `chunk_seconds` of audio with the model's context on both sides
     /// (so each kept frame sees what it would see in one pass), or in one piece when the model has no finite context.
+    /// A causal model streams its state from chunk to chunk and needs no context.
     pub fn chunks(&self, n_frames: usize) -> Vec<Chunk> {
-        let Some((before, after)) = self.model.chunk_context() else {
+        let context = if self.model.is_causal() { Some((0, 0)) } else { self.model.chunk_context() };
+        let Some((before, after)) = context else {
             return vec![Chunk { from: 0, to: n_frames, keep_from: 0, keep_to: n_frames }];
         };
         let per_chunk = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);

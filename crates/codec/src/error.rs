@@ -29,6 +29,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// The model cannot do what was asked (WavTokenizer's decoder cannot stream: its attention spans the clip).
+    #[error("{0}")]
+    Unsupported(String),
+
     /// Fetching a model by id from the hub failed.
     #[error("{0}")]
     Hub(String),

@@ -13,9 +13,11 @@ mod mem;
 pub mod models;
 pub mod nn;
 pub mod npy;
+pub mod stream;
 
 pub use audio::Audio;
 pub use codec::{Chunk, Codec, Codes, DeviceKind, CHUNK_SECONDS};
 pub use error::{Error, Result};
 pub use models::{Model, Parts};
 pub use nn::gemm::{set_precision, Precision};
+pub use stream::{StreamDecoder, StreamEncoder};

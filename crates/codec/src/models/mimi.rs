@@ -6,15 +6,18 @@
 //!
 //! Tensor names are the transformers (hub) layout's; the converter maps Kyutai's original checkpoint onto them.
 
+use std::sync::Arc;
+
 use crate::nn::Weights;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::gguf::{keys, ModelFile};
-use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::pad_to_multiple;
 use crate::nn::rvq::ResidualVq;
-use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
-use crate::nn::transformer::{Transformer, TransformerConfig};
+use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder, SeanetState};
+use crate::nn::transformer::{Transformer, TransformerConfig, TransformerState};
+use crate::stream::{self, FrameBuffer};
 
 pub const ARCH: &str = "mimi";
 
@@ -332,7 +335,107 @@ impl Mimi {
     }
 }
 
+/// Mimi's streaming encoder: whole frames through each stage with its carried state (conv context, the
+/// transformer's KV cache, the downsample conv's context), then the RVQ per frame. One frame of latency.
+struct EncoderStream {
+    model: Arc<Mimi>,
+    device: Device,
+    n_q: usize,
+    frames: FrameBuffer,
+    seanet: SeanetState,
+    transformer: TransformerState,
+    downsample: ConvState,
+}
+
+impl EncoderStream {
+    fn run(&mut self, samples: Vec<f32>) -> Result<Tensor> {
+        let m = &self.model;
+        if samples.is_empty() {
+            return Tensor::zeros((1, self.n_q, 0), DType::U32, &self.device);
+        }
+        let pcm = Tensor::from_vec(samples, (1, 1, ()), &self.device)?;
+        let x = m.encoder.step(&pcm, &mut self.seanet)?;
+        let x = m.encoder_transformer.step(&x, &mut self.transformer)?;
+        let x = m.downsample.step(&x, &mut self.downsample)?;
+        m.quantizer.encode(&x, self.n_q)
+    }
+}
+
+impl stream::EncoderStream for EncoderStream {
+    fn push(&mut self, pcm: &[f32]) -> Result<Tensor> {
+        let whole = self.frames.whole_frames(pcm, self.model.config.hop());
+        self.run(whole)
+    }
+    fn flush(&mut self) -> Result<Tensor> {
+        // Zero-padded to a whole frame, as offline encode pads.
+        let rest = self.frames.padded_rest(self.model.config.hop());
+        self.run(rest)
+    }
+    fn reset(&mut self) {
+        self.frames.clear();
+        self.seanet = SeanetState::default();
+        self.transformer = TransformerState::default();
+        self.downsample = ConvState::default();
+    }
+}
+
+/// Mimi's streaming decoder: each frame's codes through the mirror image, every stage carrying its state; a
+/// frame's `hop` samples are final when it arrives.
+struct DecoderStream {
+    model: Arc<Mimi>,
+    device: Device,
+    upsample: ConvTransposeState,
+    transformer: TransformerState,
+    seanet: SeanetState,
+}
+
+impl stream::DecoderStream for DecoderStream {
+    fn push(&mut self, codes: &Tensor) -> Result<Tensor> {
+        let m = &self.model;
+        let x = m.quantizer.decode(codes)?;
+        let x = m.upsample.step(&x, &mut self.upsample)?;
+        let x = m.decoder_transformer.step(&x, &mut self.transformer)?;
+        m.decoder.step(&x, &mut self.seanet)
+    }
+    fn flush(&mut self) -> Result<Tensor> {
+        // Offline decode trims what the last frames would add beyond them: nothing is left.
+        Tensor::zeros((1, 1, 0), DType::F32, &self.device)
+    }
+    fn reset(&mut self) {
+        self.upsample = ConvTransposeState::default();
+        self.transformer = TransformerState::default();
+        self.seanet = SeanetState::default();
+    }
+}
+
 impl super::Model for Mimi {
+    fn is_causal(&self) -> bool {
+        self.config.use_causal_conv
+    }
+    fn stream_encoder(self: Arc<Self>, n_q: usize, device: &Device) -> Option<Box<dyn stream::EncoderStream>> {
+        self.config.use_causal_conv.then(|| {
+            Box::new(EncoderStream {
+                model: self,
+                device: device.clone(),
+                n_q,
+                frames: FrameBuffer::default(),
+                seanet: SeanetState::default(),
+                transformer: TransformerState::default(),
+                downsample: ConvState::default(),
+            }) as Box<dyn stream::EncoderStream>
+        })
+    }
+    fn stream_decoder(self: Arc<Self>, device: &Device) -> Option<Box<dyn stream::DecoderStream>> {
+        self.config.use_causal_conv.then(|| {
+            Box::new(DecoderStream {
+                model: self,
+                device: device.clone(),
+                upsample: ConvTransposeState::default(),
+                transformer: TransformerState::default(),
+                seanet: SeanetState::default(),
+            }) as Box<dyn stream::DecoderStream>
+        })
+    }
     fn sample_rate(&self) -> u32 {
         self.config.sample_rate as u32
     }

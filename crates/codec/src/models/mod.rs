@@ -7,8 +7,11 @@ pub mod wavtokenizer;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use std::sync::Arc;
+
 use crate::gguf::ModelFile;
 use crate::nn::Weights;
+use crate::stream::{DecoderStream, EncoderStream};
 
 /// What the runtime needs from an architecture. Tensors are batched: audio (B, 1, T) at `sample_rate()`, codes
 /// (B, n_q, F) u32 with F = ceil(T / hop()). Each model pads its input as its reference does.
@@ -33,6 +36,20 @@ pub trait Model: Send + Sync {
     /// [`crate::Codec`] checks against the memory limit before it runs (measured peak RSS growth per audio sample,
     /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
     fn peak_bytes(&self, n_frames: usize) -> u64;
+    /// Whether every output depends only on the input before it (Mimi): such a model streams with state
+    /// ([`Model::stream_encoder`]) and long inputs are cut into chunks without context.
+    fn is_causal(&self) -> bool {
+        false
+    }
+    /// A stateful streaming encoder with `n_q` codebooks, where the architecture has one (causal models); `None`
+    /// streams through [`crate::stream::windowed`] when [`Model::chunk_context`] is finite.
+    fn stream_encoder(self: Arc<Self>, _n_q: usize, _device: &Device) -> Option<Box<dyn EncoderStream>> {
+        None
+    }
+    /// A stateful streaming decoder, as [`Model::stream_encoder`].
+    fn stream_decoder(self: Arc<Self>, _device: &Device) -> Option<Box<dyn DecoderStream>> {
+        None
+    }
     /// Wall time of each stage of one encode and decode of `pcm` (for `codec bench`); empty if not broken down.
     fn stage_times(&self, _pcm: &Tensor, _n_q: usize) -> Result<Vec<StageTime>> {
         Ok(vec![])

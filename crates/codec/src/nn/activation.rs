@@ -89,7 +89,7 @@ impl<F: Fn(f32) -> f32 + Sync> CustomOp1 for Map<F> {
 /// `exp(x)` for `x ≤ 0` (Cephes' `expf` scheme: x = n·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial for e^r, 2^n from
 /// the exponent bits), about 1 ulp; branch-free so loops over it vectorise. Results below 2^-126 flush to 0.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = if x > -87.0 { x } else { -87.0 };

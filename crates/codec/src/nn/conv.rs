@@ -144,13 +144,12 @@ impl Conv1d {
 
     /// The CPU GEMM op for `x` (f32 on CPU, not grouped), and whether it pads inside: zero padding, and reflect
     /// padding shorter than the input, happen while the input is packed; other modes pad the input first.
-    fn gemm_op(&self, x: &Tensor) -> Result<Option<(Conv1dOp<'_>, bool)>> {
+    fn gemm_op(&self, x: &Tensor, (left, right): (usize, usize)) -> Result<Option<(Conv1dOp<'_>, bool)>> {
         let c = &self.cfg;
         if !(x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1) {
             return Ok(None);
         }
         let len = x.dim(D::Minus1)?;
-        let (left, right) = self.padding(len);
         let weights = gemm_form(&self.packed)?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
@@ -161,7 +160,7 @@ impl Conv1d {
 
     /// `forward(x) + residual`, the add fused into the convolution on CPU.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.gemm_op(x)? {
+        match self.gemm_op(x, self.padding(x.dim(D::Minus1)?))? {
             Some((op, true)) => x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op),
             _ => self.forward(x)? + residual,
         }
@@ -201,11 +200,59 @@ impl Conv1d {
     }
 }
 
-impl Module for Conv1d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (left, right) = self.padding(x.dim(D::Minus1)?);
+/// A causal conv's streaming state: the input samples the next output frames still read (the causal left padding
+/// before the first step).
+#[derive(Debug, Clone, Default)]
+pub struct ConvState {
+    pending: Option<Tensor>,
+}
+
+impl Conv1d {
+    /// The next samples (B, C, T) of a stream → the output frames they complete, exactly those of [`Module::forward`]
+    /// on the whole stream (given whole frames: a length that is a multiple of the stride, as the models' frame
+    /// padding makes every layer's). Causal convs only: a centred one would need samples not yet pushed.
+    pub fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
         let c = &self.cfg;
-        match self.gemm_op(x)? {
+        if c.padding != Padding::Causal {
+            candle_core::bail!("only causal convolutions stream");
+        }
+        // The stream so far as `left` virtual zeros (the causal padding, before the first step) and `x`.
+        let (x, left) = match state.pending.take() {
+            Some(pending) => (Tensor::cat(&[&pending, x], D::Minus1)?, 0),
+            None => {
+                let left = self.padding(0).0;
+                match c.pad_mode {
+                    PadMode::Constant => (x.clone(), left),
+                    PadMode::Replicate if x.dim(D::Minus1)? > 0 => {
+                        (Tensor::cat(&[&x.narrow(D::Minus1, 0, 1)?.repeat((1, 1, left))?, x], D::Minus1)?, 0)
+                    }
+                    // Nothing to replicate yet: start when the first sample arrives.
+                    PadMode::Replicate => return x.narrow(D::Minus1, 0, 0),
+                    PadMode::Reflect => candle_core::bail!("reflect-padded convolutions do not stream"),
+                }
+            }
+        };
+        let len = x.dim(D::Minus1)?;
+        let span = (c.kernel_size - 1) * c.dilation + 1;
+        let frames = if len + left >= span { (len + left - span) / c.stride + 1 } else { 0 };
+        let used = frames * c.stride;
+        // What the next frames read, from virtual position `used` on.
+        state.pending = Some(if used >= left {
+            x.narrow(D::Minus1, used - left, len + left - used)?
+        } else {
+            let (b, ch, _) = x.dims3()?;
+            Tensor::cat(&[&Tensor::zeros((b, ch, left - used), x.dtype(), x.device())?, &x], D::Minus1)?
+        });
+        if frames == 0 {
+            return x.narrow(D::Minus1, 0, 0);
+        }
+        self.forward_padded(&x.narrow(D::Minus1, 0, used + span - c.stride - left)?, (left, 0))
+    }
+
+    /// The conv of `x` with `left`/`right` samples of this layer's padding.
+    fn forward_padded(&self, x: &Tensor, (left, right): (usize, usize)) -> Result<Tensor> {
+        let c = &self.cfg;
+        match self.gemm_op(x, (left, right))? {
             Some((op, true)) => return x.contiguous()?.apply_op1_no_bwd(&op),
             Some((op, false)) => {
                 let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
@@ -224,6 +271,12 @@ impl Module for Conv1d {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
             None => Ok(y),
         }
+    }
+}
+
+impl Module for Conv1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_padded(x, self.padding(x.dim(D::Minus1)?))
     }
 }
 
@@ -282,17 +335,19 @@ impl ConvTranspose1d {
     }
 }
 
-impl Module for ConvTranspose1d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let total = self.kernel_size.saturating_sub(self.stride);
-        let (left, right) = match self.padding {
-            Padding::Causal => (0, total),
-            Padding::Centered => (total - total / 2, total / 2),
-            Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
-        };
+/// A causal transposed conv's streaming state: the last `K − stride` output samples of the frames so far, which
+/// the next frames still add to (without bias).
+#[derive(Debug, Clone, Default)]
+pub struct ConvTransposeState {
+    overlap: Option<Tensor>,
+}
+
+impl ConvTranspose1d {
+    /// The full output `(T − 1)·stride + K` trimmed by `trim`, with or without the bias.
+    fn forward_trimmed(&self, x: &Tensor, (left, right): (usize, usize), with_bias: bool) -> Result<Tensor> {
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
             let weights = gemm_form(&self.packed)?;
-            let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right };
+            let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right, with_bias };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = if self.groups == 1 {
@@ -303,8 +358,49 @@ impl Module for ConvTranspose1d {
         let len = y.dim(D::Minus1)?;
         let y = y.narrow(D::Minus1, left, len - left - right)?;
         match &self.bias {
+            Some(b) if with_bias => y.broadcast_add(&b.reshape((1, (), 1))?),
+            _ => Ok(y),
+        }
+    }
+
+    /// The next frames (B, C, T) of a stream → their `T · stride` output samples, which are final: a causal
+    /// transposed conv's later frames only add to samples after them. Equal to [`Module::forward`] on the whole
+    /// stream up to rounding (the overlap is summed in two parts). Causal only.
+    pub fn step(&self, x: &Tensor, state: &mut ConvTransposeState) -> Result<Tensor> {
+        if self.padding != Padding::Causal {
+            candle_core::bail!("only causal transposed convolutions stream");
+        }
+        let t = x.dim(D::Minus1)?;
+        if t == 0 {
+            return self.forward(x);
+        }
+        let y = self.forward_trimmed(x, (0, 0), false)?;
+        let tail = self.kernel_size.saturating_sub(self.stride);
+        let y = match state.overlap.take() {
+            Some(overlap) => {
+                let head = (y.narrow(D::Minus1, 0, tail)? + overlap)?;
+                Tensor::cat(&[&head, &y.narrow(D::Minus1, tail, y.dim(D::Minus1)? - tail)?], D::Minus1)?
+            }
+            None => y,
+        };
+        let done = t * self.stride;
+        state.overlap = Some(y.narrow(D::Minus1, done, y.dim(D::Minus1)? - done)?);
+        let y = y.narrow(D::Minus1, 0, done)?;
+        match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
             None => Ok(y),
         }
+    }
+}
+
+impl Module for ConvTranspose1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let total = self.kernel_size.saturating_sub(self.stride);
+        let trim = match self.padding {
+            Padding::Causal => (0, total),
+            Padding::Centered => (total - total / 2, total / 2),
+            Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
+        };
+        self.forward_trimmed(x, trim, true)
     }
 }

@@ -213,6 +213,8 @@ pub struct ConvTranspose1dOp<'a> {
     pub stride: usize,
     pub trim_left: usize,
     pub trim_right: usize,
+    /// Add the bias (a stream adds it once the overlapping frames are summed).
+    pub with_bias: bool,
 }
 
 impl CustomOp1 for ConvTranspose1dOp<'_> {
@@ -241,7 +243,8 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
             }
             let cols = Im2col { x: xb, t, taps: w.taps, stride: 1, offset: q0 as isize, tap_step: -1, reflect: false };
             let mut y = Output::row_major(&mut phases, s * w.c_out, n).expect("sized above");
-            let epi = Epilogue { row_bias: w.bias.as_deref(), ..Default::default() };
+            let row_bias = if self.with_bias { w.bias.as_deref() } else { None };
+            let epi = Epilogue { row_bias, ..Default::default() };
             gemm(s * w.c_out, n, c_in * w.taps, &w.weights.operand(), &cols, &mut y, &epi);
             // out[o, q·s + r − trim_left] = phases[(r, o), q − q0], written in output order.
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
@@ -454,7 +457,7 @@ mod tests {
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let dims = w.dims3().unwrap();
             let packed = PackedConv::conv_transpose1d(&w.clone().into(), dims, Some(&bias), s).unwrap().unwrap();
-            let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: tl, trim_right: tr };
+            let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: tl, trim_right: tr, with_bias: true };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let items: Vec<Tensor> =
                 (0..2).map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, s, 1, 1).unwrap()).collect();

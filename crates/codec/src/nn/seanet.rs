@@ -9,7 +9,7 @@ use super::Weights;
 use candle_core::{Module, Result, Tensor};
 
 use super::activation::elu;
-use super::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use super::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use super::lstm::Lstm;
 
 #[derive(Debug, Clone)]
@@ -62,11 +62,22 @@ impl ResidualBlock {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.conv1.forward(&elu(x)?)?;
+        self.finish(x, &y)
+    }
+
+    /// [`Self::forward`] on the next samples of a stream (conv1 is the only layer with context).
+    fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+        let y = self.conv1.step(&elu(x)?, state)?;
+        self.finish(x, &y)
+    }
+
+    /// conv2 over `y` plus the skip of `x`: both pointwise, so a stream runs them as they are.
+    fn finish(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        self.conv2.forward_add(&elu(&y)?, &skip)
+        self.conv2.forward_add(&elu(y)?, &skip)
     }
 }
 
@@ -128,6 +139,41 @@ fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
     layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x))
 }
 
+/// The streaming state of one layer of a stack.
+#[derive(Debug, Clone)]
+enum LayerState {
+    Conv(ConvState),
+    ConvTranspose(ConvTransposeState),
+    Stateless,
+}
+
+/// A SEANet stack's streaming state: each layer's carried samples.
+#[derive(Debug, Clone, Default)]
+pub struct SeanetState {
+    layers: Vec<LayerState>,
+}
+
+/// The next samples of a stream through `layers` (causal stacks; see [`Conv1d::step`]).
+fn step(layers: &[Layer], x: &Tensor, state: &mut SeanetState) -> Result<Tensor> {
+    if state.layers.is_empty() {
+        state.layers = layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv(_) | Layer::Residual(_) => LayerState::Conv(ConvState::default()),
+                Layer::ConvTranspose(_) => LayerState::ConvTranspose(ConvTransposeState::default()),
+                Layer::Lstm(_) | Layer::Elu => LayerState::Stateless,
+            })
+            .collect();
+    }
+    layers.iter().zip(&mut state.layers).try_fold(x.clone(), |x, (layer, state)| match (layer, state) {
+        (Layer::Conv(c), LayerState::Conv(s)) => c.step(&x, s),
+        (Layer::Residual(r), LayerState::Conv(s)) => r.step(&x, s),
+        (Layer::ConvTranspose(c), LayerState::ConvTranspose(s)) => c.step(&x, s),
+        (Layer::Elu, _) => elu(&x),
+        _ => candle_core::bail!("this SEANet stack does not stream (an LSTM layer)"),
+    })
+}
+
 /// Audio (B, channels, T) → latent (B, dimension, T / prod(ratios)).
 #[derive(Debug, Clone)]
 pub struct SeanetEncoder {
@@ -158,6 +204,11 @@ impl SeanetEncoder {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         run(&self.layers, x)
     }
+
+    /// The next samples of a stream (whole frames) → their part of [`Self::forward`] on the whole stream.
+    pub fn step(&self, x: &Tensor, state: &mut SeanetState) -> Result<Tensor> {
+        step(&self.layers, x, state)
+    }
 }
 
 /// Latent (B, dimension, F) → audio (B, channels, F * prod(ratios)).
@@ -185,5 +236,10 @@ impl SeanetDecoder {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         run(&self.layers, x)
+    }
+
+    /// The next samples of a stream (whole frames) → their part of [`Self::forward`] on the whole stream.
+    pub fn step(&self, x: &Tensor, state: &mut SeanetState) -> Result<Tensor> {
+        step(&self.layers, x, state)
     }
 }

@@ -6,9 +6,11 @@
 //! `mlp_layer_scale.scale`. q/k rows are in rotate-half order (the converter permutes interleaved checkpoints).
 
 use super::Weights;
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
-use super::activation::gelu_erf;
+use super::activation::{exp_nonpositive, gelu_erf};
+use super::f32_slice;
 use super::linear::Linear;
 use super::norm::LayerNorm;
 
@@ -29,21 +31,37 @@ fn linear(c_in: usize, c_out: usize, vb: Weights) -> Result<Linear> {
     Linear::new(vb.matrix((c_out, c_in), "weight")?, None)
 }
 
-/// Rotation tables for positions `0..len`: (len, head_dim / 2) each.
+/// Rotation tables for positions `start..start + len`: (len, head_dim / 2) each. A position's angles do not depend on
+/// the other positions in the table, so a stream's tables equal the offline ones.
 struct Rope {
     cos: Tensor,
     sin: Tensor,
 }
 
 impl Rope {
-    fn new(len: usize, head_dim: usize, theta: f64, device: &Device) -> Result<Self> {
+    fn new(start: usize, len: usize, head_dim: usize, theta: f64, device: &Device) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half).map(|i| (theta.powf(-2.0 * i as f64 / head_dim as f64)) as f32).collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let pos = Tensor::arange(0u32, len as u32, device)?.to_dtype(DType::F32)?.reshape((len, 1))?;
+        let end = u32::try_from(start + len).map_err(|_| candle_core::Error::Msg("stream too long".into()))?;
+        let pos = Tensor::arange(start as u32, end, device)?.to_dtype(DType::F32)?.reshape((len, 1))?;
         let angles = pos.broadcast_mul(&inv_freq)?;
         Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
     }
+}
+
+/// One layer's keys and values of the last `context − 1` steps (B, heads, ≤ context − 1, head_dim): all that the
+/// next step's queries can see. Bounded, so a stream of any length holds the same memory.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// A transformer's streaming state: the position of the next step and each layer's [`KvCache`].
+#[derive(Debug, Clone, Default)]
+pub struct TransformerState {
+    position: usize,
+    layers: Vec<KvCache>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +75,7 @@ struct Attention {
     context: usize,
 }
 
-/// Queries are processed in blocks of this many steps so memory stays O(T · context), not O(T²).
+/// Off-CPU, queries are processed in blocks of this many steps so memory stays O(T · context), not O(T²).
 const QUERY_BLOCK: usize = 256;
 
 impl Attention {
@@ -78,7 +96,33 @@ impl Attention {
         x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
-    /// Additive mask for queries `q0..q0+nq` over keys `k0..k0+nk`: 0 where `0 <= q - k < context`, else -inf.
+    /// x (B, T, d_model) at the positions of `rope`, after the steps whose keys `cache` holds; the cache is left
+    /// holding what the next step needs.
+    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q = self.heads(self.q_proj.forward(x)?, b, t)?;
+        let k = self.heads(self.k_proj.forward(x)?, b, t)?;
+        let v = self.heads(self.v_proj.forward(x)?, b, t)?;
+        let q = candle_nn::rotary_emb::rope(&q, &rope.cos, &rope.sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &rope.cos, &rope.sin)?;
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        let (k, v) = match cache.kv.take() {
+            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+            None => (k, v),
+        };
+        let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            q.apply_op3_no_bwd(&k, &v, &WindowAttention { context: self.context })?
+        } else {
+            self.attend_blocks(&q, &k, &v)?
+        };
+        let keys = k.dim(2)?;
+        let keep = (self.context - 1).min(keys);
+        cache.kv = Some((k.narrow(2, keys - keep, keep)?.contiguous()?, v.narrow(2, keys - keep, keep)?.contiguous()?));
+        let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&y)
+    }
+
+    /// Additive mask for queries at key positions `q0..q0+nq` over keys `k0..k0+nk`: 0 where `0 <= q − k < context`.
     fn mask(&self, q0: usize, nq: usize, k0: usize, nk: usize, device: &Device) -> Result<Tensor> {
         let mask: Vec<f32> = (q0..q0 + nq)
             .flat_map(|q| (k0..k0 + nk).map(move |k| (q, k)))
@@ -87,28 +131,80 @@ impl Attention {
         Tensor::from_vec(mask, (nq, nk), device)
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let q = self.heads(self.q_proj.forward(x)?, b, t)?;
-        let k = self.heads(self.k_proj.forward(x)?, b, t)?;
-        let v = self.heads(self.v_proj.forward(x)?, b, t)?;
-        let q = candle_nn::rotary_emb::rope(&q, &rope.cos, &rope.sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &rope.cos, &rope.sin)?;
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+    /// [`WindowAttention`] with tensor ops (other devices): blocks of queries against the keys their windows span.
+    fn attend_blocks(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (t, keys) = (q.dim(2)?, k.dim(2)?);
+        let first = keys - t;
         let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
         for q0 in (0..t).step_by(QUERY_BLOCK) {
             let nq = QUERY_BLOCK.min(t - q0);
-            let k0 = (q0 + 1).saturating_sub(self.context);
-            let nk = q0 + nq - k0;
-            let qb = q.narrow(2, q0, nq)?;
-            let kb = k.narrow(2, k0, nk)?;
-            let vb = v.narrow(2, k0, nk)?;
-            let scores = qb.matmul(&kb.t()?)?.broadcast_add(&self.mask(q0, nq, k0, nk, x.device())?)?;
+            let k0 = (first + q0 + 1).saturating_sub(self.context);
+            let nk = first + q0 + nq - k0;
+            let scores = q.narrow(2, q0, nq)?.matmul(&k.narrow(2, k0, nk)?.t()?)?;
+            let scores = scores.broadcast_add(&self.mask(first + q0, nq, k0, nk, q.device())?)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            blocks.push(probs.matmul(&vb.contiguous()?)?);
+            blocks.push(probs.matmul(&v.narrow(2, k0, nk)?.contiguous()?)?);
         }
-        let y = Tensor::cat(&blocks, 2)?.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&y)
+        Tensor::cat(&blocks, 2)
+    }
+}
+
+/// Causal sliding-window attention on CPU: q (B, H, T, D) against k, v (B, H, K, D), K ≥ T, query `i` sitting at
+/// key position `K − T + i` and seeing the `context` keys up to it. One query at a time, keys in order: a query's
+/// result depends only on its own window, never on how many other queries or cached keys the call holds, so a
+/// stream fed in any pieces gives the bits of one offline pass (and no T × T scores exist).
+struct WindowAttention {
+    context: usize,
+}
+
+impl candle_core::CustomOp3 for WindowAttention {
+    fn name(&self) -> &'static str {
+        "codec-window-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32_slice(s1, l1, "queries")?, f32_slice(s2, l2, "keys")?, f32_slice(s3, l3, "values")?);
+        let (b, h, t, d) = l1.shape().dims4()?;
+        let (kb, kh, keys, kd) = l2.shape().dims4()?;
+        if (kb, kh, kd) != (b, h, d) || l3.shape() != l2.shape() || keys < t || d == 0 {
+            candle_core::bail!("attention: queries {:?}, keys {:?}, values {:?}", l1.shape(), l2.shape(), l3.shape());
+        }
+        let mut out = vec![0f32; b * h * t * d];
+        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (row, y)| {
+            let (bh, i) = (row / t, row % t);
+            let last = keys - t + i;
+            let first = (last + 1).saturating_sub(self.context);
+            let q = &q[row * d..(row + 1) * d];
+            let k = &k[(bh * keys + first) * d..(bh * keys + last + 1) * d];
+            let v = &v[(bh * keys + first) * d..(bh * keys + last + 1) * d];
+            scores.clear();
+            scores.extend(k.chunks_exact(d).map(|k| super::dot(q, k)));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            super::wide_simd(
+                #[inline(always)]
+                || {
+                    for s in scores.iter_mut() {
+                        *s = exp_nonpositive(*s - max);
+                    }
+                    for (&p, v) in scores.iter().zip(v.chunks_exact(d)) {
+                        for (y, &v) in y.iter_mut().zip(v) {
+                            *y += p * v;
+                        }
+                    }
+                },
+            );
+            let norm = 1.0 / scores.iter().sum::<f32>();
+            y.iter_mut().for_each(|y| *y *= norm);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -136,8 +232,8 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope)?;
+    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache)?;
         let x = (x + h.broadcast_mul(&self.attn_scale)?)?;
         let h = gelu_erf(&self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?)?;
         let h = self.fc2.forward(&h)?;
@@ -158,14 +254,27 @@ impl Transformer {
         Ok(Self { layers, cfg: cfg.clone() })
     }
 
-    /// (B, C, T) → (B, C, T).
+    /// (B, C, T) → (B, C, T), the whole input at once.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.step(x, &mut TransformerState::default())
+    }
+
+    /// The next T steps (B, C, T) of a stream whose earlier steps `state` remembers → (B, C, T): what [`forward`]
+    /// gives for these steps on the whole stream, bit for bit.
+    ///
+    /// [`forward`]: Transformer::forward
+    pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
         let t = x.dim(D::Minus1)?;
-        let rope = Rope::new(t, self.cfg.head_dim, self.cfg.rope_theta, x.device())?;
-        let mut h = x.transpose(1, 2)?.contiguous()?;
-        for layer in &self.layers {
-            h = layer.forward(&h, &rope)?;
+        if t == 0 {
+            return Ok(x.clone());
         }
+        let rope = Rope::new(state.position, t, self.cfg.head_dim, self.cfg.rope_theta, x.device())?;
+        state.layers.resize_with(self.layers.len(), KvCache::default);
+        let mut h = x.transpose(1, 2)?.contiguous()?;
+        for (layer, cache) in self.layers.iter().zip(&mut state.layers) {
+            h = layer.forward(&h, &rope, cache)?;
+        }
+        state.position += t;
         h.transpose(1, 2)?.contiguous()
     }
 }

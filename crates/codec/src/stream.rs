@@ -1,0 +1,355 @@
+//! Streaming encode and decode: audio or codes in pieces of any size, codes or audio out as soon as they are final.
+//!
+//! [`StreamEncoder`] and [`StreamDecoder`] are what users hold (made by [`crate::Codec::stream_encoder`] /
+//! [`crate::Codec::stream_decoder`]); they check input, keep the flushed/reset protocol and turn tensors into plain
+//! vectors. The work is done by a model's stream ([`EncoderStream`] / [`DecoderStream`]): a stateful one where the
+//! architecture is causal (Mimi: each layer carries its context, see `nn::conv` and `nn::transformer`), or the
+//! [`windowed`] one here for models with a finite receptive field (DAC), which re-runs the model over each new stretch
+//! with that field on both sides — what [`crate::Codec`]'s offline passes over long inputs use as well.
+//! Concatenated outputs equal one offline pass: codes bit for bit, audio up to rounding.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::TensorContext;
+use crate::models::Model;
+use crate::{Codes, Error, Result};
+
+/// A model's streaming encoder: samples at the model rate in, codes `(1, n_q, frames)` u32 of the frames completed.
+pub trait EncoderStream: Send {
+    /// Any number of samples (0 included) → the frames they complete (possibly none).
+    fn push(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor>;
+    /// End of input: the remaining frames, the last partial one padded as offline encode pads it.
+    fn flush(&mut self) -> candle_core::Result<Tensor>;
+    /// Forgets everything pushed: the stream starts anew.
+    fn reset(&mut self);
+}
+
+/// A model's streaming decoder: codes `(1, n_q, frames)` in, audio `(1, 1, samples)` at the model rate out.
+pub trait DecoderStream: Send {
+    /// Any number of frames → the samples that are final.
+    fn push(&mut self, codes: &Tensor) -> candle_core::Result<Tensor>;
+    /// End of input: the remaining samples.
+    fn flush(&mut self) -> candle_core::Result<Tensor>;
+    /// Forgets everything pushed: the stream starts anew.
+    fn reset(&mut self);
+}
+
+/// Samples waiting for a whole frame (causal models run frame by frame; a partial frame waits for the rest).
+#[derive(Debug, Default)]
+pub(crate) struct FrameBuffer {
+    pending: Vec<f32>,
+}
+
+impl FrameBuffer {
+    /// `pcm` after what is pending, cut to whole frames of `hop`; the rest stays pending.
+    pub fn whole_frames(&mut self, pcm: &[f32], hop: usize) -> Vec<f32> {
+        self.pending.extend_from_slice(pcm);
+        let whole = self.pending.len() / hop * hop;
+        let rest = self.pending.split_off(whole);
+        std::mem::replace(&mut self.pending, rest)
+    }
+
+    /// What is pending, zero-padded to a whole frame (empty if nothing is).
+    pub fn padded_rest(&mut self, hop: usize) -> Vec<f32> {
+        let mut rest = std::mem::take(&mut self.pending);
+        rest.resize(rest.len().next_multiple_of(hop), 0.0);
+        rest
+    }
+
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// Where a stream is in its life: errors after `flush` until `reset`, and after a failure inside the model (whose
+/// state may then be half updated) until `reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    Flushed,
+    Failed,
+}
+
+impl Phase {
+    fn check(self, what: &str) -> Result<()> {
+        match self {
+            Phase::Open => Ok(()),
+            Phase::Flushed => {
+                Err(Error::InvalidArgument(format!("{what}: the stream was flushed; reset() it to start a new one")))
+            }
+            Phase::Failed => {
+                Err(Error::InvalidArgument(format!("{what}: the stream failed earlier; reset() it to start a new one")))
+            }
+        }
+    }
+}
+
+/// Runs a step of the model's stream, marking the stream failed if it errs.
+fn guarded<T>(phase: &mut Phase, what: &str, step: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
+    step().ctx(what).inspect_err(|_| *phase = Phase::Failed)
+}
+
+/// Audio → codes in pieces. `Send`; made by [`crate::Codec::stream_encoder`].
+pub struct StreamEncoder {
+    inner: Box<dyn EncoderStream>,
+    n_q: usize,
+    phase: Phase,
+}
+
+impl StreamEncoder {
+    pub(crate) fn new(inner: Box<dyn EncoderStream>, n_q: usize) -> Self {
+        Self { inner, n_q, phase: Phase::Open }
+    }
+
+    /// Codebooks per frame.
+    pub fn n_q(&self) -> usize {
+        self.n_q
+    }
+
+    /// Mono samples at the model's rate (any number, 0 included) → the frames they complete, possibly none.
+    /// Non-finite samples are an error that leaves the stream as it was.
+    pub fn push(&mut self, pcm: &[f32]) -> Result<Codes> {
+        self.phase.check("stream encode")?;
+        if let Some((i, v)) = pcm.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!("pushed sample {i} is {v}: samples must be finite")));
+        }
+        let codes = guarded(&mut self.phase, "stream encode", || self.inner.push(pcm))?;
+        to_codes(&codes, self.n_q)
+    }
+
+    /// Ends the input: the remaining frames (the last partial frame padded as offline `encode` pads it). The
+    /// stream then takes no more input until [`StreamEncoder::reset`].
+    pub fn flush(&mut self) -> Result<Codes> {
+        self.phase.check("stream flush")?;
+        let codes = guarded(&mut self.phase, "stream flush", || self.inner.flush())?;
+        self.phase = Phase::Flushed;
+        to_codes(&codes, self.n_q)
+    }
+
+    /// Starts a new stream (after `flush`, an error, or to drop what was pushed).
+    pub fn reset(&mut self) {
+        self.inner.reset();
+        self.phase = Phase::Open;
+    }
+}
+
+/// Codes → audio in pieces. `Send`; made by [`crate::Codec::stream_decoder`].
+pub struct StreamDecoder {
+    inner: Box<dyn DecoderStream>,
+    device: Device,
+    /// The codebook count of the first push; later pushes must match it.
+    n_q: Option<usize>,
+    max_n_q: usize,
+    codebook_size: usize,
+    phase: Phase,
+}
+
+impl StreamDecoder {
+    pub(crate) fn new(inner: Box<dyn DecoderStream>, device: Device, max_n_q: usize, codebook_size: usize) -> Self {
+        Self { inner, device, n_q: None, max_n_q, codebook_size, phase: Phase::Open }
+    }
+
+    /// Frames of codes (any number) → the audio samples that are final, at the model's rate. Codes out of range,
+    /// more codebooks than the model has, or a codebook count other than the first push's are an error that leaves
+    /// the stream as it was.
+    pub fn push(&mut self, codes: &Codes) -> Result<Vec<f32>> {
+        self.phase.check("stream decode")?;
+        check_codes(codes, self.max_n_q, self.codebook_size)?;
+        if codes.n_frames == 0 {
+            return Ok(Vec::new());
+        }
+        match self.n_q {
+            Some(n) if n != codes.n_q => {
+                return Err(Error::InvalidArgument(format!(
+                    "pushed codes have {} codebooks, earlier pushes had {n}",
+                    codes.n_q
+                )))
+            }
+            _ => self.n_q = Some(codes.n_q),
+        }
+        let codes =
+            Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("stream codes")?;
+        let pcm = guarded(&mut self.phase, "stream decode", || self.inner.push(&codes))?;
+        pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("stream decode output")
+    }
+
+    /// Ends the input: the remaining samples. The stream then takes no more input until [`StreamDecoder::reset`].
+    pub fn flush(&mut self) -> Result<Vec<f32>> {
+        self.phase.check("stream flush")?;
+        let pcm = guarded(&mut self.phase, "stream flush", || self.inner.flush())?;
+        self.phase = Phase::Flushed;
+        pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("stream decode output")
+    }
+
+    /// Starts a new stream (after `flush`, an error, or to drop what was pushed).
+    pub fn reset(&mut self) {
+        self.inner.reset();
+        self.n_q = None;
+        self.phase = Phase::Open;
+    }
+}
+
+/// An error unless `codes` is consistent and every code fits the codebooks.
+pub(crate) fn check_codes(codes: &Codes, max_n_q: usize, codebook_size: usize) -> Result<()> {
+    if codes.n_q == 0 || codes.n_q > max_n_q {
+        return Err(Error::InvalidArgument(format!(
+            "codes have {} codebooks; the model takes 1 to {max_n_q}",
+            codes.n_q
+        )));
+    }
+    if Some(codes.data.len()) != codes.n_q.checked_mul(codes.n_frames) {
+        return Err(Error::InvalidArgument(format!(
+            "codes hold {} values, expected n_q {} × n_frames {}",
+            codes.data.len(),
+            codes.n_q,
+            codes.n_frames
+        )));
+    }
+    if let Some(pos) = codes.data.iter().position(|&c| c as usize >= codebook_size) {
+        return Err(Error::InvalidArgument(format!(
+            "code {} at codebook {}, frame {} is out of range (codebook size {codebook_size})",
+            codes.data[pos],
+            pos / codes.n_frames,
+            pos % codes.n_frames
+        )));
+    }
+    Ok(())
+}
+
+/// Codes `(1, n_q, F)` u32 → [`Codes`].
+fn to_codes(codes: &Tensor, n_q: usize) -> Result<Codes> {
+    let n_frames = codes.dim(2).ctx("stream codes")?;
+    let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("stream codes")?;
+    Ok(Codes { n_q, n_frames, data })
+}
+
+/// Streams for a model with a finite receptive field of `(before, after)` frames ([`Model::chunk_context`]): each
+/// push runs the model over the frames that became final — those with `after` frames of input beyond them — plus
+/// `before` frames of context, and keeps their part. Latency: the receptive field; cost: the context re-run per
+/// push, so pushes of many frames amortise it.
+pub mod windowed {
+    use super::*;
+
+    /// Frames `from..to` go through the model; `keep_from..keep_to` of the result are kept.
+    struct Window {
+        from: usize,
+        to: usize,
+        keep_from: usize,
+        keep_to: usize,
+    }
+
+    /// The window that finalises frames `done..` given `avail` frames of input (`last`: no more will come).
+    fn window(done: usize, avail: usize, (before, after): (usize, usize), last: bool) -> Option<Window> {
+        let keep_to = if last { avail } else { avail.saturating_sub(after) };
+        (keep_to > done).then(|| Window {
+            from: done.saturating_sub(before),
+            to: (keep_to + after).min(avail),
+            keep_from: done,
+            keep_to,
+        })
+    }
+
+    pub struct Encoder {
+        model: Arc<dyn Model>,
+        device: Device,
+        n_q: usize,
+        context: (usize, usize),
+        /// Samples from frame `base` on.
+        samples: Vec<f32>,
+        base: usize,
+        /// Frames emitted so far.
+        done: usize,
+    }
+
+    impl Encoder {
+        pub fn new(model: Arc<dyn Model>, device: Device, n_q: usize, context: (usize, usize)) -> Self {
+            Self { model, device, n_q, context, samples: Vec::new(), base: 0, done: 0 }
+        }
+
+        fn run(&mut self, last: bool) -> candle_core::Result<Tensor> {
+            let hop = self.model.hop();
+            let total = self.base * hop + self.samples.len();
+            let avail = if last { total.div_ceil(hop) } else { total / hop };
+            let Some(w) = window(self.done, avail, self.context, last) else {
+                return Tensor::zeros((1, self.n_q, 0), candle_core::DType::U32, &self.device);
+            };
+            // The window's samples, the last partial frame unpadded: the model pads it as in one pass.
+            let s0 = (w.from - self.base) * hop;
+            let s1 = (w.to * hop).min(total) - self.base * hop;
+            let pcm = Tensor::from_slice(&self.samples[s0..s1], (1, 1, s1 - s0), &self.device)?;
+            let codes = self.model.encode(&pcm, self.n_q)?.narrow(2, w.keep_from - w.from, w.keep_to - w.keep_from)?;
+            self.done = w.keep_to;
+            // Keep what later windows start from.
+            let next_from = self.done.saturating_sub(self.context.0).max(self.base);
+            self.samples.drain(..(next_from - self.base) * hop);
+            self.base = next_from;
+            Ok(codes)
+        }
+    }
+
+    impl EncoderStream for Encoder {
+        fn push(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor> {
+            self.samples.extend_from_slice(pcm);
+            self.run(false)
+        }
+        fn flush(&mut self) -> candle_core::Result<Tensor> {
+            self.run(true)
+        }
+        fn reset(&mut self) {
+            (self.samples, self.base, self.done) = (Vec::new(), 0, 0);
+        }
+    }
+
+    pub struct Decoder {
+        model: Arc<dyn Model>,
+        device: Device,
+        context: (usize, usize),
+        /// Codes (1, n_q, frames) from frame `base` on.
+        codes: Option<Tensor>,
+        base: usize,
+        done: usize,
+    }
+
+    impl Decoder {
+        pub fn new(model: Arc<dyn Model>, device: Device, context: (usize, usize)) -> Self {
+            Self { model, device, context, codes: None, base: 0, done: 0 }
+        }
+
+        fn run(&mut self, last: bool) -> candle_core::Result<Tensor> {
+            let avail = self.base + self.codes.as_ref().map_or(Ok(0), |c| c.dim(2))?;
+            let (Some(codes), Some(w)) = (self.codes.clone(), window(self.done, avail, self.context, last)) else {
+                return Tensor::zeros((1, 1, 0), candle_core::DType::F32, &self.device);
+            };
+            let hop = self.model.hop();
+            let pcm = self.model.decode(&codes.narrow(2, w.from - self.base, w.to - w.from)?)?;
+            // A model may give a few samples fewer than frames × hop at the very end (DAC's odd strides).
+            let len = pcm.dim(2)?;
+            let start = ((w.keep_from - w.from) * hop).min(len);
+            let end = ((w.keep_to - w.from) * hop).min(len);
+            let pcm = pcm.narrow(2, start, end - start)?;
+            self.done = w.keep_to;
+            let next_from = self.done.saturating_sub(self.context.0).max(self.base);
+            self.codes = Some(codes.narrow(2, next_from - self.base, avail - next_from)?);
+            self.base = next_from;
+            Ok(pcm)
+        }
+    }
+
+    impl DecoderStream for Decoder {
+        fn push(&mut self, codes: &Tensor) -> candle_core::Result<Tensor> {
+            self.codes = Some(match self.codes.take() {
+                Some(held) => Tensor::cat(&[&held, codes], 2)?,
+                None => codes.clone(),
+            });
+            self.run(false)
+        }
+        fn flush(&mut self) -> candle_core::Result<Tensor> {
+            self.run(true)
+        }
+        fn reset(&mut self) {
+            (self.codes, self.base, self.done) = (None, 0, 0);
+        }
+    }
+}
