@@ -201,7 +201,7 @@ impl Codec {
         self.encode_with_progress(audio, n_q, &mut |_, _| {})
     }
 
-    /// [`Codec::encode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::chunks`]).
+    /// [`Codec::encode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::pieces`]).
     pub fn encode_with_progress(
         &self,
         audio: &Audio,
@@ -232,10 +232,10 @@ impl Codec {
             progress(n_frames, n_frames);
             return Ok(Codes { n_q, n_frames, data });
         };
-        // Long inputs go through the stream in chunks, so memory stays that of one chunk.
+        // Long inputs go through the stream in pieces, so memory stays that of one piece (and its context).
         let mut stream = StreamEncoder::new(inner, n_q);
-        let chunks = self.chunks(n_frames);
-        chunks.iter().try_for_each(|c| self.check_memory(c.to - c.from, "encoding"))?;
+        let pieces = self.pieces(n_frames);
+        self.check_memory(self.pass_frames(n_frames), "encoding")?;
         let mut rows = vec![Vec::with_capacity(n_frames); n_q];
         let mut done = 0;
         let mut add = |codes: Codes, progress: &mut dyn FnMut(usize, usize)| {
@@ -245,8 +245,8 @@ impl Codec {
             done += codes.n_frames;
             progress(done, n_frames);
         };
-        for chunk in &chunks {
-            let piece = &samples[(chunk.keep_from * hop).min(samples.len())..(chunk.keep_to * hop).min(samples.len())];
+        for piece in pieces {
+            let piece = &samples[(piece.start * hop).min(samples.len())..(piece.end * hop).min(samples.len())];
             add(self.named(stream.push(piece))?, progress);
         }
         add(self.named(stream.flush())?, progress);
@@ -319,7 +319,7 @@ impl Codec {
         self.decode_with_progress(codes, &mut |_, _| {})
     }
 
-    /// [`Codec::decode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::chunks`]).
+    /// [`Codec::decode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::pieces`]).
     pub fn decode_with_progress(&self, codes: &Codes, progress: &mut dyn FnMut(usize, usize)) -> Result<Audio> {
         self.require(Parts::Decoder)?;
         self.check_n_q(Some(codes.n_q))?;
@@ -337,44 +337,31 @@ impl Codec {
             progress(codes.n_frames, codes.n_frames);
             return Ok(Audio { sample_rate, samples });
         };
-        let chunks = self.chunks(codes.n_frames);
-        chunks.iter().try_for_each(|c| self.check_memory(c.to - c.from, "decoding"))?;
+        self.check_memory(self.pass_frames(codes.n_frames), "decoding")?;
         let mut stream = StreamDecoder::new(inner, self.device.clone(), self.max_n_q(), self.codebook_size());
         let mut samples = Vec::with_capacity(codes.n_frames * self.hop());
-        for chunk in &chunks {
-            let piece = Codes {
-                n_q: codes.n_q,
-                n_frames: chunk.keep_to - chunk.keep_from,
-                data: (0..codes.n_q).flat_map(|q| &codes.row(q)[chunk.keep_from..chunk.keep_to]).copied().collect(),
-            };
-            samples.extend(self.named(stream.push(&piece))?);
-            progress(chunk.keep_to, codes.n_frames);
+        for piece in self.pieces(codes.n_frames) {
+            let data = (0..codes.n_q).flat_map(|q| &codes.row(q)[piece.clone()]).copied().collect();
+            samples.extend(self.named(stream.push(&Codes { n_q: codes.n_q, n_frames: piece.len(), data }))?);
+            progress(piece.end, codes.n_frames);
         }
         samples.extend(self.named(stream.flush())?);
         Ok(Audio { sample_rate, samples })
     }
 
-    /// How `n_frames` are processed: in chunks of `chunk_seconds` of audio with the model's context on both sides
-    /// (so each kept frame sees what it would see in one pass), or in one piece when the model has no finite context.
-    /// A causal model streams its state from chunk to chunk and needs no context.
-    pub fn chunks(&self, n_frames: usize) -> Vec<Chunk> {
-        let context = if self.model.is_causal() { Some((0, 0)) } else { self.model.chunk_context() };
-        let Some((before, after)) = context else {
-            return vec![Chunk { from: 0, to: n_frames, keep_from: 0, keep_to: n_frames }];
-        };
-        let per_chunk = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
-        (0..n_frames)
-            .step_by(per_chunk)
-            .map(|keep_from| {
-                let keep_to = (keep_from + per_chunk).min(n_frames);
-                Chunk {
-                    from: keep_from.saturating_sub(before),
-                    to: (keep_to + after).min(n_frames),
-                    keep_from,
-                    keep_to,
-                }
-            })
-            .collect()
+    /// How a long input of `n_frames` goes through a stream: pieces of `chunk_seconds` of audio. Results do not
+    /// depend on the cut; memory is that of one piece.
+    pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
+        let per_piece = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
+        (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
+    }
+
+    /// The most frames one model pass runs over when `n_frames` stream through in pieces: a piece, plus the
+    /// receptive field on both sides for a windowed stream.
+    fn pass_frames(&self, n_frames: usize) -> usize {
+        let piece = self.pieces(n_frames).first().map_or(0, |p| p.len());
+        let (before, after) = self.model.chunk_context().unwrap_or((0, 0));
+        (piece + before + after).min(n_frames)
     }
 }
 
@@ -423,15 +410,6 @@ fn available_memory() -> Option<u64> {
 /// Default audio per chunk on long inputs: bounds memory (a DAC 44.1 kHz chunk peaks near 2 GB) at a small cost in
 /// recomputed context.
 pub const CHUNK_SECONDS: f64 = 20.0;
-
-/// Frames `from..to` are run through the model; the result for `keep_from..keep_to` is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Chunk {
-    pub from: usize,
-    pub to: usize,
-    pub keep_from: usize,
-    pub keep_to: usize,
-}
 
 #[cfg(test)]
 mod tests {

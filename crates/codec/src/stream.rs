@@ -233,15 +233,16 @@ pub mod windowed {
     use super::*;
 
     /// Frames `from..to` go through the model; `keep_from..keep_to` of the result are kept.
-    struct Window {
-        from: usize,
-        to: usize,
-        keep_from: usize,
-        keep_to: usize,
+    pub(crate) struct Window {
+        pub from: usize,
+        pub to: usize,
+        pub keep_from: usize,
+        pub keep_to: usize,
     }
 
-    /// The window that finalises frames `done..` given `avail` frames of input (`last`: no more will come).
-    fn window(done: usize, avail: usize, (before, after): (usize, usize), last: bool) -> Option<Window> {
+    /// The window that finalises frames `done..` given `avail` frames of input and a receptive field of
+    /// `(before, after)` frames (`last`: no more input will come).
+    pub(crate) fn window(done: usize, avail: usize, (before, after): (usize, usize), last: bool) -> Option<Window> {
         let keep_to = if last { avail } else { avail.saturating_sub(after) };
         (keep_to > done).then(|| Window {
             from: done.saturating_sub(before),

@@ -95,7 +95,7 @@ fn chunked_equals_one_pass() {
         let codes = codec.encode(&audio, None).unwrap();
         let whole = codec.decode(&codes).unwrap();
         codec.set_chunk_seconds(0.05);
-        assert!(codec.chunks(codes.n_frames).len() > 3, "{variant}: the test should cut several chunks");
+        assert!(codec.pieces(codes.n_frames).len() > 3, "{variant}: the test should cut several chunks");
         assert_eq!(codec.encode(&audio, None).unwrap(), codes, "{variant}: chunked codes differ");
         let chunked = codec.decode(&codes).unwrap();
         assert_eq!(chunked.samples.len(), whole.samples.len());

@@ -3,7 +3,7 @@
 //! offline `decode` (same length, cos ≥ 0.99999). Offline itself is checked against the references by the parity
 //! tests, so these pin streaming to the references too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use codec::{Audio, Codec, Codes, DeviceKind, Error};
 
@@ -29,9 +29,13 @@ fn dac(variant: &str) -> (Codec, Audio) {
     (codec, Audio { sample_rate, samples })
 }
 
-fn wavtokenizer() -> PathBuf {
-    let dir = common::fixture_dir("wavtokenizer", "WAVTOKENIZER_FIXTURES").join("frame75");
-    convert_to(&dir.join("original/model.ckpt"), Some(dir.join("original/config.yaml")), "stream-wt")
+fn wavtokenizer(variant: &str) -> (Codec, Audio) {
+    let dir = common::fixture_dir("wavtokenizer", "WAVTOKENIZER_FIXTURES").join(variant);
+    let gguf = convert_to(&dir.join("original/model.ckpt"), Some(dir.join("original/config.yaml")), "stream-wt");
+    let codec = Codec::load(Path::new(&gguf), DeviceKind::Cpu).unwrap();
+    std::fs::remove_file(&gguf).ok();
+    let (_, samples) = common::load_f32(&dir.join("input.npy"));
+    (codec, Audio { sample_rate: 24000, samples })
 }
 
 /// Codes of `audio` pushed in pieces of `cut` samples, then flushed.
@@ -145,11 +149,19 @@ fn bad_stream_input_is_an_error_not_a_panic() {
     assert!(dec.push(&other_n_q).unwrap_err().to_string().contains("codebooks"));
 }
 
+/// The encoder streams exactly (windows around the LSTM, its state carried); the decoder cannot.
+#[test]
+fn wavtokenizer_encoder_streams_like_offline() {
+    for variant in ["frame75", "frame40"] {
+        let (codec, audio) = wavtokenizer(variant);
+        let hop = codec.hop();
+        check_cuts(variant, &codec, &audio, &[1, 777, hop, 5 * hop + 3, audio.samples.len()], &[]);
+    }
+}
+
 #[test]
 fn wavtokenizer_decoder_does_not_stream() {
-    let gguf = wavtokenizer();
-    let codec = Codec::load(Path::new(&gguf), DeviceKind::Cpu).unwrap();
-    std::fs::remove_file(&gguf).ok();
+    let (codec, _) = wavtokenizer("frame75");
     match codec.stream_decoder() {
         Err(Error::Unsupported(m)) => assert!(m.contains("attention"), "{m}"),
         Err(e) => panic!("expected Unsupported, got {e}"),

@@ -409,9 +409,6 @@ impl stream::DecoderStream for DecoderStream {
 }
 
 impl super::Model for Mimi {
-    fn is_causal(&self) -> bool {
-        self.config.use_causal_conv
-    }
     fn stream_encoder(self: Arc<Self>, n_q: usize, device: &Device) -> Option<Box<dyn stream::EncoderStream>> {
         self.config.use_causal_conv.then(|| {
             Box::new(EncoderStream {

@@ -36,11 +36,6 @@ pub trait Model: Send + Sync {
     /// [`crate::Codec`] checks against the memory limit before it runs (measured peak RSS growth per audio sample,
     /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
     fn peak_bytes(&self, n_frames: usize) -> u64;
-    /// Whether every output depends only on the input before it (Mimi): such a model streams with state
-    /// ([`Model::stream_encoder`]) and long inputs are cut into chunks without context.
-    fn is_causal(&self) -> bool {
-        false
-    }
     /// A stateful streaming encoder with `n_q` codebooks, where the architecture has one (causal models); `None`
     /// streams through [`crate::stream::windowed`] when [`Model::chunk_context`] is finite.
     fn stream_encoder(self: Arc<Self>, _n_q: usize, _device: &Device) -> Option<Box<dyn EncoderStream>> {

@@ -8,14 +8,18 @@
 //! Tensor names: `encoder.layers.*` (SEANet, see `nn::seanet`), `quantizer.layers.0.codebook.embed`, `backbone.*`,
 //! `head.*` (see `nn::vocos`).
 
+use std::sync::Arc;
+
 use crate::nn::Weights;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::PadMode;
+use crate::nn::lstm::LstmState;
 use crate::nn::rvq::ResidualVq;
 use crate::nn::seanet::{SeanetConfig, SeanetEncoder};
 use crate::nn::vocos::{Backbone, IstftHead, VocosConfig};
+use crate::stream::{self, windowed::window};
 
 pub const ARCH: &str = "wavtokenizer";
 
@@ -206,7 +210,110 @@ impl WavTokenizer {
     }
 }
 
+/// WavTokenizer's streaming encoder. The SEANet layers before and after the LSTM see a finite context (reflect
+/// padded, not causal): they run over windows that reach their receptive field beyond the frames kept, the first
+/// and last windows touching the input's ends as one pass does. The LSTM between them carries its state. Latency:
+/// the two parts' receptive fields.
+struct EncoderStream {
+    model: Arc<WavTokenizer>,
+    device: Device,
+    n_q: usize,
+    /// Context frames of the parts before and after the LSTM.
+    context: (usize, usize),
+    /// Samples from frame `pcm_base` on, and all pushed so far.
+    pcm: Vec<f32>,
+    pcm_base: usize,
+    total: usize,
+    /// LSTM state after frames `..lstm_done`.
+    lstm: LstmState,
+    lstm_done: usize,
+    /// LSTM outputs (1, C, F) from frame `latent_base` on.
+    latent: Option<Tensor>,
+    latent_base: usize,
+    codes_done: usize,
+}
+
+impl EncoderStream {
+    /// The frames the first part finalises, through the LSTM into `latent`.
+    fn lstm_frames(&mut self, last: bool) -> Result<()> {
+        let hop = self.model.config.hop();
+        let avail = if last { self.total.div_ceil(hop) } else { self.total / hop };
+        let ctx = self.context.0;
+        let Some(w) = window(self.lstm_done, avail, (ctx, ctx), last) else { return Ok(()) };
+        let Some((before, lstm, _)) = self.model.encoder.around_lstm() else { candle_core::bail!("no LSTM") };
+        let s0 = (w.from - self.pcm_base) * hop;
+        let s1 = (w.to * hop).min(self.total) - self.pcm_base * hop;
+        let pcm = Tensor::from_slice(&self.pcm[s0..s1], (1, 1, s1 - s0), &self.device)?;
+        let x = before.forward(&pcm)?.narrow(2, w.keep_from - w.from, w.keep_to - w.keep_from)?;
+        let y = lstm.step_with_skip(&x, &mut self.lstm)?;
+        self.latent = Some(match self.latent.take() {
+            Some(held) => Tensor::cat(&[&held, &y], 2)?,
+            None => y,
+        });
+        self.lstm_done = w.keep_to;
+        let next_from = self.lstm_done.saturating_sub(ctx).max(self.pcm_base);
+        self.pcm.drain(..(next_from - self.pcm_base) * hop);
+        self.pcm_base = next_from;
+        Ok(())
+    }
+
+    /// The codes of the frames the second part finalises.
+    fn codes(&mut self, last: bool) -> Result<Tensor> {
+        let ctx = self.context.1;
+        let w = window(self.codes_done, self.lstm_done, (ctx, ctx), last);
+        let (Some(w), Some(latent)) = (w, self.latent.clone()) else {
+            return Tensor::zeros((1, self.n_q, 0), DType::U32, &self.device);
+        };
+        let Some((_, _, after)) = self.model.encoder.around_lstm() else { candle_core::bail!("no LSTM") };
+        let z = after.forward(&latent.narrow(2, w.from - self.latent_base, w.to - w.from)?)?;
+        let z = z.narrow(2, w.keep_from - w.from, w.keep_to - w.keep_from)?;
+        self.codes_done = w.keep_to;
+        let next_from = self.codes_done.saturating_sub(ctx).max(self.latent_base);
+        self.latent = Some(latent.narrow(2, next_from - self.latent_base, self.lstm_done - next_from)?);
+        self.latent_base = next_from;
+        self.model.quantizer.encode(&z, self.n_q)
+    }
+}
+
+impl stream::EncoderStream for EncoderStream {
+    fn push(&mut self, pcm: &[f32]) -> Result<Tensor> {
+        self.pcm.extend_from_slice(pcm);
+        self.total += pcm.len();
+        self.lstm_frames(false)?;
+        self.codes(false)
+    }
+    fn flush(&mut self) -> Result<Tensor> {
+        self.lstm_frames(true)?;
+        self.codes(true)
+    }
+    fn reset(&mut self) {
+        (self.pcm, self.pcm_base, self.total) = (Vec::new(), 0, 0);
+        (self.lstm, self.lstm_done) = (LstmState::default(), 0);
+        (self.latent, self.latent_base, self.codes_done) = (None, 0, 0);
+    }
+}
+
 impl super::Model for WavTokenizer {
+    fn stream_encoder(self: Arc<Self>, n_q: usize, device: &Device) -> Option<Box<dyn stream::EncoderStream>> {
+        let (before, _, after) = self.encoder.around_lstm()?;
+        let hop = self.config.hop();
+        // In frames: the first part's radius in samples, the second's already in frames; one more for rounding.
+        let context = (before.radius().div_ceil(hop) + 1, after.radius() + 1);
+        Some(Box::new(EncoderStream {
+            model: self,
+            device: device.clone(),
+            n_q,
+            context,
+            pcm: Vec::new(),
+            pcm_base: 0,
+            total: 0,
+            lstm: LstmState::default(),
+            lstm_done: 0,
+            latent: None,
+            latent_base: 0,
+            codes_done: 0,
+        }))
+    }
     fn sample_rate(&self) -> u32 {
         self.config.sample_rate as u32
     }

@@ -126,6 +126,11 @@ impl Conv1d {
         Ok(Self { weight, bias, cfg, depthwise: OnceLock::new(), packed })
     }
 
+    /// Input samples one output sample spans (the dilated kernel), and the stride.
+    pub fn span_and_stride(&self) -> (usize, usize) {
+        ((self.cfg.kernel_size - 1) * self.cfg.dilation + 1, self.cfg.stride)
+    }
+
     /// Left and right padding for an input of `len` samples. Streaming styles pad `(k_eff - stride)` in total plus
     /// whatever makes the last window complete, so the output has `ceil(len / stride)` frames.
     fn padding(&self, len: usize) -> (usize, usize) {

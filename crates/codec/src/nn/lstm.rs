@@ -20,23 +20,30 @@ struct LstmLayer {
 }
 
 impl LstmLayer {
-    /// (B, T, in) → (B, T, H), from zero state.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// (B, T, in) → (B, T, H), from the state in `carry` (B × [h; c], 2H values per item), which is left holding the
+    /// state after the last step.
+    fn forward(&self, x: &Tensor, carry: &mut Vec<f32>) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if carry.len() != b * 2 * self.hidden {
+            candle_core::bail!("lstm: state for {} values, the input has {b} items", carry.len());
+        }
         // Input projections of every step in one matmul; only the recurrent part is sequential.
         let x_proj = self.input.forward(x)?;
         if x_proj.device().is_cpu() && x_proj.dtype() == DType::F32 {
-            return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &Recurrence);
+            let op = Recurrence { carry: Shared(carry.as_mut_ptr()), _carry: std::marker::PhantomData };
+            return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &op);
         }
-        self.recurrence_with_tensor_ops(&x_proj)
+        self.recurrence_with_tensor_ops(&x_proj, carry)
     }
 
     /// The recurrence over input projections (B, T, 4H) as tensor ops, step by step (devices other than the CPU).
-    fn recurrence_with_tensor_ops(&self, x_proj: &Tensor) -> Result<Tensor> {
+    fn recurrence_with_tensor_ops(&self, x_proj: &Tensor, carry: &mut [f32]) -> Result<Tensor> {
         let (b, t, _) = x_proj.dims3()?;
         let h_dim = self.hidden;
         let w_hh_t = self.w_hh.t()?;
-        let mut h = Tensor::zeros((b, h_dim), x_proj.dtype(), x_proj.device())?;
-        let mut c = h.clone();
+        let state = Tensor::from_slice(carry, (b, 2, h_dim), x_proj.device())?.to_dtype(x_proj.dtype())?;
+        let mut h = state.narrow(1, 0, 1)?.squeeze(1)?;
+        let mut c = state.narrow(1, 1, 1)?.squeeze(1)?;
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
             let gates = (x_proj.narrow(1, step, 1)?.squeeze(1)? + h.matmul(&w_hh_t)?)?;
@@ -49,8 +56,16 @@ impl LstmLayer {
             h = (output * c.tanh()?)?;
             outputs.push(h.clone());
         }
+        let state = Tensor::stack(&[&h, &c], 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        carry.copy_from_slice(&state);
         Tensor::stack(&outputs, 1)
     }
+}
+
+/// A stacked LSTM's state between calls: per layer, per batch item, h then c.
+#[derive(Debug, Clone, Default)]
+pub struct LstmState {
+    layers: Vec<Vec<f32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,10 +91,24 @@ impl Lstm {
         Ok(Self { layers })
     }
 
-    /// (B, C, T) → (B, C, T): the stacked LSTM over time, plus the input (EnCodec's skip).
+    /// (B, C, T) → (B, C, T): the stacked LSTM over time from zero state, plus the input (EnCodec's skip).
     pub fn forward_with_skip(&self, x: &Tensor) -> Result<Tensor> {
+        self.step_with_skip(x, &mut LstmState::default())
+    }
+
+    /// [`Lstm::forward_with_skip`] on the next steps of a stream, from and to `state`: in any pieces, the bits of
+    /// one pass (the same recurrence runs over the same projections).
+    pub fn step_with_skip(&self, x: &Tensor, state: &mut LstmState) -> Result<Tensor> {
         let seq = x.transpose(1, 2)?.contiguous()?;
-        let y = self.layers.iter().try_fold(seq.clone(), |h, layer| layer.forward(&h))?;
+        let size = x.dim(0)? * 2 * self.layers.first().map_or(0, |l| l.hidden);
+        if state.layers.is_empty() {
+            state.layers = vec![vec![0f32; size]; self.layers.len()];
+        }
+        let y = self
+            .layers
+            .iter()
+            .zip(&mut state.layers)
+            .try_fold(seq.clone(), |h, (layer, carry)| layer.forward(&h, carry))?;
         (y + seq)?.transpose(1, 2)?.contiguous()
     }
 }
@@ -89,8 +118,12 @@ impl Lstm {
 /// `weight_hh`, which then stay in that core's cache from step to step), and the threads meet at a spin barrier once
 /// per step to share the new hidden state. A parallel loop per step paid a pool dispatch and a reload of the weights
 /// from L3 at each of the thousands of steps. Inputs: the input projections plus bias (B, T, 4H) and `weight_hh`
-/// (4H, H); output h for every step.
-struct Recurrence;
+/// (4H, H); output h for every step. Each batch item starts from, and leaves its last step's state in, `carry`
+/// (B × [h; c], 2H values each).
+struct Recurrence<'a> {
+    carry: Shared,
+    _carry: std::marker::PhantomData<&'a mut [f32]>,
+}
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -141,7 +174,7 @@ impl Shared {
     }
 }
 
-impl CustomOp2 for Recurrence {
+impl CustomOp2 for Recurrence<'_> {
     fn name(&self) -> &'static str {
         "codec-lstm"
     }
@@ -171,11 +204,22 @@ impl CustomOp2 for Recurrence {
         let barrier = SpinBarrier { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads };
         let (out_ptr, states_ptr) = (Shared(out.as_mut_ptr()), Shared(states.as_mut_ptr()));
         let per = h_dim.div_ceil(threads);
+        let carry = self.carry;
         let run = |thread: usize| {
             let units = (thread * per).min(h_dim)..((thread + 1) * per).min(h_dim);
             let mut c = vec![0f32; units.len()];
             let mut gates = vec![0f32; 4 * units.len()];
             for bi in 0..b {
+                // This item's initial state: h into the half step 0 reads, c into this thread's units.
+                for (k, j) in units.clone().enumerate() {
+                    // SAFETY: `carry` holds B·2H values (checked by the caller); this thread alone touches unit j
+                    // of item bi, and of the state half, until the barrier below.
+                    unsafe {
+                        *states_ptr.at(j) = *carry.at(bi * 2 * h_dim + j);
+                        c[k] = *carry.at(bi * 2 * h_dim + h_dim + j);
+                    }
+                }
+                barrier.wait();
                 for step in 0..t {
                     // SAFETY: `states` has 2·H values; this step reads one half, written before the last barrier.
                     let h =
@@ -207,12 +251,14 @@ impl CustomOp2 for Recurrence {
                     }
                     barrier.wait();
                 }
-                // The next batch item starts from zero state, read from the first half at its step 0.
-                c.fill(0.0);
-                for j in units.clone() {
-                    // SAFETY: as above; every read of the previous step is done (barrier), the next comes after
-                    // the barrier below.
-                    unsafe { *states_ptr.at(j) = 0.0 };
+                // The item's last state back into `carry` (h of the last step is in the half step t would read).
+                for (k, j) in units.clone().enumerate() {
+                    // SAFETY: as above; every read of the last step is done (barrier), and the next item's
+                    // initial state is written only by this thread for these units.
+                    unsafe {
+                        *carry.at(bi * 2 * h_dim + j) = *states_ptr.at((t % 2) * h_dim + j);
+                        *carry.at(bi * 2 * h_dim + h_dim + j) = c[k];
+                    }
                 }
                 barrier.wait();
             }
@@ -236,6 +282,10 @@ mod tests {
 
     use super::*;
 
+    fn zero_state(carry: &mut [f32]) -> Recurrence<'_> {
+        Recurrence { carry: Shared(carry.as_mut_ptr()), _carry: std::marker::PhantomData }
+    }
+
     /// The threaded CPU recurrence equals the step-by-step tensor ops, over batch items (each from zero state)
     /// and an odd number of steps.
     #[test]
@@ -248,11 +298,31 @@ mod tests {
                 hidden,
             };
             let x_proj = Tensor::randn(0f32, 1.0, (3, 7, 4 * hidden), &dev).unwrap();
-            let got = x_proj.apply_op2_no_bwd(&layer.w_hh, &Recurrence).unwrap();
-            let want = layer.recurrence_with_tensor_ops(&x_proj).unwrap();
+            let mut carry = vec![0f32; 3 * 2 * hidden];
+            let got = x_proj.apply_op2_no_bwd(&layer.w_hh, &zero_state(&mut carry)).unwrap();
+            let want = layer.recurrence_with_tensor_ops(&x_proj, &mut vec![0f32; 3 * 2 * hidden]).unwrap();
             let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "hidden {hidden}");
         }
+    }
+
+    /// Steps run in pieces, the state carried between them, give the bits of one pass (streaming encode).
+    #[test]
+    fn carried_state_continues_the_recurrence() {
+        let dev = Device::Cpu;
+        let hidden = 64;
+        let w_hh = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
+        let x_proj = Tensor::randn(0f32, 1.0, (2, 9, 4 * hidden), &dev).unwrap();
+        let run = |x: &Tensor, carry: &mut Vec<f32>| x.apply_op2_no_bwd(&w_hh, &zero_state(carry)).unwrap();
+        let want = run(&x_proj, &mut vec![0f32; 2 * 2 * hidden]);
+        let mut carry = vec![0f32; 2 * 2 * hidden];
+        let pieces: Vec<Tensor> = [(0, 4), (4, 1), (5, 4)]
+            .iter()
+            .map(|&(s, n)| run(&x_proj.narrow(1, s, n).unwrap().contiguous().unwrap(), &mut carry))
+            .collect();
+        let got = Tensor::cat(&pieces, 1).unwrap();
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(got), flat(want));
     }
 
     /// Recurrences started at once from several threads, and from inside the pool, all finish (no two wait at
@@ -264,10 +334,17 @@ mod tests {
         let hidden = 96;
         let w_hh = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
         let x_proj = Tensor::randn(0f32, 1.0, (1, 50, 4 * hidden), &dev).unwrap();
-        let want =
-            x_proj.apply_op2_no_bwd(&w_hh, &Recurrence).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let run =
-            || x_proj.apply_op2_no_bwd(&w_hh, &Recurrence).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let run = || {
+            let mut carry = vec![0f32; 2 * hidden];
+            x_proj
+                .apply_op2_no_bwd(&w_hh, &zero_state(&mut carry))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let want = run();
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..4).map(|_| s.spawn(run)).collect();
             for h in handles {

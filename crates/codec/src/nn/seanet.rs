@@ -174,6 +174,40 @@ fn step(layers: &[Layer], x: &Tensor, state: &mut SeanetState) -> Result<Tensor>
     })
 }
 
+/// A run of consecutive layers of a stack (an encoder's layers before or after its LSTM).
+pub struct SeanetPart<'a> {
+    layers: &'a [Layer],
+}
+
+impl SeanetPart<'_> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        run(self.layers, x)
+    }
+
+    /// How far, in input samples on either side, an output sample can look: every conv's full span at its input's
+    /// scale (a bound; the centred padding splits it). Windows with this much input around what they keep give
+    /// the bits of one pass.
+    pub fn radius(&self) -> usize {
+        let mut scale = 1;
+        let mut radius = 0;
+        for layer in self.layers {
+            let convs: Vec<&Conv1d> = match layer {
+                Layer::Conv(c) => vec![c],
+                Layer::Residual(r) => [&r.conv1, &r.conv2].into_iter().chain(&r.shortcut).collect(),
+                Layer::ConvTranspose(_) | Layer::Lstm(_) | Layer::Elu => vec![],
+            };
+            for conv in convs {
+                let (span, _) = conv.span_and_stride();
+                radius += (span - 1) * scale;
+            }
+            if let Layer::Conv(c) = layer {
+                scale *= c.span_and_stride().1;
+            }
+        }
+        radius
+    }
+}
+
 /// Audio (B, channels, T) → latent (B, dimension, T / prod(ratios)).
 #[derive(Debug, Clone)]
 pub struct SeanetEncoder {
@@ -208,6 +242,14 @@ impl SeanetEncoder {
     /// The next samples of a stream (whole frames) → their part of [`Self::forward`] on the whole stream.
     pub fn step(&self, x: &Tensor, state: &mut SeanetState) -> Result<Tensor> {
         step(&self.layers, x, state)
+    }
+
+    /// The layers before the LSTM, the LSTM, the layers after it (`None` without an LSTM): a non-causal encoder
+    /// streams its finite-context parts by windows and carries the LSTM's state between them.
+    pub fn around_lstm(&self) -> Option<(SeanetPart<'_>, &Lstm, SeanetPart<'_>)> {
+        let at = self.layers.iter().position(|l| matches!(l, Layer::Lstm(_)))?;
+        let Layer::Lstm(lstm) = &self.layers[at] else { return None };
+        Some((SeanetPart { layers: &self.layers[..at] }, lstm, SeanetPart { layers: &self.layers[at + 1..] }))
     }
 }
 
