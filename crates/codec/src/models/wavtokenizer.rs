@@ -322,10 +322,10 @@ impl super::Model for WavTokenizer {
     }
     fn peak_bytes(&self, n_frames: usize) -> u64 {
         // Measured (75 Hz, 10 s vs 40 s): encode grows by about 500 bytes of peak RSS per sample; the decoder's
-        // attention over the whole sequence adds its frames × frames scores (and their softmax) on top.
+        // attention adds one block of scores (and their softmax) on top: frames², up to 4 Mi (see `nn::vocos`).
         let frames = n_frames as u64;
-        super::bytes_per_sample(n_frames, self.hop(), 500)
-            .saturating_add(frames.saturating_mul(frames).saturating_mul(12))
+        let scores = frames.saturating_mul(frames).min(frames.max(1 << 22));
+        super::bytes_per_sample(n_frames, self.hop(), 500).saturating_add(scores.saturating_mul(12))
     }
     fn n_q(&self) -> usize {
         self.config.n_q

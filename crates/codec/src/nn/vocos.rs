@@ -67,6 +67,9 @@ impl ResnetBlock {
     }
 }
 
+/// Attention scores held at once (16 MiB of f32): clips up to 2048 frames (27 s at 75 Hz) are one block.
+const SCORES_PER_BLOCK: usize = 1 << 22;
+
 /// Single-head self-attention over the whole sequence, 1x1 conv projections, plus the input.
 #[derive(Debug, Clone)]
 struct AttnBlock {
@@ -90,14 +93,27 @@ impl AttnBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_in_blocks(x, SCORES_PER_BLOCK)
+    }
+
+    /// Queries in blocks of as many rows as keep a block's scores under `scores_per_block`: memory O(T), not
+    /// O(T²). Clips up to √`scores_per_block` frames run as one block.
+    fn forward_in_blocks(&self, x: &Tensor, scores_per_block: usize) -> Result<Tensor> {
         let h = self.norm.forward(x)?;
         let c = h.dim(1)?;
         let q = self.q.forward(&h)?.transpose(1, 2)?.contiguous()?; // (B, T, C)
         let k = self.k.forward(&h)?; // (B, C, T)
         let v = self.v.forward(&h)?; // (B, C, T)
-        let w = (q.matmul(&k)? * (c as f64).powf(-0.5))?; // (B, Tq, Tk)
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
-        let h = v.matmul(&w.transpose(1, 2)?.contiguous()?)?; // (B, C, Tq)
+        let t = q.dim(1)?;
+        let block = (scores_per_block / t.max(1)).clamp(1, t.max(1));
+        let mut blocks = Vec::with_capacity(t.div_ceil(block));
+        for q0 in (0..t).step_by(block) {
+            let qb = q.narrow(1, q0, block.min(t - q0))?;
+            let w = (qb.matmul(&k)? * (c as f64).powf(-0.5))?; // (B, block, Tk)
+            let w = candle_nn::ops::softmax_last_dim(&w)?;
+            blocks.push(v.matmul(&w.transpose(1, 2)?.contiguous()?)?); // (B, C, block)
+        }
+        let h = Tensor::cat(&blocks, 2)?;
         x + self.proj_out.forward(&h)?
     }
 }
@@ -262,5 +278,39 @@ impl IstftHead {
         let len = f * self.hop;
         let audio = audio.narrow(1, pad, len)?.broadcast_div(&envelope.narrow(1, pad, len)?)?;
         audio.reshape((b, 1, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+
+    /// Attention in blocks of a few queries gives what one block gives (a long input's memory stays O(T)).
+    #[test]
+    fn blocked_attention_equals_one_block() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let dim = 64;
+        let build = || AttnBlock::new(dim, VarBuilder::from_varmap(&varmap, DType::F32, &dev).into()).unwrap();
+        // Register the weights, give them random values, then build the layer from those.
+        build();
+        for var in varmap.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &dev).unwrap()).unwrap();
+        }
+        let block = build();
+        let x = Tensor::randn(0f32, 1.0, (1, dim, 300), &dev).unwrap();
+        let whole = block.forward_in_blocks(&x, usize::MAX).unwrap();
+        let blocked = block.forward_in_blocks(&x, 300 * 7).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (a, b) = (flat(&whole), flat(&blocked));
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (norm(&a) * norm(&b));
+        assert!(cos >= 0.99999, "cos {cos}");
+        // The attention contributes: the output is not just the input.
+        assert!(a.iter().zip(flat(&x)).any(|(y, x)| (y - x).abs() > 1e-3));
     }
 }
