@@ -71,6 +71,8 @@ enum Command {
         /// Number of codebooks (default: all).
         #[arg(long = "n-q")]
         n_q: Option<usize>,
+        #[command(flatten)]
+        stream: StreamArg,
     },
     /// Decode codes (.npy, int32 or int64, shape (n_q, frames) or (1, n_q, frames)) into a WAV file.
     Decode {
@@ -84,6 +86,8 @@ enum Command {
         /// Write 16-bit PCM instead of 32-bit float.
         #[arg(long)]
         pcm16: bool,
+        #[command(flatten)]
+        stream: StreamArg,
     },
     /// Encode then decode; the output is trimmed to the input's length.
     Roundtrip {
@@ -100,6 +104,8 @@ enum Command {
         /// Write 16-bit PCM instead of 32-bit float.
         #[arg(long)]
         pcm16: bool,
+        #[command(flatten)]
+        stream: StreamArg,
     },
     /// Print a model file's architecture, rates, codebooks, parameters and storage.
     Info {
@@ -126,7 +132,37 @@ enum Command {
         /// Number of codebooks (default: all).
         #[arg(long = "n-q")]
         n_q: Option<usize>,
+        #[command(flatten)]
+        stream: StreamArg,
     },
+}
+
+#[derive(Args, Clone, Copy)]
+struct StreamArg {
+    /// Run through the streaming API, MS milliseconds of audio per push (decode: the frames covering MS, at
+    /// least one); the output equals the run without it. bench: per-push latency and real-time factor.
+    #[arg(long = "stream-ms", value_name = "MS")]
+    stream_ms: Option<f64>,
+}
+
+impl StreamArg {
+    /// Samples per push at `rate`, or `None` without --stream-ms.
+    fn samples(self, rate: u32) -> Result<Option<usize>> {
+        match self.stream_ms {
+            None => Ok(None),
+            Some(ms) if ms.is_finite() && ms > 0.0 && ms <= 3.6e6 => {
+                Ok(Some(((ms * rate as f64 / 1000.0).round() as usize).max(1)))
+            }
+            Some(ms) => {
+                Err(Error::InvalidArgument(format!("--stream-ms must be more than 0 and at most one hour, not {ms}")))
+            }
+        }
+    }
+
+    /// Code frames per push (those covering MS, at least one), or `None` without --stream-ms.
+    fn frames(self, codec: &Codec) -> Result<Option<usize>> {
+        Ok(self.samples(codec.sample_rate())?.map(|samples| samples.div_ceil(codec.hop()).max(1)))
+    }
 }
 
 /// A spinner with elapsed time on stderr; invisible with --quiet or when stderr is not a terminal.
@@ -210,19 +246,59 @@ fn frame_bar(quiet: bool, msg: &str, frames: usize) -> ProgressBar {
     pb
 }
 
-fn encode(codec: &Codec, audio: &Audio, n_q: Option<usize>, quiet: bool) -> Result<Codes> {
+/// Audio (at the model rate) → codes: in one call, or pushed through a stream `push` samples at a time.
+fn encode(codec: &Codec, audio: &Audio, n_q: Option<usize>, push: Option<usize>, quiet: bool) -> Result<Codes> {
     let frames = (audio.samples.len() as f64 * codec.frame_rate() / audio.sample_rate as f64).ceil() as usize;
     let pb = frame_bar(quiet, "encoding", frames);
-    let codes = codec.encode_with_progress(audio, n_q, &mut |done, _| pb.set_position(done as u64));
+    let codes = match push {
+        None => codec.encode_with_progress(audio, n_q, &mut |done, _| pb.set_position(done as u64)),
+        Some(push) => {
+            let mut stream = codec.stream_encoder(n_q)?;
+            let mut parts = Vec::new();
+            for piece in audio.samples.chunks(push) {
+                parts.push(stream.push(piece)?);
+                pb.inc(parts.last().map_or(0, |c| c.n_frames as u64));
+            }
+            parts.push(stream.flush()?);
+            Ok(concat_codes(&parts, stream.n_q()))
+        }
+    };
     pb.finish_and_clear();
     codes
 }
 
-fn decode(codec: &Codec, codes: &Codes, quiet: bool) -> Result<Audio> {
+/// Codes → audio: in one call, or pushed through a stream `push` frames at a time.
+fn decode(codec: &Codec, codes: &Codes, push: Option<usize>, quiet: bool) -> Result<Audio> {
     let pb = frame_bar(quiet, "decoding", codes.n_frames);
-    let audio = codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64));
+    let audio = match push {
+        None => codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64)),
+        Some(push) => {
+            let mut stream = codec.stream_decoder()?;
+            let mut samples = Vec::with_capacity(codes.n_frames * codec.hop());
+            for from in (0..codes.n_frames).step_by(push) {
+                let to = (from + push).min(codes.n_frames);
+                samples.extend(stream.push(&frames_of(codes, from..to))?);
+                pb.set_position(to as u64);
+            }
+            samples.extend(stream.flush()?);
+            Ok(Audio { sample_rate: codec.sample_rate(), samples })
+        }
+    };
     pb.finish_and_clear();
     audio
+}
+
+/// Frames `range` of `codes`.
+fn frames_of(codes: &Codes, range: std::ops::Range<usize>) -> Codes {
+    let data = (0..codes.n_q).flat_map(|q| &codes.row(q)[range.clone()]).copied().collect();
+    Codes { n_q: codes.n_q, n_frames: range.len(), data }
+}
+
+/// Consecutive pieces of a stream's codes as one.
+fn concat_codes(parts: &[Codes], n_q: usize) -> Codes {
+    let n_frames = parts.iter().map(|p| p.n_frames).sum();
+    let data = (0..n_q).flat_map(|q| parts.iter().flat_map(move |p| p.row(q).iter().copied())).collect();
+    Codes { n_q, n_frames, data }
 }
 
 /// Names `file` in a library error that names none: the codec checks what it is given as plain data (lengths,
@@ -283,12 +359,13 @@ fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Encode { model, input, output, n_q } => {
+        Command::Encode { model, input, output, n_q, stream } => {
             check_output(output, "npy")?;
             let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
+            let push = stream.samples(codec.sample_rate())?;
             let audio = read_audio(input, &codec, cli.quiet)?;
-            let codes = encode(&codec, &audio, *n_q, cli.quiet).map_err(naming(input))?;
+            let codes = encode(&codec, &audio, *n_q, push, cli.quiet).map_err(naming(input))?;
             let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
             npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
             if !cli.quiet {
@@ -296,21 +373,27 @@ fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Decode { model, codes, output, pcm16 } => {
+        Command::Decode { model, codes, output, pcm16, stream } => {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::Decoder)?;
-            let audio = decode(&codec, &read_codes(codes, &codec)?, cli.quiet).map_err(naming(codes))?;
+            let push = stream.frames(&codec)?;
+            let audio = decode(&codec, &read_codes(codes, &codec)?, push, cli.quiet).map_err(naming(codes))?;
             codec::audio::write_wav(output, &audio, *pcm16)?;
             wrote_audio(cli, output, &audio);
             Ok(())
         }
-        Command::Roundtrip { model, input, output, n_q, pcm16 } => {
+        Command::Roundtrip { model, input, output, n_q, pcm16, stream } => {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
+            let (push, push_frames) = (stream.samples(codec.sample_rate())?, stream.frames(&codec)?);
+            if push.is_some() {
+                // Before any work: a model whose decoder cannot stream fails now, not after encoding.
+                codec.stream_decoder()?;
+            }
             let audio = read_audio(input, &codec, cli.quiet)?;
-            let codes = encode(&codec, &audio, *n_q, cli.quiet).map_err(naming(input))?;
-            let mut out = decode(&codec, &codes, cli.quiet).map_err(naming(input))?;
+            let codes = encode(&codec, &audio, *n_q, push, cli.quiet).map_err(naming(input))?;
+            let mut out = decode(&codec, &codes, push_frames, cli.quiet).map_err(naming(input))?;
             // Same length as the input: trimmed, or zero-extended where a model's decoder returns a few samples
             // fewer than frames × hop (DAC with odd strides).
             out.samples.resize(audio.samples.len(), 0.0);
@@ -319,7 +402,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => info(model, cli),
-        Command::Bench { model, arch, random, seconds, runs, n_q } => {
+        Command::Bench { model, arch, random, seconds, runs, n_q, stream } => {
             if model.is_some() && *random {
                 return Err(Error::InvalidArgument("bench takes -m MODEL or --arch A --random, not both".into()));
             }
@@ -334,7 +417,10 @@ fn run(cli: &Cli) -> Result<()> {
             if *runs == 0 {
                 return Err(Error::InvalidArgument("--runs must be at least 1".into()));
             }
-            bench(&codec, *seconds, *runs, *n_q)
+            match stream.samples(codec.sample_rate())? {
+                Some(push) => bench_stream(&codec, *seconds, push, *n_q),
+                None => bench(&codec, *seconds, *runs, *n_q),
+            }
         }
     }
 }
@@ -377,14 +463,13 @@ fn printable(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
-fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result<()> {
-    let n_q = codec.check_n_q(n_q)?;
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(Error::InvalidArgument("--seconds must be positive".into()));
+/// `seconds` of a chirp with harmonics at the model's rate: deterministic, non-trivial bench input.
+fn bench_input(codec: &Codec, seconds: f64) -> Result<Audio> {
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86400.0 {
+        return Err(Error::InvalidArgument("--seconds must be positive (and at most a day)".into()));
     }
     let sr = codec.sample_rate();
     let len = (seconds * sr as f64).round() as usize;
-    // A chirp with harmonics: deterministic, non-trivial input.
     let samples: Vec<f32> = (0..len)
         .map(|i| {
             let t = i as f64 / sr as f64;
@@ -392,7 +477,67 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result
             (0.3 * (2.0 * std::f64::consts::PI * f * t).sin() + 0.1 * (6.0 * std::f64::consts::PI * f * t).sin()) as f32
         })
         .collect();
-    let audio = Audio { sample_rate: sr, samples };
+    Ok(Audio { sample_rate: sr, samples })
+}
+
+/// Streams `seconds` of audio through the encoder `push` samples at a time, then its codes through the decoder a
+/// push's worth of frames at a time, and prints each direction's per-push latency (p50 / p99 / max) and real-time
+/// factor.
+fn bench_stream(codec: &Codec, seconds: f64, push: usize, n_q: Option<usize>) -> Result<()> {
+    let n_q = codec.check_n_q(n_q)?;
+    let audio = bench_input(codec, seconds)?;
+    let ms = push as f64 * 1000.0 / codec.sample_rate() as f64;
+    println!("bench --stream-ms {ms:.1}: {seconds} s, n_q {n_q}, {} threads, {push} samples a push", candle_core_threads());
+    let mut enc = codec.stream_encoder(Some(n_q))?;
+    let mut times = Vec::new();
+    let mut parts = Vec::new();
+    for piece in audio.samples.chunks(push) {
+        let t = Instant::now();
+        parts.push(enc.push(piece)?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    parts.push(enc.flush()?);
+    print_latency("encode", &mut times, seconds);
+    let codes = concat_codes(&parts, n_q);
+    let frames = push.div_ceil(codec.hop()).max(1);
+    match codec.stream_decoder() {
+        Ok(mut dec) => {
+            let mut times = Vec::new();
+            for from in (0..codes.n_frames).step_by(frames) {
+                let piece = frames_of(&codes, from..(from + frames).min(codes.n_frames));
+                let t = Instant::now();
+                dec.push(&piece)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            dec.flush()?;
+            print_latency("decode", &mut times, seconds);
+        }
+        Err(Error::Unsupported(why)) => println!("decode: does not stream ({why})"),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// One line of per-push latencies (sorted in place) and the real-time factor over `seconds` of audio.
+fn print_latency(what: &str, times: &mut [f64], seconds: f64) {
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0) * 1e3;
+    let total: f64 = times.iter().sum();
+    println!(
+        "{what}: {} pushes, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; RTF {:.4} ({:.1}x real time)",
+        times.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        total / seconds,
+        seconds / total
+    );
+}
+
+fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result<()> {
+    let n_q = codec.check_n_q(n_q)?;
+    let audio = bench_input(codec, seconds)?;
+    let sr = codec.sample_rate();
     println!(
         "bench: {seconds} s at {sr} Hz, n_q {n_q}, {} threads, precision {}, best of {runs}",
         candle_core_threads(),
