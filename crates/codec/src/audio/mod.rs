@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::Result;
 
 pub use read::read;
-pub use resample::resample;
+pub use resample::{resample, StreamResampler};
 pub use write::write_wav;
 
 /// Mono audio at a given sample rate.
@@ -65,6 +65,18 @@ pub(crate) mod test_util {
     /// `amp · sin(2π·freq·n/rate)` for n in 0..len.
     pub fn sine(len: usize, rate: u32, freq: f64, amp: f64) -> Vec<f32> {
         (0..len).map(|n| (amp * (2.0 * std::f64::consts::PI * freq * n as f64 / rate as f64).sin()) as f32).collect()
+    }
+
+    /// A deterministic noise-like signal in [-0.5, 0.5) (a linear congruential generator): full band, so every
+    /// filter tap matters.
+    pub fn noise(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
     }
 
     /// Fraction of the signal's energy in a tone of `freq` Hz, whatever its phase: 1.0 for a pure sine over whole
