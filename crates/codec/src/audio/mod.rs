@@ -1,5 +1,9 @@
-//! Audio in and out: decoding common formats to mono `f32` ([`read`]), sample-rate conversion ([`resample`]) and
-//! WAV output ([`write_wav`]).
+//! Audio in and out: decoding common formats to mono `f32` ([`read`], [`read_mono_at`]), sample-rate conversion
+//! ([`resample`]) and WAV output ([`write_wav`]).
+//!
+//! Each has a streaming form that holds one chunk rather than the whole signal: [`Reader`] (decode, downmix and
+//! resample as the file is read), and [`StreamResampler`]. The whole-signal functions are
+//! those run to the end, so both give the same samples.
 //!
 //! Samples are `f32` in [-1, 1] (integer formats are scaled by 1/2^(bits-1), as symphonia and numpy users expect);
 //! multi-channel input is downmixed by averaging the channels, because every codec here is mono.
@@ -8,11 +12,7 @@ mod read;
 mod resample;
 mod write;
 
-use std::path::Path;
-
-use crate::Result;
-
-pub use read::read;
+pub use read::{read, read_mono_at, Reader, DEFAULT_CHUNK_LEN};
 pub use resample::{resample, StreamResampler};
 pub use write::write_wav;
 
@@ -30,26 +30,6 @@ pub struct Audio {
 /// suggests.
 pub const MIN_INPUT_RATE: u32 = 1000;
 pub const MAX_INPUT_RATE: u32 = 768_000;
-
-/// Reads any supported audio file ([`read`]) and resamples it to `rate` Hz ([`resample`]); input rates outside
-/// [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`] are an error naming the file.
-pub fn read_mono_at(path: &Path, rate: u32) -> Result<Audio> {
-    let audio = read(path)?;
-    if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&audio.sample_rate) {
-        return Err(crate::Error::audio(
-            path,
-            format!(
-                "sample rate {} Hz is outside the supported {MIN_INPUT_RATE}–{MAX_INPUT_RATE} Hz",
-                audio.sample_rate
-            ),
-        ));
-    }
-    if audio.sample_rate == rate {
-        return Ok(audio);
-    }
-    let samples = resample(&audio.samples, audio.sample_rate, rate)?;
-    Ok(Audio { sample_rate: rate, samples })
-}
 
 #[cfg(test)]
 pub(crate) mod test_util {
