@@ -2,8 +2,8 @@
 //! ([`resample`]) and WAV output ([`write_wav`]).
 //!
 //! Each has a streaming form that holds one chunk rather than the whole signal: [`Reader`] (decode, downmix and
-//! resample as the file is read), and [`StreamResampler`]. The whole-signal functions are
-//! those run to the end, so both give the same samples.
+//! resample as the file is read), [`StreamResampler`] and [`WavWriter`] (samples written as they come). The
+//! whole-signal functions are those run to the end, so both give the same samples and bytes.
 //!
 //! Samples are `f32` in [-1, 1] (integer formats are scaled by 1/2^(bits-1), as symphonia and numpy users expect);
 //! multi-channel input is downmixed by averaging the channels, because every codec here is mono.
@@ -14,7 +14,7 @@ mod write;
 
 pub use read::{read, read_mono_at, Reader, DEFAULT_CHUNK_LEN};
 pub use resample::{resample, StreamResampler};
-pub use write::write_wav;
+pub use write::{write_wav, WavWriter};
 
 /// Mono audio at a given sample rate.
 #[derive(Debug, Clone, PartialEq)]
