@@ -1,5 +1,9 @@
-//! Audio in and out: decoding common formats to mono `f32` ([`read`]), sample-rate conversion ([`resample`]) and
-//! WAV output ([`write_wav`]).
+//! Audio in and out: decoding common formats to mono `f32` ([`read`], [`read_mono_at`]), sample-rate conversion
+//! ([`resample`]) and WAV output ([`write_wav`]).
+//!
+//! Each has a streaming form that holds one chunk rather than the whole signal: [`Reader`] (decode, downmix and
+//! resample as the file is read), [`StreamResampler`] and [`WavWriter`] (samples written as they come). The
+//! whole-signal functions are those run to the end, so both give the same samples and bytes.
 //!
 //! Samples are `f32` in [-1, 1] (integer formats are scaled by 1/2^(bits-1), as symphonia and numpy users expect);
 //! multi-channel input is downmixed by averaging the channels, because every codec here is mono.
@@ -8,13 +12,9 @@ mod read;
 mod resample;
 mod write;
 
-use std::path::Path;
-
-use crate::Result;
-
-pub use read::read;
-pub use resample::resample;
-pub use write::write_wav;
+pub use read::{read, read_mono_at, Reader, DEFAULT_CHUNK_LEN};
+pub use resample::{resample, StreamResampler};
+pub use write::{write_wav, WavWriter};
 
 /// Mono audio at a given sample rate.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,26 +31,6 @@ pub struct Audio {
 pub const MIN_INPUT_RATE: u32 = 1000;
 pub const MAX_INPUT_RATE: u32 = 768_000;
 
-/// Reads any supported audio file ([`read`]) and resamples it to `rate` Hz ([`resample`]); input rates outside
-/// [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`] are an error naming the file.
-pub fn read_mono_at(path: &Path, rate: u32) -> Result<Audio> {
-    let audio = read(path)?;
-    if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&audio.sample_rate) {
-        return Err(crate::Error::audio(
-            path,
-            format!(
-                "sample rate {} Hz is outside the supported {MIN_INPUT_RATE}–{MAX_INPUT_RATE} Hz",
-                audio.sample_rate
-            ),
-        ));
-    }
-    if audio.sample_rate == rate {
-        return Ok(audio);
-    }
-    let samples = resample(&audio.samples, audio.sample_rate, rate)?;
-    Ok(Audio { sample_rate: rate, samples })
-}
-
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::path::PathBuf;
@@ -65,6 +45,18 @@ pub(crate) mod test_util {
     /// `amp · sin(2π·freq·n/rate)` for n in 0..len.
     pub fn sine(len: usize, rate: u32, freq: f64, amp: f64) -> Vec<f32> {
         (0..len).map(|n| (amp * (2.0 * std::f64::consts::PI * freq * n as f64 / rate as f64).sin()) as f32).collect()
+    }
+
+    /// A deterministic noise-like signal in [-0.5, 0.5) (a linear congruential generator): full band, so every
+    /// filter tap matters.
+    pub fn noise(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
     }
 
     /// Fraction of the signal's energy in a tone of `freq` Hz, whatever its phase: 1.0 for a pure sine over whole

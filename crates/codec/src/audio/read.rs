@@ -1,12 +1,14 @@
-//! Decoding audio files with symphonia (wav, flac, mp3, ogg/vorbis) to mono `f32`.
+//! Decoding audio files with symphonia (wav, flac, mp3, ogg/vorbis) to mono `f32`, packet by packet: [`Reader`]
+//! streams a file at a chosen rate; [`read`] and [`read_mono_at`] collect one.
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use symphonia::core::audio::{AudioBuffer, Signal};
-use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::errors::Result as SymResult;
 use symphonia::core::formats::FormatOptions;
@@ -16,92 +18,301 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::{Descriptor, Hint, Instantiate, Probe, QueryDescriptor};
 use symphonia::default::formats::FlacReader;
 
-use super::Audio;
+use super::resample::{output_len, StreamResampler};
+use super::{Audio, MAX_INPUT_RATE, MIN_INPUT_RATE};
 use crate::{Error, Result};
 
 /// The formats compiled in (symphonia features in Cargo.toml), for error messages.
 const SUPPORTED: &str = "wav, flac, mp3, ogg/vorbis";
+
+/// Samples per chunk from [`Reader::next_chunk`] unless [`Reader::set_chunk_len`] says otherwise: 256 KiB of `f32`,
+/// 2.7 s at 24 kHz.
+pub const DEFAULT_CHUNK_LEN: usize = 1 << 16;
 
 /// Reads an audio file at its native sample rate, downmixed to mono by averaging the channels.
 ///
 /// Integer PCM is scaled to [-1, 1) by 1/2^(bits-1) (16-bit: v/32768; 8-bit unsigned: (v-128)/128); float32 WAV
 /// samples of a mono file come back bit-exact. Encoder delay and padding are trimmed where the file records them
 /// (gapless mp3). Errors: a missing or unreadable file is [`Error::Io`]; a file that is not audio, holds no audio
-/// track, or decodes to zero samples is [`Error::Audio`].
+/// track, decodes to zero samples or holds a non-finite sample (NaN, ±inf) is [`Error::Audio`].
+///
+/// The whole file in memory; [`Reader`] streams it, and this is that reader's output in one piece.
 pub fn read(path: &Path) -> Result<Audio> {
-    // symphonia panics on some malformed headers (a WAV with sample rate 0 builds a zero time base): whatever the
-    // decoder does with a hostile file, it becomes an error naming the file.
-    std::panic::catch_unwind(|| read_unguarded(path)).unwrap_or_else(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown failure".into());
-        Err(Error::audio(path, format!("malformed audio file (the decoder failed: {msg})")))
-    })
+    Reader::open_at(path, None)?.read_to_end()
 }
 
-fn read_unguarded(path: &Path) -> Result<Audio> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // Opening a directory succeeds on Unix; say so instead of "not a supported audio file".
-    if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
-        return Err(Error::io(path, std::io::Error::from(ErrorKind::IsADirectory)));
-    }
-    let stream = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-        hint.with_extension(ext);
-    }
-    let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
-    let probed = probe().format(&hint, stream, &format_opts, &MetadataOptions::default()).map_err(|e| match e {
-        SymError::IoError(io) if io.kind() != ErrorKind::UnexpectedEof => Error::io(path, io),
-        e => Error::audio(path, format!("not a supported audio file ({}; supported: {SUPPORTED})", describe(&e))),
-    })?;
-    let mut format = probed.format;
+/// Reads any supported audio file ([`read`]) and resamples it to `rate` Hz ([`super::resample`]); input rates
+/// outside [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`] are an error naming the file.
+///
+/// The whole file in memory; [`Reader::open`] streams it, and this is that reader's output in one piece.
+pub fn read_mono_at(path: &Path, rate: u32) -> Result<Audio> {
+    Reader::open(path, rate)?.read_to_end()
+}
 
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| Error::audio(path, "no audio track"))?;
-    let track_id = track.id;
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&track.codec_params, &DecoderOptions::default())
-        .map_err(|e| Error::audio(path, format!("unsupported audio codec ({})", describe(&e))))?;
+/// A streaming audio reader: mono `f32` chunks at a chosen rate, decoded packet by packet and resampled as they
+/// come ([`StreamResampler`]), so memory stays O(chunk) whatever the file's length.
+///
+/// [`next_chunk`](Self::next_chunk) returns chunks of exactly [`chunk_len`](Self::set_chunk_len) samples
+/// ([`DEFAULT_CHUNK_LEN`] unless set), the last one shorter, then `None`; `Reader` is also an
+/// `Iterator<Item = Result<Vec<f32>>>` over the same chunks. The chunks concatenated are, bit for bit, what
+/// [`read_mono_at`] returns (that function is this reader collected).
+///
+/// Everything that can be known from the start of the file is checked by [`open`](Self::open): the file exists and
+/// is audio, its first samples decode, its rate is in range. What shows only later (a NaN at minute 40, a rate
+/// change mid-stream, a demuxing error) is the error of the chunk that reaches it; after an error the reader is
+/// done and returns `None`. A decoder panic on a hostile file becomes an [`Error::Audio`] naming the file.
+pub struct Reader {
+    source: Source,
+    /// The file's rate (checked: > 0) and the rate of the chunks.
+    source_rate: u32,
+    rate: u32,
+    resampler: StreamResampler,
+    chunk_len: usize,
+    /// Resampled samples not yet returned.
+    ready: Vec<f32>,
+    /// One packet's mono samples at the file's rate.
+    decoded: Vec<f32>,
+    /// Samples of the file checked so far (for naming a bad sample's position).
+    position: u64,
+    /// The input is exhausted (or failed): what is in `ready` is all that is left.
+    ended: bool,
+}
 
-    let mut samples = Vec::new();
-    let mut rate: Option<u32> = None;
-    let mut decoded_any = false;
-    let mut first_decode_error = None;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            // Symphonia signals the end of the stream with an EOF I/O error; a truncated file ends the same way
-            // and keeps what was decoded, as other players do.
-            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
-            // A chained stream (e.g. concatenated Ogg files) starts a new track: only the first one is read.
-            Err(SymError::ResetRequired) => break,
-            Err(SymError::IoError(e)) => return Err(Error::io(path, e)),
-            Err(e) => return Err(Error::audio(path, format!("cannot demux: {}", describe(&e)))),
-        };
-        if packet.track_id() != track_id {
-            continue;
+impl Reader {
+    /// Opens `path` for reading as mono at `rate` Hz. Fails, naming the file, when it is missing or not audio, when
+    /// it decodes to no samples, when its first samples are not finite, or when its rate is outside
+    /// [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`]; `rate` 0 is an [`Error::InvalidArgument`].
+    pub fn open(path: &Path, rate: u32) -> Result<Reader> {
+        Self::open_at(path, Some(rate))
+    }
+
+    /// [`open`](Self::open) at `rate`, or at the file's own rate, unchecked, when `None` (for [`read`]).
+    fn open_at(path: &Path, rate: Option<u32>) -> Result<Reader> {
+        let (source, first) = guarded(path, || Source::open(path))?;
+        // Some whenever a packet decoded, which non-empty `first` implies.
+        let source_rate = source.rate.filter(|&r| r > 0).ok_or_else(|| Error::audio(path, "sample rate is 0"))?;
+        if rate.is_some() && !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&source_rate) {
+            return Err(Error::audio(
+                path,
+                format!("sample rate {source_rate} Hz is outside the supported {MIN_INPUT_RATE}–{MAX_INPUT_RATE} Hz"),
+            ));
         }
-        let decoded = match decoder.decode(&packet) {
-            Ok(d) => d,
-            // A corrupt packet is skipped, like players and ffmpeg do, so one damaged mp3 frame does not make the
-            // whole file unreadable; a file where nothing decodes is reported below.
-            Err(SymError::DecodeError(msg)) => {
-                first_decode_error.get_or_insert(msg);
-                continue;
+        let rate = rate.unwrap_or(source_rate);
+        let mut reader = Reader {
+            resampler: StreamResampler::new(source_rate, rate)?,
+            source,
+            source_rate,
+            rate,
+            chunk_len: DEFAULT_CHUNK_LEN,
+            ready: Vec::new(),
+            decoded: first,
+            position: 0,
+            ended: false,
+        };
+        reader.resample_decoded()?;
+        Ok(reader)
+    }
+
+    /// The file's sample rate in Hz.
+    pub fn source_rate(&self) -> u32 {
+        self.source_rate
+    }
+
+    /// The rate of the chunks in Hz (`rate` of [`open`](Self::open)).
+    pub fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// The total number of samples the reader will return, at [`sample_rate`](Self::sample_rate), when the container
+    /// records its length (WAV, FLAC with a STREAMINFO count, mp3 with a Xing/LAME header, Ogg); `None` otherwise.
+    /// Taken from the file's header: right for a well-formed file, but only an estimate (for progress), never a
+    /// size to allocate.
+    pub fn estimated_len(&self) -> Option<u64> {
+        u64::try_from(output_len(self.source.n_frames?, self.source_rate, self.rate)).ok()
+    }
+
+    /// Sets the length of the chunks [`next_chunk`](Self::next_chunk) returns from now on; 0 is an
+    /// [`Error::InvalidArgument`].
+    pub fn set_chunk_len(&mut self, samples: usize) -> Result<()> {
+        if samples == 0 {
+            return Err(Error::InvalidArgument("audio chunk length must be at least 1 sample".into()));
+        }
+        self.chunk_len = samples;
+        Ok(())
+    }
+
+    /// The next `chunk_len` samples at [`sample_rate`](Self::sample_rate) (fewer for the last chunk), or `None`
+    /// after the last one.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<f32>>> {
+        while self.ready.len() < self.chunk_len && !self.ended {
+            let step = std::panic::catch_unwind(AssertUnwindSafe(|| self.decode_next()));
+            if let Err(e) = step.unwrap_or_else(|panic| Err(decoder_panic(&self.source.path, panic))) {
+                self.ended = true;
+                self.ready = Vec::new();
+                return Err(e);
             }
-            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
+        }
+        if self.ready.is_empty() {
+            return Ok(None);
+        }
+        let rest = self.ready.split_off(self.chunk_len.min(self.ready.len()));
+        Ok(Some(std::mem::replace(&mut self.ready, rest)))
+    }
+
+    /// Decodes the next packet into `ready`; at the end of the input, flushes the resampler and marks the end.
+    fn decode_next(&mut self) -> Result<()> {
+        self.decoded.clear();
+        let more = self.source.next_samples(&mut self.decoded)?;
+        self.resample_decoded()?;
+        if !more {
+            self.resampler.flush(&mut self.ready)?;
+            self.ended = true;
+        }
+        Ok(())
+    }
+
+    /// Checks the samples in `decoded` (the next ones of the file) and appends them, resampled, to `ready`.
+    fn resample_decoded(&mut self) -> Result<()> {
+        if let Some((i, v)) = self.decoded.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let index = self.position + i as u64;
+            return Err(Error::audio(
+                &self.source.path,
+                format!(
+                    "sample {index} (at {:.3} s) is {v}; audio must be finite",
+                    index as f64 / self.source_rate as f64
+                ),
+            ));
+        }
+        self.position += self.decoded.len() as u64;
+        self.resampler.push(&self.decoded, &mut self.ready)
+    }
+
+    /// The rest of the stream as one [`Audio`] at [`sample_rate`](Self::sample_rate).
+    fn read_to_end(mut self) -> Result<Audio> {
+        self.chunk_len = usize::MAX;
+        let samples = self.next_chunk()?.unwrap_or_default();
+        Ok(Audio { sample_rate: self.rate, samples })
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<Vec<f32>>;
+
+    /// [`Reader::next_chunk`].
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_chunk().transpose()
+    }
+}
+
+/// One file's audio track being decoded: symphonia's demuxer and decoder, packets to mono samples at the file's rate.
+struct Source {
+    path: PathBuf,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn Decoder>,
+    track_id: u32,
+    /// Set by the first packet decoded; every later one must agree.
+    rate: Option<u32>,
+    /// The track's length in frames, where the container records it.
+    n_frames: Option<u64>,
+}
+
+/// What decoding the next packet of the track gave.
+enum Packet {
+    /// Its samples were appended (possibly none).
+    Decoded,
+    /// It was corrupt and skipped, like players and ffmpeg do, so one damaged mp3 frame does not make the whole file
+    /// unreadable.
+    Corrupt(&'static str),
+    /// The stream ended.
+    End,
+}
+
+impl Source {
+    /// Opens `path` and decodes up to its first samples, which it returns; a file that holds none is an error.
+    fn open(path: &Path) -> Result<(Source, Vec<f32>)> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // Opening a directory succeeds on Unix; say so instead of "not a supported audio file".
+        if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
+            return Err(Error::io(path, std::io::Error::from(ErrorKind::IsADirectory)));
+        }
+        let stream = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
+        let probed = probe().format(&hint, stream, &format_opts, &MetadataOptions::default()).map_err(|e| match e {
+            SymError::IoError(io) if io.kind() != ErrorKind::UnexpectedEof => Error::io(path, io),
+            e => Error::audio(path, format!("not a supported audio file ({}; supported: {SUPPORTED})", describe(&e))),
+        })?;
+        let format = probed.format;
+
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| Error::audio(path, "no audio track"))?;
+        let (track_id, n_frames) = (track.id, track.codec_params.n_frames);
+        let decoder = symphonia::default::get_codecs()
+            .make(&track.codec_params, &DecoderOptions::default())
+            .map_err(|e| Error::audio(path, format!("unsupported audio codec ({})", describe(&e))))?;
+        let mut source = Source { path: path.to_path_buf(), format, decoder, track_id, rate: None, n_frames };
+
+        let mut samples = Vec::new();
+        let mut first_decode_error = None;
+        while samples.is_empty() {
+            match source.next_packet(&mut samples)? {
+                Packet::Decoded => {}
+                Packet::Corrupt(msg) => {
+                    first_decode_error.get_or_insert(msg);
+                }
+                Packet::End => {
+                    return Err(match first_decode_error {
+                        Some(msg) if source.rate.is_none() => Error::audio(path, format!("corrupt audio data ({msg})")),
+                        _ => Error::audio(path, "no audio samples"),
+                    })
+                }
+            }
+        }
+        Ok((source, samples))
+    }
+
+    /// Appends the samples of the next packet that decodes; false at the end of the stream.
+    fn next_samples(&mut self, out: &mut Vec<f32>) -> Result<bool> {
+        loop {
+            match self.next_packet(out)? {
+                Packet::Decoded => return Ok(true),
+                Packet::Corrupt(_) => {}
+                Packet::End => return Ok(false),
+            }
+        }
+    }
+
+    /// Decodes the next packet of the track, appending its samples downmixed to mono to `out`.
+    fn next_packet(&mut self, out: &mut Vec<f32>) -> Result<Packet> {
+        let path = &self.path;
+        let packet = loop {
+            match self.format.next_packet() {
+                Ok(p) if p.track_id() == self.track_id => break p,
+                Ok(_) => {}
+                // Symphonia signals the end of the stream with an EOF I/O error; a truncated file ends the same way
+                // and keeps what was decoded, as other players do.
+                Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(Packet::End),
+                // A chained stream (e.g. concatenated Ogg files) starts a new track: only the first one is read.
+                Err(SymError::ResetRequired) => return Ok(Packet::End),
+                Err(SymError::IoError(e)) => return Err(Error::io(path, e)),
+                Err(e) => return Err(Error::audio(path, format!("cannot demux: {}", describe(&e)))),
+            }
+        };
+        let decoded = match self.decoder.decode(&packet) {
+            Ok(d) => d,
+            Err(SymError::DecodeError(msg)) => return Ok(Packet::Corrupt(msg)),
+            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(Packet::End),
             Err(e) => return Err(Error::audio(path, format!("cannot decode: {}", describe(&e)))),
         };
-        decoded_any = true;
         let spec = *decoded.spec();
-        match rate {
-            None => rate = Some(spec.rate),
+        match self.rate {
+            None => self.rate = Some(spec.rate),
             Some(r) if r != spec.rate => {
                 return Err(Error::audio(path, format!("sample rate changes mid-stream ({r} Hz to {} Hz)", spec.rate)))
             }
@@ -109,18 +320,25 @@ fn read_unguarded(path: &Path) -> Result<Audio> {
         }
         let mut buf: AudioBuffer<f32> = decoded.make_equivalent();
         decoded.convert(&mut buf);
-        downmix_into(&buf, &mut samples);
+        downmix_into(&buf, out);
+        Ok(Packet::Decoded)
     }
+}
 
-    if samples.is_empty() {
-        return Err(match first_decode_error {
-            Some(msg) if !decoded_any => Error::audio(path, format!("corrupt audio data ({msg})")),
-            _ => Error::audio(path, "no audio samples"),
-        });
-    }
-    // Some whenever a packet decoded, which non-empty `samples` implies.
-    let sample_rate = rate.filter(|&r| r > 0).ok_or_else(|| Error::audio(path, "sample rate is 0"))?;
-    Ok(Audio { sample_rate, samples })
+/// Runs `f`, turning a panic into an error naming `path`: symphonia panics on some malformed headers (a WAV with
+/// sample rate 0 builds a zero time base), and whatever the decoder does with a hostile file must become an error.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(decoder_panic(path, panic)))
+}
+
+/// The error for a decoder panic with payload `panic`.
+fn decoder_panic(path: &Path, panic: Box<dyn std::any::Any + Send>) -> Error {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown failure".into());
+    Error::audio(path, format!("malformed audio file (the decoder failed: {msg})"))
 }
 
 /// symphonia's probe (every enabled format) with FLAC behind [`flac_checked`], registered first so it wins.
@@ -264,7 +482,7 @@ fn describe(e: &SymError) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{rms, sine, tmp_path, tone_fraction};
+    use super::super::test_util::{noise, rms, sine, tmp_path, tone_fraction};
     use super::super::write_wav;
     use super::*;
 
@@ -466,5 +684,145 @@ mod tests {
     fn directory_is_an_io_error() {
         let err = read(&std::env::temp_dir()).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    }
+
+    /// `path` through a [`Reader`] at `rate` in chunks of `chunk_len`, concatenated; every chunk but the last must
+    /// be `chunk_len` long, and the reader must hold no more than a chunk and a few packets at any time.
+    fn read_in_chunks(path: &Path, rate: u32, chunk_len: usize) -> Vec<f32> {
+        let mut reader = Reader::open(path, rate).unwrap();
+        reader.set_chunk_len(chunk_len).unwrap();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next_chunk().unwrap() {
+            assert!(reader.ready.len() < 16_384, "{} samples held back", reader.ready.len());
+            chunks.push(chunk);
+        }
+        let (last, full) = chunks.split_last().expect("at least one chunk");
+        assert!(full.iter().all(|c| c.len() == chunk_len), "{}: chunks of {chunk_len}", path.display());
+        assert!((1..=chunk_len).contains(&last.len()), "{}: last chunk of {}", path.display(), last.len());
+        assert!(reader.next().is_none(), "the reader is done after `None`");
+        chunks.concat()
+    }
+
+    fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+            panic!("{what}: sample {i} differs: {} vs {}", a[i], b[i]);
+        }
+    }
+
+    /// A 16-bit WAV of noise, `seconds` long, `channels` interleaved.
+    fn noise_wav(name: &str, rate: u32, channels: u16, seconds: f64) -> (std::path::PathBuf, usize) {
+        let frames = (rate as f64 * seconds) as usize + 13;
+        let interleaved: Vec<i16> =
+            noise(frames * channels as usize, rate as u64).iter().map(|&v| (v * 65_535.0) as i16).collect();
+        (write_hound(name, int_spec(channels, rate, 16), &interleaved), frames)
+    }
+
+    /// The reader's chunks, for several chunk lengths, are bit for bit what `read_mono_at` returns: the same rate,
+    /// common pairs both ways, an odd pair in the interpolated mode (8000 → 24001), mono and stereo; and the
+    /// length estimate is the real length.
+    #[test]
+    fn reader_chunks_equal_the_whole_file() {
+        for (from, channels, to) in
+            [(24_000, 1, 24_000), (44_100, 2, 24_000), (48_000, 1, 16_000), (22_050, 2, 24_000), (8_000, 1, 24_001)]
+        {
+            let (path, frames) = noise_wav(&format!("chunks_{from}_{channels}.wav"), from, channels, 1.5);
+            let whole = read_mono_at(&path, to).unwrap();
+            assert_eq!(whole.sample_rate, to);
+            assert_eq!(whole.samples.len() as u128, output_len(frames as u64, from, to));
+            let reader = Reader::open(&path, to).unwrap();
+            assert_eq!((reader.source_rate(), reader.sample_rate()), (from, to));
+            assert_eq!(reader.estimated_len(), Some(whole.samples.len() as u64));
+            for chunk_len in [1, 1000, 4096, DEFAULT_CHUNK_LEN] {
+                let streamed = read_in_chunks(&path, to, chunk_len);
+                assert_bits_eq(&streamed, &whole.samples, &format!("{from} -> {to}, chunks of {chunk_len}"));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        // The committed compressed files (FLAC, gapless mp3, stereo Vorbis) at a rate none of them has.
+        for (name, len) in
+            [("sine440_16k_mono.flac", 12_000), ("sine440_24k_mono.mp3", 12_000), ("sine440_22k_stereo.ogg", 72_000)]
+        {
+            let path = data_file(name);
+            let whole = read_mono_at(&path, 24_000).unwrap();
+            assert_eq!(whole.samples.len(), len, "{name}");
+            assert_eq!(Reader::open(&path, 24_000).unwrap().estimated_len(), Some(len as u64), "{name}");
+            for chunk_len in [777, DEFAULT_CHUNK_LEN] {
+                assert_bits_eq(&read_in_chunks(&path, 24_000, chunk_len), &whole.samples, name);
+            }
+        }
+    }
+
+    /// A long file in small chunks (20 ms at the output rate) is the whole file, with bounded memory (checked in
+    /// `read_in_chunks`).
+    #[test]
+    fn long_file_in_small_chunks() {
+        let (path, _) = noise_wav("long.wav", 44_100, 2, 60.0);
+        let whole = read_mono_at(&path, 24_000).unwrap();
+        assert_eq!(whole.samples.len(), 1_440_007); // round((60 · 44100 + 13) · 24000 / 44100)
+        assert_bits_eq(&read_in_chunks(&path, 24_000, 480), &whole.samples, "60 s in chunks of 480");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A NaN deep in the file is the error of the chunk that reaches it, naming the file, the sample (at the file's
+    /// rate) and its time; the chunks before it come out, and the reader ends. At the very start, `open` fails.
+    #[test]
+    fn non_finite_sample_is_the_error_of_the_chunk_that_reaches_it() {
+        let path = tmp_path("late_nan.wav");
+        let mut samples = sine(240_000, 24_000, 440.0, 0.5);
+        samples[200_000] = f32::NAN;
+        write_wav(&path, &Audio { sample_rate: 24_000, samples: samples.clone() }, false).unwrap();
+        let expected = format!("{}: sample 200000 (at 8.333 s) is NaN; audio must be finite", path.display());
+
+        let mut reader = Reader::open(&path, 16_000).unwrap();
+        reader.set_chunk_len(10_000).unwrap();
+        let mut good = 0;
+        let err = loop {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => good += chunk.len(),
+                Ok(None) => panic!("no error after {good} samples"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::Audio { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+        // 200 000 samples at 24 kHz are 133 333 at 16 kHz: the whole chunks before them came out.
+        assert_eq!(good, 130_000);
+        assert!(reader.next_chunk().unwrap().is_none());
+        assert_eq!(read_mono_at(&path, 16_000).unwrap_err().to_string(), expected);
+        assert_eq!(read(&path).unwrap_err().to_string(), expected);
+
+        samples[0] = f32::NEG_INFINITY;
+        write_wav(&path, &Audio { sample_rate: 24_000, samples }, false).unwrap();
+        let err = Reader::open(&path, 24_000).err().unwrap().to_string();
+        assert!(err.ends_with("sample 0 (at 0.000 s) is -inf; audio must be finite"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A rate outside the supported range fails `Reader::open` (before any resampling); `read`, at the file's own
+    /// rate, still reads it.
+    #[test]
+    fn out_of_range_rate_fails_open_not_read() {
+        let path = write_hound("one_hz.wav", int_spec(1, 1, 16), &[100i16; 2000]);
+        let err = Reader::open(&path, 24_000).err().unwrap();
+        assert!(matches!(err, Error::Audio { .. }), "{err:?}");
+        assert!(err.to_string().ends_with("sample rate 1 Hz is outside the supported 1000–768000 Hz"), "{err}");
+        let audio = read(&path).unwrap();
+        assert_eq!((audio.sample_rate, audio.samples.len()), (1, 2000));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn reader_arguments_and_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Reader>();
+        let path = data_file("sine440_16k_mono.flac");
+        let mut reader = Reader::open(&path, 16_000).unwrap();
+        assert!(matches!(reader.set_chunk_len(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(Reader::open(&path, 0).err().unwrap(), Error::InvalidArgument(_)));
+        // The iterator gives the chunks `next_chunk` would.
+        reader.set_chunk_len(3000).unwrap();
+        let lens: Vec<usize> = reader.map(|c| c.unwrap().len()).collect();
+        assert_eq!(lens, [3000, 3000, 2000]);
     }
 }
