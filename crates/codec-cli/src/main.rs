@@ -189,29 +189,6 @@ fn load(spec: &str, cli: &Cli, parts: Parts) -> Result<Codec> {
     codec
 }
 
-/// Reads `path` as mono at the model's rate; non-finite samples (which would encode to garbage) are an error naming
-/// the file.
-/// Reads audio at the model's rate. Non-finite samples are an error; samples beyond full scale (|x| > 1, possible
-/// in float files) are encoded as they are, as the reference implementations do, with a note.
-fn read_audio(path: &Path, codec: &Codec, quiet: bool) -> Result<Audio> {
-    let audio = codec::audio::read_mono_at(path, codec.sample_rate())?;
-    if let Some((i, v)) = audio.samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "{}: sample {i} (at {:.3} s) is {v}; audio must be finite",
-            path.display(),
-            i as f64 / audio.sample_rate as f64
-        )));
-    }
-    let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if peak > 1.0 && !quiet {
-        eprintln!(
-            "note: {} peaks at {peak:.3}, beyond full scale (1.0); encoding it as it is",
-            printable(&path.display().to_string())
-        );
-    }
-    Ok(audio)
-}
-
 /// Checks an output path before any work: the format its extension names is the one we write, its directory exists,
 /// and it is not a directory itself — so a typo costs nothing and a `.mp3` name never holds WAV data.
 fn check_output(path: &Path, extension: &str) -> Result<()> {
@@ -230,10 +207,9 @@ fn check_output(path: &Path, extension: &str) -> Result<()> {
 }
 
 /// "wrote FILE (… s at … Hz)" on stderr unless --quiet.
-fn wrote_audio(cli: &Cli, output: &Path, audio: &Audio) {
+fn wrote_audio(cli: &Cli, output: &Path, seconds: f64, sample_rate: u32) {
     if !cli.quiet {
-        let seconds = audio.samples.len() as f64 / audio.sample_rate as f64;
-        eprintln!("wrote {} ({seconds:.2} s at {} Hz)", output.display(), audio.sample_rate);
+        eprintln!("wrote {} ({seconds:.2} s at {sample_rate} Hz)", output.display());
     }
 }
 
@@ -246,46 +222,126 @@ fn frame_bar(quiet: bool, msg: &str, frames: usize) -> ProgressBar {
     pb
 }
 
-/// Audio (at the model rate) → codes: in one call, or pushed through a stream `push` samples at a time.
-fn encode(codec: &Codec, audio: &Audio, n_q: Option<usize>, push: Option<usize>, quiet: bool) -> Result<Codes> {
-    let frames = (audio.samples.len() as f64 * codec.frame_rate() / audio.sample_rate as f64).ceil() as usize;
-    let pb = frame_bar(quiet, "encoding", frames);
-    let codes = match push {
-        None => codec.encode_with_progress(audio, n_q, &mut |done, _| pb.set_position(done as u64)),
-        Some(push) => {
-            let mut stream = codec.stream_encoder(n_q)?;
-            let mut parts = Vec::new();
-            for piece in audio.samples.chunks(push) {
-                parts.push(stream.push(piece)?);
-                pb.inc(parts.last().map_or(0, |c| c.n_frames as u64));
-            }
-            parts.push(stream.flush()?);
-            Ok(concat_codes(&parts, stream.n_q()))
-        }
+/// Reads `input` chunk by chunk at the model's rate and encodes it as it reads, through a stream `push` samples at
+/// a time (default: pieces of the codec's chunk length), so memory stays that of a piece however long the file.
+/// Returns the codes and the input's length in samples.
+/// Samples beyond full scale (|x| > 1, possible in float files) are encoded as they are, as the references do,
+/// with a note.
+fn encode_file(
+    codec: &Codec,
+    input: &Path,
+    n_q: Option<usize>,
+    push: Option<usize>,
+    quiet: bool,
+) -> Result<(Codes, usize)> {
+    let mut reader = codec::audio::Reader::open(input, codec.sample_rate())?;
+    let push = push.unwrap_or(codec.piece_frames() * codec.hop());
+    let frames = reader.estimated_len().map_or(0, |n| n.div_ceil(codec.hop() as u64));
+    let pb = frame_bar(quiet, "encoding", frames as usize);
+    let mut stream = codec.stream_encoder(n_q)?;
+    let (mut parts, mut pending, mut total, mut peak) = (Vec::new(), Vec::new(), 0usize, 0f32);
+    let take = |codes: Codes, parts: &mut Vec<Codes>| -> Result<()> {
+        pb.inc(codes.n_frames as u64);
+        parts.push(codes);
+        Ok(())
     };
+    while let Some(chunk) = reader.next_chunk()? {
+        total += chunk.len();
+        peak = chunk.iter().fold(peak, |m, v| m.max(v.abs()));
+        pending.extend_from_slice(&chunk);
+        let whole = pending.len() / push * push;
+        for piece in pending[..whole].chunks(push) {
+            take(stream.push(piece)?, &mut parts)?;
+        }
+        pending.drain(..whole);
+    }
+    take(stream.push(&pending)?, &mut parts)?;
+    take(stream.flush()?, &mut parts)?;
     pb.finish_and_clear();
-    codes
+    if peak > 1.0 && !quiet {
+        eprintln!(
+            "note: {} peaks at {peak:.3}, beyond full scale (1.0); encoding it as it is",
+            printable(&input.display().to_string())
+        );
+    }
+    Ok((concat_codes(&parts, stream.n_q()), total))
 }
 
-/// Codes → audio: in one call, or pushed through a stream `push` frames at a time.
-fn decode(codec: &Codec, codes: &Codes, push: Option<usize>, quiet: bool) -> Result<Audio> {
+/// Decodes `codes` into the WAV file `output`, written as it is produced: through a stream `push` frames at a time
+/// (default: pieces of the codec's chunk length), or, for a model whose decoder cannot stream (WavTokenizer), in one
+/// pass unless `push` was asked for. `length`: trim or zero-extend the audio to that many samples. A failed run
+/// leaves no output file. Returns the seconds written.
+fn decode_to_file(
+    codec: &Codec,
+    codes: &Codes,
+    push: Option<usize>,
+    output: &Path,
+    pcm16: bool,
+    length: Option<usize>,
+    quiet: bool,
+) -> Result<f64> {
+    let mut writer = AudioOut::create(output, codec.sample_rate(), pcm16, length)?;
     let pb = frame_bar(quiet, "decoding", codes.n_frames);
-    let audio = match push {
-        None => codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64)),
-        Some(push) => {
-            let mut stream = codec.stream_decoder()?;
-            let mut samples = Vec::with_capacity(codes.n_frames * codec.hop());
+    let result = (|| match codec.stream_decoder() {
+        Ok(mut stream) => {
+            let push = push.unwrap_or(codec.piece_frames());
             for from in (0..codes.n_frames).step_by(push) {
                 let to = (from + push).min(codes.n_frames);
-                samples.extend(stream.push(&frames_of(codes, from..to))?);
+                writer.write(&stream.push(&frames_of(codes, from..to))?)?;
                 pb.set_position(to as u64);
             }
-            samples.extend(stream.flush()?);
-            Ok(Audio { sample_rate: codec.sample_rate(), samples })
+            writer.write(&stream.flush()?)
         }
-    };
+        Err(Error::Unsupported(_)) if push.is_none() => {
+            let audio = codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64))?;
+            writer.write(&audio.samples)
+        }
+        Err(e) => Err(e),
+    })();
     pb.finish_and_clear();
-    audio
+    match result {
+        Ok(()) => writer.finish(),
+        Err(e) => {
+            writer.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// A WAV output written as audio comes, optionally held to a fixed length; removed if abandoned.
+struct AudioOut {
+    writer: codec::audio::WavWriter,
+    path: PathBuf,
+    sample_rate: u32,
+    length: Option<usize>,
+}
+
+impl AudioOut {
+    fn create(path: &Path, sample_rate: u32, pcm16: bool, length: Option<usize>) -> Result<Self> {
+        let writer = codec::audio::WavWriter::create(path, sample_rate, pcm16)?;
+        Ok(Self { writer, path: path.to_path_buf(), sample_rate, length })
+    }
+
+    fn write(&mut self, samples: &[f32]) -> Result<()> {
+        let room = self.length.map_or(usize::MAX, |n| n.saturating_sub(self.writer.samples_written() as usize));
+        self.writer.write(&samples[..samples.len().min(room)])
+    }
+
+    /// Completes the file (zero-extended to the length, if one was given); returns its duration in seconds.
+    fn finish(mut self) -> Result<f64> {
+        if let Some(n) = self.length {
+            let missing = n.saturating_sub(self.writer.samples_written() as usize);
+            self.writer.write(&vec![0.0; missing])?;
+        }
+        let seconds = self.writer.samples_written() as f64 / self.sample_rate as f64;
+        self.writer.finish()?;
+        Ok(seconds)
+    }
+
+    fn abandon(self) {
+        drop(self.writer);
+        std::fs::remove_file(&self.path).ok();
+    }
 }
 
 /// Frames `range` of `codes`.
@@ -364,8 +420,7 @@ fn run(cli: &Cli) -> Result<()> {
             let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
             let push = stream.samples(codec.sample_rate())?;
-            let audio = read_audio(input, &codec, cli.quiet)?;
-            let codes = encode(&codec, &audio, *n_q, push, cli.quiet).map_err(naming(input))?;
+            let (codes, _) = encode_file(&codec, input, *n_q, push, cli.quiet).map_err(naming(input))?;
             let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
             npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
             if !cli.quiet {
@@ -377,9 +432,10 @@ fn run(cli: &Cli) -> Result<()> {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::Decoder)?;
             let push = stream.frames(&codec)?;
-            let audio = decode(&codec, &read_codes(codes, &codec)?, push, cli.quiet).map_err(naming(codes))?;
-            codec::audio::write_wav(output, &audio, *pcm16)?;
-            wrote_audio(cli, output, &audio);
+            let data = read_codes(codes, &codec)?;
+            let seconds =
+                decode_to_file(&codec, &data, push, output, *pcm16, None, cli.quiet).map_err(naming(codes))?;
+            wrote_audio(cli, output, seconds, codec.sample_rate());
             Ok(())
         }
         Command::Roundtrip { model, input, output, n_q, pcm16, stream } => {
@@ -391,14 +447,12 @@ fn run(cli: &Cli) -> Result<()> {
                 // Before any work: a model whose decoder cannot stream fails now, not after encoding.
                 codec.stream_decoder()?;
             }
-            let audio = read_audio(input, &codec, cli.quiet)?;
-            let codes = encode(&codec, &audio, *n_q, push, cli.quiet).map_err(naming(input))?;
-            let mut out = decode(&codec, &codes, push_frames, cli.quiet).map_err(naming(input))?;
-            // Same length as the input: trimmed, or zero-extended where a model's decoder returns a few samples
-            // fewer than frames × hop (DAC with odd strides).
-            out.samples.resize(audio.samples.len(), 0.0);
-            codec::audio::write_wav(output, &out, *pcm16)?;
-            wrote_audio(cli, output, &out);
+            let (codes, length) = encode_file(&codec, input, *n_q, push, cli.quiet).map_err(naming(input))?;
+            // As long as the input: trimmed, or zero-extended where a model's decoder returns a few samples fewer
+            // than frames × hop (DAC with odd strides).
+            let seconds = decode_to_file(&codec, &codes, push_frames, output, *pcm16, Some(length), cli.quiet)
+                .map_err(naming(input))?;
+            wrote_audio(cli, output, seconds, codec.sample_rate());
             Ok(())
         }
         Command::Info { model } => info(model, cli),
@@ -487,7 +541,10 @@ fn bench_stream(codec: &Codec, seconds: f64, push: usize, n_q: Option<usize>) ->
     let n_q = codec.check_n_q(n_q)?;
     let audio = bench_input(codec, seconds)?;
     let ms = push as f64 * 1000.0 / codec.sample_rate() as f64;
-    println!("bench --stream-ms {ms:.1}: {seconds} s, n_q {n_q}, {} threads, {push} samples a push", candle_core_threads());
+    println!(
+        "bench --stream-ms {ms:.1}: {seconds} s, n_q {n_q}, {} threads, {push} samples a push",
+        candle_core_threads()
+    );
     let mut enc = codec.stream_encoder(Some(n_q))?;
     let mut times = Vec::new();
     let mut parts = Vec::new();

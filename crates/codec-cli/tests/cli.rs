@@ -219,3 +219,64 @@ fn loud_audio_is_encoded_with_a_note() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("loud.wav peaks at 3.000, beyond full scale"), "{err}");
 }
+
+/// `--stream-ms` runs through the streaming API with the same results: codes identical, audio equal.
+#[test]
+fn streaming_flag_gives_the_same_output() {
+    let input = fixtures().join("input.wav");
+    let (plain, streamed) = (tmp("plain.npy"), tmp("streamed.npy"));
+    let o = codec(&["encode", "-m", s(model()), s(&input), "-o", s(&plain)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for ms in ["1", "80", "333.3", "100000"] {
+        let o = codec(&["encode", "-m", s(model()), s(&input), "-o", s(&streamed), "--stream-ms", ms]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (a, b) = (npy::read(&plain).unwrap(), npy::read(&streamed).unwrap());
+        assert_eq!((&a.shape, a.to_i64_vec().unwrap()), (&b.shape, b.to_i64_vec().unwrap()), "--stream-ms {ms}");
+    }
+    let (wav, wav_streamed) = (tmp("plain.wav"), tmp("streamed.wav"));
+    assert!(codec(&["decode", "-m", s(model()), s(&plain), "-o", s(&wav)]).status.success());
+    for (command, src) in [("decode", &plain), ("roundtrip", &input)] {
+        let o = codec(&[command, "-m", s(model()), s(src), "-o", s(&wav_streamed), "--stream-ms", "80"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (a, b) = (codec::audio::read(&wav).unwrap().samples, codec::audio::read(&wav_streamed).unwrap().samples);
+        let b = if command == "roundtrip" { b } else { b[..a.len().min(b.len())].to_vec() };
+        let n = a.len().min(b.len());
+        let dot: f64 = a[..n].iter().zip(&b[..n]).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(dot / (norm(&a[..n]) * norm(&b[..n])) >= 0.99999, "{command}");
+        if command == "decode" {
+            assert_eq!(a.len(), b.len());
+        }
+    }
+    let o = codec(&["encode", "-m", s(model()), s(&input), "-o", s(&streamed), "--stream-ms", "0"]);
+    assert_fails(&o, &["--stream-ms"]);
+}
+
+/// WavTokenizer's decoder cannot stream: one clear line and exit 1, no output file.
+#[test]
+fn wavtokenizer_decode_does_not_stream() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wavtokenizer/frame75");
+    let gguf = tmp("wt75.gguf");
+    let o = codec(&[
+        "convert",
+        s(&dir.join("original/model.ckpt")),
+        "--config",
+        s(&dir.join("original/config.yaml")),
+        "-o",
+        s(&gguf),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp("wt-stream.wav");
+    std::fs::remove_file(&out).ok();
+    let o = codec(&["decode", "-m", s(&gguf), s(&dir.join("codes.npy")), "-o", s(&out), "--stream-ms", "80"]);
+    assert_fails(&o, &["cannot stream", "attention"]);
+    assert!(!out.exists(), "a failed decode left {}", out.display());
+    // Without the flag it decodes (in one pass), and encode streams.
+    let o = codec(&["decode", "-m", s(&gguf), s(&dir.join("codes.npy")), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let codes = tmp("wt-stream.npy");
+    let o = codec(&["encode", "-m", s(&gguf), s(&dir.join("input.wav")), "-o", s(&codes), "--stream-ms", "80"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = npy::read(&dir.join("codes.npy")).unwrap().to_i64_vec().unwrap();
+    assert_eq!(npy::read(&codes).unwrap().to_i64_vec().unwrap(), want);
+}

@@ -140,18 +140,12 @@ impl Codec {
 
     /// An error if one pass over `frames` frames would need more memory than the limit.
     fn check_memory(&self, frames: usize, what: &str) -> Result<()> {
-        let (Some(limit), need) = (self.memory_limit, self.model.peak_bytes(frames)) else { return Ok(()) };
-        if need <= limit {
-            return Ok(());
-        }
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        Err(Error::InvalidArgument(format!(
-            "{what} {:.0} s of audio in one pass needs about {:.1} GiB, more than the {:.1} GiB limit \
-             (available memory, or $CODEC_MEMORY_LIMIT); split the input into shorter pieces",
-            frames as f64 / self.frame_rate(),
-            gib(need),
-            gib(limit)
-        )))
+        self.memory_guard(0).check(frames, what)
+    }
+
+    /// The memory check a stream makes on each push (`context`: frames a windowed stream re-runs beside it).
+    fn memory_guard(&self, context: usize) -> stream::MemoryGuard {
+        stream::MemoryGuard { model: self.model.clone(), limit: self.memory_limit, context }
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -233,9 +227,8 @@ impl Codec {
             return Ok(Codes { n_q, n_frames, data });
         };
         // Long inputs go through the stream in pieces, so memory stays that of one piece (and its context).
-        let mut stream = StreamEncoder::new(inner, n_q);
+        let mut stream = StreamEncoder::new(inner, n_q, self.stream_guard());
         let pieces = self.pieces(n_frames);
-        self.check_memory(self.pass_frames(n_frames), "encoding")?;
         let mut rows = vec![Vec::with_capacity(n_frames); n_q];
         let mut done = 0;
         let mut add = |codes: Codes, progress: &mut dyn FnMut(usize, usize)| {
@@ -270,7 +263,7 @@ impl Codec {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
         match self.encoder_stream(n_q)? {
-            Some(inner) => Ok(StreamEncoder::new(inner, n_q)),
+            Some(inner) => Ok(StreamEncoder::new(inner, n_q, self.stream_guard())),
             None => Err(Error::Unsupported(format!(
                 "{}: this model's encoder cannot stream (its context is unbounded)",
                 self.path.display()
@@ -284,12 +277,18 @@ impl Codec {
     pub fn stream_decoder(&self) -> Result<StreamDecoder> {
         self.require(Parts::Decoder)?;
         match self.decoder_stream() {
-            Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.max_n_q(), self.codebook_size())),
+            Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.stream_guard())),
             None => Err(Error::Unsupported(format!(
                 "{}: this model's decoder cannot stream (its attention spans the whole clip); decode whole clips",
                 self.path.display()
             ))),
         }
+    }
+
+    /// A stream's memory check: a push plus the receptive field a windowed stream re-runs around it.
+    fn stream_guard(&self) -> stream::MemoryGuard {
+        let (before, after) = self.model.chunk_context().unwrap_or((0, 0));
+        self.memory_guard(before + after)
     }
 
     /// The model's stateful encoder stream, else the windowed one if its context is finite.
@@ -337,8 +336,7 @@ impl Codec {
             progress(codes.n_frames, codes.n_frames);
             return Ok(Audio { sample_rate, samples });
         };
-        self.check_memory(self.pass_frames(codes.n_frames), "decoding")?;
-        let mut stream = StreamDecoder::new(inner, self.device.clone(), self.max_n_q(), self.codebook_size());
+        let mut stream = StreamDecoder::new(inner, self.device.clone(), self.stream_guard());
         let mut samples = Vec::with_capacity(codes.n_frames * self.hop());
         for piece in self.pieces(codes.n_frames) {
             let data = (0..codes.n_q).flat_map(|q| &codes.row(q)[piece.clone()]).copied().collect();
@@ -349,19 +347,16 @@ impl Codec {
         Ok(Audio { sample_rate, samples })
     }
 
+    /// Frames per piece of a long input: `chunk_seconds` of audio, at least one.
+    pub fn piece_frames(&self) -> usize {
+        ((self.chunk_seconds * self.frame_rate()) as usize).max(1)
+    }
+
     /// How a long input of `n_frames` goes through a stream: pieces of `chunk_seconds` of audio. Results do not
     /// depend on the cut; memory is that of one piece.
     pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
-        let per_piece = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
+        let per_piece = self.piece_frames();
         (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
-    }
-
-    /// The most frames one model pass runs over when `n_frames` stream through in pieces: a piece, plus the
-    /// receptive field on both sides for a windowed stream.
-    fn pass_frames(&self, n_frames: usize) -> usize {
-        let piece = self.pieces(n_frames).first().map_or(0, |p| p.len());
-        let (before, after) = self.model.chunk_context().unwrap_or((0, 0));
-        (piece + before + after).min(n_frames)
     }
 }
 

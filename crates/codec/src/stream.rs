@@ -86,6 +86,34 @@ impl Phase {
     }
 }
 
+/// The memory limit a stream checks each push against (see [`crate::Codec::set_memory_limit`]).
+#[derive(Clone)]
+pub(crate) struct MemoryGuard {
+    pub model: Arc<dyn Model>,
+    pub limit: Option<u64>,
+    /// Frames a windowed stream runs beside a push's own.
+    pub context: usize,
+}
+
+impl MemoryGuard {
+    /// An error if one pass over `frames` frames (plus the context) would need more memory than the limit.
+    pub fn check(&self, frames: usize, what: &str) -> Result<()> {
+        let frames = frames.saturating_add(self.context);
+        let (Some(limit), need) = (self.limit, self.model.peak_bytes(frames)) else { return Ok(()) };
+        if need <= limit {
+            return Ok(());
+        }
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let seconds = frames as f64 * self.model.hop() as f64 / self.model.sample_rate() as f64;
+        Err(Error::InvalidArgument(format!(
+            "{what} {seconds:.0} s of audio in one pass needs about {:.1} GiB, more than the {:.1} GiB limit \
+             (available memory, or $CODEC_MEMORY_LIMIT); split the input into shorter pieces",
+            gib(need),
+            gib(limit)
+        )))
+    }
+}
+
 /// Runs a step of the model's stream, marking the stream failed if it errs.
 fn guarded<T>(phase: &mut Phase, what: &str, step: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
     step().ctx(what).inspect_err(|_| *phase = Phase::Failed)
@@ -95,12 +123,13 @@ fn guarded<T>(phase: &mut Phase, what: &str, step: impl FnOnce() -> candle_core:
 pub struct StreamEncoder {
     inner: Box<dyn EncoderStream>,
     n_q: usize,
+    memory: MemoryGuard,
     phase: Phase,
 }
 
 impl StreamEncoder {
-    pub(crate) fn new(inner: Box<dyn EncoderStream>, n_q: usize) -> Self {
-        Self { inner, n_q, phase: Phase::Open }
+    pub(crate) fn new(inner: Box<dyn EncoderStream>, n_q: usize, memory: MemoryGuard) -> Self {
+        Self { inner, n_q, memory, phase: Phase::Open }
     }
 
     /// Codebooks per frame.
@@ -115,6 +144,7 @@ impl StreamEncoder {
         if let Some((i, v)) = pcm.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::InvalidArgument(format!("pushed sample {i} is {v}: samples must be finite")));
         }
+        self.memory.check(pcm.len().div_ceil(self.memory.model.hop()) + 1, "encoding")?;
         let codes = guarded(&mut self.phase, "stream encode", || self.inner.push(pcm))?;
         to_codes(&codes, self.n_q)
     }
@@ -141,14 +171,13 @@ pub struct StreamDecoder {
     device: Device,
     /// The codebook count of the first push; later pushes must match it.
     n_q: Option<usize>,
-    max_n_q: usize,
-    codebook_size: usize,
+    memory: MemoryGuard,
     phase: Phase,
 }
 
 impl StreamDecoder {
-    pub(crate) fn new(inner: Box<dyn DecoderStream>, device: Device, max_n_q: usize, codebook_size: usize) -> Self {
-        Self { inner, device, n_q: None, max_n_q, codebook_size, phase: Phase::Open }
+    pub(crate) fn new(inner: Box<dyn DecoderStream>, device: Device, memory: MemoryGuard) -> Self {
+        Self { inner, device, n_q: None, memory, phase: Phase::Open }
     }
 
     /// Frames of codes (any number) → the audio samples that are final, at the model's rate. Codes out of range,
@@ -156,7 +185,8 @@ impl StreamDecoder {
     /// the stream as it was.
     pub fn push(&mut self, codes: &Codes) -> Result<Vec<f32>> {
         self.phase.check("stream decode")?;
-        check_codes(codes, self.max_n_q, self.codebook_size)?;
+        let model = &self.memory.model;
+        check_codes(codes, model.n_q(), model.codebook_size())?;
         if codes.n_frames == 0 {
             return Ok(Vec::new());
         }
@@ -167,8 +197,10 @@ impl StreamDecoder {
                     codes.n_q
                 )))
             }
-            _ => self.n_q = Some(codes.n_q),
+            _ => {}
         }
+        self.memory.check(codes.n_frames, "decoding")?;
+        self.n_q = Some(codes.n_q);
         let codes =
             Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("stream codes")?;
         let pcm = guarded(&mut self.phase, "stream decode", || self.inner.push(&codes))?;
