@@ -249,14 +249,15 @@ fn encode_file(
         total += chunk.len();
         peak = chunk.iter().fold(peak, |m, v| m.max(v.abs()));
         pending.extend_from_slice(&chunk);
-        let whole = pending.len() / push * push;
+        // Whole pushes, keeping at least one sample back: the input's end goes through `finish`, so a clip that
+        // fits one push runs the model once.
+        let whole = pending.len().saturating_sub(1) / push * push;
         for piece in pending[..whole].chunks(push) {
             take(stream.push(piece)?, &mut parts)?;
         }
         pending.drain(..whole);
     }
-    take(stream.push(&pending)?, &mut parts)?;
-    take(stream.flush()?, &mut parts)?;
+    take(stream.finish(&pending)?, &mut parts)?;
     pb.finish_and_clear();
     if peak > 1.0 && !quiet {
         eprintln!(
@@ -287,10 +288,12 @@ fn decode_to_file(
             let push = push.unwrap_or(codec.piece_frames());
             for from in (0..codes.n_frames).step_by(push) {
                 let to = (from + push).min(codes.n_frames);
-                writer.write(&stream.push(&frames_of(codes, from..to))?)?;
+                let piece = frames_of(codes, from..to);
+                // The last piece with the flush: a short clip runs the model once.
+                writer.write(&if to == codes.n_frames { stream.finish(&piece)? } else { stream.push(&piece)? })?;
                 pb.set_position(to as u64);
             }
-            writer.write(&stream.flush()?)
+            Ok(())
         }
         Err(Error::Unsupported(_)) if push.is_none() => {
             let audio = codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64))?;

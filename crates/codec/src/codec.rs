@@ -124,7 +124,7 @@ impl Codec {
         )))
     }
 
-    /// Audio per chunk on long inputs (default [`CHUNK_SECONDS`]); results do not depend on it.
+    /// Audio per piece of a long input, at most (default [`CHUNK_SECONDS`]); results do not depend on it.
     pub fn set_chunk_seconds(&mut self, seconds: f64) {
         self.chunk_seconds = seconds;
     }
@@ -238,11 +238,12 @@ impl Codec {
             done += codes.n_frames;
             progress(done, n_frames);
         };
-        for piece in pieces {
+        let last = pieces.len().saturating_sub(1);
+        for (i, piece) in pieces.into_iter().enumerate() {
             let piece = &samples[(piece.start * hop).min(samples.len())..(piece.end * hop).min(samples.len())];
-            add(self.named(stream.push(piece))?, progress);
+            let codes = if i == last { stream.finish(piece) } else { stream.push(piece) };
+            add(self.named(codes)?, progress);
         }
-        add(self.named(stream.flush())?, progress);
         Ok(Codes { n_q, n_frames, data: rows.concat() })
     }
 
@@ -338,18 +339,35 @@ impl Codec {
         };
         let mut stream = StreamDecoder::new(inner, self.device.clone(), self.stream_guard());
         let mut samples = Vec::with_capacity(codes.n_frames * self.hop());
-        for piece in self.pieces(codes.n_frames) {
+        let pieces = self.pieces(codes.n_frames);
+        let last = pieces.len().saturating_sub(1);
+        for (i, piece) in pieces.into_iter().enumerate() {
             let data = (0..codes.n_q).flat_map(|q| &codes.row(q)[piece.clone()]).copied().collect();
-            samples.extend(self.named(stream.push(&Codes { n_q: codes.n_q, n_frames: piece.len(), data }))?);
+            let piece_codes = Codes { n_q: codes.n_q, n_frames: piece.len(), data };
+            let pcm = if i == last { stream.finish(&piece_codes) } else { stream.push(&piece_codes) };
+            samples.extend(self.named(pcm)?);
             progress(piece.end, codes.n_frames);
         }
-        samples.extend(self.named(stream.flush())?);
         Ok(Audio { sample_rate, samples })
     }
 
-    /// Frames per piece of a long input: `chunk_seconds` of audio, at least one.
+    /// Frames per piece of a long input: `chunk_seconds` of audio, fewer if one pass over that (with a windowed
+    /// stream's context) would need more than [`PIECE_MEMORY`]; at least one.
     pub fn piece_frames(&self) -> usize {
-        ((self.chunk_seconds * self.frame_rate()) as usize).max(1)
+        let most = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
+        let (before, after) = self.model.chunk_context().unwrap_or((0, 0));
+        let fits = |frames: usize| self.model.peak_bytes(frames + before + after) <= PIECE_MEMORY;
+        // The largest size that fits, by bisection (peak memory grows with length).
+        let (mut lo, mut hi) = (1, most);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
     }
 
     /// How a long input of `n_frames` goes through a stream: pieces of `chunk_seconds` of audio. Results do not
@@ -402,8 +420,12 @@ fn available_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// Default audio per chunk on long inputs: bounds memory (a DAC 44.1 kHz chunk peaks near 2 GB) at a small cost in
-/// recomputed context.
+/// The most memory one piece of a long input may need: keeps a stream's peak memory a few hundred MB above the
+/// model's, whatever the input's length.
+pub const PIECE_MEMORY: u64 = 256 << 20;
+
+/// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that a windowed
+/// stream's re-run context costs little.
 pub const CHUNK_SECONDS: f64 = 20.0;
 
 #[cfg(test)]

@@ -69,6 +69,19 @@ impl MappedF32 {
     pub fn as_slice(&self) -> &[f32] {
         bytemuck::cast_slice(&self.map[self.bytes.clone()])
     }
+
+    /// Lets the kernel drop the whole pages of these values from memory (they are read from the file again if
+    /// used): for weights that have been copied into a packed form, so they are not held twice.
+    pub fn release_pages(&self) {
+        const PAGE: usize = 4096;
+        let start = self.bytes.start.next_multiple_of(PAGE);
+        let end = self.bytes.end / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the map is a read-only shared file mapping: dropped pages are re-read from the file with the
+            // same contents, so no reference into the map sees a change. Advice only: a failure changes nothing.
+            unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start).ok() };
+        }
+    }
 }
 
 impl std::fmt::Debug for MappedF32 {

@@ -16,7 +16,7 @@ pub mod npy;
 pub mod stream;
 
 pub use audio::Audio;
-pub use codec::{Codec, Codes, DeviceKind, CHUNK_SECONDS};
+pub use codec::{Codec, Codes, DeviceKind, CHUNK_SECONDS, PIECE_MEMORY};
 pub use error::{Error, Result};
 pub use models::{Model, Parts};
 pub use nn::gemm::{set_precision, Precision};

@@ -22,6 +22,12 @@ pub trait EncoderStream: Send {
     fn push(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor>;
     /// End of input: the remaining frames, the last partial one padded as offline encode pads it.
     fn flush(&mut self) -> candle_core::Result<Tensor>;
+    /// `push(pcm)` then `flush()` in one pass of the model where it can (a short clip then runs the model once,
+    /// and a one-shot run never packs its weights; see `nn::weight::GemmWeight`).
+    fn finish(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor> {
+        let head = self.push(pcm)?;
+        Tensor::cat(&[head, self.flush()?], 2)
+    }
     /// Forgets everything pushed: the stream starts anew.
     fn reset(&mut self);
 }
@@ -32,6 +38,11 @@ pub trait DecoderStream: Send {
     fn push(&mut self, codes: &Tensor) -> candle_core::Result<Tensor>;
     /// End of input: the remaining samples.
     fn flush(&mut self) -> candle_core::Result<Tensor>;
+    /// `push(codes)` then `flush()`, in one pass of the model where it can (see [`EncoderStream::finish`]).
+    fn finish(&mut self, codes: &Tensor) -> candle_core::Result<Tensor> {
+        let head = self.push(codes)?;
+        Tensor::cat(&[head, self.flush()?], 2)
+    }
     /// Forgets everything pushed: the stream starts anew.
     fn reset(&mut self);
 }
@@ -49,6 +60,11 @@ impl FrameBuffer {
         let whole = self.pending.len() / hop * hop;
         let rest = self.pending.split_off(whole);
         std::mem::replace(&mut self.pending, rest)
+    }
+
+    /// Adds `pcm` to what is pending.
+    pub fn extend(&mut self, pcm: &[f32]) {
+        self.pending.extend_from_slice(pcm);
     }
 
     /// What is pending, zero-padded to a whole frame (empty if nothing is).
@@ -141,9 +157,7 @@ impl StreamEncoder {
     /// Non-finite samples are an error that leaves the stream as it was.
     pub fn push(&mut self, pcm: &[f32]) -> Result<Codes> {
         self.phase.check("stream encode")?;
-        if let Some((i, v)) = pcm.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::InvalidArgument(format!("pushed sample {i} is {v}: samples must be finite")));
-        }
+        check_finite(pcm)?;
         self.memory.check(pcm.len().div_ceil(self.memory.model.hop()) + 1, "encoding")?;
         let codes = guarded(&mut self.phase, "stream encode", || self.inner.push(pcm))?;
         to_codes(&codes, self.n_q)
@@ -158,10 +172,29 @@ impl StreamEncoder {
         to_codes(&codes, self.n_q)
     }
 
+    /// [`StreamEncoder::push`] of the input's last samples, then [`StreamEncoder::flush`]: one pass of the model
+    /// where the architecture allows, so a whole clip given at once costs one pass.
+    pub fn finish(&mut self, pcm: &[f32]) -> Result<Codes> {
+        self.phase.check("stream encode")?;
+        check_finite(pcm)?;
+        self.memory.check(pcm.len().div_ceil(self.memory.model.hop()) + 1, "encoding")?;
+        let codes = guarded(&mut self.phase, "stream encode", || self.inner.finish(pcm))?;
+        self.phase = Phase::Flushed;
+        to_codes(&codes, self.n_q)
+    }
+
     /// Starts a new stream (after `flush`, an error, or to drop what was pushed).
     pub fn reset(&mut self) {
         self.inner.reset();
         self.phase = Phase::Open;
+    }
+}
+
+/// An error naming the first non-finite sample, if any.
+fn check_finite(pcm: &[f32]) -> Result<()> {
+    match pcm.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((i, v)) => Err(Error::InvalidArgument(format!("pushed sample {i} is {v}: samples must be finite"))),
+        None => Ok(()),
     }
 }
 
@@ -184,11 +217,21 @@ impl StreamDecoder {
     /// more codebooks than the model has, or a codebook count other than the first push's are an error that leaves
     /// the stream as it was.
     pub fn push(&mut self, codes: &Codes) -> Result<Vec<f32>> {
+        self.step(codes, false)
+    }
+
+    /// [`StreamDecoder::push`] of the last frames, then [`StreamDecoder::flush`]: one pass of the model where the
+    /// architecture allows.
+    pub fn finish(&mut self, codes: &Codes) -> Result<Vec<f32>> {
+        self.step(codes, true)
+    }
+
+    fn step(&mut self, codes: &Codes, last: bool) -> Result<Vec<f32>> {
         self.phase.check("stream decode")?;
         let model = &self.memory.model;
         check_codes(codes, model.n_q(), model.codebook_size())?;
         if codes.n_frames == 0 {
-            return Ok(Vec::new());
+            return if last { self.flush() } else { Ok(Vec::new()) };
         }
         match self.n_q {
             Some(n) if n != codes.n_q => {
@@ -203,7 +246,12 @@ impl StreamDecoder {
         self.n_q = Some(codes.n_q);
         let codes =
             Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("stream codes")?;
-        let pcm = guarded(&mut self.phase, "stream decode", || self.inner.push(&codes))?;
+        let inner = &mut self.inner;
+        let pcm =
+            guarded(&mut self.phase, "stream decode", || if last { inner.finish(&codes) } else { inner.push(&codes) })?;
+        if last {
+            self.phase = Phase::Flushed;
+        }
         pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("stream decode output")
     }
 
@@ -330,6 +378,10 @@ pub mod windowed {
         fn flush(&mut self) -> candle_core::Result<Tensor> {
             self.run(true)
         }
+        fn finish(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor> {
+            self.samples.extend_from_slice(pcm);
+            self.run(true)
+        }
         fn reset(&mut self) {
             (self.samples, self.base, self.done) = (Vec::new(), 0, 0);
         }
@@ -348,6 +400,15 @@ pub mod windowed {
     impl Decoder {
         pub fn new(model: Arc<dyn Model>, device: Device, context: (usize, usize)) -> Self {
             Self { model, device, context, codes: None, base: 0, done: 0 }
+        }
+
+        /// Appends `codes` to those held.
+        fn hold(&mut self, codes: &Tensor) -> candle_core::Result<()> {
+            self.codes = Some(match self.codes.take() {
+                Some(held) => Tensor::cat(&[&held, codes], 2)?,
+                None => codes.clone(),
+            });
+            Ok(())
         }
 
         fn run(&mut self, last: bool) -> candle_core::Result<Tensor> {
@@ -372,13 +433,14 @@ pub mod windowed {
 
     impl DecoderStream for Decoder {
         fn push(&mut self, codes: &Tensor) -> candle_core::Result<Tensor> {
-            self.codes = Some(match self.codes.take() {
-                Some(held) => Tensor::cat(&[&held, codes], 2)?,
-                None => codes.clone(),
-            });
+            self.hold(codes)?;
             self.run(false)
         }
         fn flush(&mut self) -> candle_core::Result<Tensor> {
+            self.run(true)
+        }
+        fn finish(&mut self, codes: &Tensor) -> candle_core::Result<Tensor> {
+            self.hold(codes)?;
             self.run(true)
         }
         fn reset(&mut self) {

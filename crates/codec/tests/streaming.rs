@@ -81,7 +81,20 @@ fn check_cuts(name: &str, codec: &Codec, audio: &Audio, sample_cuts: &[usize], f
     for &cut in sample_cuts {
         assert_eq!(stream_encode(codec, audio, cut), offline, "{name}: codes pushed {cut} samples at a time");
     }
+    // `finish` (the last push and the flush in one pass) gives the same, whole or after a push.
+    for split in [0, audio.samples.len() / 3] {
+        let mut enc = codec.stream_encoder(None).unwrap();
+        let head = enc.push(&audio.samples[..split]).unwrap();
+        let tail = enc.finish(&audio.samples[split..]).unwrap();
+        assert_eq!(concat(&[head, tail]), offline, "{name}: push {split} samples, then finish");
+        assert!(enc.push(&audio.samples[..1]).is_err(), "{name}: finish ends the stream");
+    }
     let decoded = codec.decode(&offline).unwrap();
+    if !frame_cuts.is_empty() {
+        let mut dec = codec.stream_decoder().unwrap();
+        let whole = dec.finish(&offline).unwrap();
+        assert_same_audio(&format!("{name} decode, finish"), &whole, &decoded.samples);
+    }
     for &cut in frame_cuts {
         assert_same_audio(
             &format!("{name} decode, {cut} frames a push"),

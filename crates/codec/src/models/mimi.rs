@@ -371,6 +371,10 @@ impl stream::EncoderStream for EncoderStream {
         let rest = self.frames.padded_rest(self.model.config.hop());
         self.run(rest)
     }
+    fn finish(&mut self, pcm: &[f32]) -> Result<Tensor> {
+        self.frames.extend(pcm);
+        self.flush()
+    }
     fn reset(&mut self) {
         self.frames.clear();
         self.seanet = SeanetState::default();

@@ -286,6 +286,11 @@ impl stream::EncoderStream for EncoderStream {
         self.lstm_frames(true)?;
         self.codes(true)
     }
+    fn finish(&mut self, pcm: &[f32]) -> Result<Tensor> {
+        self.pcm.extend_from_slice(pcm);
+        self.total += pcm.len();
+        self.flush()
+    }
     fn reset(&mut self) {
         (self.pcm, self.pcm_base, self.total) = (Vec::new(), 0, 0);
         (self.lstm, self.lstm_done) = (LstmState::default(), 0);

@@ -264,7 +264,12 @@ impl GemmWeight {
                 if let Some(p) = packed.get() {
                     Operand::Packed(p)
                 } else if ran.swap(true, Ordering::Relaxed) {
-                    Operand::Packed(packed.get_or_init(|| pack(view, *side)))
+                    Operand::Packed(packed.get_or_init(|| {
+                        let packed = pack(view, *side);
+                        // The packed copy replaces the file's bytes in memory from now on.
+                        data.release_pages();
+                        packed
+                    }))
                 } else {
                     Operand::InPlace(view)
                 }
