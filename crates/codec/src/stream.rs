@@ -425,7 +425,7 @@ pub mod windowed {
             let pcm = pcm.narrow(2, start, end - start)?;
             self.done = w.keep_to;
             let next_from = self.done.saturating_sub(self.context.0).max(self.base);
-            self.codes = Some(codes.narrow(2, next_from - self.base, avail - next_from)?);
+            self.codes = Some(codes.narrow(2, next_from - self.base, avail - next_from)?.copy()?);
             self.base = next_from;
             Ok(pcm)
         }

@@ -242,8 +242,9 @@ impl Conv1d {
         let frames = if len + left >= span { (len + left - span) / c.stride + 1 } else { 0 };
         let used = frames * c.stride;
         // What the next frames read, from virtual position `used` on.
+        // A copy, not a view: a view would keep this whole step's input alive until the next step.
         state.pending = Some(if used >= left {
-            x.narrow(D::Minus1, used - left, len + left - used)?
+            x.narrow(D::Minus1, used - left, len + left - used)?.copy()?
         } else {
             let (b, ch, _) = x.dims3()?;
             Tensor::cat(&[&Tensor::zeros((b, ch, left - used), x.dtype(), x.device())?, &x], D::Minus1)?
@@ -389,7 +390,7 @@ impl ConvTranspose1d {
             None => y,
         };
         let done = t * self.stride;
-        state.overlap = Some(y.narrow(D::Minus1, done, y.dim(D::Minus1)? - done)?);
+        state.overlap = Some(y.narrow(D::Minus1, done, y.dim(D::Minus1)? - done)?.copy()?);
         let y = y.narrow(D::Minus1, 0, done)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),

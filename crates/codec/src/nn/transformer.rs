@@ -117,7 +117,8 @@ impl Attention {
         };
         let keys = k.dim(2)?;
         let keep = (self.context - 1).min(keys);
-        cache.kv = Some((k.narrow(2, keys - keep, keep)?.contiguous()?, v.narrow(2, keys - keep, keep)?.contiguous()?));
+        // Copies, not views: a view would keep every key of this step alive.
+        cache.kv = Some((k.narrow(2, keys - keep, keep)?.copy()?, v.narrow(2, keys - keep, keep)?.copy()?));
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&y)
     }
