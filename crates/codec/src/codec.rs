@@ -68,6 +68,8 @@ impl Codes {
 /// A loaded codec model.
 pub struct Codec {
     model: Arc<dyn Model>,
+    /// `general.architecture` of the model file (`models::*::ARCH`); empty for a model built in memory.
+    arch: String,
     device: Device,
     path: PathBuf,
     chunk_seconds: f64,
@@ -88,9 +90,10 @@ impl Codec {
         let file = ModelFile::open(path)?;
         let device = device.device()?;
         let model = models::load(&file, &device, parts)?.into();
+        let arch = file.architecture()?.to_string();
         let path = path.to_path_buf();
         let memory_limit = default_memory_limit()?;
-        Ok(Self { model, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit })
+        Ok(Self { model, arch, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit })
     }
 
     /// Wraps an already built model (tests, random-weight benchmarks); a malformed `$CODEC_MEMORY_LIMIT` counts as
@@ -99,6 +102,7 @@ impl Codec {
         let path = PathBuf::from("<memory>");
         Self {
             model: model.into(),
+            arch: String::new(),
             device,
             path,
             chunk_seconds: CHUNK_SECONDS,
@@ -148,6 +152,10 @@ impl Codec {
         stream::MemoryGuard { model: self.model.clone(), limit: self.memory_limit }
     }
 
+    /// The architecture: `mimi`, `dac` or `wavtokenizer` (see [`models::ARCHITECTURES`]).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
     pub fn sample_rate(&self) -> u32 {
         self.model.sample_rate()
     }
