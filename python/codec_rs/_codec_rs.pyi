@@ -23,8 +23,8 @@ class Codec:
     ``model`` is a ``.gguf`` file, a checkpoint ``codec convert`` reads (a hub-style directory, a ``.safetensors``,
     descript's ``.pth``, a WavTokenizer ``.ckpt``), or a Hugging Face hub id such as ``"kyutai/mimi"`` (downloaded
     and converted once, cached). ``device``: ``"cpu"``, ``"cuda"``, ``"metal"`` or ``"auto"``. ``threads``: the
-    size of the process-wide pool of compute threads, set by the first model loaded (default: the physical cores,
-    or ``$RAYON_NUM_THREADS``).
+    size of the process-wide pool of compute threads, which the first call that computes sets (default: the
+    physical cores, or ``$RAYON_NUM_THREADS``); asking another size later is a ``RuntimeWarning``.
 
     One model may be used from several Python threads at once: every call releases the GIL while it computes.
 

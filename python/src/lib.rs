@@ -41,9 +41,10 @@ fn sample_rate(name: &str, rate: i64) -> PyResult<u32> {
 }
 
 /// Sizes the process-wide pool the library computes on (rayon's global pool; candle sizes its kernels by
-/// `RAYON_NUM_THREADS`, set to match) the first time a model is loaded: `threads`, else `$RAYON_NUM_THREADS`, else
-/// the physical cores (as the CLI: SMT siblings share one core's FMA units). The pool lives as long as the process:
-/// a later model asking for another count gets the pool as it is, with a `RuntimeWarning`.
+/// `RAYON_NUM_THREADS`, set to match) on the first call that may compute (loading a model, `convert`,
+/// `load_audio`), before the pool would start at rayon's default: `threads`, else `$RAYON_NUM_THREADS`, else the
+/// physical cores (as the CLI: SMT siblings share one core's FMA units). The pool lives as long as the process: a
+/// later model asking for another count gets the pool as it is, with a `RuntimeWarning`.
 fn init_threads(py: Python<'_>, threads: Option<i64>) -> PyResult<()> {
     let cpus = num_cpus::get();
     let wanted = threads.map(|n| in_range("threads", n, 1..=MAX_THREADS_PER_CPU * cpus)).transpose()?;
@@ -116,8 +117,8 @@ fn decode_batch(codec: &Codec, codes: &[Codes]) -> codec::Result<Vec<Audio>> {
 /// ``model`` is a ``.gguf`` file, a checkpoint ``codec convert`` reads (a hub-style directory, a ``.safetensors``,
 /// descript's ``.pth``, a WavTokenizer ``.ckpt``), or a Hugging Face hub id such as ``"kyutai/mimi"`` (downloaded
 /// and converted once, cached). ``device``: ``"cpu"``, ``"cuda"``, ``"metal"`` or ``"auto"``. ``threads``: the
-/// size of the process-wide pool of compute threads, set by the first model loaded (default: the physical cores,
-/// or ``$RAYON_NUM_THREADS``).
+/// size of the process-wide pool of compute threads, which the first call that computes sets (default: the
+/// physical cores, or ``$RAYON_NUM_THREADS``); asking another size later is a ``RuntimeWarning``.
 ///
 /// One model may be used from several Python threads at once: every call releases the GIL while it computes.
 ///
@@ -303,6 +304,7 @@ fn convert(
     dtype: &str,
 ) -> PyResult<()> {
     let opts = ConvertOptions { arch, config, dtype: dtype.parse().map_err(to_py)?, name: None };
+    init_threads(py, None)?;
     let notes = detached(py, || {
         let mut notes = Vec::new();
         codec::convert::convert_with_notes(&src, &out, &opts, &mut notes).map(|()| notes)
@@ -319,6 +321,7 @@ fn convert(
 #[pyfunction]
 fn load_audio(py: Python<'_>, path: PathBuf, sample_rate: i64) -> PyResult<Bound<'_, PyArray1<f32>>> {
     let rate = self::sample_rate("sample_rate", sample_rate)?;
+    init_threads(py, None)?;
     let audio = detached(py, || audio::read_mono_at(&path, rate))?;
     Ok(audio_array(py, audio.samples))
 }
