@@ -140,12 +140,12 @@ impl Codec {
 
     /// An error if one pass over `frames` frames would need more memory than the limit.
     fn check_memory(&self, frames: usize, what: &str) -> Result<()> {
-        self.memory_guard(0).check(frames, what)
+        self.memory_guard().check(frames, what)
     }
 
-    /// The memory check a stream makes on each push (`context`: frames a windowed stream re-runs beside it).
-    fn memory_guard(&self, context: usize) -> stream::MemoryGuard {
-        stream::MemoryGuard { model: self.model.clone(), limit: self.memory_limit, context }
+    /// The memory check a stream makes on each push.
+    fn memory_guard(&self) -> stream::MemoryGuard {
+        stream::MemoryGuard { model: self.model.clone(), limit: self.memory_limit }
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -227,7 +227,7 @@ impl Codec {
             return Ok(Codes { n_q, n_frames, data });
         };
         // Long inputs go through the stream in pieces, so memory stays that of one piece (and its context).
-        let mut stream = StreamEncoder::new(inner, n_q, self.stream_guard());
+        let mut stream = StreamEncoder::new(inner, n_q, self.memory_guard());
         let pieces = self.pieces(n_frames);
         let mut rows = vec![Vec::with_capacity(n_frames); n_q];
         let mut done = 0;
@@ -264,7 +264,7 @@ impl Codec {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
         match self.encoder_stream(n_q)? {
-            Some(inner) => Ok(StreamEncoder::new(inner, n_q, self.stream_guard())),
+            Some(inner) => Ok(StreamEncoder::new(inner, n_q, self.memory_guard())),
             None => Err(Error::Unsupported(format!(
                 "{}: this model's encoder cannot stream (its context is unbounded)",
                 self.path.display()
@@ -278,7 +278,7 @@ impl Codec {
     pub fn stream_decoder(&self) -> Result<StreamDecoder> {
         self.require(Parts::Decoder)?;
         match self.decoder_stream() {
-            Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.stream_guard())),
+            Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.memory_guard())),
             None => Err(Error::Unsupported(format!(
                 "{}: this model's decoder cannot stream (its attention spans the whole clip); decode whole clips",
                 self.path.display()
@@ -286,32 +286,14 @@ impl Codec {
         }
     }
 
-    /// A stream's memory check: a push plus the receptive field a windowed stream re-runs around it.
-    fn stream_guard(&self) -> stream::MemoryGuard {
-        let (before, after) = self.model.chunk_context().unwrap_or((0, 0));
-        self.memory_guard(before + after)
-    }
-
-    /// The model's stateful encoder stream, else the windowed one if its context is finite.
+    /// The model's encoder stream, if it has one.
     fn encoder_stream(&self, n_q: usize) -> Result<Option<Box<dyn EncoderStream>>> {
-        if let Some(stream) = self.model.clone().stream_encoder(n_q, &self.device) {
-            return Ok(Some(stream));
-        }
-        Ok(self.model.chunk_context().map(|context| {
-            Box::new(stream::windowed::Encoder::new(self.model.clone(), self.device.clone(), n_q, context))
-                as Box<dyn EncoderStream>
-        }))
+        Ok(self.model.clone().stream_encoder(n_q, &self.device))
     }
 
-    /// The model's stateful decoder stream, else the windowed one if its context is finite.
+    /// The model's decoder stream, if it has one.
     fn decoder_stream(&self) -> Option<Box<dyn DecoderStream>> {
-        if let Some(stream) = self.model.clone().stream_decoder(&self.device) {
-            return Some(stream);
-        }
-        self.model.chunk_context().map(|context| {
-            Box::new(stream::windowed::Decoder::new(self.model.clone(), self.device.clone(), context))
-                as Box<dyn DecoderStream>
-        })
+        self.model.clone().stream_decoder(&self.device)
     }
 
     /// Codes → mono audio at the model rate, about `n_frames * hop` samples.
@@ -337,7 +319,7 @@ impl Codec {
             progress(codes.n_frames, codes.n_frames);
             return Ok(Audio { sample_rate, samples });
         };
-        let mut stream = StreamDecoder::new(inner, self.device.clone(), self.stream_guard());
+        let mut stream = StreamDecoder::new(inner, self.device.clone(), self.memory_guard());
         let mut samples = Vec::with_capacity(codes.n_frames * self.hop());
         let pieces = self.pieces(codes.n_frames);
         let last = pieces.len().saturating_sub(1);
@@ -351,12 +333,11 @@ impl Codec {
         Ok(Audio { sample_rate, samples })
     }
 
-    /// Frames per piece of a long input: `chunk_seconds` of audio, fewer if one pass over that (with a windowed
-    /// stream's context) would need more than [`PIECE_MEMORY`]; at least one.
+    /// Frames per piece of a long input: `chunk_seconds` of audio, fewer if one pass over that would need more
+    /// than [`PIECE_MEMORY`]; at least one.
     pub fn piece_frames(&self) -> usize {
         let most = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
-        let (before, after) = self.model.chunk_context().unwrap_or((0, 0));
-        let fits = |frames: usize| self.model.peak_bytes(frames + before + after) <= PIECE_MEMORY;
+        let fits = |frames: usize| self.model.peak_bytes(frames) <= PIECE_MEMORY;
         // The largest size that fits, by bisection (peak memory grows with length).
         let (mut lo, mut hi) = (1, most);
         while lo < hi {
@@ -424,8 +405,8 @@ fn available_memory() -> Option<u64> {
 /// model's, whatever the input's length.
 pub const PIECE_MEMORY: u64 = 256 << 20;
 
-/// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that a windowed
-/// stream's re-run context costs little.
+/// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that per-piece
+/// overheads do not count.
 pub const CHUNK_SECONDS: f64 = 20.0;
 
 #[cfg(test)]

@@ -2,11 +2,10 @@
 //!
 //! [`StreamEncoder`] and [`StreamDecoder`] are what users hold (made by [`crate::Codec::stream_encoder`] /
 //! [`crate::Codec::stream_decoder`]); they check input, keep the flushed/reset protocol and turn tensors into plain
-//! vectors. The work is done by a model's stream ([`EncoderStream`] / [`DecoderStream`]): a stateful one where the
-//! architecture is causal (Mimi: each layer carries its context, see `nn::conv` and `nn::transformer`), or the
-//! [`windowed`] one here for models with a finite receptive field (DAC), which re-runs the model over each new stretch
-//! with that field on both sides — what [`crate::Codec`]'s offline passes over long inputs use as well.
-//! Concatenated outputs equal one offline pass: codes bit for bit, audio up to rounding.
+//! vectors. The work is done by a model's stream ([`EncoderStream`] / [`DecoderStream`], in the model's file), whose
+//! layers carry their state (`nn::conv`, `nn::transformer`, `nn::lstm`): causal layers answer at once, centred ones
+//! once the input their window reaches ahead to has come. [`crate::Codec`]'s offline passes over long inputs run
+//! through the same streams. Concatenated outputs equal one offline pass: codes bit for bit, audio up to rounding.
 
 use std::sync::Arc;
 
@@ -107,14 +106,11 @@ impl Phase {
 pub(crate) struct MemoryGuard {
     pub model: Arc<dyn Model>,
     pub limit: Option<u64>,
-    /// Frames a windowed stream runs beside a push's own.
-    pub context: usize,
 }
 
 impl MemoryGuard {
-    /// An error if one pass over `frames` frames (plus the context) would need more memory than the limit.
+    /// An error if one pass over `frames` frames would need more memory than the limit.
     pub fn check(&self, frames: usize, what: &str) -> Result<()> {
-        let frames = frames.saturating_add(self.context);
         let (Some(limit), need) = (self.limit, self.model.peak_bytes(frames)) else { return Ok(()) };
         if need <= limit {
             return Ok(());
@@ -305,146 +301,23 @@ fn to_codes(codes: &Tensor, n_q: usize) -> Result<Codes> {
     Ok(Codes { n_q, n_frames, data })
 }
 
-/// Streams for a model with a finite receptive field of `(before, after)` frames ([`Model::chunk_context`]): each
-/// push runs the model over the frames that became final — those with `after` frames of input beyond them — plus
-/// `before` frames of context, and keeps their part. Latency: the receptive field; cost: the context re-run per
-/// push, so pushes of many frames amortise it.
-pub mod windowed {
-    use super::*;
+/// Frames `from..to` go through a model part; `keep_from..keep_to` of the result are kept.
+pub(crate) struct Window {
+    pub from: usize,
+    pub to: usize,
+    pub keep_from: usize,
+    pub keep_to: usize,
+}
 
-    /// Frames `from..to` go through the model; `keep_from..keep_to` of the result are kept.
-    pub(crate) struct Window {
-        pub from: usize,
-        pub to: usize,
-        pub keep_from: usize,
-        pub keep_to: usize,
-    }
-
-    /// The window that finalises frames `done..` given `avail` frames of input and a receptive field of
-    /// `(before, after)` frames (`last`: no more input will come).
-    pub(crate) fn window(done: usize, avail: usize, (before, after): (usize, usize), last: bool) -> Option<Window> {
-        let keep_to = if last { avail } else { avail.saturating_sub(after) };
-        (keep_to > done).then(|| Window {
-            from: done.saturating_sub(before),
-            to: (keep_to + after).min(avail),
-            keep_from: done,
-            keep_to,
-        })
-    }
-
-    pub struct Encoder {
-        model: Arc<dyn Model>,
-        device: Device,
-        n_q: usize,
-        context: (usize, usize),
-        /// Samples from frame `base` on.
-        samples: Vec<f32>,
-        base: usize,
-        /// Frames emitted so far.
-        done: usize,
-    }
-
-    impl Encoder {
-        pub fn new(model: Arc<dyn Model>, device: Device, n_q: usize, context: (usize, usize)) -> Self {
-            Self { model, device, n_q, context, samples: Vec::new(), base: 0, done: 0 }
-        }
-
-        fn run(&mut self, last: bool) -> candle_core::Result<Tensor> {
-            let hop = self.model.hop();
-            let total = self.base * hop + self.samples.len();
-            let avail = if last { total.div_ceil(hop) } else { total / hop };
-            let Some(w) = window(self.done, avail, self.context, last) else {
-                return Tensor::zeros((1, self.n_q, 0), candle_core::DType::U32, &self.device);
-            };
-            // The window's samples, the last partial frame unpadded: the model pads it as in one pass.
-            let s0 = (w.from - self.base) * hop;
-            let s1 = (w.to * hop).min(total) - self.base * hop;
-            let pcm = Tensor::from_slice(&self.samples[s0..s1], (1, 1, s1 - s0), &self.device)?;
-            let codes = self.model.encode(&pcm, self.n_q)?.narrow(2, w.keep_from - w.from, w.keep_to - w.keep_from)?;
-            self.done = w.keep_to;
-            // Keep what later windows start from.
-            let next_from = self.done.saturating_sub(self.context.0).max(self.base);
-            self.samples.drain(..(next_from - self.base) * hop);
-            self.base = next_from;
-            Ok(codes)
-        }
-    }
-
-    impl EncoderStream for Encoder {
-        fn push(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor> {
-            self.samples.extend_from_slice(pcm);
-            self.run(false)
-        }
-        fn flush(&mut self) -> candle_core::Result<Tensor> {
-            self.run(true)
-        }
-        fn finish(&mut self, pcm: &[f32]) -> candle_core::Result<Tensor> {
-            self.samples.extend_from_slice(pcm);
-            self.run(true)
-        }
-        fn reset(&mut self) {
-            (self.samples, self.base, self.done) = (Vec::new(), 0, 0);
-        }
-    }
-
-    pub struct Decoder {
-        model: Arc<dyn Model>,
-        device: Device,
-        context: (usize, usize),
-        /// Codes (1, n_q, frames) from frame `base` on.
-        codes: Option<Tensor>,
-        base: usize,
-        done: usize,
-    }
-
-    impl Decoder {
-        pub fn new(model: Arc<dyn Model>, device: Device, context: (usize, usize)) -> Self {
-            Self { model, device, context, codes: None, base: 0, done: 0 }
-        }
-
-        /// Appends `codes` to those held.
-        fn hold(&mut self, codes: &Tensor) -> candle_core::Result<()> {
-            self.codes = Some(match self.codes.take() {
-                Some(held) => Tensor::cat(&[&held, codes], 2)?,
-                None => codes.clone(),
-            });
-            Ok(())
-        }
-
-        fn run(&mut self, last: bool) -> candle_core::Result<Tensor> {
-            let avail = self.base + self.codes.as_ref().map_or(Ok(0), |c| c.dim(2))?;
-            let (Some(codes), Some(w)) = (self.codes.clone(), window(self.done, avail, self.context, last)) else {
-                return Tensor::zeros((1, 1, 0), candle_core::DType::F32, &self.device);
-            };
-            let hop = self.model.hop();
-            let pcm = self.model.decode(&codes.narrow(2, w.from - self.base, w.to - w.from)?)?;
-            // A model may give a few samples fewer than frames × hop at the very end (DAC's odd strides).
-            let len = pcm.dim(2)?;
-            let start = ((w.keep_from - w.from) * hop).min(len);
-            let end = ((w.keep_to - w.from) * hop).min(len);
-            let pcm = pcm.narrow(2, start, end - start)?;
-            self.done = w.keep_to;
-            let next_from = self.done.saturating_sub(self.context.0).max(self.base);
-            self.codes = Some(codes.narrow(2, next_from - self.base, avail - next_from)?.copy()?);
-            self.base = next_from;
-            Ok(pcm)
-        }
-    }
-
-    impl DecoderStream for Decoder {
-        fn push(&mut self, codes: &Tensor) -> candle_core::Result<Tensor> {
-            self.hold(codes)?;
-            self.run(false)
-        }
-        fn flush(&mut self) -> candle_core::Result<Tensor> {
-            self.run(true)
-        }
-        fn finish(&mut self, codes: &Tensor) -> candle_core::Result<Tensor> {
-            self.hold(codes)?;
-            self.run(true)
-        }
-        fn reset(&mut self) {
-            (self.codes, self.base, self.done) = (None, 0, 0);
-        }
-    }
+/// For a model part with a finite receptive field of `(before, after)` frames, run over windows (WavTokenizer's
+/// encoder around its LSTM): the window that finalises frames `done..` given `avail` frames of input (`last`: no
+/// more will come): the frames with `after` frames of input beyond them, plus `before` frames of context.
+pub(crate) fn window(done: usize, avail: usize, (before, after): (usize, usize), last: bool) -> Option<Window> {
+    let keep_to = if last { avail } else { avail.saturating_sub(after) };
+    (keep_to > done).then(|| Window {
+        from: done.saturating_sub(before),
+        to: (keep_to + after).min(avail),
+        keep_from: done,
+        keep_to,
+    })
 }

@@ -84,7 +84,8 @@ fn both_layouts_match_references() {
     }
 }
 
-/// Chunks of a few frames with the model's context give the codes and audio of one pass.
+/// A long input streamed in pieces of a few frames gives the codes of one pass exactly, and its audio up to rounding
+/// (the transposed convs' overlaps are summed in two parts at each cut).
 #[test]
 fn chunked_equals_one_pass() {
     for variant in variants() {
@@ -101,7 +102,9 @@ fn chunked_equals_one_pass() {
         assert_eq!(chunked.samples.len(), whole.samples.len());
         let diff = chunked.samples.iter().zip(&whole.samples).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         eprintln!("{variant}: chunked vs one pass max |diff| {diff:e}");
-        assert!(diff < 1e-5, "{variant}: chunked decode differs by {diff}");
+        assert!(diff < 1e-4, "{variant}: chunked decode differs by {diff}");
+        let cos = common::cosine(&chunked.samples, &whole.samples);
+        assert!(cos >= 0.999999, "{variant}: chunked decode cos {cos}");
         std::fs::remove_file(gguf).ok();
     }
 }

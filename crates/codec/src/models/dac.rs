@@ -9,14 +9,17 @@
 //! Tensor names are the transformers (hub) layout's (`encoder.block.0.res_unit1.conv1.weight`, …); the converter maps
 //! descript's `.pth` names onto them.
 
+use std::sync::Arc;
+
 use crate::nn::Weights;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::gguf::{keys, ModelFile};
-use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::pad_to_multiple;
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
+use crate::stream;
 
 pub const ARCH: &str = "dac";
 
@@ -59,19 +62,6 @@ impl DacConfig {
             codebook_size: 1024,
             codebook_dim: 8,
         }
-    }
-
-    /// Samples one output can depend on, on either side, bounding encoder and decoder alike: at each level of the
-    /// encoder three residual units (k7, dilations 1/3/9: ±39 samples) and the strided conv (±s), scaled by the
-    /// level's stride; the first conv ±3, the last ±1 frame; the decoder mirrors this plus its first conv's ±3 frames.
-    pub fn receptive_radius(&self) -> usize {
-        let mut scale = 1;
-        let mut radius = 3 + 4 * self.hop();
-        for &s in &self.encoder_rates {
-            radius += scale * (39 + s);
-            scale *= s;
-        }
-        radius
     }
 
     /// Reads and checks every key: sizes at least 1, strides with a bounded hop.
@@ -129,6 +119,61 @@ impl ResidualUnit {
         // conv2 keeps y's length (k1); the skip is x centre-cropped to it, added inside the conv.
         let crop = (x.dim(2)? - y.dim(2)?) / 2;
         self.conv2.forward_add(&self.snake2.forward(&y)?, &x.narrow(2, crop, y.dim(2)?)?)
+    }
+}
+
+impl ResidualUnit {
+    /// [`ResidualUnit::forward`] on the next samples of a stream: conv1 answers `3·dilation` samples late, so
+    /// the skip waits in `state` for the samples it is added to.
+    fn step(&self, x: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
+        let y = if x.dim(2)? == 0 { x.clone() } else { self.snake1.forward(x)? };
+        let y = self.conv1.step(&y, &mut state.conv1)?;
+        self.join(x, &y, state)
+    }
+
+    fn flush(&self, state: &mut ResidualState) -> Result<Tensor> {
+        let y = self.conv1.flush(&mut state.conv1)?;
+        let none = y.narrow(2, 0, 0)?;
+        self.join(&none, &y, state)
+    }
+
+    /// conv2 over the stream's next `y` samples plus as many waiting skip samples.
+    fn join(&self, x: &Tensor, y: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
+        let skip = match state.skip.take() {
+            Some(waiting) => Tensor::cat(&[&waiting, x], 2)?,
+            None => x.clone(),
+        };
+        let (n, waiting) = (y.dim(2)?, skip.dim(2)?);
+        state.skip = Some(skip.narrow(2, n, waiting - n)?.copy()?);
+        if n == 0 {
+            return Ok(y.clone());
+        }
+        self.conv2.forward_add(&self.snake2.forward(y)?, &skip.narrow(2, 0, n)?)
+    }
+}
+
+/// A residual unit's streaming state: its dilated conv's context and the skip samples waiting for it.
+#[derive(Debug, Default)]
+struct ResidualState {
+    conv1: ConvState,
+    skip: Option<Tensor>,
+}
+
+/// A layer's output on the next samples of a stream, and, at the end (`last`), its flush after them.
+fn streamed(step: Result<Tensor>, last: bool, flush: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    let y = step?;
+    if !last {
+        return Ok(y);
+    }
+    Tensor::cat(&[y, flush()?], 2)
+}
+
+/// Snake on a stream's piece (which may be empty).
+fn snake(s: &Snake, x: &Tensor) -> Result<Tensor> {
+    if x.dim(2)? == 0 {
+        Ok(x.clone())
+    } else {
+        s.forward(x)
     }
 }
 
@@ -256,6 +301,114 @@ impl Decoder {
     }
 }
 
+/// DAC's streaming encoder: every conv carries its context and answers once the samples its window reaches ahead
+/// to have come (its share of the receptive field), so codes equal one pass bit for bit with no re-run.
+struct EncoderStream {
+    model: Arc<Dac>,
+    device: Device,
+    n_q: usize,
+    /// Samples pushed so far (the end is zero-padded to a whole frame, as one pass pads).
+    total: usize,
+    conv1: ConvState,
+    blocks: Vec<([ResidualState; 3], ConvState)>,
+    conv2: ConvState,
+}
+
+impl EncoderStream {
+    fn new(model: Arc<Dac>, device: Device, n_q: usize) -> Self {
+        let blocks = model.encoder.blocks.iter().map(|_| Default::default()).collect();
+        Self { model, device, n_q, total: 0, conv1: ConvState::default(), blocks, conv2: ConvState::default() }
+    }
+
+    fn run(&mut self, pcm: &[f32], last: bool) -> Result<Tensor> {
+        self.total += pcm.len();
+        let mut pcm = pcm.to_vec();
+        if last {
+            pcm.resize(pcm.len() + self.total.next_multiple_of(self.model.config.hop()) - self.total, 0.0);
+        }
+        let enc = &self.model.encoder;
+        let x = Tensor::from_vec(pcm, (1, 1, ()), &self.device)?;
+        let mut x = streamed(enc.conv1.step(&x, &mut self.conv1), last, || enc.conv1.flush(&mut self.conv1))?;
+        for (block, (res, conv)) in enc.blocks.iter().zip(&mut self.blocks) {
+            for (unit, state) in block.res.iter().zip(res.iter_mut()) {
+                x = streamed(unit.step(&x, state), last, || unit.flush(state))?;
+            }
+            let y = snake(&block.snake1, &x)?;
+            x = streamed(block.conv1.step(&y, conv), last, || block.conv1.flush(conv))?;
+        }
+        let y = snake(&enc.snake1, &x)?;
+        let z = streamed(enc.conv2.step(&y, &mut self.conv2), last, || enc.conv2.flush(&mut self.conv2))?;
+        if z.dim(2)? == 0 {
+            return Tensor::zeros((1, self.n_q, 0), DType::U32, &self.device);
+        }
+        Ok(self.model.quantizer.encode(&z, self.n_q)?.0)
+    }
+}
+
+impl stream::EncoderStream for EncoderStream {
+    fn push(&mut self, pcm: &[f32]) -> Result<Tensor> {
+        self.run(pcm, false)
+    }
+    fn flush(&mut self) -> Result<Tensor> {
+        self.run(&[], true)
+    }
+    fn finish(&mut self, pcm: &[f32]) -> Result<Tensor> {
+        self.run(pcm, true)
+    }
+    fn reset(&mut self) {
+        *self = Self::new(self.model.clone(), self.device.clone(), self.n_q);
+    }
+}
+
+/// DAC's streaming decoder, the mirror image: transposed convs carry their overlap and trim the stream's ends.
+struct DecoderStream {
+    model: Arc<Dac>,
+    device: Device,
+    conv1: ConvState,
+    blocks: Vec<(ConvTransposeState, [ResidualState; 3])>,
+    conv2: ConvState,
+}
+
+impl DecoderStream {
+    fn new(model: Arc<Dac>, device: Device) -> Self {
+        let blocks = model.decoder.blocks.iter().map(|_| Default::default()).collect();
+        Self { model, device, conv1: ConvState::default(), blocks, conv2: ConvState::default() }
+    }
+
+    fn run(&mut self, codes: Option<&Tensor>, last: bool) -> Result<Tensor> {
+        let dec = &self.model.decoder;
+        let x = match codes {
+            Some(codes) => self.model.quantizer.decode(codes)?,
+            None => Tensor::zeros((1, self.model.config.latent_dim, 0), DType::F32, &self.device)?,
+        };
+        let mut x = streamed(dec.conv1.step(&x, &mut self.conv1), last, || dec.conv1.flush(&mut self.conv1))?;
+        for (block, (up, res)) in dec.blocks.iter().zip(&mut self.blocks) {
+            let y = snake(&block.snake1, &x)?;
+            x = streamed(block.conv_t1.step(&y, up), last, || block.conv_t1.flush(up))?;
+            for (unit, state) in block.res.iter().zip(res.iter_mut()) {
+                x = streamed(unit.step(&x, state), last, || unit.flush(state))?;
+            }
+        }
+        let y = snake(&dec.snake1, &x)?;
+        streamed(dec.conv2.step(&y, &mut self.conv2), last, || dec.conv2.flush(&mut self.conv2))?.tanh()
+    }
+}
+
+impl stream::DecoderStream for DecoderStream {
+    fn push(&mut self, codes: &Tensor) -> Result<Tensor> {
+        self.run(Some(codes), false)
+    }
+    fn flush(&mut self) -> Result<Tensor> {
+        self.run(None, true)
+    }
+    fn finish(&mut self, codes: &Tensor) -> Result<Tensor> {
+        self.run(Some(codes), true)
+    }
+    fn reset(&mut self) {
+        *self = Self::new(self.model.clone(), self.device.clone());
+    }
+}
+
 /// The whole model. Stages are public so tests can compare each against the reference's intermediates.
 #[derive(Debug, Clone)]
 pub struct Dac {
@@ -322,9 +475,11 @@ impl super::Model for Dac {
         t.time("decoder", || self.decoder.forward(&z))?;
         Ok(t.times)
     }
-    fn chunk_context(&self) -> Option<(usize, usize)> {
-        let frames = self.config.receptive_radius().div_ceil(self.config.hop()) + 1;
-        Some((frames, frames))
+    fn stream_encoder(self: Arc<Self>, n_q: usize, device: &Device) -> Option<Box<dyn stream::EncoderStream>> {
+        Some(Box::new(EncoderStream::new(self, device.clone(), n_q)))
+    }
+    fn stream_decoder(self: Arc<Self>, device: &Device) -> Option<Box<dyn stream::DecoderStream>> {
+        Some(Box::new(DecoderStream::new(self, device.clone())))
     }
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         self.decoder.forward(&self.quantizer.decode(codes)?)

@@ -27,21 +27,16 @@ pub trait Model: Send + Sync {
     /// Codes (B, n, F), n ≤ n_q → audio (B, 1, F * hop) — a few samples fewer where the reference does so too
     /// (DAC with odd strides).
     fn decode(&self, codes: &Tensor) -> Result<Tensor>;
-    /// Frames of context (before, after) with which chunked encode and decode give what one pass gives, i.e. the
-    /// receptive field; `None` when it is unbounded (global attention) and inputs are processed in one piece.
-    fn chunk_context(&self) -> Option<(usize, usize)> {
-        None
-    }
     /// About the most memory one encode or decode of `n_frames` frames in one piece allocates, in bytes: what
     /// [`crate::Codec`] checks against the memory limit before it runs (measured peak RSS growth per audio sample,
     /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
     fn peak_bytes(&self, n_frames: usize) -> u64;
-    /// A stateful streaming encoder with `n_q` codebooks, where the architecture has one (causal models); `None`
-    /// streams through [`crate::stream::windowed`] when [`Model::chunk_context`] is finite.
+    /// A streaming encoder with `n_q` codebooks (see [`crate::stream`]); `None` where the architecture cannot
+    /// stream.
     fn stream_encoder(self: Arc<Self>, _n_q: usize, _device: &Device) -> Option<Box<dyn EncoderStream>> {
         None
     }
-    /// A stateful streaming decoder, as [`Model::stream_encoder`].
+    /// A streaming decoder, as [`Model::stream_encoder`]; `None` where the architecture cannot stream.
     fn stream_decoder(self: Arc<Self>, _device: &Device) -> Option<Box<dyn DecoderStream>> {
         None
     }

@@ -19,7 +19,7 @@ use crate::nn::lstm::LstmState;
 use crate::nn::rvq::ResidualVq;
 use crate::nn::seanet::{SeanetConfig, SeanetEncoder};
 use crate::nn::vocos::{Backbone, IstftHead, VocosConfig};
-use crate::stream::{self, windowed::window};
+use crate::stream::{self, window};
 
 pub const ARCH: &str = "wavtokenizer";
 

@@ -108,6 +108,7 @@ pub struct Conv1d {
     depthwise: OnceLock<Arc<DepthwiseWeights>>,
     /// The CPU GEMM form of the weights (see `nn::weight::GemmWeight`), made when built.
     packed: Option<Arc<PackedConv>>,
+    out_channels: usize,
 }
 
 /// A depthwise conv's weight (C, K) and bias as plain vectors.
@@ -123,7 +124,7 @@ impl Conv1d {
             _ => None,
         };
         let weight = if packed.is_some() { None } else { Some(weight.into_tensor()?) };
-        Ok(Self { weight, bias, cfg, depthwise: OnceLock::new(), packed })
+        Ok(Self { weight, bias, cfg, depthwise: OnceLock::new(), packed, out_channels: c_out })
     }
 
     /// Input samples one output sample spans (the dilated kernel), and the stride.
@@ -205,22 +206,19 @@ impl Conv1d {
     }
 }
 
-/// A causal conv's streaming state: the input samples the next output frames still read (the causal left padding
-/// before the first step).
+/// A conv's streaming state: the input samples the next output frames still read (before the first step, the
+/// left padding).
 #[derive(Debug, Clone, Default)]
 pub struct ConvState {
     pending: Option<Tensor>,
 }
 
 impl Conv1d {
-    /// The next samples (B, C, T) of a stream → the output frames they complete, exactly those of [`Module::forward`]
-    /// on the whole stream (given whole frames: a length that is a multiple of the stride, as the models' frame
-    /// padding makes every layer's). Causal convs only: a centred one would need samples not yet pushed.
+    /// The next samples (B, C, T) of a stream → the output frames whose windows they complete, exactly those of
+    /// [`Module::forward`] on the whole stream: a causal conv's at once, a centred one's once the samples its
+    /// window reaches ahead to have come ([`Conv1d::flush`] ends the stream with the right padding).
     pub fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
         let c = &self.cfg;
-        if c.padding != Padding::Causal {
-            candle_core::bail!("only causal convolutions stream");
-        }
         // The stream so far as `left` virtual zeros (the causal padding, before the first step) and `x`.
         let (x, left) = match state.pending.take() {
             Some(pending) => (Tensor::cat(&[&pending, x], D::Minus1)?, 0),
@@ -232,7 +230,7 @@ impl Conv1d {
                         (Tensor::cat(&[&x.narrow(D::Minus1, 0, 1)?.repeat((1, 1, left))?, x], D::Minus1)?, 0)
                     }
                     // Nothing to replicate yet: start when the first sample arrives.
-                    PadMode::Replicate => return x.narrow(D::Minus1, 0, 0),
+                    PadMode::Replicate => return self.no_frames(x),
                     PadMode::Reflect => candle_core::bail!("reflect-padded convolutions do not stream"),
                 }
             }
@@ -250,9 +248,34 @@ impl Conv1d {
             Tensor::cat(&[&Tensor::zeros((b, ch, left - used), x.dtype(), x.device())?, &x], D::Minus1)?
         });
         if frames == 0 {
-            return x.narrow(D::Minus1, 0, 0);
+            return self.no_frames(&x);
         }
         self.forward_padded(&x.narrow(D::Minus1, 0, used + span - c.stride - left)?, (left, 0))
+    }
+
+    /// The end of a stream: the last output frames, over the right padding of one pass (torch's `padding`; none
+    /// for a causal conv fed whole frames). Centred streaming padding depends on the whole length: not supported.
+    pub fn flush(&self, state: &mut ConvState) -> Result<Tensor> {
+        let Some(pending) = state.pending.take() else { candle_core::bail!("flush of a stream that never started") };
+        let right = match self.cfg.padding {
+            Padding::Causal => 0,
+            Padding::Torch { padding, .. } => padding,
+            Padding::Centered => candle_core::bail!("centred convolutions do not stream"),
+        };
+        let (b, ch, len) = pending.dims3()?;
+        let (span, stride) = self.span_and_stride();
+        if len + right < span {
+            return self.no_frames(&pending);
+        }
+        let x =
+            Tensor::cat(&[&pending, &Tensor::zeros((b, ch, right), pending.dtype(), pending.device())?], D::Minus1)?;
+        let frames = (len + right - span) / stride + 1;
+        self.forward_padded(&x.narrow(D::Minus1, 0, (frames - 1) * stride + span)?, (0, 0))
+    }
+
+    /// An empty output (B, C_out, 0) for an input like `x`.
+    fn no_frames(&self, x: &Tensor) -> Result<Tensor> {
+        Tensor::zeros((x.dim(0)?, self.out_channels, 0), x.dtype(), x.device())
     }
 
     /// The conv of `x` with `left`/`right` samples of this layer's padding.
@@ -300,6 +323,7 @@ pub struct ConvTranspose1d {
     padding: Padding,
     /// The CPU GEMM form of the weights, made when built.
     packed: Option<Arc<PackedConv>>,
+    out_channels: usize,
 }
 
 impl ConvTranspose1d {
@@ -323,6 +347,7 @@ impl ConvTranspose1d {
             groups: cfg.groups,
             padding: cfg.padding,
             packed,
+            out_channels: c_out,
         })
     }
 
@@ -341,11 +366,12 @@ impl ConvTranspose1d {
     }
 }
 
-/// A causal transposed conv's streaming state: the last `K − stride` output samples of the frames so far, which
-/// the next frames still add to (without bias).
+/// A transposed conv's streaming state: the last `K − stride` output samples of the frames so far, which the next
+/// frames still add to (without bias), and how many of the stream's first samples are still to be trimmed.
 #[derive(Debug, Clone, Default)]
 pub struct ConvTransposeState {
     overlap: Option<Tensor>,
+    trim_left: Option<usize>,
 }
 
 impl ConvTranspose1d {
@@ -369,20 +395,31 @@ impl ConvTranspose1d {
         }
     }
 
-    /// The next frames (B, C, T) of a stream → their `T · stride` output samples, which are final: a causal
-    /// transposed conv's later frames only add to samples after them. Equal to [`Module::forward`] on the whole
-    /// stream up to rounding (the overlap is summed in two parts). Causal only.
-    pub fn step(&self, x: &Tensor, state: &mut ConvTransposeState) -> Result<Tensor> {
-        if self.padding != Padding::Causal {
-            candle_core::bail!("only causal transposed convolutions stream");
+    /// Samples trimmed from the full output's (left, right) ends.
+    fn trim(&self) -> (usize, usize) {
+        let total = self.kernel_size.saturating_sub(self.stride);
+        match self.padding {
+            Padding::Causal => (0, total),
+            Padding::Centered => (total - total / 2, total / 2),
+            Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
         }
+    }
+
+    /// The next frames (B, C, T) of a stream → the output samples they make final: later frames only add to samples
+    /// after the first `T · stride`. Equal to [`Module::forward`] on the whole stream up to rounding (the overlap is
+    /// summed in two parts); [`ConvTranspose1d::flush`] gives the rest.
+    pub fn step(&self, x: &Tensor, state: &mut ConvTransposeState) -> Result<Tensor> {
         let t = x.dim(D::Minus1)?;
+        let to_trim = state.trim_left.get_or_insert(self.trim().0);
         if t == 0 {
-            return self.forward(x);
+            // Nothing yet; an empty overlap of the right shape lets a flush end the stream.
+            let y = Tensor::zeros((x.dim(0)?, self.out_channels, 0), x.dtype(), x.device())?;
+            state.overlap.get_or_insert_with(|| y.clone());
+            return Ok(y);
         }
         let y = self.forward_trimmed(x, (0, 0), false)?;
         let tail = self.kernel_size.saturating_sub(self.stride);
-        let y = match state.overlap.take() {
+        let y = match state.overlap.take().filter(|o| o.dim(D::Minus1).is_ok_and(|n| n == tail)) {
             Some(overlap) => {
                 let head = (y.narrow(D::Minus1, 0, tail)? + overlap)?;
                 Tensor::cat(&[&head, &y.narrow(D::Minus1, tail, y.dim(D::Minus1)? - tail)?], D::Minus1)?
@@ -391,7 +428,21 @@ impl ConvTranspose1d {
         };
         let done = t * self.stride;
         state.overlap = Some(y.narrow(D::Minus1, done, y.dim(D::Minus1)? - done)?.copy()?);
-        let y = y.narrow(D::Minus1, 0, done)?;
+        let drop = (*to_trim).min(done);
+        *to_trim -= drop;
+        self.with_bias(y.narrow(D::Minus1, drop, done - drop)?)
+    }
+
+    /// The end of a stream: the overlap's samples that one pass keeps (none for a causal conv).
+    pub fn flush(&self, state: &mut ConvTransposeState) -> Result<Tensor> {
+        let Some(overlap) = state.overlap.take() else { candle_core::bail!("flush of a stream that never started") };
+        let len = overlap.dim(D::Minus1)?;
+        let drop = state.trim_left.take().unwrap_or(0).min(len);
+        let keep = len.saturating_sub(self.trim().1).saturating_sub(drop);
+        self.with_bias(overlap.narrow(D::Minus1, drop, keep)?)
+    }
+
+    fn with_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
             None => Ok(y),
@@ -401,12 +452,6 @@ impl ConvTranspose1d {
 
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let total = self.kernel_size.saturating_sub(self.stride);
-        let trim = match self.padding {
-            Padding::Causal => (0, total),
-            Padding::Centered => (total - total / 2, total / 2),
-            Padding::Torch { padding, output_padding } => (padding, padding.saturating_sub(output_padding)),
-        };
-        self.forward_trimmed(x, trim, true)
+        self.forward_trimmed(x, self.trim(), true)
     }
 }

@@ -179,7 +179,13 @@ impl Conv1dOp<'_> {
             candle_core::bail!("conv1d: input has {c_in} channels, weight expects {}", w.c_in);
         }
         let span = self.dilation * (w.kernel - 1) + 1;
-        let t_out = (t + self.pad_left + self.pad_right).saturating_sub(span) / self.stride + 1;
+        if t == 0 || t + self.pad_left + self.pad_right < span {
+            candle_core::bail!(
+                "conv1d: {t} input samples (padded {}) are fewer than the kernel's span {span}",
+                t + self.pad_left + self.pad_right
+            );
+        }
+        let t_out = (t + self.pad_left + self.pad_right - span) / self.stride + 1;
         let shape = Shape::from((b, w.c_out, t_out));
         if let Some((_, r)) = residual {
             if r != &shape {
@@ -232,6 +238,9 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
         let full = if t == 0 { 0 } else { (t - 1) * s + w.kernel };
         let t_out = full.saturating_sub(self.trim_left + self.trim_right);
         let mut out = vec![0f32; b * w.c_out * t_out];
+        if t_out == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, 0))));
+        }
         // Output o = q·s + r − trim_left: the phases' columns q0..q1 cover every output sample.
         let q0 = self.trim_left / s;
         let q1 = (t_out + self.trim_left).div_ceil(s);
