@@ -129,8 +129,8 @@ codec_status codec_decode_batch(const codec_model *m, size_t batch, const uint32
 /* Streaming: audio at the model's rate in pieces of any size gives exactly the codes of one codec_encode of the
    whole; codes in pieces of any number of frames give the audio of one codec_decode (up to float rounding).
    A push returns what is final so far (possibly nothing); flush ends the stream and returns the rest; after a
-   flush, pushes fail until codec_stream_reset. Latency: Mimi one frame; DAC its receptive field; WavTokenizer's
-   encoder 12 frames, and its decoder cannot stream (codec_stream_decoder: NULL, CODEC_ERR_UNSUPPORTED).
+   flush, pushes fail until codec_stream_reset. Each model's latency: the README's Streaming section.
+   WavTokenizer's decoder cannot stream (codec_stream_decoder: NULL, CODEC_ERR_UNSUPPORTED).
    Buffers: a call checks its buffer against the most it can give before it pushes anything (an encoder push:
    floor((samples pushed so far + n_samples) / hop) - frames given so far, times n_q codes; a flush: the same
    with ceil; a decoder push: (frames pushed so far + n_frames) x hop - samples given so far). If the buffer is
