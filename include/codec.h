@@ -2,13 +2,14 @@
  * codec.h: the C API of codec-rs, neural audio codecs (Mimi, DAC, WavTokenizer): audio -> discrete codes -> audio.
  *
  * Link with libcodec (crates/codec-capi, `cargo build --release -p codec-capi`):
- *     cc app.c -Iinclude -Ltarget/release -lcodec                      (shared: libcodec.so)
- *     cc app.c -Iinclude target/release/libcodec.a -lpthread -ldl -lm  (static: libcodec.a)
+ *     cc app.c -Iinclude -Ltarget/release -lcodec                                           (shared)
+ *     cc app.c -Iinclude target/release/libcodec.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc  (static)
+ * or, installed with its codec.pc (README, C API): cc app.c $(pkg-config --cflags --libs codec)
  *
  * Conventions
  * - Status: functions that can fail return a codec_status (or NULL / 0 where they return a pointer or a number);
- *   codec_last_error() then says what failed, naming the argument or file. Every call that can fail resets this
- *   thread's error first.
+ *   codec_last_error() then says what failed, naming the argument or file. Every call but codec_version,
+ *   codec_default_params, codec_last_error and codec_last_status resets this thread's error first.
  * - Pointers: every pointer argument is checked; NULL is CODEC_ERR_INVALID_ARG, except an output buffer with
  *   capacity 0 (the size query below) and the unused pair of codec_stream_flush. Non-NULL pointers must point to
  *   at least the stated number of values, and buffers must not overlap.

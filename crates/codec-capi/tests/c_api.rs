@@ -33,12 +33,23 @@ fn library_dir() -> &'static Path {
             "debug" => "dev",
             other => other,
         };
-        let out = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
             .args(["build", "--quiet", "--lib", "-p", "codec-capi", "--profile", profile, "--target-dir"])
             .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // The variables cargo sets for this test describe this crate; build scripts that watch them (ring's) would
+        // see them changed and rebuild everything above them, in this build and the next outer one.
+        let set_for_crates = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE"];
+        for (name, _) in std::env::vars_os() {
+            let text = name.to_string_lossy();
+            if set_for_crates.iter().any(|p| text.starts_with(p))
+                || ["CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"].contains(&&*text)
+            {
+                cargo.env_remove(&name);
+            }
+        }
+        let out = cargo.output().unwrap();
         assert!(out.status.success(), "building libcodec failed:\n{}", String::from_utf8_lossy(&out.stderr));
         for lib in ["libcodec.so", "libcodec.a"] {
             assert!(profile_dir.join(lib).exists(), "no {lib} in {}", profile_dir.display());
@@ -329,4 +340,42 @@ fn example_roundtrip_links_statically() {
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let cos = dot / (norm(&got.samples) * norm(&want));
     assert!(cos >= 0.99999, "roundtrip cos {cos}");
+}
+
+/// An install as the README describes it (header, libraries, `codec.pc` from `codec.pc.in`) into a scratch prefix:
+/// pkg-config gives the library's version and the flags that build the example. Skipped without pkg-config.
+#[test]
+fn pkg_config_file_builds_the_example() {
+    if Command::new("pkg-config").arg("--version").output().is_err() {
+        eprintln!("note: skipped, pkg-config is not installed");
+        return;
+    }
+    let prefix = scratch().join("prefix");
+    std::fs::remove_dir_all(&prefix).ok();
+    for dir in ["include", "lib/pkgconfig"] {
+        std::fs::create_dir_all(prefix.join(dir)).unwrap();
+    }
+    std::fs::copy(repo().join("include/codec.h"), prefix.join("include/codec.h")).unwrap();
+    std::fs::copy(library_dir().join("libcodec.so"), prefix.join("lib/libcodec.so")).unwrap();
+    let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("codec.pc.in")).unwrap();
+    std::fs::write(prefix.join("lib/pkgconfig/codec.pc"), template.replace("@PREFIX@", prefix.to_str().unwrap()))
+        .unwrap();
+    let pkg_config = |args: &[&str]| {
+        let out = Command::new("pkg-config").args(args).env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "pkg-config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(pkg_config(&["--modversion", "codec"]), env!("CARGO_PKG_VERSION"), "codec.pc.in's Version is stale");
+    let flags = pkg_config(&["--cflags", "--libs", "codec"]);
+    let rpath = format!("-Wl,-rpath,{}", prefix.join("lib").display());
+    let mut args: Vec<&str> = flags.split_whitespace().collect();
+    args.push(&rpath);
+    let exe = scratch().join("roundtrip_pkg_config");
+    cc(&[&repo().join("examples/c/roundtrip.c")], &exe, &args);
+    let output = scratch().join("roundtrip_pkg_config.wav");
+    let model = data().join("mimi.gguf");
+    let out = Command::new(&exe).args([&model, &fixtures().join("mimi/input.wav"), &output]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mimi, 8 codebooks x 25 frames, 48000 samples"));
 }
