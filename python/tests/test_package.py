@@ -80,3 +80,19 @@ def test_bench_runs_with_codec_rs_alone(model: Model) -> None:
     assert re.fullmatch(r"codec_rs +encode +[\d.]+ s +decode +[\d.]+ s", lines[2])
     for line in lines[3:]:
         assert re.match(r"\S.* (skipped: .+|encode +[\d.]+ s \( *[\d.]+x\) +decode .*)$|^\(", line), line
+
+
+def locked_versions(lock: Path) -> dict[str, set[str]]:
+    versions: dict[str, set[str]] = {}
+    for name, version in re.findall(r'name = "([^"]+)"\nversion = "([^"]+)"', lock.read_text()):
+        versions.setdefault(name, set()).add(version)
+    return versions
+
+
+def test_lock_files_agree() -> None:
+    """python/ (its own workspace) locks the root's versions of every crate both use: the wheel is built from what
+    the Rust tests test, and a shared CARGO_TARGET_DIR reuses the root's builds."""
+    root, python = locked_versions(ROOT / "Cargo.lock"), locked_versions(ROOT / "python" / "Cargo.lock")
+    assert len(root.keys() & python.keys()) > 100
+    differ = {name: (root[name], python[name]) for name in root.keys() & python.keys() if root[name] != python[name]}
+    assert not differ, f"refresh python/Cargo.lock (cp Cargo.lock python/; cargo update --workspace in python/): {differ}"

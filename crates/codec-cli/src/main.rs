@@ -63,9 +63,11 @@ enum Command {
     Encode {
         #[command(flatten)]
         model: ModelArg,
-        /// The audio file to encode.
-        input: PathBuf,
-        /// The codes file to write (.npy).
+        /// The audio file(s) to encode.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The codes file to write (.npy); with several inputs (or an existing directory), the directory that
+        /// gets one <stem>.npy per input (created if missing).
         #[arg(short, long)]
         output: PathBuf,
         /// Number of codebooks (default: all).
@@ -73,14 +75,18 @@ enum Command {
         n_q: Option<usize>,
         #[command(flatten)]
         stream: StreamArg,
+        #[command(flatten)]
+        batch: BatchArg,
     },
     /// Decode codes (.npy, int32 or int64, shape (n_q, frames) or (1, n_q, frames)) into a WAV file.
     Decode {
         #[command(flatten)]
         model: ModelArg,
-        /// The codes file (.npy) to decode.
-        codes: PathBuf,
-        /// The WAV file to write.
+        /// The codes file(s) (.npy) to decode.
+        #[arg(required = true)]
+        codes: Vec<PathBuf>,
+        /// The WAV file to write; with several inputs (or an existing directory), the directory that gets one
+        /// <stem>.wav per input (created if missing).
         #[arg(short, long)]
         output: PathBuf,
         /// Write 16-bit PCM instead of 32-bit float.
@@ -88,6 +94,8 @@ enum Command {
         pcm16: bool,
         #[command(flatten)]
         stream: StreamArg,
+        #[command(flatten)]
+        batch: BatchArg,
     },
     /// Encode then decode; the output is trimmed to the input's length.
     Roundtrip {
@@ -165,6 +173,13 @@ impl StreamArg {
     }
 }
 
+#[derive(Args, Clone, Copy)]
+struct BatchArg {
+    /// With several inputs: files per model run (batched encode / decode).
+    #[arg(long = "batch-size", value_name = "N", default_value_t = 8)]
+    batch_size: usize,
+}
+
 /// A spinner with elapsed time on stderr; invisible with --quiet or when stderr is not a terminal.
 fn spinner(quiet: bool, msg: String) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
@@ -209,8 +224,12 @@ fn check_output(path: &Path, extension: &str) -> Result<()> {
 /// "wrote FILE (… s at … Hz)" on stderr unless --quiet.
 fn wrote_audio(cli: &Cli, output: &Path, seconds: f64, sample_rate: u32) {
     if !cli.quiet {
-        eprintln!("wrote {} ({seconds:.2} s at {sample_rate} Hz)", output.display());
+        eprintln!("{}", wrote_audio_line(output, seconds, sample_rate));
     }
+}
+
+fn wrote_audio_line(output: &Path, seconds: f64, sample_rate: u32) -> String {
+    format!("wrote {} ({seconds:.2} s at {sample_rate} Hz)", output.display())
 }
 
 /// A bar over code frames on stderr, moved after each chunk; invisible like the spinner.
@@ -260,12 +279,174 @@ fn encode_file(
     take(stream.finish(&pending)?, &mut parts)?;
     pb.finish_and_clear();
     if peak > 1.0 && !quiet {
-        eprintln!(
-            "note: {} peaks at {peak:.3}, beyond full scale (1.0); encoding it as it is",
-            printable(&input.display().to_string())
-        );
+        eprintln!("{}", loud_note(input, peak));
     }
     Ok((concat_codes(&parts, stream.n_q()), total))
+}
+
+/// The note for an input whose samples go beyond full scale.
+fn loud_note(input: &Path, peak: f32) -> String {
+    format!(
+        "note: {} peaks at {peak:.3}, beyond full scale (1.0); encoding it as it is",
+        printable(&input.display().to_string())
+    )
+}
+
+/// Writes codes as `.npy` int32 `(n_q, n_frames)`; returns the line saying so.
+fn save_codes(output: &Path, codes: &Codes) -> Result<String> {
+    let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
+    npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
+    Ok(format!("wrote {} ({} codebooks × {} frames)", output.display(), codes.n_q, codes.n_frames))
+}
+
+/// Several inputs, each written to `<dir>/<stem>.<extension>`, in batches of `batch_size` files per model run.
+struct Many {
+    jobs: Vec<Job>,
+    batch_size: usize,
+}
+
+/// One input of [`Many`] and where its output goes.
+struct Job {
+    input: PathBuf,
+    output: PathBuf,
+}
+
+impl Many {
+    /// `Some` when the command has several inputs, or `-o` is an existing directory; `None` for one input and an
+    /// output file (the single-file path). Checked before any work: the batch size, `-o` not naming a file, no
+    /// two inputs with the same stem (their outputs would overwrite each other); the directory is created.
+    fn plan(
+        inputs: &[PathBuf],
+        dir: &Path,
+        extension: &str,
+        stream: StreamArg,
+        batch: BatchArg,
+    ) -> Result<Option<Many>> {
+        if inputs.len() == 1 && !dir.is_dir() {
+            return Ok(None);
+        }
+        if batch.batch_size == 0 {
+            return Err(Error::InvalidArgument("--batch-size must be at least 1".into()));
+        }
+        if stream.stream_ms.is_some() {
+            return Err(Error::InvalidArgument("--stream-ms takes one input file (several run in batches)".into()));
+        }
+        let bad = |problem: String| Err(Error::InvalidArgument(format!("{}: {problem}", dir.display())));
+        if dir.exists() && !dir.is_dir() {
+            return bad("is not a directory; with several inputs -o names the directory to write to".into());
+        }
+        if !dir.exists() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension)) {
+            return bad(format!("with several inputs -o names a directory, not a .{extension} file"));
+        }
+        let mut seen = std::collections::HashMap::new();
+        let mut jobs = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let stem = input.file_stem().ok_or_else(|| {
+                Error::InvalidArgument(format!("{}: names no file", printable(&input.display().to_string())))
+            })?;
+            // Not `with_extension`, which would cut a stem's own dots (`take.2.wav` → `take.npy`).
+            let mut name = stem.to_os_string();
+            name.push(format!(".{extension}"));
+            let output = dir.join(name);
+            if let Some(first) = seen.insert(output.clone(), input) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} and {} would both be written to {}; rename one",
+                    first.display(),
+                    input.display(),
+                    output.display()
+                )));
+            }
+            jobs.push(Job { input: input.clone(), output });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(Some(Many { jobs, batch_size: batch.batch_size }))
+    }
+
+    /// Runs `batch` on the jobs a batch at a time under one progress bar over files. A file that fails is reported
+    /// on one line naming it and the others go on; an error at the end if any failed.
+    fn run(&self, cli: &Cli, what: &str, mut batch: impl FnMut(&[Job]) -> Vec<Result<String>>) -> Result<()> {
+        let pb = spinner(cli.quiet, what.to_string());
+        pb.set_length(self.jobs.len() as u64);
+        let style = ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} files [{elapsed}<{eta}]");
+        pb.set_style(style.unwrap_or(ProgressStyle::default_bar()));
+        let mut failed = 0;
+        for jobs in self.jobs.chunks(self.batch_size) {
+            for (job, result) in jobs.iter().zip(batch(jobs)) {
+                match result {
+                    Ok(lines) if !cli.quiet => pb.suspend(|| eprintln!("{lines}")),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed += 1;
+                        // Every line names its file: the library's checks of plain data name none.
+                        let (msg, file) = (e.to_string(), job.input.display().to_string());
+                        let msg = if msg.contains(&file) { msg } else { format!("{file}: {msg}") };
+                        pb.suspend(|| eprintln!("error: {}", one_line(&msg)));
+                    }
+                }
+            }
+            pb.inc(jobs.len() as u64);
+        }
+        pb.finish_and_clear();
+        match failed {
+            0 => Ok(()),
+            n => Err(Error::InvalidArgument(format!("{n} of {} files failed (see above)", self.jobs.len()))),
+        }
+    }
+}
+
+/// One batch of [`Many`]: each job's input is `read`; those read go through `run` together (one result each, in
+/// order); `finish` writes each result. Returns each job's lines to print, or its error.
+fn batched<T, U>(
+    jobs: &[Job],
+    read: impl Fn(&Job) -> Result<T>,
+    run: impl FnOnce(&[T]) -> Vec<Result<U>>,
+    finish: impl Fn(&Job, &T, U) -> Result<String>,
+) -> Vec<Result<String>> {
+    let (mut results, mut items, mut slots) = (Vec::with_capacity(jobs.len()), Vec::new(), Vec::new());
+    for job in jobs {
+        match read(job) {
+            Ok(item) => {
+                slots.push(results.len());
+                items.push(item);
+                results.push(Ok(String::new())); // replaced below
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    for ((slot, item), out) in slots.into_iter().zip(&items).zip(run(&items)) {
+        results[slot] = out.and_then(|out| finish(&jobs[slot], item, out));
+    }
+    results
+}
+
+/// Encodes a batch of files: each read whole at the model's rate, those read encoded together, each written to its
+/// `.npy` (with a note for audio beyond full scale).
+fn encode_batch(codec: &Codec, jobs: &[Job], n_q: Option<usize>) -> Vec<Result<String>> {
+    batched(
+        jobs,
+        |job| codec::audio::read_mono_at(&job.input, codec.sample_rate()),
+        // Until `Codec::encode_batch` lands: one clip at a time (then: wrap `codec.encode_batch(audio, n_q)`).
+        |audio| audio.iter().map(|clip| codec.encode(clip, n_q)).collect(),
+        |job, audio, codes| {
+            let wrote = save_codes(&job.output, &codes)?;
+            let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
+            Ok(if peak > 1.0 { format!("{}\n{wrote}", loud_note(&job.input, peak)) } else { wrote })
+        },
+    )
+}
+
+/// Decodes a batch of codes files: each read and checked, those read decoded together, each written to its WAV.
+fn decode_batch(codec: &Codec, jobs: &[Job], pcm16: bool) -> Vec<Result<String>> {
+    batched(
+        jobs,
+        |job| read_codes(&job.input, codec),
+        // Until `Codec::decode_batch` lands: one clip at a time (then: wrap `codec.decode_batch(codes)`).
+        |codes| codes.iter().map(|codes| codec.decode(codes)).collect(),
+        |job, _, audio| {
+            codec::audio::write_wav(&job.output, &audio, pcm16)?;
+            Ok(wrote_audio_line(&job.output, audio.samples.len() as f64 / audio.sample_rate as f64, audio.sample_rate))
+        },
+    )
 }
 
 /// Decodes `codes` into the WAV file `output`, written as it is produced: through a stream `push` frames at a time
@@ -418,28 +599,36 @@ fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Encode { model, input, output, n_q, stream } => {
-            check_output(output, "npy")?;
+        Command::Encode { model, inputs, output, n_q, stream, batch } => {
+            let Some(outputs) = Many::plan(inputs, output, "npy", *stream, *batch)? else {
+                check_output(output, "npy")?;
+                let codec = load(&model.model, cli, Parts::Encoder)?;
+                codec.check_n_q(*n_q)?;
+                let push = stream.samples(codec.sample_rate())?;
+                let (codes, _) = encode_file(&codec, &inputs[0], *n_q, push, cli.quiet).map_err(naming(&inputs[0]))?;
+                let wrote = save_codes(output, &codes)?;
+                if !cli.quiet {
+                    eprintln!("{wrote}");
+                }
+                return Ok(());
+            };
             let codec = load(&model.model, cli, Parts::Encoder)?;
             codec.check_n_q(*n_q)?;
-            let push = stream.samples(codec.sample_rate())?;
-            let (codes, _) = encode_file(&codec, input, *n_q, push, cli.quiet).map_err(naming(input))?;
-            let data: Vec<i32> = codes.data.iter().map(|&c| c as i32).collect();
-            npy::write_i32(output, &[codes.n_q, codes.n_frames], &data)?;
-            if !cli.quiet {
-                eprintln!("wrote {} ({} codebooks × {} frames)", output.display(), codes.n_q, codes.n_frames);
-            }
-            Ok(())
+            outputs.run(cli, "encoding", |batch| encode_batch(&codec, batch, *n_q))
         }
-        Command::Decode { model, codes, output, pcm16, stream } => {
-            check_output(output, "wav")?;
+        Command::Decode { model, codes, output, pcm16, stream, batch } => {
+            let Some(outputs) = Many::plan(codes, output, "wav", *stream, *batch)? else {
+                check_output(output, "wav")?;
+                let codec = load(&model.model, cli, Parts::Decoder)?;
+                let push = stream.frames(&codec)?;
+                let data = read_codes(&codes[0], &codec)?;
+                let seconds =
+                    decode_to_file(&codec, &data, push, output, *pcm16, None, cli.quiet).map_err(naming(&codes[0]))?;
+                wrote_audio(cli, output, seconds, codec.sample_rate());
+                return Ok(());
+            };
             let codec = load(&model.model, cli, Parts::Decoder)?;
-            let push = stream.frames(&codec)?;
-            let data = read_codes(codes, &codec)?;
-            let seconds =
-                decode_to_file(&codec, &data, push, output, *pcm16, None, cli.quiet).map_err(naming(codes))?;
-            wrote_audio(cli, output, seconds, codec.sample_rate());
-            Ok(())
+            outputs.run(cli, "decoding", |batch| decode_batch(&codec, batch, *pcm16))
         }
         Command::Roundtrip { model, input, output, n_q, pcm16, stream } => {
             check_output(output, "wav")?;
@@ -512,6 +701,11 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
         println!("  {} = {}", printable(&k), printable(&v));
     }
     Ok(())
+}
+
+/// An error message as one printable line.
+fn one_line(msg: &str) -> String {
+    printable(&msg.replace('\n', " "))
 }
 
 /// `s` with control characters (NULs, terminal escape sequences from a hostile file, newlines) escaped, so text
@@ -727,7 +921,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", printable(&e.to_string().replace('\n', " ")));
+            eprintln!("error: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -280,3 +280,67 @@ fn wavtokenizer_decode_does_not_stream() {
     let want = npy::read(&dir.join("codes.npy")).unwrap().to_i64_vec().unwrap();
     assert_eq!(npy::read(&codes).unwrap().to_i64_vec().unwrap(), want);
 }
+
+/// Several inputs: one `<stem>.npy` / `<stem>.wav` each in the output directory (created), in batches; a bad file
+/// is one error line naming it while the others complete (exit 1 at the end); clashing stems, a file-like `-o`,
+/// `--batch-size 0` and `--stream-ms` are errors before any work.
+#[test]
+fn several_inputs_go_to_a_directory() {
+    let dir = tmp("many");
+    std::fs::remove_dir_all(&dir).ok();
+    let inputs = tmp("many-inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let (speech, odd, bad) = (inputs.join("speech.wav"), inputs.join("odd.take.wav"), inputs.join("bad.wav"));
+    std::fs::copy(fixtures().join("input.wav"), &speech).unwrap();
+    let samples = npy::read(&fixtures().join("input_odd.npy")).unwrap().to_f32_vec();
+    codec::audio::write_wav(&odd, &codec::Audio { sample_rate: 24000, samples }, false).unwrap();
+    std::fs::write(&bad, b"RIFF but not audio").unwrap();
+
+    let codes = dir.join("codes");
+    let o = codec(&["encode", "-m", s(model()), s(&speech), s(&bad), s(&odd), "-o", s(&codes), "--batch-size", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with(&format!("error: {}: ", s(&bad))), "{err}");
+    assert_eq!(lines[1], "error: 1 of 3 files failed (see above)");
+    assert!(!codes.join("bad.npy").exists());
+    for (file, want) in [("speech.npy", "codes.npy"), ("odd.take.npy", "codes_odd.npy")] {
+        let (got, want) = (npy::read(&codes.join(file)).unwrap(), npy::read(&fixtures().join(want)).unwrap());
+        assert_eq!((&got.shape, got.to_i64_vec().unwrap()), (&want.shape, want.to_i64_vec().unwrap()), "{file}");
+    }
+
+    let wavs = dir.join("wavs");
+    let (a, b) = (codes.join("speech.npy"), codes.join("odd.take.npy"));
+    let o = codec(&["decode", "-m", s(model()), s(&a), s(&b), "-o", s(&wavs)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (file, want) in [("speech.wav", "decoded.npy"), ("odd.take.wav", "decoded_odd.npy")] {
+        let got = codec::audio::read(&wavs.join(file)).unwrap().samples;
+        let want = npy::read(&fixtures().join(want)).unwrap().to_f32_vec();
+        assert_eq!(got.len(), want.len(), "{file}");
+        let dot: f64 = got.iter().zip(&want).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(dot / (norm(&got) * norm(&want)) > 0.9999, "{file}");
+    }
+
+    // One input and an existing directory: <stem>.npy in it.
+    let o = codec(&["encode", "-m", s(model()), s(&speech), "-o", s(&wavs)]);
+    assert!(o.status.success() && wavs.join("speech.npy").exists(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let clash = dir.join("clash");
+    assert_fails(
+        &codec(&["encode", "-m", s(model()), s(&speech), s(&inputs.join("speech.flac")), "-o", s(&clash)]),
+        &["speech.flac", "speech.wav", "would both be written to"],
+    );
+    assert!(!clash.exists(), "a refused run created its directory");
+    let two = [s(&speech), s(&odd)];
+    for (extra, needle) in [
+        (vec!["-o", s(&dir.join("codes.npy"))], "names a directory, not a .npy file"),
+        (vec!["-o", s(&speech)], "is not a directory"),
+        (vec!["-o", s(&clash), "--batch-size", "0"], "--batch-size must be at least 1"),
+        (vec!["-o", s(&clash), "--stream-ms", "80"], "--stream-ms takes one input file"),
+    ] {
+        let args: Vec<&str> = ["encode", "-m", s(model()), two[0], two[1]].into_iter().chain(extra).collect();
+        assert_fails(&codec(&args), &[needle]);
+    }
+}

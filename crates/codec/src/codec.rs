@@ -411,7 +411,7 @@ fn available_memory() -> Option<u64> {
 
 /// The most memory one piece of a long input may need: keeps a stream's peak memory a few hundred MB above the
 /// model's, whatever the input's length.
-pub const PIECE_MEMORY: u64 = 256 << 20;
+pub const PIECE_MEMORY: u64 = 128 << 20;
 
 /// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that per-piece
 /// overheads do not count.

@@ -455,8 +455,9 @@ impl super::Model for Dac {
         self.config.hop()
     }
     fn peak_bytes(&self, n_frames: usize) -> u64 {
-        // Measured (16 kHz, 10 s vs 20 s): decode grows by about 2 KB of peak RSS per sample, encode by 1.3 KB.
-        super::bytes_per_sample(n_frames, self.hop(), 2200)
+        // Measured: one pass grows peak RSS by about 2 KB per sample (16 kHz, 10 s vs 20 s); a stream's pieces
+        // at 44.1 kHz by up to 8 KB (decode; all layers' carried samples and skips on top).
+        super::bytes_per_sample(n_frames, self.hop(), 8000)
     }
     fn n_q(&self) -> usize {
         self.config.n_codebooks

@@ -444,9 +444,8 @@ impl super::Model for Mimi {
         self.config.hop()
     }
     fn peak_bytes(&self, n_frames: usize) -> u64 {
-        // Measured: one pass grows peak RSS by about 0.9 KB per sample (f32, 10 s vs 40 s); a stream's later
-        // pieces, which join each layer's carried context to its input, by about 2 KB.
-        super::bytes_per_sample(n_frames, self.hop(), 2000)
+        // Measured (f32, 10 s vs 40 s, and a stream's pieces): peak RSS grows by about 1 KB per sample.
+        super::bytes_per_sample(n_frames, self.hop(), 1000)
     }
     fn n_q(&self) -> usize {
         self.config.num_quantizers

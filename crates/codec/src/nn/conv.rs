@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
 
-use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv};
+use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv, PrefixedConv1dOp};
 use super::{f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights};
 
 /// How the border of a padded signal is filled.
@@ -219,15 +219,16 @@ impl Conv1d {
     /// window reaches ahead to have come ([`Conv1d::flush`] ends the stream with the right padding).
     pub fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
         let c = &self.cfg;
-        // The stream so far as `left` virtual zeros (the causal padding, before the first step) and `x`.
-        let (x, left) = match state.pending.take() {
-            Some(pending) => (Tensor::cat(&[&pending, x], D::Minus1)?, 0),
+        // The stream so far: `left` virtual zeros (the padding, before the first step) or the carried samples,
+        // then `x`.
+        let (carried, left) = match state.pending.take() {
+            Some(pending) => (Some(pending), 0),
             None => {
                 let left = self.padding(0).0;
                 match c.pad_mode {
-                    PadMode::Constant => (x.clone(), left),
+                    PadMode::Constant => (None, left),
                     PadMode::Replicate if x.dim(D::Minus1)? > 0 => {
-                        (Tensor::cat(&[&x.narrow(D::Minus1, 0, 1)?.repeat((1, 1, left))?, x], D::Minus1)?, 0)
+                        (Some(x.narrow(D::Minus1, 0, 1)?.repeat((1, 1, left))?), 0)
                     }
                     // Nothing to replicate yet: start when the first sample arrives.
                     PadMode::Replicate => return self.no_frames(x),
@@ -235,22 +236,42 @@ impl Conv1d {
                 }
             }
         };
-        let len = x.dim(D::Minus1)?;
+        let (b, ch, len) = x.dims3()?;
+        let p = carried.as_ref().map_or(Ok(0), |t| t.dim(D::Minus1))?;
         let span = (c.kernel_size - 1) * c.dilation + 1;
-        let frames = if len + left >= span { (len + left - span) / c.stride + 1 } else { 0 };
+        let total = left + p + len;
+        let frames = if total >= span { (total - span) / c.stride + 1 } else { 0 };
+        // What the next frames read: the stream from position `used` on (a copy, not a view, which would keep this
+        // whole step's input alive until the next step).
         let used = frames * c.stride;
-        // What the next frames read, from virtual position `used` on.
-        // A copy, not a view: a view would keep this whole step's input alive until the next step.
-        state.pending = Some(if used >= left {
-            x.narrow(D::Minus1, used - left, len + left - used)?.copy()?
-        } else {
-            let (b, ch, _) = x.dims3()?;
-            Tensor::cat(&[&Tensor::zeros((b, ch, left - used), x.dtype(), x.device())?, &x], D::Minus1)?
-        });
-        if frames == 0 {
-            return self.no_frames(&x);
+        let mut rest = Vec::with_capacity(3);
+        if used < left {
+            rest.push(Tensor::zeros((b, ch, left - used), x.dtype(), x.device())?);
         }
-        self.forward_padded(&x.narrow(D::Minus1, 0, used + span - c.stride - left)?, (left, 0))
+        if let Some(carried) = &carried {
+            let from = used.saturating_sub(left).min(p);
+            rest.push(carried.narrow(D::Minus1, from, p - from)?);
+        }
+        let from = used.saturating_sub(left + p).min(len);
+        rest.push(x.narrow(D::Minus1, from, len - from)?);
+        state.pending = Some(Tensor::cat(&rest, D::Minus1)?.copy()?);
+        if frames == 0 {
+            return self.no_frames(x);
+        }
+        match carried {
+            Some(carried) => self.forward_after(&carried, x),
+            None => self.forward_padded(x, (left, 0)),
+        }
+    }
+
+    /// The conv, unpadded, of `carried` followed by `x`: read in place on CPU, joined first elsewhere.
+    fn forward_after(&self, carried: &Tensor, x: &Tensor) -> Result<Tensor> {
+        if x.dim(D::Minus1)? > 0 {
+            if let Some((op, _)) = self.gemm_op(x, (0, 0))? {
+                return carried.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &PrefixedConv1dOp(op));
+            }
+        }
+        self.forward_padded(&Tensor::cat(&[carried, x], D::Minus1)?, (0, 0))
     }
 
     /// The end of a stream: the last output frames, over the right padding of one pass (torch's `padding`; none
@@ -406,10 +427,15 @@ impl ConvTranspose1d {
     }
 
     /// The next frames (B, C, T) of a stream → the output samples they make final: later frames only add to samples
-    /// after the first `T · stride`. Equal to [`Module::forward`] on the whole stream up to rounding (the overlap is
-    /// summed in two parts); [`ConvTranspose1d::flush`] gives the rest.
+    /// after the first `T · stride`. Equal to [`Module::forward`] on the whole stream up to rounding (a cut's
+    /// overlap is summed in two parts; a stream's first step gives the bits of one pass); [`ConvTranspose1d::flush`]
+    /// gives the rest. Kernels up to twice the stride (every codec's), so the overlap lies within one step.
     pub fn step(&self, x: &Tensor, state: &mut ConvTransposeState) -> Result<Tensor> {
-        let t = x.dim(D::Minus1)?;
+        let (t, s) = (x.dim(D::Minus1)?, self.stride);
+        let tail = self.kernel_size.saturating_sub(s);
+        if tail > s {
+            candle_core::bail!("transposed convolutions with a kernel over twice the stride do not stream");
+        }
         let to_trim = state.trim_left.get_or_insert(self.trim().0);
         if t == 0 {
             // Nothing yet; an empty overlap of the right shape lets a flush end the stream.
@@ -417,20 +443,18 @@ impl ConvTranspose1d {
             state.overlap.get_or_insert_with(|| y.clone());
             return Ok(y);
         }
-        let y = self.forward_trimmed(x, (0, 0), false)?;
-        let tail = self.kernel_size.saturating_sub(self.stride);
-        let y = match state.overlap.take().filter(|o| o.dim(D::Minus1).is_ok_and(|n| n == tail)) {
-            Some(overlap) => {
-                let head = (y.narrow(D::Minus1, 0, tail)? + overlap)?;
-                Tensor::cat(&[&head, &y.narrow(D::Minus1, tail, y.dim(D::Minus1)? - tail)?], D::Minus1)?
-            }
-            None => y,
-        };
-        let done = t * self.stride;
-        state.overlap = Some(y.narrow(D::Minus1, done, y.dim(D::Minus1)? - done)?.copy()?);
-        let drop = (*to_trim).min(done);
+        // The first T·s samples with the bias, as one pass computes them, then the `tail` samples the last frame
+        // adds beyond them (without bias: the next step adds to them).
+        let y = self.forward_trimmed(x, (0, tail), true)?.contiguous()?;
+        let last = self.forward_trimmed(&x.narrow(D::Minus1, t - 1, 1)?, (0, 0), false)?;
+        let overlap = state.overlap.replace(last.narrow(D::Minus1, s, tail)?.copy()?);
+        if let Some(overlap) = overlap.filter(|o| o.dim(D::Minus1).is_ok_and(|n| n == tail && n > 0)) {
+            let head = (y.narrow(D::Minus1, 0, tail)? + overlap)?;
+            y.slice_set(&head, D::Minus1, 0)?;
+        }
+        let drop = (*to_trim).min(t * s);
         *to_trim -= drop;
-        self.with_bias(y.narrow(D::Minus1, drop, done - drop)?)
+        y.narrow(D::Minus1, drop, t * s - drop)
     }
 
     /// The end of a stream: the overlap's samples that one pass keeps (none for a causal conv).

@@ -61,11 +61,14 @@ impl PackedConv {
     }
 }
 
-/// The implicit im2col matrix of one signal `x` (C_in × t): row `(i, j)` (i-major, `taps` per channel), column `c`
+/// The implicit im2col matrix of one signal (C_in × t): row `(i, j)` (i-major, `taps` per channel), column `c`
 /// holds `x[i, c·stride + offset + j·tap_step]`; outside the signal zero, or with `reflect` the mirrored sample
-/// (torch's reflect padding: `x[−n]` is `x[n]`, `x[t − 1 + n]` is `x[t − 1 − n]`; the caller keeps pads < t).
+/// (torch's reflect padding: `x[−n]` is `x[n]`, `x[t − 1 + n]` is `x[t − 1 − n]`; the caller keeps pads < t). The
+/// signal is `prefix` (C_in × p, a stream's carried samples) followed by `x` (C_in × (t − p)), read in place.
 struct Im2col<'a> {
     x: &'a [f32],
+    prefix: &'a [f32],
+    p: usize,
     t: usize,
     taps: usize,
     stride: usize,
@@ -92,24 +95,27 @@ impl Im2col<'_> {
         // Rows outside, panels inside: the row's channel and tap are found once per row (a division per panel row
         // cost more than its 48-float copy), then every panel reads the same signal row.
         let (mut i, mut j) = (ks.start / self.taps, ks.start % self.taps);
+        let (np, nx) = (self.p, self.t - self.p);
         for p in 0..kc {
-            let src = &self.x[i * self.t..(i + 1) * self.t];
+            let pre = &self.prefix[i * np..(i + 1) * np];
+            let src = &self.x[i * nx..(i + 1) * nx];
+            let at = |v: usize| if v < np { pre[v] } else { src[v - np] };
             let row_start = (cols.start * self.stride) as isize + self.offset + j as isize * self.tap_step;
             (i, j) = if j + 1 == self.taps { (i + 1, 0) } else { (i, j + 1) };
             for (panel, c0) in cols.clone().step_by(nr).enumerate() {
                 let valid = nr.min(cols.end - c0);
                 let start = row_start + ((c0 - cols.start) * self.stride) as isize;
                 let dst = &mut dst[(panel * kc + p) * nr..(panel * kc + p + 1) * nr];
-                if self.stride == 1 && start >= 0 && start + nr as isize <= t && valid == nr {
+                if self.stride == 1 && start >= np as isize && start + nr as isize <= t && valid == nr {
                     // A whole panel row inside the signal (the common case): a fixed-size copy the compiler
                     // inlines, where a `memcpy` call per 48 floats cost more than the copy.
-                    let src = &src[start as usize..start as usize + nr];
+                    let src = &src[start as usize - np..start as usize - np + nr];
                     match nr {
                         48 => dst[..48].copy_from_slice(&src[..48]),
                         16 => dst[..16].copy_from_slice(&src[..16]),
                         _ => dst.copy_from_slice(src),
                     }
-                } else if self.stride == 1 && !self.reflect {
+                } else if self.stride == 1 && !self.reflect && np == 0 {
                     // Columns [lo, hi) of this panel read inside the signal.
                     let lo = (-start).clamp(0, valid as isize) as usize;
                     let hi = (t - start).clamp(lo as isize, valid as isize) as usize;
@@ -124,7 +130,7 @@ impl Im2col<'_> {
                     for (c, d) in dst[..valid].iter_mut().enumerate() {
                         let idx = start + c as isize * s;
                         *d = match idx {
-                            _ if (0..t).contains(&idx) => src[idx as usize],
+                            _ if (0..t).contains(&idx) => at(idx as usize),
                             _ if !self.reflect => 0.0,
                             _ if idx < 0 => src.get(idx.unsigned_abs()).copied().unwrap_or(0.0),
                             _ => src.get((2 * (t - 1) - idx).max(0) as usize).copied().unwrap_or(0.0),
@@ -155,7 +161,7 @@ impl CustomOp1 for Conv1dOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run(f32_slice(storage, layout, "conv input")?, layout, None)
+        self.run(f32_slice(storage, layout, "conv input")?, layout, None, None)
     }
 }
 
@@ -167,17 +173,46 @@ impl CustomOp2 for Conv1dOp<'_> {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let residual = f32_slice(s2, l2, "conv residual")?;
-        self.run(f32_slice(s1, l1, "conv input")?, l1, Some((residual, l2.shape())))
+        self.run(f32_slice(s1, l1, "conv input")?, l1, Some((residual, l2.shape())), None)
+    }
+}
+
+/// [`Conv1dOp`] over a stream's carried samples (B, C_in, P), the first input, followed by the new ones (B, C_in,
+/// T), the second: read in place, as if joined.
+pub struct PrefixedConv1dOp<'a>(pub Conv1dOp<'a>);
+
+impl CustomOp2 for PrefixedConv1dOp<'_> {
+    fn name(&self) -> &'static str {
+        "codec-conv1d-prefixed"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, p) = l1.shape().dims3()?;
+        let (xb, xc, t) = l2.shape().dims3()?;
+        if (b, c) != (xb, xc) || self.0.reflect {
+            candle_core::bail!("conv1d: carried samples {:?} do not go before {:?}", l1.shape(), l2.shape());
+        }
+        let joined = Layout::contiguous((b, c, p + t));
+        let prefix = (f32_slice(s1, l1, "conv carried samples")?, p);
+        self.0.run(f32_slice(s2, l2, "conv input")?, &joined, None, Some(prefix))
     }
 }
 
 impl Conv1dOp<'_> {
-    fn run(&self, x: &[f32], layout: &Layout, residual: Option<(&[f32], &Shape)>) -> Result<(CpuStorage, Shape)> {
+    /// The conv of `x` (B, C_in, T of `layout`, or with `prefix` (samples, P) T − P of them after the prefix's P).
+    fn run(
+        &self,
+        x: &[f32],
+        layout: &Layout,
+        residual: Option<(&[f32], &Shape)>,
+        prefix: Option<(&[f32], usize)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let (b, c_in, t) = layout.shape().dims3()?;
         let w = self.weights;
         if c_in != w.c_in {
             candle_core::bail!("conv1d: input has {c_in} channels, weight expects {}", w.c_in);
         }
+        let (prefix, p) = prefix.unwrap_or((&[], 0));
         let span = self.dilation * (w.kernel - 1) + 1;
         if t == 0 || t + self.pad_left + self.pad_right < span {
             candle_core::bail!(
@@ -193,10 +228,13 @@ impl Conv1dOp<'_> {
             }
         }
         let mut out = vec![0f32; b * w.c_out * t_out];
-        for (item, (xb, yb)) in x.chunks_exact(c_in * t).zip(out.chunks_exact_mut(w.c_out * t_out)).enumerate() {
+        let (x_len, p_len) = (c_in * (t - p), c_in * p);
+        for (item, yb) in out.chunks_exact_mut(w.c_out * t_out).enumerate() {
             let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);
             let cols = Im2col {
-                x: xb,
+                x: &x[item * x_len..(item + 1) * x_len],
+                prefix: &prefix[item * p_len..(item + 1) * p_len],
+                p,
                 t,
                 taps: w.kernel,
                 stride: self.stride,
@@ -250,7 +288,17 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
             if n == 0 {
                 break;
             }
-            let cols = Im2col { x: xb, t, taps: w.taps, stride: 1, offset: q0 as isize, tap_step: -1, reflect: false };
+            let cols = Im2col {
+                x: xb,
+                prefix: &[],
+                p: 0,
+                t,
+                taps: w.taps,
+                stride: 1,
+                offset: q0 as isize,
+                tap_step: -1,
+                reflect: false,
+            };
             let mut y = Output::row_major(&mut phases, s * w.c_out, n).expect("sized above");
             let row_bias = if self.with_bias { w.bias.as_deref() } else { None };
             let epi = Epilogue { row_bias, ..Default::default() };

@@ -8,7 +8,7 @@
 //! a benchmark or a stream that runs the layer again gets packed weights from then on.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Result, Shape, Tensor};
@@ -211,11 +211,16 @@ impl PackB for WeightView<'_> {
     }
 }
 
+/// Runs a mapped weight is read in place before it is packed: packing costs about two in-place runs' worth of
+/// reading, so a one-shot command over a clip (its one or two pieces) never pays it, and a stream, a long input or a
+/// server packs from its third run on.
+const IN_PLACE_RUNS: usize = 2;
+
 /// A layer's weight matrix as a GEMM operand on the CPU.
 #[derive(Debug)]
 pub(crate) enum GemmWeight {
-    /// In the mapped model file: read in place on the first run, packed on the second.
-    InPlace { data: MappedF32, layout: OperandLayout, side: Side, packed: OnceLock<Packed>, ran: AtomicBool },
+    /// In the mapped model file: read in place on the first [`IN_PLACE_RUNS`] runs, then packed.
+    InPlace { data: MappedF32, layout: OperandLayout, side: Side, packed: OnceLock<Packed>, runs: AtomicUsize },
     /// Packed when the layer was built: weights that had to be converted into a tensor of their own anyway
     /// (f16 or q8_0 files, derived matrices), whose f32 copy is then freed.
     Packed { packed: Packed, layout: OperandLayout },
@@ -236,8 +241,8 @@ impl GemmWeight {
         match matrix {
             Matrix::Mapped(data, _) => {
                 check(data.as_slice())?;
-                let (packed, ran) = (OnceLock::new(), AtomicBool::new(false));
-                Ok(Some(Self::InPlace { data: data.clone(), layout, side, packed, ran }))
+                let (packed, runs) = (OnceLock::new(), AtomicUsize::new(0));
+                Ok(Some(Self::InPlace { data: data.clone(), layout, side, packed, runs }))
             }
             Matrix::Tensor(t) if pack_at_build(t) => {
                 let data = f32_vec(t)?;
@@ -259,11 +264,11 @@ impl GemmWeight {
     pub fn operand(&self) -> Operand<'_> {
         match self {
             Self::Packed { packed, .. } => Operand::Packed(packed),
-            Self::InPlace { data, layout, side, packed, ran } => {
+            Self::InPlace { data, layout, side, packed, runs } => {
                 let view = WeightView { data: data.as_slice(), layout: *layout };
                 if let Some(p) = packed.get() {
                     Operand::Packed(p)
-                } else if ran.swap(true, Ordering::Relaxed) {
+                } else if runs.fetch_add(1, Ordering::Relaxed) >= IN_PLACE_RUNS {
                     Operand::Packed(packed.get_or_init(|| {
                         let packed = pack(view, *side);
                         // The packed copy replaces the file's bytes in memory from now on.
