@@ -327,10 +327,10 @@ fn load_audio(py: Python<'_>, path: PathBuf, sample_rate: i64) -> PyResult<Bound
 }
 
 /// Models allocate and free tens of megabytes per layer. By default glibc serves such blocks with mmap (or trims them
-/// off the heap) and returns them on free, so every layer pays page faults and page zeroing again: 7 500 faults
-/// (30 MB of fresh pages) per 1 s encode of the DAC fixture, none with freed blocks kept on the heap for the next
-/// layer, as the CLI keeps them. A process-wide setting, made at import; `CODEC_RS_KEEP_FREED_MEMORY=0` leaves the
-/// allocator as it is.
+/// off the heap) and returns them on free, so every layer pays page faults and page zeroing again: per 10 s encode
+/// of the WavTokenizer fixture 7 600 faults (30 MB of fresh pages), of the Mimi fixture 1 600, and 0 and 25 with
+/// freed blocks kept on the heap for the next layer, as the CLI keeps them. A process-wide setting, made at import;
+/// `CODEC_RS_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var("CODEC_RS_KEEP_FREED_MEMORY").as_deref() != Ok("0") {

@@ -248,11 +248,12 @@ def test_encode_releases_the_gil(mimi: Model) -> None:
 FAULTS = """
 import resource, sys, numpy as np, codec_rs
 m = codec_rs.Codec(sys.argv[1])
-x = np.sin(np.arange(m.sample_rate) * 0.05).astype(np.float32)
-for _ in range(3):  # the last encode finds the buffers of the earlier ones
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = np.sin(np.arange(10 * m.sample_rate) * 0.05).astype(np.float32)
+m.encode(x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):  # each encode finds the buffers of the one before
     m.encode(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
 """
 
 
@@ -262,9 +263,9 @@ def test_freed_model_buffers_stay_on_the_heap(models: dict[str, Model], tmp_path
     counted, not time): what CODEC_RS_KEEP_FREED_MEMORY=0 turns off."""
 
     def faults(**env: str) -> int:
-        run = subprocess.run([sys.executable, "-c", FAULTS, models["dac"].gguf], cwd=tmp_path, check=True,
+        run = subprocess.run([sys.executable, "-c", FAULTS, models["wavtokenizer"].gguf], cwd=tmp_path, check=True,
                              capture_output=True, text=True, env={**os.environ, **env})
         return int(run.stdout)
 
     kept, default = faults(), faults(CODEC_RS_KEEP_FREED_MEMORY="0")
-    assert kept < 200 and default > 1000, (kept, default)
+    assert kept < 200 and default > 10 * max(kept, 20), (kept, default)

@@ -95,4 +95,5 @@ def test_lock_files_agree() -> None:
     root, python = locked_versions(ROOT / "Cargo.lock"), locked_versions(ROOT / "python" / "Cargo.lock")
     assert len(root.keys() & python.keys()) > 100
     differ = {name: (root[name], python[name]) for name in root.keys() & python.keys() if root[name] != python[name]}
-    assert not differ, f"refresh python/Cargo.lock (cp Cargo.lock python/; cargo update --workspace in python/): {differ}"
+    refresh = "cp Cargo.lock python/, then cargo update --workspace in python/"
+    assert not differ, f"python/Cargo.lock differs from Cargo.lock ({refresh}): {differ}"
