@@ -733,7 +733,7 @@ fn bench_input(codec: &Codec, seconds: f64) -> Result<Audio> {
 
 /// Streams `seconds` of audio through the encoder `push` samples at a time, then its codes through the decoder a
 /// push's worth of frames at a time, and prints each direction's per-push latency (p50 / p99 / max) and real-time
-/// factor.
+/// factor, after a warm-up stream.
 fn bench_stream(codec: &Codec, seconds: f64, push: usize, n_q: Option<usize>) -> Result<()> {
     let n_q = codec.check_n_q(n_q)?;
     let audio = bench_input(codec, seconds)?;
@@ -742,6 +742,18 @@ fn bench_stream(codec: &Codec, seconds: f64, push: usize, n_q: Option<usize>) ->
         "bench --stream-ms {ms:.1}: {seconds} s, n_q {n_q}, {} threads, {push} samples a push",
         candle_core_threads()
     );
+    // Warm-up: a model's first runs read its weights in place and a later one packs them (a one-time cost, see
+    // `nn::weight`); the timed streams see the packed weights a long-lived stream works with.
+    let warm_up = &audio.samples[..(4 * push).min(audio.samples.len())];
+    let mut enc = codec.stream_encoder(Some(n_q))?;
+    let mut parts = warm_up.chunks(push).map(|piece| enc.push(piece)).collect::<Result<Vec<_>>>()?;
+    parts.push(enc.flush()?);
+    let codes = concat_codes(&parts, n_q);
+    if let Ok(mut dec) = codec.stream_decoder() {
+        for frame in 0..codes.n_frames {
+            dec.push(&frames_of(&codes, frame..frame + 1))?;
+        }
+    }
     let mut enc = codec.stream_encoder(Some(n_q))?;
     let mut times = Vec::new();
     let mut parts = Vec::new();
