@@ -254,8 +254,10 @@ fn encode_file(
     quiet: bool,
 ) -> Result<(Codes, usize)> {
     let mut reader = codec::audio::Reader::open(input, codec.sample_rate())?;
-    let push = push.unwrap_or(codec.piece_frames() * codec.hop());
     let frames = reader.estimated_len().map_or(0, |n| n.div_ceil(codec.hop() as u64));
+    // The codec's pieces for the length the file announces (a short clip is one piece, so one model pass).
+    let piece = codec.pieces(frames as usize).first().map_or(codec.piece_frames(), |p| p.len());
+    let push = push.unwrap_or(piece * codec.hop());
     let pb = frame_bar(quiet, "encoding", frames as usize);
     let mut stream = codec.stream_encoder(n_q)?;
     let (mut parts, mut pending, mut total, mut peak) = (Vec::new(), Vec::new(), 0usize, 0f32);
@@ -466,7 +468,7 @@ fn decode_to_file(
     let pb = frame_bar(quiet, "decoding", codes.n_frames);
     let result = (|| match codec.stream_decoder() {
         Ok(mut stream) => {
-            let push = push.unwrap_or(codec.piece_frames());
+            let push = push.unwrap_or_else(|| codec.pieces(codes.n_frames).first().map_or(1, |p| p.len()));
             for from in (0..codes.n_frames).step_by(push) {
                 let to = (from + push).min(codes.n_frames);
                 let piece = frames_of(codes, from..to);

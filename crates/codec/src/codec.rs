@@ -359,10 +359,14 @@ impl Codec {
         lo
     }
 
-    /// How a long input of `n_frames` goes through a stream: pieces of `chunk_seconds` of audio. Results do not
-    /// depend on the cut; memory is that of one piece.
+    /// How an input of `n_frames` goes through a stream: whole if it needs at most two pieces' memory, else pieces
+    /// of [`Codec::piece_frames`]. Results do not depend on the cut; memory is that of one piece.
     pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
-        let per_piece = self.piece_frames();
+        // A clip that needs at most two pieces' memory runs whole: one pass costs less than two (each pass reads
+        // the weights), and the memory bound matters for long inputs.
+        let whole = n_frames as f64 <= self.chunk_seconds * self.frame_rate()
+            && self.model.peak_bytes(n_frames) <= 2 * PIECE_MEMORY;
+        let per_piece = if whole { n_frames.max(1) } else { self.piece_frames() };
         (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
     }
 }
