@@ -16,9 +16,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
-use crate::nn::pad_to_multiple;
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
+use crate::nn::{compact, pad_to_multiple};
 use crate::stream;
 
 pub const ARCH: &str = "dac";
@@ -144,7 +144,7 @@ impl ResidualUnit {
             None => x.clone(),
         };
         let (n, waiting) = (y.dim(2)?, skip.dim(2)?);
-        state.skip = Some(skip.narrow(2, n, waiting - n)?.copy()?);
+        state.skip = Some(compact(&skip.narrow(2, n, waiting - n)?)?);
         if n == 0 {
             return Ok(y.clone());
         }

@@ -14,6 +14,7 @@ use crate::nn::Weights;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::gguf::{keys, ModelFile};
+use crate::nn::compact;
 use crate::nn::conv::PadMode;
 use crate::nn::lstm::LstmState;
 use crate::nn::rvq::ResidualVq;
@@ -269,7 +270,7 @@ impl EncoderStream {
         let z = z.narrow(2, w.keep_from - w.from, w.keep_to - w.keep_from)?;
         self.codes_done = w.keep_to;
         let next_from = self.codes_done.saturating_sub(ctx).max(self.latent_base);
-        self.latent = Some(latent.narrow(2, next_from - self.latent_base, self.lstm_done - next_from)?.copy()?);
+        self.latent = Some(compact(&latent.narrow(2, next_from - self.latent_base, self.lstm_done - next_from)?)?);
         self.latent_base = next_from;
         self.model.quantizer.encode(&z, self.n_q)
     }

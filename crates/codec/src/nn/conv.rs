@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Module, Result, Tensor, D};
 
 use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv, PrefixedConv1dOp};
-use super::{f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights};
+use super::{compact, f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights};
 
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +254,7 @@ impl Conv1d {
         }
         let from = used.saturating_sub(left + p).min(len);
         rest.push(x.narrow(D::Minus1, from, len - from)?);
-        state.pending = Some(Tensor::cat(&rest, D::Minus1)?.copy()?);
+        state.pending = Some(compact(&Tensor::cat(&rest, D::Minus1)?)?);
         if frames == 0 {
             return self.no_frames(x);
         }
@@ -447,7 +447,7 @@ impl ConvTranspose1d {
         // adds beyond them (without bias: the next step adds to them).
         let y = self.forward_trimmed(x, (0, tail), true)?.contiguous()?;
         let last = self.forward_trimmed(&x.narrow(D::Minus1, t - 1, 1)?, (0, 0), false)?;
-        let overlap = state.overlap.replace(last.narrow(D::Minus1, s, tail)?.copy()?);
+        let overlap = state.overlap.replace(compact(&last.narrow(D::Minus1, s, tail)?)?);
         if let Some(overlap) = overlap.filter(|o| o.dim(D::Minus1).is_ok_and(|n| n == tail && n > 0)) {
             let head = (y.narrow(D::Minus1, 0, tail)? + overlap)?;
             y.slice_set(&head, D::Minus1, 0)?;

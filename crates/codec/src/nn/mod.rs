@@ -127,6 +127,15 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     _mm512_reduce_add_ps(sum) + tail
 }
 
+/// `t` in storage of its own, exactly its size: what a stream carries from one step to the next. A view would keep
+/// the whole step's buffer alive, and so would candle's `copy`, which clones the whole storage under a view.
+pub(crate) fn compact(t: &Tensor) -> Result<Tensor> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 {
+        return Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, t.shape(), t.device());
+    }
+    t.contiguous()?.copy()
+}
+
 /// The sum of a non-empty sequence of same-shaped tensors (codebook contributions, overlap-add slices).
 pub(crate) fn sum_all(tensors: impl IntoIterator<Item = Result<Tensor>>) -> Result<Tensor> {
     let mut tensors = tensors.into_iter();

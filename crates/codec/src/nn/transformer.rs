@@ -10,9 +10,9 @@ use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Tens
 use rayon::prelude::*;
 
 use super::activation::{exp_nonpositive, gelu_erf};
-use super::f32_slice;
 use super::linear::Linear;
 use super::norm::LayerNorm;
+use super::{compact, f32_slice};
 
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
@@ -118,7 +118,7 @@ impl Attention {
         let keys = k.dim(2)?;
         let keep = (self.context - 1).min(keys);
         // Copies, not views: a view would keep every key of this step alive.
-        cache.kv = Some((k.narrow(2, keys - keep, keep)?.copy()?, v.narrow(2, keys - keep, keep)?.copy()?));
+        cache.kv = Some((compact(&k.narrow(2, keys - keep, keep)?)?, compact(&v.narrow(2, keys - keep, keep)?)?));
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&y)
     }
