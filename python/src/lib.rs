@@ -67,39 +67,9 @@ fn init_threads(py: Python<'_>, threads: Option<i64>) -> PyResult<()> {
     }
 }
 
-/// Whether `path` is a GGUF file (by its extension or its magic bytes), not a checkpoint to convert.
-fn is_gguf(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        || std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok_and(|()| &magic == b"GGUF")
-}
-
-/// Loads `spec`: a GGUF file; a checkpoint `codec convert` reads, converted into a temporary GGUF that is removed
-/// once loaded (the model keeps the file's pages mapped); or a hub model id, downloaded and converted once into the
-/// hub cache.
+/// Loads `spec` (a GGUF, a checkpoint or a hub id; see `Codec::open`), with progress bars for downloads.
 fn load(spec: &Path, device: DeviceKind) -> codec::Result<Codec> {
-    let path = if spec.exists() {
-        spec.to_path_buf()
-    } else {
-        match spec.to_str().filter(|s| hub::ModelId::parse(s).is_some()) {
-            Some(id) => hub::resolve_model(id, true)?,
-            // Neither a file nor a model id: the OS's answer names what is missing.
-            None => {
-                let e = std::fs::metadata(spec).err().unwrap_or_else(|| ErrorKind::NotFound.into());
-                return Err(Error::io(spec, e));
-            }
-        }
-    };
-    if is_gguf(&path) {
-        return Codec::load(&path, device);
-    }
-    let converted = tempfile::Builder::new()
-        .prefix("codec-rs-")
-        .suffix(".gguf")
-        .tempfile()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    codec::convert::convert(&path, converted.path(), &ConvertOptions::default())?;
-    Codec::load(converted.path(), device)
+    Codec::open(spec, device, true)
 }
 
 /// `Codec::encode_batch` until it lands in the library: one encode per item (swap in the batched call here).

@@ -256,30 +256,11 @@ fn set_threads(n_threads: i32) -> Outcome<()> {
 impl Model {
     /// Loads `spec`: a GGUF file, a checkpoint `codec convert` reads (converted into a temporary GGUF, removed
     /// once loaded: the model keeps the file's pages mapped), or a hub id (downloaded and converted once, cached).
+    /// `spec`: a GGUF, a checkpoint or a hub id (see `Codec::open`); nothing on stderr.
     fn load(spec: &str, device: DeviceKind) -> Outcome<Model> {
-        let path = Path::new(spec);
-        if !path.exists() && codec_rs::hub::ModelId::parse(spec).is_none() {
-            // A missing file, not an id: the OS's answer names it.
-            let error = std::fs::metadata(path).err().unwrap_or_else(|| std::io::ErrorKind::NotFound.into());
-            return Err(codec_rs::Error::io(path, error).into());
-        }
-        let path = codec_rs::hub::resolve_model(spec, false)?;
-        if is_gguf(&path) {
-            return Self::load_gguf(&path, device);
-        }
-        let converted = tempfile::Builder::new()
-            .prefix("codec-capi-")
-            .suffix(".gguf")
-            .tempfile()
-            .map_err(|e| codec_rs::Error::io(std::env::temp_dir(), e))?;
-        codec_rs::convert::convert(&path, converted.path(), &Default::default())?;
-        Self::load_gguf(converted.path(), device)
-    }
-
-    fn load_gguf(path: &Path, device: DeviceKind) -> Outcome<Model> {
-        let arch = codec_rs::gguf::ModelFile::open(path)?.architecture()?.to_string();
-        let codec = Codec::load(path, device)?;
-        let arch = CString::new(arch).map_err(|_| Failure::new(Status::Model, "the architecture name holds a NUL"))?;
+        let codec = Codec::open(Path::new(spec), device, false)?;
+        let arch =
+            CString::new(codec.arch()).map_err(|_| Failure::new(Status::Model, "the architecture name holds a NUL"))?;
         Ok(Model { codec, arch })
     }
 
@@ -365,14 +346,6 @@ impl Model {
         }
         Ok(Audio { sample_rate: rate, samples: audio::resample(pcm, sample_rate, rate)? })
     }
-}
-
-/// Whether `path` is a GGUF file (its magic), rather than a checkpoint to convert.
-fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        || std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok_and(|()| &magic == b"GGUF")
 }
 
 /// `Codec::encode_batch` until it lands in the library: one encode per item (swap in the batched call here).

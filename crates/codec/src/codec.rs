@@ -96,6 +96,34 @@ impl Codec {
         Ok(Self { model, arch, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit })
     }
 
+    /// Loads what a user names: a GGUF file; a checkpoint [`crate::convert`] reads, converted into a temporary GGUF
+    /// removed once loaded (the model keeps the file's pages mapped); or a hub model id, downloaded and converted
+    /// once into the hub cache (`progress`: bars on stderr). A path that is neither an existing file nor an id is an
+    /// I/O error naming it.
+    pub fn open(spec: &Path, device: DeviceKind, progress: bool) -> Result<Self> {
+        let path = if spec.exists() {
+            spec.to_path_buf()
+        } else {
+            match spec.to_str().filter(|s| crate::hub::ModelId::parse(s).is_some()) {
+                Some(id) => crate::hub::resolve_model(id, progress)?,
+                None => {
+                    let e = std::fs::metadata(spec).err().unwrap_or_else(|| std::io::ErrorKind::NotFound.into());
+                    return Err(Error::io(spec, e));
+                }
+            }
+        };
+        if is_gguf(&path) {
+            return Self::load(&path, device);
+        }
+        let converted = tempfile::Builder::new()
+            .prefix("codec-rs-")
+            .suffix(".gguf")
+            .tempfile()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        crate::convert::convert(&path, converted.path(), &Default::default())?;
+        Self::load(converted.path(), device)
+    }
+
     /// Wraps an already built model (tests, random-weight benchmarks); a malformed `$CODEC_MEMORY_LIMIT` counts as
     /// unset here (`load` reports it).
     pub fn from_model(model: Box<dyn Model>, device: Device) -> Self {
@@ -369,6 +397,14 @@ impl Codec {
         let per_piece = if whole { n_frames.max(1) } else { self.piece_frames() };
         (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
     }
+}
+
+/// Whether `path` is a GGUF file (by its extension or its magic bytes), not a checkpoint to convert.
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        || std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok_and(|()| &magic == b"GGUF")
 }
 
 /// [`Codec::set_memory_limit`]'s default: `$CODEC_MEMORY_LIMIT` (`off` for none), else the system's available
