@@ -66,11 +66,19 @@ pub unsafe extern "C" fn codec_load(model: *const c_char, params: *const Params)
 
 #[no_mangle]
 pub unsafe extern "C" fn codec_free(model: *mut Model) {
+    free_boxed(model)
+}
+
+/// Drops what `Box::into_raw` gave out (NULL is fine), never unwinding into C.
+///
+/// # Safety
+/// `ptr` is NULL or came from `Box::into_raw` and is not used again.
+pub(crate) unsafe fn free_boxed<T>(ptr: *mut T) {
     guard(
         |_| (),
         || {
-            if !model.is_null() {
-                drop(Box::from_raw(model));
+            if !ptr.is_null() {
+                drop(Box::from_raw(ptr));
             }
             Ok(())
         },

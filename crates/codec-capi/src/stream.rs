@@ -195,15 +195,7 @@ pub unsafe extern "C" fn codec_stream_reset(stream: *mut Stream) -> Status {
 
 #[no_mangle]
 pub unsafe extern "C" fn codec_stream_free(stream: *mut Stream) {
-    guard(
-        |_| (),
-        || {
-            if !stream.is_null() {
-                drop(Box::from_raw(stream));
-            }
-            Ok(())
-        },
-    )
+    crate::free_boxed(stream)
 }
 
 /// A `codec_stream` moves between threads (used by one at a time).
