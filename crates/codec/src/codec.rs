@@ -240,17 +240,7 @@ impl Codec {
     ) -> Result<Codes> {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
-        if audio.samples.is_empty() {
-            return Err(Error::InvalidArgument("cannot encode empty audio".into()));
-        }
-        if let Some((i, v)) = audio.samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::InvalidArgument(format!("audio sample {i} is {v}: samples must be finite")));
-        }
-        let samples = if audio.sample_rate == self.sample_rate() {
-            std::borrow::Cow::Borrowed(&audio.samples)
-        } else {
-            std::borrow::Cow::Owned(crate::audio::resample(&audio.samples, audio.sample_rate, self.sample_rate())?)
-        };
+        let samples = self.at_model_rate(audio)?;
         let hop = self.hop();
         let n_frames = samples.len().div_ceil(hop);
         let Some(inner) = self.encoder_stream(n_q)? else {
@@ -281,6 +271,107 @@ impl Codec {
             add(self.named(codes)?, progress);
         }
         Ok(Codes { n_q, n_frames, data: rows.concat() })
+    }
+
+    /// `audio`'s samples at the model's rate, checked: not empty, all finite.
+    fn at_model_rate<'a>(&self, audio: &'a Audio) -> Result<std::borrow::Cow<'a, [f32]>> {
+        if audio.samples.is_empty() {
+            return Err(Error::InvalidArgument("cannot encode empty audio".into()));
+        }
+        if let Some((i, v)) = audio.samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!("audio sample {i} is {v}: samples must be finite")));
+        }
+        Ok(if audio.sample_rate == self.sample_rate() {
+            std::borrow::Cow::Borrowed(&audio.samples)
+        } else {
+            std::borrow::Cow::Owned(crate::audio::resample(&audio.samples, audio.sample_rate, self.sample_rate())?)
+        })
+    }
+
+    /// Several clips → their codes, each identical to [`Codec::encode`] of that clip alone. Clips of equal length
+    /// (at the model's rate) run together, as one batched pass (B > 1) for as many as fit a pass's memory budget
+    /// ([`Codec::piece_memory`], two pieces' worth); a clip of its own length, or too long to pair, runs as in
+    /// `encode`. An item's error names its index.
+    pub fn encode_batch(&self, audio: &[Audio], n_q: Option<usize>) -> Result<Vec<Codes>> {
+        self.require(Parts::Encoder)?;
+        let n_q = self.check_n_q(n_q)?;
+        let samples = audio
+            .iter()
+            .enumerate()
+            .map(|(i, a)| self.at_model_rate(a).map_err(|e| e.item(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let hop = self.hop();
+        let mut out: Vec<Option<Codes>> = vec![None; audio.len()];
+        for group in self.batches(samples.iter().map(|s| s.len().div_ceil(hop)), samples.iter().map(|s| s.len())) {
+            if let [i] = group[..] {
+                out[i] = Some(self.encode(&audio[i], Some(n_q)).map_err(|e| e.item(i))?);
+                continue;
+            }
+            let (len, n_frames) = (samples[group[0]].len(), samples[group[0]].len().div_ceil(hop));
+            let flat: Vec<f32> = group.iter().flat_map(|&i| samples[i].iter().copied()).collect();
+            let pcm = Tensor::from_vec(flat, (group.len(), 1, len), &self.device).ctx("encode input")?;
+            let codes = self.named(self.model.encode(&pcm, n_q).ctx("batched encode"))?;
+            let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("batched encode")?;
+            for (&i, item) in group.iter().zip(data.chunks_exact(n_q * n_frames)) {
+                out[i] = Some(Codes { n_q, n_frames, data: item.to_vec() });
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Several code sequences → their audio, each identical to [`Codec::decode`] of it alone; batched like
+    /// [`Codec::encode_batch`] (sequences of equal length and codebook count together).
+    pub fn decode_batch(&self, codes: &[Codes]) -> Result<Vec<Audio>> {
+        self.require(Parts::Decoder)?;
+        for (i, c) in codes.iter().enumerate() {
+            self.check_n_q(Some(c.n_q)).map_err(|e| e.item(i))?;
+            if c.n_frames == 0 {
+                return Err(Error::InvalidArgument("cannot decode zero frames".into()).item(i));
+            }
+            stream::check_codes(c, self.max_n_q(), self.codebook_size()).map_err(|e| e.item(i))?;
+        }
+        let sample_rate = self.sample_rate();
+        let mut out: Vec<Option<Audio>> = vec![None; codes.len()];
+        // n_q joins the length in the key: only sequences of the same shape share a pass.
+        let keys = codes.iter().map(|c| c.n_frames.saturating_mul(self.max_n_q() + 1).saturating_add(c.n_q));
+        for group in self.batches(codes.iter().map(|c| c.n_frames), keys) {
+            if let [i] = group[..] {
+                out[i] = Some(self.decode(&codes[i]).map_err(|e| e.item(i))?);
+                continue;
+            }
+            let (n_q, n_frames) = (codes[group[0]].n_q, codes[group[0]].n_frames);
+            let flat: Vec<u32> = group.iter().flat_map(|&i| codes[i].data.iter().copied()).collect();
+            let t = Tensor::from_vec(flat, (group.len(), n_q, n_frames), &self.device).ctx("decode input")?;
+            let pcm = self.named(self.model.decode(&t).ctx("batched decode"))?;
+            let data = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("batched decode output")?;
+            let per_item = data.len() / group.len();
+            for (&i, item) in group.iter().zip(data.chunks_exact(per_item.max(1))) {
+                out[i] = Some(Audio { sample_rate, samples: item.to_vec() });
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Item indices grouped for batched passes: items with equal `keys` (lengths) together, in order of first
+    /// appearance, each group cut to what one pass may hold (two pieces' memory, see [`Codec::pieces`]); an item
+    /// too long for that, or alone with its key, is a group of one (run through `encode`/`decode`, in pieces).
+    fn batches(&self, frames: impl Iterator<Item = usize>, keys: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
+        let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+        for (i, (n_frames, key)) in frames.zip(keys).enumerate() {
+            match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, _, items)) => items.push(i),
+                None => groups.push((key, n_frames, vec![i])),
+            }
+        }
+        let budget = 2 * self.piece_memory();
+        let whole_seconds = self.chunk_seconds * self.frame_rate();
+        let mut out = Vec::new();
+        for (_, n_frames, items) in groups {
+            let peak = self.model.peak_bytes(n_frames).max(1);
+            let per_pass = if n_frames as f64 > whole_seconds { 1 } else { (budget / peak).max(1) as usize };
+            out.extend(items.chunks(per_pass).map(|c| c.to_vec()));
+        }
+        out
     }
 
     /// Names the model file in a model-side error.
@@ -370,10 +461,10 @@ impl Codec {
     }
 
     /// Frames per piece of a long input: `chunk_seconds` of audio, fewer if one pass over that would need more
-    /// than [`PIECE_MEMORY`]; at least one.
+    /// than [`Codec::piece_memory`]; at least one.
     pub fn piece_frames(&self) -> usize {
         let most = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
-        let fits = |frames: usize| self.model.peak_bytes(frames) <= PIECE_MEMORY;
+        let fits = |frames: usize| self.model.peak_bytes(frames) <= self.piece_memory();
         // The largest size that fits, by bisection (peak memory grows with length).
         let (mut lo, mut hi) = (1, most);
         while lo < hi {
@@ -387,13 +478,23 @@ impl Codec {
         lo
     }
 
+    /// Working memory of one piece: [`PIECE_MEMORY`] on the CPU (where bigger pieces only cost cache misses);
+    /// [`GPU_PIECE_MEMORY`] on a GPU, whose many cores need long pieces to be busy and whose memory is large.
+    pub fn piece_memory(&self) -> u64 {
+        if self.device.is_cpu() {
+            PIECE_MEMORY
+        } else {
+            GPU_PIECE_MEMORY
+        }
+    }
+
     /// How an input of `n_frames` goes through a stream: whole if it needs at most two pieces' memory, else pieces
     /// of [`Codec::piece_frames`]. Results do not depend on the cut; memory is that of one piece.
     pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
         // A clip that needs at most two pieces' memory runs whole: one pass costs less than two (each pass reads
         // the weights), and the memory bound matters for long inputs.
         let whole = n_frames as f64 <= self.chunk_seconds * self.frame_rate()
-            && self.model.peak_bytes(n_frames) <= 2 * PIECE_MEMORY;
+            && self.model.peak_bytes(n_frames) <= 2 * self.piece_memory();
         let per_piece = if whole { n_frames.max(1) } else { self.piece_frames() };
         (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
     }
@@ -452,6 +553,9 @@ fn available_memory() -> Option<u64> {
 /// The most memory one piece of a long input may need: keeps a stream's peak memory a few hundred MB above the
 /// model's, whatever the input's length.
 pub const PIECE_MEMORY: u64 = 128 << 20;
+
+/// [`PIECE_MEMORY`] on a GPU.
+pub const GPU_PIECE_MEMORY: u64 = 4 << 30;
 
 /// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that per-piece
 /// overheads do not count.

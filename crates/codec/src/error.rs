@@ -60,6 +60,19 @@ impl Error {
     pub fn codes(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Codes { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
+
+    /// This error as that of item `index` of a batch (the same variant, its message prefixed).
+    pub fn item(self, index: usize) -> Self {
+        let prefix = |msg: String| format!("batch item {index}: {msg}");
+        match self {
+            Error::InvalidArgument(msg) => Error::InvalidArgument(prefix(msg)),
+            Error::Unsupported(msg) => Error::Unsupported(prefix(msg)),
+            Error::Tensor { context, source } => Error::Tensor { context: prefix(context), source },
+            Error::Audio { path, msg } => Error::Audio { path, msg: prefix(msg) },
+            Error::Codes { path, msg } => Error::Codes { path, msg: prefix(msg) },
+            other => other,
+        }
+    }
 }
 
 /// Tensor errors inside forward passes carry no file: `?` on them names the stage generically.

@@ -3,40 +3,10 @@
 //! offline `decode` (same length, cos ≥ 0.99999). Offline itself is checked against the references by the parity
 //! tests, so these pin streaming to the references too.
 
-use std::path::Path;
-
 use codec::{Audio, Codec, Codes, DeviceKind, Error};
 
 mod common;
-use common::{convert_to, cosine};
-
-fn mimi() -> (Codec, Audio) {
-    let dir = common::fixture_dir("mimi", "MIMI_FIXTURES");
-    let gguf = convert_to(&dir.join("hub"), None, "stream-mimi");
-    let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
-    let (_, samples) = common::load_f32(&dir.join("input_odd.npy"));
-    (codec, Audio { sample_rate: 24000, samples })
-}
-
-fn dac(variant: &str) -> (Codec, Audio) {
-    let dir = common::fixture_dir("dac", "DAC_FIXTURES").join(variant);
-    let gguf = convert_to(&dir.join("original/weights.pth"), None, &format!("stream-dac-{variant}"));
-    let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
-    let (_, samples) = common::load_f32(&dir.join("input.npy"));
-    let sample_rate = codec.sample_rate();
-    (codec, Audio { sample_rate, samples })
-}
-
-fn wavtokenizer(variant: &str) -> (Codec, Audio) {
-    let dir = common::fixture_dir("wavtokenizer", "WAVTOKENIZER_FIXTURES").join(variant);
-    let gguf = convert_to(&dir.join("original/model.ckpt"), Some(dir.join("original/config.yaml")), "stream-wt");
-    let codec = Codec::load(Path::new(&gguf), DeviceKind::Cpu).unwrap();
-    std::fs::remove_file(&gguf).ok();
-    let (_, samples) = common::load_f32(&dir.join("input.npy"));
-    (codec, Audio { sample_rate: 24000, samples })
-}
+use common::{cosine, dac, mimi, wavtokenizer};
 
 /// Codes of `audio` pushed in pieces of `cut` samples, then flushed.
 fn stream_encode(codec: &Codec, audio: &Audio, cut: usize) -> Codes {

@@ -20,28 +20,38 @@ struct LstmLayer {
 }
 
 impl LstmLayer {
-    /// (B, T, in) → (B, T, H), from the state in `carry` (B × [h; c], 2H values per item), which is left holding the
-    /// state after the last step.
-    fn forward(&self, x: &Tensor, carry: &mut Vec<f32>) -> Result<Tensor> {
+    /// (B, T, in) → (B, T, H), from the state in `carry` (B × [h; c] per item), which is left holding the state
+    /// after the last step.
+    fn forward(&self, x: &Tensor, carry: &mut LayerState) -> Result<Tensor> {
         let b = x.dim(0)?;
-        if carry.len() != b * 2 * self.hidden {
-            candle_core::bail!("lstm: state for {} values, the input has {b} items", carry.len());
-        }
         // Input projections of every step in one matmul; only the recurrent part is sequential.
         let x_proj = self.input.forward(x)?;
         if x_proj.device().is_cpu() && x_proj.dtype() == DType::F32 {
-            let op = Recurrence { carry: Shared(carry.as_mut_ptr()), _carry: std::marker::PhantomData };
+            let values = match carry {
+                LayerState::Host(values) => values,
+                LayerState::Device(_) => candle_core::bail!("lstm: a device state given to the CPU recurrence"),
+            };
+            if values.len() != b * 2 * self.hidden {
+                candle_core::bail!("lstm: state for {} values, the input has {b} items", values.len());
+            }
+            let op = Recurrence { carry: Shared(values.as_mut_ptr()), _carry: std::marker::PhantomData };
             return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &op);
         }
-        self.recurrence_with_tensor_ops(&x_proj, carry)
+        let state = match carry {
+            LayerState::Device(state) => state.clone(),
+            LayerState::Host(_) => candle_core::bail!("lstm: a CPU state given to a {:?} recurrence", x_proj.device()),
+        };
+        let (y, state) = self.recurrence_with_tensor_ops(&x_proj, &state)?;
+        *carry = LayerState::Device(state);
+        Ok(y)
     }
 
-    /// The recurrence over input projections (B, T, 4H) as tensor ops, step by step (devices other than the CPU).
-    fn recurrence_with_tensor_ops(&self, x_proj: &Tensor, carry: &mut [f32]) -> Result<Tensor> {
-        let (b, t, _) = x_proj.dims3()?;
+    /// The recurrence over input projections (B, T, 4H) as tensor ops, step by step (devices other than the CPU),
+    /// from `state` (B, 2, H): the outputs and the state after the last step, both on the device (no host trips).
+    fn recurrence_with_tensor_ops(&self, x_proj: &Tensor, state: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = x_proj.dim(1)?;
         let h_dim = self.hidden;
         let w_hh_t = self.w_hh.t()?;
-        let state = Tensor::from_slice(carry, (b, 2, h_dim), x_proj.device())?.to_dtype(x_proj.dtype())?;
         let mut h = state.narrow(1, 0, 1)?.squeeze(1)?;
         let mut c = state.narrow(1, 1, 1)?.squeeze(1)?;
         let mut outputs = Vec::with_capacity(t);
@@ -56,16 +66,22 @@ impl LstmLayer {
             h = (output * c.tanh()?)?;
             outputs.push(h.clone());
         }
-        let state = Tensor::stack(&[&h, &c], 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        carry.copy_from_slice(&state);
-        Tensor::stack(&outputs, 1)
+        Ok((Tensor::stack(&outputs, 1)?, Tensor::stack(&[&h, &c], 1)?))
     }
+}
+
+/// One layer's state: on the CPU a buffer the recurrence kernel updates in place, elsewhere a (B, 2, H) tensor
+/// on the device, so a stream on a GPU never reads its state back.
+#[derive(Debug, Clone)]
+enum LayerState {
+    Host(Vec<f32>),
+    Device(Tensor),
 }
 
 /// A stacked LSTM's state between calls: per layer, per batch item, h then c.
 #[derive(Debug, Clone, Default)]
 pub struct LstmState {
-    layers: Vec<Vec<f32>>,
+    layers: Vec<LayerState>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,9 +116,14 @@ impl Lstm {
     /// one pass (the same recurrence runs over the same projections).
     pub fn step_with_skip(&self, x: &Tensor, state: &mut LstmState) -> Result<Tensor> {
         let seq = x.transpose(1, 2)?.contiguous()?;
-        let size = x.dim(0)? * 2 * self.layers.first().map_or(0, |l| l.hidden);
+        let (b, hidden) = (x.dim(0)?, self.layers.first().map_or(0, |l| l.hidden));
         if state.layers.is_empty() {
-            state.layers = vec![vec![0f32; size]; self.layers.len()];
+            let zero = if x.device().is_cpu() && x.dtype() == DType::F32 {
+                LayerState::Host(vec![0f32; b * 2 * hidden])
+            } else {
+                LayerState::Device(Tensor::zeros((b, 2, hidden), x.dtype(), x.device())?)
+            };
+            state.layers = vec![zero; self.layers.len()];
         }
         let y = self
             .layers

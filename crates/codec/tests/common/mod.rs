@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use codec::convert::{convert, ConvertOptions};
 use codec::npy;
-use codec::Codes;
+use codec::{Audio, Codec, Codes, DeviceKind};
 
 /// The committed fixture dir `tests/fixtures/<name>`, or `$<env>` when set (full-size sets made by hand).
 pub fn fixture_dir(name: &str, env: &str) -> PathBuf {
@@ -48,4 +48,39 @@ pub fn convert_to(src: &Path, config: Option<PathBuf>, name: &str) -> PathBuf {
     let out = std::env::temp_dir().join(format!("codec-rs-test-{}-{name}-{n}.gguf", std::process::id()));
     convert(src, &out, &ConvertOptions { config, ..Default::default() }).unwrap();
     out
+}
+
+/// The Mimi fixture's model on the CPU and its odd-length input.
+pub fn mimi() -> (Codec, Audio) {
+    let dir = fixture_dir("mimi", "MIMI_FIXTURES");
+    let gguf = convert_to(&dir.join("hub"), None, "fixture-mimi");
+    let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    let (_, samples) = load_f32(&dir.join("input_odd.npy"));
+    (codec, Audio { sample_rate: 24000, samples })
+}
+
+/// A DAC fixture's model (`16khz`, `24khz`, `44khz`) and its input.
+pub fn dac(variant: &str) -> (Codec, Audio) {
+    let dir = fixture_dir("dac", "DAC_FIXTURES").join(variant);
+    let gguf = convert_to(&dir.join("original/weights.pth"), None, &format!("fixture-dac-{variant}"));
+    let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    let (_, samples) = load_f32(&dir.join("input.npy"));
+    let sample_rate = codec.sample_rate();
+    (codec, Audio { sample_rate, samples })
+}
+
+/// A WavTokenizer fixture's model (`frame75`, `frame40`) and its input.
+pub fn wavtokenizer(variant: &str) -> (Codec, Audio) {
+    let dir = fixture_dir("wavtokenizer", "WAVTOKENIZER_FIXTURES").join(variant);
+    let gguf = convert_to(
+        &dir.join("original/model.ckpt"),
+        Some(dir.join("original/config.yaml")),
+        &format!("fixture-wt-{variant}"),
+    );
+    let codec = Codec::load(Path::new(&gguf), DeviceKind::Cpu).unwrap();
+    std::fs::remove_file(&gguf).ok();
+    let (_, samples) = load_f32(&dir.join("input.npy"));
+    (codec, Audio { sample_rate: 24000, samples })
 }
