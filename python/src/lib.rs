@@ -72,16 +72,6 @@ fn load(spec: &Path, device: DeviceKind) -> codec::Result<Codec> {
     Codec::open(spec, device, true)
 }
 
-/// `Codec::encode_batch` until it lands in the library: one encode per item (swap in the batched call here).
-fn encode_batch(codec: &Codec, audio: &[Audio], n_q: Option<usize>) -> codec::Result<Vec<Codes>> {
-    audio.iter().map(|a| codec.encode(a, n_q)).collect()
-}
-
-/// `Codec::decode_batch` until it lands in the library: one decode per item (swap in the batched call here).
-fn decode_batch(codec: &Codec, codes: &[Codes]) -> codec::Result<Vec<Audio>> {
-    codes.iter().map(|c| codec.decode(c)).collect()
-}
-
 /// A neural audio codec model: audio -> discrete codes -> audio.
 ///
 /// ``model`` is a ``.gguf`` file, a checkpoint ``codec convert`` reads (a hub-style directory, a ``.safetensors``,
@@ -212,7 +202,7 @@ impl PyCodec {
             .enumerate()
             .map(|(i, a)| self.audio(a, sample_rate, &format!("audio[{i}]")))
             .collect::<PyResult<Vec<_>>>()?;
-        let codes = detached(py, || encode_batch(&self.codec, &audio, n_q))?;
+        let codes = detached(py, || self.codec.encode_batch(&audio, n_q))?;
         codes.into_iter().map(|c| codes_array(py, c)).collect()
     }
 
@@ -227,7 +217,7 @@ impl PyCodec {
             .enumerate()
             .map(|(i, c)| self.codes(c, &format!("codes[{i}]")))
             .collect::<PyResult<Vec<_>>>()?;
-        let audio = detached(py, || decode_batch(&self.codec, &codes))?;
+        let audio = detached(py, || self.codec.decode_batch(&codes))?;
         Ok(audio.into_iter().map(|a| audio_array(py, a.samples)).collect())
     }
 

@@ -304,7 +304,7 @@ impl Model {
         for (i, (frames, out)) in n_frames.iter().zip(codes.iter()).enumerate() {
             reserve(out, codes_len(n_q as u32, *frames, "codes")?, &name("codes", i, pcm.len()))?;
         }
-        for (i, (got, out)) in encode_batch(&self.codec, &audio, n_q)?.iter().zip(codes.iter_mut()).enumerate() {
+        for (i, (got, out)) in self.codec.encode_batch(&audio, Some(n_q))?.iter().zip(codes.iter_mut()).enumerate() {
             n_frames[i] = got.n_frames;
             deliver(&got.data, out, &name("codes", i, pcm.len()))?;
         }
@@ -333,7 +333,7 @@ impl Model {
         }
         let codes: Vec<Codes> =
             codes.iter().zip(n_frames).map(|(data, &n_frames)| Codes { n_q, n_frames, data: data.to_vec() }).collect();
-        for (i, (audio, out)) in decode_batch(&self.codec, &codes)?.iter().zip(pcm.iter_mut()).enumerate() {
+        for (i, (audio, out)) in self.codec.decode_batch(&codes)?.iter().zip(pcm.iter_mut()).enumerate() {
             n_samples[i] = audio.samples.len();
             deliver(&audio.samples, out, &name("pcm", i, codes.len()))?;
         }
@@ -354,16 +354,6 @@ impl Model {
         }
         Ok(Audio { sample_rate: rate, samples: audio::resample(pcm, sample_rate, rate)? })
     }
-}
-
-/// `Codec::encode_batch` until it lands in the library: one encode per item (swap in the batched call here).
-fn encode_batch(codec: &Codec, audio: &[Audio], n_q: usize) -> codec_rs::Result<Vec<Codes>> {
-    audio.iter().map(|audio| codec.encode(audio, Some(n_q))).collect()
-}
-
-/// `Codec::decode_batch` until it lands in the library: one decode per item (swap in the batched call here).
-fn decode_batch(codec: &Codec, codes: &[Codes]) -> codec_rs::Result<Vec<Audio>> {
-    codes.iter().map(|codes| codec.decode(codes)).collect()
 }
 
 /// `codec_model` is shared between the host's threads.

@@ -140,6 +140,10 @@ enum Command {
         /// Number of codebooks (default: all).
         #[arg(long = "n-q")]
         n_q: Option<usize>,
+        /// Clips per batched pass (encode_batch/decode_batch over this many copies of the input); the times are
+        /// per batch and "x real time" counts all its audio.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         #[command(flatten)]
         stream: StreamArg,
     },
@@ -427,8 +431,11 @@ fn encode_batch(codec: &Codec, jobs: &[Job], n_q: Option<usize>) -> Vec<Result<S
     batched(
         jobs,
         |job| codec::audio::read_mono_at(&job.input, codec.sample_rate()),
-        // Until `Codec::encode_batch` lands: one clip at a time (then: wrap `codec.encode_batch(audio, n_q)`).
-        |audio| audio.iter().map(|clip| codec.encode(clip, n_q)).collect(),
+        // Batched passes; if the batch fails, each clip alone, so the bad one is reported and the rest written.
+        |audio| match codec.encode_batch(audio, n_q) {
+            Ok(codes) => codes.into_iter().map(Ok).collect(),
+            Err(_) => audio.iter().map(|clip| codec.encode(clip, n_q)).collect(),
+        },
         |job, audio, codes| {
             let wrote = save_codes(&job.output, &codes)?;
             let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -442,8 +449,11 @@ fn decode_batch(codec: &Codec, jobs: &[Job], pcm16: bool) -> Vec<Result<String>>
     batched(
         jobs,
         |job| read_codes(&job.input, codec),
-        // Until `Codec::decode_batch` lands: one clip at a time (then: wrap `codec.decode_batch(codes)`).
-        |codes| codes.iter().map(|codes| codec.decode(codes)).collect(),
+        // Batched passes; if the batch fails, each sequence alone (as for encoding).
+        |codes| match codec.decode_batch(codes) {
+            Ok(audio) => audio.into_iter().map(Ok).collect(),
+            Err(_) => codes.iter().map(|codes| codec.decode(codes)).collect(),
+        },
         |job, _, audio| {
             codec::audio::write_wav(&job.output, &audio, pcm16)?;
             Ok(wrote_audio_line(&job.output, audio.samples.len() as f64 / audio.sample_rate as f64, audio.sample_rate))
@@ -650,7 +660,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => info(model, cli),
-        Command::Bench { model, arch, random, seconds, runs, n_q, stream } => {
+        Command::Bench { model, arch, random, seconds, runs, n_q, batch, stream } => {
             if model.is_some() && *random {
                 return Err(Error::InvalidArgument("bench takes -m MODEL or --arch A --random, not both".into()));
             }
@@ -665,9 +675,15 @@ fn run(cli: &Cli) -> Result<()> {
             if *runs == 0 {
                 return Err(Error::InvalidArgument("--runs must be at least 1".into()));
             }
+            if !(1..=4096).contains(batch) {
+                return Err(Error::InvalidArgument("--batch must be between 1 and 4096".into()));
+            }
             match stream.samples(codec.sample_rate())? {
+                Some(_) if *batch > 1 => {
+                    Err(Error::InvalidArgument("--batch and --stream-ms cannot be combined".into()))
+                }
                 Some(push) => bench_stream(&codec, *seconds, push, *n_q),
-                None => bench(&codec, *seconds, *runs, *n_q),
+                None => bench(&codec, *seconds, *runs, *n_q, *batch),
             }
         }
     }
@@ -802,47 +818,72 @@ fn print_latency(what: &str, times: &mut [f64], seconds: f64) {
     );
 }
 
-fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>) -> Result<()> {
+fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>, batch: usize) -> Result<()> {
     let n_q = codec.check_n_q(n_q)?;
     let audio = bench_input(codec, seconds)?;
     let sr = codec.sample_rate();
+    let on_cpu = codec.device().is_cpu();
+    let device = if on_cpu { format!("{} threads", candle_core_threads()) } else { format!("{:?}", codec.device()) };
     println!(
-        "bench: {seconds} s at {sr} Hz, n_q {n_q}, {} threads, precision {}, best of {runs}",
-        candle_core_threads(),
+        "bench: {seconds} s at {sr} Hz, batch {batch}, n_q {n_q}, {device}, precision {}, best of {runs}",
         match codec::nn::gemm::precision() {
             codec::Precision::F32 => "f32",
             codec::Precision::Bf16 => "bf16",
         }
     );
-    let mut codes = None;
+    let clips = vec![audio.clone(); batch];
+    let encode = || -> Result<Vec<codec::Codes>> {
+        if batch == 1 {
+            Ok(vec![codec.encode(&audio, Some(n_q))?])
+        } else {
+            codec.encode_batch(&clips, Some(n_q))
+        }
+    };
+    let decode = |codes: &[codec::Codes]| -> Result<()> {
+        if batch == 1 {
+            codec.decode(&codes[0]).map(drop)
+        } else {
+            codec.decode_batch(codes).map(drop)
+        }
+    };
+    if !on_cpu {
+        // A GPU's first pass loads kernels and sizes its allocator: not what a long-running user sees.
+        decode(&encode()?)?;
+    }
+    let mut codes = Vec::new();
     let mut best_enc = f64::INFINITY;
     let flops = codec::nn::gemm::flops_done();
     for _ in 0..runs {
         let t = Instant::now();
-        codes = Some(codec.encode(&audio, Some(n_q))?);
+        codes = encode()?;
         best_enc = best_enc.min(t.elapsed().as_secs_f64());
     }
     let enc_flops = (codec::nn::gemm::flops_done() - flops) as f64 / runs.max(1) as f64;
-    let codes = codes.ok_or_else(|| Error::InvalidArgument("no runs".into()))?;
     let mut best_dec = f64::INFINITY;
     let flops = codec::nn::gemm::flops_done();
     for _ in 0..runs {
         let t = Instant::now();
-        codec.decode(&codes)?;
+        decode(&codes)?;
         best_dec = best_dec.min(t.elapsed().as_secs_f64());
     }
     let dec_flops = (codec::nn::gemm::flops_done() - flops) as f64 / runs.max(1) as f64;
+    let audio_seconds = seconds * batch as f64;
     for (what, t, flops) in [("encode", best_enc, enc_flops), ("decode", best_dec, dec_flops)] {
+        // The GEMM counter sees the CPU kernels only.
+        let gemm = if flops > 0.0 {
+            format!("  GEMM {:.1} GFLOP, {:.1} GFLOP/s", flops / 1e9, flops / 1e9 / t)
+        } else {
+            String::new()
+        };
         println!(
-            "{what}: {:8.1} ms  RTF {:.4}  ({:.1}x real time)  GEMM {:.1} GFLOP, {:.1} GFLOP/s",
+            "{what}: {:8.1} ms  RTF {:.4}  ({:.1}x real time){gemm}",
             t * 1e3,
-            t / seconds,
-            seconds / t,
-            flops / 1e9,
-            flops / 1e9 / t
+            t / audio_seconds,
+            audio_seconds / t,
         );
     }
-    let stages = codec.stage_times(&audio, n_q)?;
+    // Stage times read the host clock between asynchronous GPU launches: meaningful on the CPU only.
+    let stages = if on_cpu && batch == 1 { codec.stage_times(&audio, n_q)? } else { Vec::new() };
     if !stages.is_empty() {
         println!("stages (one more run; GEMM GFLOP/s counts the matrix products only):");
         for s in stages {

@@ -479,12 +479,17 @@ impl Codec {
     }
 
     /// Working memory of one piece: [`PIECE_MEMORY`] on the CPU (where bigger pieces only cost cache misses);
-    /// [`GPU_PIECE_MEMORY`] on a GPU, whose many cores need long pieces to be busy and whose memory is large.
+    /// on a GPU, whose many cores need long pieces (and batches) to be busy, a quarter of the device memory free
+    /// now ([`GPU_PIECE_MEMORY`] where that cannot be read).
     pub fn piece_memory(&self) -> u64 {
-        if self.device.is_cpu() {
-            PIECE_MEMORY
-        } else {
-            GPU_PIECE_MEMORY
+        match &self.device {
+            Device::Cpu => PIECE_MEMORY,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(cuda) => match cuda.cuda_stream().context().mem_get_info() {
+                Ok((free, _)) => (free as u64 / 4).max(PIECE_MEMORY),
+                Err(_) => GPU_PIECE_MEMORY,
+            },
+            _ => GPU_PIECE_MEMORY,
         }
     }
 
@@ -554,7 +559,7 @@ fn available_memory() -> Option<u64> {
 /// model's, whatever the input's length.
 pub const PIECE_MEMORY: u64 = 128 << 20;
 
-/// [`PIECE_MEMORY`] on a GPU.
+/// [`PIECE_MEMORY`] on a GPU whose free memory cannot be read.
 pub const GPU_PIECE_MEMORY: u64 = 4 << 30;
 
 /// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that per-piece

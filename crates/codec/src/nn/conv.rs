@@ -194,6 +194,20 @@ impl Conv1d {
         x.contiguous()?.apply_op1_no_bwd(&op)
     }
 
+    /// A depthwise, stride-1 conv of padded `x` (B, C, T) as one multiply-add per tap over the whole tensor (devices
+    /// other than the CPU): candle runs a grouped conv as one conv per group, thousands of launches for ConvNeXt.
+    fn depthwise_with_tensor_ops(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, channels, len) = x.dims3()?;
+        let (k, d) = (self.cfg.kernel_size, self.cfg.dilation);
+        let span = (k - 1) * d + 1;
+        if len < span {
+            candle_core::bail!("depthwise conv: input of {len} samples is shorter than the kernel's span {span}");
+        }
+        let out_len = len - span + 1;
+        let w = kept(&self.weight)?.reshape((1, channels, k))?;
+        sum_all((0..k).map(|j| x.narrow(2, j * d, out_len)?.broadcast_mul(&w.narrow(2, j, 1)?)))
+    }
+
     /// The conv on a channels-last input (B, T, C) → (B, T', C): in that layout on CPU for zero-padded depthwise
     /// convs (ConvNeXt, whose other ops are per time step, so the block needs no transposes); through (B, C, T)
     /// otherwise.
@@ -316,7 +330,11 @@ impl Conv1d {
             return self.depthwise_op(&x, (left, right), false);
         }
         let x = pad1d(x, left, right, c.pad_mode)?;
-        let y = x.conv1d(kept(&self.weight)?, 0, c.stride, c.dilation, c.groups)?;
+        let y = if c.groups > 1 && c.groups == x.dim(1)? && c.groups == self.out_channels && c.stride == 1 {
+            self.depthwise_with_tensor_ops(&x)?
+        } else {
+            x.conv1d(kept(&self.weight)?, 0, c.stride, c.dilation, c.groups)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
             None => Ok(y),
@@ -477,5 +495,36 @@ impl ConvTranspose1d {
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_trimmed(x, self.trim(), true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::{VarBuilder, VarMap};
+
+    /// The off-CPU depthwise path (one multiply-add per tap) equals candle's grouped conv, dilated too.
+    #[test]
+    fn depthwise_with_tensor_ops_matches_grouped_conv() {
+        let dev = Device::Cpu;
+        for &(c, k, d) in &[(6, 7, 1), (4, 3, 2), (5, 1, 1)] {
+            let varmap = VarMap::new();
+            let cfg = ConvConfig::torch(k, 0).groups(c).dilation(d);
+            let build = || Conv1d::new(c, c, cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev).into()).unwrap();
+            // Register the weights, give them random values, then build the layer from those.
+            build();
+            for var in varmap.all_vars() {
+                var.set(&Tensor::randn(0f32, 1.0, var.shape(), &dev).unwrap()).unwrap();
+            }
+            let conv = build();
+            let x = Tensor::randn(0f32, 1., (2, c, 40), &dev).unwrap();
+            let got = conv.depthwise_with_tensor_ops(&x).unwrap();
+            let want = x.conv1d(kept(&conv.weight).unwrap(), 0, 1, d, c).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff: f32 = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(diff < 1e-5 && scale > 0.5, "case {:?}: diff {diff}, scale {scale}", (c, k, d));
+        }
     }
 }

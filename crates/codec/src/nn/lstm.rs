@@ -321,9 +321,14 @@ mod tests {
             let x_proj = Tensor::randn(0f32, 1.0, (3, 7, 4 * hidden), &dev).unwrap();
             let mut carry = vec![0f32; 3 * 2 * hidden];
             let got = x_proj.apply_op2_no_bwd(&layer.w_hh, &zero_state(&mut carry)).unwrap();
-            let want = layer.recurrence_with_tensor_ops(&x_proj, &mut vec![0f32; 3 * 2 * hidden]).unwrap();
+            let zero = Tensor::zeros((3, 2, hidden), DType::F32, &dev).unwrap();
+            let (want, state) = layer.recurrence_with_tensor_ops(&x_proj, &zero).unwrap();
             let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "hidden {hidden}");
+            // The state both leave behind (h and c of the last step, per item) agrees too.
+            let state = state.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = state.iter().zip(&carry).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "hidden {hidden}: state differs by {worst}");
         }
     }
 

@@ -128,16 +128,10 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `t` in storage of its own, exactly its size: what a stream carries from one step to the next. A view would keep
-/// the whole step's buffer alive, and so would candle's `copy`, which clones the whole storage under a view.
+/// the whole step's buffer alive, and so would candle's `copy`, which clones the whole storage under a view;
+/// `force_contiguous` copies just the view's elements, on any device.
 pub(crate) fn compact(t: &Tensor) -> Result<Tensor> {
-    if !t.is_contiguous() {
-        // A strided view becomes a fresh buffer of exactly its elements.
-        return t.contiguous();
-    }
-    if t.device().is_cpu() && t.dtype() == DType::F32 {
-        return Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, t.shape(), t.device());
-    }
-    t.contiguous()?.copy()
+    t.force_contiguous()
 }
 
 /// The sum of a non-empty sequence of same-shaped tensors (codebook contributions, overlap-add slices).
