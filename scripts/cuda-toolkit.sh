@@ -34,8 +34,14 @@ packages=(
 if [ $check_only = 0 ]; then
     packages+=("nvidia-cuda-nvrtc==13.0.88" "nvidia-cublas>=13.0,<13.1" "nvidia-curand>=10.4.0,<10.4.1")
 fi
-echo "cuda-toolkit: installing ${#packages[@]} NVIDIA wheels into $site" >&2
-python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target "$site" "${packages[@]}"
+# A second run with the same packages installs nothing (CI keeps DIR between runs).
+stamp="$dir/installed.txt"
+if [ "$(cat "$stamp" 2>/dev/null)" != "${packages[*]}" ]; then
+    echo "cuda-toolkit: installing ${#packages[@]} NVIDIA wheels into $site" >&2
+    rm -f "$stamp"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target "$site" "${packages[@]}"
+    echo "${packages[*]}" >"$stamp"
+fi
 
 # The wheels keep versioned sonames only (libcublas.so.13); the linker looks for libcublas.so.
 cd "$root/lib"

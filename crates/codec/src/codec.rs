@@ -288,10 +288,11 @@ impl Codec {
         })
     }
 
-    /// Several clips → their codes, each identical to [`Codec::encode`] of that clip alone. Clips of equal length
-    /// (at the model's rate) run together, as one batched pass (B > 1) for as many as fit a pass's memory budget
-    /// ([`Codec::piece_memory`], two pieces' worth); a clip of its own length, or too long to pair, runs as in
-    /// `encode`. An item's error names its index.
+    /// Several clips → their codes, each identical to [`Codec::encode`] of that clip alone. Clips run together as
+    /// batched passes (B > 1), as many as fit a pass's memory budget ([`Codec::piece_memory`], two pieces' worth):
+    /// of any lengths, right-padded with zeros, for a causal model (Mimi: padding after a clip cannot reach its
+    /// codes); of equal length for the others (DAC's and WavTokenizer's convs look ahead). A clip with no partner,
+    /// or too long for one pass, runs as in `encode`, in pieces. An item's error names its index.
     pub fn encode_batch(&self, audio: &[Audio], n_q: Option<usize>) -> Result<Vec<Codes>> {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
@@ -301,26 +302,34 @@ impl Codec {
             .map(|(i, a)| self.at_model_rate(a).map_err(|e| e.item(i)))
             .collect::<Result<Vec<_>>>()?;
         let hop = self.hop();
+        let frames: Vec<usize> = samples.iter().map(|s| s.len().div_ceil(hop)).collect();
         let mut out: Vec<Option<Codes>> = vec![None; audio.len()];
-        for group in self.batches(samples.iter().map(|s| s.len().div_ceil(hop)), samples.iter().map(|s| s.len())) {
+        for group in self.batches(&frames, |i| samples[i].len()) {
             if let [i] = group[..] {
                 out[i] = Some(self.encode(&audio[i], Some(n_q)).map_err(|e| e.item(i))?);
                 continue;
             }
-            let (len, n_frames) = (samples[group[0]].len(), samples[group[0]].len().div_ceil(hop));
-            let flat: Vec<f32> = group.iter().flat_map(|&i| samples[i].iter().copied()).collect();
+            // Longest first (see `batches`): the others are zero-extended to it.
+            let (len, most) = (samples[group[0]].len(), frames[group[0]]);
+            let mut flat = vec![0f32; group.len() * len];
+            for (row, &i) in flat.chunks_exact_mut(len).zip(&group) {
+                row[..samples[i].len()].copy_from_slice(&samples[i]);
+            }
             let pcm = Tensor::from_vec(flat, (group.len(), 1, len), &self.device).ctx("encode input")?;
             let codes = self.named(self.model.encode(&pcm, n_q).ctx("batched encode"))?;
             let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("batched encode")?;
-            for (&i, item) in group.iter().zip(data.chunks_exact(n_q * n_frames)) {
-                out[i] = Some(Codes { n_q, n_frames, data: item.to_vec() });
+            for (&i, item) in group.iter().zip(data.chunks_exact(n_q * most)) {
+                let n_frames = frames[i];
+                let data = item.chunks_exact(most).flat_map(|row| &row[..n_frames]).copied().collect();
+                out[i] = Some(Codes { n_q, n_frames, data });
             }
         }
         Ok(out.into_iter().flatten().collect())
     }
 
     /// Several code sequences → their audio, each identical to [`Codec::decode`] of it alone; batched like
-    /// [`Codec::encode_batch`] (sequences of equal length and codebook count together).
+    /// [`Codec::encode_batch`] (for a causal model sequences of any length, right-padded with code 0; else of
+    /// equal length), sequences of one codebook count together.
     pub fn decode_batch(&self, codes: &[Codes]) -> Result<Vec<Audio>> {
         self.require(Parts::Decoder)?;
         for (i, c) in codes.iter().enumerate() {
@@ -331,45 +340,63 @@ impl Codec {
             stream::check_codes(c, self.max_n_q(), self.codebook_size()).map_err(|e| e.item(i))?;
         }
         let sample_rate = self.sample_rate();
+        let frames: Vec<usize> = codes.iter().map(|c| c.n_frames).collect();
         let mut out: Vec<Option<Audio>> = vec![None; codes.len()];
-        // n_q joins the length in the key: only sequences of the same shape share a pass.
-        let keys = codes.iter().map(|c| c.n_frames.saturating_mul(self.max_n_q() + 1).saturating_add(c.n_q));
-        for group in self.batches(codes.iter().map(|c| c.n_frames), keys) {
+        // The codebook count joins the length in the key: only sequences of one n_q share a pass.
+        let key = |i: usize| codes[i].n_frames.saturating_mul(self.max_n_q() + 1).saturating_add(codes[i].n_q);
+        for group in self.batches(&frames, key) {
             if let [i] = group[..] {
                 out[i] = Some(self.decode(&codes[i]).map_err(|e| e.item(i))?);
                 continue;
             }
-            let (n_q, n_frames) = (codes[group[0]].n_q, codes[group[0]].n_frames);
-            let flat: Vec<u32> = group.iter().flat_map(|&i| codes[i].data.iter().copied()).collect();
-            let t = Tensor::from_vec(flat, (group.len(), n_q, n_frames), &self.device).ctx("decode input")?;
+            // Longest first: the others are extended with code 0.
+            let (n_q, most) = (codes[group[0]].n_q, frames[group[0]]);
+            let mut flat = vec![0u32; group.len() * n_q * most];
+            for (rows, &i) in flat.chunks_exact_mut(n_q * most).zip(&group) {
+                for (q, row) in rows.chunks_exact_mut(most).enumerate() {
+                    row[..frames[i]].copy_from_slice(codes[i].row(q));
+                }
+            }
+            let t = Tensor::from_vec(flat, (group.len(), n_q, most), &self.device).ctx("decode input")?;
             let pcm = self.named(self.model.decode(&t).ctx("batched decode"))?;
+            let per_item = pcm.dim(2).ctx("batched decode output")?;
             let data = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("batched decode output")?;
-            let per_item = data.len() / group.len();
             for (&i, item) in group.iter().zip(data.chunks_exact(per_item.max(1))) {
-                out[i] = Some(Audio { sample_rate, samples: item.to_vec() });
+                // A shorter sequence's audio is its share of the frames (causal models give hop samples per frame).
+                let len = if frames[i] == most { per_item } else { per_item / most * frames[i] };
+                out[i] = Some(Audio { sample_rate, samples: item[..len].to_vec() });
             }
         }
         Ok(out.into_iter().flatten().collect())
     }
 
-    /// Item indices grouped for batched passes: items with equal `keys` (lengths) together, in order of first
-    /// appearance, each group cut to what one pass may hold (two pieces' memory, see [`Codec::pieces`]); an item
-    /// too long for that, or alone with its key, is a group of one (run through `encode`/`decode`, in pieces).
-    fn batches(&self, frames: impl Iterator<Item = usize>, keys: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
-        let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-        for (i, (n_frames, key)) in frames.zip(keys).enumerate() {
-            match groups.iter_mut().find(|(k, _, _)| *k == key) {
-                Some((_, _, items)) => items.push(i),
-                None => groups.push((key, n_frames, vec![i])),
+    /// Item indices grouped for batched passes, each group longest first: for a causal model all items (by
+    /// length, so a pass pads little), else items of equal `key` (length) in order of first appearance; each group
+    /// cut to what one pass may hold (two pieces' memory at its longest item, see [`Codec::pieces`]). An item too
+    /// long for that, or alone, is a group of one (run through `encode`/`decode`, in pieces).
+    fn batches(&self, frames: &[usize], key: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let causal = self.model.causal();
+        for i in 0..frames.len() {
+            let k = if causal { 0 } else { key(i) };
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, items)) => items.push(i),
+                None => groups.push((k, vec![i])),
             }
         }
         let budget = 2 * self.piece_memory();
-        let whole_seconds = self.chunk_seconds * self.frame_rate();
+        let whole = self.chunk_seconds * self.frame_rate();
         let mut out = Vec::new();
-        for (_, n_frames, items) in groups {
-            let peak = self.model.peak_bytes(n_frames).max(1);
-            let per_pass = if n_frames as f64 > whole_seconds { 1 } else { (budget / peak).max(1) as usize };
-            out.extend(items.chunks(per_pass).map(|c| c.to_vec()));
+        for (_, mut items) in groups {
+            items.sort_by_key(|&i| std::cmp::Reverse(frames[i]));
+            let mut rest = &items[..];
+            while let Some(&first) = rest.first() {
+                let peak = self.model.peak_bytes(frames[first]).max(1);
+                let per_pass = if frames[first] as f64 > whole { 1 } else { (budget / peak).max(1) as usize };
+                let (pass, later) = rest.split_at(per_pass.min(rest.len()));
+                out.push(pass.to_vec());
+                rest = later;
+            }
         }
         out
     }

@@ -3,7 +3,7 @@
 //! offline `decode` (same length, cos ≥ 0.99999). Offline itself is checked against the references by the parity
 //! tests, so these pin streaming to the references too.
 
-use codec::{Audio, Codec, Codes, DeviceKind, Error};
+use codec::{Audio, Codec, Codes, Error};
 
 mod common;
 use common::{cosine, dac, mimi, wavtokenizer};

@@ -443,6 +443,10 @@ impl super::Model for Mimi {
     fn hop(&self) -> usize {
         self.config.hop()
     }
+    fn causal(&self) -> bool {
+        true
+    }
+
     fn peak_bytes(&self, n_frames: usize) -> u64 {
         // Measured (f32, 10 s vs 40 s, and a stream's pieces): peak RSS grows by about 1 KB per sample.
         super::bytes_per_sample(n_frames, self.hop(), 1000)

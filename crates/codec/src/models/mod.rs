@@ -31,6 +31,13 @@ pub trait Model: Send + Sync {
     /// [`crate::Codec`] checks against the memory limit before it runs (measured peak RSS growth per audio sample,
     /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
     fn peak_bytes(&self, n_frames: usize) -> u64;
+
+    /// Whether outputs never look ahead (causal convs and attention in both directions): then zeros after an input,
+    /// or codes after a code sequence, leave its outputs unchanged, so clips of unequal lengths can share one
+    /// right-padded batch and each still gets its single run's result.
+    fn causal(&self) -> bool {
+        false
+    }
     /// A streaming encoder with `n_q` codebooks (see [`crate::stream`]); `None` where the architecture cannot
     /// stream.
     fn stream_encoder(self: Arc<Self>, _n_q: usize, _device: &Device) -> Option<Box<dyn EncoderStream>> {
