@@ -290,9 +290,9 @@ impl Codec {
 
     /// Several clips → their codes, each identical to [`Codec::encode`] of that clip alone. Clips run together as
     /// batched passes (B > 1), as many as fit a pass's memory budget ([`Codec::piece_memory`], two pieces' worth):
-    /// of any lengths, right-padded with zeros, for a causal model (Mimi: padding after a clip cannot reach its
-    /// codes); of equal length for the others (DAC's and WavTokenizer's convs look ahead). A clip with no partner,
-    /// or too long for one pass, runs as in `encode`, in pieces. An item's error names its index.
+    /// of any lengths, right-padded with zeros, where the model pads exactly ([`Model::pads_exactly`]: Mimi, being
+    /// causal; DAC, masking its look-ahead); of equal length for WavTokenizer. A clip with no partner, or too long
+    /// for one pass, runs as in `encode`, in pieces. An item's error names its index.
     pub fn encode_batch(&self, audio: &[Audio], n_q: Option<usize>) -> Result<Vec<Codes>> {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
@@ -304,7 +304,7 @@ impl Codec {
         let hop = self.hop();
         let frames: Vec<usize> = samples.iter().map(|s| s.len().div_ceil(hop)).collect();
         let mut out: Vec<Option<Codes>> = vec![None; audio.len()];
-        for group in self.batches(&frames, |i| samples[i].len()) {
+        for group in self.batches(&frames, |i| (samples[i].len(), 0)) {
             if let [i] = group[..] {
                 out[i] = Some(self.encode(&audio[i], Some(n_q)).map_err(|e| e.item(i))?);
                 continue;
@@ -316,7 +316,8 @@ impl Codec {
                 row[..samples[i].len()].copy_from_slice(&samples[i]);
             }
             let pcm = Tensor::from_vec(flat, (group.len(), 1, len), &self.device).ctx("encode input")?;
-            let codes = self.named(self.model.encode(&pcm, n_q).ctx("batched encode"))?;
+            let lengths: Vec<usize> = group.iter().map(|&i| samples[i].len()).collect();
+            let codes = self.named(self.model.encode_padded(&pcm, &lengths, n_q).ctx("batched encode"))?;
             let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("batched encode")?;
             for (&i, item) in group.iter().zip(data.chunks_exact(n_q * most)) {
                 let n_frames = frames[i];
@@ -328,8 +329,8 @@ impl Codec {
     }
 
     /// Several code sequences → their audio, each identical to [`Codec::decode`] of it alone; batched like
-    /// [`Codec::encode_batch`] (for a causal model sequences of any length, right-padded with code 0; else of
-    /// equal length), sequences of one codebook count together.
+    /// [`Codec::encode_batch`] (sequences of any length right-padded with code 0 where the model pads exactly, else
+    /// of equal length), sequences of one codebook count together.
     pub fn decode_batch(&self, codes: &[Codes]) -> Result<Vec<Audio>> {
         self.require(Parts::Decoder)?;
         for (i, c) in codes.iter().enumerate() {
@@ -342,9 +343,8 @@ impl Codec {
         let sample_rate = self.sample_rate();
         let frames: Vec<usize> = codes.iter().map(|c| c.n_frames).collect();
         let mut out: Vec<Option<Audio>> = vec![None; codes.len()];
-        // The codebook count joins the length in the key: only sequences of one n_q share a pass.
-        let key = |i: usize| codes[i].n_frames.saturating_mul(self.max_n_q() + 1).saturating_add(codes[i].n_q);
-        for group in self.batches(&frames, key) {
+        // Only sequences of one codebook count share a pass.
+        for group in self.batches(&frames, |i| (codes[i].n_frames, codes[i].n_q)) {
             if let [i] = group[..] {
                 out[i] = Some(self.decode(&codes[i]).map_err(|e| e.item(i))?);
                 continue;
@@ -358,27 +358,28 @@ impl Codec {
                 }
             }
             let t = Tensor::from_vec(flat, (group.len(), n_q, most), &self.device).ctx("decode input")?;
-            let pcm = self.named(self.model.decode(&t).ctx("batched decode"))?;
+            let lengths: Vec<usize> = group.iter().map(|&i| frames[i]).collect();
+            let (pcm, lengths) = self.named(self.model.decode_padded(&t, &lengths).ctx("batched decode"))?;
             let per_item = pcm.dim(2).ctx("batched decode output")?;
             let data = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("batched decode output")?;
-            for (&i, item) in group.iter().zip(data.chunks_exact(per_item.max(1))) {
-                // A shorter sequence's audio is its share of the frames (causal models give hop samples per frame).
-                let len = if frames[i] == most { per_item } else { per_item / most * frames[i] };
-                out[i] = Some(Audio { sample_rate, samples: item[..len].to_vec() });
+            for ((&i, item), len) in group.iter().zip(data.chunks_exact(per_item.max(1))).zip(lengths) {
+                out[i] = Some(Audio { sample_rate, samples: item[..len.min(per_item)].to_vec() });
             }
         }
         Ok(out.into_iter().flatten().collect())
     }
 
-    /// Item indices grouped for batched passes, each group longest first: for a causal model all items (by
-    /// length, so a pass pads little), else items of equal `key` (length) in order of first appearance; each group
-    /// cut to what one pass may hold (two pieces' memory at its longest item, see [`Codec::pieces`]). An item too
-    /// long for that, or alone, is a group of one (run through `encode`/`decode`, in pieces).
-    fn batches(&self, frames: &[usize], key: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        let causal = self.model.causal();
+    /// Item indices grouped for batched passes, each group longest first (so a pass pads little): items of equal
+    /// `key` (length, shape) — of equal shape alone where the model pads exactly — in order of first appearance;
+    /// each group cut to what one pass may hold (two pieces' memory at its longest item, see [`Codec::pieces`]) and
+    /// to items at least 4/5 of its longest.
+    /// An item too long for that, or alone, is a group of one (run through `encode`/`decode`, in pieces).
+    fn batches(&self, frames: &[usize], key: impl Fn(usize) -> (usize, usize)) -> Vec<Vec<usize>> {
+        let mut groups: Vec<((usize, usize), Vec<usize>)> = Vec::new();
+        let pads = self.model.pads_exactly();
         for i in 0..frames.len() {
-            let k = if causal { 0 } else { key(i) };
+            let (len, shape) = key(i);
+            let k = if pads { (0, shape) } else { (len, shape) };
             match groups.iter_mut().find(|(g, _)| *g == k) {
                 Some((_, items)) => items.push(i),
                 None => groups.push((k, vec![i])),
@@ -393,7 +394,9 @@ impl Codec {
             while let Some(&first) = rest.first() {
                 let peak = self.model.peak_bytes(frames[first]).max(1);
                 let per_pass = if frames[first] as f64 > whole { 1 } else { (budget / peak).max(1) as usize };
-                let (pass, later) = rest.split_at(per_pass.min(rest.len()));
+                // Padding is wasted work: a pass takes only items at least 4/5 of its longest (≤ 25 % padding).
+                let similar = rest.iter().take_while(|&&i| frames[i] * 5 >= frames[first] * 4).count();
+                let (pass, later) = rest.split_at(per_pass.min(similar));
                 out.push(pass.to_vec());
                 rest = later;
             }

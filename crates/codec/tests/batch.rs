@@ -8,13 +8,23 @@ mod common;
 use common::{cosine, dac, mimi, wavtokenizer};
 
 /// A batch from one input: the clip, a louder reversed copy (same length, other content), a shorter cut, the clip
-/// again and the shorter cut's reverse — so two groups of equal lengths and their order interleaved.
+/// again, the shorter cut's reverse and a cut a little shorter than the clip (which Mimi and DAC pad into the
+/// clip's pass; the 2/3 cuts are too short to share it and pair up) — in interleaved order.
 fn batch_of(audio: &Audio) -> Vec<Audio> {
     let with = |samples: Vec<f32>| Audio { sample_rate: audio.sample_rate, samples };
+    let len = audio.samples.len();
     let reversed: Vec<f32> = audio.samples.iter().rev().map(|v| v * 1.5).collect();
-    let short: Vec<f32> = audio.samples[..audio.samples.len() * 2 / 3].to_vec();
+    let short: Vec<f32> = audio.samples[..len * 2 / 3].to_vec();
     let short_reversed: Vec<f32> = short.iter().rev().copied().collect();
-    vec![with(audio.samples.clone()), with(reversed), with(short), with(audio.samples.clone()), with(short_reversed)]
+    let almost: Vec<f32> = audio.samples[len / 11..].to_vec();
+    vec![
+        with(audio.samples.clone()),
+        with(reversed),
+        with(short),
+        with(audio.samples.clone()),
+        with(short_reversed),
+        with(almost),
+    ]
 }
 
 fn check(codec: &Codec, audio: &Audio, decodes: bool) {

@@ -18,7 +18,7 @@ use crate::gguf::{keys, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
-use crate::nn::{compact, pad_to_multiple};
+use crate::nn::{compact, mask_to, pad_to_multiple, ValidLengths};
 use crate::stream;
 
 pub const ARCH: &str = "dac";
@@ -198,9 +198,16 @@ struct EncoderBlock {
 }
 
 impl EncoderBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.res.iter().try_fold(x.clone(), |x, r| r.forward(&x))?;
-        self.conv1.forward(&self.snake1.forward(&x)?)
+    /// The block on `x`; on a padded batch (`valid` given) each output that a later conv reads ahead into is
+    /// masked, and `valid` becomes the lengths after the strided conv.
+    fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for unit in &self.res {
+            x = mask_to(unit.forward(&x)?, valid.as_ref())?;
+        }
+        let x = self.conv1.forward(&self.snake1.forward(&x)?)?;
+        *valid = valid.take().map(|v| v.map(|len| self.conv1.output_len(len)));
+        mask_to(x, valid.as_ref())
     }
 }
 
@@ -236,8 +243,15 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(x)?;
-        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x))?;
+        self.forward_valid(x, None)
+    }
+
+    /// [`Encoder::forward`] on a right-padded batch whose items hold `valid` samples: each conv that looks ahead
+    /// gets its input masked to zeros past each item's end, as a single run pads (see [`ValidLengths`]).
+    fn forward_valid(&self, x: &Tensor, valid: Option<&ValidLengths>) -> Result<Tensor> {
+        let mut valid = valid.cloned();
+        let x = mask_to(self.conv1.forward(x)?, valid.as_ref())?;
+        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x, &mut valid))?;
         self.conv2.forward(&self.snake1.forward(&x)?)
     }
 }
@@ -250,9 +264,12 @@ struct DecoderBlock {
 }
 
 impl DecoderBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The block on `x`, masked on a padded batch as [`EncoderBlock::forward`] is.
+    fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
         let x = self.conv_t1.forward(&self.snake1.forward(x)?)?;
-        self.res.iter().try_fold(x, |x, r| r.forward(&x))
+        *valid = valid.take().map(|v| v.map(|len| self.conv_t1.output_len(len)));
+        let x = mask_to(x, valid.as_ref())?;
+        self.res.iter().try_fold(x, |x, r| mask_to(r.forward(&x)?, valid.as_ref()))
     }
 }
 
@@ -295,9 +312,17 @@ impl Decoder {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(x)?;
-        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x))?;
-        self.conv2.forward(&self.snake1.forward(&x)?)?.tanh()
+        Ok(self.forward_valid(x, None)?.0)
+    }
+
+    /// [`Decoder::forward`] on a right-padded batch of latents whose items hold `valid` frames, masked as
+    /// [`Encoder::forward_valid`] is; also each item's audio length.
+    fn forward_valid(&self, x: &Tensor, valid: Option<&ValidLengths>) -> Result<(Tensor, Option<ValidLengths>)> {
+        let mut valid = valid.cloned();
+        let x = mask_to(x.clone(), valid.as_ref())?;
+        let x = mask_to(self.conv1.forward(&x)?, valid.as_ref())?;
+        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x, &mut valid))?;
+        Ok((self.conv2.forward(&self.snake1.forward(&x)?)?.tanh()?, valid))
     }
 }
 
@@ -484,5 +509,22 @@ impl super::Model for Dac {
     }
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         self.decoder.forward(&self.quantizer.decode(codes)?)
+    }
+    fn pads_exactly(&self) -> bool {
+        true
+    }
+    fn encode_padded(&self, pcm: &Tensor, lengths: &[usize], n_q: usize) -> Result<Tensor> {
+        let hop = self.config.hop();
+        let pcm = pad_to_multiple(pcm, hop)?;
+        // A single run pads its input to whole frames first: those zeros are its input, not padding.
+        let valid = ValidLengths(lengths.iter().map(|len| len.next_multiple_of(hop)).collect());
+        let latent = self.encoder.forward_valid(&pcm, Some(&valid))?;
+        Ok(self.quantizer.encode(&latent, n_q)?.0)
+    }
+    fn decode_padded(&self, codes: &Tensor, frames: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+        let latent = self.quantizer.decode(codes)?;
+        let (pcm, valid) = self.decoder.forward_valid(&latent, Some(&ValidLengths(frames.to_vec())))?;
+        let lengths = valid.map(|v| v.0).unwrap_or_default();
+        Ok((pcm, lengths))
     }
 }

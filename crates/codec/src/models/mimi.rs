@@ -443,7 +443,8 @@ impl super::Model for Mimi {
     fn hop(&self) -> usize {
         self.config.hop()
     }
-    fn causal(&self) -> bool {
+    /// Causal end to end: the default padded passes are exact.
+    fn pads_exactly(&self) -> bool {
         true
     }
 

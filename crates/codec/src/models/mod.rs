@@ -32,11 +32,27 @@ pub trait Model: Send + Sync {
     /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
     fn peak_bytes(&self, n_frames: usize) -> u64;
 
-    /// Whether outputs never look ahead (causal convs and attention in both directions): then zeros after an input,
-    /// or codes after a code sequence, leave its outputs unchanged, so clips of unequal lengths can share one
-    /// right-padded batch and each still gets its single run's result.
-    fn causal(&self) -> bool {
+    /// Whether [`Model::encode_padded`] / [`Model::decode_padded`] give every item of a right-padded batch of
+    /// unequal lengths its single run's result. Causal models do without more (padding after an input cannot reach
+    /// its outputs); models that look ahead mask it (DAC); WavTokenizer's reflect padding and whole-clip attention
+    /// cannot be masked, so only its clips of equal length share a pass.
+    fn pads_exactly(&self) -> bool {
         false
+    }
+    /// Audio (B, 1, T) right-padded with zeros, item b holding `lengths[b]` samples → codes (B, n_q, F), item b's
+    /// first ⌈lengths[b] / hop⌉ frames those of its single run (exactly where [`Model::pads_exactly`], or where all
+    /// lengths are equal). As given: `encode` (a causal model's padding reaches no output before it).
+    fn encode_padded(&self, pcm: &Tensor, _lengths: &[usize], n_q: usize) -> Result<Tensor> {
+        self.encode(pcm, n_q)
+    }
+    /// Codes (B, n, F) right-padded with code 0, item b holding `frames[b]` frames → audio (B, 1, S) and each
+    /// item's audio length, its first samples those of its single run (as [`Model::encode_padded`]). As given:
+    /// `decode`, and `hop` samples per frame.
+    fn decode_padded(&self, codes: &Tensor, frames: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+        let pcm = self.decode(codes)?;
+        let (most, samples) = (codes.dim(2)?, pcm.dim(2)?);
+        let lengths = frames.iter().map(|&f| if f == most { samples } else { f * self.hop() }).collect();
+        Ok((pcm, lengths))
     }
     /// A streaming encoder with `n_q` codebooks (see [`crate::stream`]); `None` where the architecture cannot
     /// stream.

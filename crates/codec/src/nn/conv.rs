@@ -132,6 +132,13 @@ impl Conv1d {
         ((self.cfg.kernel_size - 1) * self.cfg.dilation + 1, self.cfg.stride)
     }
 
+    /// Output samples for an input of `len` (after this conv's padding).
+    pub fn output_len(&self, len: usize) -> usize {
+        let (left, right) = self.padding(len);
+        let (span, stride) = self.span_and_stride();
+        (len + left + right).saturating_sub(span) / stride + 1
+    }
+
     /// Left and right padding for an input of `len` samples. Streaming styles pad `(k_eff - stride)` in total plus
     /// whatever makes the last window complete, so the output has `ceil(len / stride)` frames.
     fn padding(&self, len: usize) -> (usize, usize) {
@@ -435,6 +442,12 @@ impl ConvTranspose1d {
     }
 
     /// Samples trimmed from the full output's (left, right) ends.
+    /// Output samples for an input of `len` frames: `(len − 1)·stride + K`, trimmed.
+    pub fn output_len(&self, len: usize) -> usize {
+        let (left, right) = self.trim();
+        (len.saturating_sub(1) * self.stride + self.kernel_size).saturating_sub(left + right)
+    }
+
     fn trim(&self) -> (usize, usize) {
         let total = self.kernel_size.saturating_sub(self.stride);
         match self.padding {

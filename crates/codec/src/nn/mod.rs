@@ -134,6 +134,42 @@ pub(crate) fn compact(t: &Tensor) -> Result<Tensor> {
     t.force_contiguous()
 }
 
+/// Per-item lengths of a right-padded batch (B, C, T): item b's first `lengths[b]` steps are its own, the rest
+/// padding. A conv that looks ahead reads past an item's end; a single run reads zeros there (its padding), a batch
+/// the padding's outputs — so a model masks each such conv's input back to zeros, and its outputs stay the single
+/// run's.
+#[derive(Debug, Clone)]
+pub struct ValidLengths(pub Vec<usize>);
+
+impl ValidLengths {
+    /// `x` (B, C, T) with every item's steps past its length set to zero.
+    pub fn mask(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, t) = x.dims3()?;
+        if b != self.0.len() {
+            candle_core::bail!("valid lengths for {} items, the batch has {b}", self.0.len());
+        }
+        if self.0.iter().all(|&len| len >= t) {
+            return Ok(x.clone());
+        }
+        let keep: Vec<f32> =
+            self.0.iter().flat_map(|&len| (0..t).map(move |i| if i < len { 1.0 } else { 0.0 })).collect();
+        x.broadcast_mul(&Tensor::from_vec(keep, (b, 1, t), x.device())?.to_dtype(x.dtype())?)
+    }
+
+    /// The lengths after a layer that maps a length to `f(length)`.
+    pub fn map(&self, f: impl Fn(usize) -> usize) -> Self {
+        Self(self.0.iter().map(|&len| f(len)).collect())
+    }
+}
+
+/// [`ValidLengths::mask`] when lengths are given (a padded batch), `x` itself otherwise.
+pub fn mask_to(x: Tensor, valid: Option<&ValidLengths>) -> Result<Tensor> {
+    match valid {
+        Some(v) => v.mask(&x),
+        None => Ok(x),
+    }
+}
+
 /// The sum of a non-empty sequence of same-shaped tensors (codebook contributions, overlap-add slices).
 pub(crate) fn sum_all(tensors: impl IntoIterator<Item = Result<Tensor>>) -> Result<Tensor> {
     let mut tensors = tensors.into_iter();
