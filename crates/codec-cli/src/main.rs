@@ -12,6 +12,8 @@ use codec::npy;
 use codec::{Audio, Codec, Codes, DeviceKind, Error, Parts, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod tokenize;
+
 #[derive(Parser)]
 #[command(name = "codec", version, about = "Neural audio codecs: audio → discrete codes → audio")]
 struct Cli {
@@ -77,6 +79,32 @@ enum Command {
         stream: StreamArg,
         #[command(flatten)]
         batch: BatchArg,
+    },
+    /// Tokenize a dataset: audio files (directories walked recursively, files, or .txt / .jsonl manifests) into
+    /// Parquet shards OUT_DIR/part-NNNNN.parquet, one row per file (path, codes, n_q, n_frames, duration_s,
+    /// orig_sample_rate). Failed files go to OUT_DIR/errors.jsonl; rerunning resumes, skipping files already in
+    /// complete shards.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Directories, audio files and manifests (.txt: one path a line; .jsonl: a "path" field).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The directory of the shards (created if missing).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Number of codebooks (default: all).
+        #[arg(long = "n-q")]
+        n_q: Option<usize>,
+        /// Files per batched model call.
+        #[arg(long = "batch-size", default_value_t = 8)]
+        batch_size: usize,
+        /// Rows (files) per shard.
+        #[arg(long = "shard-rows", default_value_t = 1000)]
+        shard_rows: usize,
+        /// Threads reading and resampling audio while the model computes (default: 2).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
     },
     /// Decode codes (.npy, int32 or int64, shape (n_q, frames) or (1, n_q, frames)) into a WAV file.
     Decode {
@@ -660,6 +688,45 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => info(model, cli),
+        Command::Tokenize { model, inputs, output, n_q, batch_size, shard_rows, jobs } => {
+            for (value, flag) in [(*batch_size, "--batch-size"), (*shard_rows, "--shard-rows"), (*jobs, "--jobs")] {
+                if value == 0 {
+                    return Err(Error::InvalidArgument(format!("{flag} must be at least 1")));
+                }
+            }
+            if output.exists() && !output.is_dir() {
+                return Err(Error::InvalidArgument(format!("{}: is not a directory", output.display())));
+            }
+            let items = tokenize::collect_inputs(inputs)?;
+            let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
+            let codec = load(&path.to_string_lossy(), cli, Parts::Encoder)?;
+            let opts = tokenize::Options {
+                out_dir: output.clone(),
+                n_q: *n_q,
+                batch_size: *batch_size,
+                shard_rows: *shard_rows,
+                jobs: *jobs,
+                quiet: cli.quiet,
+            };
+            let s = tokenize::run(&codec, &path, items, &opts)?;
+            eprintln!(
+                "tokenize: {} files done, {} skipped (already in shards), {} failed{}; {:.3} h of audio in {:.1} s ({:.0} h/h)",
+                s.done,
+                s.skipped,
+                s.failed,
+                if s.failed > 0 { format!(" (see {})", output.join("errors.jsonl").display()) } else { String::new() },
+                s.hours,
+                s.seconds,
+                s.hours * 3600.0 / s.seconds.max(1e-9)
+            );
+            match s.failed {
+                0 => Ok(()),
+                n => Err(Error::InvalidArgument(format!(
+                    "{n} files failed (see {})",
+                    output.join("errors.jsonl").display()
+                ))),
+            }
+        }
         Command::Bench { model, arch, random, seconds, runs, n_q, batch, stream } => {
             if model.is_some() && *random {
                 return Err(Error::InvalidArgument("bench takes -m MODEL or --arch A --random, not both".into()));
