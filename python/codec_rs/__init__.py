@@ -16,6 +16,7 @@ from ._codec_rs import (
     __version__,
     convert,
     load_audio,
+    read_audio,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "__version__",
     "convert",
     "load_audio",
+    "read_audio",
 ]

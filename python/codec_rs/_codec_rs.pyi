@@ -124,3 +124,7 @@ def convert(
 def load_audio(path: _Path, sample_rate: int) -> npt.NDArray[np.float32]:
     """Reads an audio file (wav, flac, mp3, ogg; any rate and channel count) as float32 mono samples at
     ``sample_rate`` Hz, with the library's own reader, downmix and resampler (what ``codec encode`` reads)."""
+
+def read_audio(path: _Path) -> tuple[npt.NDArray[np.float32], int]:
+    """Reads an audio file as ``load_audio`` does but at its own rate: ``(samples, sample_rate)``, float32 mono
+    samples and the file's rate in Hz (what a dataset's row records of the original)."""

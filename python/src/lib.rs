@@ -286,6 +286,15 @@ fn load_audio(py: Python<'_>, path: PathBuf, sample_rate: i64) -> PyResult<Bound
     Ok(audio_array(py, audio.samples))
 }
 
+/// Reads an audio file as ``load_audio`` does but at its own rate: ``(samples, sample_rate)``, float32 mono
+/// samples and the file's rate in Hz (what a dataset's row records of the original).
+#[pyfunction]
+fn read_audio(py: Python<'_>, path: PathBuf) -> PyResult<(Bound<'_, PyArray1<f32>>, u32)> {
+    init_threads(py, None)?;
+    let audio = detached(py, || audio::read(&path))?;
+    Ok((audio_array(py, audio.samples), audio.sample_rate))
+}
+
 /// Models allocate and free tens of megabytes per layer. By default glibc serves such blocks with mmap (or trims them
 /// off the heap) and returns them on free, so every layer pays page faults and page zeroing again: per 10 s encode
 /// of the WavTokenizer fixture 7 600 faults (30 MB of fresh pages), of the Mimi fixture 1 600, and 0 and 25 with
@@ -311,6 +320,7 @@ fn _codec_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StreamDecoder>()?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(load_audio, m)?)?;
+    m.add_function(wrap_pyfunction!(read_audio, m)?)?;
     m.add("CodecError", m.py().get_type::<CodecError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

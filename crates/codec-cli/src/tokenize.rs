@@ -385,9 +385,12 @@ pub fn run(codec: &Codec, model_path: &Path, items: Vec<Item>, opts: &Options) -
         KeyValue::new("codec.n_q".into(), n_q.to_string()),
         KeyValue::new("codec.tool".into(), format!("codec-rs {}", env!("CARGO_PKG_VERSION"))),
     ];
+    // In the file's key-value metadata and in the Arrow schema it embeds (which pyarrow and pandas read back).
+    let arrow_metadata: std::collections::HashMap<_, _> =
+        metadata.iter().map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default())).collect();
     let sink = Sink {
         dir: dir.clone(),
-        schema: schema(wide),
+        schema: Arc::new(schema(wide).as_ref().clone().with_metadata(arrow_metadata)),
         wide,
         metadata,
         shard_rows: opts.shard_rows,
