@@ -8,12 +8,11 @@ mod errors;
 mod streams;
 
 use std::ffi::CString;
-use std::io::{ErrorKind, Read};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use codec::convert::ConvertOptions;
-use codec::{audio, hub, Audio, Codec, Codes, DeviceKind, Error};
+use codec::{audio, Audio, Codec, Codes, DeviceKind};
 use numpy::{PyArray1, PyArray2};
 use pyo3::exceptions::{PyRuntimeWarning, PyUserWarning};
 use pyo3::prelude::*;
