@@ -227,13 +227,23 @@ impl ModelFile {
 
     /// The model's sample rate, within the rates audio can have here.
     pub fn sample_rate(&self) -> Result<usize> {
-        let rate = self.usize(keys::SAMPLE_RATE)?;
+        self.rate(keys::SAMPLE_RATE)
+    }
+
+    /// A sample rate in Hz within what the audio reader takes.
+    pub fn rate(&self, key: &str) -> Result<usize> {
+        let rate = self.usize(key)?;
         let (lo, hi) = (crate::audio::MIN_INPUT_RATE as usize, crate::audio::MAX_INPUT_RATE as usize);
         if !(lo..=hi).contains(&rate) {
-            let msg = format!("metadata key '{}' is {rate}; it must be {lo}–{hi} Hz", keys::SAMPLE_RATE);
+            let msg = format!("metadata key '{key}' is {rate}; it must be {lo}–{hi} Hz");
             return Err(Error::model_file(&self.path, msg));
         }
         Ok(rate)
+    }
+
+    /// A string value, owned.
+    pub fn text(&self, key: &str) -> Result<String> {
+        self.string(key).map(str::to_string)
     }
 
     /// A finite float above 0 (a scale, an epsilon, a base).
@@ -554,6 +564,42 @@ impl Writer {
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 }
+
+/// The keys every model file has beside its config's: the hop and that both halves are present.
+pub fn write_shared_keys(w: &mut Writer, hop: usize) {
+    w.u32(keys::HOP_SIZE, hop);
+    w.bool(keys::HAS_ENCODER, true);
+    w.bool(keys::HAS_DECODER, true);
+}
+
+/// Declares how a config struct's fields map to GGUF metadata keys, one `field: kind = KEY` each, and generates
+/// `read_metadata(&ModelFile) -> Result<Self>` and `write_metadata(&self, &mut Writer)`: adding a model's config is
+/// declaring it. Each kind is read by the [`ModelFile`] method of its name, which checks the value and names the key
+/// and the file in its error: `count` (usize ≥ 1), `usize`, `strides` (factors of a hop), `rate` (Hz),
+/// `positive_f64`, `bool`, `text` (String). Fields that no key holds take the values after `fixed`.
+macro_rules! metadata_fields {
+    ($ty:ident { $($field:ident: $kind:ident = $key:expr),+ $(,)? } $(fixed { $($fixed:ident: $value:expr),+ $(,)? })?) => {
+        impl $ty {
+            /// Every field from its metadata key, each checked (see `metadata_fields!`).
+            fn read_metadata(f: &$crate::gguf::ModelFile) -> $crate::Result<Self> {
+                Ok(Self { $($field: f.$kind($key)?,)+ $($($fixed: $value,)+)? })
+            }
+
+            /// Every field to its metadata key (what `read_metadata` reads).
+            fn write_metadata(&self, w: &mut $crate::gguf::Writer) {
+                $($crate::gguf::metadata_fields!(@write $kind, w, $key, &self.$field);)+
+            }
+        }
+    };
+    (@write count, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
+    (@write usize, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
+    (@write rate, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
+    (@write strides, $w:ident, $key:expr, $v:expr) => { $w.u32_array($key, $v) };
+    (@write positive_f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
+    (@write bool, $w:ident, $key:expr, $v:expr) => { $w.bool($key, *$v) };
+    (@write text, $w:ident, $key:expr, $v:expr) => { $w.string($key, $v) };
+}
+pub(crate) use metadata_fields;
 
 #[cfg(test)]
 mod tests {

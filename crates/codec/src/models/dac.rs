@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::gguf::{keys, ModelFile};
+use crate::gguf::{keys, metadata_fields, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
@@ -66,34 +66,26 @@ impl DacConfig {
 
     /// Reads and checks every key: sizes at least 1, strides with a bounded hop.
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
-        Ok(Self {
-            sample_rate: f.sample_rate()?,
-            encoder_dim: f.count(key::ENCODER_DIM)?,
-            encoder_rates: f.strides(key::ENCODER_RATES)?,
-            latent_dim: f.count(keys::LATENT_DIM)?,
-            decoder_dim: f.count(key::DECODER_DIM)?,
-            decoder_rates: f.strides(key::DECODER_RATES)?,
-            n_codebooks: f.count(keys::N_Q)?,
-            codebook_size: f.count(keys::CODEBOOK_SIZE)?,
-            codebook_dim: f.count(keys::CODEBOOK_DIM)?,
-        })
+        Self::read_metadata(f)
     }
 
     pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
-        w.u32(keys::SAMPLE_RATE, self.sample_rate);
-        w.u32(keys::HOP_SIZE, self.hop());
-        w.u32(keys::N_Q, self.n_codebooks);
-        w.u32(keys::CODEBOOK_SIZE, self.codebook_size);
-        w.u32(keys::CODEBOOK_DIM, self.codebook_dim);
-        w.u32(keys::LATENT_DIM, self.latent_dim);
-        w.bool(keys::HAS_ENCODER, true);
-        w.bool(keys::HAS_DECODER, true);
-        w.u32(key::ENCODER_DIM, self.encoder_dim);
-        w.u32_array(key::ENCODER_RATES, &self.encoder_rates);
-        w.u32(key::DECODER_DIM, self.decoder_dim);
-        w.u32_array(key::DECODER_RATES, &self.decoder_rates);
+        crate::gguf::write_shared_keys(w, self.hop());
+        self.write_metadata(w);
     }
 }
+
+metadata_fields!(DacConfig {
+    sample_rate: rate = keys::SAMPLE_RATE,
+    n_codebooks: count = keys::N_Q,
+    codebook_size: count = keys::CODEBOOK_SIZE,
+    codebook_dim: count = keys::CODEBOOK_DIM,
+    latent_dim: count = keys::LATENT_DIM,
+    encoder_dim: count = key::ENCODER_DIM,
+    encoder_rates: strides = key::ENCODER_RATES,
+    decoder_dim: count = key::DECODER_DIM,
+    decoder_rates: strides = key::DECODER_RATES,
+});
 
 /// Snake → conv k7 (dilation d, "same" padding) → Snake → conv k1, plus the input (centre-cropped if shorter).
 #[derive(Debug, Clone)]

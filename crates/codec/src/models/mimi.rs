@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::gguf::{keys, ModelFile};
+use crate::gguf::{keys, metadata_fields, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::pad_to_multiple;
 use crate::nn::rvq::ResidualVq;
@@ -76,6 +76,33 @@ pub struct MimiConfig {
     pub num_semantic_quantizers: usize,
 }
 
+metadata_fields!(MimiConfig {
+    sample_rate: rate = keys::SAMPLE_RATE,
+    num_quantizers: count = keys::N_Q,
+    codebook_size: count = keys::CODEBOOK_SIZE,
+    codebook_dim: count = keys::CODEBOOK_DIM,
+    hidden_size: count = keys::LATENT_DIM,
+    num_semantic_quantizers: count = key::NUM_SEMANTIC_QUANTIZERS,
+    num_filters: count = key::NUM_FILTERS,
+    upsampling_ratios: strides = key::UPSAMPLING_RATIOS,
+    kernel_size: count = key::KERNEL_SIZE,
+    residual_kernel_size: count = key::RESIDUAL_KERNEL_SIZE,
+    last_kernel_size: count = key::LAST_KERNEL_SIZE,
+    dilation_growth_rate: count = key::DILATION_GROWTH_RATE,
+    num_residual_layers: count = key::NUM_RESIDUAL_LAYERS,
+    compress: count = key::COMPRESS,
+    use_causal_conv: bool = key::USE_CAUSAL_CONV,
+    pad_mode: text = key::PAD_MODE,
+    downsample_stride: count = key::DOWNSAMPLE_STRIDE,
+    num_hidden_layers: usize = key::NUM_HIDDEN_LAYERS,
+    num_attention_heads: count = key::NUM_ATTENTION_HEADS,
+    head_dim: count = key::HEAD_DIM,
+    intermediate_size: count = key::INTERMEDIATE_SIZE,
+    sliding_window: count = key::SLIDING_WINDOW,
+    rope_theta: positive_f64 = key::ROPE_THETA,
+    norm_eps: positive_f64 = key::NORM_EPS,
+} fixed { channels: 1 });
+
 impl MimiConfig {
     /// The published kyutai/mimi architecture (moshi's `loaders.py` / the hub's config.json), with `n_q` codebooks.
     pub fn published(n_q: usize) -> Self {
@@ -116,33 +143,7 @@ impl MimiConfig {
     /// Reads and checks every key: sizes at least 1, strides with a bounded hop, positive floats, and the
     /// semantic codebooks among all codebooks.
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
-        let cfg = Self {
-            sample_rate: f.sample_rate()?,
-            channels: 1,
-            hidden_size: f.count(keys::LATENT_DIM)?,
-            num_filters: f.count(key::NUM_FILTERS)?,
-            upsampling_ratios: f.strides(key::UPSAMPLING_RATIOS)?,
-            kernel_size: f.count(key::KERNEL_SIZE)?,
-            residual_kernel_size: f.count(key::RESIDUAL_KERNEL_SIZE)?,
-            last_kernel_size: f.count(key::LAST_KERNEL_SIZE)?,
-            dilation_growth_rate: f.count(key::DILATION_GROWTH_RATE)?,
-            num_residual_layers: f.count(key::NUM_RESIDUAL_LAYERS)?,
-            compress: f.count(key::COMPRESS)?,
-            use_causal_conv: f.bool(key::USE_CAUSAL_CONV)?,
-            pad_mode: f.string(key::PAD_MODE)?.to_string(),
-            downsample_stride: f.count(key::DOWNSAMPLE_STRIDE)?,
-            num_hidden_layers: f.usize(key::NUM_HIDDEN_LAYERS)?,
-            num_attention_heads: f.count(key::NUM_ATTENTION_HEADS)?,
-            head_dim: f.count(key::HEAD_DIM)?,
-            intermediate_size: f.count(key::INTERMEDIATE_SIZE)?,
-            sliding_window: f.count(key::SLIDING_WINDOW)?,
-            rope_theta: f.positive_f64(key::ROPE_THETA)?,
-            norm_eps: f.positive_f64(key::NORM_EPS)?,
-            codebook_size: f.count(keys::CODEBOOK_SIZE)?,
-            codebook_dim: f.count(keys::CODEBOOK_DIM)?,
-            num_quantizers: f.count(keys::N_Q)?,
-            num_semantic_quantizers: f.count(key::NUM_SEMANTIC_QUANTIZERS)?,
-        };
+        let cfg = Self::read_metadata(f)?;
         let bad = |msg: String| Err(crate::Error::model_file(&f.path, msg));
         if cfg.num_semantic_quantizers > cfg.num_quantizers {
             return bad(format!(
@@ -167,33 +168,8 @@ impl MimiConfig {
 
     /// Writes every key `from_gguf` reads.
     pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
-        w.u32(keys::SAMPLE_RATE, self.sample_rate);
-        w.u32(keys::HOP_SIZE, self.hop());
-        w.u32(keys::N_Q, self.num_quantizers);
-        w.u32(keys::CODEBOOK_SIZE, self.codebook_size);
-        w.u32(keys::CODEBOOK_DIM, self.codebook_dim);
-        w.u32(keys::LATENT_DIM, self.hidden_size);
-        w.bool(keys::HAS_ENCODER, true);
-        w.bool(keys::HAS_DECODER, true);
-        w.u32(key::NUM_SEMANTIC_QUANTIZERS, self.num_semantic_quantizers);
-        w.u32(key::NUM_FILTERS, self.num_filters);
-        w.u32_array(key::UPSAMPLING_RATIOS, &self.upsampling_ratios);
-        w.u32(key::KERNEL_SIZE, self.kernel_size);
-        w.u32(key::RESIDUAL_KERNEL_SIZE, self.residual_kernel_size);
-        w.u32(key::LAST_KERNEL_SIZE, self.last_kernel_size);
-        w.u32(key::DILATION_GROWTH_RATE, self.dilation_growth_rate);
-        w.u32(key::NUM_RESIDUAL_LAYERS, self.num_residual_layers);
-        w.u32(key::COMPRESS, self.compress);
-        w.bool(key::USE_CAUSAL_CONV, self.use_causal_conv);
-        w.string(key::PAD_MODE, &self.pad_mode);
-        w.u32(key::DOWNSAMPLE_STRIDE, self.downsample_stride);
-        w.u32(key::NUM_HIDDEN_LAYERS, self.num_hidden_layers);
-        w.u32(key::NUM_ATTENTION_HEADS, self.num_attention_heads);
-        w.u32(key::HEAD_DIM, self.head_dim);
-        w.u32(key::INTERMEDIATE_SIZE, self.intermediate_size);
-        w.u32(key::SLIDING_WINDOW, self.sliding_window);
-        w.f32(key::ROPE_THETA, self.rope_theta);
-        w.f32(key::NORM_EPS, self.norm_eps);
+        crate::gguf::write_shared_keys(w, self.hop());
+        self.write_metadata(w);
     }
 
     fn seanet(&self) -> candle_core::Result<SeanetConfig> {

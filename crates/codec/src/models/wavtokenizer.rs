@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::gguf::{keys, ModelFile};
+use crate::gguf::{keys, metadata_fields, ModelFile};
 use crate::nn::compact;
 use crate::nn::conv::PadMode;
 use crate::nn::lstm::LstmState;
@@ -58,6 +58,23 @@ pub struct WavTokenizerConfig {
     pub istft_hop: usize,
 }
 
+metadata_fields!(WavTokenizerConfig {
+    sample_rate: rate = keys::SAMPLE_RATE,
+    n_q: count = keys::N_Q,
+    codebook_size: count = keys::CODEBOOK_SIZE,
+    dimension: count = keys::LATENT_DIM,
+    n_filters: count = key::N_FILTERS,
+    downsamples: strides = key::DOWNSAMPLES,
+    lstm_layers: usize = key::LSTM_LAYERS,
+    backbone_dim: count = key::BACKBONE_DIM,
+    intermediate_dim: count = key::INTERMEDIATE_DIM,
+    num_layers: usize = key::NUM_LAYERS,
+    adanorm_num_embeddings: count = key::ADANORM_NUM_EMBEDDINGS,
+    bandwidth_id: usize = key::BANDWIDTH_ID,
+    n_fft: count = key::N_FFT,
+    istft_hop: count = key::ISTFT_HOP,
+});
+
 impl WavTokenizerConfig {
     pub fn hop(&self) -> usize {
         self.downsamples.iter().product()
@@ -86,22 +103,7 @@ impl WavTokenizerConfig {
     /// Reads and checks every key: sizes at least 1, strides with a bounded hop, the bandwidth id among the
     /// AdaLayerNorm embeddings.
     pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
-        let cfg = Self {
-            sample_rate: f.sample_rate()?,
-            n_filters: f.count(key::N_FILTERS)?,
-            downsamples: f.strides(key::DOWNSAMPLES)?,
-            lstm_layers: f.usize(key::LSTM_LAYERS)?,
-            dimension: f.count(keys::LATENT_DIM)?,
-            codebook_size: f.count(keys::CODEBOOK_SIZE)?,
-            n_q: f.count(keys::N_Q)?,
-            backbone_dim: f.count(key::BACKBONE_DIM)?,
-            intermediate_dim: f.count(key::INTERMEDIATE_DIM)?,
-            num_layers: f.usize(key::NUM_LAYERS)?,
-            adanorm_num_embeddings: f.count(key::ADANORM_NUM_EMBEDDINGS)?,
-            bandwidth_id: f.usize(key::BANDWIDTH_ID)?,
-            n_fft: f.count(key::N_FFT)?,
-            istft_hop: f.count(key::ISTFT_HOP)?,
-        };
+        let cfg = Self::read_metadata(f)?;
         if cfg.bandwidth_id >= cfg.adanorm_num_embeddings {
             return Err(crate::Error::model_file(
                 &f.path,
@@ -118,24 +120,10 @@ impl WavTokenizerConfig {
     }
 
     pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
-        w.u32(keys::SAMPLE_RATE, self.sample_rate);
-        w.u32(keys::HOP_SIZE, self.hop());
-        w.u32(keys::N_Q, self.n_q);
-        w.u32(keys::CODEBOOK_SIZE, self.codebook_size);
+        crate::gguf::write_shared_keys(w, self.hop());
+        // The shared codebook width is the latent's (WavTokenizer's VQ works at the latent width).
         w.u32(keys::CODEBOOK_DIM, self.dimension);
-        w.u32(keys::LATENT_DIM, self.dimension);
-        w.bool(keys::HAS_ENCODER, true);
-        w.bool(keys::HAS_DECODER, true);
-        w.u32(key::N_FILTERS, self.n_filters);
-        w.u32_array(key::DOWNSAMPLES, &self.downsamples);
-        w.u32(key::LSTM_LAYERS, self.lstm_layers);
-        w.u32(key::BACKBONE_DIM, self.backbone_dim);
-        w.u32(key::INTERMEDIATE_DIM, self.intermediate_dim);
-        w.u32(key::NUM_LAYERS, self.num_layers);
-        w.u32(key::ADANORM_NUM_EMBEDDINGS, self.adanorm_num_embeddings);
-        w.u32(key::BANDWIDTH_ID, self.bandwidth_id);
-        w.u32(key::N_FFT, self.n_fft);
-        w.u32(key::ISTFT_HOP, self.istft_hop);
+        self.write_metadata(w);
     }
 
     /// EnCodec's SEANet as WavTokenizer builds it (`EncodecFeatures`: kernels 7/3/7, one residual layer, compress 2).
