@@ -459,17 +459,21 @@ fn encode_batch(codec: &Codec, jobs: &[Job], n_q: Option<usize>) -> Vec<Result<S
     batched(
         jobs,
         |job| codec::audio::read_mono_at(&job.input, codec.sample_rate()),
-        // Batched passes; if the batch fails, each clip alone, so the bad one is reported and the rest written.
-        |audio| match codec.encode_batch(audio, n_q) {
-            Ok(codes) => codes.into_iter().map(Ok).collect(),
-            Err(_) => audio.iter().map(|clip| codec.encode(clip, n_q)).collect(),
-        },
+        |audio| encode_each(codec, audio, n_q),
         |job, audio, codes| {
             let wrote = save_codes(&job.output, &codes)?;
             let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
             Ok(if peak > 1.0 { format!("{}\n{wrote}", loud_note(&job.input, peak)) } else { wrote })
         },
     )
+}
+
+/// Each clip's codes, through batched passes; if the batch fails, each clip alone, so only the bad one fails.
+fn encode_each(codec: &Codec, audio: &[Audio], n_q: Option<usize>) -> Vec<Result<Codes>> {
+    match codec.encode_batch(audio, n_q) {
+        Ok(codes) => codes.into_iter().map(Ok).collect(),
+        Err(_) => audio.iter().map(|clip| codec.encode(clip, n_q)).collect(),
+    }
 }
 
 /// Decodes a batch of codes files: each read and checked, those read decoded together, each written to its WAV.
@@ -898,21 +902,10 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>, batch: us
             codec::Precision::Bf16 => "bf16",
         }
     );
+    // A batch of one is a single run (`encode_batch` passes a lone clip to `encode`).
     let clips = vec![audio.clone(); batch];
-    let encode = || -> Result<Vec<codec::Codes>> {
-        if batch == 1 {
-            Ok(vec![codec.encode(&audio, Some(n_q))?])
-        } else {
-            codec.encode_batch(&clips, Some(n_q))
-        }
-    };
-    let decode = |codes: &[codec::Codes]| -> Result<()> {
-        if batch == 1 {
-            codec.decode(&codes[0]).map(drop)
-        } else {
-            codec.decode_batch(codes).map(drop)
-        }
-    };
+    let encode = || codec.encode_batch(&clips, Some(n_q));
+    let decode = |codes: &[Codes]| codec.decode_batch(codes).map(drop);
     if !on_cpu {
         // A GPU's first pass loads kernels and sizes its allocator: not what a long-running user sees.
         decode(&encode()?)?;

@@ -112,19 +112,22 @@ fn read_manifest(manifest: &Path) -> Result<Vec<Item>> {
 }
 
 /// A file read for the model: its audio at the model's rate, and what its row records of the original.
-struct Loaded {
-    index: usize,
+struct Clip {
     audio: Audio,
     duration_s: f32,
     orig_sample_rate: u32,
 }
 
 /// Reads a file at its own rate and resamples it to `rate` (one decode; the row keeps the original's rate and length).
-fn load(path: &Path, rate: u32) -> Result<(Audio, f32, u32)> {
+fn load(path: &Path, rate: u32) -> Result<Clip> {
     let original = codec::audio::read(path)?;
-    let (orig_rate, len) = (original.sample_rate, original.samples.len());
-    let samples = codec::audio::resample(&original.samples, orig_rate, rate)?;
-    Ok((Audio { sample_rate: rate, samples }, len as f32 / orig_rate as f32, orig_rate))
+    let (orig_sample_rate, len) = (original.sample_rate, original.samples.len());
+    let samples = codec::audio::resample(&original.samples, orig_sample_rate, rate)?;
+    Ok(Clip {
+        audio: Audio { sample_rate: rate, samples },
+        duration_s: len as f32 / orig_sample_rate as f32,
+        orig_sample_rate,
+    })
 }
 
 /// The shard schema: codes as list<list<uint16>> (uint32 for codebooks above 65536 entries).
@@ -333,24 +336,21 @@ impl Run<'_> {
         writeln!(self.errors, "{line}").and_then(|()| self.errors.flush()).map_err(|e| Error::io(&self.errors_path, e))
     }
 
-    /// Encodes the files read so far in one batched call and writes their rows.
-    fn encode(&mut self, todo: &[Item], batch: &mut Vec<Loaded>) -> Result<()> {
+    /// Encodes the files read so far (`(index into todo, clip)`) in batched calls and writes their rows.
+    fn encode(&mut self, todo: &[Item], batch: &mut Vec<(usize, Clip)>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let audio: Vec<Audio> = batch.iter().map(|l| l.audio.clone()).collect();
-        let results: Vec<Result<Codes>> = match self.codec.encode_batch(&audio, Some(self.n_q)) {
-            Ok(codes) => codes.into_iter().map(Ok).collect(),
-            // One bad clip fails the batched call: run each alone so only it fails.
-            Err(_) => audio.iter().map(|a| self.codec.encode(a, Some(self.n_q))).collect(),
-        };
-        let mut rows = Vec::with_capacity(batch.len());
-        for (loaded, result) in batch.drain(..).zip(results) {
-            let item = &todo[loaded.index];
+        let (clips, audio): (Vec<_>, Vec<Audio>) =
+            batch.drain(..).map(|(index, clip)| ((index, clip.duration_s, clip.orig_sample_rate), clip.audio)).unzip();
+        let mut rows = Vec::with_capacity(clips.len());
+        for ((index, duration_s, orig_sample_rate), result) in
+            clips.into_iter().zip(crate::encode_each(self.codec, &audio, Some(self.n_q)))
+        {
+            let item = &todo[index];
             match result {
                 Ok(codes) => {
-                    self.hours += loaded.duration_s as f64 / 3600.0;
-                    let (duration_s, orig_sample_rate) = (loaded.duration_s, loaded.orig_sample_rate);
+                    self.hours += duration_s as f64 / 3600.0;
                     rows.push(Row { name: item.name.clone(), codes, duration_s, orig_sample_rate });
                 }
                 Err(e) => self.fail(item, &e)?,
@@ -407,7 +407,7 @@ pub fn run(codec: &Codec, model_path: &Path, items: Vec<Item>, opts: &Options) -
     // Readers: `jobs` threads take files in order of a shared counter and send them, read and resampled, to the
     // model loop; the bounded channel keeps a few batches read ahead, no more.
     let todo = Arc::new(todo);
-    let (tx, rx) = mpsc::sync_channel::<(usize, Result<(Audio, f32, u32)>)>(opts.batch_size * 2);
+    let (tx, rx) = mpsc::sync_channel::<(usize, Result<Clip>)>(opts.batch_size * 2);
     let counter = Arc::new(AtomicUsize::new(0));
     let rate = codec.sample_rate();
     let readers: Vec<_> = (0..opts.jobs.max(1))
@@ -431,9 +431,7 @@ pub fn run(codec: &Codec, model_path: &Path, items: Vec<Item>, opts: &Options) -
         pending.insert(i, result);
         while let Some(result) = pending.remove(&next_index) {
             match result {
-                Ok((audio, duration_s, orig_sample_rate)) => {
-                    batch.push(Loaded { index: next_index, audio, duration_s, orig_sample_rate })
-                }
+                Ok(clip) => batch.push((next_index, clip)),
                 Err(e) => run.fail(&todo[next_index], &e)?,
             }
             next_index += 1;

@@ -240,13 +240,17 @@ impl Codec {
     ) -> Result<Codes> {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
-        let samples = self.at_model_rate(audio)?;
+        self.encode_at_rate(&self.at_model_rate(audio)?, n_q, progress)
+    }
+
+    /// [`Codec::encode_with_progress`] of checked samples already at the model's rate.
+    fn encode_at_rate(&self, samples: &[f32], n_q: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<Codes> {
         let hop = self.hop();
         let n_frames = samples.len().div_ceil(hop);
         let Some(inner) = self.encoder_stream(n_q)? else {
             // No finite context: one pass.
             self.check_memory(n_frames, "encoding")?;
-            let pcm = Tensor::from_slice(&samples, (1, 1, samples.len()), &self.device).ctx("encode input")?;
+            let pcm = Tensor::from_slice(samples, (1, 1, samples.len()), &self.device).ctx("encode input")?;
             let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
             let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("encode")?;
             progress(n_frames, n_frames);
@@ -306,7 +310,7 @@ impl Codec {
         let mut out: Vec<Option<Codes>> = vec![None; audio.len()];
         for group in self.batches(&frames, |i| (samples[i].len(), 0)) {
             if let [i] = group[..] {
-                out[i] = Some(self.encode(&audio[i], Some(n_q)).map_err(|e| e.item(i))?);
+                out[i] = Some(self.encode_at_rate(&samples[i], n_q, &mut |_, _| {}).map_err(|e| e.item(i))?);
                 continue;
             }
             // Longest first (see `batches`): the others are zero-extended to it.
@@ -334,11 +338,7 @@ impl Codec {
     pub fn decode_batch(&self, codes: &[Codes]) -> Result<Vec<Audio>> {
         self.require(Parts::Decoder)?;
         for (i, c) in codes.iter().enumerate() {
-            self.check_n_q(Some(c.n_q)).map_err(|e| e.item(i))?;
-            if c.n_frames == 0 {
-                return Err(Error::InvalidArgument("cannot decode zero frames".into()).item(i));
-            }
-            stream::check_codes(c, self.max_n_q(), self.codebook_size()).map_err(|e| e.item(i))?;
+            self.check_decodable(c).map_err(|e| e.item(i))?;
         }
         let sample_rate = self.sample_rate();
         let frames: Vec<usize> = codes.iter().map(|c| c.n_frames).collect();
@@ -461,11 +461,7 @@ impl Codec {
     /// [`Codec::decode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::pieces`]).
     pub fn decode_with_progress(&self, codes: &Codes, progress: &mut dyn FnMut(usize, usize)) -> Result<Audio> {
         self.require(Parts::Decoder)?;
-        self.check_n_q(Some(codes.n_q))?;
-        if codes.n_frames == 0 {
-            return Err(Error::InvalidArgument("cannot decode zero frames".into()));
-        }
-        stream::check_codes(codes, self.max_n_q(), self.codebook_size())?;
+        self.check_decodable(codes)?;
         let sample_rate = self.sample_rate();
         let Some(inner) = self.decoder_stream() else {
             self.check_memory(codes.n_frames, "decoding")?;
@@ -488,6 +484,15 @@ impl Codec {
             progress(piece.end, codes.n_frames);
         }
         Ok(Audio { sample_rate, samples })
+    }
+
+    /// What decoding needs of `codes`: a codebook count this model has, at least one frame, codes in range.
+    fn check_decodable(&self, codes: &Codes) -> Result<()> {
+        self.check_n_q(Some(codes.n_q))?;
+        if codes.n_frames == 0 {
+            return Err(Error::InvalidArgument("cannot decode zero frames".into()));
+        }
+        stream::check_codes(codes, self.max_n_q(), self.codebook_size())
     }
 
     /// Frames per piece of a long input: `chunk_seconds` of audio, fewer if one pass over that would need more
