@@ -26,8 +26,9 @@ struct Cli {
     /// No progress output.
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Arithmetic of the matrix products: f32 (exact, the default) or bf16 (AVX-512 BF16 on CPU, up to 1.7x
-    /// faster; codes and audio differ slightly from the reference).
+    /// Arithmetic of the matrix products: f32 (exact, the default), bf16 (AVX-512 BF16 on CPU, up to 1.7x
+    /// faster) or int8 (AVX-512 VNNI: linear layers in q8_0 blocks with int8 activations, the rest bf16); in the
+    /// fast modes codes and audio differ slightly from the reference.
     #[arg(long, global = true, default_value = "f32")]
     precision: String,
     #[command(subcommand)]
@@ -599,6 +600,14 @@ fn read_codes(path: &Path, codec: &Codec) -> Result<Codes> {
     npy::read_codes(path, codec.max_n_q(), codec.codebook_size())
 }
 
+fn precision_name(p: codec::Precision) -> &'static str {
+    match p {
+        codec::Precision::F32 => "f32",
+        codec::Precision::Bf16 => "bf16",
+        codec::Precision::Int8 => "int8",
+    }
+}
+
 fn run(cli: &Cli) -> Result<()> {
     let threads = match cli.threads {
         Some(0) => return Err(Error::InvalidArgument("--threads must be at least 1".into())),
@@ -617,10 +626,12 @@ fn run(cli: &Cli) -> Result<()> {
     let precision = match cli.precision.as_str() {
         "f32" => codec::Precision::F32,
         "bf16" => codec::Precision::Bf16,
-        other => return Err(Error::InvalidArgument(format!("--precision must be f32 or bf16, not '{other}'"))),
+        "int8" => codec::Precision::Int8,
+        other => return Err(Error::InvalidArgument(format!("--precision must be f32, bf16 or int8, not '{other}'"))),
     };
     if !codec::set_precision(precision) && !cli.quiet {
-        eprintln!("note: this CPU has no AVX-512 BF16; computing in f32");
+        let missing = if precision == codec::Precision::Int8 { "AVX-512 VNNI" } else { "AVX-512 BF16" };
+        eprintln!("note: this CPU has no {missing}; computing in {}", precision_name(codec::nn::gemm::precision()));
     }
     match &cli.command {
         Command::Convert { src, output, arch, config, dtype } => {
@@ -897,10 +908,7 @@ fn bench(codec: &Codec, seconds: f64, runs: usize, n_q: Option<usize>, batch: us
     let device = if on_cpu { format!("{} threads", candle_core_threads()) } else { format!("{:?}", codec.device()) };
     println!(
         "bench: {seconds} s at {sr} Hz, batch {batch}, n_q {n_q}, {device}, precision {}, best of {runs}",
-        match codec::nn::gemm::precision() {
-            codec::Precision::F32 => "f32",
-            codec::Precision::Bf16 => "bf16",
-        }
+        precision_name(codec::nn::gemm::precision())
     );
     // A batch of one is a single run (`encode_batch` passes a lone clip to `encode`).
     let clips = vec![audio.clone(); batch];

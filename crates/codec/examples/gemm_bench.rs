@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use codec::nn::gemm::{gemm, Epilogue, Output, Packed, Strided};
+use codec::nn::gemm::{gemm, gemm_int8, Epilogue, Output, Packed, PackedQ8, Strided};
 
 /// (what, M, N, K): convs are M = C_out, K = C_in · kernel, N = output samples (10 s of audio, one chunk of them
 /// for the long SEANet rows); linear layers are M = frames, K = d_in, N = d_out.
@@ -86,6 +86,13 @@ fn main() {
         let prepacked = best_of(runs, &mut prepacked_run);
         let bf16 = codec::set_precision(codec::Precision::Bf16).then(|| best_of(runs, &mut prepacked_run));
         codec::set_precision(codec::Precision::F32);
+        // int8 serves linear layers (weights the right factor), quantised once like the layers do.
+        let int8 = (!weight_is_a && codec::nn::gemm::int8_supported()).then(|| {
+            let q = PackedQ8::b(&bm, k, n);
+            best_of(runs, || {
+                gemm_int8(m, n, &av, &q, &mut Output::row_major(&mut c, m, n).unwrap(), &Epilogue::default())
+            })
+        });
         let stock = best_of(runs, || {
             a.matmul(&b).unwrap();
         });
@@ -94,12 +101,13 @@ fn main() {
         candle_total += stock;
         flop_total += gflop;
         println!(
-            "{what:28} {m:5} {n:6} {k:5}  {:6.1} GF {:6.1} GF {:6.1} GF  {:.2}x  bf16 {:6.1} GF",
+            "{what:28} {m:5} {n:6} {k:5}  {:6.1} GF {:6.1} GF {:6.1} GF  {:.2}x  bf16 {:6.1} GF{}",
             gflop / ours,
             gflop / prepacked,
             gflop / stock,
             stock / prepacked,
-            bf16.map_or(0.0, |t| gflop / t)
+            bf16.map_or(0.0, |t| gflop / t),
+            int8.map_or(String::new(), |t| format!("  int8 {:6.1} GF", gflop / t))
         );
     }
     println!(

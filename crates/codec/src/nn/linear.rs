@@ -1,11 +1,11 @@
 //! Linear layers, `y = x · Wᵀ + b` over the last dim: our GEMM on CPU (the weight as the right factor, see
 //! `nn::weight`; the bias added in the GEMM's epilogue), candle's matmul on other devices.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
-use super::gemm::{gemm, Epilogue, Output, Strided};
+use super::gemm::{gemm, gemm_int8, precision, Epilogue, Output, PackedQ8, Precision, Strided};
 use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
 use super::{f32_slice, f32_vec, gemm_form, kept};
 
@@ -20,18 +20,40 @@ pub struct Linear {
     exact: bool,
 }
 
+/// How a packed layer's products may run besides f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arithmetic {
+    /// Model weights: bf16 or int8 as the precision says.
+    Any,
+    /// Derived matrices (the ISTFT bases): bf16 at most; int8 steps would be audible noise.
+    NoInt8,
+    /// f32 always (codebook distances).
+    Exact,
+}
+
 #[derive(Debug)]
 struct PackedLinear {
     /// Wᵀ as the GEMM's right factor (in × out).
     weight_t: GemmWeight,
     bias: Option<Vec<f32>>,
+    arithmetic: Arithmetic,
+    /// Wᵀ in q8_0 blocks for `--precision int8`, made on its first int8 product.
+    int8: OnceLock<PackedQ8>,
 }
 
 impl PackedLinear {
     /// `None` where our GEMM does not take the weight (see [`GemmWeight::new`]).
-    fn new(weight: &Matrix, layout: OperandLayout, bias: Option<&Tensor>) -> Result<Option<Self>> {
+    fn new(weight: &Matrix, layout: OperandLayout, bias: Option<&Tensor>, arithmetic: Arithmetic) -> Result<Option<Self>> {
         let Some(weight_t) = GemmWeight::new(weight, layout, Side::Right)? else { return Ok(None) };
-        Ok(Some(Self { weight_t, bias: bias.map(f32_vec).transpose()? }))
+        Ok(Some(Self { weight_t, bias: bias.map(f32_vec).transpose()?, arithmetic, int8: OnceLock::new() }))
+    }
+
+    /// The int8 form of the weights, if this product runs in int8 now.
+    fn int8(&self) -> Option<&PackedQ8> {
+        (self.arithmetic == Arithmetic::Any && precision() == Precision::Int8).then(|| {
+            let (k, n) = self.weight_t.dims();
+            self.int8.get_or_init(|| PackedQ8::b(&self.weight_t.operand(), k, n))
+        })
     }
 }
 
@@ -39,23 +61,23 @@ impl Linear {
     /// `weight` (out, in), `bias` (out). On CPU the weight becomes a GEMM operand here (read in place from a
     /// mapped file, or packed and its f32 copy dropped; see `nn::weight`).
     pub fn new(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
-        Self::weight_out_in(weight.into(), bias, false)
+        Self::weight_out_in(weight.into(), bias, Arithmetic::Any)
     }
 
     /// A layer that computes in f32 whatever the precision (codebook distances).
     pub fn exact(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
-        Self::weight_out_in(weight.into(), bias, true)
+        Self::weight_out_in(weight.into(), bias, Arithmetic::Exact)
     }
 
     /// `x · m` for a right factor `m` (in, out) as stored (the ISTFT bases).
     pub fn right_factor(m: Matrix, bias: Option<Tensor>) -> Result<Self> {
         let (inp, out) = matrix_dims(&m)?;
-        Self::build(m, OperandLayout::AsStored { rows: inp, cols: out }, bias, false, |t| t.t())
+        Self::build(m, OperandLayout::AsStored { rows: inp, cols: out }, bias, Arithmetic::NoInt8, |t| t.t())
     }
 
-    fn weight_out_in(weight: Matrix, bias: Option<Tensor>, exact: bool) -> Result<Self> {
+    fn weight_out_in(weight: Matrix, bias: Option<Tensor>, arithmetic: Arithmetic) -> Result<Self> {
         let (out, inp) = matrix_dims(&weight)?;
-        Self::build(weight, OperandLayout::Transposed { rows: out, cols: inp }, bias, exact, Ok)
+        Self::build(weight, OperandLayout::Transposed { rows: out, cols: inp }, bias, arithmetic, Ok)
     }
 
     /// The layer with the CPU GEMM form of `weight` read through `layout`, or, where our GEMM does not take it,
@@ -64,12 +86,12 @@ impl Linear {
         weight: Matrix,
         layout: OperandLayout,
         bias: Option<Tensor>,
-        exact: bool,
+        arithmetic: Arithmetic,
         out_in: impl FnOnce(Tensor) -> Result<Tensor>,
     ) -> Result<Self> {
-        let packed = PackedLinear::new(&weight, layout, bias.as_ref())?.map(Arc::new);
+        let packed = PackedLinear::new(&weight, layout, bias.as_ref(), arithmetic)?.map(Arc::new);
         let weight = if packed.is_some() { None } else { Some(out_in(weight.into_tensor()?)?) };
-        Ok(Self { weight, bias, packed, exact })
+        Ok(Self { weight, bias, packed, exact: arithmetic == Arithmetic::Exact })
     }
 }
 
@@ -166,7 +188,10 @@ impl LinearOp<'_> {
             exact: self.exact,
             ..Default::default()
         };
-        gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi);
+        match self.layer.int8() {
+            Some(weight_t) => gemm_int8(m, n, x, weight_t, &mut y, &epi),
+            _ => gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi),
+        }
         Ok((CpuStorage::F32(out), shape))
     }
 }

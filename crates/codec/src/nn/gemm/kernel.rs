@@ -59,7 +59,7 @@ impl MicroKernel for Generic {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{Avx2, Avx512, Avx512Bf16};
+pub(super) use x86::{int8_tile, Avx2, Avx512, Avx512Bf16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -216,6 +216,63 @@ mod x86 {
                 row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
                 row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
                 row[2] = _mm512_dpbf16_ps(row[2], ai, b2);
+            }
+        }
+        store_avx512!(acc, R, nr, store);
+    }
+
+    /// One int8 tile (`super::int8`): `R ≤ 4` rows of quantised activations × 48 columns of q8_0 weights over
+    /// `blocks` blocks of 32. Per block the integer sums start at the weights' offset compensation and take eight
+    /// `vpdpbusd` steps (four byte products per lane each); then they are scaled by activation × weight scale into
+    /// the f32 accumulators. 12 integer + 12 f32 accumulators + 3 weight vectors fit the 32 registers.
+    ///
+    /// # Safety
+    /// `a` = (quads, scales) of one activation panel, `b` = (quads, scales, compensation) of one weight panel, both
+    /// `blocks` deep (`super::int8` layout); `store` addresses `mr × nr` valid elements; the CPU has AVX-512 VNNI.
+    pub(in super::super) unsafe fn int8_tile(
+        blocks: usize,
+        a: (*const u32, *const f32),
+        b: (*const u32, *const f32, *const i32),
+        mr: usize,
+        nr: usize,
+        store: &Store,
+    ) {
+        for_rows!(mr, int8_vnni, (blocks, a, b, nr, store), 4, 3, 2)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn int8_vnni<const R: usize>(
+        blocks: usize,
+        (a_quads, a_scales): (*const u32, *const f32),
+        (b_quads, b_scales, b_compensation): (*const u32, *const f32, *const i32),
+        nr: usize,
+        store: &Store,
+    ) {
+        use crate::nn::gemm::int8::{MR, NR, QUADS};
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        for block in 0..blocks {
+            let comp = b_compensation.add(block * NR) as *const __m512i;
+            let start = [_mm512_loadu_si512(comp), _mm512_loadu_si512(comp.add(1)), _mm512_loadu_si512(comp.add(2))];
+            let mut sums = [start; R];
+            for quad in 0..QUADS {
+                let bp = b_quads.add((block * QUADS + quad) * NR) as *const __m512i;
+                let bv = [_mm512_loadu_si512(bp), _mm512_loadu_si512(bp.add(1)), _mm512_loadu_si512(bp.add(2))];
+                let ap = a_quads.add((block * QUADS + quad) * MR);
+                for (i, row) in sums.iter_mut().enumerate() {
+                    let ai = _mm512_set1_epi32(*ap.add(i) as i32);
+                    for v in 0..3 {
+                        row[v] = _mm512_dpbusd_epi32(row[v], ai, bv[v]);
+                    }
+                }
+            }
+            let bs = b_scales.add(block * NR);
+            let ws = [_mm512_loadu_ps(bs), _mm512_loadu_ps(bs.add(16)), _mm512_loadu_ps(bs.add(32))];
+            for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
+                let a_scale = _mm512_set1_ps(*a_scales.add(block * MR + i));
+                for v in 0..3 {
+                    let scale = _mm512_mul_ps(a_scale, ws[v]);
+                    row[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[v]), scale, row[v]);
+                }
             }
         }
         store_avx512!(acc, R, nr, store);

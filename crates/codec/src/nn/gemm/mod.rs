@@ -16,11 +16,14 @@
 //! (held in L1) the kernel sweeps the B panels. Threads (rayon's pool) split the output into contiguous column or
 //! row ranges — along the operand that needs packing — each with its own packing buffers; no nested parallelism.
 
+mod int8;
 mod kernel;
+
+pub use int8::{gemm_int8, int8_supported, PackedQ8};
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -458,15 +461,19 @@ pub enum Isa {
     Generic,
 }
 
-/// Arithmetic of the products: exact f32 (the default), or bf16 operands with f32 accumulation (`vdpbf16ps`,
-/// about twice the throughput; codes and audio then differ slightly from the reference).
+/// Arithmetic of the products: exact f32 (the default), bf16 operands with f32 accumulation (`vdpbf16ps`, about
+/// twice the throughput), or int8 (`vpdpbusd`): linear layers' weights in q8_0 blocks (a q8_0 file's own, or f32
+/// weights quantised the same way) times activations quantised per row, every other product in bf16. The fast
+/// modes' codes and audio differ slightly from the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     F32,
     Bf16,
+    Int8,
 }
 
-static BF16_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The precision asked for (`Precision as u8`); [`precision`] says what runs.
+static REQUESTED: AtomicU8 = AtomicU8::new(Precision::F32 as u8);
 
 /// Floating-point operations (2·m·n·k per product) done by this process's GEMMs: `codec bench` turns them into
 /// GFLOP/s per stage.
@@ -476,16 +483,19 @@ pub fn flops_done() -> u64 {
     FLOPS.load(Ordering::Relaxed)
 }
 
-/// Sets the precision of every product in this process. bf16 needs AVX-512 BF16; where the CPU lacks it products
-/// stay f32 and this returns `false`.
+/// Sets the precision of every product in this process. bf16 needs AVX-512 BF16, int8 AVX-512 VNNI; where the CPU
+/// lacks it products run in the best precision below it that it has (int8 → bf16 → f32) and this returns `false`.
 pub fn set_precision(p: Precision) -> bool {
-    BF16_REQUESTED.store(p == Precision::Bf16, Ordering::Relaxed);
-    p == Precision::F32 || bf16_supported()
+    REQUESTED.store(p as u8, Ordering::Relaxed);
+    precision() == p
 }
 
-/// The precision products run in now (bf16 only where requested and supported).
+/// The precision products run in now: the requested one where the CPU supports it, else the next supported below.
 pub fn precision() -> Precision {
-    if BF16_REQUESTED.load(Ordering::Relaxed) && bf16_supported() {
+    let requested = REQUESTED.load(Ordering::Relaxed);
+    if requested == Precision::Int8 as u8 && int8_supported() {
+        Precision::Int8
+    } else if requested != Precision::F32 as u8 && bf16_supported() {
         Precision::Bf16
     } else {
         Precision::F32
@@ -559,7 +569,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if precision() == Precision::Bf16 && !epi.exact {
+    if precision() != Precision::F32 && bf16_supported() && !epi.exact {
         return run::<kernel::Avx512Bf16>((m, n, k), a, b, c, epi);
     }
     match isa() {
