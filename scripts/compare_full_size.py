@@ -10,7 +10,8 @@
 
 Converts both checkpoint layouts (and f16 / q8_0 copies) with `codec convert`, encodes the fixture's input and decodes
 the reference's codes with `codec`, and prints the code mismatch fraction, decoded cosine and SNR against the
-reference's outputs (moshi for Mimi, descript for DAC), in f32 and in `--precision bf16`. Then, side by side in one run
+reference's outputs (moshi for Mimi, descript for DAC), in f32 and in the fast modes (`--precision bf16`, `int8`; int8
+also on the q8_0 file, whose blocks it multiplies as stored). Then, side by side in one run
 with the same thread count: the whole `codec encode` / `codec decode` process (start-up, file I/O and all; best of
 `--runs`), `codec bench` (in-process), and the reference in-process (the generator's `--bench-only`; for Mimi also
 rustymimi, Kyutai's Rust Mimi, on the same weights file), and prints the ratios and the machine. Needs numpy and
@@ -33,6 +34,8 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fast modes measured beside exact f32.
+FAST = ["bf16", "int8"]
 # The binary under test: $CODEC_BIN, or the workspace build.
 CODEC = Path(os.environ.get("CODEC_BIN", ROOT / "target" / "release" / "codec"))
 
@@ -115,28 +118,28 @@ def main() -> int:
         for name, cmd in models.items():
             gguf = tmp / f"{name}.gguf"
             run(str(CODEC), *cmd, "-o", str(gguf), "--quiet")
-            precisions = ["f32", "bf16"] if name == last else ["f32"]
+            precisions = {last: ["f32", *FAST], f"{last}-q8_0": ["f32", "int8"]}.get(name, ["f32"])
             for precision in precisions:
                 opts = [*threads, "--precision", precision]
                 run(str(CODEC), "encode", "-m", str(gguf), str(fx / "input.wav"), "-o", str(tmp / "codes.npy"), *opts)
                 run(str(CODEC), "decode", "-m", str(gguf), str(fx / "codes.npy"), "-o", str(tmp / "dec.wav"), *opts)
                 decoded, _ = sf.read(tmp / "dec.wav", dtype="float64")
-                label = name if precision == "f32" else f"{name}-bf16"
+                label = name if precision == "f32" else f"{name}-{precision}"
                 compare(label, np.load(tmp / "codes.npy"), ref_codes, decoded, ref_decoded)
             print(f"{'':10s} file size {gguf.stat().st_size / 2**20:.1f} MiB")
 
         model = str(tmp / f"{last}.gguf")
         process = {}
-        for precision in ("f32", "bf16"):
+        for precision in ("f32", *FAST):
             opts = [*threads, "--precision", precision]
             enc = [str(CODEC), "encode", "-m", model, str(fx / "input.wav"), "-o", str(tmp / "c.npy"), *opts]
             dec = [str(CODEC), "decode", "-m", model, str(fx / "codes.npy"), "-o", str(tmp / "d.wav"), *opts]
             process[precision] = {"encode": best_wall(enc, args.runs), "decode": best_wall(dec, args.runs)}
-        bench = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), *threads)
-        bench_bf16 = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), "--precision", "bf16", *threads)
-    print(bench.strip())
-    print(bench_bf16.strip())
-    ours = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
+        ours = {}
+        for precision in ("f32", *FAST):
+            bench = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), "--precision", precision, *threads)
+            print(bench.strip())
+            ours[precision] = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
     generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py",
                  "wavtokenizer": "make_wavtokenizer_fixtures.py"}[args.arch]
     extra = ["--wavtokenizer-src", args.wavtokenizer_src] if args.arch == "wavtokenizer" else []
@@ -145,15 +148,13 @@ def main() -> int:
     print(ref.strip())
     reference = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
     name = {"mimi": "moshi", "dac": "descript", "wavtokenizer": "WavTokenizer"}[args.arch]
-    ours_bf16 = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench_bf16)}
     audio_s = sf.info(str(fx / "input.wav")).duration
     print(f"speed, {audio_s:.1f} s of audio, {args.threads} threads, best of {args.runs} "
           f"(codec process = the whole `codec encode/decode` command; in-process = `codec bench`):")
     for k in ("encode", "decode"):
         theirs = float(reference[k])
-        print(f"{k}: {name} {theirs:.3f} s | codec process f32 {process['f32'][k]:.3f} s ({theirs / process['f32'][k]:.2f}x), "
-              f"bf16 {process['bf16'][k]:.3f} s ({theirs / process['bf16'][k]:.2f}x) | in-process f32 {ours[k]:.3f} s "
-              f"({theirs / ours[k]:.2f}x), bf16 {ours_bf16[k]:.3f} s ({theirs / ours_bf16[k]:.2f}x)")
+        timing = lambda times: ", ".join(f"{p} {times[p][k]:.3f} s ({theirs / times[p][k]:.2f}x)" for p in times)
+        print(f"{k}: {name} {theirs:.3f} s | codec process {timing(process)} | in-process {timing(ours)}")
     if args.arch == "mimi":
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
         n_q = int(ref_codes.shape[0])
@@ -163,7 +164,7 @@ def main() -> int:
         for k in ("encode", "decode"):
             r = float(rusty[k])
             print(f"{k}: rustymimi {r:.3f} s in-process | codec process f32 {r / process['f32'][k]:.2f}x, "
-                  f"in-process f32 {r / ours[k]:.2f}x, bf16 {r / ours_bf16[k]:.2f}x")
+                  f"in-process " + ", ".join(f"{p} {r / ours[p][k]:.2f}x" for p in ours))
     return 0
 
 

@@ -58,21 +58,21 @@ impl std::str::FromStr for StorageDtype {
 /// and small enough that frame and sample counts cannot overflow.
 pub const MAX_HOP: usize = 1 << 16;
 
-/// f32 values of one tensor, read in place from a mapped model file (checked 4-byte aligned when made).
+/// The bytes of one tensor in a mapped model file.
 #[derive(Clone)]
-pub struct MappedF32 {
+struct Region {
     map: Arc<memmap2::Mmap>,
     bytes: std::ops::Range<usize>,
 }
 
-impl MappedF32 {
-    pub fn as_slice(&self) -> &[f32] {
-        bytemuck::cast_slice(&self.map[self.bytes.clone()])
+impl Region {
+    fn bytes(&self) -> &[u8] {
+        &self.map[self.bytes.clone()]
     }
 
-    /// Lets the kernel drop the whole pages of these values from memory (they are read from the file again if
+    /// Lets the kernel drop the whole pages of these bytes from memory (they are read from the file again if
     /// used): for weights that have been copied into a packed form, so they are not held twice.
-    pub fn release_pages(&self) {
+    fn release_pages(&self) {
         const PAGE: usize = 4096;
         let start = self.bytes.start.next_multiple_of(PAGE);
         let end = self.bytes.end / PAGE * PAGE;
@@ -84,9 +84,54 @@ impl MappedF32 {
     }
 }
 
+/// f32 values of one tensor, read in place from a mapped model file (checked 4-byte aligned when made).
+#[derive(Clone)]
+pub struct MappedF32(Region);
+
+impl MappedF32 {
+    pub fn as_slice(&self) -> &[f32] {
+        bytemuck::cast_slice(self.0.bytes())
+    }
+
+    /// See `Region::release_pages`.
+    pub fn release_pages(&self) {
+        self.0.release_pages()
+    }
+}
+
 impl std::fmt::Debug for MappedF32 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MappedF32({} values at byte {})", self.bytes.len() / 4, self.bytes.start)
+        write!(f, "MappedF32({} values at byte {})", self.0.bytes.len() / 4, self.0.bytes.start)
+    }
+}
+
+/// The q8_0 blocks of one tensor (whole blocks, checked when made), in place in a mapped model file: what
+/// `--precision int8` multiplies by as stored.
+#[derive(Clone)]
+pub struct MappedQ8_0(Region);
+
+impl MappedQ8_0 {
+    /// ggml's blocks: an f16 scale, then 32 signed bytes, each.
+    pub fn blocks(&self) -> &[u8] {
+        self.0.bytes()
+    }
+
+    /// The values as f32 (`q · scale`, what loading the tensor gives).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.0.bytes.len() / Q8_0_BYTES * Q8_0_BLOCK];
+        f32_from_q8_0(self.blocks(), &mut out);
+        out
+    }
+
+    /// See `Region::release_pages`.
+    pub fn release_pages(&self) {
+        self.0.release_pages()
+    }
+}
+
+impl std::fmt::Debug for MappedQ8_0 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedQ8_0({} blocks at byte {})", self.0.bytes.len() / Q8_0_BYTES, self.0.bytes.start)
     }
 }
 
@@ -148,7 +193,20 @@ impl ModelFile {
         let bytes = data_range(&self.content, info, map.len() as u64)
             .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
         let aligned = bytemuck::try_cast_slice::<u8, f32>(&map[bytes.clone()]).is_ok();
-        Ok(aligned.then(|| MappedF32 { map: map.clone(), bytes }))
+        Ok(aligned.then(|| MappedF32(Region { map: map.clone(), bytes })))
+    }
+
+    /// Tensor `name`'s q8_0 blocks in place in the mapped file; `None` if it is missing or not q8_0.
+    pub fn mapped_q8_0(&self, name: &str) -> Result<Option<MappedQ8_0>> {
+        let Some(info) = self.content.tensor_infos.get(name) else { return Ok(None) };
+        if info.ggml_dtype != GgmlDType::Q8_0 {
+            return Ok(None);
+        }
+        let map = self.mapped()?;
+        let bytes = data_range(&self.content, info, map.len() as u64)
+            .map_err(|msg| Error::model_file(&self.path, format!("truncated or corrupt: tensor '{name}' {msg}")))?;
+        let whole = bytes.len().is_multiple_of(Q8_0_BYTES);
+        Ok(whole.then(|| MappedQ8_0(Region { map: map.clone(), bytes })))
     }
 
     /// Reads tensor `name` as f32 (the compute dtype) onto `device`, with one pass over its mapped bytes straight

@@ -1,6 +1,7 @@
-//! `--precision bf16` (its own test binary: the precision is process-wide). On the committed reduced fixtures of
-//! every architecture, bf16 products must stay close to the f32 reference — decoded audio cos ≥ 0.999 — and switching
-//! back to f32 must give the exact codes again. Skipped, with a note, on CPUs without AVX-512 BF16.
+//! The fast modes, `--precision bf16` and `int8` (their own test binary: the precision is process-wide). On the
+//! committed reduced fixtures of every architecture, their products must stay close to the f32 reference — decoded
+//! audio cos ≥ 0.999 — and switching back to f32 must give the exact codes again. Each is skipped, with a note, on
+//! CPUs without its instructions (AVX-512 BF16, AVX-512 VNNI).
 
 use std::path::PathBuf;
 
@@ -22,11 +23,7 @@ fn models() -> Vec<(PathBuf, PathBuf, Option<PathBuf>, u32)> {
 }
 
 #[test]
-fn bf16_stays_close_and_f32_stays_exact() {
-    if !codec::nn::gemm::bf16_supported() {
-        eprintln!("this CPU has no AVX-512 BF16: skipped");
-        return;
-    }
+fn fast_modes_stay_close_and_f32_stays_exact() {
     for (dir, src, config, sample_rate) in models() {
         let gguf = convert_to(&src, config, "precision");
         let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
@@ -35,14 +32,26 @@ fn bf16_stays_close_and_f32_stays_exact() {
         let want = load_codes(&dir.join("codes.npy"));
         let (_, reference) = load_f32(&dir.join("decoded.npy"));
 
-        assert!(codec::set_precision(Precision::Bf16));
-        let codes = codec.encode(&input, None).unwrap();
-        let audio = codec.decode(&want).unwrap();
-        let cos = cosine(&audio.samples[..reference.len()], &reference);
-        let mismatch = mismatch_fraction(&codes, &want);
-        eprintln!("{}: bf16 codes differ {:.1} %, decoded cos {cos:.6}", dir.display(), mismatch * 100.0);
-        assert!(cos >= 0.999, "{}: bf16 decoded cos {cos}", dir.display());
-        assert!(mismatch < 0.5, "{}: bf16 changed {:.1} % of codes", dir.display(), mismatch * 100.0);
+        let mut decoded = Vec::new();
+        for precision in [Precision::Bf16, Precision::Int8] {
+            if !codec::set_precision(precision) {
+                eprintln!("this CPU cannot run {precision:?}: skipped");
+                continue;
+            }
+            let codes = codec.encode(&input, None).unwrap();
+            let audio = codec.decode(&want).unwrap();
+            let cos = cosine(&audio.samples[..reference.len()], &reference);
+            let mismatch = mismatch_fraction(&codes, &want);
+            eprintln!("{}: {precision:?} codes differ {:.1} %, decoded cos {cos:.6}", dir.display(), mismatch * 100.0);
+            assert!(cos >= 0.999, "{}: {precision:?} decoded cos {cos}", dir.display());
+            assert!(mismatch < 0.5, "{}: {precision:?} changed {:.1} % of codes", dir.display(), mismatch * 100.0);
+            decoded.push(audio.samples);
+        }
+        // int8 changes the products of the models with linear layers (Mimi's transformers, WavTokenizer's ConvNeXt
+        // blocks), so it is not bf16 under another name there; DAC has none.
+        if decoded.len() == 2 && !dir.ends_with("44khz") {
+            assert_ne!(decoded[0], decoded[1], "{}: int8 decoded exactly as bf16", dir.display());
+        }
 
         codec::set_precision(Precision::F32);
         assert_eq!(mismatch_fraction(&codec.encode(&input, None).unwrap(), &want), 0.0, "{}", dir.display());

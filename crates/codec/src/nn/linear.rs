@@ -51,8 +51,7 @@ impl PackedLinear {
     /// The int8 form of the weights, if this product runs in int8 now.
     fn int8(&self) -> Option<&PackedQ8> {
         (self.arithmetic == Arithmetic::Any && precision() == Precision::Int8).then(|| {
-            let (k, n) = self.weight_t.dims();
-            self.int8.get_or_init(|| PackedQ8::b(&self.weight_t.operand(), k, n))
+            self.int8.get_or_init(|| self.weight_t.quantized())
         })
     }
 }
@@ -98,7 +97,7 @@ impl Linear {
 /// The two dims of a matrix weight.
 fn matrix_dims(m: &Matrix) -> Result<(usize, usize)> {
     match m {
-        Matrix::Mapped(_, shape) => shape.dims2(),
+        Matrix::Mapped(_, shape) | Matrix::Q8_0(_, shape) => shape.dims2(),
         Matrix::Tensor(t) => t.dims2(),
     }
 }

@@ -34,6 +34,7 @@ impl EuclideanCodebook {
     fn embed_sq(&self) -> Result<&Tensor> {
         get_or_try_init(&self.embed_sq, || match &self.embed {
             Matrix::Tensor(t) => t.sqr()?.sum_keepdim(1)?.t()?.contiguous(),
+            Matrix::Q8_0(..) => self.embed.clone().into_tensor()?.sqr()?.sum_keepdim(1)?.t()?.contiguous(),
             Matrix::Mapped(data, shape) => {
                 let (bins, dim) = shape.dims2()?;
                 let sq = wide_simd(|| data.as_slice().chunks_exact(dim.max(1)).map(|e| dot(e, e)).collect());

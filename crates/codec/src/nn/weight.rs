@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use candle_core::{Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use super::gemm::{PackA, PackB, Packed};
+use super::gemm::{PackA, PackB, Packed, PackedQ8};
 use super::{f32_vec, pack_at_build};
-use crate::gguf::{MappedF32, ModelFile};
+use crate::gguf::{MappedF32, MappedQ8_0, ModelFile};
 
 /// The weights a model is built from: candle's `VarBuilder` for tensors, plus in-place matrices when they come
 /// from a model file.
@@ -53,8 +53,8 @@ impl<'a> Weights<'a> {
         self.vb.get(shape, name)
     }
 
-    /// Matrix `name` of shape `shape` for a GEMM layer: in place in the mapped file where it is stored as f32 and
-    /// the model runs on the CPU, else a tensor of its own.
+    /// Matrix `name` of shape `shape` for a GEMM layer: in place in the mapped file where it is stored as f32 or
+    /// q8_0 and the model runs on the CPU, else a tensor of its own.
     pub fn matrix(&self, shape: impl Into<Shape>, name: &str) -> Result<Matrix> {
         let shape = shape.into();
         if let (Some((file, placeholders)), true) = (self.file, self.device().is_cpu()) {
@@ -63,8 +63,12 @@ impl<'a> Weights<'a> {
             let in_place =
                 file.tensor_shape(&full) == Some(shape.dims()) && !placeholders.iter().any(|p| full.starts_with(p));
             if in_place {
-                if let Some(data) = file.mapped_f32(&full).map_err(|e| candle_core::Error::Msg(e.to_string()))? {
+                let error = |e: crate::Error| candle_core::Error::Msg(e.to_string());
+                if let Some(data) = file.mapped_f32(&full).map_err(error)? {
                     return Ok(Matrix::Mapped(data, shape));
+                }
+                if let Some(blocks) = file.mapped_q8_0(&full).map_err(error)? {
+                    return Ok(Matrix::Q8_0(blocks, shape));
                 }
             }
         }
@@ -72,10 +76,11 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// A weight matrix as loaded: f32 values in the mapped model file, or a tensor.
+/// A weight matrix as loaded: f32 values or q8_0 blocks in the mapped model file, or a tensor.
 #[derive(Debug, Clone)]
 pub enum Matrix {
     Mapped(MappedF32, Shape),
+    Q8_0(MappedQ8_0, Shape),
     Tensor(Tensor),
 }
 
@@ -90,6 +95,7 @@ impl Matrix {
     pub fn rows(&self, indices: &Tensor) -> Result<Tensor> {
         match self {
             Self::Tensor(t) => t.index_select(indices, 0),
+            Self::Q8_0(..) => self.clone().into_tensor()?.index_select(indices, 0),
             Self::Mapped(data, shape) => {
                 let (rows, cols) = shape.dims2()?;
                 let (data, indices) = (data.as_slice(), indices.to_vec1::<u32>()?);
@@ -110,6 +116,7 @@ impl Matrix {
     pub fn into_tensor(self) -> Result<Tensor> {
         match self {
             Self::Mapped(data, shape) => Tensor::from_slice(data.as_slice(), shape, &Device::Cpu),
+            Self::Q8_0(blocks, shape) => Tensor::from_vec(blocks.dequantize(), shape, &Device::Cpu),
             Self::Tensor(t) => Ok(t),
         }
     }
@@ -222,8 +229,11 @@ pub(crate) enum GemmWeight {
     /// In the mapped model file: read in place on the first [`IN_PLACE_RUNS`] runs, then packed.
     InPlace { data: MappedF32, layout: OperandLayout, side: Side, packed: OnceLock<Packed>, runs: AtomicUsize },
     /// Packed when the layer was built: weights that had to be converted into a tensor of their own anyway
-    /// (f16 or q8_0 files, derived matrices), whose f32 copy is then freed.
+    /// (f16 files, derived matrices), whose f32 copy is then freed.
     Packed { packed: Packed, layout: OperandLayout },
+    /// A linear layer's q8_0 blocks in the mapped model file: multiplied as they are in `--precision int8`
+    /// ([`GemmWeight::int8`]), widened and packed on the first f32 or bf16 product.
+    Q8_0 { blocks: MappedQ8_0, layout: OperandLayout, packed: OnceLock<Packed> },
 }
 
 impl GemmWeight {
@@ -244,6 +254,15 @@ impl GemmWeight {
                 let (packed, runs) = (OnceLock::new(), AtomicUsize::new(0));
                 Ok(Some(Self::InPlace { data: data.clone(), layout, side, packed, runs }))
             }
+            // A linear layer's Wᵀ (the right factor, q8_0 blocks along its depth) is kept as blocks.
+            Matrix::Q8_0(blocks, _) if matches!((layout, side), (OperandLayout::Transposed { .. }, Side::Right)) => {
+                Ok(Some(Self::Q8_0 { blocks: blocks.clone(), layout, packed: OnceLock::new() }))
+            }
+            Matrix::Q8_0(blocks, _) => {
+                let data = blocks.dequantize();
+                check(&data)?;
+                Ok(Some(Self::Packed { packed: pack(WeightView { data: &data, layout }, side), layout }))
+            }
             Matrix::Tensor(t) if pack_at_build(t) => {
                 let data = f32_vec(t)?;
                 check(&data)?;
@@ -256,7 +275,22 @@ impl GemmWeight {
     /// Rows and columns of the operand.
     pub fn dims(&self) -> (usize, usize) {
         match self {
-            Self::InPlace { layout, .. } | Self::Packed { layout, .. } => layout.dims(),
+            Self::InPlace { layout, .. } | Self::Packed { layout, .. } | Self::Q8_0 { layout, .. } => layout.dims(),
+        }
+    }
+
+    /// The right factor in q8_0 blocks for `--precision int8` (a linear layer's Wᵀ): a q8_0 file's own blocks, or
+    /// the weights quantised by the same rule.
+    pub fn quantized(&self) -> PackedQ8 {
+        let (depth, cols) = self.dims();
+        match self {
+            Self::Q8_0 { blocks, .. } => {
+                let packed = PackedQ8::from_q8_0(blocks.blocks(), depth, cols);
+                blocks.release_pages();
+                // `new` keeps only whole-block linear weights as blocks, which `from_q8_0` takes.
+                packed.expect("a linear layer's q8_0 blocks")
+            }
+            _ => PackedQ8::b(&self.operand(), depth, cols),
         }
     }
 
@@ -264,6 +298,11 @@ impl GemmWeight {
     pub fn operand(&self) -> Operand<'_> {
         match self {
             Self::Packed { packed, .. } => Operand::Packed(packed),
+            Self::Q8_0 { blocks, layout, packed } => Operand::Packed(packed.get_or_init(|| {
+                let packed = pack(WeightView { data: &blocks.dequantize(), layout: *layout }, Side::Right);
+                blocks.release_pages();
+                packed
+            })),
             Self::InPlace { data, layout, side, packed, runs } => {
                 let view = WeightView { data: data.as_slice(), layout: *layout };
                 if let Some(p) = packed.get() {
@@ -406,6 +445,34 @@ mod tests {
         }
         // A codebook lookup past the last entry is an error, not a panic.
         assert!(q_m.decode(&Tensor::new(&[9u32], &dev).unwrap()).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A linear weight stored as q8_0 stays as its blocks (`Matrix::Q8_0`) and multiplies, in f32, exactly as the
+    /// same weight loaded as a tensor (widened at load) does; its quantised form is the file's blocks.
+    #[test]
+    fn q8_0_linear_weights_stay_blocks_and_match_widened_ones() {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1., (40, 64), &dev).unwrap();
+        let path = std::env::temp_dir().join(format!("codec-weight-q8-test-{}.gguf", std::process::id()));
+        let mut w = Writer::new("test", "test");
+        w.tensor("linear.weight", &weight, StorageDtype::Q8_0, false).unwrap();
+        w.write(&path).unwrap();
+        let file = ModelFile::open(&path).unwrap();
+        let widened = file.load_tensor("linear.weight", &dev).unwrap();
+        let tensors = HashMap::from([("linear.weight".to_string(), widened.clone())]);
+        let mapped = Weights::from_file(VarBuilder::from_tensors(tensors, DType::F32, &dev), &file, &[]);
+        let matrix = mapped.matrix((40, 64), "linear.weight").unwrap();
+        assert!(matches!(matrix, Matrix::Q8_0(..)));
+        let x = Tensor::randn(0f32, 1., (9, 64), &dev).unwrap();
+        let from_blocks = Linear::new(matrix.clone(), None).unwrap().forward(&x).unwrap();
+        let from_tensor = Linear::new(widened.clone(), None).unwrap().forward(&x).unwrap();
+        assert_eq!(from_blocks.to_vec2::<f32>().unwrap(), from_tensor.to_vec2::<f32>().unwrap());
+        let layout = OperandLayout::Transposed { rows: 40, cols: 64 };
+        let native = GemmWeight::new(&matrix, layout, Side::Right).unwrap().unwrap().quantized();
+        let requantised = GemmWeight::new(&Matrix::Tensor(widened), layout, Side::Right).unwrap().unwrap().quantized();
+        assert_eq!(format!("{native:?}"), format!("{requantised:?}"));
+        assert!(native == requantised, "the file's blocks and the widened weights quantised again differ");
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -39,24 +39,6 @@ pub fn int8_supported() -> bool {
     })
 }
 
-/// ggml's q8_0 rule for one block of weights: scale `max|x| / 127`, `q = round(x / scale)` (ties away from zero).
-/// Returns the scale; `q` is written.
-fn quantize_block(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> f32 {
-    // Lane-wise maxima (no reordering across the block), so the loop vectorises.
-    let mut lanes = [0f32; 16];
-    for chunk in x.chunks_exact(16) {
-        for (m, v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
-        }
-    }
-    let scale = lanes.iter().fold(0f32, |m, &v| m.max(v)) / 127.0;
-    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    for (q, &v) in q.iter_mut().zip(x) {
-        *q = (v * inv).round() as i8;
-    }
-    scale
-}
-
 /// Four bytes, the first lowest, as one `vpdpbusd` lane.
 #[inline(always)]
 fn word(bytes: &[u8]) -> u32 {
@@ -65,6 +47,7 @@ fn word(bytes: &[u8]) -> u32 {
 
 /// A right factor (`depth × cols`) in q8_0 blocks along the depth, in NR-column panels: per panel and block, QUADS
 /// rows of NR words (four weights each), NR scales and NR offset compensations.
+#[derive(PartialEq)]
 pub struct PackedQ8 {
     depth: usize,
     cols: usize,
@@ -84,6 +67,62 @@ impl PackedQ8 {
     /// Quantises the `depth × cols` operand `b` by ggml's q8_0 rule (the scale rounded to f16, as a q8_0 file
     /// stores it), so weights read from a q8_0 file (`q · scale`, widened) come back as exactly the file's blocks.
     pub fn b(b: &impl PackB, depth: usize, cols: usize) -> Self {
+        Self::build(depth, cols, |panel_cols, q, scales| {
+            // The panel's f32 values, `[k][j]`, zero past the depth; packed one depth block at a time (the
+            // operand's own packed layout is per depth block).
+            let mut values = vec![0f32; q.len()];
+            for pc in (0..depth).step_by(KC) {
+                let kc = KC.min(depth - pc);
+                b.pack_b(pc..pc + kc, panel_cols.clone(), NR, &mut values[pc * NR..(pc + kc) * NR]);
+            }
+            // Column-wise over rows of NR lanes, so the loops vectorise.
+            super::super::wide_simd(|| {
+                for ((values, q), scales) in values.chunks_exact(BLOCK * NR).zip(q.chunks_exact_mut(BLOCK * NR)).zip(scales.chunks_exact_mut(NR)) {
+                    let mut amax = [0f32; NR];
+                    for row in values.chunks_exact(NR) {
+                        for (m, v) in amax.iter_mut().zip(row) {
+                            *m = m.max(v.abs());
+                        }
+                    }
+                    let mut inv = [0f32; NR];
+                    for ((inv, scale), m) in inv.iter_mut().zip(scales.iter_mut()).zip(amax) {
+                        let d = m / 127.0;
+                        *inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                        *scale = half::f16::from_f32(d).to_f32();
+                    }
+                    for (row, q) in values.chunks_exact(NR).zip(q.chunks_exact_mut(NR)) {
+                        for ((q, v), inv) in q.iter_mut().zip(row).zip(inv) {
+                            *q = (v * inv).round() as i8;
+                        }
+                    }
+                }
+            });
+        })
+    }
+
+    /// The right factor `Wᵀ` of a linear layer whose weight `W` (`cols × depth`) a q8_0 file stores: its blocks as
+    /// they are. `None` if `blocks` is not that many q8_0 blocks.
+    pub fn from_q8_0(blocks: &[u8], depth: usize, cols: usize) -> Option<Self> {
+        const BYTES: usize = 2 + BLOCK;
+        let row_bytes = depth.checked_div(BLOCK)?.checked_mul(BYTES)?;
+        if !depth.is_multiple_of(BLOCK) || row_bytes.checked_mul(cols)? != blocks.len() {
+            return None;
+        }
+        Some(Self::build(depth, cols, |panel_cols, q, scales| {
+            for (lane, j) in panel_cols.enumerate() {
+                for (block, bytes) in blocks[j * row_bytes..(j + 1) * row_bytes].chunks_exact(BYTES).enumerate() {
+                    scales[block * NR + lane] = half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+                    for (t, &v) in bytes[2..].iter().enumerate() {
+                        q[(block * BLOCK + t) * NR + lane] = v as i8;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// The packed operand from `fill(panel columns, q, scales)`, which writes each NR-column panel's values `q`
+    /// (`[k][j]`, `⌈depth/32⌉·32` deep, left zero past the depth and the columns) and scales (`[block][j]`).
+    fn build(depth: usize, cols: usize, fill: impl Fn(Range<usize>, &mut [i8], &mut [f32]) + Sync) -> Self {
         let (blocks, panels) = (depth.div_ceil(BLOCK), cols.div_ceil(NR));
         let mut quads = vec![0u32; panels * blocks * QUADS * NR];
         let mut scales = vec![0f32; panels * blocks * NR];
@@ -95,26 +134,21 @@ impl PackedQ8 {
             .zip(compensation.par_chunks_mut(per_panel.1))
             .enumerate()
             .for_each(|(panel, ((quads, scales), compensation))| {
-                // The panel's f32 values, `[k][j]`, zero past the depth; packed one depth block at a time (the
-                // operand's own packed layout is per depth block).
-                let mut values = vec![0f32; blocks * BLOCK * NR];
-                let cols = panel * NR..((panel + 1) * NR).min(cols);
-                for pc in (0..depth).step_by(KC) {
-                    let kc = KC.min(depth - pc);
-                    b.pack_b(pc..pc + kc, cols.clone(), NR, &mut values[pc * NR..(pc + kc) * NR]);
-                }
-                let (mut x, mut q) = ([0f32; BLOCK], [0i8; BLOCK]);
-                for block in 0..blocks {
-                    for j in 0..NR {
-                        for (t, x) in x.iter_mut().enumerate() {
-                            *x = values[(block * BLOCK + t) * NR + j];
+                let mut q = vec![0i8; blocks * BLOCK * NR];
+                fill(panel * NR..((panel + 1) * NR).min(cols), &mut q, scales);
+                // Four rows' bytes into each lane's word; the block's sum for the offset compensation.
+                for ((q, quads), compensation) in
+                    q.chunks_exact(BLOCK * NR).zip(quads.chunks_exact_mut(QUADS * NR)).zip(compensation.chunks_exact_mut(NR))
+                {
+                    for (quad, words) in quads.chunks_exact_mut(NR).enumerate() {
+                        let rows: [&[i8]; 4] = std::array::from_fn(|r| &q[(4 * quad + r) * NR..(4 * quad + r + 1) * NR]);
+                        for (j, w) in words.iter_mut().enumerate() {
+                            *w = word(&rows.map(|row| row[j] as u8));
                         }
-                        let scale = quantize_block(&x, &mut q);
-                        scales[block * NR + j] = half::f16::from_f32(scale).to_f32();
-                        compensation[block * NR + j] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
-                        let bytes = q.map(|v| v as u8);
-                        for quad in 0..QUADS {
-                            quads[(block * QUADS + quad) * NR + j] = word(&bytes[4 * quad..]);
+                    }
+                    for row in q.chunks_exact(NR) {
+                        for (c, &v) in compensation.iter_mut().zip(row) {
+                            *c -= 128 * v as i32;
                         }
                     }
                 }
@@ -315,6 +349,26 @@ mod tests {
         // times the f16 scale's relative rounding (2⁻¹¹).
         let err = w.iter().zip(&widened).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err <= 0.5 / 127.0 * (0.5 + 127.0 / 2048.0), "max quantisation error {err}");
+    }
+
+    /// A q8_0 file's blocks of `W` (ggml's rule, written out here independently) pack exactly as `Wᵀ` quantised.
+    #[test]
+    fn file_blocks_pack_like_quantised_weights() {
+        let (out, depth) = (53, 96);
+        let w = pseudo_random(out * depth, 3);
+        let mut file = Vec::new();
+        for block in w.chunks_exact(BLOCK) {
+            let d = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            file.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            file.extend(block.iter().map(|&v| (v * if d != 0.0 { 1.0 / d } else { 0.0 }).round() as i8 as u8));
+        }
+        let native = PackedQ8::from_q8_0(&file, depth, out).unwrap();
+        let quantised = PackedQ8::b(&Strided::transposed(&w, out, depth).unwrap(), depth, out);
+        assert_eq!(native.quads, quantised.quads);
+        assert_eq!(native.scales, quantised.scales);
+        assert_eq!(native.compensation, quantised.compensation);
+        assert!(PackedQ8::from_q8_0(&file[1..], depth, out).is_none());
+        assert!(PackedQ8::from_q8_0(&file, depth + 1, out).is_none());
     }
 
     /// The int8 product equals an f64 product of the quantised operands, over edge sizes (rows and columns not
