@@ -321,18 +321,9 @@ unsafe fn tiles(a: &QuantizedRows, b: &PackedQ8, rows: Range<usize>, cols: Range
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::pseudo_random;
     use super::super::Strided;
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
 
     /// Weights widened from q8_0 blocks (`q · f16 scale`, as a q8_0 file loads) quantise back to the same blocks.
     #[test]

@@ -816,7 +816,8 @@ unsafe fn macro_kernel<K: MicroKernel>(
 mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    /// Values in [−0.5, 0.5) from a seeded LCG (also the int8 tests' operands).
+    pub(super) fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
