@@ -58,9 +58,9 @@ typedef struct {
     /* Threads of the process's compute pools; 0: the defaults (RAYON_NUM_THREADS if set, else every logical CPU);
        at most 4 per logical CPU (more is clamped). The pools are built once per process, by the first codec_load
        with n_threads > 0 or else by the first encode or decode: a later load asking another count keeps them
-       (and succeeds). Like the CLI's --threads, that first load sets RAYON_NUM_THREADS in the process's
-       environment (candle's kernels size their own pool from it): make it before starting threads that read
-       the environment. Negative: CODEC_ERR_INVALID_ARG. */
+       (and succeeds). Like the CLI's --threads, that first load sets RAYON_NUM_THREADS (and CANDLE_NUM_THREADS=1
+       unless set) in the process's environment (candle's kernels size themselves from them): make it before
+       starting threads that read the environment. Negative: CODEC_ERR_INVALID_ARG. */
     int32_t n_threads;
     codec_device device; /* where the model runs; CODEC_ERR_UNSUPPORTED if this build or machine lacks it */
 } codec_params;

@@ -49,8 +49,7 @@ fn init_threads(py: Python<'_>, threads: Option<i64>) -> PyResult<()> {
     let wanted = threads.map(|n| in_range("threads", n, 1..=MAX_THREADS_PER_CPU * cpus)).transpose()?;
     let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0);
     let n = wanted.or(from_env).unwrap_or_else(|| num_cpus::get_physical().clamp(1, cpus));
-    if rayon::ThreadPoolBuilder::new().num_threads(n).build_global().is_ok() {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    if codec::nn::init_thread_pool(n).is_ok() {
         return Ok(());
     }
     match wanted {

@@ -240,13 +240,11 @@ fn device_kind(device: c_int) -> Outcome<DeviceKind> {
 /// More threads than this per logical CPU only add contention (the CLI clamps `--threads` the same way).
 const MAX_THREADS_PER_CPU: usize = 4;
 
-/// Sizes the process's compute pools to `n_threads`, clamped to [`MAX_THREADS_PER_CPU`] per logical CPU; 0 leaves
-/// the defaults (`RAYON_NUM_THREADS`, else every logical CPU for the library's kernels; candle's element-wise
-/// kernels: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the physical cores). The pools are built once per
-/// process, by the first load that sizes them or else by the first model run: a later count is ignored
-/// (documented in codec.h). The library's kernels run on rayon's global pool, built here; candle builds its own
-/// pools from `RAYON_NUM_THREADS` when it first needs them, so that variable is set, as the CLI's `--threads`
-/// does — once, when this call built the global pool and so before any model ran.
+/// Sizes the process's compute pool to `n_threads`, clamped to [`MAX_THREADS_PER_CPU`] per logical CPU; 0 leaves
+/// the defaults (`RAYON_NUM_THREADS`, else every logical CPU; candle's element-wise kernels: `CANDLE_NUM_THREADS`,
+/// else `RAYON_NUM_THREADS`, else the physical cores). The pool is built once per process, by the first load that
+/// sizes it or else by the first model run: a later count is ignored (documented in codec.h). Built here as the
+/// CLI's `--threads` builds it (`codec::nn::init_thread_pool`) — once, before any model ran.
 fn set_threads(n_threads: i32) -> Outcome<()> {
     let n = usize::try_from(n_threads)
         .map_err(|_| Failure::invalid(format!("params.n_threads must be 0 (all cores) or more, not {n_threads}")))?;
@@ -254,9 +252,7 @@ fn set_threads(n_threads: i32) -> Outcome<()> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let n = n.min(MAX_THREADS_PER_CPU * cpus);
         // Err: the pool exists already, and keeps its size.
-        if rayon::ThreadPoolBuilder::new().num_threads(n).build_global().is_ok() {
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
+        codec_rs::nn::init_thread_pool(n).ok();
     }
     Ok(())
 }

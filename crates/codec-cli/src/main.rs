@@ -621,8 +621,8 @@ fn run(cli: &Cli) -> Result<()> {
         Some(n) => n,
         None => physical_cores(),
     };
-    // One rayon pool for everything (candle's ops and ours) is sized from this variable on first use.
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // One pool for every kernel (see `init_thread_pool`); it cannot exist yet, nothing has run.
+    codec::nn::init_thread_pool(threads).map_err(|e| Error::InvalidArgument(format!("--threads {threads}: {e}")))?;
     let precision = match cli.precision.as_str() {
         "f32" => codec::Precision::F32,
         "bf16" => codec::Precision::Bf16,
