@@ -16,9 +16,12 @@ use crate::{Error, Result};
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceKind {
+    /// The CPU (the default).
     #[default]
     Cpu,
+    /// The first CUDA device (`--features cuda`).
     Cuda,
+    /// The first Metal device (`--features metal`).
     Metal,
     /// CUDA or Metal when this build has them and a device answers, else CPU.
     Auto,
@@ -38,6 +41,7 @@ impl std::str::FromStr for DeviceKind {
 }
 
 impl DeviceKind {
+    /// The candle device this names; an error if this build or machine lacks it (`Auto` falls back to the CPU).
     pub fn device(self) -> Result<Device> {
         let unavailable = |what: &str, e: candle_core::Error| {
             Error::InvalidArgument(format!("device {what} is not available: {e} (build with --features {what}?)"))
@@ -54,12 +58,16 @@ impl DeviceKind {
 /// Codes of one mono clip: `n_q` rows of `n_frames` entries, row-major (codec.cpp's `(n_q, n_frames)` layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Codes {
+    /// Number of codebooks (rows).
     pub n_q: usize,
+    /// Number of code frames (columns).
     pub n_frames: usize,
+    /// The codes, `n_q * n_frames` entries, row `q` at `q * n_frames`.
     pub data: Vec<u32>,
 }
 
 impl Codes {
+    /// Codebook `q`'s codes, one per frame.
     pub fn row(&self, q: usize) -> &[u32] {
         &self.data[q * self.n_frames..(q + 1) * self.n_frames]
     }
@@ -184,24 +192,31 @@ impl Codec {
     pub fn arch(&self) -> &str {
         &self.arch
     }
+    /// Audio samples per second the model takes and gives, in Hz.
     pub fn sample_rate(&self) -> u32 {
         self.model.sample_rate()
     }
+    /// Audio samples per code frame.
     pub fn hop(&self) -> usize {
         self.model.hop()
     }
+    /// Code frames per second (`sample_rate / hop`).
     pub fn frame_rate(&self) -> f64 {
         self.sample_rate() as f64 / self.hop() as f64
     }
+    /// The most codebooks the model has (what `n_q: None` means).
     pub fn max_n_q(&self) -> usize {
         self.model.n_q()
     }
+    /// Entries per codebook: every code is below this.
     pub fn codebook_size(&self) -> usize {
         self.model.codebook_size()
     }
+    /// The device the model's weights live on.
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The loaded architecture, for tensor-level calls (batched `(B, 1, T)` audio, `(B, n_q, F)` codes).
     pub fn model(&self) -> &dyn Model {
         self.model.as_ref()
     }
@@ -515,7 +530,7 @@ impl Codec {
 
     /// Working memory of one piece: [`PIECE_MEMORY`] on the CPU (where bigger pieces only cost cache misses);
     /// on a GPU, whose many cores need long pieces (and batches) to be busy, a quarter of the device memory free
-    /// now ([`GPU_PIECE_MEMORY`] where that cannot be read).
+    /// now (`GPU_PIECE_MEMORY` where that cannot be read).
     pub fn piece_memory(&self) -> u64 {
         match &self.device {
             Device::Cpu => PIECE_MEMORY,

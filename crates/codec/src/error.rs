@@ -3,27 +3,53 @@
 
 use std::path::{Path, PathBuf};
 
+/// Every failure of the library: what failed and where.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file failed at the OS level.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 
     /// A model file (GGUF) is missing pieces, truncated, corrupt or of another architecture.
     #[error("{path}: {msg}")]
-    ModelFile { path: PathBuf, msg: String },
+    ModelFile {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
 
     /// A source checkpoint could not be converted.
     #[error("{path}: cannot convert: {msg}")]
-    Convert { path: PathBuf, msg: String },
+    Convert {
+        /// The checkpoint (file or directory).
+        path: PathBuf,
+        /// Why it cannot be converted.
+        msg: String,
+    },
 
     /// An audio file could not be read or written, or holds no samples.
     #[error("{path}: {msg}")]
-    Audio { path: PathBuf, msg: String },
+    Audio {
+        /// The audio file.
+        path: PathBuf,
+        /// What failed.
+        msg: String,
+    },
 
     /// A codes array has the wrong dtype, shape or values.
     #[error("{path}: {msg}")]
-    Codes { path: PathBuf, msg: String },
+    Codes {
+        /// The file the codes come from or go to.
+        path: PathBuf,
+        /// What is wrong with them.
+        msg: String,
+    },
 
     /// A caller's argument is out of range (n_q, architecture name, device, ...).
     #[error("{0}")]
@@ -39,24 +65,35 @@ pub enum Error {
 
     /// A tensor operation failed inside a model; `context` names the stage.
     #[error("{context}: {source}")]
-    Tensor { context: String, source: candle_core::Error },
+    Tensor {
+        /// The stage or tensor the operation belonged to.
+        context: String,
+        /// candle's error.
+        source: candle_core::Error,
+    },
 }
 
+/// `Result` with the library's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// [`Error::Io`] on `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().to_path_buf(), source }
     }
+    /// [`Error::ModelFile`] on `path`.
     pub fn model_file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::ModelFile { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
+    /// [`Error::Convert`] on `path`.
     pub fn convert(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Convert { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
+    /// [`Error::Audio`] on `path`.
     pub fn audio(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Audio { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
+    /// [`Error::Codes`] on `path`.
     pub fn codes(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Codes { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
@@ -84,6 +121,7 @@ impl From<candle_core::Error> for Error {
 
 /// Adds a stage name to a candle result: `conv.forward(&x).ctx("encoder.layers.3")?`.
 pub trait TensorContext<T> {
+    /// The error, if any, as [`Error::Tensor`] with `context`.
     fn ctx(self, context: impl Into<String>) -> Result<T>;
 }
 

@@ -18,15 +18,25 @@ use crate::{Error, Result};
 /// Metadata keys shared by every architecture. Per-architecture keys live under `codec.<arch>.*` and are named next to
 /// the model that reads them.
 pub mod keys {
+    /// Which architecture the file holds: `mimi`, `dac` or `wavtokenizer` (string).
     pub const ARCHITECTURE: &str = "general.architecture";
+    /// The model's name (string).
     pub const NAME: &str = "general.name";
+    /// Audio sample rate in Hz (u32).
     pub const SAMPLE_RATE: &str = "codec.sample_rate";
+    /// Audio samples per code frame (u32); informational, models derive the hop from their strides.
     pub const HOP_SIZE: &str = "codec.hop_size";
+    /// Number of codebooks the file holds (u32).
     pub const N_Q: &str = "codec.n_q";
+    /// Entries per codebook (u32).
     pub const CODEBOOK_SIZE: &str = "codec.codebook_size";
+    /// Width of one codebook vector (u32).
     pub const CODEBOOK_DIM: &str = "codec.codebook_dim";
+    /// Channels of the latent between the encoder and the quantizer (u32).
     pub const LATENT_DIM: &str = "codec.latent_dim";
+    /// Whether the file holds the encoder's weights (bool).
     pub const HAS_ENCODER: &str = "codec.has_encoder";
+    /// Whether the file holds the decoder's weights (bool).
     pub const HAS_DECODER: &str = "codec.has_decoder";
 }
 
@@ -36,9 +46,12 @@ pub use gguf_file::Value;
 /// use (not the other way round). Biases, norms, codebooks and 1-D tensors always stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StorageDtype {
+    /// 32-bit floats.
     #[default]
     F32,
+    /// 16-bit floats.
     F16,
+    /// ggml's q8_0: blocks of 32 signed bytes and one f16 scale.
     Q8_0,
 }
 
@@ -89,6 +102,7 @@ impl Region {
 pub struct MappedF32(Region);
 
 impl MappedF32 {
+    /// The values, in the tensor's row-major order.
     pub fn as_slice(&self) -> &[f32] {
         bytemuck::cast_slice(self.0.bytes())
     }
@@ -137,7 +151,9 @@ impl std::fmt::Debug for MappedQ8_0 {
 
 /// An opened GGUF model file: metadata and tensor directory read and checked, tensor data still on disk.
 pub struct ModelFile {
+    /// Where the file was opened from (named in errors).
     pub path: PathBuf,
+    /// Size of the file in bytes.
     pub file_size: u64,
     content: gguf_file::Content,
     /// The file mapped on the first [`ModelFile::load_tensor`] or [`ModelFile::mapped_f32`].
@@ -227,6 +243,7 @@ impl ModelFile {
             .map_err(|e| Error::model_file(&self.path, format!("cannot read tensor '{name}': {e}")))
     }
 
+    /// `general.architecture`: which model the file holds.
     pub fn architecture(&self) -> Result<&str> {
         self.string(keys::ARCHITECTURE)
     }
@@ -242,10 +259,12 @@ impl ModelFile {
         Error::model_file(&self.path, format!("metadata key '{key}' is not {want}"))
     }
 
+    /// Whether metadata key `key` is present.
     pub fn has(&self, key: &str) -> bool {
         self.content.metadata.contains_key(key)
     }
 
+    /// A string value; like every getter, an error naming the key and file if it is missing or of another type.
     pub fn string(&self, key: &str) -> Result<&str> {
         match self.value(key)? {
             Value::String(s) => Ok(s),
@@ -253,6 +272,7 @@ impl ModelFile {
         }
     }
 
+    /// An unsigned integer value (u64, u32, or an i32 of at least 0).
     pub fn usize(&self, key: &str) -> Result<usize> {
         let v = self.value(key)?;
         v.to_u64()
@@ -313,6 +333,7 @@ impl ModelFile {
         Ok(v)
     }
 
+    /// A float value, f32 or f64.
     pub fn f64(&self, key: &str) -> Result<f64> {
         match self.value(key)? {
             Value::F32(v) => Ok(*v as f64),
@@ -321,6 +342,7 @@ impl ModelFile {
         }
     }
 
+    /// A bool value.
     pub fn bool(&self, key: &str) -> Result<bool> {
         match self.value(key)? {
             Value::Bool(v) => Ok(*v),
@@ -328,6 +350,7 @@ impl ModelFile {
         }
     }
 
+    /// An array of u32 values.
     pub fn usize_array(&self, key: &str) -> Result<Vec<usize>> {
         let Value::Array(items) = self.value(key)? else { return Err(self.bad_type(key, "an array")) };
         items
@@ -556,6 +579,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer with `general.architecture` and `general.name` set.
     pub fn new(architecture: &str, name: &str) -> Self {
         let mut w = Self::default();
         w.string(keys::ARCHITECTURE, architecture);
@@ -563,18 +587,23 @@ impl Writer {
         w
     }
 
+    /// Adds a string value.
     pub fn string(&mut self, key: &str, v: &str) {
         self.metadata.push((key.into(), Value::String(v.into())));
     }
+    /// Adds an unsigned integer value, stored as u32.
     pub fn u32(&mut self, key: &str, v: usize) {
         self.metadata.push((key.into(), Value::U32(v as u32)));
     }
+    /// Adds a float value, stored as f32.
     pub fn f32(&mut self, key: &str, v: f64) {
         self.metadata.push((key.into(), Value::F32(v as f32)));
     }
+    /// Adds a bool value.
     pub fn bool(&mut self, key: &str, v: bool) {
         self.metadata.push((key.into(), Value::Bool(v)));
     }
+    /// Adds an array of unsigned integers, stored as u32.
     pub fn u32_array(&mut self, key: &str, v: &[usize]) {
         self.metadata.push((key.into(), Value::Array(v.iter().map(|x| Value::U32(*x as u32)).collect())));
     }

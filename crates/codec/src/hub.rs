@@ -57,7 +57,9 @@ const LOCAL_FILE_HINT: &str = "pass a local model file instead (codec convert DI
 /// A hub model id: `owner/name`, optionally pinned with `@revision` (a branch, tag or commit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelId {
+    /// The account or organisation owning the repo.
     pub owner: String,
+    /// The repo's name.
     pub name: String,
     /// `None` means the default branch, `main`.
     pub revision: Option<String>,

@@ -29,6 +29,7 @@ pub struct Audio {
 /// it would make far more samples (a 48 KB WAV claiming 1 Hz asked for 9 GB) or do far more work than its size
 /// suggests.
 pub const MIN_INPUT_RATE: u32 = 1000;
+/// The highest input sample rate accepted, in Hz (see [`MIN_INPUT_RATE`]).
 pub const MAX_INPUT_RATE: u32 = 768_000;
 
 #[cfg(test)]

@@ -20,12 +20,14 @@ use crate::{Error, Result};
 
 pub use crate::gguf::StorageDtype;
 
+/// Options of `convert`; the default detects the architecture and keeps the weights in f32.
 #[derive(Debug, Clone, Default)]
 pub struct ConvertOptions {
     /// `mimi`, …; `None` detects it from the source.
     pub arch: Option<String>,
     /// A `config.json` giving the architecture (overrides one found next to the weights).
     pub config: Option<PathBuf>,
+    /// How the weights are stored (`--dtype`).
     pub dtype: StorageDtype,
     /// `general.name`; default: the source's file or directory name.
     pub name: Option<String>,
