@@ -21,30 +21,46 @@ use crate::nn::snake::Snake;
 use crate::nn::{compact, mask_to, pad_to_multiple, ValidLengths};
 use crate::stream;
 
+/// `general.architecture` of a DAC model file.
 pub const ARCH: &str = "dac";
 
 /// `codec.dac.*` metadata keys (names follow descript's `DAC(...)` arguments).
 pub mod key {
+    /// Channels after the encoder's first conv (u32); each encoder block doubles them.
     pub const ENCODER_DIM: &str = "codec.dac.encoder_dim";
+    /// Stride of each encoder block, in order (u32 array); their product is the hop.
     pub const ENCODER_RATES: &str = "codec.dac.encoder_rates";
+    /// Channels after the decoder's first conv (u32); each decoder block halves them.
     pub const DECODER_DIM: &str = "codec.dac.decoder_dim";
+    /// Upsampling factor of each decoder block, in order (u32 array).
     pub const DECODER_RATES: &str = "codec.dac.decoder_rates";
 }
 
+/// DAC hyper-parameters, as descript's `DAC(...)` arguments; read from and written to GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DacConfig {
+    /// Audio sample rate in Hz.
     pub sample_rate: usize,
+    /// Channels after the encoder's first conv, doubled by each encoder block.
     pub encoder_dim: usize,
+    /// Stride of each encoder block; their product is the hop.
     pub encoder_rates: Vec<usize>,
+    /// Channels of the latent the quantizer codes.
     pub latent_dim: usize,
+    /// Channels after the decoder's first conv, halved by each decoder block.
     pub decoder_dim: usize,
+    /// Upsampling factor of each decoder block (transposed-conv stride).
     pub decoder_rates: Vec<usize>,
+    /// Number of codebooks (RVQ levels).
     pub n_codebooks: usize,
+    /// Entries per codebook.
     pub codebook_size: usize,
+    /// Width of a codebook entry (the latent is projected down to it).
     pub codebook_dim: usize,
 }
 
 impl DacConfig {
+    /// Audio samples per code frame: the product of the encoder rates.
     pub fn hop(&self) -> usize {
         self.encoder_rates.iter().product()
     }
@@ -69,6 +85,7 @@ impl DacConfig {
         Self::read_metadata(f)
     }
 
+    /// Writes this config, with the hop and the both-halves keys, as GGUF metadata.
     pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
         crate::gguf::write_shared_keys(w, self.hop());
         self.write_metadata(w);
@@ -234,6 +251,7 @@ impl Encoder {
         })
     }
 
+    /// Audio (B, 1, T), T a hop multiple (as [`Dac::encode_latent`] pads it) → latent (B, latent_dim, T / hop).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_valid(x, None)
     }
@@ -303,6 +321,7 @@ impl Decoder {
         })
     }
 
+    /// Latent (B, latent_dim, F) → audio (B, 1, ≈ F · hop).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.forward_valid(x, None)?.0)
     }
@@ -429,19 +448,25 @@ impl stream::DecoderStream for DecoderStream {
 /// The whole model. Stages are public so tests can compare each against the reference's intermediates.
 #[derive(Debug, Clone)]
 pub struct Dac {
+    /// Hyper-parameters.
     pub config: DacConfig,
+    /// Audio → latent.
     pub encoder: Encoder,
+    /// Latent ↔ codes (factorised RVQ).
     pub quantizer: FactorizedRvq,
+    /// Latent → audio.
     pub decoder: Decoder,
 }
 
 impl Dac {
+    /// Loads the model a DAC GGUF file describes, only `parts`' weights read (see [`super::Parts`]).
     pub fn load(file: &ModelFile, device: &candle_core::Device, parts: super::Parts) -> crate::Result<Self> {
         let cfg = DacConfig::from_gguf(file)?;
         let vb = super::weights(file, device, parts, (&["encoder."], &["decoder."]));
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid dac model: {e}")))
     }
 
+    /// Builds the model from `config` and weights under the transformers (hub) tensor names.
     pub fn new(config: DacConfig, vb: Weights) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::new(&config, vb.pp("encoder"))?,

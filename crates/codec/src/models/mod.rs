@@ -16,11 +16,13 @@ use crate::stream::{DecoderStream, EncoderStream};
 /// What the runtime needs from an architecture. Tensors are batched: audio (B, 1, T) at `sample_rate()`, codes
 /// (B, n_q, F) u32 with F = ceil(T / hop()). Each model pads its input as its reference does.
 pub trait Model: Send + Sync {
+    /// Audio samples per second, in Hz.
     fn sample_rate(&self) -> u32;
     /// Audio samples per code frame.
     fn hop(&self) -> usize;
     /// Maximum number of codebooks.
     fn n_q(&self) -> usize;
+    /// Entries per codebook.
     fn codebook_size(&self) -> usize;
     /// Audio (B, 1, T) → codes (B, n_q, F), using the first `n_q` codebooks.
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor>;
@@ -40,7 +42,7 @@ pub trait Model: Send + Sync {
         false
     }
     /// Audio (B, 1, T) right-padded with zeros, item b holding `lengths[b]` samples → codes (B, n_q, F), item b's
-    /// first ⌈lengths[b] / hop⌉ frames those of its single run (exactly where [`Model::pads_exactly`], or where all
+    /// first `⌈lengths[b] / hop⌉` frames those of its single run (exactly where [`Model::pads_exactly`], or where all
     /// lengths are equal). As given: `encode` (a causal model's padding reaches no output before it).
     fn encode_padded(&self, pcm: &Tensor, _lengths: &[usize], n_q: usize) -> Result<Tensor> {
         self.encode(pcm, n_q)
@@ -72,7 +74,9 @@ pub trait Model: Send + Sync {
 /// One stage of a model run, as `codec bench` reports it.
 #[derive(Debug, Clone)]
 pub struct StageTime {
+    /// The stage, as `codec bench` prints it.
     pub name: &'static str,
+    /// Wall time the stage took.
     pub time: std::time::Duration,
     /// Floating-point operations of the stage's matrix products (the GEMM counts them; element-wise work excluded).
     pub gemm_flops: u64,
@@ -103,9 +107,12 @@ impl StageTimer {
 /// full-size model's start-up for `codec encode` or `codec decode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Parts {
+    /// Both halves: encoding and decoding.
     #[default]
     All,
+    /// The encoder side (encoder and quantizer): encoding only.
     Encoder,
+    /// The decoder side (quantizer and decoder): decoding only.
     Decoder,
 }
 

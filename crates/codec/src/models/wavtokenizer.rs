@@ -22,39 +22,63 @@ use crate::nn::seanet::{SeanetConfig, SeanetEncoder};
 use crate::nn::vocos::{Backbone, IstftHead, VocosConfig};
 use crate::stream::{self, window};
 
+/// `general.architecture` of a WavTokenizer model file.
 pub const ARCH: &str = "wavtokenizer";
 
 /// `codec.wavtokenizer.*` metadata keys (names follow the reference's YAML where it has them).
 pub mod key {
+    /// Channels after the encoder's first conv (u32).
     pub const N_FILTERS: &str = "codec.wavtokenizer.n_filters";
     /// The reference's `dowmsamples`, in its order (the encoder applies them reversed).
     pub const DOWNSAMPLES: &str = "codec.wavtokenizer.downsamples";
+    /// LSTM layers after the encoder's last stage (u32).
     pub const LSTM_LAYERS: &str = "codec.wavtokenizer.lstm_layers";
+    /// Channels of the Vocos backbone (u32).
     pub const BACKBONE_DIM: &str = "codec.wavtokenizer.backbone_dim";
+    /// Hidden width of a ConvNeXt block's MLP (u32).
     pub const INTERMEDIATE_DIM: &str = "codec.wavtokenizer.intermediate_dim";
+    /// ConvNeXt blocks in the backbone (u32).
     pub const NUM_LAYERS: &str = "codec.wavtokenizer.num_layers";
+    /// Conditioning rows of each AdaLayerNorm (u32).
     pub const ADANORM_NUM_EMBEDDINGS: &str = "codec.wavtokenizer.adanorm_num_embeddings";
+    /// The AdaLayerNorm row decoding uses (u32).
     pub const BANDWIDTH_ID: &str = "codec.wavtokenizer.bandwidth_id";
+    /// ISTFT frame length in samples (u32).
     pub const N_FFT: &str = "codec.wavtokenizer.n_fft";
+    /// ISTFT hop in samples, equal to the encoder's (u32).
     pub const ISTFT_HOP: &str = "codec.wavtokenizer.istft_hop_length";
 }
 
+/// WavTokenizer hyper-parameters; read from and written to GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WavTokenizerConfig {
+    /// Audio sample rate in Hz.
     pub sample_rate: usize,
+    /// Channels after the SEANet encoder's first conv, doubled by each stage.
     pub n_filters: usize,
+    /// Downsampling factor per encoder stage, in the reference's order (applied reversed); the product is the hop.
     pub downsamples: Vec<usize>,
+    /// LSTM layers (with skip) after the encoder's last stage.
     pub lstm_layers: usize,
     /// Latent width: encoder output, codebook dim, backbone input.
     pub dimension: usize,
+    /// Entries in the codebook.
     pub codebook_size: usize,
+    /// Number of codebooks (1 for the released models).
     pub n_q: usize,
+    /// Channels of the Vocos backbone.
     pub backbone_dim: usize,
+    /// Hidden width of a ConvNeXt block's MLP.
     pub intermediate_dim: usize,
+    /// ConvNeXt blocks in the backbone.
     pub num_layers: usize,
+    /// Conditioning rows of each AdaLayerNorm (one per bandwidth the model was trained for).
     pub adanorm_num_embeddings: usize,
+    /// The AdaLayerNorm row decoding uses (below `adanorm_num_embeddings`).
     pub bandwidth_id: usize,
+    /// ISTFT frame length in samples (a multiple of `istft_hop`).
     pub n_fft: usize,
+    /// ISTFT hop in samples; must equal the encoder's hop.
     pub istft_hop: usize,
 }
 
@@ -76,6 +100,7 @@ metadata_fields!(WavTokenizerConfig {
 });
 
 impl WavTokenizerConfig {
+    /// Audio samples per code frame: the product of the downsampling factors.
     pub fn hop(&self) -> usize {
         self.downsamples.iter().product()
     }
@@ -119,6 +144,7 @@ impl WavTokenizerConfig {
         Ok(cfg)
     }
 
+    /// Writes this config, with the hop, the codebook width and the both-halves keys, as GGUF metadata.
     pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
         crate::gguf::write_shared_keys(w, self.hop());
         // The shared codebook width is the latent's (WavTokenizer's VQ works at the latent width).
@@ -163,20 +189,27 @@ impl WavTokenizerConfig {
 /// The whole model. Stages are public so tests can compare each against the reference's intermediates.
 #[derive(Debug, Clone)]
 pub struct WavTokenizer {
+    /// Hyper-parameters.
     pub config: WavTokenizerConfig,
+    /// SEANet encoder (EnCodec's, with LSTM): audio → latent.
     pub encoder: SeanetEncoder,
+    /// Latent ↔ codes: nearest entry of the codebook, no projections.
     pub quantizer: ResidualVq,
+    /// Vocos backbone: latent → features.
     pub backbone: Backbone,
+    /// ISTFT head: features → audio.
     pub head: IstftHead,
 }
 
 impl WavTokenizer {
+    /// Loads the model a WavTokenizer GGUF file describes, only `parts`' weights read (see [`super::Parts`]).
     pub fn load(file: &ModelFile, device: &candle_core::Device, parts: super::Parts) -> crate::Result<Self> {
         let cfg = WavTokenizerConfig::from_gguf(file)?;
         let vb = super::weights(file, device, parts, (&["encoder."], &["backbone.", "head."]));
         Self::new(cfg, vb).map_err(|e| crate::Error::model_file(&file.path, format!("invalid wavtokenizer model: {e}")))
     }
 
+    /// Builds the model from `config` and weights; an error if the ISTFT hop differs from the encoder's.
     pub fn new(config: WavTokenizerConfig, vb: Weights) -> Result<Self> {
         if config.istft_hop != config.hop() {
             candle_core::bail!("ISTFT hop {} differs from the encoder hop {}", config.istft_hop, config.hop());
