@@ -13,12 +13,16 @@ use super::{compact, f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights
 /// How the border of a padded signal is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PadMode {
+    /// Zeros.
     Constant,
+    /// Copies of the edge sample.
     Replicate,
+    /// The signal mirrored at its edge, the edge sample not repeated (torch's `reflect`).
     Reflect,
 }
 
 impl PadMode {
+    /// `constant` (or `zeros`), `replicate` or `reflect`, as the references' configs spell them; `None` otherwise.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "constant" | "zeros" => Some(Self::Constant),
@@ -60,22 +64,35 @@ pub enum Padding {
     /// Split around the centre (the extra sample on the left), plus what completes the last window (EnCodec).
     Centered,
     /// torch's `padding=p` on both sides; transposed: trims `p` on the left and `p − output_padding` on the right.
-    Torch { padding: usize, output_padding: usize },
+    Torch {
+        /// Samples of padding on each side (transposed: of trim).
+        padding: usize,
+        /// Transposed only: trims this many samples fewer on the right (torch's `output_padding`).
+        output_padding: usize,
+    },
 }
 
 /// Hyper-parameters of one convolution.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvConfig {
+    /// Taps of the kernel.
     pub kernel_size: usize,
+    /// Step between output windows, in input samples (transposed: output samples per input sample).
     pub stride: usize,
+    /// Spacing of the kernel taps, in samples.
     pub dilation: usize,
+    /// Channel groups: 1 is a dense conv, the channel count a depthwise one.
     pub groups: usize,
+    /// Whether the layer has a bias (`bias` tensor).
     pub bias: bool,
+    /// Where the padding goes (transposed: the trim).
     pub padding: Padding,
+    /// How padded samples are filled.
     pub pad_mode: PadMode,
 }
 
 impl ConvConfig {
+    /// A dense conv, stride 1, dilation 1, with bias.
     pub fn new(kernel_size: usize, padding: Padding, pad_mode: PadMode) -> Self {
         Self { kernel_size, stride: 1, dilation: 1, groups: 1, bias: true, padding, pad_mode }
     }
@@ -83,15 +100,19 @@ impl ConvConfig {
     pub fn torch(kernel_size: usize, padding: usize) -> Self {
         Self::new(kernel_size, Padding::Torch { padding, output_padding: 0 }, PadMode::Constant)
     }
+    /// With stride `stride`.
     pub fn stride(self, stride: usize) -> Self {
         Self { stride, ..self }
     }
+    /// With dilation `dilation`.
     pub fn dilation(self, dilation: usize) -> Self {
         Self { dilation, ..self }
     }
+    /// With `groups` channel groups.
     pub fn groups(self, groups: usize) -> Self {
         Self { groups, ..self }
     }
+    /// With or without a bias.
     pub fn bias(self, bias: bool) -> Self {
         Self { bias, ..self }
     }
@@ -115,6 +136,8 @@ pub struct Conv1d {
 type DepthwiseWeights = (Vec<f32>, Option<Vec<f32>>);
 
 impl Conv1d {
+    /// A conv from `c_in` to `c_out` channels, `weight` (and `bias`) under `vb`; dense ones packed for the CPU
+    /// kernels.
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: Weights) -> Result<Self> {
         let dims = (c_out, c_in / cfg.groups, cfg.kernel_size);
         let weight = vb.matrix(dims, "weight")?;
@@ -373,6 +396,8 @@ pub struct ConvTranspose1d {
 }
 
 impl ConvTranspose1d {
+    /// A transposed conv from `c_in` to `c_out` channels, `weight` (and `bias`) under `vb`. Grouped ones must be
+    /// depthwise with a kernel a multiple of the stride (else an error).
     pub fn new(c_in: usize, c_out: usize, cfg: ConvConfig, vb: Weights) -> Result<Self> {
         let dims = (c_in, c_out / cfg.groups, cfg.kernel_size);
         let weight = vb.matrix(dims, "weight")?;

@@ -84,6 +84,7 @@ pub struct LstmState {
     layers: Vec<LayerState>,
 }
 
+/// A stacked unidirectional LSTM whose layers keep the width, run with the input added (EnCodec's `SLSTM`).
 #[derive(Debug, Clone)]
 pub struct Lstm {
     layers: Vec<LstmLayer>,

@@ -17,14 +17,17 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// A LayerNorm over `dim` channels with epsilon `eps`.
     pub fn new(dim: usize, eps: f64, vb: Weights) -> Result<Self> {
         Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
+    /// (…, dim) → (…, dim), normalised over the last dim.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
+/// LayerNorm of `x` over its last dim, then `· weight + bias` (`[dim]` each); one fused op for f32 on the CPU.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         return x.contiguous()?.apply_op3_no_bwd(weight, bias, &LayerNormOp(eps as f32));

@@ -25,6 +25,7 @@ pub struct EuclideanCodebook {
 }
 
 impl EuclideanCodebook {
+    /// A codebook of `bins` entries of width `dim`, read from `embed`.
     pub fn new(bins: usize, dim: usize, vb: Weights) -> Result<Self> {
         let embed = vb.matrix((bins, dim), "embed")?;
         Ok(Self { dots: Linear::exact(embed.clone(), None)?, embed, embed_sq: OnceLock::new() })
@@ -83,6 +84,7 @@ impl ResidualVq {
         Ok(Self { input_proj, output_proj, layers })
     }
 
+    /// Number of codebooks.
     pub fn n_q(&self) -> usize {
         self.layers.len()
     }
@@ -184,6 +186,8 @@ pub struct FactorizedRvq {
 }
 
 impl FactorizedRvq {
+    /// `n_q` layers (tensors under `quantizers.{i}`) of `bins` entries of width `dim`, quantising a latent of
+    /// `latent` channels.
     pub fn new(n_q: usize, latent: usize, dim: usize, bins: usize, vb: Weights) -> Result<Self> {
         let layers = (0..n_q)
             .map(|i| FactorizedCodebook::new(latent, dim, bins, vb.pp(format!("quantizers.{i}"))))
@@ -220,6 +224,7 @@ impl FactorizedRvq {
         sum.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()
     }
 
+    /// Number of codebooks.
     pub fn n_q(&self) -> usize {
         self.layers.len()
     }

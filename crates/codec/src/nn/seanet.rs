@@ -12,21 +12,32 @@ use super::activation::elu;
 use super::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use super::lstm::Lstm;
 
+/// Hyper-parameters of a SEANet encoder/decoder pair (moshi's / EnCodec's `SEANetEncoder` arguments).
 #[derive(Debug, Clone)]
 pub struct SeanetConfig {
+    /// Audio channels.
     pub channels: usize,
     /// Latent dimension at the bottleneck.
     pub dimension: usize,
+    /// Channels after the encoder's first conv, doubled by each encoder stage.
     pub n_filters: usize,
     /// Decoder upsampling ratios; the encoder applies them reversed.
     pub ratios: Vec<usize>,
+    /// Kernel of the first conv.
     pub kernel_size: usize,
+    /// Kernel of the first conv in each residual block.
     pub residual_kernel_size: usize,
+    /// Kernel of the last conv.
     pub last_kernel_size: usize,
+    /// Residual block j of a stage has dilation `dilation_base^j`.
     pub dilation_base: usize,
+    /// Residual blocks per stage.
     pub n_residual_layers: usize,
+    /// A residual block's hidden channels are its channels divided by this.
     pub compress: usize,
+    /// Convs pad on the left only (causal) rather than around the centre.
     pub causal: bool,
+    /// How convs fill their padding.
     pub pad_mode: PadMode,
     /// Identity skip in residual blocks (Mimi); otherwise a 1x1 conv shortcut (EnCodec).
     pub true_skip: bool,
@@ -180,6 +191,7 @@ pub struct SeanetPart<'a> {
 }
 
 impl SeanetPart<'_> {
+    /// The layers' forward pass, (B, C, T) → (B, C', T').
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         run(self.layers, x)
     }
@@ -215,6 +227,7 @@ pub struct SeanetEncoder {
 }
 
 impl SeanetEncoder {
+    /// The encoder `cfg` describes, layer `i`'s tensors under `{i}.` in `vb`.
     pub fn new(cfg: &SeanetConfig, vb: Weights) -> Result<Self> {
         let mut s = Stack { layers: vec![], vb };
         let mut mult = 1;
@@ -235,6 +248,7 @@ impl SeanetEncoder {
         Ok(Self { layers: s.layers })
     }
 
+    /// Audio (B, channels, T) → latent (B, dimension, T / prod(ratios)).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         run(&self.layers, x)
     }
@@ -260,6 +274,7 @@ pub struct SeanetDecoder {
 }
 
 impl SeanetDecoder {
+    /// The decoder `cfg` describes, layer `i`'s tensors under `{i}.` in `vb`.
     pub fn new(cfg: &SeanetConfig, vb: Weights) -> Result<Self> {
         let mut s = Stack { layers: vec![], vb };
         let mut mult = 1 << cfg.ratios.len();
@@ -276,6 +291,7 @@ impl SeanetDecoder {
         Ok(Self { layers: s.layers })
     }
 
+    /// Latent (B, dimension, F) → audio (B, channels, F * prod(ratios)).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         run(&self.layers, x)
     }

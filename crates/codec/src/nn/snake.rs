@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 
+/// Snake activation with one learnt α per channel (tensor `alpha`).
 #[derive(Debug, Clone)]
 pub struct Snake {
     /// α as `[C]`.
@@ -19,6 +20,7 @@ pub struct Snake {
 }
 
 impl Snake {
+    /// Snake over `channels` channels.
     pub fn new(channels: usize, vb: Weights) -> Result<Self> {
         let alpha = vb.get(channels, "alpha")?;
         let inv_alpha = (&alpha + 1e-9)?.recip()?;

@@ -14,16 +14,24 @@ use super::linear::Linear;
 use super::norm::LayerNorm;
 use super::{compact, f32_slice};
 
+/// Hyper-parameters of a [`Transformer`].
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
+    /// Width of the residual stream (the channels C of its (B, C, T) input).
     pub d_model: usize,
+    /// Attention heads per layer.
     pub num_heads: usize,
+    /// Width of one attention head.
     pub head_dim: usize,
+    /// Number of layers.
     pub num_layers: usize,
+    /// Hidden width of the MLP.
     pub ffn_dim: usize,
     /// A query sees itself and the `context - 1` steps before it.
     pub context: usize,
+    /// RoPE base period.
     pub rope_theta: f64,
+    /// LayerNorm epsilon.
     pub norm_eps: f64,
 }
 
@@ -242,6 +250,7 @@ impl Layer {
     }
 }
 
+/// A stack of pre-norm transformer layers over (B, C, T), with causal sliding-window attention.
 #[derive(Debug, Clone)]
 pub struct Transformer {
     layers: Vec<Layer>,
@@ -249,6 +258,7 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// The layers `cfg` describes, layer `i`'s tensors under `layers.{i}.` in `vb`.
     pub fn new(cfg: &TransformerConfig, vb: Weights) -> Result<Self> {
         let layers =
             (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;

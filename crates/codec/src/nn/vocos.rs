@@ -18,16 +18,24 @@ use super::linear::Linear;
 use super::norm::{layer_norm, LayerNorm};
 use super::sum_all;
 
+/// Vocos hyper-parameters (see `WavTokenizerConfig` for how WavTokenizer's metadata fills them).
 #[derive(Debug, Clone)]
 pub struct VocosConfig {
+    /// Channels of the latent the backbone takes.
     pub input_channels: usize,
+    /// Channels of the backbone.
     pub dim: usize,
+    /// Hidden width of a ConvNeXt block's MLP.
     pub intermediate_dim: usize,
+    /// ConvNeXt blocks.
     pub num_layers: usize,
+    /// Conditioning rows of each AdaLayerNorm.
     pub adanorm_num_embeddings: usize,
     /// Which AdaLayerNorm row to use (WavTokenizer decodes with 0).
     pub bandwidth_id: usize,
+    /// ISTFT frame length in samples (a multiple of `hop_length`, `n_fft - hop_length` even).
     pub n_fft: usize,
+    /// ISTFT hop in samples: audio samples per frame.
     pub hop_length: usize,
 }
 
@@ -182,6 +190,7 @@ pub struct Backbone {
 }
 
 impl Backbone {
+    /// The backbone from `embed.*`, `pos_net.*`, `norm.*`, `convnext.{i}.*` and `final_layer_norm.*` under `vb`.
     pub fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let d = cfg.dim;
         let pos = vb.pp("pos_net");
@@ -203,6 +212,7 @@ impl Backbone {
         })
     }
 
+    /// Latent (B, input_channels, F) → features (B, F, dim).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.embed.forward(x)?;
         let x = self.pos_resnets[0].forward(&x)?;
@@ -231,6 +241,8 @@ pub struct IstftHead {
 }
 
 impl IstftHead {
+    /// The head from `out.*` and the converter's `istft.*` tables under `vb`; an error unless `n_fft` is a multiple
+    /// of the hop and `n_fft - hop` is even.
     pub fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let (n, hop) = (cfg.n_fft, cfg.hop_length);
         if n % hop != 0 || (n - hop) % 2 != 0 {
@@ -265,6 +277,7 @@ impl IstftHead {
         }))
     }
 
+    /// Features (B, F, dim) → audio (B, 1, F · hop).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (log_mag, phase) = self.spectrum(x)?;
         let mag = log_mag.exp()?.clamp(f64::NEG_INFINITY, 1e2)?;
