@@ -10,13 +10,16 @@ use candle_core::{Device, Tensor};
 use codec::nn::gemm::{gemm, gemm_int8, Epilogue, Output, Packed, PackedQ8, Strided};
 
 /// (what, M, N, K): convs are M = C_out, K = C_in · kernel, N = output samples (10 s of audio, one chunk of them
-/// for the long SEANet rows); linear layers are M = frames, K = d_in, N = d_out.
+/// for the long SEANet rows); linear layers are M = frames, K = d_in, N = d_out (a stream's step: the 2 frames of
+/// an 80 ms push).
 pub const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("mimi seanet res k3 64->32", 32, 60000, 192),
     ("mimi seanet k1 32->64", 64, 60000, 32),
     ("mimi down 64->128 k8/4", 128, 60000, 512),
     ("mimi down 256->512 k12/6", 512, 2000, 3072),
     ("mimi down 512->1024 k16/8", 1024, 250, 8192),
+    ("mimi stream step qkv", 2, 1536, 512),
+    ("mimi stream step fc2", 2, 512, 2048),
     ("mimi transformer qkv/o", 250, 512, 512),
     ("mimi transformer fc1", 250, 2048, 512),
     ("mimi transformer fc2", 250, 512, 2048),
