@@ -9,6 +9,7 @@ use super::gemm::{gemm, gemm_int8, precision, Epilogue, Output, PackedQ8, Precis
 use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
 use super::{f32_slice, f32_vec, gemm_form, kept};
 
+/// A linear layer (`nn.Linear`): weight (out, in), optional bias (out).
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// (out, in); `None` when the CPU kernel has it (`packed`).

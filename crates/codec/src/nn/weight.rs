@@ -44,6 +44,7 @@ impl<'a> Weights<'a> {
         Self { vb: self.vb.pp(prefix), file: self.file }
     }
 
+    /// The device the tensors are loaded onto.
     pub fn device(&self) -> &Device {
         self.vb.device()
     }
@@ -79,8 +80,11 @@ impl<'a> Weights<'a> {
 /// A weight matrix as loaded: f32 values or q8_0 blocks in the mapped model file, or a tensor.
 #[derive(Debug, Clone)]
 pub enum Matrix {
+    /// f32 values read in place from the mapped file, with the matrix's shape.
     Mapped(MappedF32, Shape),
+    /// q8_0 blocks in place in the mapped file, with the matrix's shape.
     Q8_0(MappedQ8_0, Shape),
+    /// A tensor of its own (other dtypes, other devices, derived matrices).
     Tensor(Tensor),
 }
 

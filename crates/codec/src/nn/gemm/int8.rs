@@ -156,6 +156,7 @@ impl PackedQ8 {
         Self { depth, cols, blocks, quads, scales, compensation }
     }
 
+    /// (depth, columns) of the operand.
     pub fn dims(&self) -> (usize, usize) {
         (self.depth, self.cols)
     }

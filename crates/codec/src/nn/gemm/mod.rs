@@ -43,6 +43,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 18;
 /// `A[rows.start + panel·mr + i, ks.start + p]`, zero past the last row. Packers run inside worker threads and must
 /// not use rayon themselves.
 pub trait PackA: Sync {
+    /// Writes rows `rows` × depths `ks` into `dst` as MR-tall panels (the layout above).
     fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]);
     /// The block already in panel layout, if this operand was packed ahead of time.
     fn packed_a(&self, _rows: Range<usize>, _ks: Range<usize>, _mr: usize) -> Option<&[f32]> {
@@ -57,6 +58,7 @@ pub trait PackA: Sync {
 /// An operand that writes its `ks × cols` block into NR-wide panels: `dst[panel·(kc·nr) + p·nr + j]` =
 /// `B[ks.start + p, cols.start + panel·nr + j]`, zero past the last column.
 pub trait PackB: Sync {
+    /// Writes depths `ks` × columns `cols` into `dst` as NR-wide panels (the layout above).
     fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]);
     /// The block already in panel layout, if this operand was packed ahead of time.
     fn packed_b(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[f32]> {
@@ -201,9 +203,11 @@ impl Packed {
         ok.then(|| &self.data[start..start + range.len().div_ceil(self.panel) * self.panel * ks.len()])
     }
 
+    /// Rows (packed as A) or columns (packed as B) it covers.
     pub fn rows(&self) -> usize {
         self.len
     }
+    /// Its depth: the product's `k`.
     pub fn depth(&self) -> usize {
         self.depth
     }
@@ -416,6 +420,7 @@ impl<'a> Output<'a> {
         let last = last_index(rows, cols, rs, cs)?;
         (last.is_none_or(|l| l < data.len())).then_some(Self { data, rows, cols, rs, cs })
     }
+    /// Row-major `rows × cols`; `None` if `data` is smaller.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Option<Self> {
         Self::new(data, (rows, cols), cols, 1)
     }
@@ -456,8 +461,11 @@ pub(crate) struct Store {
 /// The instruction set the kernels use, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512F: the 8 × 48 kernel (and bf16 / int8 where the CPU has them).
     Avx512,
+    /// AVX2 + FMA: the 6 × 16 kernel.
     Avx2,
+    /// Portable code (also forced by `CODEC_GEMM_GENERIC=1`).
     Generic,
 }
 
@@ -467,8 +475,11 @@ pub enum Isa {
 /// modes' codes and audio differ slightly from the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
+    /// Exact f32 products (the default; reproduces the references).
     F32,
+    /// bf16 operands, f32 accumulation.
     Bf16,
+    /// Linear layers in int8 q8_0 blocks, the rest as [`Precision::Bf16`].
     Int8,
 }
 
@@ -479,6 +490,7 @@ static REQUESTED: AtomicU8 = AtomicU8::new(Precision::F32 as u8);
 /// GFLOP/s per stage.
 static FLOPS: AtomicU64 = AtomicU64::new(0);
 
+/// Floating-point operations done by this process's GEMMs so far.
 pub fn flops_done() -> u64 {
     FLOPS.load(Ordering::Relaxed)
 }
@@ -526,6 +538,7 @@ pub fn tile_shape() -> (usize, usize) {
     }
 }
 
+/// The instruction set the f32 kernels use on this CPU, detected once.
 pub fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
