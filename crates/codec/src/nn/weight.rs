@@ -2,7 +2,7 @@
 //!
 //! A model is built from [`Weights`]: tensors by name, from a model file or any candle `VarBuilder`. Layers that
 //! multiply by a matrix take it with [`Weights::matrix`]: when the file stores it as f32, that is the file's own bytes
-//! in the memory map, not a copy. Such a [`GemmWeight`] is read in place by the GEMM's packing on its first run and
+//! in the memory map, not a copy. Such a `GemmWeight` is read in place by the GEMM's packing on its first run and
 //! packed into the kernel's panel layout on its second. So a one-shot `codec encode` allocates and writes nothing for
 //! its weights (copying them and faulting in fresh pages for the copies was most of the start-up), while a server,
 //! a benchmark or a stream that runs the layer again gets packed weights from then on.

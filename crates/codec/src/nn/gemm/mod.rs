@@ -49,7 +49,7 @@ pub trait PackA: Sync {
     fn packed_a(&self, _rows: Range<usize>, _ks: Range<usize>, _mr: usize) -> Option<&[f32]> {
         None
     }
-    /// The same as bf16 pairs (see [`to_bf16_pairs`]), if packed ahead of time.
+    /// The same as bf16 pairs (see `to_bf16_pairs`), if packed ahead of time.
     fn packed_a_pairs(&self, _rows: Range<usize>, _ks: Range<usize>, _mr: usize) -> Option<&[u32]> {
         None
     }
@@ -64,7 +64,7 @@ pub trait PackB: Sync {
     fn packed_b(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[f32]> {
         None
     }
-    /// The same as bf16 pairs (see [`to_bf16_pairs`]), if packed ahead of time.
+    /// The same as bf16 pairs (see `to_bf16_pairs`), if packed ahead of time.
     fn packed_b_pairs(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[u32]> {
         None
     }
