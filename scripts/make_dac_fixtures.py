@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -50,9 +49,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import nn
+
+from fixture_common import (add_common_args, best_of, cos, fixture_command, load_input_wav, maxdiff, np_codes,
+                            np_f32, output_root, parse_variants, print_files, print_root_total, stat, summary_dirs,
+                            synth_signal, t3, tensor_std, write_input, write_json)
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated.*")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -129,52 +131,7 @@ def build_dac(kw: dict) -> dac.model.DAC:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# signals
-
-
-def synth_signal(n: int, sr: int, seed: int, noise: float = 0.02) -> np.ndarray:
-    """A deterministic mix of a log chirp, a vibrato harmonic tone with a syllable-like envelope, a second tone,
-    noise bursts and a little white noise, peak-normalised to 0.5 (the same recipe as the Mimi fixtures)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n, dtype=np.float64) / sr
-    dur = n / sr
-    f0, f1 = rng.uniform(80, 200), rng.uniform(2000, min(6000, 0.4 * sr))
-    k = math.log(f1 / f0) / dur
-    chirp = np.sin(2 * math.pi * f0 * (np.exp(k * t) - 1) / k)
-    fh = rng.uniform(110, 260)
-    vib = 1 + 0.03 * np.sin(2 * math.pi * rng.uniform(4, 7) * t)
-    phase = 2 * math.pi * np.cumsum(fh * vib) / sr
-    harm = sum(np.sin(h * phase + rng.uniform(0, 2 * math.pi)) / h for h in range(1, 9))
-    env = 0.5 * (1 + np.sin(2 * math.pi * rng.uniform(2.5, 5) * t + rng.uniform(0, 6.28))) ** 2
-    tone2 = np.sin(2 * math.pi * rng.uniform(500, 1500) * t) * (t > dur * rng.uniform(0.2, 0.5))
-    bursts = rng.standard_normal(n) * (np.sin(2 * math.pi * rng.uniform(0.7, 1.5) * t + rng.uniform(0, 6.28)) > 0.8)
-    x = 0.35 * chirp + 0.45 * harm * env + 0.2 * tone2 + 0.25 * bursts + noise * rng.standard_normal(n)
-    x = 0.5 * x / np.max(np.abs(x))
-    return x.astype(np.float32)
-
-
-def load_input_wav(path: str, sr_out: int, n: int) -> np.ndarray:
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
-    x = data.mean(axis=1)
-    if sr != sr_out:
-        from scipy.signal import resample_poly
-        g = math.gcd(sr_out, sr)
-        x = resample_poly(x, sr_out // g, sr // g)
-    x = np.asarray(x, dtype=np.float32)
-    x = x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def t3(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(1, 1, -1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # making the random weights honest
-
-
-def _std(x: torch.Tensor) -> float:
-    return float(x.double().std())
 
 
 def is_conv(m) -> bool:
@@ -209,7 +166,7 @@ def lsuv_walk(mod, h: torch.Tensor, name: str, rep: list, targets: dict, means: 
     means = means or {}
     if is_conv(mod):
         y = mod(h)
-        before = _std(y)
+        before = tensor_std(y)
         s = targets.get(name, 1.0) / max(before, 1e-12)
         with torch.no_grad():
             mod.weight_g.mul_(s)
@@ -225,7 +182,7 @@ def lsuv_walk(mod, h: torch.Tensor, name: str, rep: list, targets: dict, means: 
         s1, c1, s2, c2 = mod.block
         y = lsuv_walk(c1, s1(h), f"{name}.block.1", rep, targets, means)
         t = dict(targets)
-        t[f"{name}.block.3"] = BRANCH * _std(h)
+        t[f"{name}.block.3"] = BRANCH * tensor_std(h)
         y = lsuv_walk(c2, s2(y), f"{name}.block.3", rep, t, means)
         pad = (h.shape[-1] - y.shape[-1]) // 2
         if pad > 0:
@@ -269,7 +226,7 @@ def calibrate_quantizer(model: dac.model.DAC, z_cal: torch.Tensor, protect: list
         K, d = vq.codebook.weight.shape
         with torch.no_grad():
             ze = vq.in_proj(res)
-            s = 1.0 / max(_std(ze), 1e-12)
+            s = 1.0 / max(tensor_std(ze), 1e-12)
             vq.in_proj.weight_g.mul_(s)
             vq.in_proj.bias.mul_(s)
             ze = vq.in_proj(res)
@@ -461,33 +418,6 @@ def descript_stages(model: dac.model.DAC, x: np.ndarray, n_q_partial: int) -> di
     return st
 
 
-def np_f32(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().squeeze(0).cpu().numpy().astype(np.float32))
-
-
-def np_codes(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().squeeze(0).cpu().numpy().astype(np.int64))
-
-
-def cos(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    n = min(len(a), len(b))
-    a, b = a[:n], b[:n]
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def maxdiff(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    return float(np.abs(a - b).max())
-
-
-def stat(a) -> str:
-    a = np.asarray(a, dtype=np.float64)
-    return f"std {a.std():.4g} absmax {np.abs(a).max():.4g} mean {a.mean():+.3g}"
-
-
 def stage_stats(model: dac.model.DAC, xp: torch.Tensor, zq: torch.Tensor) -> dict[str, float]:
     """Output std after each top-level encoder / decoder stage."""
     out = {}
@@ -495,11 +425,11 @@ def stage_stats(model: dac.model.DAC, xp: torch.Tensor, zq: torch.Tensor) -> dic
         h = xp
         for i, m in enumerate(model.encoder.block):
             h = m(h)
-            out[f"encoder.block.{i}"] = _std(h)
+            out[f"encoder.block.{i}"] = tensor_std(h)
         h = zq
         for i, m in enumerate(model.decoder.model):
             h = m(h)
-            out[f"decoder.model.{i}"] = _std(h)
+            out[f"decoder.model.{i}"] = tensor_std(h)
     return out
 
 
@@ -507,17 +437,10 @@ def bench(model: dac.model.DAC, x: np.ndarray, threads: int, reps: int = 3) -> t
     torch.set_num_threads(threads)
     xt = t3(x)
     sr = model.sample_rate
-    te, td = [], []
     with torch.no_grad():
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            codes = model.encode(model.preprocess(xt, sr))[1]
-            te.append(time.perf_counter() - t0)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model.decode(model.quantizer.from_codes(codes)[0])
-            td.append(time.perf_counter() - t0)
-    return min(te), min(td)
+        te, codes = best_of(reps, lambda: model.encode(model.preprocess(xt, sr))[1])
+        td, _ = best_of(reps, lambda: model.decode(model.quantizer.from_codes(codes)[0]))
+    return te, td
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -526,7 +449,6 @@ def bench(model: dac.model.DAC, x: np.ndarray, threads: int, reps: int = 3) -> t
 
 def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | None, threads: int,
              command: str) -> dict:
-    from scipy.io import wavfile
     from transformers import DacConfig, DacModel
 
     t_start = time.time()
@@ -628,9 +550,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
           f"(padded: {tuple(hcodes.shape[1:])})")
 
     # ---- write
-    wavfile.write(str(out / "input.wav"), sr, x)  # scipy: byte-reproducible float WAV (no PEAK timestamp)
-    assert np.array_equal(sf.read(str(out / "input.wav"), dtype="float32")[0], x)
-    np.save(out / "input.npy", x)
+    write_input(out, sr, x)
     np.save(out / "codes.npy", c)
     np.save(out / "decoded.npy", dec)
     np.save(out / f"codes_nq{N_Q_PARTIAL}.npy", np_codes(st["codes_p"]))
@@ -684,9 +604,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
         print(line)
         summary["bench"] = {"threads": threads, "encode_s": te, "decode_s": td, "audio_s": dur,
                             "load_average": os.getloadavg()}
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    write_json(out / "summary.json", summary)
     with open(out / "README.md", "w") as f:
         f.write(VARIANT_README.format(
             variant=variant, mode="full size" if full else "reduced config", command=command, seed=seed,
@@ -696,14 +614,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
             hmax=summary["decoded_max_abs_diff_transformers"]))
     for p in ("original/weights.pth", "hub/model.safetensors"):
         os.chmod(out / p, 0o644)
-    total = 0
-    print(f"  files in {out}:")
-    for p in sorted(out.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"    {p.relative_to(out)!s:28s} {p.stat().st_size:>10d}")
-    print(f"    total {total / 1e6:.2f} MB; {time.time() - t_start:.1f} s")
-    summary["_total_bytes"] = total
+    summary["_total_bytes"] = print_files(out, t_start)
     return summary
 
 
@@ -841,13 +752,10 @@ def write_top_readme(root: Path, summaries: list[dict], seed: int, command: str)
 
 def bench_only(out: Path, threads: int) -> int:
     torch.set_grad_enabled(False)
-    dirs = [out] if (out / "summary.json").exists() else sorted(p.parent for p in out.glob("*/summary.json"))
-    if not dirs:
-        print(f"error: no summary.json in {out} or its subdirectories", file=sys.stderr)
+    found = summary_dirs(out)
+    if found is None:
         return 1
-    for d in dirs:
-        with open(d / "summary.json") as f:
-            summary = json.load(f)
+    for d, summary in found:
         model = dac.DAC.load(str(d / "original" / "weights.pth"))
         model.eval()
         x = np.load(d / "input.npy")
@@ -866,15 +774,12 @@ def bench_only(out: Path, threads: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="output root (default tests/fixtures/dac; full size: required)")
-    ap.add_argument("--variants", default=None,
-                    help="comma-separated subset of 44khz,24khz,16khz (default: all reduced; 44khz full size)")
-    ap.add_argument("--full-size", action="store_true", help="the real architecture (write OUTSIDE the repo)")
-    ap.add_argument("--input", help="full-size mode: input audio (any rate/channels; resampled, 10 s)")
-    ap.add_argument("--bench-only", action="store_true",
-                    help="only time descript encode/decode on OUT (a variant dir or a root of variant dirs)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (generation and bench)")
+    add_common_args(
+        ap, out_default=None, out_help="output root (default tests/fixtures/dac; full size: required)",
+        variants_help="comma-separated subset of 44khz,24khz,16khz (default: all reduced; 44khz full size)",
+        full_help="the real architecture (write OUTSIDE the repo)",
+        input_help="full-size mode: input audio (any rate/channels; resampled, 10 s)",
+        bench_only_help="only time descript encode/decode on OUT (a variant dir or a root of variant dirs)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -883,38 +788,20 @@ def main() -> int:
             ap.error("--bench-only needs --out DIR")
         return bench_only(Path(args.out), args.threads)
     full = args.full_size
-    if full and (args.input is None or args.out is None):
-        ap.error("--full-size needs --input (a ~10 s speech WAV) and --out (outside the repo)")
-    root = Path(args.out or "tests/fixtures/dac")
-    repo = Path(__file__).resolve().parents[1]
-    if full and Path(os.path.abspath(root)).as_posix().startswith(repo.as_posix()):
-        print("warning: full-size fixtures are large (~0.6 GB per variant); keep them out of the repo",
-              file=sys.stderr)
-    variants = (args.variants.split(",") if args.variants else (["44khz"] if full else list(VARIANTS)))
-    for v in variants:
-        if v not in VARIANTS:
-            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    root = output_root(ap, args, "tests/fixtures/dac", "WAV", " (~0.6 GB per variant)")
+    variants = parse_variants(ap, args.variants, ["44khz"] if full else list(VARIANTS), VARIANTS)
 
     torch.set_grad_enabled(False)
     torch.use_deterministic_algorithms(True)
     np.random.seed(args.seed)
 
-    cmd = "python scripts/make_dac_fixtures.py" + (f" --seed {args.seed}" if args.seed else "")
-    if full:
-        cmd += f" --full-size --input {args.input} --out {args.out}"
-    elif args.out is not None and args.out != "tests/fixtures/dac":
-        cmd += f" --out {args.out}"
-    if args.variants:
-        cmd += f" --variants {args.variants}"
-    if args.threads != 2:
-        cmd += f" --threads {args.threads}"
+    cmd = fixture_command("make_dac_fixtures.py", args, "tests/fixtures/dac", variants_threads=True)
 
     t0 = time.time()
     summaries = [generate(v, root / v, args.seed, full, args.input, args.threads, cmd) for v in variants]
     if not full:
         write_top_readme(root, summaries, args.seed, cmd)
-    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    print(f"all variants: total {total / 1e6:.2f} MB under {root}; {time.time() - t0:.1f} s")
+    print_root_total(root, t0)
     return 0
 
 

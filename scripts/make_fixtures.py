@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -51,6 +50,9 @@ from moshi.models.compression import MimiModel
 from moshi.modules import SEANetDecoder, SEANetEncoder, transformer as moshi_transformer
 from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d, pad_for_conv1d
 from moshi.quantization import SplitResidualVectorQuantizer
+
+from fixture_common import (add_common_args, best_of, cos, fixture_command, load_input_wav, np_codes, np_f32,
+                            print_files, stat, synth_signal, t3, tensor_std, warn_if_in_repo, write_input, write_json)
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
@@ -178,52 +180,14 @@ def build_moshi(mc: dict, num_codebooks: int) -> MimiModel:
 # signals
 
 
-def synth_signal(n: int, seed: int, noise: float = 0.02) -> np.ndarray:
-    """A deterministic mix of a log chirp, a vibrato harmonic tone with a syllable-like envelope, a second tone,
-    noise bursts and a little white noise, peak-normalised to 0.5."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
-    dur = n / SAMPLE_RATE
-    f0, f1 = rng.uniform(80, 200), rng.uniform(2000, 6000)
-    k = math.log(f1 / f0) / dur
-    chirp = np.sin(2 * math.pi * f0 * (np.exp(k * t) - 1) / k)
-    fh = rng.uniform(110, 260)
-    vib = 1 + 0.03 * np.sin(2 * math.pi * rng.uniform(4, 7) * t)
-    phase = 2 * math.pi * np.cumsum(fh * vib) / SAMPLE_RATE
-    harm = sum(np.sin(h * phase + rng.uniform(0, 2 * math.pi)) / h for h in range(1, 9))
-    env = 0.5 * (1 + np.sin(2 * math.pi * rng.uniform(2.5, 5) * t + rng.uniform(0, 6.28))) ** 2
-    tone2 = np.sin(2 * math.pi * rng.uniform(500, 1500) * t) * (t > dur * rng.uniform(0.2, 0.5))
-    bursts = rng.standard_normal(n) * (np.sin(2 * math.pi * rng.uniform(0.7, 1.5) * t) > 0.8)
-    x = 0.35 * chirp + 0.45 * harm * env + 0.2 * tone2 + 0.25 * bursts + noise * rng.standard_normal(n)
-    x = 0.5 * x / np.max(np.abs(x))
-    return x.astype(np.float32)
-
-
-def load_input_wav(path: str, n: int) -> np.ndarray:
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
-    x = data.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        from scipy.signal import resample_poly
-        g = math.gcd(SAMPLE_RATE, sr)
-        x = resample_poly(x, SAMPLE_RATE // g, sr // g)
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) >= n:
-        x = x[:n]
-    else:
-        x = np.pad(x, (0, n - len(x)))
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def t3(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(1, 1, -1)
+def signal(n: int, seed: int) -> np.ndarray:
+    """The shared synthetic test signal at 24 kHz, in its first recipe (no random phase on the noise bursts' gate):
+    the committed Mimi fixtures were made with it."""
+    return synth_signal(n, SAMPLE_RATE, seed, burst_phase=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # making the random weights honest
-
-
-def _std(x: torch.Tensor) -> float:
-    return float(x.float().std())
 
 
 def perturb(model: MimiModel, g: torch.Generator) -> None:
@@ -282,7 +246,7 @@ def lsuv(convs, run, targets) -> list[tuple[str, float, float]]:
         with torch.no_grad():
             run()
         h.remove()
-        before = _std(captured["y"])
+        before = tensor_std(captured["y"], torch.float32)
         scale = target / max(before, 1e-12)
         inner = conv.conv.conv if isinstance(conv, StreamingConv1d) else (
             conv.convtr.convtr if isinstance(conv, StreamingConvTranspose1d) else conv)
@@ -534,42 +498,14 @@ def moshi_stages(model: MimiModel, x: np.ndarray) -> dict[str, torch.Tensor]:
     return st
 
 
-def np_f32(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().squeeze(0).cpu().numpy().astype(np.float32))
-
-
-def np_codes(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().squeeze(0).cpu().numpy().astype(np.int64))
-
-
-def cos(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    n = min(len(a), len(b))
-    a, b = a[:n], b[:n]
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def stat(a) -> str:
-    a = np.asarray(a, dtype=np.float64)
-    return f"std {a.std():.4g} absmax {np.abs(a).max():.4g} mean {a.mean():+.3g}"
-
-
 def bench(model: MimiModel, x: np.ndarray, threads: int, reps: int = 3) -> tuple[float, float]:
     torch.set_num_threads(threads)
     xt = t3(x)
     with torch.no_grad():
-        codes = model.encode(xt)
-        te, td = [], []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            codes = model.encode(xt)
-            te.append(time.perf_counter() - t0)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model.decode(codes)
-            td.append(time.perf_counter() - t0)
-    return min(te), min(td)
+        model.encode(xt)  # warm-up
+        te, codes = best_of(reps, lambda: model.encode(xt))
+        td, _ = best_of(reps, lambda: model.decode(codes))
+    return te, td
 
 
 README = """# Mimi reference fixtures ({mode})
@@ -608,16 +544,9 @@ a relative distance margin >= 2e-3), so an f32 port must reproduce the codes exa
 
 
 def bench_hf(hf, x: np.ndarray, n_q: int, reps: int = 3) -> tuple[float, float]:
-    te, td = [], []
-    for _ in range(reps):
-        t1 = time.perf_counter()
-        hc = hf.encode(t3(x), num_quantizers=n_q).audio_codes
-        te.append(time.perf_counter() - t1)
-    for _ in range(reps):
-        t1 = time.perf_counter()
-        hf.decode(hc)
-        td.append(time.perf_counter() - t1)
-    return min(te), min(td)
+    te, hc = best_of(reps, lambda: hf.encode(t3(x), num_quantizers=n_q).audio_codes)
+    td, _ = best_of(reps, lambda: hf.decode(hc))
+    return te, td
 
 
 def bench_only(out: Path, threads: int) -> int:
@@ -647,14 +576,13 @@ def bench_only(out: Path, threads: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="tests/fixtures/mimi")
-    ap.add_argument("--full-size", action="store_true", help="the real kyutai/mimi architecture (write OUTSIDE the repo)")
-    ap.add_argument("--input", help="full-size mode: input audio (any rate/channels; resampled, trimmed to 10 s)")
-    ap.add_argument("--bench", action="store_true", help="time moshi encode/decode (best of 3)")
-    ap.add_argument("--bench-only", action="store_true",
-                    help="only time moshi (and transformers) on OUT/original/model.safetensors and OUT/input.npy")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for --bench")
+    add_common_args(
+        ap, out_default="tests/fixtures/mimi", out_help=None,
+        full_help="the real kyutai/mimi architecture (write OUTSIDE the repo)",
+        input_help="full-size mode: input audio (any rate/channels; resampled, trimmed to 10 s)",
+        bench_help="time moshi encode/decode (best of 3)",
+        bench_only_help="only time moshi (and transformers) on OUT/original/model.safetensors and OUT/input.npy",
+        threads_help="torch threads for --bench")
     ap.add_argument("--n-filters", type=int, default=4,
                     help="reduced mode: SEANet base width (8 makes the fixture dir ~6 MB instead of ~3.7 MB)")
     args = ap.parse_args()
@@ -665,8 +593,8 @@ def main() -> int:
         return bench_only(out, args.threads)
     if full and args.input is None:
         ap.error("--full-size needs --input (a ~10 s speech WAV)")
-    if full and Path(os.path.abspath(out)).as_posix().startswith(Path(__file__).resolve().parents[1].as_posix()):
-        print("warning: full-size fixtures are large; keep them out of the repo", file=sys.stderr)
+    if full:
+        warn_if_in_repo(out)
     (out / "original").mkdir(parents=True, exist_ok=True)
     (out / "hub").mkdir(parents=True, exist_ok=True)
 
@@ -683,13 +611,13 @@ def main() -> int:
 
     # inputs
     if full:
-        x = load_input_wav(args.input, 10 * SAMPLE_RATE)
+        x = load_input_wav(args.input, SAMPLE_RATE, 10 * SAMPLE_RATE)
         x_odd = x[: 9 * SAMPLE_RATE + 1000].copy()  # 217000 samples: not a multiple of 1920
-        cal = np.concatenate([synth_signal(10 * SAMPLE_RATE, args.seed + 1000), x])
+        cal = np.concatenate([signal(10 * SAMPLE_RATE, args.seed + 1000), x])
     else:
-        x = synth_signal(48000, args.seed)
-        x_odd = synth_signal(45000, args.seed + 7)
-        cal = np.concatenate([synth_signal(30 * SAMPLE_RATE, args.seed + 1000), x])
+        x = signal(48000, args.seed)
+        x_odd = signal(45000, args.seed + 7)
+        cal = np.concatenate([signal(30 * SAMPLE_RATE, args.seed + 1000), x])
     assert len(x) % FRAME_SIZE == 0 and len(x_odd) % FRAME_SIZE != 0
 
     print(f"building {'full-size' if full else 'reduced'} Mimi, seed {args.seed}")
@@ -699,9 +627,7 @@ def main() -> int:
     osd = original_state_dict(model)
     save_file(osd, str(out / "original" / "model.safetensors"))
     hub_cfg = hub_config_dict(mc)
-    with open(out / "original" / "config.json", "w") as f:
-        json.dump(hub_cfg, f, indent=2)
-        f.write("\n")
+    write_json(out / "original" / "config.json", hub_cfg, indent=2)
     model = build_moshi(mc, n_q)
     missing, unexpected = model.load_state_dict(load_file(str(out / "original" / "model.safetensors")), strict=False)
     # moshi's load hook maps in_proj_weight -> in_projs.0.weight but leaves the source key behind
@@ -793,12 +719,7 @@ def main() -> int:
         print(f"  odd input: shapes differ: moshi {tuple(co.shape)}, transformers {tuple(hcodes_odd.shape)}")
 
     # ---- write everything
-    # scipy writes a byte-reproducible IEEE-float WAV (fmt 18 bytes + fact + data); libsndfile adds a PEAK chunk with a
-    # timestamp, which would change the committed file on every run.
-    from scipy.io import wavfile
-    wavfile.write(str(out / "input.wav"), SAMPLE_RATE, x)
-    assert np.array_equal(sf.read(str(out / "input.wav"), dtype="float32")[0], x)
-    np.save(out / "input.npy", x)
+    write_input(out, SAMPLE_RATE, x)
     np.save(out / "codes.npy", c)
     np.save(out / "decoded.npy", np_f32(st["decoded"]).reshape(-1))
     np.save(out / f"codes_nq{n_q_partial}.npy", np_codes(codes_p))
@@ -834,15 +755,9 @@ def main() -> int:
         print(f"load average: {os.getloadavg()}")
         summary["bench"] = {"threads": args.threads, "moshi_encode_s": te, "moshi_decode_s": td,
                             "transformers_encode_s": hte, "transformers_decode_s": htd}
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    write_json(out / "summary.json", summary)
     s_, t_ = mc["seanet"], mc["transformer"]
-    cmd = "python scripts/make_fixtures.py" + (f" --seed {args.seed}" if args.seed else "")
-    if full:
-        cmd += f" --full-size --input {args.input} --out {args.out}"
-    elif args.out != "tests/fixtures/mimi":
-        cmd += f" --out {args.out}"
+    cmd = fixture_command("make_fixtures.py", args, "tests/fixtures/mimi")
     if not full and args.n_filters != 4:
         cmd += f" --n-filters {args.n_filters}"
     with open(out / "README.md", "w") as f:
@@ -855,13 +770,7 @@ def main() -> int:
 
     for p in ("original/model.safetensors", "hub/model.safetensors"):
         os.chmod(out / p, 0o644)  # safetensors creates files 0600
-    total = 0
-    print(f"files in {out}:")
-    for p in sorted(out.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(out)!s:32s} {p.stat().st_size:>10d}")
-    print(f"  total {total / 1e6:.2f} MB; {time.time() - t0:.1f} s")
+    print_files(out, t0, indent="", width=32)
     return 0
 
 

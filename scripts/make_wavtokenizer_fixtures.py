@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import hashlib
 import json
 import math
@@ -66,10 +65,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import soundfile as sf
 import torch
 import yaml
 from torch import nn
+
+from fixture_common import (add_common_args, best_of, cos, fixture_command, load_input_wav, maxdiff, np_f32,
+                            output_root, parse_variants, print_files, print_root_total, stat, summary_dirs,
+                            synth_signal, tensor_std, write_input, write_json)
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated.*")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -286,39 +288,6 @@ def check_config(cfg_path: Path, variant: str, s: dict, full: bool) -> dict:
 # signals
 
 
-def synth_signal(n: int, sr: int, seed: int, noise: float = 0.02) -> np.ndarray:
-    """A deterministic mix of a log chirp, a vibrato harmonic tone with a syllable-like envelope, a second tone,
-    noise bursts and a little white noise, peak-normalised to 0.5 (the same recipe as the Mimi / DAC fixtures)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n, dtype=np.float64) / sr
-    dur = n / sr
-    f0, f1 = rng.uniform(80, 200), rng.uniform(2000, min(6000, 0.4 * sr))
-    k = math.log(f1 / f0) / dur
-    chirp = np.sin(2 * math.pi * f0 * (np.exp(k * t) - 1) / k)
-    fh = rng.uniform(110, 260)
-    vib = 1 + 0.03 * np.sin(2 * math.pi * rng.uniform(4, 7) * t)
-    phase = 2 * math.pi * np.cumsum(fh * vib) / sr
-    harm = sum(np.sin(h * phase + rng.uniform(0, 2 * math.pi)) / h for h in range(1, 9))
-    env = 0.5 * (1 + np.sin(2 * math.pi * rng.uniform(2.5, 5) * t + rng.uniform(0, 6.28))) ** 2
-    tone2 = np.sin(2 * math.pi * rng.uniform(500, 1500) * t) * (t > dur * rng.uniform(0.2, 0.5))
-    bursts = rng.standard_normal(n) * (np.sin(2 * math.pi * rng.uniform(0.7, 1.5) * t + rng.uniform(0, 6.28)) > 0.8)
-    x = 0.35 * chirp + 0.45 * harm * env + 0.2 * tone2 + 0.25 * bursts + noise * rng.standard_normal(n)
-    x = 0.5 * x / np.max(np.abs(x))
-    return x.astype(np.float32)
-
-
-def load_input_wav(path: str, sr_out: int, n: int) -> np.ndarray:
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
-    x = data.mean(axis=1)
-    if sr != sr_out:
-        from scipy.signal import resample_poly
-        g = math.gcd(sr_out, sr)
-        x = resample_poly(x, sr_out // g, sr // g)
-    x = np.asarray(x, dtype=np.float32)
-    x = x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def t2(x: np.ndarray) -> torch.Tensor:
     """[T] -> [1, T] (what WavTokenizer.encode_infer takes; it adds the channel dim itself)."""
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(1, -1)
@@ -326,10 +295,6 @@ def t2(x: np.ndarray) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # making the random weights honest
-
-
-def _std(x: torch.Tensor) -> float:
-    return float(x.double().std())
 
 
 def swish(x):
@@ -400,7 +365,7 @@ def lsuv(mod: nn.Module, inner: nn.Module, h, target: float, name: str, rep: lis
     y = mod(h)
     b = inner.bias
     y0 = y - (b if isinstance(inner, nn.Linear) else b[None, :, None])
-    before = _std(y0)
+    before = tensor_std(y0)
     s = target / max(before, 1e-12)
     if hasattr(inner, "weight_g"):
         inner.weight_g.mul_(s)
@@ -429,15 +394,15 @@ def honest_encoder(model, hz: Honest, cal: torch.Tensor, rep: list) -> tuple[tor
             sc = lsuv(m.shortcut, m.shortcut.conv.conv, h, 1.0, n + ".shortcut", rep)
             b = m.block  # ELU, SConv1d k3 (dim -> dim/2), ELU, SConv1d k1 (dim/2 -> dim)
             y = lsuv(nn.Sequential(b[0], b[1]), b[1].conv.conv, h, 1.0, n + ".block.1", rep)
-            y = lsuv(nn.Sequential(b[2], b[3]), b[3].conv.conv, y, BRANCH * _std(sc), n + ".block.3", rep)
+            y = lsuv(nn.Sequential(b[2], b[3]), b[3].conv.conv, y, BRANCH * tensor_std(sc), n + ".block.3", rep)
             h2 = sc + y
-            assert torch.allclose(m(h), h2, atol=1e-5 * max(1.0, _std(h2)))
+            assert torch.allclose(m(h), h2, atol=1e-5 * max(1.0, tensor_std(h2)))
             h = h2
         else:
             h = m(h)
-        stage[n] = _std(h)
+        stage[n] = tensor_std(h)
     z = enc(cal)
-    assert torch.allclose(z, h, rtol=1e-4, atol=1e-4 * _std(z)), "LSUV walk does not replay the encoder"
+    assert torch.allclose(z, h, rtol=1e-4, atol=1e-4 * tensor_std(z)), "LSUV walk does not replay the encoder"
     return z, stage
 
 
@@ -505,7 +470,7 @@ def honest_backbone_head(model, hz: Honest, feats: torch.Tensor, bw: torch.Tenso
             hz.adaln(m)
     stage = {}
     h = lsuv(bb.embed, bb.embed, feats, 1.0, "backbone.embed", rep)
-    stage["backbone.embed"] = _std(h)
+    stage["backbone.embed"] = tensor_std(h)
     attn_stats = {}
     for i, blk in enumerate(bb.pos_net):
         n = f"backbone.pos_net.{i}"
@@ -513,9 +478,9 @@ def honest_backbone_head(model, hz: Honest, feats: torch.Tensor, bw: torch.Tenso
             f1 = nn.Sequential(blk.norm1, nn.SiLU(), blk.conv1)
             t = lsuv(f1, blk.conv1, h, 1.0, n + ".conv1", rep)
             f2 = nn.Sequential(blk.norm2, nn.SiLU(), blk.conv2)  # dropout: identity in eval
-            t = lsuv(f2, blk.conv2, t, BRANCH * _std(h), n + ".conv2", rep)
+            t = lsuv(f2, blk.conv2, t, BRANCH * tensor_std(h), n + ".conv2", rep)
             h2 = h + t
-            assert torch.allclose(blk(h), h2, atol=1e-5 * max(1.0, _std(h2)))
+            assert torch.allclose(blk(h), h2, atol=1e-5 * max(1.0, tensor_std(h2)))
             h = h2
         elif isinstance(blk, R.AttnBlock):
             hn = blk.norm(h)
@@ -525,36 +490,36 @@ def honest_backbone_head(model, hz: Honest, feats: torch.Tensor, bw: torch.Tenso
             c = h.shape[1]
             for _ in range(3):  # attention logits std -> 2 (peaked but not one-hot)
                 w = torch.bmm(blk.q(hn).permute(0, 2, 1), blk.k(hn)) * c ** -0.5
-                s = math.sqrt(2.0 / _std(w))
+                s = math.sqrt(2.0 / tensor_std(w))
                 scale_out(blk.q, s)
                 scale_out(blk.k, s)
             w = torch.softmax(torch.bmm(blk.q(hn).permute(0, 2, 1), blk.k(hn)) * c ** -0.5, dim=2)
-            attn_stats = {"logit_std": _std(torch.bmm(blk.q(hn).permute(0, 2, 1), blk.k(hn)) * c ** -0.5),
+            attn_stats = {"logit_std": tensor_std(torch.bmm(blk.q(hn).permute(0, 2, 1), blk.k(hn)) * c ** -0.5),
                           "mean_max_weight": float(w.max(dim=2).values.mean()),
                           "uniform_weight": 1.0 / w.shape[-1]}
             t = blk(h) - h  # proj_out(attention)
-            s = BRANCH * _std(h) / _std(t)
-            rep.append((n + ".proj_out", _std(t)))
+            s = BRANCH * tensor_std(h) / tensor_std(t)
+            rep.append((n + ".proj_out", tensor_std(t)))
             scale_out(blk.proj_out, s)
             h = blk(h)
         else:  # final GroupNorm
             h = blk(h)
-        stage[n] = _std(h)
+        stage[n] = tensor_std(h)
     x = bb.norm(h.transpose(1, 2), cond_embedding_id=bw).transpose(1, 2)
-    stage["backbone.norm"] = _std(x)
+    stage["backbone.norm"] = tensor_std(x)
     for i, blk in enumerate(bb.convnext):
         n = f"backbone.convnext.{i}"
         t = lsuv(blk.dwconv, blk.dwconv, x, 1.0, n + ".dwconv", rep).transpose(1, 2)
         t = blk.norm(t, bw)
         t = lsuv(blk.pwconv1, blk.pwconv1, t, 1.0, n + ".pwconv1", rep)
         t = lsuv(blk.pwconv2, blk.pwconv2, blk.act(t), 1.0, n + ".pwconv2", rep)
-        blk.gamma.copy_(hz.unif(0.3, 0.8, *blk.gamma.shape) * _std(x))
+        blk.gamma.copy_(hz.unif(0.3, 0.8, *blk.gamma.shape) * tensor_std(x))
         x2 = x + (blk.gamma * t).transpose(1, 2)
-        assert torch.allclose(blk(x, cond_embedding_id=bw), x2, atol=1e-5 * max(1.0, _std(x2)))
+        assert torch.allclose(blk(x, cond_embedding_id=bw), x2, atol=1e-5 * max(1.0, tensor_std(x2)))
         x = x2
-        stage[n] = _std(x)
+        stage[n] = tensor_std(x)
     y = bb.final_layer_norm(x.transpose(1, 2))  # [1, N, dim]
-    stage["backbone.final_layer_norm"] = _std(y)
+    stage["backbone.final_layer_norm"] = tensor_std(y)
     assert torch.allclose(bb(feats, bandwidth_id=bw), y, atol=1e-4)
 
     # ---- head: linear dim -> n_fft + 2 = [log-magnitude (n_fft/2+1) | phase (n_fft/2+1)]
@@ -562,7 +527,7 @@ def honest_backbone_head(model, hz: Honest, feats: torch.Tensor, bw: torch.Tenso
     K = lin.out_features // 2
     W, b = lin.weight, lin.bias
     o = y @ W.T  # [1, N, 2K] without bias
-    sm, sp = _std(o[..., :K]), _std(o[..., K:])
+    sm, sp = tensor_std(o[..., :K]), tensor_std(o[..., K:])
     W[:K] *= 1.0 / sm       # log-magnitude logits: std 1 around the bias
     W[K:] *= 2.5 / sp       # phase logits: std 2.5 rad around the bias
     tilt = -MAG_TILT * torch.arange(K, dtype=torch.float32) / (K - 1)
@@ -570,10 +535,10 @@ def honest_backbone_head(model, hz: Honest, feats: torch.Tensor, bw: torch.Tenso
     b[K:] = hz.unif(-math.pi, math.pi, K)
     for _ in range(6):  # shift the log-magnitudes so the decoded audio has std TARGET_AUDIO_STD
         a = hd(y)
-        b[:K] += math.log(TARGET_AUDIO_STD / _std(a))
+        b[:K] += math.log(TARGET_AUDIO_STD / tensor_std(a))
     mag = torch.exp(y @ W[:K].T + b[:K])
     head = {"clipped_fraction_calibration": float((mag > 100).double().mean()),
-            "decoded_std_calibration": _std(hd(y)), "mag_tilt": MAG_TILT}
+            "decoded_std_calibration": tensor_std(hd(y)), "mag_tilt": MAG_TILT}
     return {"stage_std": stage, "attention": attn_stats, "head": head}
 
 
@@ -713,40 +678,14 @@ def istft_same_np(mag: np.ndarray, phase: np.ndarray, n_fft: int, hop: int, wind
     return y[pad:-pad] / env[pad:-pad]
 
 
-def np_f32(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().squeeze(0).cpu().numpy().astype(np.float32))
-
-
-def cos(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def maxdiff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
-
-
-def stat(a) -> str:
-    a = np.asarray(a, dtype=np.float64)
-    return f"std {a.std():.4g} absmax {np.abs(a).max():.4g} mean {a.mean():+.3g}"
-
-
 def bench(model, x: np.ndarray, threads: int, reps: int = 3) -> tuple[float, float]:
     torch.set_num_threads(threads)
     bw = torch.tensor([BANDWIDTH_ID])
     wav = t2(x)
-    te, td = [], []
     with torch.inference_mode():
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            _, codes = model.encode_infer(wav, bandwidth_id=bw)
-            te.append(time.perf_counter() - t0)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model.decode(model.codes_to_features(codes), bandwidth_id=bw)
-            td.append(time.perf_counter() - t0)
-    return min(te), min(td)
+        te, (_, codes) = best_of(reps, lambda: model.encode_infer(wav, bandwidth_id=bw))
+        td, _ = best_of(reps, lambda: model.decode(model.codes_to_features(codes), bandwidth_id=bw))
+    return te, td
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -755,8 +694,6 @@ def bench(model, x: np.ndarray, threads: int, reps: int = 3) -> tuple[float, flo
 
 def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | None, threads: int, command: str,
              src: str, ref_info: dict) -> dict:
-    from scipy.io import wavfile
-
     t_start = time.time()
     v = VARIANTS[variant]
     s = sizes(full)
@@ -844,9 +781,7 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
     assert distinct >= min(8, F // 3), "codes hardly vary"
 
     # ---- write
-    wavfile.write(str(out / "input.wav"), SAMPLE_RATE, x)  # scipy: byte-reproducible float WAV
-    assert np.array_equal(sf.read(str(out / "input.wav"), dtype="float32")[0], x)
-    np.save(out / "input.npy", x)
+    write_input(out, SAMPLE_RATE, x)
     np.save(out / "codes.npy", c)
     np.save(out / "decoded.npy", dec)
     np.save(out / "encoder_out.npy", enc)
@@ -904,23 +839,14 @@ def generate(variant: str, out: Path, seed: int, full: bool, input_wav: str | No
         print(bench_line(variant, "full-size", threads, dur, te, td))
         summary["bench"] = {"threads": threads, "encode_s": te, "decode_s": td, "audio_s": dur,
                             "load_average": os.getloadavg()}
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    write_json(out / "summary.json", summary)
     with open(out / "README.md", "w") as f:
         f.write(VARIANT_README.format(
             variant=variant, mode="full size" if full else "reduced config", command=command, seed=seed,
             vseed=vseed, dows=v["dowmsamples"], strides=list(reversed(v["dowmsamples"])), hop=hop, n_fft=n_fft,
             sizes=json.dumps(s), T=len(x), F=F, Td=len(dec), distinct=distinct, bins=s["vq_bins"],
             gap=float(rel.min()), agap=float(absg.min()), clipped=clipped, dstd=float(dec.std())))
-    total = 0
-    print(f"  files in {out}:")
-    for p in sorted(out.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"    {p.relative_to(out)!s:28s} {p.stat().st_size:>10d}")
-    print(f"    total {total / 1e6:.2f} MB; {time.time() - t_start:.1f} s")
-    summary["_total_bytes"] = total
+    summary["_total_bytes"] = print_files(out, t_start)
     return summary
 
 
@@ -1187,13 +1113,10 @@ def write_top_readme(root: Path, summaries: list[dict], seed: int, command: str,
 
 def bench_only(out: Path, threads: int) -> int:
     torch.set_grad_enabled(False)
-    dirs = [out] if (out / "summary.json").exists() else sorted(p.parent for p in out.glob("*/summary.json"))
-    if not dirs:
-        print(f"error: no summary.json in {out} or its subdirectories", file=sys.stderr)
+    found = summary_dirs(out)
+    if found is None:
         return 1
-    for d in dirs:
-        with open(d / "summary.json") as f:
-            summary = json.load(f)
+    for d, summary in found:
         model = load_reference(d / "original" / "config.yaml", d / "original" / "model.ckpt")
         x = np.load(d / "input.npy")
         with torch.inference_mode():
@@ -1209,14 +1132,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wavtokenizer-src", default=os.environ.get("WAVTOKENIZER_SRC"),
                     help="path of a github.com/jishengpeng/WavTokenizer checkout (or env WAVTOKENIZER_SRC)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="output root (default tests/fixtures/wavtokenizer; full size: required)")
-    ap.add_argument("--variants", default=None, help="comma-separated subset of frame75,frame40 (default: both)")
-    ap.add_argument("--full-size", action="store_true", help="the real configs (write OUTSIDE the repo)")
-    ap.add_argument("--input", help="full-size mode: input audio (any rate/channels; resampled to 24 kHz, 10 s)")
-    ap.add_argument("--bench-only", action="store_true",
-                    help="only time the reference encode/decode on OUT (a variant dir or a root of variant dirs)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (generation and bench)")
+    add_common_args(
+        ap, out_default=None, out_help="output root (default tests/fixtures/wavtokenizer; full size: required)",
+        variants_help="comma-separated subset of frame75,frame40 (default: both)",
+        full_help="the real configs (write OUTSIDE the repo)",
+        input_help="full-size mode: input audio (any rate/channels; resampled to 24 kHz, 10 s)",
+        bench_only_help="only time the reference encode/decode on OUT (a variant dir or a root of variant dirs)")
     args = ap.parse_args()
     if not args.wavtokenizer_src:
         ap.error("--wavtokenizer-src PATH (a WavTokenizer checkout) is required")
@@ -1229,39 +1150,20 @@ def main() -> int:
             ap.error("--bench-only needs --out DIR")
         return bench_only(Path(args.out), args.threads)
     full = args.full_size
-    if full and (args.input is None or args.out is None):
-        ap.error("--full-size needs --input (a ~10 s speech file) and --out (outside the repo)")
-    root = Path(args.out or "tests/fixtures/wavtokenizer")
-    repo = Path(__file__).resolve().parents[1]
-    if full and Path(os.path.abspath(root)).as_posix().startswith(repo.as_posix()):
-        print("warning: full-size fixtures are large (~0.3 GB per variant); keep them out of the repo",
-              file=sys.stderr)
-    variants = args.variants.split(",") if args.variants else list(VARIANTS)
-    for v in variants:
-        if v not in VARIANTS:
-            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    root = output_root(ap, args, "tests/fixtures/wavtokenizer", "file", " (~0.3 GB per variant)")
+    variants = parse_variants(ap, args.variants, list(VARIANTS), VARIANTS)
 
     torch.use_deterministic_algorithms(True)
     np.random.seed(args.seed)
-    cmd = "python scripts/make_wavtokenizer_fixtures.py --wavtokenizer-src /tmp/WavTokenizer"
-    if args.seed:
-        cmd += f" --seed {args.seed}"
-    if full:
-        cmd += f" --full-size --input {args.input} --out {args.out}"
-    elif args.out is not None and args.out != "tests/fixtures/wavtokenizer":
-        cmd += f" --out {args.out}"
-    if args.variants:
-        cmd += f" --variants {args.variants}"
-    if args.threads != 2:
-        cmd += f" --threads {args.threads}"
+    cmd = fixture_command("make_wavtokenizer_fixtures.py", args, "tests/fixtures/wavtokenizer",
+                          src_arg=" --wavtokenizer-src /tmp/WavTokenizer", variants_threads=True)
 
     t0 = time.time()
     summaries = [generate(v, root / v, args.seed, full, args.input, args.threads, cmd, args.wavtokenizer_src,
                           ref_info) for v in variants]
     if not full and len(summaries) == len(VARIANTS):
         write_top_readme(root, summaries, args.seed, cmd, ref_info)
-    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    print(f"all variants: total {total / 1e6:.2f} MB under {root}; {time.time() - t0:.1f} s")
+    print_root_total(root, t0)
     return 0
 
 
