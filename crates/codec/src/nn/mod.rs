@@ -20,6 +20,41 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
+/// A CPU op over three f32 tensors — an input and two operands (per-channel parameters, keys and values) — run
+/// through candle as [`F32Op3`]: each op writes its arithmetic, the storage plumbing is here once.
+pub(crate) trait F32Kernel3: Send + Sync {
+    /// candle's name of the op.
+    const NAME: &'static str;
+    /// What each input is, for errors.
+    const INPUTS: [&'static str; 3];
+    /// The output values and shape from the three inputs' contiguous values and layouts.
+    fn run(&self, inputs: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, candle_core::Shape)>;
+}
+
+/// An [`F32Kernel3`] as candle's `CustomOp3` (CPU, f32 only).
+pub(crate) struct F32Op3<T>(pub T);
+
+impl<T: F32Kernel3> candle_core::CustomOp3 for F32Op3<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, candle_core::Shape)> {
+        let [n1, n2, n3] = T::INPUTS;
+        let inputs = [(f32_slice(s1, l1, n1)?, l1), (f32_slice(s2, l2, n2)?, l2), (f32_slice(s3, l3, n3)?, l3)];
+        let (out, shape) = self.0.run(inputs)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
 /// Starts the one pool of `n` threads every kernel runs on: rayon's global pool (our GEMM, convs, element-wise ops),
 /// with candle told the same count for its matmul. candle's own element-wise ops run on the calling thread
 /// (`CANDLE_NUM_THREADS=1` unless the user set it): they are about 1 % of a run, and the workers of candle's

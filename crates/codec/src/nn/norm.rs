@@ -3,10 +3,10 @@
 //! elsewhere (eight passes over the activations, a measurable share of WavTokenizer's backbone).
 
 use super::Weights;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{F32Kernel3, F32Op3};
 
 /// A LayerNorm layer: tensors `weight`, `bias` `[dim]`.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl LayerNorm {
 /// LayerNorm of `x` over its last dim, then `· weight + bias` (`[dim]` each); one fused op for f32 on the CPU.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op3_no_bwd(weight, bias, &LayerNormOp(eps as f32));
+        return x.contiguous()?.apply_op3_no_bwd(weight, bias, &F32Op3(LayerNormOp(eps as f32)));
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let x = x.broadcast_sub(&mean)?;
@@ -41,22 +41,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 struct LayerNormOp(f32);
 
-impl CustomOp3 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "codec-layer-norm"
-    }
+impl F32Kernel3 for LayerNormOp {
+    const NAME: &'static str = "codec-layer-norm";
+    const INPUTS: [&'static str; 3] = ["layer norm input", "layer norm weight", "layer norm bias"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "layer norm input")?;
-        let (w, b) = (f32_slice(s2, l2, "layer norm weight")?, f32_slice(s3, l3, "layer norm bias")?);
+    fn run(&self, [(x, l1), (w, _), (b, _)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
         let dim = l1.shape().dims().last().copied().unwrap_or(0);
         if dim == 0 || w.len() != dim || b.len() != dim {
             candle_core::bail!("layer norm: {} features, weight {}, bias {}", dim, w.len(), b.len());
@@ -76,7 +65,7 @@ impl CustomOp3 for LayerNormOp {
                 },
             )
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 

@@ -5,10 +5,10 @@
 //! candle ops — with candle's single-threaded scalar `sin` those made Snake most of DAC's non-GEMM time.
 
 use super::Weights;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{F32Kernel3, F32Op3};
 
 /// Snake activation with one learnt α per channel (tensor `alpha`).
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl Snake {
     /// (B, C, T) → (B, C, T).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op3_no_bwd(&self.alpha, &self.inv_alpha, &SnakeOp);
+            return x.contiguous()?.apply_op3_no_bwd(&self.alpha, &self.inv_alpha, &F32Op3(SnakeOp));
         }
         let c = self.alpha.dim(0)?;
         let s = x.broadcast_mul(&self.alpha.reshape((1, c, 1))?)?.sin()?.sqr()?;
@@ -40,23 +40,12 @@ impl Snake {
 
 struct SnakeOp;
 
-impl CustomOp3 for SnakeOp {
-    fn name(&self) -> &'static str {
-        "codec-snake"
-    }
+impl F32Kernel3 for SnakeOp {
+    const NAME: &'static str = "codec-snake";
+    const INPUTS: [&'static str; 3] = ["snake input", "snake alpha", "snake alpha"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, [(x, l1), (alpha, _), (inv, _)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
         let (_, c, t) = l1.shape().dims3()?;
-        let x = f32_slice(s1, l1, "snake input")?;
-        let (alpha, inv) = (f32_slice(s2, l2, "snake alpha")?, f32_slice(s3, l3, "snake alpha")?);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (dst, src))| {
             let (a, inv) = (alpha[row % c], inv[row % c]);
@@ -69,7 +58,7 @@ impl CustomOp3 for SnakeOp {
                 },
             )
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 

@@ -6,13 +6,13 @@
 //! `mlp_layer_scale.scale`. q/k rows are in rotate-half order (the converter permutes interleaved checkpoints).
 
 use super::Weights;
-use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{DType, Device, Layout, Module, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::activation::{exp_nonpositive, gelu_erf};
 use super::linear::Linear;
 use super::norm::LayerNorm;
-use super::{compact, f32_slice};
+use super::{compact, F32Kernel3, F32Op3};
 
 /// Hyper-parameters of a [`Transformer`].
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ impl Attention {
             None => (k, v),
         };
         let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
-            q.apply_op3_no_bwd(&k, &v, &WindowAttention { context: self.context })?
+            q.apply_op3_no_bwd(&k, &v, &F32Op3(WindowAttention { context: self.context }))?
         } else {
             self.attend_blocks(&q, &k, &v)?
         };
@@ -166,21 +166,11 @@ struct WindowAttention {
     context: usize,
 }
 
-impl candle_core::CustomOp3 for WindowAttention {
-    fn name(&self) -> &'static str {
-        "codec-window-attention"
-    }
+impl F32Kernel3 for WindowAttention {
+    const NAME: &'static str = "codec-window-attention";
+    const INPUTS: [&'static str; 3] = ["queries", "keys", "values"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(s1, l1, "queries")?, f32_slice(s2, l2, "keys")?, f32_slice(s3, l3, "values")?);
+    fn run(&self, [(q, l1), (k, l2), (v, l3)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
         let (b, h, t, d) = l1.shape().dims4()?;
         let (kb, kh, keys, kd) = l2.shape().dims4()?;
         if (kb, kh, kd) != (b, h, d) || l3.shape() != l2.shape() || keys < t || d == 0 {
@@ -213,7 +203,7 @@ impl candle_core::CustomOp3 for WindowAttention {
             let norm = 1.0 / scores.iter().sum::<f32>();
             y.iter_mut().for_each(|y| *y *= norm);
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
