@@ -58,6 +58,13 @@ impl EuclideanCodebook {
     }
 }
 
+/// Σ over codebooks of their entries for codes (B, n, T): codebook `i` (the `i`-th of `decoders`, each mapping
+/// (B·T,) indices to (B·T, dim) vectors) reads row `i` of the codes; → (B·T, dim).
+fn sum_of_entries<F: Fn(&Tensor) -> Result<Tensor>>(codes: &Tensor, decoders: impl Iterator<Item = F>) -> Result<Tensor> {
+    let n = codes.dim(1)?;
+    sum_all(decoders.take(n).enumerate().map(|(i, decode)| decode(&codes.narrow(1, i, 1)?.flatten_all()?)))
+}
+
 /// Projections around a stack of codebooks, each quantising what the previous ones left.
 #[derive(Debug, Clone)]
 pub struct ResidualVq {
@@ -110,14 +117,8 @@ impl ResidualVq {
 
     /// Codes (B, n, T), n ≤ n_q → latent (B, dim, T).
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        let (b, n, t) = codes.dims3()?;
-        let sum = sum_all(
-            self.layers
-                .iter()
-                .take(n)
-                .enumerate()
-                .map(|(i, layer)| layer.decode(&codes.narrow(1, i, 1)?.flatten_all()?)),
-        )?;
+        let (b, _, t) = codes.dims3()?;
+        let sum = sum_of_entries(codes, self.layers.iter().map(|l| move |idx: &Tensor| l.decode(idx)))?;
         let y = match &self.output_proj {
             Some(w) => sum.matmul(&w.t()?)?,
             None => sum,
@@ -213,14 +214,8 @@ impl FactorizedRvq {
 
     /// Codes (B, n, T) → latent (B, latent, T).
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        let (b, n, t) = codes.dims3()?;
-        let sum = sum_all(
-            self.layers
-                .iter()
-                .take(n)
-                .enumerate()
-                .map(|(i, layer)| layer.decode(&codes.narrow(1, i, 1)?.flatten_all()?)),
-        )?;
+        let (b, _, t) = codes.dims3()?;
+        let sum = sum_of_entries(codes, self.layers.iter().map(|l| move |idx: &Tensor| l.decode(idx)))?;
         sum.reshape((b, t, ()))?.transpose(1, 2)?.contiguous()
     }
 
