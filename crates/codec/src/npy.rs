@@ -5,6 +5,18 @@
 //! format: magic `\x93NUMPY`, major and minor version bytes, the header length (u16 LE for 1.0, u32 LE after), a
 //! Python dict literal `{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }` padded with spaces to a
 //! 64-byte boundary and ending in `\n`, then the raw data.
+//!
+//! Hand-written because no maintained crate reads untrusted files safely or writes what `np.save` writes (checked
+//! 2025 with npyz 0.8.4 and ndarray-npy 0.9.1, both parsing headers with py_literal 0.4.0 on pest 2.9.6):
+//! - both: py_literal backtracks exponentially on nested brackets; a 128-byte file whose shape is 20 nested lists
+//!   takes 3 s to reject (release), each 2 more levels ×4 (`deeply_nested_header_fails_fast`);
+//! - both: the declared header length (up to 4 GiB in a v2 file) is allocated before reading it;
+//! - npyz: the shape's product is multiplied unchecked (`attempt to multiply with overflow` panic with overflow
+//!   checks, as fuzz builds have; silently 0 elements for `(2^32, 2^32, 2)` in release), so header lies pass;
+//! - ndarray-npy: allocates the declared shape before reading, so `(8, 2^40)` int32 in a 24-byte file aborts on a
+//!   32 TiB allocation (our `shape of 2^43 values` case);
+//! - writers: npyz writes `'shape': (2, 3, ), }`, ndarray-npy `'shape': (2, 3)}`, not `np.save`'s `(2, 3), }`
+//!   (`roundtrip_i32` checks it byte for byte).
 
 use std::path::Path;
 
@@ -336,7 +348,7 @@ enum Literal {
 
 fn parse_header(text: &str) -> std::result::Result<Header, String> {
     let bad = |what: &str| format!("malformed header ({what}): {}", text.trim_end());
-    let mut parser = LiteralParser { s: text.as_bytes(), i: 0 };
+    let mut parser = LiteralParser { s: text.as_bytes(), i: 0, depth: 0 };
     let Some(Literal::Dict(entries)) = parser.value() else { return Err(bad("not a dict")) };
     parser.skip_ws();
     if parser.i != parser.s.len() {
@@ -369,7 +381,13 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
 struct LiteralParser<'a> {
     s: &'a [u8],
     i: usize,
+    /// Open brackets around the current position, at most [`MAX_DEPTH`]: a header of nested brackets would
+    /// otherwise overflow the stack.
+    depth: usize,
 }
+
+/// NumPy's own headers nest three deep at most (a structured dtype with a sub-array shape).
+const MAX_DEPTH: usize = 32;
 
 impl LiteralParser<'_> {
     fn skip_ws(&mut self) {
@@ -390,26 +408,22 @@ impl LiteralParser<'_> {
 
     fn value(&mut self) -> Option<Literal> {
         self.skip_ws();
-        match *self.s.get(self.i)? {
+        let c = *self.s.get(self.i)?;
+        if matches!(c, b'(' | b'[' | b'{') {
+            if self.depth == MAX_DEPTH {
+                return None;
+            }
+            self.depth += 1;
+            let v = self.container(c);
+            self.depth -= 1;
+            return v;
+        }
+        match c {
             q @ (b'\'' | b'"') => {
                 let start = self.i + 1;
                 let len = self.s[start..].iter().position(|&c| c == q)?;
                 self.i = start + len + 1;
                 Some(Literal::Str(std::str::from_utf8(&self.s[start..start + len]).ok()?.to_string()))
-            }
-            b'(' | b'[' => {
-                let close = if self.s[self.i] == b'(' { b')' } else { b']' };
-                self.i += 1;
-                self.items(close, Self::value).map(Literal::Seq)
-            }
-            b'{' => {
-                self.i += 1;
-                self.items(b'}', |p| {
-                    let Literal::Str(key) = p.value()? else { return None };
-                    p.eat(b':').then_some(())?;
-                    Some((key, p.value()?))
-                })
-                .map(Literal::Dict)
             }
             b'0'..=b'9' => {
                 let start = self.i;
@@ -432,6 +446,22 @@ impl LiteralParser<'_> {
                 Some(Literal::Bool(false))
             }
             _ => None,
+        }
+    }
+
+    /// A tuple, list or dict starting at `open`, the byte at the current position.
+    fn container(&mut self, open: u8) -> Option<Literal> {
+        self.i += 1;
+        match open {
+            b'{' => self
+                .items(b'}', |p| {
+                    let Literal::Str(key) = p.value()? else { return None };
+                    p.eat(b':').then_some(())?;
+                    Some((key, p.value()?))
+                })
+                .map(Literal::Dict),
+            b'(' => self.items(b')', Self::value).map(Literal::Seq),
+            _ => self.items(b']', Self::value).map(Literal::Seq),
         }
     }
 
@@ -626,6 +656,22 @@ mod tests {
         let mut bytes = npy_bytes("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }", &[0u8; 4]);
         bytes[6] = 4;
         assert!(codes_error(read_bytes("v4.npy", &bytes)).contains("version 4.0"));
+    }
+
+    #[test]
+    fn deeply_nested_header_fails_fast() {
+        // 24 nested lists take minutes in a PEG parser that backtracks (py_literal, under npyz and ndarray-npy);
+        // 30000 overflowed our own parser's stack before it capped the depth.
+        for depth in [24, 30000] {
+            let dict = format!(
+                "{{'descr': '<i4', 'fortran_order': False, 'shape': {}{}, }}",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let start = std::time::Instant::now();
+            assert!(codes_error(read_bytes("nested.npy", &npy_bytes(&dict, &[]))).contains("malformed header"));
+            assert!(start.elapsed().as_secs() < 5, "{depth} levels took {:?}", start.elapsed());
+        }
     }
 
     #[test]
