@@ -3,6 +3,8 @@
 //! Audio → codes: [`Codec::encode`]; codes → audio: [`Codec::decode`]. A model is one GGUF file made by
 //! [`convert::convert`] from the checkpoint layouts users have; [`hub::resolve_model`] turns a model id into one.
 
+#![warn(missing_docs)]
+
 pub mod audio;
 mod codec;
 pub mod convert;

@@ -7,7 +7,7 @@
 //! 64-byte boundary and ending in `\n`, then the raw data.
 //!
 //! Hand-written because no maintained crate reads untrusted files safely or writes what `np.save` writes (checked
-//! 2025 with npyz 0.8.4 and ndarray-npy 0.9.1, both parsing headers with py_literal 0.4.0 on pest 2.9.6):
+//! 2026 with npyz 0.8.4 and ndarray-npy 0.9.1, both parsing headers with py_literal 0.4.0 on pest 2.9.6):
 //! - both: py_literal backtracks exponentially on nested brackets; a 128-byte file whose shape is 20 nested lists
 //!   takes 3 s to reject (release), each 2 more levels ×4 (`deeply_nested_header_fails_fast`);
 //! - both: the declared header length (up to 4 GiB in a v2 file) is allocated before reading it;
@@ -27,22 +27,34 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// The elements of an array, by dtype.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NpyData {
+    /// `<f4` / `>f4`.
     F32(Vec<f32>),
+    /// `<f8` / `>f8`.
     F64(Vec<f64>),
+    /// `|i1`.
     I8(Vec<i8>),
+    /// `<i2` / `>i2`.
     I16(Vec<i16>),
+    /// `<i4` / `>i4` (what `codec encode` writes).
     I32(Vec<i32>),
+    /// `<i8` / `>i8` (NumPy's default integer).
     I64(Vec<i64>),
+    /// `|u1`.
     U8(Vec<u8>),
+    /// `<u2` / `>u2`.
     U16(Vec<u16>),
+    /// `<u4` / `>u4`.
     U32(Vec<u32>),
+    /// `<u8` / `>u8`.
     U64(Vec<u64>),
 }
 
 /// An n-dimensional array in C (row-major) order; `shape` is empty for a 0-d (scalar) array.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyArray {
+    /// Length of each axis.
     pub shape: Vec<usize>,
+    /// The elements, `shape`'s product of them.
     pub data: NpyData,
 }
 
