@@ -44,16 +44,20 @@ struct PackedLinear {
 
 impl PackedLinear {
     /// `None` where our GEMM does not take the weight (see [`GemmWeight::new`]).
-    fn new(weight: &Matrix, layout: OperandLayout, bias: Option<&Tensor>, arithmetic: Arithmetic) -> Result<Option<Self>> {
+    fn new(
+        weight: &Matrix,
+        layout: OperandLayout,
+        bias: Option<&Tensor>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Self>> {
         let Some(weight_t) = GemmWeight::new(weight, layout, Side::Right)? else { return Ok(None) };
         Ok(Some(Self { weight_t, bias: bias.map(f32_vec).transpose()?, arithmetic, int8: OnceLock::new() }))
     }
 
     /// The int8 form of the weights, if this product runs in int8 now.
     fn int8(&self) -> Option<&PackedQ8> {
-        (self.arithmetic == Arithmetic::Any && precision() == Precision::Int8).then(|| {
-            self.int8.get_or_init(|| self.weight_t.quantized())
-        })
+        (self.arithmetic == Arithmetic::Any && precision() == Precision::Int8)
+            .then(|| self.int8.get_or_init(|| self.weight_t.quantized()))
     }
 }
 

@@ -60,7 +60,10 @@ impl EuclideanCodebook {
 
 /// Σ over codebooks of their entries for codes (B, n, T): codebook `i` (the `i`-th of `decoders`, each mapping
 /// (B·T,) indices to (B·T, dim) vectors) reads row `i` of the codes; → (B·T, dim).
-fn sum_of_entries<F: Fn(&Tensor) -> Result<Tensor>>(codes: &Tensor, decoders: impl Iterator<Item = F>) -> Result<Tensor> {
+fn sum_of_entries<F: Fn(&Tensor) -> Result<Tensor>>(
+    codes: &Tensor,
+    decoders: impl Iterator<Item = F>,
+) -> Result<Tensor> {
     let n = codes.dim(1)?;
     sum_all(decoders.take(n).enumerate().map(|(i, decode)| decode(&codes.narrow(1, i, 1)?.flatten_all()?)))
 }

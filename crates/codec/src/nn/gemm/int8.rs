@@ -77,7 +77,9 @@ impl PackedQ8 {
             }
             // Column-wise over rows of NR lanes, so the loops vectorise.
             super::super::wide_simd(|| {
-                for ((values, q), scales) in values.chunks_exact(BLOCK * NR).zip(q.chunks_exact_mut(BLOCK * NR)).zip(scales.chunks_exact_mut(NR)) {
+                for ((values, q), scales) in
+                    values.chunks_exact(BLOCK * NR).zip(q.chunks_exact_mut(BLOCK * NR)).zip(scales.chunks_exact_mut(NR))
+                {
                     let mut amax = [0f32; NR];
                     for row in values.chunks_exact(NR) {
                         for (m, v) in amax.iter_mut().zip(row) {
@@ -137,11 +139,14 @@ impl PackedQ8 {
                 let mut q = vec![0i8; blocks * BLOCK * NR];
                 fill(panel * NR..((panel + 1) * NR).min(cols), &mut q, scales);
                 // Four rows' bytes into each lane's word; the block's sum for the offset compensation.
-                for ((q, quads), compensation) in
-                    q.chunks_exact(BLOCK * NR).zip(quads.chunks_exact_mut(QUADS * NR)).zip(compensation.chunks_exact_mut(NR))
+                for ((q, quads), compensation) in q
+                    .chunks_exact(BLOCK * NR)
+                    .zip(quads.chunks_exact_mut(QUADS * NR))
+                    .zip(compensation.chunks_exact_mut(NR))
                 {
                     for (quad, words) in quads.chunks_exact_mut(NR).enumerate() {
-                        let rows: [&[i8]; 4] = std::array::from_fn(|r| &q[(4 * quad + r) * NR..(4 * quad + r + 1) * NR]);
+                        let rows: [&[i8]; 4] =
+                            std::array::from_fn(|r| &q[(4 * quad + r) * NR..(4 * quad + r + 1) * NR]);
                         for (j, w) in words.iter_mut().enumerate() {
                             *w = word(&rows.map(|row| row[j] as u8));
                         }
@@ -287,7 +292,14 @@ pub fn gemm_int8(m: usize, n: usize, a: &[f32], b: &PackedQ8, c: &mut Output, ep
 ///
 /// # Safety
 /// The tiles lie inside C and no other thread writes them.
-unsafe fn tiles(a: &QuantizedRows, b: &PackedQ8, rows: Range<usize>, cols: Range<usize>, out: SharedOut, epi: &Epilogue) {
+unsafe fn tiles(
+    a: &QuantizedRows,
+    b: &PackedQ8,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: SharedOut,
+    epi: &Epilogue,
+) {
     let blocks = a.blocks;
     debug_assert_eq!(blocks, b.blocks);
     for row in rows.clone().step_by(MR) {
@@ -370,7 +382,9 @@ mod tests {
         if !int8_supported() {
             return;
         }
-        for (ci, &(m, n, k)) in [(1, 1, 1), (3, 50, 33), (9, 97, 64), (70, 200, 300), (130, 400, 512)].iter().enumerate() {
+        for (ci, &(m, n, k)) in
+            [(1, 1, 1), (3, 50, 33), (9, 97, 64), (70, 200, 300), (130, 400, 512)].iter().enumerate()
+        {
             let a = pseudo_random(m * k, 10 + ci as u64);
             let w = pseudo_random(k * n, 20 + ci as u64);
             let (bias, scale) = (pseudo_random(n, 30 + ci as u64), pseudo_random(n, 40 + ci as u64));
@@ -379,7 +393,12 @@ mod tests {
             let wq = packed.dequantized();
             let rows = quantize_rows(&a, m, k);
             let mut got = vec![f32::NAN; m * n];
-            let epi = Epilogue { col_bias: Some(&bias), col_scale: Some(&scale), residual: Some(&residual), ..Default::default() };
+            let epi = Epilogue {
+                col_bias: Some(&bias),
+                col_scale: Some(&scale),
+                residual: Some(&residual),
+                ..Default::default()
+            };
             gemm_int8(m, n, &a, &packed, &mut Output::row_major(&mut got, m, n).unwrap(), &epi);
             for i in 0..m {
                 for j in 0..n {
