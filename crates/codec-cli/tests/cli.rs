@@ -149,7 +149,7 @@ fn bad_arguments() {
     assert_fails(&codec(&["info", "not-a-file-nor-id"]), &["not-a-file-nor-id"]);
     assert_fails(
         &codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("c.npy")), "--precision", "fp8"]),
-        &["--precision must be f32 or bf16, not 'fp8'"],
+        &["--precision must be f32, bf16 or int8, not 'fp8'"],
     );
     assert_fails(
         &codec(&["encode", "-m", s(model()), s(&input), "-o", s(&tmp("c.npy")), "--threads", "0"]),

@@ -236,7 +236,7 @@ pub(crate) enum GemmWeight {
     /// (f16 files, derived matrices), whose f32 copy is then freed.
     Packed { packed: Packed, layout: OperandLayout },
     /// A linear layer's q8_0 blocks in the mapped model file: multiplied as they are in `--precision int8`
-    /// ([`GemmWeight::int8`]), widened and packed on the first f32 or bf16 product.
+    /// ([`GemmWeight::quantized`]), widened and packed on the first f32 or bf16 product.
     Q8_0 { blocks: MappedQ8_0, layout: OperandLayout, packed: OnceLock<Packed> },
 }
 
