@@ -17,8 +17,8 @@ pub struct Linear {
     bias: Option<Tensor>,
     /// The CPU GEMM form (see `nn::weight::GemmWeight`), made when built.
     packed: Option<Arc<PackedLinear>>,
-    /// Always f32, also under `--precision bf16` (see `gemm::Epilogue::exact`).
-    exact: bool,
+    /// Which fast modes its products may take.
+    arithmetic: Arithmetic,
 }
 
 /// How a packed layer's products may run besides f32.
@@ -37,27 +37,15 @@ struct PackedLinear {
     /// Wᵀ as the GEMM's right factor (in × out).
     weight_t: GemmWeight,
     bias: Option<Vec<f32>>,
-    arithmetic: Arithmetic,
     /// Wᵀ in q8_0 blocks for `--precision int8`, made on its first int8 product.
     int8: OnceLock<PackedQ8>,
 }
 
 impl PackedLinear {
     /// `None` where our GEMM does not take the weight (see [`GemmWeight::new`]).
-    fn new(
-        weight: &Matrix,
-        layout: OperandLayout,
-        bias: Option<&Tensor>,
-        arithmetic: Arithmetic,
-    ) -> Result<Option<Self>> {
+    fn new(weight: &Matrix, layout: OperandLayout, bias: Option<&Tensor>) -> Result<Option<Self>> {
         let Some(weight_t) = GemmWeight::new(weight, layout, Side::Right)? else { return Ok(None) };
-        Ok(Some(Self { weight_t, bias: bias.map(f32_vec).transpose()?, arithmetic, int8: OnceLock::new() }))
-    }
-
-    /// The int8 form of the weights, if this product runs in int8 now.
-    fn int8(&self) -> Option<&PackedQ8> {
-        (self.arithmetic == Arithmetic::Any && precision() == Precision::Int8)
-            .then(|| self.int8.get_or_init(|| self.weight_t.quantized()))
+        Ok(Some(Self { weight_t, bias: bias.map(f32_vec).transpose()?, int8: OnceLock::new() }))
     }
 }
 
@@ -93,9 +81,9 @@ impl Linear {
         arithmetic: Arithmetic,
         out_in: impl FnOnce(Tensor) -> Result<Tensor>,
     ) -> Result<Self> {
-        let packed = PackedLinear::new(&weight, layout, bias.as_ref(), arithmetic)?.map(Arc::new);
+        let packed = PackedLinear::new(&weight, layout, bias.as_ref())?.map(Arc::new);
         let weight = if packed.is_some() { None } else { Some(out_in(weight.into_tensor()?)?) };
-        Ok(Self { weight, bias, packed, exact: arithmetic == Arithmetic::Exact })
+        Ok(Self { weight, bias, packed, arithmetic })
     }
 }
 
@@ -113,7 +101,7 @@ impl Linear {
     pub fn forward_scale_add(&self, x: &Tensor, scale: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let scale = f32_vec(scale)?;
-            let op = LinearOp { layer: gemm_form(&self.packed)?, exact: self.exact, col_scale: Some(&scale) };
+            let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: Some(&scale) };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
         residual + self.forward(x)?.broadcast_mul(scale)?
@@ -123,7 +111,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = LinearOp { layer: gemm_form(&self.packed)?, exact: self.exact, col_scale: None };
+            let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: None };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = x.broadcast_matmul(&kept(&self.weight)?.t()?)?;
@@ -134,10 +122,10 @@ impl Module for Linear {
     }
 }
 
-/// One product of a packed layer: whether it stays f32, and an optional per-feature scale.
+/// One product of a packed layer: the fast modes it may take, and an optional per-feature scale.
 struct LinearOp<'a> {
     layer: &'a PackedLinear,
-    exact: bool,
+    arithmetic: Arithmetic,
     col_scale: Option<&'a [f32]>,
 }
 
@@ -189,12 +177,14 @@ impl LinearOp<'_> {
             col_bias: self.layer.bias.as_deref(),
             col_scale: self.col_scale,
             residual: residual.map(|(r, _)| r),
-            exact: self.exact,
+            exact: self.arithmetic == Arithmetic::Exact,
             ..Default::default()
         };
-        match self.layer.int8() {
-            Some(weight_t) => gemm_int8(m, n, x, weight_t, &mut y, &epi),
-            _ => gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi),
+        if self.arithmetic == Arithmetic::Any && precision() == Precision::Int8 {
+            let weight_t = self.layer.int8.get_or_init(|| self.layer.weight_t.quantized());
+            gemm_int8(m, n, x, weight_t, &mut y, &epi);
+        } else {
+            gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi);
         }
         Ok((CpuStorage::F32(out), shape))
     }

@@ -258,8 +258,12 @@ impl GemmWeight {
                 let (packed, runs) = (OnceLock::new(), AtomicUsize::new(0));
                 Ok(Some(Self::InPlace { data: data.clone(), layout, side, packed, runs }))
             }
-            // A linear layer's Wᵀ (the right factor, q8_0 blocks along its depth) is kept as blocks.
-            Matrix::Q8_0(blocks, _) if matches!((layout, side), (OperandLayout::Transposed { .. }, Side::Right)) => {
+            // A linear layer's Wᵀ (the right factor, q8_0 blocks along its depth, each row whole blocks) is kept
+            // as blocks.
+            Matrix::Q8_0(blocks, _)
+                if matches!((layout, side), (OperandLayout::Transposed { rows, cols }, Side::Right)
+                    if PackedQ8::takes_q8_0(blocks.blocks().len(), cols, rows)) =>
+            {
                 Ok(Some(Self::Q8_0 { blocks: blocks.clone(), layout, packed: OnceLock::new() }))
             }
             Matrix::Q8_0(blocks, _) => {
@@ -291,7 +295,7 @@ impl GemmWeight {
             Self::Q8_0 { blocks, .. } => {
                 let packed = PackedQ8::from_q8_0(blocks.blocks(), depth, cols);
                 blocks.release_pages();
-                // `new` keeps only whole-block linear weights as blocks, which `from_q8_0` takes.
+                // `new` keeps only what `from_q8_0` takes (`takes_q8_0`) as blocks.
                 packed.expect("a linear layer's q8_0 blocks")
             }
             _ => PackedQ8::b(&self.operand(), depth, cols),

@@ -106,10 +106,10 @@ impl PackedQ8 {
     /// they are. `None` if `blocks` is not that many q8_0 blocks.
     pub fn from_q8_0(blocks: &[u8], depth: usize, cols: usize) -> Option<Self> {
         const BYTES: usize = 2 + BLOCK;
-        let row_bytes = depth.checked_div(BLOCK)?.checked_mul(BYTES)?;
-        if !depth.is_multiple_of(BLOCK) || row_bytes.checked_mul(cols)? != blocks.len() {
+        if !Self::takes_q8_0(blocks.len(), depth, cols) {
             return None;
         }
+        let row_bytes = depth / BLOCK * BYTES;
         Some(Self::build(depth, cols, |panel_cols, q, scales| {
             for (lane, j) in panel_cols.enumerate() {
                 for (block, bytes) in blocks[j * row_bytes..(j + 1) * row_bytes].chunks_exact(BYTES).enumerate() {
@@ -120,6 +120,13 @@ impl PackedQ8 {
                 }
             }
         }))
+    }
+
+    /// Whether `len` bytes are the q8_0 blocks of a `cols × depth` weight whose rows are whole blocks (what
+    /// [`PackedQ8::from_q8_0`] takes; a file may also store a tensor whose rows split blocks).
+    pub fn takes_q8_0(len: usize, depth: usize, cols: usize) -> bool {
+        depth.is_multiple_of(BLOCK)
+            && (depth / BLOCK).checked_mul(2 + BLOCK).and_then(|r| r.checked_mul(cols)) == Some(len)
     }
 
     /// The packed operand from `fill(panel columns, q, scales)`, which writes each NR-column panel's values `q`
