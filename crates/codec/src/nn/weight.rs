@@ -443,9 +443,13 @@ mod tests {
         let (t_m, t_o) = (tconv(&mapped).unwrap(), tconv(&owned).unwrap());
         let (l_m, l_o) = (linear(&mapped).unwrap(), linear(&owned).unwrap());
         let (q_m, q_o) = (codebook(&mapped).unwrap(), codebook(&owned).unwrap());
+        // A few samples: the convs' narrow (transposed) products.
+        let short = x.narrow(2, 0, 3).unwrap().contiguous().unwrap();
         for _run in 0..3 {
             same(&c_m.forward(&x).unwrap(), &c_o.forward(&x).unwrap());
             same(&t_m.forward(&x).unwrap(), &t_o.forward(&x).unwrap());
+            same(&c_m.forward(&short).unwrap(), &c_o.forward(&short).unwrap());
+            same(&t_m.forward(&short).unwrap(), &t_o.forward(&short).unwrap());
             same(&l_m.forward(&rows).unwrap(), &l_o.forward(&rows).unwrap());
             let codes = q_m.encode(&rows).unwrap();
             assert_eq!(codes.to_vec1::<u32>().unwrap(), q_o.encode(&rows).unwrap().to_vec1::<u32>().unwrap());

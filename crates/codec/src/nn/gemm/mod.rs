@@ -203,6 +203,33 @@ impl Packed {
         ok.then(|| &self.data[start..start + range.len().div_ceil(self.panel) * self.panel * ks.len()])
     }
 
+    /// Lines `range` (rows of A or columns of B) × depths `ks` into panels `width` wide: the packed block itself
+    /// when `width` is the packed one, else gathered value by value (a weight packed as A read as the right
+    /// factor, [`LeftAsRight`]: once per layer). Lines past the end are zeros, as packers write them.
+    fn repack(&self, range: Range<usize>, ks: Range<usize>, width: usize, dst: &mut [f32]) {
+        if let Some(src) = self.block(range.clone(), ks.clone()).filter(|_| width == self.panel) {
+            return dst[..src.len()].copy_from_slice(src);
+        }
+        let stride = self.len.div_ceil(self.panel) * self.panel;
+        let kc = ks.len();
+        for (panel, first) in range.clone().step_by(width).enumerate() {
+            let dst = &mut dst[panel * width * kc..(panel + 1) * width * kc];
+            for (p, k) in ks.clone().enumerate() {
+                // Depth k lies in the KC block starting at `pc`, `kb` deep, at depth `k − pc` of it.
+                let (pc, kb) = (k / KC * KC, KC.min(self.depth - k / KC * KC));
+                for (lane, d) in dst[p * width..(p + 1) * width].iter_mut().enumerate() {
+                    let line = first + lane;
+                    *d = if line < range.end.min(self.len) {
+                        let panel_start = line / self.panel * self.panel;
+                        self.data[stride * pc + panel_start * kb + (k - pc) * self.panel + line - panel_start]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+
     /// Rows (packed as A) or columns (packed as B) it covers.
     pub fn rows(&self) -> usize {
         self.len
@@ -215,8 +242,7 @@ impl Packed {
 
 impl PackA for Packed {
     fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
-        let src = self.block(rows, ks).filter(|_| mr == self.panel).expect("packed operand used with another tile");
-        dst[..src.len()].copy_from_slice(src);
+        self.repack(rows, ks, mr, dst)
     }
     fn packed_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[f32]> {
         self.block(rows, ks).filter(|_| mr == self.panel)
@@ -228,8 +254,7 @@ impl PackA for Packed {
 
 impl PackB for Packed {
     fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
-        let src = self.block(cols, ks).filter(|_| nr == self.panel).expect("packed operand used with another tile");
-        dst[..src.len()].copy_from_slice(src);
+        self.repack(cols, ks, nr, dst)
     }
     fn packed_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[f32]> {
         self.block(cols, ks).filter(|_| nr == self.panel)
@@ -326,6 +351,17 @@ impl PackB for Strided<'_> {
                 }
             }
         }
+    }
+}
+
+/// The transpose of a left factor as a right factor: a conv's weights (`C_out × C_in·K`) on the right of a product
+/// whose rows are the output's few time steps (`conv_cpu`'s narrow products). A's MR-tall panels and B's NR-wide
+/// ones have the same layout (`dst[panel·(width·kc) + p·width + lane]`), so B's columns are A's rows packed `nr` wide.
+pub struct LeftAsRight<'a, A>(pub &'a A);
+
+impl<A: PackA> PackB for LeftAsRight<'_, A> {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
+        self.0.pack_a(cols, ks, nr, dst)
     }
 }
 
