@@ -154,6 +154,14 @@ impl Im2col<'_> {
                         16 => dst[..16].copy_from_slice(&src[..16]),
                         _ => dst.copy_from_slice(src),
                     }
+                } else if start >= np as isize && start + (((valid.max(1) - 1) * self.stride) as isize) < t {
+                    // A strided conv's panel row inside the signal: a plain strided copy (the per-sample edge
+                    // checks below cost as much as a downsampling conv's products).
+                    let src = src[start as usize - np..].iter().step_by(self.stride);
+                    for (d, &v) in dst[..valid].iter_mut().zip(src) {
+                        *d = v;
+                    }
+                    dst[valid..].fill(0.0);
                 } else if self.stride == 1 && !self.reflect && np == 0 {
                     // Columns [lo, hi) of this panel read inside the signal.
                     let lo = (-start).clamp(0, valid as isize) as usize;
