@@ -58,12 +58,7 @@ pub enum StorageDtype {
 impl std::str::FromStr for StorageDtype {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "q8_0" => Ok(Self::Q8_0),
-            _ => Err(Error::InvalidArgument(format!("unknown dtype '{s}' (expected f32, f16 or q8_0)"))),
-        }
+        crate::error::parse_choice("dtype", s, &[("f32", Self::F32), ("f16", Self::F16), ("q8_0", Self::Q8_0)])
     }
 }
 

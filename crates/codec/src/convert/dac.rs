@@ -166,50 +166,33 @@ fn original_to_hub(name: &str, n: usize) -> Option<String> {
     let idx = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok());
     let rest = |i: usize| parts[i..].join(".");
     let unit = |j: usize, k: usize| Some(format!("res_unit{}.{}", j + 1, UNIT.get(k)?));
-    match (parts.first().copied(), parts.get(1).copied()) {
-        (Some("encoder"), Some("block")) => {
-            let i = idx(2)?;
-            if i == 0 {
-                return Some(format!("encoder.conv1.{}", rest(3)));
-            }
-            if i == n + 1 {
-                return Some(format!("encoder.snake1.{}", rest(3)));
-            }
-            if i == n + 2 {
-                return Some(format!("encoder.conv2.{}", rest(3)));
-            }
-            // encoder.block.i.block.j[.block.k].…
-            let j = idx(4)?;
-            let inner = match j {
-                0..=2 => format!("{}.{}", unit(j, idx(6)?)?, rest(7)),
-                3 => format!("snake1.{}", rest(5)),
-                4 => format!("conv1.{}", rest(5)),
-                _ => return None,
-            };
-            Some(format!("encoder.block.{}.{inner}", i - 1))
-        }
-        (Some("decoder"), Some("model")) => {
-            let i = idx(2)?;
-            if i == 0 {
-                return Some(format!("decoder.conv1.{}", rest(3)));
-            }
-            if i == n + 1 {
-                return Some(format!("decoder.snake1.{}", rest(3)));
-            }
-            if i == n + 2 {
-                return Some(format!("decoder.conv2.{}", rest(3)));
-            }
-            let j = idx(4)?;
-            let inner = match j {
-                0 => format!("snake1.{}", rest(5)),
-                1 => format!("conv_t1.{}", rest(5)),
-                2..=4 => format!("{}.{}", unit(j - 2, idx(6)?)?, rest(7)),
-                _ => return None,
-            };
-            Some(format!("decoder.block.{}.{inner}", i - 1))
-        }
-        _ => Some(name.to_string()),
+    // Both sides number their layers alike: encoder.block.i / decoder.model.i, i = 0 the first conv, 1..=n the
+    // blocks, then Snake and the last conv.
+    let side = match (parts.first().copied(), parts.get(1).copied()) {
+        (Some(side @ "encoder"), Some("block")) | (Some(side @ "decoder"), Some("model")) => side,
+        _ => return Some(name.to_string()),
+    };
+    let i = idx(2)?;
+    let outer = match i {
+        0 => Some("conv1"),
+        _ if i == n + 1 => Some("snake1"),
+        _ if i == n + 2 => Some("conv2"),
+        _ => None,
+    };
+    if let Some(layer) = outer {
+        return Some(format!("{side}.{layer}.{}", rest(3)));
     }
+    // Inside block i: <side>.….i.block.j[.block.k].…
+    let j = idx(4)?;
+    let inner = match (side, j) {
+        ("encoder", 0..=2) => format!("{}.{}", unit(j, idx(6)?)?, rest(7)),
+        ("encoder", 3) | ("decoder", 0) => format!("snake1.{}", rest(5)),
+        ("encoder", 4) => format!("conv1.{}", rest(5)),
+        ("decoder", 1) => format!("conv_t1.{}", rest(5)),
+        ("decoder", 2..=4) => format!("{}.{}", unit(j - 2, idx(6)?)?, rest(7)),
+        _ => return None,
+    };
+    Some(format!("{side}.block.{}.{inner}", i - 1))
 }
 
 /// Converts a loaded checkpoint (`tensors`, descript or hub names) of architecture `cfg` into a GGUF.
@@ -239,33 +222,18 @@ pub fn convert(
     let plain = super::fold_weight_norms(src, renamed)?;
 
     // 2. Shapes the runtime wants, and the normalised codebooks.
-    let mut final_tensors: Vec<(String, Tensor, bool)> = Vec::new();
-    let mut names: Vec<String> = plain.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let t = &plain[&name];
-        let fail = |e: candle_core::Error| err(format!("tensor '{name}': {e}"));
-        if name.ends_with(".alpha") {
-            final_tensors.push((name.clone(), t.flatten_all().map_err(fail)?, true));
+    let final_tensors = super::map_in_name_order(src, &plain, |name, t, fail| {
+        Ok(if name.ends_with(".alpha") {
+            vec![(name.into(), t.flatten_all().map_err(fail)?, true)]
         } else if name.ends_with("proj.weight") && name.starts_with("quantizer.") {
-            final_tensors.push((name.clone(), t.squeeze(2).map_err(fail)?, false));
+            vec![(name.into(), t.squeeze(2).map_err(fail)?, false)]
         } else if let Some(prefix) = name.strip_suffix("codebook.weight") {
             let norm = t.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(fail)?;
             let normalized = t.broadcast_div(&norm.clamp(1e-12, f64::INFINITY).map_err(fail)?).map_err(fail)?;
-            final_tensors.push((name.clone(), t.clone(), true));
-            final_tensors.push((format!("{prefix}codebook.normalized"), normalized, true));
+            vec![(name.into(), t.clone(), true), (format!("{prefix}codebook.normalized"), normalized, true)]
         } else {
-            final_tensors.push((name.clone(), t.clone(), false));
-        }
-    }
-
-    super::write_gguf(
-        src,
-        ARCH,
-        &final_tensors,
-        |vb| Dac::new(cfg.clone(), vb).map(|_| ()),
-        |w| cfg.to_gguf(w),
-        out,
-        opts,
-    )
+            vec![(name.into(), t.clone(), false)]
+        })
+    })?;
+    super::write_gguf(src, ARCH, &final_tensors, |vb| Dac::new(cfg.clone(), vb), |w| cfg.to_gguf(w), out, opts)
 }

@@ -75,13 +75,35 @@ fn fold_weight_norms(src: &Path, tensors: HashMap<String, Tensor>) -> Result<Has
     Ok(plain)
 }
 
-/// Checks that `tensors` (name, tensor, keep in f32) build the model (`build`), then writes them with the metadata
-/// `metadata` adds: nothing is written for a checkpoint that does not fit its architecture.
-fn write_gguf(
+/// One tensor of the file a converter writes: its name, its values, and whether it stays f32 whatever `--dtype`
+/// says (codebooks, norm embeddings, tables).
+type OutTensor = (String, Tensor, bool);
+
+/// The tensors to write, made by `map` from each of `tensors` in name order (so a source always converts to the
+/// same file). `map` gets the name, the tensor, and the error to return for a failed tensor op on it (it names the
+/// tensor); it may give none, one or several tensors for one.
+fn map_in_name_order(
+    src: &Path,
+    tensors: &HashMap<String, Tensor>,
+    mut map: impl FnMut(&str, &Tensor, &dyn Fn(candle_core::Error) -> Error) -> Result<Vec<OutTensor>>,
+) -> Result<Vec<OutTensor>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let fail = |e: candle_core::Error| Error::convert(src, format!("tensor '{name}': {e}"));
+        out.extend(map(name, &tensors[name], &fail)?);
+    }
+    Ok(out)
+}
+
+/// Checks that `tensors` build the model (`build`), then writes them with the metadata `metadata` adds: nothing is
+/// written for a checkpoint that does not fit its architecture.
+fn write_gguf<M>(
     src: &Path,
     arch: &str,
-    tensors: &[(String, Tensor, bool)],
-    build: impl FnOnce(crate::nn::Weights) -> candle_core::Result<()>,
+    tensors: &[OutTensor],
+    build: impl FnOnce(crate::nn::Weights) -> candle_core::Result<M>,
     metadata: impl FnOnce(&mut Writer),
     out: &Path,
     opts: &ConvertOptions,

@@ -153,19 +153,9 @@ pub fn convert(
     plain.insert("head.istft.basis_imag".into(), basis_imag);
     plain.insert("head.istft.window_sq".into(), window_sq);
 
-    let mut names: Vec<String> = plain.keys().cloned().collect();
-    names.sort();
     // Codebooks, norm embeddings and the ISTFT tables stay f32; the rest follows --dtype.
     let keep_f32 = |n: &str| n.contains("codebook") || n.contains(".norm.") || n.starts_with("head.istft.");
-    let final_tensors: Vec<(String, Tensor, bool)> =
-        names.into_iter().map(|n| (n.clone(), plain[&n].clone(), keep_f32(&n))).collect();
-    super::write_gguf(
-        src,
-        ARCH,
-        &final_tensors,
-        |vb| WavTokenizer::new(cfg.clone(), vb).map(|_| ()),
-        |w| cfg.to_gguf(w),
-        out,
-        opts,
-    )
+    let final_tensors =
+        super::map_in_name_order(src, &plain, |name, t, _| Ok(vec![(name.into(), t.clone(), keep_f32(name))]))?;
+    super::write_gguf(src, ARCH, &final_tensors, |vb| WavTokenizer::new(cfg.clone(), vb), |w| cfg.to_gguf(w), out, opts)
 }
