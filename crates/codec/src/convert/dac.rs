@@ -17,7 +17,7 @@ use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
-use super::ConvertOptions;
+use super::Job;
 use crate::models::dac::{Dac, DacConfig, ARCH};
 use crate::{Error, Result};
 
@@ -196,14 +196,8 @@ fn original_to_hub(name: &str, n: usize) -> Option<String> {
 }
 
 /// Converts a loaded checkpoint (`tensors`, descript or hub names) of architecture `cfg` into a GGUF.
-pub fn convert(
-    src: &Path,
-    tensors: HashMap<String, Tensor>,
-    cfg: DacConfig,
-    out: &Path,
-    opts: &ConvertOptions,
-) -> Result<()> {
-    let err = |msg: String| Error::convert(src, msg);
+pub fn convert(job: &Job, tensors: HashMap<String, Tensor>, cfg: DacConfig) -> Result<()> {
+    let err = |msg: String| Error::convert(job.src, msg);
     let names: Vec<&String> = tensors.keys().collect();
     let original = is_original_layout(&names);
     let n_blocks = cfg.encoder_rates.len();
@@ -219,10 +213,10 @@ pub fn convert(
         };
         renamed.insert(name, t);
     }
-    let plain = super::fold_weight_norms(src, renamed)?;
+    let plain = super::fold_weight_norms(job.src, renamed)?;
 
     // 2. Shapes the runtime wants, and the normalised codebooks.
-    let final_tensors = super::map_in_name_order(src, &plain, |name, t, fail| {
+    let final_tensors = super::map_in_name_order(job.src, &plain, |name, t, fail| {
         Ok(if name.ends_with(".alpha") {
             vec![(name.into(), t.flatten_all().map_err(fail)?, true)]
         } else if name.ends_with("proj.weight") && name.starts_with("quantizer.") {
@@ -235,5 +229,5 @@ pub fn convert(
             vec![(name.into(), t.clone(), false)]
         })
     })?;
-    super::write_gguf(src, ARCH, &final_tensors, |vb| Dac::new(cfg.clone(), vb), |w| cfg.to_gguf(w), out, opts)
+    super::write_gguf(job, ARCH, &final_tensors, |vb| Dac::new(cfg.clone(), vb), |w| cfg.to_gguf(w))
 }

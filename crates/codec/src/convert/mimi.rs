@@ -18,7 +18,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
-use super::ConvertOptions;
+use super::Job;
 use crate::models::mimi::{Mimi, MimiConfig, ARCH};
 use crate::{Error, Result};
 
@@ -197,14 +197,8 @@ fn count_codebooks(names: &[&String]) -> usize {
 }
 
 /// Converts a loaded checkpoint (`tensors`, original or hub names) with an optional `config.json` into a GGUF.
-pub fn convert(
-    src: &Path,
-    tensors: HashMap<String, Tensor>,
-    config: Option<(&Path, &Json)>,
-    out: &Path,
-    opts: &ConvertOptions,
-) -> Result<()> {
-    let err = |msg: String| Error::convert(src, msg);
+pub fn convert(job: &Job, tensors: HashMap<String, Tensor>, config: Option<(&Path, &Json)>) -> Result<()> {
+    let err = |msg: String| Error::convert(job.src, msg);
     let names: Vec<&String> = tensors.keys().collect();
     let original = is_original_layout(&names);
     let mut cfg = match config {
@@ -247,7 +241,7 @@ pub fn convert(
     }
 
     // 2. Codebooks from running sums; projections as matrices.
-    let final_tensors = super::map_in_name_order(src, &hub, |name, t, fail| {
+    let final_tensors = super::map_in_name_order(job.src, &hub, |name, t, fail| {
         Ok(if name.ends_with("codebook.cluster_usage") || name.ends_with("codebook.initialized") {
             vec![]
         } else if let Some(prefix) = name.strip_suffix("codebook.embed_sum") {
@@ -264,5 +258,5 @@ pub fn convert(
             vec![(name.into(), t.clone(), false)]
         })
     })?;
-    super::write_gguf(src, ARCH, &final_tensors, |vb| Mimi::new(cfg.clone(), vb), |w| cfg.to_gguf(w), out, opts)
+    super::write_gguf(job, ARCH, &final_tensors, |vb| Mimi::new(cfg.clone(), vb), |w| cfg.to_gguf(w))
 }

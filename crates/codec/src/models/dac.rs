@@ -194,9 +194,22 @@ fn residual_units(dim: usize, vb: &Weights) -> Result<[ResidualUnit; 3]> {
     ])
 }
 
-/// The strided conv of an encoder block: kernel 2s, stride s, padding ⌈s/2⌉.
-fn down_conv(stride: usize) -> ConvConfig {
-    ConvConfig::torch(2 * stride, stride.div_ceil(2)).stride(stride)
+/// One block per rate, in order, block i from `vb.pp("block.i")`: `block(dim, rate, vb)` builds one with `dim`
+/// channels in, and `next_dim(dim)` is its channels out, the next block's in. Also gives the channels after the
+/// last block.
+fn blocks<B>(
+    rates: &[usize],
+    mut dim: usize,
+    next_dim: impl Fn(usize) -> usize,
+    vb: &Weights,
+    block: impl Fn(usize, usize, Weights) -> Result<B>,
+) -> Result<(Vec<B>, usize)> {
+    let mut blocks = Vec::with_capacity(rates.len());
+    for (i, &rate) in rates.iter().enumerate() {
+        blocks.push(block(dim, rate, vb.pp(format!("block.{i}")))?);
+        dim = next_dim(dim);
+    }
+    Ok((blocks, dim))
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +220,21 @@ struct EncoderBlock {
 }
 
 impl EncoderBlock {
+    /// Residual units at `dim` channels, then Snake and the strided conv (kernel 2s, stride s, padding ⌈s/2⌉)
+    /// doubling them.
+    fn new(dim: usize, stride: usize, vb: Weights) -> Result<Self> {
+        Ok(Self {
+            res: residual_units(dim, &vb)?,
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv1: Conv1d::new(
+                dim,
+                2 * dim,
+                ConvConfig::torch(2 * stride, stride.div_ceil(2)).stride(stride),
+                vb.pp("conv1"),
+            )?,
+        })
+    }
+
     /// The block on `x`; on a padded batch (`valid` given) each output that a later conv reads ahead into is
     /// masked, and `valid` becomes the lengths after the strided conv.
     fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
@@ -231,18 +259,8 @@ pub struct Encoder {
 
 impl Encoder {
     fn new(cfg: &DacConfig, vb: Weights) -> Result<Self> {
-        let mut dim = cfg.encoder_dim;
-        let conv1 = Conv1d::new(1, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
-        let mut blocks = Vec::with_capacity(cfg.encoder_rates.len());
-        for (i, &stride) in cfg.encoder_rates.iter().enumerate() {
-            let vb = vb.pp(format!("block.{i}"));
-            blocks.push(EncoderBlock {
-                res: residual_units(dim, &vb)?,
-                snake1: Snake::new(dim, vb.pp("snake1"))?,
-                conv1: Conv1d::new(dim, 2 * dim, down_conv(stride), vb.pp("conv1"))?,
-            });
-            dim *= 2;
-        }
+        let conv1 = Conv1d::new(1, cfg.encoder_dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
+        let (blocks, dim) = blocks(&cfg.encoder_rates, cfg.encoder_dim, |dim| 2 * dim, &vb, EncoderBlock::new)?;
         Ok(Self {
             conv1,
             blocks,
@@ -274,6 +292,22 @@ struct DecoderBlock {
 }
 
 impl DecoderBlock {
+    /// Snake and the transposed conv (kernel 2s, stride s, padding ⌈s/2⌉) halving `dim`, then residual units.
+    fn new(dim: usize, stride: usize, vb: Weights) -> Result<Self> {
+        // The reference sets no output_padding: an odd stride s yields s·T − 1 samples.
+        let up = ConvConfig::new(
+            2 * stride,
+            Padding::Torch { padding: stride.div_ceil(2), output_padding: 0 },
+            PadMode::Constant,
+        )
+        .stride(stride);
+        Ok(Self {
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv_t1: ConvTranspose1d::new(dim, dim / 2, up, vb.pp("conv_t1"))?,
+            res: residual_units(dim / 2, &vb)?,
+        })
+    }
+
     /// The block on `x`, masked on a padded batch as [`EncoderBlock::forward`] is.
     fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
         let x = self.conv_t1.forward(&self.snake1.forward(x)?)?;
@@ -294,25 +328,8 @@ pub struct Decoder {
 
 impl Decoder {
     fn new(cfg: &DacConfig, vb: Weights) -> Result<Self> {
-        let mut dim = cfg.decoder_dim;
-        let conv1 = Conv1d::new(cfg.latent_dim, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
-        let mut blocks = Vec::with_capacity(cfg.decoder_rates.len());
-        for (i, &stride) in cfg.decoder_rates.iter().enumerate() {
-            let vb = vb.pp(format!("block.{i}"));
-            // The reference sets no output_padding: an odd stride s yields s·T − 1 samples.
-            let up = ConvConfig::new(
-                2 * stride,
-                Padding::Torch { padding: stride.div_ceil(2), output_padding: 0 },
-                PadMode::Constant,
-            )
-            .stride(stride);
-            blocks.push(DecoderBlock {
-                snake1: Snake::new(dim, vb.pp("snake1"))?,
-                conv_t1: ConvTranspose1d::new(dim, dim / 2, up, vb.pp("conv_t1"))?,
-                res: residual_units(dim / 2, &vb)?,
-            });
-            dim /= 2;
-        }
+        let conv1 = Conv1d::new(cfg.latent_dim, cfg.decoder_dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
+        let (blocks, dim) = blocks(&cfg.decoder_rates, cfg.decoder_dim, |dim| dim / 2, &vb, DecoderBlock::new)?;
         Ok(Self {
             conv1,
             blocks,
