@@ -100,28 +100,42 @@ fn config_from_kwargs(path: &Path, kwargs: &[(String, Object)]) -> Result<DacCon
         }
         _ => Err(missing(k)),
     };
-    let encoder_dim = uint("encoder_dim")?;
-    let encoder_rates = list("encoder_rates")?;
-    let latent_dim = match get("latent_dim") {
-        None | Some(Object::None) => encoder_dim << encoder_rates.len(),
-        Some(v) => object_usize(v).ok_or_else(|| missing("latent_dim"))?,
-    };
-    let codebook_dim = match get("codebook_dim") {
-        Some(Object::List(_)) => {
-            return Err(Error::convert(path, "per-codebook codebook_dim lists are not supported"));
-        }
-        _ => uint("codebook_dim")?,
-    };
+    if let Some(Object::List(_)) = get("codebook_dim") {
+        return Err(Error::convert(path, "per-codebook codebook_dim lists are not supported"));
+    }
+    let names = ["encoder_dim", "encoder_rates", "latent_dim", "decoder_dim", "decoder_rates", "sample_rate"];
+    let given = |k: &str| !matches!(get(k), None | Some(Object::None));
+    dac_config(names, &["latent_dim"], uint, list, given)
+}
+
+/// A [`DacConfig`] from one source's values: `names` are its names of `encoder_dim`, `encoder_rates`, `latent_dim`,
+/// `decoder_dim`, `decoder_rates` and `sample_rate` (the codebook keys are named alike everywhere); `uint` and `list`
+/// read a value, an error if it is missing. The keys in `optional` may be left out (`given` says which are set):
+/// then descript's defaults apply, a latent `encoder_dim · 2^blocks` wide and the encoder's rates reversed.
+fn dac_config(
+    names: [&str; 6],
+    optional: &[&str],
+    uint: impl Fn(&str) -> Result<usize>,
+    list: impl Fn(&str) -> Result<Vec<usize>>,
+    given: impl Fn(&str) -> bool,
+) -> Result<DacConfig> {
+    let [encoder_dim, encoder_rates, latent_dim, decoder_dim, decoder_rates, sample_rate] = names;
+    let left_out = |k: &str| optional.contains(&k) && !given(k);
+    let (encoder_dim, encoder_rates) = (uint(encoder_dim)?, list(encoder_rates)?);
     Ok(DacConfig {
-        sample_rate: uint("sample_rate")?,
+        latent_dim: if left_out(latent_dim) { encoder_dim << encoder_rates.len() } else { uint(latent_dim)? },
+        decoder_dim: uint(decoder_dim)?,
+        decoder_rates: if left_out(decoder_rates) {
+            encoder_rates.iter().rev().copied().collect()
+        } else {
+            list(decoder_rates)?
+        },
         encoder_dim,
         encoder_rates,
-        latent_dim,
-        decoder_dim: uint("decoder_dim")?,
-        decoder_rates: list("decoder_rates")?,
         n_codebooks: uint("n_codebooks")?,
         codebook_size: uint("codebook_size")?,
-        codebook_dim,
+        codebook_dim: uint("codebook_dim")?,
+        sample_rate: uint(sample_rate)?,
     })
 }
 
@@ -136,27 +150,15 @@ pub fn config_from_json(path: &Path, j: &Json) -> Result<DacConfig> {
             .and_then(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect::<Option<Vec<_>>>())
             .ok_or_else(|| missing(k))
     };
-    let encoder_dim = uint("encoder_hidden_size")?;
-    let encoder_rates = list("downsampling_ratios")?;
-    let decoder_rates = match j.get("upsampling_ratios") {
-        Some(_) => list("upsampling_ratios")?,
-        None => encoder_rates.iter().rev().copied().collect(),
-    };
-    let latent_dim = match j.get("hidden_size") {
-        Some(_) => uint("hidden_size")?,
-        None => encoder_dim << encoder_rates.len(),
-    };
-    Ok(DacConfig {
-        sample_rate: uint("sampling_rate")?,
-        encoder_dim,
-        encoder_rates,
-        latent_dim,
-        decoder_dim: uint("decoder_hidden_size")?,
-        decoder_rates,
-        n_codebooks: uint("n_codebooks")?,
-        codebook_size: uint("codebook_size")?,
-        codebook_dim: uint("codebook_dim")?,
-    })
+    let names = [
+        "encoder_hidden_size",
+        "downsampling_ratios",
+        "hidden_size",
+        "decoder_hidden_size",
+        "upsampling_ratios",
+        "sampling_rate",
+    ];
+    dac_config(names, &["hidden_size", "upsampling_ratios"], uint, list, |k| j.get(k).is_some())
 }
 
 /// Maps a descript name to its hub name (`n` = number of encoder/decoder blocks).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::gguf::{keys, metadata_fields, ModelFile};
+use crate::gguf::{keys, metadata_config, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
@@ -24,51 +24,37 @@ use crate::stream;
 /// `general.architecture` of a DAC model file.
 pub const ARCH: &str = "dac";
 
-/// `codec.dac.*` metadata keys (names follow descript's `DAC(...)` arguments).
-pub mod key {
-    /// Channels after the encoder's first conv (u32); each encoder block doubles them.
-    pub const ENCODER_DIM: &str = "codec.dac.encoder_dim";
-    /// Stride of each encoder block, in order (u32 array); their product is the hop.
-    pub const ENCODER_RATES: &str = "codec.dac.encoder_rates";
-    /// Channels after the decoder's first conv (u32); each decoder block halves them.
-    pub const DECODER_DIM: &str = "codec.dac.decoder_dim";
-    /// Upsampling factor of each decoder block, in order (u32 array).
-    pub const DECODER_RATES: &str = "codec.dac.decoder_rates";
-}
-
-/// DAC hyper-parameters, as descript's `DAC(...)` arguments; read from and written to GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DacConfig {
-    /// Audio sample rate in Hz.
-    pub sample_rate: usize,
-    /// Channels after the encoder's first conv, doubled by each encoder block.
-    pub encoder_dim: usize,
-    /// Stride of each encoder block; their product is the hop.
-    pub encoder_rates: Vec<usize>,
-    /// Channels of the latent the quantizer codes.
-    pub latent_dim: usize,
-    /// Channels after the decoder's first conv, halved by each decoder block.
-    pub decoder_dim: usize,
-    /// Upsampling factor of each decoder block (transposed-conv stride).
-    pub decoder_rates: Vec<usize>,
-    /// Number of codebooks (RVQ levels).
-    pub n_codebooks: usize,
-    /// Entries per codebook.
-    pub codebook_size: usize,
-    /// Width of a codebook entry (the latent is projected down to it).
-    pub codebook_dim: usize,
+metadata_config! {
+    /// DAC hyper-parameters, as descript's `DAC(...)` arguments (in its order); read from and written to GGUF metadata.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct DacConfig {
+        /// Channels after the encoder's first conv, doubled by each encoder block.
+        pub encoder_dim: usize = count(key::ENCODER_DIM = "codec.dac.encoder_dim"),
+        /// Stride of each encoder block; their product is the hop.
+        pub encoder_rates: Vec<usize> = strides(key::ENCODER_RATES = "codec.dac.encoder_rates"),
+        /// Channels of the latent the quantizer codes.
+        pub latent_dim: usize = count(keys::LATENT_DIM),
+        /// Channels after the decoder's first conv, halved by each decoder block.
+        pub decoder_dim: usize = count(key::DECODER_DIM = "codec.dac.decoder_dim"),
+        /// Upsampling factor of each decoder block (transposed-conv stride).
+        pub decoder_rates: Vec<usize> = strides(key::DECODER_RATES = "codec.dac.decoder_rates"),
+        /// Number of codebooks (RVQ levels).
+        pub n_codebooks: usize = count(keys::N_Q),
+        /// Entries per codebook.
+        pub codebook_size: usize = count(keys::CODEBOOK_SIZE),
+        /// Width of a codebook entry (the latent is projected down to it).
+        pub codebook_dim: usize = count(keys::CODEBOOK_DIM),
+        /// Audio sample rate in Hz.
+        pub sample_rate: usize = rate(keys::SAMPLE_RATE),
+    }
+    /// `codec.dac.*` metadata keys (names follow descript's `DAC(...)` arguments).
+    pub mod key;
 }
 
 impl DacConfig {
-    /// Audio samples per code frame: the product of the encoder rates.
-    pub fn hop(&self) -> usize {
-        self.encoder_rates.iter().product()
-    }
-
     /// descript's released 44.1 kHz model (`weights_44khz_8kbps_0.0.1.pth`), for `bench --random`.
     pub fn published_44khz() -> Self {
         Self {
-            sample_rate: 44100,
             encoder_dim: 64,
             encoder_rates: vec![2, 4, 8, 8],
             latent_dim: 1024,
@@ -77,6 +63,7 @@ impl DacConfig {
             n_codebooks: 9,
             codebook_size: 1024,
             codebook_dim: 8,
+            sample_rate: 44100,
         }
     }
 
@@ -90,19 +77,12 @@ impl DacConfig {
         crate::gguf::write_shared_keys(w, self.hop());
         self.write_metadata(w);
     }
-}
 
-metadata_fields!(DacConfig {
-    sample_rate: rate = keys::SAMPLE_RATE,
-    n_codebooks: count = keys::N_Q,
-    codebook_size: count = keys::CODEBOOK_SIZE,
-    codebook_dim: count = keys::CODEBOOK_DIM,
-    latent_dim: count = keys::LATENT_DIM,
-    encoder_dim: count = key::ENCODER_DIM,
-    encoder_rates: strides = key::ENCODER_RATES,
-    decoder_dim: count = key::DECODER_DIM,
-    decoder_rates: strides = key::DECODER_RATES,
-});
+    /// Audio samples per code frame: the product of the encoder rates.
+    pub fn hop(&self) -> usize {
+        self.encoder_rates.iter().product()
+    }
+}
 
 /// Snake → conv k7 (dilation d, "same" padding) → Snake → conv k1, plus the input (centre-cropped if shorter).
 #[derive(Debug, Clone)]
