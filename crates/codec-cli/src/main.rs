@@ -42,6 +42,14 @@ struct ModelArg {
     model: String,
 }
 
+/// `--n-q` of the commands that encode.
+#[derive(Args, Clone, Copy)]
+struct CodebooksArg {
+    /// Number of codebooks (default: all).
+    #[arg(long = "n-q")]
+    n_q: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a checkpoint into a GGUF model file: a hub-style directory (config.json + *.safetensors), a
@@ -73,9 +81,8 @@ enum Command {
         /// gets one <stem>.npy per input (created if missing).
         #[arg(short, long)]
         output: PathBuf,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         #[command(flatten)]
         stream: StreamArg,
         #[command(flatten)]
@@ -94,9 +101,8 @@ enum Command {
         /// The directory of the shards (created if missing).
         #[arg(short, long)]
         output: PathBuf,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         /// Files per batched model call.
         #[arg(long = "batch-size", default_value_t = 8)]
         batch_size: usize,
@@ -135,9 +141,8 @@ enum Command {
         /// The WAV file to write (as long as the input).
         #[arg(short, long)]
         output: PathBuf,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         /// Write 16-bit PCM instead of 32-bit float.
         #[arg(long)]
         pcm16: bool,
@@ -166,9 +171,8 @@ enum Command {
         /// Timed runs of each direction (the best is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         /// Clips per batched pass (encode_batch/decode_batch over this many copies of the input); the times are
         /// per batch and "x real time" counts all its audio.
         #[arg(long, default_value_t = 1)]
@@ -654,7 +658,7 @@ fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Encode { model, inputs, output, n_q, stream, batch } => {
+        Command::Encode { model, inputs, output, codebooks: CodebooksArg { n_q }, stream, batch } => {
             let Some(outputs) = Many::plan(inputs, output, "npy", *stream, *batch)? else {
                 check_output(output, "npy")?;
                 let codec = load(&model.model, cli, Parts::Encoder)?;
@@ -685,7 +689,7 @@ fn run(cli: &Cli) -> Result<()> {
             let codec = load(&model.model, cli, Parts::Decoder)?;
             outputs.run(cli, "decoding", |batch| decode_batch(&codec, batch, *pcm16))
         }
-        Command::Roundtrip { model, input, output, n_q, pcm16, stream } => {
+        Command::Roundtrip { model, input, output, codebooks: CodebooksArg { n_q }, pcm16, stream } => {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
@@ -703,7 +707,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => info(model, cli),
-        Command::Tokenize { model, inputs, output, n_q, batch_size, shard_rows, jobs } => {
+        Command::Tokenize { model, inputs, output, codebooks: CodebooksArg { n_q }, batch_size, shard_rows, jobs } => {
             for (value, flag) in [(*batch_size, "--batch-size"), (*shard_rows, "--shard-rows"), (*jobs, "--jobs")] {
                 if value == 0 {
                     return Err(Error::InvalidArgument(format!("{flag} must be at least 1")));
@@ -742,7 +746,7 @@ fn run(cli: &Cli) -> Result<()> {
                 ))),
             }
         }
-        Command::Bench { model, arch, random, seconds, runs, n_q, batch, stream } => {
+        Command::Bench { model, arch, random, seconds, runs, codebooks: CodebooksArg { n_q }, batch, stream } => {
             if model.is_some() && *random {
                 return Err(Error::InvalidArgument("bench takes -m MODEL or --arch A --random, not both".into()));
             }

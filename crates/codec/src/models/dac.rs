@@ -493,11 +493,6 @@ impl super::Model for Dac {
     fn hop(&self) -> usize {
         self.config.hop()
     }
-    fn peak_bytes(&self, n_frames: usize) -> u64 {
-        // Measured: one pass grows peak RSS by about 2 KB per sample (16 kHz, 10 s vs 20 s); a stream's pieces
-        // at 44.1 kHz by up to 8 KB (decode; all layers' carried samples and skips on top).
-        super::bytes_per_sample(n_frames, self.hop(), 8000)
-    }
     fn n_q(&self) -> usize {
         self.config.n_codebooks
     }
@@ -506,6 +501,14 @@ impl super::Model for Dac {
     }
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
         Ok(self.quantizer.encode(&self.encode_latent(pcm)?, n_q)?.0)
+    }
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.quantizer.decode(codes)?)
+    }
+    fn peak_bytes(&self, n_frames: usize) -> u64 {
+        // Measured: one pass grows peak RSS by about 2 KB per sample (16 kHz, 10 s vs 20 s); a stream's pieces
+        // at 44.1 kHz by up to 8 KB (decode; all layers' carried samples and skips on top).
+        super::bytes_per_sample(n_frames, self.hop(), 8000)
     }
     fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<super::StageTime>> {
         let mut t = super::StageTimer::default();
@@ -520,9 +523,6 @@ impl super::Model for Dac {
     }
     fn stream_decoder(self: Arc<Self>, device: &Device) -> Option<Box<dyn stream::DecoderStream>> {
         Some(Box::new(DecoderStream::new(self, device.clone())))
-    }
-    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        self.decoder.forward(&self.quantizer.decode(codes)?)
     }
     fn pads_exactly(&self) -> bool {
         true
