@@ -98,20 +98,8 @@ enum Command {
         /// Directories, audio files and manifests (.txt: one path a line; .jsonl: a "path" field).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// The directory of the shards (created if missing).
-        #[arg(short, long)]
-        output: PathBuf,
         #[command(flatten)]
-        codebooks: CodebooksArg,
-        /// Files per batched model call.
-        #[arg(long = "batch-size", default_value_t = 8)]
-        batch_size: usize,
-        /// Rows (files) per shard.
-        #[arg(long = "shard-rows", default_value_t = 1000)]
-        shard_rows: usize,
-        /// Threads reading and resampling audio while the model computes (default: 2).
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
+        options: tokenize::Options,
     },
     /// Decode codes (.npy, int32 or int64, shape (n_q, frames) or (1, n_q, frames)) into a WAV file.
     Decode {
@@ -707,7 +695,8 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => info(model, cli),
-        Command::Tokenize { model, inputs, output, codebooks: CodebooksArg { n_q }, batch_size, shard_rows, jobs } => {
+        Command::Tokenize { model, inputs, options } => {
+            let tokenize::Options { output, batch_size, shard_rows, jobs, .. } = options;
             for (value, flag) in [(*batch_size, "--batch-size"), (*shard_rows, "--shard-rows"), (*jobs, "--jobs")] {
                 if value == 0 {
                     return Err(Error::InvalidArgument(format!("{flag} must be at least 1")));
@@ -719,14 +708,7 @@ fn run(cli: &Cli) -> Result<()> {
             let items = tokenize::collect_inputs(inputs)?;
             let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
             let codec = load(&path.to_string_lossy(), cli, Parts::Encoder)?;
-            let opts = tokenize::Options {
-                out_dir: output.clone(),
-                n_q: *n_q,
-                batch_size: *batch_size,
-                shard_rows: *shard_rows,
-                jobs: *jobs,
-                quiet: cli.quiet,
-            };
+            let opts = tokenize::Options { quiet: cli.quiet, ..options.clone() };
             let s = tokenize::run(&codec, &path, items, &opts)?;
             eprintln!(
                 "tokenize: {} files done, {} skipped (already in shards), {} failed{}; {:.3} h of audio in {:.1} s ({:.0} h/h)",
