@@ -62,7 +62,8 @@ metadata_config! {
         pub head_dim: usize = count(key::HEAD_DIM = "codec.mimi.head_dim"),
         /// Hidden width of the transformer MLP.
         pub intermediate_size: usize = count(key::INTERMEDIATE_SIZE = "codec.mimi.intermediate_size"),
-        /// Attention span in transformer steps (SEANet rate): a step sees itself and the `sliding_window - 1` before it.
+        /// Attention span in transformer steps (SEANet rate): a step sees itself and the `sliding_window - 1`
+        /// before it.
         pub sliding_window: usize = count(key::SLIDING_WINDOW = "codec.mimi.sliding_window"),
         /// RoPE base period.
         pub rope_theta: f64 = positive_f64(key::ROPE_THETA = "codec.mimi.rope_theta"),

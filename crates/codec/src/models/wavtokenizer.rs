@@ -50,7 +50,8 @@ metadata_config! {
         /// ConvNeXt blocks in the backbone.
         pub num_layers: usize = usize(key::NUM_LAYERS = "codec.wavtokenizer.num_layers"),
         /// Conditioning rows of each AdaLayerNorm (one per bandwidth the model was trained for).
-        pub adanorm_num_embeddings: usize = count(key::ADANORM_NUM_EMBEDDINGS = "codec.wavtokenizer.adanorm_num_embeddings"),
+        pub adanorm_num_embeddings: usize =
+            count(key::ADANORM_NUM_EMBEDDINGS = "codec.wavtokenizer.adanorm_num_embeddings"),
         /// The AdaLayerNorm row decoding uses (below `adanorm_num_embeddings`).
         pub bandwidth_id: usize = usize(key::BANDWIDTH_ID = "codec.wavtokenizer.bandwidth_id"),
         /// ISTFT frame length in samples (a multiple of `istft_hop`).
