@@ -27,19 +27,6 @@ pub enum DeviceKind {
     Auto,
 }
 
-impl std::str::FromStr for DeviceKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            "metal" => Ok(Self::Metal),
-            "auto" => Ok(Self::Auto),
-            _ => Err(Error::InvalidArgument(format!("unknown device '{s}' (expected cpu, cuda, metal or auto)"))),
-        }
-    }
-}
-
 impl DeviceKind {
     /// The candle device this names; an error if this build or machine lacks it (`Auto` falls back to the CPU).
     pub fn device(self) -> Result<Device> {
@@ -52,6 +39,14 @@ impl DeviceKind {
             Self::Metal => Device::new_metal(0).map_err(|e| unavailable("metal", e)),
             Self::Auto => Ok(Device::new_cuda(0).or_else(|_| Device::new_metal(0)).unwrap_or(Device::Cpu)),
         }
+    }
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let choices = [("cpu", Self::Cpu), ("cuda", Self::Cuda), ("metal", Self::Metal), ("auto", Self::Auto)];
+        crate::error::parse_choice("device", s, &choices)
     }
 }
 

@@ -453,12 +453,9 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::max_abs_diff;
     use super::*;
     use candle_core::{Device, Tensor};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
-    }
 
     /// Against candle's own conv1d on an explicitly zero-padded input, over strides, dilations and paddings.
     #[test]
@@ -483,11 +480,11 @@ mod tests {
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
             // The fused residual add is the conv plus the residual, exactly.
             let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
             let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
-            assert_eq!(max_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+            assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
         }
     }
 
@@ -548,7 +545,7 @@ mod tests {
             let padded = crate::nn::conv::pad1d(&x, l, r, crate::nn::conv::PadMode::Reflect).unwrap();
             let want = padded.conv1d(&w, 0, s, d, 1).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r, t));
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r, t));
         }
     }
 
@@ -573,11 +570,11 @@ mod tests {
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, 1, d, c).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-5, "case {:?}", (c, k, d, l, r, t));
+            assert!(max_abs_diff(&got, &want) < 1e-5, "case {:?}", (c, k, d, l, r, t));
             // Channels last: the same bits, transposed.
             let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
             let tc = xt.apply_op1_no_bwd(&DepthwiseConv1dOp { channels_last: true, ..op }).unwrap();
-            assert_eq!(max_diff(&tc.transpose(1, 2).unwrap(), &got), 0.0, "case {:?}", (c, k, d, l, r, t));
+            assert_eq!(max_abs_diff(&tc.transpose(1, 2).unwrap(), &got), 0.0, "case {:?}", (c, k, d, l, r, t));
         }
     }
 
@@ -607,7 +604,7 @@ mod tests {
             let want = full.narrow(2, tl, len - tl - tr).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, tl, tr));
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, tl, tr));
         }
     }
 }
