@@ -506,10 +506,15 @@ mod tests {
             for t in [1, 2, 7, 16, 30] {
                 let Ok(narrow) = cut(&x, t).apply_op1_no_bwd(&op) else { continue };
                 let n = narrow.dim(2).unwrap();
-                assert_eq!(max_diff(&narrow, &cut(&wide, n)), 0.0, "conv {:?}, {t} samples", (c_in, c_out, k, s, d));
+                assert_eq!(
+                    max_abs_diff(&narrow, &cut(&wide, n)),
+                    0.0,
+                    "conv {:?}, {t} samples",
+                    (c_in, c_out, k, s, d)
+                );
                 let residual = Tensor::randn(0f32, 1., narrow.dims(), &dev).unwrap();
                 let fused = cut(&x, t).apply_op2_no_bwd(&residual, &op).unwrap();
-                assert_eq!(max_diff(&fused, &(&narrow + &residual).unwrap()), 0.0);
+                assert_eq!(max_abs_diff(&fused, &(&narrow + &residual).unwrap()), 0.0);
             }
             // Transposed: the first t·s samples of t inputs' output see every input they will ever see.
             let wt = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
@@ -521,7 +526,7 @@ mod tests {
                 let narrow = cut(&x, t).apply_op1_no_bwd(&op).unwrap();
                 let same = cut(&narrow, t * s);
                 assert_eq!(
-                    max_diff(&same, &cut(&wide, t * s)),
+                    max_abs_diff(&same, &cut(&wide, t * s)),
                     0.0,
                     "transposed {:?}, {t} frames",
                     (c_in, c_out, k, s)
