@@ -775,7 +775,21 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
     let path = codec::hub::resolve_model(spec, !cli.quiet)?;
     let file = codec::gguf::ModelFile::open(&path)?;
     let arch = file.architecture()?.to_string();
-    let codec = Codec::load(&path, DeviceKind::Cpu)?;
+    // A TTS model is no codec: it is checked by building it, and described by its own line.
+    let (codec, tts_line) = if arch == codec::models::pocket_tts::ARCH {
+        let tts = codec::models::pocket_tts::PocketTts::load(&file, &DeviceKind::Cpu.device()?)?;
+        let cfg = &tts.config;
+        let frame_rate = cfg.sample_rate as f64 / cfg.hop() as f64;
+        (
+            None,
+            Some(format!(
+                "{} Hz audio from {frame_rate} latent frames of {} per second",
+                cfg.sample_rate, cfg.latent_dim
+            )),
+        )
+    } else {
+        (Some(Codec::load(&path, DeviceKind::Cpu)?), None)
+    };
     let tensors = file.tensor_list();
     let params: usize = tensors.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
     let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
@@ -787,17 +801,24 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
     if let Ok(name) = file.string(codec::gguf::keys::NAME) {
         println!("name:           {}", printable(name));
     }
-    println!("sample rate:    {} Hz", codec.sample_rate());
-    println!("hop:            {} samples", codec.hop());
-    println!("frame rate:     {} Hz", codec.frame_rate());
-    println!("max n_q:        {}", codec.max_n_q());
-    println!("codebook size:  {}", codec.codebook_size());
+    if let Some(line) = &tts_line {
+        println!("text-to-speech: {line}");
+    }
+    if let Some(codec) = &codec {
+        println!("sample rate:    {} Hz", codec.sample_rate());
+        println!("hop:            {} samples", codec.hop());
+        println!("frame rate:     {} Hz", codec.frame_rate());
+        println!("max n_q:        {}", codec.max_n_q());
+        println!("codebook size:  {}", codec.codebook_size());
+    }
     println!("parameters:     {params} ({:.1} M)", params as f64 / 1e6);
     let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
     println!("tensors:        {} ({})", tensors.len(), dtypes.join(", "));
     println!("file size:      {} bytes ({:.1} MiB)", file.file_size, file.file_size as f64 / (1 << 20) as f64);
     println!("metadata:");
     for (k, v) in file.metadata_lines() {
+        // Embedded documents (a tokenizer.json) are named, not printed.
+        let v = if v.len() > 200 { format!("({} bytes)", v.len()) } else { v };
         println!("  {} = {}", printable(&k), printable(&v));
     }
     Ok(())

@@ -663,7 +663,7 @@ pub fn write_shared_keys(w: &mut Writer, hop: usize) {
 /// `read_metadata(&ModelFile) -> Result<Self>` and `write_metadata(&self, &mut Writer)`: adding a model's config is
 /// declaring it. Each kind is read by the [`ModelFile`] method of its name, which checks the value and names the key
 /// and the file in its error: `count` (usize ≥ 1), `usize`, `strides` (factors of a hop), `rate` (Hz),
-/// `positive_f64`, `bool`, `text` (String). Fields that no key holds take the values after `fixed`.
+/// `positive_f64`, `f64`, `bool`, `text` (String). Fields that no key holds take the values after `fixed`.
 macro_rules! metadata_fields {
     ($ty:ident { $($field:ident: $kind:ident = $key:expr),+ $(,)? } $(fixed { $($fixed:ident: $value:expr),+ $(,)? })?) => {
         impl $ty {
@@ -683,6 +683,7 @@ macro_rules! metadata_fields {
     (@write rate, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
     (@write strides, $w:ident, $key:expr, $v:expr) => { $w.u32_array($key, $v) };
     (@write positive_f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
+    (@write f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
     (@write bool, $w:ident, $key:expr, $v:expr) => { $w.bool($key, *$v) };
     (@write text, $w:ident, $key:expr, $v:expr) => { $w.string($key, $v) };
 }

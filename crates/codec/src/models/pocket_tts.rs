@@ -1,0 +1,498 @@
+//! Pocket TTS (Kyutai, pip `pocket-tts` 4.0.1): text → speech with a Flow-LM over the continuous latents of a Mimi
+//! variant. This file holds the hyper-parameters (all from GGUF metadata) and the Mimi variant; the Flow-LM is the
+//! next phase (issue 14).
+//!
+//! # The reference, read off pocket-tts 4.0.1 (`models/tts_model.py`, `models/flow_lm.py`, `models/mimi.py`)
+//!
+//! **Mimi variant** (`build_mimi`, config `mimi:`): 24 kHz mono. SEANet as Mimi's (causal convs, constant padding,
+//! ELU, one residual block per stage with an identity skip, compress 2, kernels 7/3/3) but ratios `[6, 5, 4]` (hop
+//! 120: 200 Hz) and `dimension` 512. `encoder_transformer` / `decoder_transformer`: `ProjectedTransformer` with 2
+//! layers, d 512, 8 heads, FFN 2048, LayerScale, context 250 steps (at 200 Hz), RoPE (interleaved pairs, stacked
+//! `in_proj.weight`), LayerNorm eps 1e-5 — and GELU's **tanh** approximation (moshi's Mimi uses exact GELU), no
+//! biases. `downsample`: `ConvDownsample1d(stride 16)`: conv k 32, stride 16, no bias, replicate left padding, from
+//! 512 straight to the 32-dim latent (`inner_dim`). `quantizer`: `DummyQuantizer`, only `output_proj` (1×1 conv 32 →
+//! 512, no bias). `upsample`: `ConvTrUpsample1d(16)`: depthwise transposed conv k 32 stride 16, no bias (`outer_dim`
+//! in, 512 out, groups 512).
+//! - `encode_to_latent(x)`: zero-pad to whole 1920-sample frames → SEANet encoder → transformer → downsample →
+//!   (B, F, 32), time first. No quantization.
+//! - `decode_from_latent(z, state)`: `output_proj` → upsample → transformer → SEANet decoder, always with streaming
+//!   state (the TTS decodes one frame per call; after each call `increment_steps(mimi, state, 16)` moves RoPE and the
+//!   KV cache on). One call over all frames gives the same result: every stage is causal.
+//!
+//! **Flow-LM** (`FlowLMModel`, config `flow_lm:`): a `StreamingTransformer` (6 layers, d 1024, 16 heads, FFN
+//! `d · hidden_scale` = 4096, RoPE max_period 10000, no LayerScale, no context limit, linear KV cache, GELU tanh,
+//! LayerNorm eps 1e-5, no biases), `out_norm` LayerNorm(eps 1e-5), `out_eos` Linear(d → 1, bias). Inputs: latents
+//! `(B, S, 32)` where NaN marks BOS (replaced by `bos_emb`), through `input_linear` (32 → d, no bias); text through
+//! `conditioner` (`LUTConditioner`: `nn.Embedding(n_bins + 1, d)` over a `tokenizers` tokenizer.json); a voice through
+//! `speaker_proj_weight` (d × 32). One call: `transformer(cat[text_emb, voice_cond, input_linear(latents)])`, then
+//! `out_norm`, keep the latent positions, take the last one `h`; EOS = `out_eos(h) > eos_threshold`; the next latent
+//! = `lsd_decode(flow_net(h, ·), noise, steps)` with noise ~ N(0, temperature) (`std = temp ** 0.5`; temperature 0
+//! gives exact zeros). `lsd_decode`: for i in 0..n: `x += flow_net(h, s = i/n, t = (i+1)/n, x) / n`.
+//! - `flow_net` = `SimpleMLPAdaLN(in 32, model 512, out 32, cond d, depth 6, 2 time conditions)`: `y =
+//!   cond_embed(h) + (time_embed[0](s) + time_embed[1](t)) / 2`; `x = input_proj(x)`; `depth` × ResBlock (`x +
+//!   gate · mlp(LN_1e-6(x) · (1 + scale) + shift)`, `(shift, scale, gate) = adaLN_modulation(silu(y))`, mlp =
+//!   Linear–SiLU–Linear); FinalLayer (`linear(LN_1e-6 no affine(x) · (1 + scale) + shift)`, `(shift, scale) =
+//!   adaLN(silu(y))`). `TimestepEmbedder`: `[cos(t·f), sin(t·f)]` with `f = exp(−ln(10000) · arange(128) / 128)`
+//!   (the `freqs` buffer, 256 wide) → Linear–SiLU–Linear → RMSNorm (eps 1e-5, `x · α / sqrt(eps + var(x))`, var
+//!   *unbiased*, not the mean square).
+//!
+//! **Generation** (`TTSModel.generate_audio_stream`): text → `prepare_text_prompt` (strip, replace characters,
+//! capitalise the first letter, append a period, `frames_after_eos` = 3 for ≤ 4 words else 1, plus 2) →
+//! `split_into_best_sentences` (chunks of ≤ 50 tokens at sentence ends). Per chunk: a copy of the voice state; prompt
+//! the text tokens in one Flow-LM call (its sampled latent is discarded); then up to `max_gen_len = ceil((tokens / 3 +
+//! 2) · 12.5)` steps, the first input NaN (BOS), each next input the previous latent; EOS is ignored before step 6;
+//! stop at `eos_step + frames_after_eos` (that step's latent is not decoded). Each latent is decoded as
+//! `latent · emb_std + emb_mean` by the Mimi decoder, one frame per call, state kept across the chunk; the first 120
+//! samples (`sample_rate / 200`) of a chunk are faded in by `linspace(0, 1, 120)`.
+//! - No voice: a fresh, empty Flow-LM state. Voice: audio → mono 24 kHz → `end_on_pause` (20 ms frames more than 35
+//!   dB below the loudest cut from the end, the last 20 ms faded out, 80 ms of zeros appended) → Mimi
+//!   `encode_to_latent` → `speaker_proj_weight` → `bos_before_voice` prepended (when `insert_bos_before_voice`) → one
+//!   Flow-LM call as the prompt.
+//!
+//! Tensor names in the GGUF: the package's `TTSModel.state_dict()` names, with Mimi's parts renamed to the Mimi hub
+//! names under `mimi.` (so `nn::seanet` and `nn::transformer` read them as they read Mimi's) and the transformers'
+//! stacked q/k/v split and permuted to rotate-half RoPE (see `convert::pocket_tts`).
+
+use candle_core::{Module, Result, Tensor};
+
+use crate::gguf::{keys, metadata_fields, ModelFile};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::pad_to_multiple;
+use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
+use crate::nn::transformer::{MlpActivation, Transformer, TransformerConfig};
+use crate::nn::Weights;
+
+/// `general.architecture` of a Pocket TTS model file.
+pub const ARCH: &str = "pocket-tts";
+
+/// The GGUF metadata key holding the whole `tokenizer.json` as one string (llama.cpp's key for a Hugging Face
+/// tokenizer).
+pub const TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
+
+/// `codec.pocket_tts.*` metadata keys (names follow the pocket-tts YAML: `mimi.*` and `flow_lm.*`).
+pub mod key {
+    /// Width of SEANet's output and of the Mimi transformers (`mimi.seanet.dimension`, u32).
+    pub const MIMI_DIMENSION: &str = "codec.pocket_tts.mimi.dimension";
+    /// Input width of the upsampling conv (`mimi.outer_dim`, the quantizer's output dimension, u32).
+    pub const MIMI_OUTER_DIM: &str = "codec.pocket_tts.mimi.outer_dim";
+    /// Channels after SEANet's first conv (u32).
+    pub const MIMI_N_FILTERS: &str = "codec.pocket_tts.mimi.n_filters";
+    /// SEANet's decoder ratios; the encoder applies them reversed (u32 array).
+    pub const MIMI_RATIOS: &str = "codec.pocket_tts.mimi.ratios";
+    /// Kernel of SEANet's first conv (u32).
+    pub const MIMI_KERNEL_SIZE: &str = "codec.pocket_tts.mimi.kernel_size";
+    /// Kernel of the first conv in each SEANet residual block (u32).
+    pub const MIMI_RESIDUAL_KERNEL_SIZE: &str = "codec.pocket_tts.mimi.residual_kernel_size";
+    /// Kernel of SEANet's last conv (u32).
+    pub const MIMI_LAST_KERNEL_SIZE: &str = "codec.pocket_tts.mimi.last_kernel_size";
+    /// Dilation growth per residual block within a SEANet stage (u32).
+    pub const MIMI_DILATION_BASE: &str = "codec.pocket_tts.mimi.dilation_base";
+    /// Residual blocks per SEANet stage (u32).
+    pub const MIMI_N_RESIDUAL_LAYERS: &str = "codec.pocket_tts.mimi.n_residual_layers";
+    /// Narrowing of the hidden channels inside a SEANet residual block (u32).
+    pub const MIMI_COMPRESS: &str = "codec.pocket_tts.mimi.compress";
+    /// How SEANet convs pad: `constant` or `replicate` (string).
+    pub const MIMI_PAD_MODE: &str = "codec.pocket_tts.mimi.pad_mode";
+    /// Stride of the convs between the SEANet rate and the frame rate (16: 200 Hz ↔ 12.5 Hz, u32).
+    pub const MIMI_DOWNSAMPLE_STRIDE: &str = "codec.pocket_tts.mimi.downsample_stride";
+    /// Layers of each Mimi transformer (u32).
+    pub const MIMI_NUM_LAYERS: &str = "codec.pocket_tts.mimi.transformer.num_layers";
+    /// Attention heads of the Mimi transformers (u32).
+    pub const MIMI_NUM_HEADS: &str = "codec.pocket_tts.mimi.transformer.num_heads";
+    /// Hidden width of the Mimi transformers' MLP (u32).
+    pub const MIMI_DIM_FEEDFORWARD: &str = "codec.pocket_tts.mimi.transformer.dim_feedforward";
+    /// Attention span of the Mimi transformers, in steps at the SEANet rate (u32).
+    pub const MIMI_CONTEXT: &str = "codec.pocket_tts.mimi.transformer.context";
+    /// RoPE base period of the Mimi transformers (f32).
+    pub const MIMI_MAX_PERIOD: &str = "codec.pocket_tts.mimi.transformer.max_period";
+    /// Whether the Mimi transformers have LayerScale (bool).
+    pub const MIMI_LAYER_SCALE: &str = "codec.pocket_tts.mimi.transformer.layer_scale";
+    /// LayerNorm epsilon of every transformer (the package's `nn.LayerNorm(d, eps=1e-5)`, f32).
+    pub const NORM_EPS: &str = "codec.pocket_tts.norm_eps";
+    /// Width of the Flow-LM transformer (u32).
+    pub const FLOW_LM_D_MODEL: &str = "codec.pocket_tts.flow_lm.d_model";
+    /// Attention heads of the Flow-LM transformer (u32).
+    pub const FLOW_LM_NUM_HEADS: &str = "codec.pocket_tts.flow_lm.num_heads";
+    /// Layers of the Flow-LM transformer (u32).
+    pub const FLOW_LM_NUM_LAYERS: &str = "codec.pocket_tts.flow_lm.num_layers";
+    /// Hidden width of the Flow-LM MLP (`dim_feedforward`, else `d_model · hidden_scale`; u32).
+    pub const FLOW_LM_DIM_FEEDFORWARD: &str = "codec.pocket_tts.flow_lm.dim_feedforward";
+    /// RoPE base period of the Flow-LM transformer (f32).
+    pub const FLOW_LM_MAX_PERIOD: &str = "codec.pocket_tts.flow_lm.max_period";
+    /// Text pieces of the lookup table (`lookup_table.n_bins`; the table has one more row, for padding; u32).
+    pub const FLOW_LM_N_BINS: &str = "codec.pocket_tts.flow_lm.n_bins";
+    /// Whether a voice prompt is preceded by the learnt `bos_before_voice` (bool).
+    pub const FLOW_LM_INSERT_BOS_BEFORE_VOICE: &str = "codec.pocket_tts.flow_lm.insert_bos_before_voice";
+    /// The flow head's sampler: `lsd` (string; the only one this build runs).
+    pub const FLOW_TYPE: &str = "codec.pocket_tts.flow.type";
+    /// Width of the flow head (u32).
+    pub const FLOW_DIM: &str = "codec.pocket_tts.flow.dim";
+    /// Residual blocks of the flow head (u32).
+    pub const FLOW_DEPTH: &str = "codec.pocket_tts.flow.depth";
+    /// Width of the flow head's sinusoidal time embedding (u32).
+    pub const FLOW_FREQUENCY_EMBEDDING_SIZE: &str = "codec.pocket_tts.flow.frequency_embedding_size";
+    /// LayerNorm epsilon inside the flow head (the package's `LayerNorm(eps=1e-6)`, f32).
+    pub const FLOW_NORM_EPS: &str = "codec.pocket_tts.flow.norm_eps";
+    /// RMSNorm epsilon of the flow head's time embedders (f32).
+    pub const FLOW_RMS_NORM_EPS: &str = "codec.pocket_tts.flow.rms_norm_eps";
+    /// Temperature when the caller gives none (`default_temperature`, f32).
+    pub const DEFAULT_TEMPERATURE: &str = "codec.pocket_tts.default_temperature";
+    /// Generation stops once the EOS logit exceeds this (`default_eos_threshold`, f32).
+    pub const EOS_THRESHOLD: &str = "codec.pocket_tts.eos_threshold";
+    /// Frames decoded after EOS; 0: from the text's word count, as the package guesses (u32).
+    pub const FRAMES_AFTER_EOS: &str = "codec.pocket_tts.frames_after_eos";
+    /// EOS is ignored before this generation step (`TTSModel._MIN_FRAMES_BEFORE_EOS`, u32).
+    pub const MIN_FRAMES_BEFORE_EOS: &str = "codec.pocket_tts.min_frames_before_eos";
+    /// Text pieces per generated chunk at most (`MAX_TOKEN_PER_CHUNK`, u32).
+    pub const MAX_TOKENS_PER_CHUNK: &str = "codec.pocket_tts.max_tokens_per_chunk";
+    /// Tokens per second of speech the length limit assumes (`_TOKENS_PER_SECOND_ESTIMATE`, f32).
+    pub const TOKENS_PER_SECOND: &str = "codec.pocket_tts.tokens_per_second";
+    /// Seconds the length limit adds (`_GEN_SECONDS_PADDING`, f32).
+    pub const GEN_SECONDS_PADDING: &str = "codec.pocket_tts.gen_seconds_padding";
+    /// Samples faded in at the start of each chunk's audio (`sample_rate // 200`, u32).
+    pub const FADE_IN_SAMPLES: &str = "codec.pocket_tts.fade_in_samples";
+    /// Text preparation switches of the config (bool each).
+    pub const PAD_WITH_SPACES: &str = "codec.pocket_tts.pad_with_spaces_for_short_inputs";
+    /// See [`PAD_WITH_SPACES`].
+    pub const REMOVE_SEMICOLONS: &str = "codec.pocket_tts.remove_semicolons";
+    /// See [`PAD_WITH_SPACES`].
+    pub const APPEND_TERMINAL_PUNCTUATION: &str = "codec.pocket_tts.append_terminal_punctuation";
+    /// See [`PAD_WITH_SPACES`].
+    pub const CAPITALIZE_FIRST_LETTER: &str = "codec.pocket_tts.capitalize_first_letter";
+    /// Per-character rewrites before tokenization, a JSON object of strings (`replace_characters`).
+    pub const REPLACE_CHARACTERS: &str = "codec.pocket_tts.replace_characters";
+}
+
+/// Every hyper-parameter of a Pocket TTS model, as stored in the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PocketTtsConfig {
+    /// Audio sample rate in Hz.
+    pub sample_rate: usize,
+    /// Width of the continuous latents the Flow-LM generates and Mimi decodes (`mimi.quantizer.dimension`).
+    pub latent_dim: usize,
+    /// Width of SEANet's output and of the Mimi transformers.
+    pub mimi_dimension: usize,
+    /// Input width of the upsampling conv (the quantizer's output); equals `mimi_dimension` (depthwise conv).
+    pub mimi_outer_dim: usize,
+    /// Channels after SEANet's first conv.
+    pub mimi_n_filters: usize,
+    /// SEANet's decoder ratios; the encoder applies them reversed.
+    pub mimi_ratios: Vec<usize>,
+    /// Kernel of SEANet's first conv.
+    pub mimi_kernel_size: usize,
+    /// Kernel of the first conv in each SEANet residual block.
+    pub mimi_residual_kernel_size: usize,
+    /// Kernel of SEANet's last conv.
+    pub mimi_last_kernel_size: usize,
+    /// Residual block j of a SEANet stage has dilation `dilation_base^j`.
+    pub mimi_dilation_base: usize,
+    /// Residual blocks per SEANet stage.
+    pub mimi_n_residual_layers: usize,
+    /// A SEANet residual block's hidden channels are its channels divided by this.
+    pub mimi_compress: usize,
+    /// How SEANet convs pad.
+    pub mimi_pad_mode: String,
+    /// Stride of the resampling convs between the SEANet rate and the frame rate.
+    pub mimi_downsample_stride: usize,
+    /// Layers of each Mimi transformer.
+    pub mimi_num_layers: usize,
+    /// Attention heads of the Mimi transformers.
+    pub mimi_num_heads: usize,
+    /// Hidden width of the Mimi transformers' MLP.
+    pub mimi_dim_feedforward: usize,
+    /// Attention span of the Mimi transformers, in steps at the SEANet rate.
+    pub mimi_context: usize,
+    /// RoPE base period of the Mimi transformers.
+    pub mimi_max_period: f64,
+    /// Whether the Mimi transformers have LayerScale.
+    pub mimi_layer_scale: bool,
+    /// LayerNorm epsilon of every transformer.
+    pub norm_eps: f64,
+    /// Width of the Flow-LM transformer.
+    pub flow_lm_d_model: usize,
+    /// Attention heads of the Flow-LM transformer.
+    pub flow_lm_num_heads: usize,
+    /// Layers of the Flow-LM transformer.
+    pub flow_lm_num_layers: usize,
+    /// Hidden width of the Flow-LM MLP.
+    pub flow_lm_dim_feedforward: usize,
+    /// RoPE base period of the Flow-LM transformer.
+    pub flow_lm_max_period: f64,
+    /// Text pieces of the lookup table.
+    pub flow_lm_n_bins: usize,
+    /// Whether a voice prompt is preceded by `bos_before_voice`.
+    pub flow_lm_insert_bos_before_voice: bool,
+    /// The flow head's sampler (`lsd`).
+    pub flow_type: String,
+    /// Width of the flow head.
+    pub flow_dim: usize,
+    /// Residual blocks of the flow head.
+    pub flow_depth: usize,
+    /// Width of the flow head's sinusoidal time embedding.
+    pub flow_frequency_embedding_size: usize,
+    /// LayerNorm epsilon inside the flow head.
+    pub flow_norm_eps: f64,
+    /// RMSNorm epsilon of the time embedders.
+    pub flow_rms_norm_eps: f64,
+    /// Temperature when the caller gives none.
+    pub default_temperature: f64,
+    /// Generation stops once the EOS logit exceeds this.
+    pub eos_threshold: f64,
+    /// Frames decoded after EOS; 0: from the text's word count.
+    pub frames_after_eos: usize,
+    /// EOS is ignored before this generation step.
+    pub min_frames_before_eos: usize,
+    /// Text pieces per generated chunk at most.
+    pub max_tokens_per_chunk: usize,
+    /// Tokens per second of speech the length limit assumes.
+    pub tokens_per_second: f64,
+    /// Seconds the length limit adds.
+    pub gen_seconds_padding: f64,
+    /// Samples faded in at the start of each chunk's audio.
+    pub fade_in_samples: usize,
+    /// Short texts (< 5 words) get 8 leading spaces.
+    pub pad_with_spaces_for_short_inputs: bool,
+    /// `;` becomes `,`.
+    pub remove_semicolons: bool,
+    /// A text not ending a sentence gets a period.
+    pub append_terminal_punctuation: bool,
+    /// The first letter is upper-cased.
+    pub capitalize_first_letter: bool,
+    /// Per-character rewrites, a JSON object of strings.
+    pub replace_characters: String,
+}
+
+metadata_fields!(PocketTtsConfig {
+    sample_rate: rate = keys::SAMPLE_RATE,
+    latent_dim: count = keys::LATENT_DIM,
+    mimi_dimension: count = key::MIMI_DIMENSION,
+    mimi_outer_dim: count = key::MIMI_OUTER_DIM,
+    mimi_n_filters: count = key::MIMI_N_FILTERS,
+    mimi_ratios: strides = key::MIMI_RATIOS,
+    mimi_kernel_size: count = key::MIMI_KERNEL_SIZE,
+    mimi_residual_kernel_size: count = key::MIMI_RESIDUAL_KERNEL_SIZE,
+    mimi_last_kernel_size: count = key::MIMI_LAST_KERNEL_SIZE,
+    mimi_dilation_base: count = key::MIMI_DILATION_BASE,
+    mimi_n_residual_layers: usize = key::MIMI_N_RESIDUAL_LAYERS,
+    mimi_compress: count = key::MIMI_COMPRESS,
+    mimi_pad_mode: text = key::MIMI_PAD_MODE,
+    mimi_downsample_stride: count = key::MIMI_DOWNSAMPLE_STRIDE,
+    mimi_num_layers: usize = key::MIMI_NUM_LAYERS,
+    mimi_num_heads: count = key::MIMI_NUM_HEADS,
+    mimi_dim_feedforward: count = key::MIMI_DIM_FEEDFORWARD,
+    mimi_context: count = key::MIMI_CONTEXT,
+    mimi_max_period: positive_f64 = key::MIMI_MAX_PERIOD,
+    mimi_layer_scale: bool = key::MIMI_LAYER_SCALE,
+    norm_eps: positive_f64 = key::NORM_EPS,
+    flow_lm_d_model: count = key::FLOW_LM_D_MODEL,
+    flow_lm_num_heads: count = key::FLOW_LM_NUM_HEADS,
+    flow_lm_num_layers: usize = key::FLOW_LM_NUM_LAYERS,
+    flow_lm_dim_feedforward: count = key::FLOW_LM_DIM_FEEDFORWARD,
+    flow_lm_max_period: positive_f64 = key::FLOW_LM_MAX_PERIOD,
+    flow_lm_n_bins: count = key::FLOW_LM_N_BINS,
+    flow_lm_insert_bos_before_voice: bool = key::FLOW_LM_INSERT_BOS_BEFORE_VOICE,
+    flow_type: text = key::FLOW_TYPE,
+    flow_dim: count = key::FLOW_DIM,
+    flow_depth: usize = key::FLOW_DEPTH,
+    flow_frequency_embedding_size: count = key::FLOW_FREQUENCY_EMBEDDING_SIZE,
+    flow_norm_eps: positive_f64 = key::FLOW_NORM_EPS,
+    flow_rms_norm_eps: positive_f64 = key::FLOW_RMS_NORM_EPS,
+    default_temperature: f64 = key::DEFAULT_TEMPERATURE,
+    eos_threshold: f64 = key::EOS_THRESHOLD,
+    frames_after_eos: usize = key::FRAMES_AFTER_EOS,
+    min_frames_before_eos: usize = key::MIN_FRAMES_BEFORE_EOS,
+    max_tokens_per_chunk: count = key::MAX_TOKENS_PER_CHUNK,
+    tokens_per_second: positive_f64 = key::TOKENS_PER_SECOND,
+    gen_seconds_padding: f64 = key::GEN_SECONDS_PADDING,
+    fade_in_samples: usize = key::FADE_IN_SAMPLES,
+    pad_with_spaces_for_short_inputs: bool = key::PAD_WITH_SPACES,
+    remove_semicolons: bool = key::REMOVE_SEMICOLONS,
+    append_terminal_punctuation: bool = key::APPEND_TERMINAL_PUNCTUATION,
+    capitalize_first_letter: bool = key::CAPITALIZE_FIRST_LETTER,
+    replace_characters: text = key::REPLACE_CHARACTERS,
+});
+
+impl PocketTtsConfig {
+    /// Samples per latent frame: SEANet hop × resampling stride (1920 for the released models).
+    pub fn hop(&self) -> usize {
+        self.mimi_ratios.iter().product::<usize>() * self.mimi_downsample_stride
+    }
+
+    /// Reads and checks every key.
+    pub fn from_gguf(f: &ModelFile) -> crate::Result<Self> {
+        let cfg = Self::read_metadata(f)?;
+        cfg.check().map_err(|msg| crate::Error::model_file(&f.path, msg))?;
+        Ok(cfg)
+    }
+
+    /// What the runtime needs beyond each key's own range: a bounded hop, widths the blocks can be built with, a
+    /// sampler this build runs.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let seanet_hop: usize = self.mimi_ratios.iter().product();
+        if seanet_hop.checked_mul(self.mimi_downsample_stride).is_none_or(|hop| hop > crate::gguf::MAX_HOP) {
+            return Err(format!(
+                "the hop (ratios × '{}') exceeds {}",
+                key::MIMI_DOWNSAMPLE_STRIDE,
+                crate::gguf::MAX_HOP
+            ));
+        }
+        if PadMode::parse(&self.mimi_pad_mode).is_none() {
+            return Err(format!("'{}' is '{}' (not a padding mode)", key::MIMI_PAD_MODE, self.mimi_pad_mode));
+        }
+        if self.mimi_outer_dim != self.mimi_dimension {
+            return Err(format!(
+                "'{}' ({}) differs from '{}' ({}): the depthwise upsampling conv needs them equal",
+                key::MIMI_OUTER_DIM,
+                self.mimi_outer_dim,
+                key::MIMI_DIMENSION,
+                self.mimi_dimension
+            ));
+        }
+        for (what, d, h) in [
+            ("mimi", self.mimi_dimension, self.mimi_num_heads),
+            ("flow_lm", self.flow_lm_d_model, self.flow_lm_num_heads),
+        ] {
+            if d % h != 0 || (d / h) % 2 != 0 {
+                return Err(format!("{what}: width {d} is not {h} heads of an even width"));
+            }
+        }
+        if self.flow_type != "lsd" {
+            return Err(format!("'{}' is '{}'; this build samples only 'lsd'", key::FLOW_TYPE, self.flow_type));
+        }
+        if serde_json::from_str::<std::collections::BTreeMap<String, String>>(&self.replace_characters).is_err() {
+            return Err(format!("'{}' is not a JSON object of strings", key::REPLACE_CHARACTERS));
+        }
+        Ok(())
+    }
+
+    /// Writes every key `from_gguf` reads.
+    pub fn to_gguf(&self, w: &mut crate::gguf::Writer) {
+        crate::gguf::write_shared_keys(w, self.hop());
+        self.write_metadata(w);
+    }
+
+    fn seanet(&self) -> Result<SeanetConfig> {
+        let pad_mode = PadMode::parse(&self.mimi_pad_mode)
+            .ok_or_else(|| candle_core::Error::Msg(format!("unknown pad_mode '{}'", self.mimi_pad_mode)))?;
+        Ok(SeanetConfig {
+            channels: 1,
+            dimension: self.mimi_dimension,
+            n_filters: self.mimi_n_filters,
+            ratios: self.mimi_ratios.clone(),
+            kernel_size: self.mimi_kernel_size,
+            residual_kernel_size: self.mimi_residual_kernel_size,
+            last_kernel_size: self.mimi_last_kernel_size,
+            dilation_base: self.mimi_dilation_base,
+            n_residual_layers: self.mimi_n_residual_layers,
+            compress: self.mimi_compress,
+            causal: true,
+            pad_mode,
+            true_skip: true,
+            lstm_layers: 0,
+        })
+    }
+
+    fn mimi_transformer(&self) -> TransformerConfig {
+        TransformerConfig {
+            d_model: self.mimi_dimension,
+            num_heads: self.mimi_num_heads,
+            head_dim: self.mimi_dimension / self.mimi_num_heads,
+            num_layers: self.mimi_num_layers,
+            ffn_dim: self.mimi_dim_feedforward,
+            context: self.mimi_context,
+            rope_theta: self.mimi_max_period,
+            norm_eps: self.norm_eps,
+            activation: MlpActivation::GeluTanh,
+            layer_scale: self.mimi_layer_scale,
+        }
+    }
+}
+
+/// Pocket TTS's Mimi: audio ↔ continuous latents (no quantizer). Stages are public so tests can compare each
+/// against the reference's intermediates.
+#[derive(Debug, Clone)]
+pub struct PocketMimi {
+    /// Samples per latent frame.
+    pub hop: usize,
+    /// SEANet encoder: audio → SEANet rate.
+    pub encoder: SeanetEncoder,
+    /// Transformer over the encoder's output.
+    pub encoder_transformer: Transformer,
+    /// Strided conv to the frame rate, straight to the latent width.
+    pub downsample: Conv1d,
+    /// The `DummyQuantizer`'s 1×1 conv from the latent width back to the decoder's.
+    pub output_proj: Conv1d,
+    /// Depthwise transposed conv from the frame rate back to the SEANet rate.
+    pub upsample: ConvTranspose1d,
+    /// Transformer before the decoder.
+    pub decoder_transformer: Transformer,
+    /// SEANet decoder: SEANet rate → audio.
+    pub decoder: SeanetDecoder,
+}
+
+impl PocketMimi {
+    /// Builds the Mimi part of `cfg` from weights under the Mimi hub names (`encoder.layers.…`, `downsample.conv`,
+    /// `quantizer.output_proj`, …) in `vb`.
+    pub fn new(cfg: &PocketTtsConfig, vb: Weights) -> Result<Self> {
+        let seanet = cfg.seanet()?;
+        let transformer = cfg.mimi_transformer();
+        let (d, latent, s) = (cfg.mimi_dimension, cfg.latent_dim, cfg.mimi_downsample_stride);
+        // The frame-rate convs pad by repeating the edge sample (`pad_mode="replicate"` in `ConvDownsample1d`).
+        let resample = ConvConfig::new(2 * s, Padding::Causal, PadMode::Replicate).stride(s).bias(false);
+        let pointwise = ConvConfig::new(1, Padding::Causal, PadMode::Constant).bias(false);
+        Ok(Self {
+            hop: cfg.hop(),
+            encoder: SeanetEncoder::new(&seanet, vb.pp("encoder.layers"))?,
+            encoder_transformer: Transformer::new(&transformer, vb.pp("encoder_transformer"))?,
+            downsample: Conv1d::new(d, latent, resample, vb.pp("downsample.conv"))?,
+            output_proj: Conv1d::new(latent, cfg.mimi_outer_dim, pointwise, vb.pp("quantizer.output_proj"))?,
+            upsample: ConvTranspose1d::new(cfg.mimi_outer_dim, d, resample.groups(d), vb.pp("upsample.conv"))?,
+            decoder_transformer: Transformer::new(&transformer, vb.pp("decoder_transformer"))?,
+            decoder: SeanetDecoder::new(&seanet, vb.pp("decoder.layers"))?,
+        })
+    }
+
+    /// Audio (B, 1, T) → latents (B, latent_dim, ceil(T / hop)): `encode_to_latent`, channels first.
+    pub fn encode(&self, pcm: &Tensor) -> Result<Tensor> {
+        let pcm = pad_to_multiple(pcm, self.hop)?;
+        let x = self.encoder.forward(&pcm)?;
+        let x = self.encoder_transformer.forward(&x)?;
+        self.downsample.forward(&x)
+    }
+
+    /// Latents (B, latent_dim, F) → audio (B, 1, F · hop): `decode_from_latent` from a fresh state.
+    pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
+        let x = self.output_proj.forward(latent)?;
+        let x = self.upsample.forward(&x)?;
+        let x = self.decoder_transformer.forward(&x)?;
+        self.decoder.forward(&x)
+    }
+}
+
+/// A Pocket TTS model: its hyper-parameters, tokenizer and Mimi (the Flow-LM comes next).
+#[derive(Debug, Clone)]
+pub struct PocketTts {
+    /// Hyper-parameters.
+    pub config: PocketTtsConfig,
+    /// The tokenizer.json the file embeds.
+    pub tokenizer_json: String,
+    /// Audio ↔ latents.
+    pub mimi: PocketMimi,
+}
+
+impl PocketTts {
+    /// Builds the model a Pocket TTS GGUF file describes, weights on `device`.
+    pub fn load(file: &ModelFile, device: &candle_core::Device) -> crate::Result<Self> {
+        let config = PocketTtsConfig::from_gguf(file)?;
+        let tokenizer_json = file.text(TOKENIZER_JSON)?;
+        let vb = super::weights(file, device, super::Parts::All, (&[], &[]));
+        Self::new(config, tokenizer_json, vb)
+            .map_err(|e| crate::Error::model_file(&file.path, format!("invalid pocket-tts model: {e}")))
+    }
+
+    /// Builds the model from `config` and the GGUF tensor names (`mimi.…`, `flow_lm.…`).
+    pub fn new(config: PocketTtsConfig, tokenizer_json: String, vb: Weights) -> Result<Self> {
+        let mimi = PocketMimi::new(&config, vb.pp("mimi"))?;
+        Ok(Self { config, tokenizer_json, mimi })
+    }
+}
