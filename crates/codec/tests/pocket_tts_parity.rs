@@ -108,3 +108,34 @@ fn mimi_decode_matches_reference() {
     let audio = mimi.decode(&latent).unwrap();
     assert_close("decoded", &audio, "mimi_decoded.npy", 0.99999);
 }
+
+fn load_tokens(name: &str) -> Vec<u32> {
+    let arr = codec::npy::read(&fixtures().join(name)).unwrap();
+    arr.to_i64_vec().unwrap().into_iter().map(|t| u32::try_from(t).unwrap()).collect()
+}
+
+/// One Flow-LM step after a text prompt: the backbone output, the EOS logit and the LSD flow (1 and 4 steps, from
+/// given noise and from zeros) against the package's.
+#[test]
+fn flow_lm_step_matches_reference() {
+    let gguf = converted();
+    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    let lm = &model.flow_lm;
+    let mut state = Default::default();
+    lm.prompt(&lm.text_embeddings(&load_tokens("step_tokens.npy")).unwrap(), &mut state).unwrap();
+    let hidden = lm.step(None, &mut state).unwrap();
+    assert_close("hidden", &hidden, "step_hidden.npy", 0.99999);
+    let eos = lm.eos_logit(&hidden).unwrap();
+    assert_close("eos logit", &eos, "step_eos_logit.npy", 0.9999);
+    let x0 = reference("step_x0.npy");
+    assert_close("flow 1 step", &lm.flow.lsd_decode(&hidden, &x0, 1).unwrap(), "step_flow_1.npy", 0.9999);
+    assert_close("flow 4 steps", &lm.flow.lsd_decode(&hidden, &x0, 4).unwrap(), "step_flow_4.npy", 0.9999);
+    let zeros = x0.zeros_like().unwrap();
+    assert_close(
+        "flow from zeros",
+        &lm.flow.lsd_decode(&hidden, &zeros, 1).unwrap(),
+        "step_flow_zero_noise.npy",
+        0.9999,
+    );
+}

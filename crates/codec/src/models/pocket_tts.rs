@@ -1,6 +1,6 @@
 //! Pocket TTS (Kyutai, pip `pocket-tts` 4.0.1): text → speech with a Flow-LM over the continuous latents of a Mimi
-//! variant. This file holds the hyper-parameters (all from GGUF metadata) and the Mimi variant; the Flow-LM is the
-//! next phase (issue 14).
+//! variant. This file holds the hyper-parameters (all from GGUF metadata), the Mimi variant and the Flow-LM with its
+//! flow head; generation (text chunking, EOS, streaming decode) is the next phase (issue 14).
 //!
 //! # The reference, read off pocket-tts 4.0.1 (`models/tts_model.py`, `models/flow_lm.py`, `models/mimi.py`)
 //!
@@ -53,13 +53,15 @@
 //! names under `mimi.` (so `nn::seanet` and `nn::transformer` read them as they read Mimi's) and the transformers'
 //! stacked q/k/v split and permuted to rotate-half RoPE (see `convert::pocket_tts`).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 
 use crate::gguf::{keys, metadata_fields, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::linear::Linear;
+use crate::nn::norm::{layer_norm, LayerNorm};
 use crate::nn::pad_to_multiple;
 use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
-use crate::nn::transformer::{MlpActivation, Transformer, TransformerConfig};
+use crate::nn::transformer::{MlpActivation, Transformer, TransformerConfig, TransformerState};
 use crate::nn::Weights;
 
 /// `general.architecture` of a Pocket TTS model file.
@@ -408,6 +410,24 @@ impl PocketTtsConfig {
     }
 }
 
+impl PocketTtsConfig {
+    fn flow_lm_transformer(&self) -> TransformerConfig {
+        TransformerConfig {
+            d_model: self.flow_lm_d_model,
+            num_heads: self.flow_lm_num_heads,
+            head_dim: self.flow_lm_d_model / self.flow_lm_num_heads,
+            num_layers: self.flow_lm_num_layers,
+            ffn_dim: self.flow_lm_dim_feedforward,
+            // No sliding window: every step sees the whole prompt and generation so far.
+            context: usize::MAX,
+            rope_theta: self.flow_lm_max_period,
+            norm_eps: self.norm_eps,
+            activation: MlpActivation::GeluTanh,
+            layer_scale: false,
+        }
+    }
+}
+
 /// Pocket TTS's Mimi: audio ↔ continuous latents (no quantizer). Stages are public so tests can compare each
 /// against the reference's intermediates.
 #[derive(Debug, Clone)]
@@ -469,7 +489,247 @@ impl PocketMimi {
     }
 }
 
-/// A Pocket TTS model: its hyper-parameters, tokenizer and Mimi (the Flow-LM comes next).
+/// A linear layer `{name}.weight` (out, in) with `{name}.bias` when `bias`.
+fn linear(c_in: usize, c_out: usize, bias: bool, vb: Weights) -> Result<Linear> {
+    let b = if bias { Some(vb.get(c_out, "bias")?) } else { None };
+    Linear::new(vb.matrix((c_out, c_in), "weight")?, b)
+}
+
+/// `x · (1 + scale) + shift` (DiT's AdaLN modulation).
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// A scalar time in [0, 1] → a conditioning vector: `[cos(t·f), sin(t·f)]` → Linear → SiLU → Linear → RMSNorm.
+#[derive(Debug, Clone)]
+struct TimestepEmbedder {
+    /// (1, frequency_embedding_size / 2)
+    freqs: Tensor,
+    fc1: Linear,
+    fc2: Linear,
+    alpha: Tensor,
+    rms_eps: f64,
+}
+
+impl TimestepEmbedder {
+    fn new(cfg: &PocketTtsConfig, vb: Weights) -> Result<Self> {
+        let (dim, freq) = (cfg.flow_dim, cfg.flow_frequency_embedding_size);
+        Ok(Self {
+            freqs: vb.get(freq / 2, "freqs")?.reshape((1, freq / 2))?,
+            fc1: linear(freq, dim, true, vb.pp("mlp.0"))?,
+            fc2: linear(dim, dim, true, vb.pp("mlp.2"))?,
+            alpha: vb.get(dim, "mlp.3.alpha")?,
+            rms_eps: cfg.flow_rms_norm_eps,
+        })
+    }
+
+    /// t (B, 1) → (B, dim).
+    fn forward(&self, t: &Tensor) -> Result<Tensor> {
+        let args = t.broadcast_mul(&self.freqs)?;
+        let x = Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?;
+        let x = self.fc2.forward(&self.fc1.forward(&x)?.silu()?)?;
+        // The package's RMSNorm divides by the *unbiased variance* (mean removed), not by the mean square.
+        let n = x.dim(D::Minus1)? as f64;
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0))?;
+        x.broadcast_mul(&self.alpha)?.broadcast_div(&(var + self.rms_eps)?.sqrt()?)
+    }
+}
+
+/// `x + gate · mlp(modulate(LN(x), shift, scale))`, `(shift, scale, gate)` from the conditioning.
+#[derive(Debug, Clone)]
+struct ResBlock {
+    in_ln: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    modulation: Linear,
+}
+
+impl ResBlock {
+    fn new(cfg: &PocketTtsConfig, vb: Weights) -> Result<Self> {
+        let dim = cfg.flow_dim;
+        Ok(Self {
+            in_ln: LayerNorm::new(dim, cfg.flow_norm_eps, vb.pp("in_ln"))?,
+            fc1: linear(dim, dim, true, vb.pp("mlp.0"))?,
+            fc2: linear(dim, dim, true, vb.pp("mlp.2"))?,
+            modulation: linear(dim, 3 * dim, true, vb.pp("adaLN_modulation.1"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let m = self.modulation.forward(&y.silu()?)?.chunk(3, D::Minus1)?;
+        let h = modulate(&self.in_ln.forward(x)?, &m[0], &m[1])?;
+        let h = self.fc2.forward(&self.fc1.forward(&h)?.silu()?)?;
+        x + m[2].broadcast_mul(&h)?
+    }
+}
+
+/// The flow head (`SimpleMLPAdaLN` with two time conditions): (condition, s, t, x) → the flow at x.
+#[derive(Debug, Clone)]
+pub struct FlowNet {
+    time_embed: [TimestepEmbedder; 2],
+    cond_embed: Linear,
+    input_proj: Linear,
+    res_blocks: Vec<ResBlock>,
+    final_norm_weight: Tensor,
+    final_norm_bias: Tensor,
+    final_modulation: Linear,
+    final_linear: Linear,
+    norm_eps: f64,
+}
+
+impl FlowNet {
+    fn new(cfg: &PocketTtsConfig, vb: Weights) -> Result<Self> {
+        let (dim, d, ldim) = (cfg.flow_dim, cfg.flow_lm_d_model, cfg.latent_dim);
+        let device = vb.device().clone();
+        Ok(Self {
+            time_embed: [
+                TimestepEmbedder::new(cfg, vb.pp("time_embed.0"))?,
+                TimestepEmbedder::new(cfg, vb.pp("time_embed.1"))?,
+            ],
+            cond_embed: linear(d, dim, true, vb.pp("cond_embed"))?,
+            input_proj: linear(ldim, dim, true, vb.pp("input_proj"))?,
+            res_blocks: (0..cfg.flow_depth)
+                .map(|i| ResBlock::new(cfg, vb.pp(format!("res_blocks.{i}"))))
+                .collect::<Result<_>>()?,
+            // `FinalLayer.norm_final` has no affine parameters.
+            final_norm_weight: Tensor::ones(dim, DType::F32, &device)?,
+            final_norm_bias: Tensor::zeros(dim, DType::F32, &device)?,
+            final_modulation: linear(dim, 2 * dim, true, vb.pp("final_layer.adaLN_modulation.1"))?,
+            final_linear: linear(dim, ldim, true, vb.pp("final_layer.linear"))?,
+            norm_eps: cfg.flow_norm_eps,
+        })
+    }
+
+    /// The flow at `x` (B, latent_dim) from time `s` to time `t` (each (B, 1)), conditioned on `c` (B, d_model).
+    pub fn forward(&self, c: &Tensor, s: &Tensor, t: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let x = self.input_proj.forward(x)?;
+        let times = (self.time_embed[0].forward(s)? + self.time_embed[1].forward(t)?)?;
+        let y = (self.cond_embed.forward(c)? + (times / 2.0)?)?;
+        let mut x = x;
+        for block in &self.res_blocks {
+            x = block.forward(&x, &y)?;
+        }
+        let m = self.final_modulation.forward(&y.silu()?)?.chunk(2, D::Minus1)?;
+        let h = layer_norm(&x, &self.final_norm_weight, &self.final_norm_bias, self.norm_eps)?;
+        self.final_linear.forward(&modulate(&h, &m[0], &m[1])?)
+    }
+
+    /// Lagrangian self-distillation sampling (`lsd_decode`): `steps` Euler-like jumps from `noise` (B, latent_dim),
+    /// jump i from time i/steps to (i+1)/steps.
+    pub fn lsd_decode(&self, c: &Tensor, noise: &Tensor, steps: usize) -> Result<Tensor> {
+        let b = noise.dim(0)?;
+        let mut x = noise.clone();
+        for i in 0..steps {
+            // Times as the package makes them: a Python float (f64) rounded to f32.
+            let s = Tensor::full((i as f64 / steps as f64) as f32, (b, 1), noise.device())?;
+            let t = Tensor::full(((i + 1) as f64 / steps as f64) as f32, (b, 1), noise.device())?;
+            let flow = self.forward(c, &s, &t, &x)?;
+            x = (x + (flow / steps as f64)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// The Flow-LM's streaming state: the transformer's KV cache and position.
+#[derive(Debug, Clone, Default)]
+pub struct FlowLmState {
+    transformer: TransformerState,
+}
+
+/// The Flow-LM: a causal transformer over [text | voice | latents] whose last output conditions the flow head and
+/// the EOS head.
+#[derive(Debug, Clone)]
+pub struct FlowLm {
+    /// Lookup table (n_bins + 1, d_model).
+    embed: Tensor,
+    input_linear: Linear,
+    /// Stands in for the latent before the first frame (the reference's NaN input), (latent_dim).
+    bos_emb: Tensor,
+    /// Precedes a voice prompt (when the config inserts it), (d_model).
+    bos_before_voice: Option<Tensor>,
+    speaker_proj: Linear,
+    transformer: Transformer,
+    out_norm: LayerNorm,
+    out_eos: Linear,
+    /// The flow head.
+    pub flow: FlowNet,
+    /// Latent statistics: the Mimi decoder takes `latent · emb_std + emb_mean` (latent_dim each).
+    pub emb_std: Tensor,
+    /// See `emb_std`.
+    pub emb_mean: Tensor,
+    d_model: usize,
+}
+
+impl FlowLm {
+    fn new(cfg: &PocketTtsConfig, vb: Weights) -> Result<Self> {
+        let (d, ldim) = (cfg.flow_lm_d_model, cfg.latent_dim);
+        Ok(Self {
+            embed: vb.get((cfg.flow_lm_n_bins + 1, d), "conditioner.embed.weight")?,
+            input_linear: linear(ldim, d, false, vb.pp("input_linear"))?,
+            bos_emb: vb.get(ldim, "bos_emb")?,
+            bos_before_voice: cfg.flow_lm_insert_bos_before_voice.then(|| vb.get(d, "bos_before_voice")).transpose()?,
+            speaker_proj: Linear::new(vb.matrix((d, ldim), "speaker_proj_weight")?, None)?,
+            transformer: Transformer::new(&cfg.flow_lm_transformer(), vb.pp("transformer"))?,
+            out_norm: LayerNorm::new(d, cfg.norm_eps, vb.pp("out_norm"))?,
+            out_eos: linear(d, 1, true, vb.pp("out_eos"))?,
+            flow: FlowNet::new(cfg, vb.pp("flow_net"))?,
+            emb_std: vb.get(ldim, "emb_std")?,
+            emb_mean: vb.get(ldim, "emb_mean")?,
+            d_model: d,
+        })
+    }
+
+    /// Token ids → their embeddings (1, n, d_model).
+    pub fn text_embeddings(&self, tokens: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(tokens, tokens.len(), self.embed.device())?;
+        self.embed.index_select(&ids, 0)?.unsqueeze(0)
+    }
+
+    /// Mimi latents of a voice (1, F, latent_dim) → the voice prompt (1, [1 +] F, d_model): `speaker_proj_weight`,
+    /// `bos_before_voice` in front when the model has it.
+    pub fn voice_prompt(&self, latents: &Tensor) -> Result<Tensor> {
+        let voice = self.speaker_proj.forward(latents)?;
+        match &self.bos_before_voice {
+            Some(bos) => Tensor::cat(&[&bos.reshape((1, 1, self.d_model))?, &voice], 1),
+            None => Ok(voice),
+        }
+    }
+
+    /// Runs `inputs` (1, S, d_model) through the transformer after what `state` holds; returns the normed output of
+    /// the last position (1, d_model).
+    fn backbone(&self, inputs: &Tensor, state: &mut FlowLmState) -> Result<Tensor> {
+        let x = inputs.transpose(1, 2)?.contiguous()?;
+        let y = self.transformer.step(&x, &mut state.transformer)?;
+        let last = y.narrow(2, y.dim(2)? - 1, 1)?.squeeze(2)?;
+        self.out_norm.forward(&last)
+    }
+
+    /// Feeds a prompt (text embeddings or a voice prompt, (1, S, d_model)) into `state`; its output is not used.
+    pub fn prompt(&self, inputs: &Tensor, state: &mut FlowLmState) -> Result<()> {
+        let x = inputs.transpose(1, 2)?.contiguous()?;
+        self.transformer.step(&x, &mut state.transformer)?;
+        Ok(())
+    }
+
+    /// One generation step: the previous latent (1, latent_dim), or `None` for the first (BOS) → the backbone's
+    /// output for it (1, d_model), which conditions [`FlowLm::eos_logit`] and the flow head.
+    pub fn step(&self, previous: Option<&Tensor>, state: &mut FlowLmState) -> Result<Tensor> {
+        let latent = match previous {
+            Some(l) => l.clone(),
+            None => self.bos_emb.unsqueeze(0)?,
+        };
+        let input = self.input_linear.forward(&latent)?.unsqueeze(1)?;
+        self.backbone(&input, state)
+    }
+
+    /// The EOS logit (1, 1) of a step's output.
+    pub fn eos_logit(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.out_eos.forward(hidden)
+    }
+}
+
+/// A Pocket TTS model: its hyper-parameters, tokenizer, Mimi and Flow-LM.
 #[derive(Debug, Clone)]
 pub struct PocketTts {
     /// Hyper-parameters.
@@ -478,6 +738,8 @@ pub struct PocketTts {
     pub tokenizer_json: String,
     /// Audio ↔ latents.
     pub mimi: PocketMimi,
+    /// Text (and a voice) → latents.
+    pub flow_lm: FlowLm,
 }
 
 impl PocketTts {
@@ -493,6 +755,7 @@ impl PocketTts {
     /// Builds the model from `config` and the GGUF tensor names (`mimi.…`, `flow_lm.…`).
     pub fn new(config: PocketTtsConfig, tokenizer_json: String, vb: Weights) -> Result<Self> {
         let mimi = PocketMimi::new(&config, vb.pp("mimi"))?;
-        Ok(Self { config, tokenizer_json, mimi })
+        let flow_lm = FlowLm::new(&config, vb.pp("flow_lm"))?;
+        Ok(Self { config, tokenizer_json, mimi, flow_lm })
     }
 }
