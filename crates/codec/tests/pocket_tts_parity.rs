@@ -139,3 +139,69 @@ fn flow_lm_step_matches_reference() {
         0.9999,
     );
 }
+
+/// `latents` (1, F, D) against a reference (F, D): the same length, each of the first `exact_frames` frames with
+/// cosine ≥ 0.999, every frame ≥ 0.98. The autoregression feeds each latent back in, so f32 rounding differences
+/// grow from frame to frame (the fixture's generator keeps the loop gain low so they grow slowly: all 42 frames of
+/// the no-voice run stay ≥ 0.999, the last ones at 0.9991); the criterion is the first 20 frames.
+fn assert_frames_close(what: &str, latents: &Tensor, reference: &str, exact_frames: usize) {
+    let (shape, want) = load_f32(reference);
+    let (frames, dim) = (shape[0], shape[1]);
+    assert_eq!(latents.dims(), &[1, frames, dim], "{what}: frames generated");
+    let got = latents.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let cos: Vec<f64> =
+        (0..frames).map(|f| cosine(&got[f * dim..(f + 1) * dim], &want[f * dim..(f + 1) * dim])).collect();
+    let shown: Vec<String> = cos.iter().map(|c| format!("{c:.6}")).collect();
+    eprintln!("{what}: {frames} frames, cos per frame {}", shown.join(" "));
+    assert!(frames >= exact_frames, "{what}: only {frames} frames");
+    for (f, c) in cos.iter().enumerate() {
+        let min = if f < exact_frames { 0.999 } else { 0.98 };
+        assert!(*c >= min, "{what}: frame {f} has cosine {c} < {min}");
+    }
+}
+
+/// Generated audio (1, 1, S) against the reference's: the same length; the audio of the first `exact_frames` frames
+/// (where the latents agree to f32 rounding) with cosine ≥ 0.99999 and no difference above 1e-3 of the peak; the
+/// whole with cosine ≥ 0.9999.
+fn assert_audio_close(what: &str, audio: &Tensor, reference: &str, exact_frames: usize, hop: usize) {
+    let (shape, want) = load_f32(reference);
+    let got = audio.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got.len(), shape[0], "{what}: samples");
+    let n = exact_frames * hop;
+    let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got[..n].iter().zip(&want[..n]).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / peak;
+    let (head, whole) = (cosine(&got[..n], &want[..n]), cosine(&got, &want));
+    eprintln!(
+        "{what}: first {exact_frames} frames cos {head:.9} (max diff {diff:.2e} of the peak), all cos {whole:.9}"
+    );
+    assert!(head >= 0.99999 && diff <= 1e-3, "{what}: the first {exact_frames} frames' audio differs");
+    assert!(whole >= 0.9999, "{what}: cosine {whole}");
+}
+
+/// Whole generations at temperature 0 (no noise): every frame's latent, the length EOS gives, and the audio; without
+/// a voice and with one.
+#[test]
+fn generation_at_temperature_zero_matches_reference() {
+    let gguf = converted();
+    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    // Both texts have more than 4 words: the package decodes 1 + 2 frames after EOS.
+    let frames_after_eos = 3;
+
+    let latents =
+        model.generate_latents(&load_tokens("gen_tokens.npy"), &Default::default(), frames_after_eos, 0.0, 1).unwrap();
+    assert_frames_close("no voice", &latents, "gen_latents.npy", 20);
+    let hop = model.config.hop();
+    assert_audio_close("no voice audio", &model.decode_latents(&latents).unwrap(), "gen_audio.npy", 20, hop);
+
+    let (_, voice) = load_f32("voice_cut.npy");
+    let pcm = Tensor::from_slice(&voice, (1, 1, voice.len()), &Device::Cpu).unwrap();
+    let voice_latents = model.mimi.encode(&pcm).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let conditioning = model.flow_lm.voice_prompt(&voice_latents).unwrap().narrow(1, 1, voice_latents.dim(1).unwrap());
+    assert_close("voice conditioning", &conditioning.unwrap(), "voice_conditioning.npy", 0.99999);
+    let state = model.voice_state(&pcm).unwrap();
+    let voice_tokens = load_tokens("voice_gen_tokens.npy");
+    let latents = model.generate_latents(&voice_tokens, &state, frames_after_eos, 0.0, 1).unwrap();
+    assert_frames_close("voice", &latents, "voice_gen_latents.npy", 20);
+    assert_audio_close("voice audio", &model.decode_latents(&latents).unwrap(), "voice_gen_audio.npy", 20, hop);
+}

@@ -758,4 +758,78 @@ impl PocketTts {
         let flow_lm = FlowLm::new(&config, vb.pp("flow_lm"))?;
         Ok(Self { config, tokenizer_json, mimi, flow_lm })
     }
+
+    /// The Flow-LM state after a voice prompt: `pcm` (1, 1, T) at the model rate (already cut as the package's
+    /// `end_on_pause` does) → Mimi latents → the voice prompt, fed in one call.
+    pub fn voice_state(&self, pcm: &Tensor) -> Result<FlowLmState> {
+        let latents = self.mimi.encode(pcm)?.transpose(1, 2)?.contiguous()?;
+        let mut state = FlowLmState::default();
+        self.flow_lm.prompt(&self.flow_lm.voice_prompt(&latents)?, &mut state)?;
+        Ok(state)
+    }
+
+    /// The most frames a chunk of `n_tokens` text pieces may generate: `ceil((n / tokens_per_second + padding) ·
+    /// frame_rate)` (`TTSModel._estimate_max_gen_len`).
+    pub fn max_frames(&self, n_tokens: usize) -> usize {
+        let c = &self.config;
+        let frame_rate = c.sample_rate as f64 / c.hop() as f64;
+        ((n_tokens as f64 / c.tokens_per_second + c.gen_seconds_padding) * frame_rate).ceil() as usize
+    }
+
+    /// The latents of one text chunk (`_generate` + `_autoregressive_generation`): the `tokens` prompted into a copy
+    /// of `state` (a fresh one without a voice), then one latent per step from BOS on, each the next step's input,
+    /// until `frames_after_eos` steps after the first EOS (EOS ignored before `min_frames_before_eos`) or
+    /// [`PocketTts::max_frames`]. Noise is N(0, temperature) (zeros at temperature 0); `steps` LSD steps per latent.
+    /// Returns (1, F, latent_dim), before `emb_std` / `emb_mean`.
+    pub fn generate_latents(
+        &self,
+        tokens: &[u32],
+        state: &FlowLmState,
+        frames_after_eos: usize,
+        temperature: f64,
+        steps: usize,
+    ) -> Result<Tensor> {
+        let (lm, c) = (&self.flow_lm, &self.config);
+        let mut state = state.clone();
+        lm.prompt(&lm.text_embeddings(tokens)?, &mut state)?;
+        let device = lm.emb_std.device();
+        let mut latents: Vec<Tensor> = vec![];
+        let mut eos_step = None;
+        for step in 0..self.max_frames(tokens.len()) {
+            let hidden = lm.step(latents.last(), &mut state)?;
+            let eos = lm.eos_logit(&hidden)?.flatten_all()?.to_vec1::<f32>()?[0] as f64 > c.eos_threshold;
+            if eos && eos_step.is_none() && step >= c.min_frames_before_eos {
+                eos_step = Some(step);
+            }
+            if eos_step.is_some_and(|e| step >= e + frames_after_eos) {
+                break;
+            }
+            let noise = if temperature > 0.0 {
+                Tensor::randn(0f32, temperature.sqrt() as f32, (1, c.latent_dim), device)?
+            } else {
+                Tensor::zeros((1, c.latent_dim), DType::F32, device)?
+            };
+            latents.push(lm.flow.lsd_decode(&hidden, &noise, steps)?);
+        }
+        if latents.is_empty() {
+            return Tensor::zeros((1, 0, c.latent_dim), DType::F32, device);
+        }
+        Tensor::stack(&latents, 1)?.squeeze(2)
+    }
+
+    /// Generated latents (1, F, latent_dim) → audio (1, 1, F · hop): `latent · emb_std + emb_mean` through the Mimi
+    /// decoder, the first `fade_in_samples` faded in (`linspace(0, 1)`) as each chunk's are.
+    pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        let lm = &self.flow_lm;
+        let z = latents.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?;
+        let audio = self.mimi.decode(&z.transpose(1, 2)?.contiguous()?)?;
+        let n = self.config.fade_in_samples.min(audio.dim(2)?);
+        if n == 0 {
+            return Ok(audio);
+        }
+        let ramp: Vec<f32> = (0..n).map(|i| if n == 1 { 0.0 } else { i as f32 / (n - 1) as f32 }).collect();
+        let ramp = Tensor::from_vec(ramp, (1, 1, n), audio.device())?;
+        let head = audio.narrow(2, 0, n)?.broadcast_mul(&ramp)?;
+        Tensor::cat(&[&head, &audio.narrow(2, n, audio.dim(2)? - n)?], 2)
+    }
 }
