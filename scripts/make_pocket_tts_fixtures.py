@@ -478,6 +478,28 @@ def main() -> int:
         summary["voice_generation"] = {"text": VOICE_TEXT, "frames": int(latents_v.shape[0]),
                                        "samples": int(audio_v.shape[0])}
 
+    # ---- text preparation and chunking (what generate_audio_stream does before the model) ------------------------
+    from pocket_tts.models.text_chunking import prepare_text_prompt, split_into_best_sentences
+    texts = [TEXT, VOICE_TEXT, "hi there", "  it\u2019s 3.5 dollars; isn\u2018t it  ", "Wait,", "\"Quoted end\"",
+             "Line one\nline two:", "The fox is quick. " * 12 + "The end", "a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, "
+             "p, q, r, s, t, u, v, w, x, y, z, and more of the lazy dog jumps over the quick brown fox today"]
+    cases = []
+    tok = model.flow_lm.conditioner.tokenizer
+    for t in texts:
+        chunks = split_into_best_sentences(tok, t, 50, model.pad_with_spaces_for_short_inputs,
+                                           remove_semicolons=model.remove_semicolons,
+                                           append_terminal_punctuation=model.append_terminal_punctuation,
+                                           capitalize_first_letter=model.capitalize_first_letter,
+                                           replace_characters=model.replace_characters)
+        prepared = []
+        for c in chunks:
+            p, guess = prepare_text_prompt(c, model.pad_with_spaces_for_short_inputs, model.remove_semicolons,
+                                           model.append_terminal_punctuation, model.capitalize_first_letter,
+                                           model.replace_characters)
+            prepared.append({"text": p, "frames_after_eos": guess + 2, "tokens": tok.encode(p)})
+        cases.append({"text": t, "chunks": prepared})
+    write_json(out / "text_chunks.json", cases)
+
     write_json(out / "summary.json", summary)
     print_files(out, t_start)
     return 0

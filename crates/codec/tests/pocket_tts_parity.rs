@@ -205,3 +205,33 @@ fn generation_at_temperature_zero_matches_reference() {
     assert_frames_close("voice", &latents, "voice_gen_latents.npy", 20);
     assert_audio_close("voice audio", &model.decode_latents(&latents).unwrap(), "voice_gen_audio.npy", 20, hop);
 }
+
+/// Text preparation and chunking (`split_into_best_sentences`, `prepare_text_prompt`) and the tokenizer (the
+/// `tokenizers` crate on the embedded tokenizer.json) against the package: the chunk texts, their token ids and
+/// frames after EOS, for texts that exercise every rule (capitalisation, the final period after closing quotes, weak
+/// punctuation, character rewrites, decimal points, chunks over 50 pieces, clause splits).
+#[test]
+fn text_chunks_match_reference() {
+    let gguf = converted();
+    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("text_chunks.json")).unwrap()).unwrap();
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = model.text_chunks(text).unwrap();
+        let want = case["chunks"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{text:?}: chunks {got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.text, w["text"].as_str().unwrap(), "{text:?}");
+            let tokens: Vec<u32> = w["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+            assert_eq!(g.tokens, tokens, "{text:?}: tokens of {:?}", g.text);
+            assert_eq!(g.frames_after_eos as u64, w["frames_after_eos"].as_u64().unwrap(), "{text:?}");
+        }
+    }
+    assert_eq!(
+        model.text_chunks("Hello world. The quick brown fox jumps over the lazy dog.").unwrap()[0].tokens,
+        load_tokens("gen_tokens.npy")
+    );
+    assert!(model.text_chunks("  \n ").is_err(), "empty text");
+}

@@ -729,6 +729,148 @@ impl FlowLm {
     }
 }
 
+/// One piece of text the model generates in one go (`split_into_best_sentences` then `prepare_text_prompt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextChunk {
+    /// The prepared text.
+    pub text: String,
+    /// Its text pieces.
+    pub tokens: Vec<u32>,
+    /// Frames decoded after EOS: the config's, else 3 for texts of at most 4 words, 1 for longer ones, plus 2.
+    pub frames_after_eos: usize,
+}
+
+/// Sentence-final punctuation (`_TERMINAL_PUNCTUATION`).
+const TERMINAL_PUNCTUATION: &str = ".!?\u{2026}";
+/// Punctuation a text may end on that becomes a period (`_WEAK_PUNCTUATION`).
+const WEAK_PUNCTUATION: &str = ",;:-\u{2013}\u{2014}";
+/// Closing quotes and brackets kept after the final punctuation (`_CLOSERS`).
+const CLOSERS: &str = "\"'\u{201d}\u{2019})]\u{00bb}";
+
+/// `_ensure_terminal_punctuation`: a text that does not end a sentence (before closing quotes or brackets) gets a
+/// period; a trailing comma, colon or dash becomes one.
+fn ensure_terminal_punctuation(text: &str) -> String {
+    let core = text.trim_end_matches(|c| CLOSERS.contains(c) || c == ' ');
+    let closers = text[core.len()..].trim();
+    match core.chars().last() {
+        None => text.to_string(),
+        Some(c) if TERMINAL_PUNCTUATION.contains(c) => text.to_string(),
+        Some(c) if WEAK_PUNCTUATION.contains(c) => {
+            format!("{}.{closers}", core.trim_end_matches(|c| WEAK_PUNCTUATION.contains(c) || c == ' '))
+        }
+        Some(_) => format!("{text}."),
+    }
+}
+
+/// `re.sub(r"([.!?…])\s*[,;:]", r"\1", text)`: a sentence mark followed by a comma, semicolon or colon keeps only
+/// the mark.
+fn drop_punctuation_after_sentence_end(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        out.push(chars[i]);
+        if TERMINAL_PUNCTUATION.contains(chars[i]) {
+            let mut j = i + 1;
+            while j < chars.len() && chars[j].is_whitespace() {
+                j += 1;
+            }
+            if j < chars.len() && ",;:".contains(chars[j]) {
+                i = j + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+impl PocketTtsConfig {
+    /// `prepare_text_prompt`: the text as the model reads it, and the package's guess of frames after EOS (before
+    /// its + 2). Empty text (after the rewrites) is an error.
+    pub fn prepare_text(&self, text: &str) -> crate::Result<(String, usize)> {
+        let mut text = text.trim().to_string();
+        let replace: std::collections::BTreeMap<String, String> = serde_json::from_str(&self.replace_characters)
+            .map_err(|e| crate::Error::InvalidArgument(format!("replace_characters: {e}")))?;
+        if !replace.is_empty() {
+            let mapped: String = text
+                .chars()
+                .map(|c| {
+                    let mut buf = [0u8; 4];
+                    replace.get(&*c.encode_utf8(&mut buf)).cloned().unwrap_or_else(|| c.to_string())
+                })
+                .collect();
+            text = drop_punctuation_after_sentence_end(&mapped.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        if text.is_empty() {
+            return Err(crate::Error::InvalidArgument("the text is empty".into()));
+        }
+        text = text.replace('\n', " ").replace('\r', " ").replace("  ", " ");
+        if self.remove_semicolons {
+            text = text.replace(';', ",");
+        }
+        let guess = if text.split_whitespace().count() <= 4 { 3 } else { 1 };
+        if self.capitalize_first_letter {
+            let mut chars = text.chars();
+            if let Some(first) = chars.next().filter(|c| !c.is_uppercase()) {
+                text = first.to_uppercase().chain(chars).collect();
+            }
+        }
+        if self.append_terminal_punctuation {
+            text = ensure_terminal_punctuation(&text);
+        }
+        if self.pad_with_spaces_for_short_inputs && text.split_whitespace().count() < 5 {
+            text = format!("        {text}");
+        }
+        Ok((text, guess))
+    }
+}
+
+/// `_find_boundary_indices`: segment starts after runs of `boundary` tokens (optionally not after a decimal point
+/// between digits), with 0 first and the length last.
+fn boundary_indices(
+    tokens: &[u32],
+    boundary: &[u32],
+    skip_decimal: Option<&tokenizers::Tokenizer>,
+) -> crate::Result<Vec<usize>> {
+    let mut indices = vec![0];
+    let mut previous_was_boundary = false;
+    for (i, t) in tokens.iter().enumerate() {
+        if boundary.contains(t) {
+            previous_was_boundary = true;
+            continue;
+        }
+        if previous_was_boundary {
+            let decimal = match skip_decimal {
+                Some(tok) => {
+                    let prefix: Vec<char> = decode(tok, &tokens[..i])?.chars().collect();
+                    let suffix = decode(tok, &tokens[i..])?;
+                    prefix.len() >= 2
+                        && prefix[prefix.len() - 1] == '.'
+                        && prefix[prefix.len() - 2].is_ascii_digit()
+                        && suffix.chars().next().is_some_and(|c| c.is_ascii_digit())
+                }
+                None => false,
+            };
+            if !decimal {
+                indices.push(i);
+            }
+        }
+        previous_was_boundary = false;
+    }
+    indices.push(tokens.len());
+    Ok(indices)
+}
+
+fn encode(tok: &tokenizers::Tokenizer, text: &str) -> crate::Result<Vec<u32>> {
+    let enc = tok.encode(text, true).map_err(|e| crate::Error::InvalidArgument(format!("cannot tokenize: {e}")))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+fn decode(tok: &tokenizers::Tokenizer, ids: &[u32]) -> crate::Result<String> {
+    tok.decode(ids, true).map_err(|e| crate::Error::InvalidArgument(format!("cannot detokenize: {e}")))
+}
+
 /// A Pocket TTS model: its hyper-parameters, tokenizer, Mimi and Flow-LM.
 #[derive(Debug, Clone)]
 pub struct PocketTts {
@@ -736,6 +878,8 @@ pub struct PocketTts {
     pub config: PocketTtsConfig,
     /// The tokenizer.json the file embeds.
     pub tokenizer_json: String,
+    /// That tokenizer.
+    pub tokenizer: tokenizers::Tokenizer,
     /// Audio ↔ latents.
     pub mimi: PocketMimi,
     /// Text (and a voice) → latents.
@@ -756,7 +900,64 @@ impl PocketTts {
     pub fn new(config: PocketTtsConfig, tokenizer_json: String, vb: Weights) -> Result<Self> {
         let mimi = PocketMimi::new(&config, vb.pp("mimi"))?;
         let flow_lm = FlowLm::new(&config, vb.pp("flow_lm"))?;
-        Ok(Self { config, tokenizer_json, mimi, flow_lm })
+        let tokenizer = tokenizer_json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| candle_core::Error::Msg(format!("invalid embedded tokenizer.json: {e}")))?;
+        Ok(Self { config, tokenizer_json, tokenizer, mimi, flow_lm })
+    }
+
+    /// `text` as the model generates it: split at sentence ends into chunks of at most `max_tokens_per_chunk` pieces
+    /// (`split_into_best_sentences`, oversized sentences split at commas, semicolons and colons), each prepared and
+    /// tokenized.
+    pub fn text_chunks(&self, text: &str) -> crate::Result<Vec<TextChunk>> {
+        let (tok, max) = (&self.tokenizer, self.config.max_tokens_per_chunk);
+        let (text, _) = self.config.prepare_text(text)?;
+        let tokens = encode(tok, text.trim())?;
+        // The first piece of each marker string is the word-start marker, not punctuation.
+        let sentence_ends: Vec<u32> = encode(tok, ".!...?")?.into_iter().skip(1).collect();
+        let clause_ends: Vec<u32> = encode(tok, ",;:")?.into_iter().skip(1).collect();
+        let segments = |tokens: &[u32], bounds: &[usize]| -> crate::Result<Vec<(usize, String)>> {
+            bounds.windows(2).map(|w| Ok((w[1] - w[0], decode(tok, &tokens[w[0]..w[1]])?))).collect()
+        };
+        let mut refined = vec![];
+        for (n, sentence) in segments(&tokens, &boundary_indices(&tokens, &sentence_ends, Some(tok))?)? {
+            if n <= max {
+                refined.push((n, sentence));
+                continue;
+            }
+            let sub = encode(tok, sentence.trim())?;
+            let parts = segments(&sub, &boundary_indices(&sub, &clause_ends, None)?)?;
+            if parts.len() > 1 {
+                refined.extend(parts);
+            } else {
+                refined.push((n, sentence));
+            }
+        }
+        let mut chunks: Vec<String> = vec![];
+        let (mut current, mut count) = (String::new(), 0);
+        for (n, sentence) in refined {
+            if current.is_empty() {
+                (current, count) = (sentence, n);
+            } else if count + n > max {
+                chunks.push(current.trim().to_string());
+                (current, count) = (sentence, n);
+            } else {
+                current = format!("{current} {sentence}");
+                count += n;
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(current.trim().to_string());
+        }
+        chunks
+            .into_iter()
+            .map(|chunk| {
+                let (text, guess) = self.config.prepare_text(&chunk)?;
+                let frames_after_eos =
+                    if self.config.frames_after_eos > 0 { self.config.frames_after_eos } else { guess + 2 };
+                Ok(TextChunk { tokens: encode(tok, &text)?, text, frames_after_eos })
+            })
+            .collect()
     }
 
     /// The Flow-LM state after a voice prompt: `pcm` (1, 1, T) at the model rate (already cut as the package's
