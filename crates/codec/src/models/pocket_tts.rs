@@ -805,7 +805,7 @@ impl PocketTtsConfig {
         if text.is_empty() {
             return Err(crate::Error::InvalidArgument("the text is empty".into()));
         }
-        text = text.replace('\n', " ").replace('\r', " ").replace("  ", " ");
+        text = text.replace(['\n', '\r'], " ").replace("  ", " ");
         if self.remove_semicolons {
             text = text.replace(';', ",");
         }
