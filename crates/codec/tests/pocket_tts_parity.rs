@@ -188,8 +188,10 @@ fn generation_at_temperature_zero_matches_reference() {
     // Both texts have more than 4 words: the package decodes 1 + 2 frames after EOS.
     let frames_after_eos = 3;
 
-    let latents =
-        model.generate_latents(&load_tokens("gen_tokens.npy"), &Default::default(), frames_after_eos, 0.0, 1).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let latents = model
+        .generate_latents(&load_tokens("gen_tokens.npy"), &Default::default(), frames_after_eos, 0.0, 1, &mut rng)
+        .unwrap();
     assert_frames_close("no voice", &latents, "gen_latents.npy", 20);
     let hop = model.config.hop();
     assert_audio_close("no voice audio", &model.decode_latents(&latents).unwrap(), "gen_audio.npy", 20, hop);
@@ -201,7 +203,7 @@ fn generation_at_temperature_zero_matches_reference() {
     assert_close("voice conditioning", &conditioning.unwrap(), "voice_conditioning.npy", 0.99999);
     let state = model.voice_state(&pcm).unwrap();
     let voice_tokens = load_tokens("voice_gen_tokens.npy");
-    let latents = model.generate_latents(&voice_tokens, &state, frames_after_eos, 0.0, 1).unwrap();
+    let latents = model.generate_latents(&voice_tokens, &state, frames_after_eos, 0.0, 1, &mut rng).unwrap();
     assert_frames_close("voice", &latents, "voice_gen_latents.npy", 20);
     assert_audio_close("voice audio", &model.decode_latents(&latents).unwrap(), "voice_gen_audio.npy", 20, hop);
 }
@@ -234,4 +236,40 @@ fn text_chunks_match_reference() {
         load_tokens("gen_tokens.npy")
     );
     assert!(model.text_chunks("  \n ").is_err(), "empty text");
+}
+
+/// The whole path from a text and a voice WAV, as `codec tts` runs it: the WAV read (16-bit), its trailing silence
+/// cut (`end_on_pause`), the text chunked and tokenized, generated at temperature 0 and decoded.
+#[test]
+fn synthesize_from_text_and_voice_wav_matches_reference() {
+    let gguf = converted();
+    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    let voice = codec::audio::read(&fixtures().join("voice.wav")).unwrap();
+    assert_eq!(voice.sample_rate, 24000);
+    let cut = model.config.end_on_pause(&voice.samples);
+    let (_, want) = load_f32("voice_cut.npy");
+    assert_eq!(cut.len(), want.len(), "end_on_pause: length");
+    let cos = cosine(&cut, &want);
+    assert!(cos >= 0.99999, "end_on_pause: cosine {cos}");
+    let state = model.voice_state_from_audio(&voice.samples).unwrap();
+    let audio = model.synthesize("Hello there, how are you today?", Some(&state), 0.0, 1, 0).unwrap();
+    let n = audio.len();
+    assert_audio_close(
+        "voice speech",
+        &Tensor::from_vec(audio, (1, 1, n), &Device::Cpu).unwrap(),
+        "voice_gen_audio.npy",
+        20,
+        1920,
+    );
+    let audio = model.synthesize("Hello world. The quick brown fox jumps over the lazy dog.", None, 0.0, 1, 0).unwrap();
+    let n = audio.len();
+    assert_audio_close("speech", &Tensor::from_vec(audio, (1, 1, n), &Device::Cpu).unwrap(), "gen_audio.npy", 20, 1920);
+    // Noise: the same seed gives the same speech, another seed other speech.
+    let a = model.synthesize("Hello world.", None, 0.7, 1, 1).unwrap();
+    let b = model.synthesize("Hello world.", None, 0.7, 1, 1).unwrap();
+    let c = model.synthesize("Hello world.", None, 0.7, 1, 2).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(model.synthesize("", None, 0.0, 1, 0).is_err());
 }

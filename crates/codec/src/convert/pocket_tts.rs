@@ -44,6 +44,12 @@ const TOKENS_PER_SECOND: f64 = 3.0;
 const GEN_SECONDS_PADDING: f64 = 2.0;
 /// `_decode_audio_worker` fades in `sample_rate // 200` samples (5 ms).
 const FADE_IN_DIVISOR: usize = 200;
+/// `end_on_pause(floor_db=35.0, fade_sec=0.02, pause_sec=0.08)` (`data/audio_utils.py`).
+const VOICE_FLOOR_DB: f64 = 35.0;
+/// See [`VOICE_FLOOR_DB`].
+const VOICE_FADE_SECONDS: f64 = 0.02;
+/// See [`VOICE_FLOOR_DB`].
+const VOICE_PAUSE_SECONDS: f64 = 0.08;
 
 /// True when the tensor names are those of a pocket-tts `TTSModel`.
 pub fn looks_like_pocket_tts(names: &[&String]) -> bool {
@@ -186,6 +192,9 @@ pub fn config_from_yaml(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         append_terminal_punctuation: boolean("/append_terminal_punctuation", true)?,
         capitalize_first_letter: boolean("/capitalize_first_letter", true)?,
         replace_characters,
+        voice_floor_db: VOICE_FLOOR_DB,
+        voice_fade_seconds: VOICE_FADE_SECONDS,
+        voice_pause_seconds: VOICE_PAUSE_SECONDS,
     };
     cfg.check().map_err(bad)?;
     Ok(cfg)

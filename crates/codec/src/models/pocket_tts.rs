@@ -163,6 +163,13 @@ pub mod key {
     pub const CAPITALIZE_FIRST_LETTER: &str = "codec.pocket_tts.capitalize_first_letter";
     /// Per-character rewrites before tokenization, a JSON object of strings (`replace_characters`).
     pub const REPLACE_CHARACTERS: &str = "codec.pocket_tts.replace_characters";
+    /// A voice prompt's trailing silence: frames this many dB below the loudest count as silence (`end_on_pause`'s
+    /// `floor_db`, f32).
+    pub const VOICE_FLOOR_DB: &str = "codec.pocket_tts.voice.floor_db";
+    /// Seconds faded out at the end of a voice prompt once its silence is cut (`fade_sec`, f32).
+    pub const VOICE_FADE_SECONDS: &str = "codec.pocket_tts.voice.fade_seconds";
+    /// Seconds of silence appended to a voice prompt (`pause_sec`, f32).
+    pub const VOICE_PAUSE_SECONDS: &str = "codec.pocket_tts.voice.pause_seconds";
 }
 
 /// Every hyper-parameter of a Pocket TTS model, as stored in the GGUF metadata.
@@ -262,6 +269,12 @@ pub struct PocketTtsConfig {
     pub capitalize_first_letter: bool,
     /// Per-character rewrites, a JSON object of strings.
     pub replace_characters: String,
+    /// A voice prompt's frames this many dB below its loudest are silence.
+    pub voice_floor_db: f64,
+    /// Seconds faded out at a voice prompt's end.
+    pub voice_fade_seconds: f64,
+    /// Seconds of silence appended to a voice prompt.
+    pub voice_pause_seconds: f64,
 }
 
 metadata_fields!(PocketTtsConfig {
@@ -312,6 +325,9 @@ metadata_fields!(PocketTtsConfig {
     append_terminal_punctuation: bool = key::APPEND_TERMINAL_PUNCTUATION,
     capitalize_first_letter: bool = key::CAPITALIZE_FIRST_LETTER,
     replace_characters: text = key::REPLACE_CHARACTERS,
+    voice_floor_db: positive_f64 = key::VOICE_FLOOR_DB,
+    voice_fade_seconds: f64 = key::VOICE_FADE_SECONDS,
+    voice_pause_seconds: f64 = key::VOICE_PAUSE_SECONDS,
 });
 
 impl PocketTtsConfig {
@@ -487,6 +503,10 @@ impl PocketMimi {
         let x = self.decoder_transformer.forward(&x)?;
         self.decoder.forward(&x)
     }
+}
+
+fn candle_err(source: candle_core::Error) -> crate::Error {
+    crate::Error::Tensor { context: "pocket-tts".into(), source }
 }
 
 /// A linear layer `{name}.weight` (out, in) with `{name}.bias` when `bias`.
@@ -826,6 +846,37 @@ impl PocketTtsConfig {
     }
 }
 
+impl PocketTtsConfig {
+    /// `end_on_pause`: a voice prompt (mono, model rate) ending on exactly `voice_pause_seconds` of silence. Its
+    /// trailing 20 ms frames more than `voice_floor_db` below the loudest are cut, the last `voice_fade_seconds` of
+    /// what remains faded out (`linspace(1, 0)`), then the zeros appended. Shorter than one frame: unchanged.
+    pub fn end_on_pause(&self, samples: &[f32]) -> Vec<f32> {
+        let sr = self.sample_rate as f64;
+        let frame = ((0.02 * sr) as usize).max(1);
+        let n = samples.len() / frame;
+        if n == 0 {
+            return samples.to_vec();
+        }
+        // In f32, as torch computes it.
+        let db: Vec<f32> = samples[..n * frame]
+            .chunks_exact(frame)
+            .map(|f| 20.0 * ((f.iter().map(|x| x * x).sum::<f32>() / frame as f32).sqrt() + 1e-12).log10())
+            .collect();
+        let loudest = db.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let floor = loudest - self.voice_floor_db as f32;
+        let last_loud = db.iter().rposition(|&d| d > floor).unwrap_or(0);
+        let end = (last_loud + 1) * frame;
+        let mut out = samples[..end].to_vec();
+        // Rounded, not truncated as the package's `int()`: the seconds come through f32 metadata (0.08 → 0.07999…).
+        let fade = ((self.voice_fade_seconds * sr).round() as usize).min(end);
+        for (i, x) in out[end - fade..].iter_mut().enumerate() {
+            *x *= if fade == 1 { 1.0 } else { 1.0 - i as f32 / (fade - 1) as f32 };
+        }
+        out.resize(end + (self.voice_pause_seconds * sr).round() as usize, 0.0);
+        out
+    }
+}
+
 /// `_find_boundary_indices`: segment starts after runs of `boundary` tokens (optionally not after a decimal point
 /// between digits), with 0 first and the length last.
 fn boundary_indices(
@@ -980,7 +1031,8 @@ impl PocketTts {
     /// The latents of one text chunk (`_generate` + `_autoregressive_generation`): the `tokens` prompted into a copy
     /// of `state` (a fresh one without a voice), then one latent per step from BOS on, each the next step's input,
     /// until `frames_after_eos` steps after the first EOS (EOS ignored before `min_frames_before_eos`) or
-    /// [`PocketTts::max_frames`]. Noise is N(0, temperature) (zeros at temperature 0); `steps` LSD steps per latent.
+    /// [`PocketTts::max_frames`]. Noise is N(0, temperature) drawn from `rng` (zeros at temperature 0: `rng` is not
+    /// used); `steps` LSD steps per latent.
     /// Returns (1, F, latent_dim), before `emb_std` / `emb_mean`.
     pub fn generate_latents(
         &self,
@@ -989,6 +1041,7 @@ impl PocketTts {
         frames_after_eos: usize,
         temperature: f64,
         steps: usize,
+        rng: &mut rand::rngs::StdRng,
     ) -> Result<Tensor> {
         let (lm, c) = (&self.flow_lm, &self.config);
         let mut state = state.clone();
@@ -1006,7 +1059,11 @@ impl PocketTts {
                 break;
             }
             let noise = if temperature > 0.0 {
-                Tensor::randn(0f32, temperature.sqrt() as f32, (1, c.latent_dim), device)?
+                let normal = rand_distr::Normal::new(0f32, temperature.sqrt() as f32)
+                    .map_err(|e| candle_core::Error::Msg(format!("temperature {temperature}: {e}")))?;
+                let values: Vec<f32> =
+                    (0..c.latent_dim).map(|_| rand_distr::Distribution::sample(&normal, rng)).collect();
+                Tensor::from_vec(values, (1, c.latent_dim), device)?
             } else {
                 Tensor::zeros((1, c.latent_dim), DType::F32, device)?
             };
@@ -1018,10 +1075,62 @@ impl PocketTts {
         Tensor::stack(&latents, 1)?.squeeze(2)
     }
 
+    /// The Flow-LM state for a voice given as audio (mono, at the model rate): cut with
+    /// [`PocketTtsConfig::end_on_pause`], then [`PocketTts::voice_state`].
+    pub fn voice_state_from_audio(&self, samples: &[f32]) -> crate::Result<FlowLmState> {
+        let cut = self.config.end_on_pause(samples);
+        if cut.is_empty() {
+            return Err(crate::Error::InvalidArgument("the voice prompt has no audio".into()));
+        }
+        let device = self.flow_lm.emb_std.device();
+        let pcm = Tensor::from_vec(cut, (1, 1, ()), device).map_err(candle_err)?;
+        self.voice_state(&pcm).map_err(candle_err)
+    }
+
+    /// Speech for `text` (`generate_audio`): each chunk of [`PocketTts::text_chunks`] generated from a copy of
+    /// `voice` (a fresh state without one) and decoded with a fresh Mimi state, the chunks' audio concatenated.
+    /// `temperature` sets the noise's variance (0: none), `steps` the LSD steps per frame, `seed` the noise (the
+    /// same seed gives the same speech; not the package's torch random stream).
+    pub fn synthesize(
+        &self,
+        text: &str,
+        voice: Option<&FlowLmState>,
+        temperature: f64,
+        steps: usize,
+        seed: u64,
+    ) -> crate::Result<Vec<f32>> {
+        if !(temperature.is_finite() && temperature >= 0.0) || steps == 0 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "temperature must be at least 0 (got {temperature}) and steps at least 1 (got {steps})"
+            )));
+        }
+        let fresh = FlowLmState::default();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        let mut audio = vec![];
+        for chunk in self.text_chunks(text)? {
+            let latents = self
+                .generate_latents(
+                    &chunk.tokens,
+                    voice.unwrap_or(&fresh),
+                    chunk.frames_after_eos,
+                    temperature,
+                    steps,
+                    &mut rng,
+                )
+                .map_err(candle_err)?;
+            let pcm = self.decode_latents(&latents).map_err(candle_err)?;
+            audio.extend(pcm.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)?);
+        }
+        Ok(audio)
+    }
+
     /// Generated latents (1, F, latent_dim) → audio (1, 1, F · hop): `latent · emb_std + emb_mean` through the Mimi
     /// decoder, the first `fade_in_samples` faded in (`linspace(0, 1)`) as each chunk's are.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
         let lm = &self.flow_lm;
+        if latents.dim(1)? == 0 {
+            return Tensor::zeros((1, 1, 0), DType::F32, latents.device());
+        }
         let z = latents.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?;
         let audio = self.mimi.decode(&z.transpose(1, 2)?.contiguous()?)?;
         let n = self.config.fade_in_samples.min(audio.dim(2)?);
