@@ -144,6 +144,32 @@ enum Command {
         #[command(flatten)]
         stream: StreamArg,
     },
+    /// Speak a text with a Pocket TTS model (`codec convert` makes one from pocket-tts's model.safetensors, its
+    /// YAML config and tokenizer.json), optionally in the voice of an audio file.
+    Tts {
+        #[command(flatten)]
+        model: ModelArg,
+        /// The text to speak.
+        text: String,
+        /// The WAV file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// An audio file of the voice to speak in (any format, rate and channel count; the first 30 s are used).
+        #[arg(long)]
+        voice: Option<PathBuf>,
+        /// Sampling temperature: the noise's variance (0: deterministic; default: the model's).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Flow steps per frame (LSD).
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        /// Seed of the sampling noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write 16-bit PCM instead of 32-bit float.
+        #[arg(long)]
+        pcm16: bool,
+    },
     /// Print a model file's architecture, rates, codebooks, parameters and storage.
     Info {
         /// A .gguf model file or a hub model id.
@@ -700,6 +726,35 @@ fn run(cli: &Cli) -> Result<()> {
             let seconds = decode_to_file(&codec, &codes, push_frames, output, *pcm16, Some(length), cli.quiet)
                 .map_err(naming(input))?;
             wrote_audio(cli, output, seconds, codec.sample_rate());
+            Ok(())
+        }
+        Command::Tts { model, text, output, voice, temperature, steps, seed, pcm16 } => {
+            check_output(output, "wav")?;
+            let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
+            let file = codec::gguf::ModelFile::open(&path)?;
+            let device = cli.device.parse::<DeviceKind>()?.device()?;
+            let tts = codec::models::pocket_tts::PocketTts::load(&file, &device)?;
+            let rate = tts.config.sample_rate as u32;
+            let voice = match voice {
+                Some(v) => {
+                    let audio = codec::audio::read_mono_at(v, rate)?;
+                    Some(tts.voice_state_from_audio(&audio.samples).map_err(naming(v))?)
+                }
+                None => None,
+            };
+            let temperature = temperature.unwrap_or(tts.config.default_temperature);
+            let start = std::time::Instant::now();
+            let samples = tts.synthesize(text, voice.as_ref(), temperature, *steps, *seed)?;
+            let seconds = samples.len() as f64 / rate as f64;
+            if !cli.quiet {
+                let took = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "generated {seconds:.2} s of speech in {took:.2} s ({:.2}× real time)",
+                    seconds / took.max(1e-9)
+                );
+            }
+            codec::audio::write_wav(output, &Audio { sample_rate: rate, samples }, *pcm16)?;
+            wrote_audio(cli, output, seconds, rate);
             Ok(())
         }
         Command::Info { model } => info(model, cli),

@@ -50,6 +50,8 @@ const VOICE_FLOOR_DB: f64 = 35.0;
 const VOICE_FADE_SECONDS: f64 = 0.02;
 /// See [`VOICE_FLOOR_DB`].
 const VOICE_PAUSE_SECONDS: f64 = 0.08;
+/// `get_state_for_audio_prompt(truncate=True)` (the package's CLI and server) keeps the first 30 s of a voice.
+const VOICE_MAX_SECONDS: f64 = 30.0;
 
 /// True when the tensor names are those of a pocket-tts `TTSModel`.
 pub fn looks_like_pocket_tts(names: &[&String]) -> bool {
@@ -195,6 +197,7 @@ pub fn config_from_yaml(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         voice_floor_db: VOICE_FLOOR_DB,
         voice_fade_seconds: VOICE_FADE_SECONDS,
         voice_pause_seconds: VOICE_PAUSE_SECONDS,
+        voice_max_seconds: VOICE_MAX_SECONDS,
     };
     cfg.check().map_err(bad)?;
     Ok(cfg)

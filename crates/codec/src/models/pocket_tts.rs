@@ -170,6 +170,8 @@ pub mod key {
     pub const VOICE_FADE_SECONDS: &str = "codec.pocket_tts.voice.fade_seconds";
     /// Seconds of silence appended to a voice prompt (`pause_sec`, f32).
     pub const VOICE_PAUSE_SECONDS: &str = "codec.pocket_tts.voice.pause_seconds";
+    /// Seconds of a voice file used at most (the package's `truncate=True`: 30, f32).
+    pub const VOICE_MAX_SECONDS: &str = "codec.pocket_tts.voice.max_seconds";
 }
 
 /// Every hyper-parameter of a Pocket TTS model, as stored in the GGUF metadata.
@@ -275,6 +277,8 @@ pub struct PocketTtsConfig {
     pub voice_fade_seconds: f64,
     /// Seconds of silence appended to a voice prompt.
     pub voice_pause_seconds: f64,
+    /// Seconds of a voice file used at most.
+    pub voice_max_seconds: f64,
 }
 
 metadata_fields!(PocketTtsConfig {
@@ -328,6 +332,7 @@ metadata_fields!(PocketTtsConfig {
     voice_floor_db: positive_f64 = key::VOICE_FLOOR_DB,
     voice_fade_seconds: f64 = key::VOICE_FADE_SECONDS,
     voice_pause_seconds: f64 = key::VOICE_PAUSE_SECONDS,
+    voice_max_seconds: positive_f64 = key::VOICE_MAX_SECONDS,
 });
 
 impl PocketTtsConfig {
@@ -1076,9 +1081,12 @@ impl PocketTts {
     }
 
     /// The Flow-LM state for a voice given as audio (mono, at the model rate): cut with
-    /// [`PocketTtsConfig::end_on_pause`], then [`PocketTts::voice_state`].
+    /// [`PocketTtsConfig::end_on_pause`] after its first `voice_max_seconds`, then [`PocketTts::voice_state`].
     pub fn voice_state_from_audio(&self, samples: &[f32]) -> crate::Result<FlowLmState> {
-        let cut = self.config.end_on_pause(samples);
+        // The package's CLI and server keep the first 30 s of a voice (`truncate=True`): a longer prompt adds
+        // nothing but attention cost to every generated frame.
+        let max = (self.config.voice_max_seconds * self.config.sample_rate as f64).round() as usize;
+        let cut = self.config.end_on_pause(&samples[..samples.len().min(max)]);
         if cut.is_empty() {
             return Err(crate::Error::InvalidArgument("the voice prompt has no audio".into()));
         }
