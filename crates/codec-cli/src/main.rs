@@ -169,6 +169,9 @@ enum Command {
         /// Write 16-bit PCM instead of 32-bit float.
         #[arg(long)]
         pcm16: bool,
+        /// Write each frame's audio as soon as it is made (80 ms at a time) and print the time to the first audio.
+        #[arg(long)]
+        stream: bool,
     },
     /// Print a model file's architecture, rates, codebooks, parameters and storage.
     Info {
@@ -728,7 +731,7 @@ fn run(cli: &Cli) -> Result<()> {
             wrote_audio(cli, output, seconds, codec.sample_rate());
             Ok(())
         }
-        Command::Tts { model, text, output, voice, temperature, steps, seed, pcm16 } => {
+        Command::Tts { model, text, output, voice, temperature, steps, seed, pcm16, stream } => {
             check_output(output, "wav")?;
             let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
             let file = codec::gguf::ModelFile::open(&path)?;
@@ -744,16 +747,34 @@ fn run(cli: &Cli) -> Result<()> {
             };
             let temperature = temperature.unwrap_or(tts.config.default_temperature);
             let start = std::time::Instant::now();
-            let samples = tts.synthesize(text, voice.as_ref(), temperature, *steps, *seed)?;
-            let seconds = samples.len() as f64 / rate as f64;
+            let mut first_audio = None;
+            let samples = if *stream {
+                let mut wav = codec::audio::WavWriter::create(output, rate, *pcm16)?;
+                let mut written = 0usize;
+                tts.synthesize_stream(text, voice.as_ref(), temperature, *steps, *seed, &mut |pcm| {
+                    first_audio.get_or_insert_with(|| start.elapsed());
+                    written += pcm.len();
+                    wav.write(pcm)
+                })?;
+                wav.finish()?;
+                written
+            } else {
+                let samples = tts.synthesize(text, voice.as_ref(), temperature, *steps, *seed)?;
+                let n = samples.len();
+                codec::audio::write_wav(output, &Audio { sample_rate: rate, samples }, *pcm16)?;
+                n
+            };
+            let seconds = samples as f64 / rate as f64;
             if !cli.quiet {
                 let took = start.elapsed().as_secs_f64();
+                if let Some(first) = first_audio {
+                    eprintln!("first audio after {:.0} ms", first.as_secs_f64() * 1000.0);
+                }
                 eprintln!(
                     "generated {seconds:.2} s of speech in {took:.2} s ({:.2}× real time)",
                     seconds / took.max(1e-9)
                 );
             }
-            codec::audio::write_wav(output, &Audio { sample_rate: rate, samples }, *pcm16)?;
             wrote_audio(cli, output, seconds, rate);
             Ok(())
         }

@@ -374,6 +374,25 @@ fn tts_speaks_like_the_reference() {
     let cos = dot / (norm(&got) * norm(&want));
     assert!(cos >= 0.9999, "speech cosine {cos}");
 
+    // --stream writes the same speech frame by frame.
+    let streamed = tmp("speech-streamed.wav");
+    let o = codec(&[
+        "tts",
+        "-m",
+        s(&model),
+        text,
+        "--voice",
+        s(&voice),
+        "--temperature",
+        "0",
+        "--stream",
+        "-o",
+        s(&streamed),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: Vec<f32> = hound::WavReader::open(&streamed).unwrap().samples::<f32>().map(|x| x.unwrap()).collect();
+    assert_eq!(again, got, "--stream changed the speech");
+
     let o = codec(&["info", s(&model)]);
     let info = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && info.contains("pocket-tts") && info.contains("text-to-speech"), "{info}");

@@ -56,11 +56,11 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 
 use crate::gguf::{keys, metadata_fields, ModelFile};
-use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, PadMode, Padding};
+use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::linear::Linear;
 use crate::nn::norm::{layer_norm, LayerNorm};
 use crate::nn::pad_to_multiple;
-use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder};
+use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder, SeanetState};
 use crate::nn::transformer::{MlpActivation, Transformer, TransformerConfig, TransformerState};
 use crate::nn::Weights;
 
@@ -503,11 +503,25 @@ impl PocketMimi {
 
     /// Latents (B, latent_dim, F) → audio (B, 1, F · hop): `decode_from_latent` from a fresh state.
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        let x = self.output_proj.forward(latent)?;
-        let x = self.upsample.forward(&x)?;
-        let x = self.decoder_transformer.forward(&x)?;
-        self.decoder.forward(&x)
+        self.decode_step(latent, &mut MimiDecodeState::default())
     }
+
+    /// The next frames (B, latent_dim, F) of a stream whose earlier frames `state` remembers → their audio (B, 1,
+    /// F · hop), final when returned: `decode_from_latent` with the package's streaming state.
+    pub fn decode_step(&self, latent: &Tensor, state: &mut MimiDecodeState) -> Result<Tensor> {
+        let x = self.output_proj.forward(latent)?;
+        let x = self.upsample.step(&x, &mut state.upsample)?;
+        let x = self.decoder_transformer.step(&x, &mut state.transformer)?;
+        self.decoder.step(&x, &mut state.seanet)
+    }
+}
+
+/// The Mimi decoder's streaming state: each stage's carried samples and the transformer's KV cache.
+#[derive(Debug, Clone, Default)]
+pub struct MimiDecodeState {
+    upsample: ConvTransposeState,
+    transformer: TransformerState,
+    seanet: SeanetState,
 }
 
 fn candle_err(source: candle_core::Error) -> crate::Error {
@@ -1048,14 +1062,37 @@ impl PocketTts {
         steps: usize,
         rng: &mut rand::rngs::StdRng,
     ) -> Result<Tensor> {
+        let mut latents = vec![];
+        self.generate_latents_with(tokens, state, frames_after_eos, temperature, steps, rng, &mut |l| {
+            latents.push(l.clone());
+            Ok(())
+        })?;
+        if latents.is_empty() {
+            return Tensor::zeros((1, 0, self.config.latent_dim), DType::F32, self.flow_lm.emb_std.device());
+        }
+        Tensor::stack(&latents, 1)?.squeeze(2)
+    }
+
+    /// [`PocketTts::generate_latents`], handing each latent (1, latent_dim) to `on_latent` as soon as it is sampled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_latents_with(
+        &self,
+        tokens: &[u32],
+        state: &FlowLmState,
+        frames_after_eos: usize,
+        temperature: f64,
+        steps: usize,
+        rng: &mut rand::rngs::StdRng,
+        on_latent: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
         let (lm, c) = (&self.flow_lm, &self.config);
         let mut state = state.clone();
         lm.prompt(&lm.text_embeddings(tokens)?, &mut state)?;
         let device = lm.emb_std.device();
-        let mut latents: Vec<Tensor> = vec![];
+        let mut previous: Option<Tensor> = None;
         let mut eos_step = None;
         for step in 0..self.max_frames(tokens.len()) {
-            let hidden = lm.step(latents.last(), &mut state)?;
+            let hidden = lm.step(previous.as_ref(), &mut state)?;
             let eos = lm.eos_logit(&hidden)?.flatten_all()?.to_vec1::<f32>()?[0] as f64 > c.eos_threshold;
             if eos && eos_step.is_none() && step >= c.min_frames_before_eos {
                 eos_step = Some(step);
@@ -1072,12 +1109,11 @@ impl PocketTts {
             } else {
                 Tensor::zeros((1, c.latent_dim), DType::F32, device)?
             };
-            latents.push(lm.flow.lsd_decode(&hidden, &noise, steps)?);
+            let latent = lm.flow.lsd_decode(&hidden, &noise, steps)?;
+            on_latent(&latent)?;
+            previous = Some(latent);
         }
-        if latents.is_empty() {
-            return Tensor::zeros((1, 0, c.latent_dim), DType::F32, device);
-        }
-        Tensor::stack(&latents, 1)?.squeeze(2)
+        Ok(())
     }
 
     /// The Flow-LM state for a voice given as audio (mono, at the model rate): cut with
@@ -1095,10 +1131,7 @@ impl PocketTts {
         self.voice_state(&pcm).map_err(candle_err)
     }
 
-    /// Speech for `text` (`generate_audio`): each chunk of [`PocketTts::text_chunks`] generated from a copy of
-    /// `voice` (a fresh state without one) and decoded with a fresh Mimi state, the chunks' audio concatenated.
-    /// `temperature` sets the noise's variance (0: none), `steps` the LSD steps per frame, `seed` the noise (the
-    /// same seed gives the same speech; not the package's torch random stream).
+    /// Speech for `text` (`generate_audio`): [`PocketTts::synthesize_stream`] collected.
     pub fn synthesize(
         &self,
         text: &str,
@@ -1107,6 +1140,28 @@ impl PocketTts {
         steps: usize,
         seed: u64,
     ) -> crate::Result<Vec<f32>> {
+        let mut audio = vec![];
+        self.synthesize_stream(text, voice, temperature, steps, seed, &mut |pcm| {
+            audio.extend_from_slice(pcm);
+            Ok(())
+        })?;
+        Ok(audio)
+    }
+
+    /// Speech for `text` as it is made (`generate_audio_stream`), one frame's audio (`hop` samples) at a time to
+    /// `on_audio`: each chunk of [`PocketTts::text_chunks`] generated from a copy of `voice` (a fresh state without
+    /// one), each latent decoded as soon as it is sampled (Mimi's streaming state kept through the chunk, a fresh one
+    /// and a fade-in per chunk). `temperature` sets the noise's variance (0: none), `steps` the LSD steps per frame,
+    /// `seed` the noise (the same seed gives the same speech; not the package's torch random stream).
+    pub fn synthesize_stream(
+        &self,
+        text: &str,
+        voice: Option<&FlowLmState>,
+        temperature: f64,
+        steps: usize,
+        seed: u64,
+        on_audio: &mut dyn FnMut(&[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()> {
         if !(temperature.is_finite() && temperature >= 0.0) || steps == 0 {
             return Err(crate::Error::InvalidArgument(format!(
                 "temperature must be at least 0 (got {temperature}) and steps at least 1 (got {steps})"
@@ -1114,22 +1169,41 @@ impl PocketTts {
         }
         let fresh = FlowLmState::default();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-        let mut audio = vec![];
+        let lm = &self.flow_lm;
         for chunk in self.text_chunks(text)? {
-            let latents = self
-                .generate_latents(
-                    &chunk.tokens,
-                    voice.unwrap_or(&fresh),
-                    chunk.frames_after_eos,
-                    temperature,
-                    steps,
-                    &mut rng,
-                )
-                .map_err(candle_err)?;
-            let pcm = self.decode_latents(&latents).map_err(candle_err)?;
-            audio.extend(pcm.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)?);
+            let mut mimi = MimiDecodeState::default();
+            let mut fade_left = self.config.fade_in_samples;
+            // The callback's own errors (a full disk) come back through candle's error type; keep the first one.
+            let mut failure: Option<crate::Error> = None;
+            let state = voice.unwrap_or(&fresh);
+            let run = self.generate_latents_with(
+                &chunk.tokens,
+                state,
+                chunk.frames_after_eos,
+                temperature,
+                steps,
+                &mut rng,
+                &mut |latent| {
+                    let z = latent.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?.unsqueeze(2)?;
+                    let mut pcm = self.mimi.decode_step(&z, &mut mimi)?.flatten_all()?.to_vec1::<f32>()?;
+                    let n = self.config.fade_in_samples;
+                    for (i, x) in pcm.iter_mut().take(fade_left).enumerate() {
+                        let k = n - fade_left + i;
+                        *x *= if n == 1 { 0.0 } else { k as f32 / (n - 1) as f32 };
+                    }
+                    fade_left = fade_left.saturating_sub(pcm.len());
+                    on_audio(&pcm).map_err(|e| {
+                        failure = Some(e);
+                        candle_core::Error::Msg("stopped".into())
+                    })
+                },
+            );
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            run.map_err(candle_err)?;
         }
-        Ok(audio)
+        Ok(())
     }
 
     /// Generated latents (1, F, latent_dim) → audio (1, 1, F · hop): `latent · emb_std + emb_mean` through the Mimi
