@@ -90,6 +90,17 @@ def build_tokenizer(path: Path) -> int:
 # configuration
 
 
+def full_config(tokenizer_path: Path, n_bins: int) -> dict:
+    """config/english_2026-10.yaml itself (the released architecture), with our tokenizer's size for the table."""
+    import pocket_tts
+    with open(Path(pocket_tts.__file__).parent / "config" / "english_2026-10.yaml") as f:
+        cfg = yaml.safe_load(f)
+    for k in ("weights_path", "weights_path_without_voice_cloning"):
+        cfg.pop(k, None)
+    cfg["flow_lm"]["lookup_table"].update(n_bins=n_bins, tokenizer_path=str(tokenizer_path))
+    return cfg
+
+
 def reduced_config(tokenizer_path: Path, n_bins: int) -> dict:
     """config/english_2026-10.yaml's structure with small widths. Mimi keeps the real ratios [6, 5, 4] and the ×16
     conv resampling (200 Hz -> 12.5 Hz); context shrinks to 20 steps so the sliding window matters on short inputs."""
@@ -348,7 +359,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--full-size", action="store_true",
+                    help="the released architecture (config/english_2026-10.yaml), for a hand-run parity and speed "
+                         "check; needs --out outside the repo (about 470 MB)")
+    ap.add_argument("--bench", action="store_true", help="also time generate_audio (no voice), best of 3")
     args = ap.parse_args()
+    if args.full_size and args.out == DEFAULT_OUT:
+        ap.error("--full-size needs --out outside the repo")
     t_start = time.time()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -359,7 +376,7 @@ def main() -> int:
 
     tok_path = out / "tokenizer.json"
     n_bins = build_tokenizer(tok_path)
-    cfg = reduced_config(tok_path, n_bins)
+    cfg = (full_config if args.full_size else reduced_config)(tok_path, n_bins)
     model = build_model(cfg, temp=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
     perturb(model, g)
@@ -500,6 +517,23 @@ def main() -> int:
         cases.append({"text": t, "chunks": prepared})
     write_json(out / "text_chunks.json", cases)
 
+    if args.bench:
+        # The package as it runs by default: 1 torch thread, the Mimi decoder on its own Python thread, frames
+        # batched by timing (max_decoder_frames_per_call = 0).
+        model.max_decoder_frames_per_call = 0
+        with torch.no_grad():
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    audio = model.generate_audio(empty_state(model), TEXT)
+                    times.append(time.perf_counter() - t0)
+                secs = audio.shape[-1] / SAMPLE_RATE
+                print(f"  bench ({threads} torch threads): {secs:.2f} s of speech in {min(times):.3f} s "
+                      f"(RTF {min(times) / secs:.3f}, {secs / min(times):.1f}x real time)")
+                summary[f"bench_{threads}_threads"] = {"seconds": secs, "time": min(times)}
+        torch.set_num_threads(1)
     write_json(out / "summary.json", summary)
     print_files(out, t_start)
     return 0
