@@ -84,6 +84,25 @@ fn load(spec: &Path, device: DeviceKind) -> codec::Result<Codec> {
 #[pyclass(frozen, module = "codec_rs", name = "Codec")]
 struct PyCodec {
     codec: Codec,
+    // The model's fixed figures, as read-only properties (copied from `codec` when loaded).
+    /// The architecture: ``"mimi"``, ``"dac"`` or ``"wavtokenizer"``.
+    #[pyo3(get)]
+    arch: String,
+    /// Audio samples per second the model works at.
+    #[pyo3(get)]
+    sample_rate: u32,
+    /// Audio samples per code frame.
+    #[pyo3(get)]
+    hop: usize,
+    /// Code frames per second (``sample_rate / hop``).
+    #[pyo3(get)]
+    frame_rate: f64,
+    /// The most codebooks (code rows per frame) the model has.
+    #[pyo3(get)]
+    max_n_q: usize,
+    /// Entries per codebook: codes lie in ``range(codebook_size)``.
+    #[pyo3(get)]
+    codebook_size: usize,
 }
 
 impl PyCodec {
@@ -115,43 +134,15 @@ impl PyCodec {
         let device: DeviceKind = device.parse().map_err(to_py)?;
         init_threads(py, threads)?;
         let codec = detached(py, || load(&model, device))?;
-        Ok(Self { codec })
-    }
-
-    /// The architecture: ``"mimi"``, ``"dac"`` or ``"wavtokenizer"``.
-    #[getter]
-    fn arch(&self) -> &str {
-        self.codec.arch()
-    }
-
-    /// Audio samples per second the model works at.
-    #[getter]
-    fn sample_rate(&self) -> u32 {
-        self.codec.sample_rate()
-    }
-
-    /// Audio samples per code frame.
-    #[getter]
-    fn hop(&self) -> usize {
-        self.codec.hop()
-    }
-
-    /// Code frames per second (``sample_rate / hop``).
-    #[getter]
-    fn frame_rate(&self) -> f64 {
-        self.codec.frame_rate()
-    }
-
-    /// The most codebooks (code rows per frame) the model has.
-    #[getter]
-    fn max_n_q(&self) -> usize {
-        self.codec.max_n_q()
-    }
-
-    /// Entries per codebook: codes lie in ``range(codebook_size)``.
-    #[getter]
-    fn codebook_size(&self) -> usize {
-        self.codec.codebook_size()
+        Ok(Self {
+            arch: codec.arch().to_string(),
+            sample_rate: codec.sample_rate(),
+            hop: codec.hop(),
+            frame_rate: codec.frame_rate(),
+            max_n_q: codec.max_n_q(),
+            codebook_size: codec.codebook_size(),
+            codec,
+        })
     }
 
     /// Encodes audio into codes.

@@ -131,8 +131,7 @@ pub unsafe extern "C" fn codec_encode(
     codes_capacity: usize,
     n_frames: *mut usize,
 ) -> Status {
-    status::status(|| {
-        let model = deref(model, "model")?;
+    with_model(model, |model| {
         let pcm = input(pcm, n_samples, "pcm")?;
         let codes = output(codes, codes_capacity, "codes")?;
         let n_frames = deref_mut(n_frames, "n_frames")?;
@@ -150,8 +149,7 @@ pub unsafe extern "C" fn codec_decode(
     pcm_capacity: usize,
     n_samples: *mut usize,
 ) -> Status {
-    status::status(|| {
-        let model = deref(model, "model")?;
+    with_model(model, |model| {
         let codes = input(codes, codes_len(n_q, n_frames, "codes")?, "codes")?;
         let pcm = output(pcm, pcm_capacity, "pcm")?;
         let n_samples = deref_mut(n_samples, "n_samples")?;
@@ -171,20 +169,11 @@ pub unsafe extern "C" fn codec_encode_batch(
     codes_capacity: *const usize,
     n_frames: *mut usize,
 ) -> Status {
-    status::status(|| {
-        let model = deref(model, "model")?;
-        if batch == 0 {
-            return Ok(());
-        }
-        let (pcm, n_samples) = (input(pcm, batch, "pcm")?, input(n_samples, batch, "n_samples")?);
-        let (codes, codes_capacity) = (input(codes, batch, "codes")?, input(codes_capacity, batch, "codes_capacity")?);
-        let n_frames = input_mut(n_frames, batch, "n_frames")?;
-        let pcm =
-            (0..batch).map(|i| input(pcm[i], n_samples[i], &name("pcm", i, batch))).collect::<Outcome<Vec<_>>>()?;
-        let mut codes = (0..batch)
-            .map(|i| output(codes[i], codes_capacity[i], &name("codes", i, batch)))
-            .collect::<Outcome<Vec<_>>>()?;
-        model.encode(&pcm, sample_rate, n_q, &mut codes, n_frames)
+    with_batch(model, batch, |model| {
+        let pcm = items(pcm, input(n_samples, batch, "n_samples")?, "pcm", |ptr, len, what| input(ptr, len, what))?;
+        let capacities = input(codes_capacity, batch, "codes_capacity")?;
+        let mut codes = items(codes, capacities, "codes", |ptr, capacity, what| output(ptr, capacity, what))?;
+        model.encode(&pcm, sample_rate, n_q, &mut codes, input_mut(n_frames, batch, "n_frames")?)
     })
 }
 
@@ -199,24 +188,38 @@ pub unsafe extern "C" fn codec_decode_batch(
     pcm_capacity: *const usize,
     n_samples: *mut usize,
 ) -> Status {
-    status::status(|| {
-        let model = deref(model, "model")?;
-        if batch == 0 {
-            return Ok(());
-        }
-        let (codes, n_frames) = (input(codes, batch, "codes")?, input(n_frames, batch, "n_frames")?);
-        let (pcm, pcm_capacity) = (input(pcm, batch, "pcm")?, input(pcm_capacity, batch, "pcm_capacity")?);
-        let n_samples = input_mut(n_samples, batch, "n_samples")?;
-        let codes = (0..batch)
-            .map(|i| {
-                let what = name("codes", i, batch);
-                input(codes[i], codes_len(n_q, n_frames[i], &what)?, &what)
-            })
-            .collect::<Outcome<Vec<_>>>()?;
-        let mut pcm =
-            (0..batch).map(|i| output(pcm[i], pcm_capacity[i], &name("pcm", i, batch))).collect::<Outcome<Vec<_>>>()?;
-        model.decode(&codes, n_q, n_frames, &mut pcm, n_samples)
+    with_batch(model, batch, |model| {
+        let n_frames = input(n_frames, batch, "n_frames")?;
+        let codes =
+            items(codes, n_frames, "codes", |ptr, frames, what| input(ptr, codes_len(n_q, frames, what)?, what))?;
+        let capacities = input(pcm_capacity, batch, "pcm_capacity")?;
+        let mut pcm = items(pcm, capacities, "pcm", |ptr, capacity, what| output(ptr, capacity, what))?;
+        model.decode(&codes, n_q, n_frames, &mut pcm, input_mut(n_samples, batch, "n_samples")?)
     })
+}
+
+/// A call on `model`: `run` on the checked model, its outcome as a status.
+unsafe fn with_model(model: *const Model, run: impl FnOnce(&Model) -> Outcome<()>) -> Status {
+    status::status(|| run(deref(model, "model")?))
+}
+
+/// A batched call on `model`, as [`with_model`]; a batch of 0 does nothing and reads none of its arrays (they may
+/// be NULL).
+unsafe fn with_batch(model: *const Model, batch: usize, run: impl FnOnce(&Model) -> Outcome<()>) -> Status {
+    with_model(model, |model| if batch == 0 { Ok(()) } else { run(model) })
+}
+
+/// The buffers of a batch of `sizes.len()` items: the array of their pointers at `ptrs` (named `what`), then item i
+/// as `buffer(ptrs[i], sizes[i], "what[i]")` (the size a length, capacity or frame count, as `buffer` takes it).
+unsafe fn items<P: Copy, B>(
+    ptrs: *const P,
+    sizes: &[usize],
+    what: &str,
+    buffer: impl Fn(P, usize, &str) -> Outcome<B>,
+) -> Outcome<Vec<B>> {
+    let batch = sizes.len();
+    let ptrs = input(ptrs, batch, what)?;
+    ptrs.iter().zip(sizes).enumerate().map(|(i, (&ptr, &size))| buffer(ptr, size, &name(what, i, batch))).collect()
 }
 
 /// `n_q × n_frames`, the values a codes array holds, or an error naming `what` if that overflows.

@@ -88,6 +88,11 @@ impl Stream {
     }
 }
 
+/// A call on `stream`: `run` on the checked stream, its outcome as a status.
+unsafe fn with_stream(stream: *mut Stream, run: impl FnOnce(&mut Stream) -> Outcome<()>) -> Status {
+    status(|| run(deref_mut(stream, "stream")?))
+}
+
 fn as_usize(n: u64) -> Outcome<usize> {
     usize::try_from(n).map_err(|_| Failure::invalid(format!("{n} values are more than memory can hold")))
 }
@@ -125,8 +130,7 @@ pub unsafe extern "C" fn codec_stream_encode(
     codes_capacity: usize,
     n_frames: *mut usize,
 ) -> Status {
-    status(|| {
-        let stream = deref_mut(stream, "stream")?;
+    with_stream(stream, |stream| {
         let pcm = input(pcm, n_samples, "pcm")?;
         let codes = output(codes, codes_capacity, "codes")?;
         let n_frames = deref_mut(n_frames, "n_frames")?;
@@ -145,8 +149,7 @@ pub unsafe extern "C" fn codec_stream_decode(
     pcm_capacity: usize,
     n_samples: *mut usize,
 ) -> Status {
-    status(|| {
-        let stream = deref_mut(stream, "stream")?;
+    with_stream(stream, |stream| {
         let codes = input(codes, codes_len(n_q, n_frames, "codes")?, "codes")?;
         let pcm = output(pcm, pcm_capacity, "pcm")?;
         let n_samples = deref_mut(n_samples, "n_samples")?;
@@ -166,8 +169,7 @@ pub unsafe extern "C" fn codec_stream_flush(
     pcm_capacity: usize,
     n_samples: *mut usize,
 ) -> Status {
-    status(|| {
-        let stream = deref_mut(stream, "stream")?;
+    with_stream(stream, |stream| {
         if matches!(stream.direction, Direction::Encoder(_)) {
             let (codes, n_frames) = (output(codes, codes_capacity, "codes")?, deref_mut(n_frames, "n_frames")?);
             let bound = stream.frames_ahead(0, true)?;
@@ -182,8 +184,7 @@ pub unsafe extern "C" fn codec_stream_flush(
 
 #[no_mangle]
 pub unsafe extern "C" fn codec_stream_reset(stream: *mut Stream) -> Status {
-    status(|| {
-        let stream = deref_mut(stream, "stream")?;
+    with_stream(stream, |stream| {
         match &mut stream.direction {
             Direction::Encoder(encoder) => encoder.reset(),
             Direction::Decoder(decoder) => decoder.reset(),

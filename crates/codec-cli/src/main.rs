@@ -42,6 +42,14 @@ struct ModelArg {
     model: String,
 }
 
+/// `--n-q` of the commands that encode.
+#[derive(Args, Clone, Copy)]
+struct CodebooksArg {
+    /// Number of codebooks (default: all).
+    #[arg(long = "n-q")]
+    n_q: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a checkpoint into a GGUF model file: a hub-style directory (config.json + *.safetensors), a
@@ -73,9 +81,8 @@ enum Command {
         /// gets one <stem>.npy per input (created if missing).
         #[arg(short, long)]
         output: PathBuf,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         #[command(flatten)]
         stream: StreamArg,
         #[command(flatten)]
@@ -91,21 +98,8 @@ enum Command {
         /// Directories, audio files and manifests (.txt: one path a line; .jsonl: a "path" field).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// The directory of the shards (created if missing).
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
-        /// Files per batched model call.
-        #[arg(long = "batch-size", default_value_t = 8)]
-        batch_size: usize,
-        /// Rows (files) per shard.
-        #[arg(long = "shard-rows", default_value_t = 1000)]
-        shard_rows: usize,
-        /// Threads reading and resampling audio while the model computes (default: 2).
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
+        #[command(flatten)]
+        options: tokenize::Options,
     },
     /// Decode codes (.npy, int32 or int64, shape (n_q, frames) or (1, n_q, frames)) into a WAV file.
     Decode {
@@ -135,9 +129,8 @@ enum Command {
         /// The WAV file to write (as long as the input).
         #[arg(short, long)]
         output: PathBuf,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         /// Write 16-bit PCM instead of 32-bit float.
         #[arg(long)]
         pcm16: bool,
@@ -195,9 +188,8 @@ enum Command {
         /// Timed runs of each direction (the best is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Number of codebooks (default: all).
-        #[arg(long = "n-q")]
-        n_q: Option<usize>,
+        #[command(flatten)]
+        codebooks: CodebooksArg,
         /// Clips per batched pass (encode_batch/decode_batch over this many copies of the input); the times are
         /// per batch and "x real time" counts all its audio.
         #[arg(long, default_value_t = 1)]
@@ -683,7 +675,7 @@ fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Encode { model, inputs, output, n_q, stream, batch } => {
+        Command::Encode { model, inputs, output, codebooks: CodebooksArg { n_q }, stream, batch } => {
             let Some(outputs) = Many::plan(inputs, output, "npy", *stream, *batch)? else {
                 check_output(output, "npy")?;
                 let codec = load(&model.model, cli, Parts::Encoder)?;
@@ -714,7 +706,7 @@ fn run(cli: &Cli) -> Result<()> {
             let codec = load(&model.model, cli, Parts::Decoder)?;
             outputs.run(cli, "decoding", |batch| decode_batch(&codec, batch, *pcm16))
         }
-        Command::Roundtrip { model, input, output, n_q, pcm16, stream } => {
+        Command::Roundtrip { model, input, output, codebooks: CodebooksArg { n_q }, pcm16, stream } => {
             check_output(output, "wav")?;
             let codec = load(&model.model, cli, Parts::All)?;
             codec.check_n_q(*n_q)?;
@@ -779,7 +771,8 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => info(model, cli),
-        Command::Tokenize { model, inputs, output, n_q, batch_size, shard_rows, jobs } => {
+        Command::Tokenize { model, inputs, options } => {
+            let tokenize::Options { output, batch_size, shard_rows, jobs, .. } = options;
             for (value, flag) in [(*batch_size, "--batch-size"), (*shard_rows, "--shard-rows"), (*jobs, "--jobs")] {
                 if value == 0 {
                     return Err(Error::InvalidArgument(format!("{flag} must be at least 1")));
@@ -791,14 +784,7 @@ fn run(cli: &Cli) -> Result<()> {
             let items = tokenize::collect_inputs(inputs)?;
             let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
             let codec = load(&path.to_string_lossy(), cli, Parts::Encoder)?;
-            let opts = tokenize::Options {
-                out_dir: output.clone(),
-                n_q: *n_q,
-                batch_size: *batch_size,
-                shard_rows: *shard_rows,
-                jobs: *jobs,
-                quiet: cli.quiet,
-            };
+            let opts = tokenize::Options { quiet: cli.quiet, ..options.clone() };
             let s = tokenize::run(&codec, &path, items, &opts)?;
             eprintln!(
                 "tokenize: {} files done, {} skipped (already in shards), {} failed{}; {:.3} h of audio in {:.1} s ({:.0} h/h)",
@@ -818,7 +804,7 @@ fn run(cli: &Cli) -> Result<()> {
                 ))),
             }
         }
-        Command::Bench { model, arch, random, seconds, runs, n_q, batch, stream } => {
+        Command::Bench { model, arch, random, seconds, runs, codebooks: CodebooksArg { n_q }, batch, stream } => {
             if model.is_some() && *random {
                 return Err(Error::InvalidArgument("bench takes -m MODEL or --arch A --random, not both".into()));
             }

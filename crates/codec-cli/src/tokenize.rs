@@ -34,13 +34,25 @@ pub struct Item {
     pub name: String,
 }
 
-/// What `codec tokenize` was asked to do.
+/// What `codec tokenize` was asked to do: its options, as the command line gives them.
+#[derive(clap::Args, Clone)]
 pub struct Options {
-    pub out_dir: PathBuf,
-    pub n_q: Option<usize>,
+    /// The directory of the shards (created if missing).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub codebooks: crate::CodebooksArg,
+    /// Files per batched model call.
+    #[arg(long = "batch-size", default_value_t = 8)]
     pub batch_size: usize,
+    /// Rows (files) per shard.
+    #[arg(long = "shard-rows", default_value_t = 1000)]
     pub shard_rows: usize,
+    /// Threads reading and resampling audio while the model computes (default: 2).
+    #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// No progress output (the global `--quiet`, set after parsing).
+    #[arg(skip)]
     pub quiet: bool,
 }
 
@@ -364,12 +376,12 @@ impl Run<'_> {
     }
 }
 
-/// Tokenizes `items` with `codec` (loaded from `model_path`) into `opts.out_dir`.
+/// Tokenizes `items` with `codec` (loaded from `model_path`) into `opts.output`.
 pub fn run(codec: &Codec, model_path: &Path, items: Vec<Item>, opts: &Options) -> Result<Summary> {
     let started = Instant::now();
-    let dir = &opts.out_dir;
+    let dir = &opts.output;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let n_q = codec.check_n_q(opts.n_q)?;
+    let n_q = codec.check_n_q(opts.codebooks.n_q)?;
     let (done, next) = scan_shards(dir)?;
     // Files already in complete shards are skipped; a name twice in the inputs is tokenized once.
     let skipped = items.iter().filter(|item| done.contains(&item.name)).count();

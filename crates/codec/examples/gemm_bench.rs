@@ -75,7 +75,7 @@ fn main() {
             gemm(m, n, k, &am, &bm, &mut out, &Epilogue::default());
         });
         // The weight (A for convs, B for linear layers) packed ahead of time, as the models do.
-        let weight_is_a = !what.contains("transformer") && !what.contains("wavtokenizer");
+        let weight_is_a = !["transformer", "stream step", "wavtokenizer"].iter().any(|linear| what.contains(linear));
         let (am, bm) = (Strided::row_major(&av, m, k).unwrap(), Strided::row_major(&bv, k, n).unwrap());
         let (pa, pb) = (Packed::a(&am, m, k), Packed::b(&bm, k, n));
         let mut prepacked_run = || {

@@ -27,19 +27,6 @@ pub enum DeviceKind {
     Auto,
 }
 
-impl std::str::FromStr for DeviceKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            "metal" => Ok(Self::Metal),
-            "auto" => Ok(Self::Auto),
-            _ => Err(Error::InvalidArgument(format!("unknown device '{s}' (expected cpu, cuda, metal or auto)"))),
-        }
-    }
-}
-
 impl DeviceKind {
     /// The candle device this names; an error if this build or machine lacks it (`Auto` falls back to the CPU).
     pub fn device(self) -> Result<Device> {
@@ -52,6 +39,14 @@ impl DeviceKind {
             Self::Metal => Device::new_metal(0).map_err(|e| unavailable("metal", e)),
             Self::Auto => Ok(Device::new_cuda(0).or_else(|_| Device::new_metal(0)).unwrap_or(Device::Cpu)),
         }
+    }
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let choices = [("cpu", Self::Cpu), ("cuda", Self::Cuda), ("metal", Self::Metal), ("auto", Self::Auto)];
+        crate::error::parse_choice("device", s, &choices)
     }
 }
 
@@ -84,6 +79,9 @@ pub struct Codec {
     parts: Parts,
     /// The most memory one model pass may need (see [`Codec::set_memory_limit`]); `None`: unchecked.
     memory_limit: Option<u64>,
+    /// Whether a scratch stream has run each way ([`warm_up`]).
+    encoder_warm: std::sync::OnceLock<()>,
+    decoder_warm: std::sync::OnceLock<()>,
 }
 
 impl Codec {
@@ -101,7 +99,18 @@ impl Codec {
         let arch = file.architecture()?.to_string();
         let path = path.to_path_buf();
         let memory_limit = default_memory_limit()?;
-        Ok(Self { model, arch, device, path, chunk_seconds: CHUNK_SECONDS, parts, memory_limit })
+        let (encoder_warm, decoder_warm) = Default::default();
+        Ok(Self {
+            model,
+            arch,
+            device,
+            path,
+            chunk_seconds: CHUNK_SECONDS,
+            parts,
+            memory_limit,
+            encoder_warm,
+            decoder_warm,
+        })
     }
 
     /// Loads what a user names: a GGUF file; a checkpoint [`crate::convert`] reads, converted into a temporary GGUF
@@ -144,6 +153,8 @@ impl Codec {
             chunk_seconds: CHUNK_SECONDS,
             parts: Parts::All,
             memory_limit: default_memory_limit().unwrap_or_else(|_| available_memory()),
+            encoder_warm: Default::default(),
+            decoder_warm: Default::default(),
         }
     }
 
@@ -435,13 +446,16 @@ impl Codec {
     pub fn stream_encoder(&self, n_q: Option<usize>) -> Result<StreamEncoder> {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
-        match self.encoder_stream(n_q)? {
+        let stream = || match self.encoder_stream(n_q)? {
             Some(inner) => Ok(StreamEncoder::new(inner, n_q, self.memory_guard())),
             None => Err(Error::Unsupported(format!(
                 "{}: this model's encoder cannot stream (its context is unbounded)",
                 self.path.display()
             ))),
-        }
+        };
+        let silence = vec![0.0; self.hop()];
+        warm_up(&self.encoder_warm, || (0..WARM_UP_PUSHES).try_for_each(|_| stream()?.push(&silence).map(drop)));
+        stream()
     }
 
     /// A streaming decoder: codes in pieces of any number of frames, audio out as it becomes final — the audio of
@@ -449,13 +463,16 @@ impl Codec {
     /// attention spans the whole clip, so no sample is final before the last frame.
     pub fn stream_decoder(&self) -> Result<StreamDecoder> {
         self.require(Parts::Decoder)?;
-        match self.decoder_stream() {
+        let stream = || match self.decoder_stream() {
             Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.memory_guard())),
             None => Err(Error::Unsupported(format!(
                 "{}: this model's decoder cannot stream (its attention spans the whole clip); decode whole clips",
                 self.path.display()
             ))),
-        }
+        };
+        let silence = Codes { n_q: 1, n_frames: 1, data: vec![0] };
+        warm_up(&self.decoder_warm, || (0..WARM_UP_PUSHES).try_for_each(|_| stream()?.push(&silence).map(drop)));
+        stream()
     }
 
     /// The model's encoder stream, if it has one.
@@ -611,6 +628,19 @@ pub const PIECE_MEMORY: u64 = 128 << 20;
 
 /// [`PIECE_MEMORY`] on a GPU whose free memory cannot be read.
 pub const GPU_PIECE_MEMORY: u64 = 4 << 30;
+
+/// Runs `scratch` (pushes of one frame of silence into scratch streams, thrown away) the first time a codec makes
+/// a stream in that direction (`done`). A stream runs its layers once per push: the third run of a weight read in
+/// place from the file packs it, a narrow conv packs its transposed weights on its first, and each of those took
+/// one push of the caller's audio a few hundred milliseconds. Now that happens when the first stream is made, and
+/// every push of a real stream runs on packed weights. Results are the same bits either way; an error here is the
+/// real stream's to report, so it is dropped.
+fn warm_up(done: &std::sync::OnceLock<()>, scratch: impl FnOnce() -> Result<()>) {
+    done.get_or_init(|| drop(scratch()));
+}
+
+/// Pushes of the warm-up: one more than the runs a weight is read in place, so every layer has packed its weights.
+const WARM_UP_PUSHES: usize = 3;
 
 /// Default audio per piece of a long input, at most (see [`Codec::piece_frames`]): long enough that per-piece
 /// overheads do not count.

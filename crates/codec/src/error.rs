@@ -112,6 +112,21 @@ impl Error {
     }
 }
 
+/// The value `s` names among `choices` (name, value), else [`Error::InvalidArgument`] naming `what` and the choices:
+/// `unknown device 'x' (expected cpu, cuda, metal or auto)`. For the small enums users pick by name.
+pub(crate) fn parse_choice<T: Copy>(what: &str, s: &str, choices: &[(&str, T)]) -> Result<T> {
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == s) {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(Error::InvalidArgument(format!("unknown {what} '{s}' (expected {expected})")))
+}
+
 /// Tensor errors inside forward passes carry no file: `?` on them names the stage generically.
 impl From<candle_core::Error> for Error {
     fn from(source: candle_core::Error) -> Self {

@@ -58,12 +58,7 @@ pub enum StorageDtype {
 impl std::str::FromStr for StorageDtype {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "q8_0" => Ok(Self::Q8_0),
-            _ => Err(Error::InvalidArgument(format!("unknown dtype '{s}' (expected f32, f16 or q8_0)"))),
-        }
+        crate::error::parse_choice("dtype", s, &[("f32", Self::F32), ("f16", Self::F16), ("q8_0", Self::Q8_0)])
     }
 }
 
@@ -659,35 +654,76 @@ pub fn write_shared_keys(w: &mut Writer, hop: usize) {
     w.bool(keys::HAS_DECODER, true);
 }
 
-/// Declares how a config struct's fields map to GGUF metadata keys, one `field: kind = KEY` each, and generates
-/// `read_metadata(&ModelFile) -> Result<Self>` and `write_metadata(&self, &mut Writer)`: adding a model's config is
-/// declaring it. Each kind is read by the [`ModelFile`] method of its name, which checks the value and names the key
-/// and the file in its error: `count` (usize ≥ 1), `usize`, `strides` (factors of a hop), `rate` (Hz),
-/// `positive_f64`, `f64`, `bool`, `text` (String). Fields that no key holds take the values after `fixed`.
-macro_rules! metadata_fields {
-    ($ty:ident { $($field:ident: $kind:ident = $key:expr),+ $(,)? } $(fixed { $($fixed:ident: $value:expr),+ $(,)? })?) => {
+/// Declares a model's config struct with each field's GGUF metadata key beside it, so adding a model's config is
+/// declaring it once:
+///
+/// ```text
+/// metadata_config! {
+///     /// The struct's doc.
+///     pub struct XConfig {
+///         /// A field's doc.
+///         pub sample_rate: usize = rate(keys::SAMPLE_RATE),                // a shared key (`keys`)
+///         pub n_filters: usize = count(key::N_FILTERS = "codec.x.n_filters"), // a key of this model, declared here
+///         pub channels: usize = fixed(1),                                  // no key: always this value
+///     }
+///     /// The key module's doc.
+///     pub mod key;
+/// }
+/// ```
+///
+/// It generates the struct, the module `key` with a const for each key declared here (documented as its field),
+/// `read_metadata(&ModelFile) -> Result<Self>` and `write_metadata(&self, &mut Writer)`. Each kind is read by the
+/// [`ModelFile`] method of its name, which checks the value and names the key and the file in its error: `count`
+/// (usize ≥ 1), `usize`, `strides` (factors of a hop), `rate` (Hz), `positive_f64`, `f64`, `bool`, `text` (String).
+macro_rules! metadata_config {
+    (
+        $(#[$attr:meta])*
+        pub struct $ty:ident {
+            $($(#[$field_attr:meta])* pub $field:ident: $field_ty:ty = $kind:ident($($spec:tt)*),)+
+        }
+        $(#[$key_attr:meta])*
+        pub mod key;
+    ) => {
+        $(#[$attr])*
+        pub struct $ty {
+            $($(#[$field_attr])* pub $field: $field_ty,)+
+        }
+
+        $(#[$key_attr])*
+        pub mod key {
+            $($crate::gguf::metadata_config!(@const [$(#[$field_attr])*] $($spec)*);)+
+        }
+
         impl $ty {
-            /// Every field from its metadata key, each checked (see `metadata_fields!`).
+            /// Every field from its metadata key, each checked (see `metadata_config!`).
             fn read_metadata(f: &$crate::gguf::ModelFile) -> $crate::Result<Self> {
-                Ok(Self { $($field: f.$kind($key)?,)+ $($($fixed: $value,)+)? })
+                Ok(Self { $($field: $crate::gguf::metadata_config!(@read f, $kind, $($spec)*),)+ })
             }
 
             /// Every field to its metadata key (what `read_metadata` reads).
             fn write_metadata(&self, w: &mut $crate::gguf::Writer) {
-                $($crate::gguf::metadata_fields!(@write $kind, w, $key, &self.$field);)+
+                $($crate::gguf::metadata_config!(@write w, &self.$field, $kind, $($spec)*);)+
             }
         }
     };
-    (@write count, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
-    (@write usize, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
-    (@write rate, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
-    (@write strides, $w:ident, $key:expr, $v:expr) => { $w.u32_array($key, $v) };
-    (@write positive_f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
-    (@write f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
-    (@write bool, $w:ident, $key:expr, $v:expr) => { $w.bool($key, *$v) };
-    (@write text, $w:ident, $key:expr, $v:expr) => { $w.string($key, $v) };
+    (@const [$($doc:tt)*] key::$name:ident = $key:literal) => { $($doc)* pub const $name: &str = $key; };
+    (@const [$($doc:tt)*] $($other:tt)*) => {};
+    (@read $f:ident, fixed, $value:expr) => { $value };
+    (@read $f:ident, $kind:ident, $module:ident::$name:ident $(= $key:literal)?) => { $f.$kind($module::$name)? };
+    (@write $w:ident, $v:expr, fixed, $value:expr) => {};
+    (@write $w:ident, $v:expr, $kind:ident, $module:ident::$name:ident $(= $key:literal)?) => {
+        $crate::gguf::metadata_config!(@put $kind, $w, $module::$name, $v)
+    };
+    (@put count, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
+    (@put usize, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
+    (@put rate, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
+    (@put strides, $w:ident, $key:expr, $v:expr) => { $w.u32_array($key, $v) };
+    (@put positive_f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
+    (@put f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
+    (@put bool, $w:ident, $key:expr, $v:expr) => { $w.bool($key, *$v) };
+    (@put text, $w:ident, $key:expr, $v:expr) => { $w.string($key, $v) };
 }
-pub(crate) use metadata_fields;
+pub(crate) use metadata_config;
 
 #[cfg(test)]
 mod tests {

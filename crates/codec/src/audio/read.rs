@@ -521,41 +521,28 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
-    #[test]
-    fn int16_wav_scaling() {
-        let values: Vec<i16> = vec![0, 1, -1, 16384, -16384, i16::MAX, i16::MIN];
-        let path = write_hound("i16.wav", int_spec(1, 16_000, 16), &values);
+    /// Writes `values` as a mono `bits`-bit integer WAV at `rate` and checks that reading it gives each value over
+    /// `full_scale`, at that rate.
+    fn assert_int_wav_scaling<S>(name: &str, rate: u32, bits: u16, values: &[S], full_scale: f32)
+    where
+        S: hound::Sample + Copy + Into<f64>,
+    {
+        let path = write_hound(name, int_spec(1, rate, bits), values);
         let audio = read(&path).unwrap();
-        assert_eq!(audio.sample_rate, 16_000);
-        let expected: Vec<f32> = values.iter().map(|&v| v as f32 / 32768.0).collect();
-        assert_eq!(audio.samples, expected);
+        assert_eq!(audio.sample_rate, rate);
+        let expected: Vec<f32> = values.iter().map(|&v| v.into() as f32 / full_scale).collect();
+        assert_eq!(audio.samples, expected, "{name}");
         let _ = std::fs::remove_file(&path);
     }
 
     #[test]
-    fn int24_wav_scaling() {
-        let values: Vec<i32> = vec![0, 1, -1, 4_194_304, -4_194_304, 8_388_607, -8_388_608];
-        let path = write_hound("i24.wav", int_spec(1, 44_100, 24), &values);
-        let audio = read(&path).unwrap();
-        assert_eq!(audio.sample_rate, 44_100);
-        let expected: Vec<f32> = values.iter().map(|&v| v as f32 / 8_388_608.0).collect();
-        assert_eq!(audio.samples, expected);
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn int32_and_8bit_wav_scaling() {
-        let values32: Vec<i32> = vec![0, 1 << 30, -(1 << 30), i32::MIN];
-        let path = write_hound("i32.wav", int_spec(1, 8_000, 32), &values32);
-        assert_eq!(read(&path).unwrap().samples, vec![0.0, 0.5, -0.5, -1.0]);
-        let _ = std::fs::remove_file(&path);
-
+    fn int_wav_scaling() {
+        assert_int_wav_scaling("i16.wav", 16_000, 16, &[0i16, 1, -1, 16384, -16384, i16::MAX, i16::MIN], 32768.0);
+        let values24 = [0i32, 1, -1, 4_194_304, -4_194_304, 8_388_607, -8_388_608];
+        assert_int_wav_scaling("i24.wav", 44_100, 24, &values24, 8_388_608.0);
+        assert_int_wav_scaling("i32.wav", 8_000, 32, &[0i32, 1 << 30, -(1 << 30), i32::MIN], 2_147_483_648.0);
         // 8-bit WAV is unsigned on disk; hound takes signed values and adds 128.
-        let values8: Vec<i8> = vec![0, 64, -64, i8::MIN, i8::MAX];
-        let path = write_hound("u8.wav", int_spec(1, 8_000, 8), &values8);
-        let expected: Vec<f32> = values8.iter().map(|&v| v as f32 / 128.0).collect();
-        assert_eq!(read(&path).unwrap().samples, expected);
-        let _ = std::fs::remove_file(&path);
+        assert_int_wav_scaling("u8.wav", 8_000, 8, &[0i8, 64, -64, i8::MIN, i8::MAX], 128.0);
     }
 
     #[test]

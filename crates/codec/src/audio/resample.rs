@@ -224,11 +224,13 @@ mod tests {
     use super::super::test_util::{noise, sine};
     use super::*;
 
-    /// Largest |resampled − analytic| away from the edges, where the zero extension outside the input makes the
-    /// band-limited signal differ from the infinite sine.
-    fn max_error_vs_analytic(from: u32, to: u32, freq: f64, len: usize) -> (usize, f64) {
+    /// Resamples a `len`-sample sine of `freq` Hz from `from` to `to` and checks the output has `expected_len`
+    /// samples and stays within `tolerance` of the analytic sine away from the edges (there the zero extension
+    /// outside the input makes the band-limited signal differ from the infinite sine).
+    fn assert_keeps_phase(from: u32, to: u32, freq: f64, len: usize, expected_len: usize, tolerance: f64) {
         let x = sine(len, from, freq, 0.5);
         let y = resample(&x, from, to).unwrap();
+        assert_eq!(y.len(), expected_len, "{from}->{to}");
         let expected = sine(y.len(), to, freq, 0.5);
         let edge = (to as usize / 100).max(SINC_LEN); // 10 ms, at least one filter length
         let err = y[edge..y.len() - edge]
@@ -236,21 +238,18 @@ mod tests {
             .zip(&expected[edge..])
             .map(|(a, b)| (a - b).abs() as f64)
             .fold(0.0, f64::max);
-        (y.len(), err)
+        assert!(err < tolerance, "{from}->{to}: max error {err}");
     }
 
     #[test]
     fn downsample_48k_to_24k_keeps_phase() {
-        let (n, err) = max_error_vs_analytic(48_000, 24_000, 1000.0, 48_000);
-        assert_eq!(n, 24_000);
-        assert!(err < 1e-5, "max error {err}");
+        assert_keeps_phase(48_000, 24_000, 1000.0, 48_000, 24_000, 1e-5);
     }
 
     #[test]
     fn upsample_16k_to_24k_keeps_phase() {
-        let (n, err) = max_error_vs_analytic(16_000, 24_000, 1000.0, 16_001);
-        assert_eq!(n, 24_002); // round(16001 · 1.5) = round(24001.5)
-        assert!(err < 1e-5, "max error {err}");
+        // round(16001 · 1.5) = round(24001.5)
+        assert_keeps_phase(16_000, 24_000, 1000.0, 16_001, 24_002, 1e-5);
     }
 
     #[test]
@@ -259,9 +258,8 @@ mod tests {
         // is for.
         for (from, to, freq) in [(44_100, 24_000, 3000.0), (24_000, 44_100, 5000.0), (22_050, 16_000, 7000.0)] {
             let len = from as usize / 2 + 7;
-            let (n, err) = max_error_vs_analytic(from, to, freq, len);
-            assert_eq!(n, ((len as u64 * to as u64) as f64 / from as f64).round() as usize);
-            assert!(err < 1e-5, "{from}->{to}: max error {err}");
+            let expected_len = ((len as u64 * to as u64) as f64 / from as f64).round() as usize;
+            assert_keeps_phase(from, to, freq, len, expected_len, 1e-5);
         }
     }
 
@@ -269,9 +267,7 @@ mod tests {
     fn unusual_rate_pair_uses_interpolated_phases() {
         // 44 101 and 24 000 are coprime: T = 24 000 phases would be too many, so the cubic fallback runs, with its
         // 1/256-sample residual delay (≈ 2.8e-4 error at 1 kHz and amplitude 0.5).
-        let (n, err) = max_error_vs_analytic(44_101, 24_000, 1000.0, 44_101);
-        assert_eq!(n, 24_000);
-        assert!(err < 1e-3, "max error {err}");
+        assert_keeps_phase(44_101, 24_000, 1000.0, 44_101, 24_000, 1e-3);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
-use super::ConvertOptions;
+use super::Job;
 use crate::models::dac::{Dac, DacConfig, ARCH};
 use crate::{Error, Result};
 
@@ -100,28 +100,42 @@ fn config_from_kwargs(path: &Path, kwargs: &[(String, Object)]) -> Result<DacCon
         }
         _ => Err(missing(k)),
     };
-    let encoder_dim = uint("encoder_dim")?;
-    let encoder_rates = list("encoder_rates")?;
-    let latent_dim = match get("latent_dim") {
-        None | Some(Object::None) => encoder_dim << encoder_rates.len(),
-        Some(v) => object_usize(v).ok_or_else(|| missing("latent_dim"))?,
-    };
-    let codebook_dim = match get("codebook_dim") {
-        Some(Object::List(_)) => {
-            return Err(Error::convert(path, "per-codebook codebook_dim lists are not supported"));
-        }
-        _ => uint("codebook_dim")?,
-    };
+    if let Some(Object::List(_)) = get("codebook_dim") {
+        return Err(Error::convert(path, "per-codebook codebook_dim lists are not supported"));
+    }
+    let names = ["encoder_dim", "encoder_rates", "latent_dim", "decoder_dim", "decoder_rates", "sample_rate"];
+    let given = |k: &str| !matches!(get(k), None | Some(Object::None));
+    dac_config(names, &["latent_dim"], uint, list, given)
+}
+
+/// A [`DacConfig`] from one source's values: `names` are its names of `encoder_dim`, `encoder_rates`, `latent_dim`,
+/// `decoder_dim`, `decoder_rates` and `sample_rate` (the codebook keys are named alike everywhere); `uint` and `list`
+/// read a value, an error if it is missing. The keys in `optional` may be left out (`given` says which are set):
+/// then descript's defaults apply, a latent `encoder_dim · 2^blocks` wide and the encoder's rates reversed.
+fn dac_config(
+    names: [&str; 6],
+    optional: &[&str],
+    uint: impl Fn(&str) -> Result<usize>,
+    list: impl Fn(&str) -> Result<Vec<usize>>,
+    given: impl Fn(&str) -> bool,
+) -> Result<DacConfig> {
+    let [encoder_dim, encoder_rates, latent_dim, decoder_dim, decoder_rates, sample_rate] = names;
+    let left_out = |k: &str| optional.contains(&k) && !given(k);
+    let (encoder_dim, encoder_rates) = (uint(encoder_dim)?, list(encoder_rates)?);
     Ok(DacConfig {
-        sample_rate: uint("sample_rate")?,
+        latent_dim: if left_out(latent_dim) { encoder_dim << encoder_rates.len() } else { uint(latent_dim)? },
+        decoder_dim: uint(decoder_dim)?,
+        decoder_rates: if left_out(decoder_rates) {
+            encoder_rates.iter().rev().copied().collect()
+        } else {
+            list(decoder_rates)?
+        },
         encoder_dim,
         encoder_rates,
-        latent_dim,
-        decoder_dim: uint("decoder_dim")?,
-        decoder_rates: list("decoder_rates")?,
         n_codebooks: uint("n_codebooks")?,
         codebook_size: uint("codebook_size")?,
-        codebook_dim,
+        codebook_dim: uint("codebook_dim")?,
+        sample_rate: uint(sample_rate)?,
     })
 }
 
@@ -136,27 +150,15 @@ pub fn config_from_json(path: &Path, j: &Json) -> Result<DacConfig> {
             .and_then(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect::<Option<Vec<_>>>())
             .ok_or_else(|| missing(k))
     };
-    let encoder_dim = uint("encoder_hidden_size")?;
-    let encoder_rates = list("downsampling_ratios")?;
-    let decoder_rates = match j.get("upsampling_ratios") {
-        Some(_) => list("upsampling_ratios")?,
-        None => encoder_rates.iter().rev().copied().collect(),
-    };
-    let latent_dim = match j.get("hidden_size") {
-        Some(_) => uint("hidden_size")?,
-        None => encoder_dim << encoder_rates.len(),
-    };
-    Ok(DacConfig {
-        sample_rate: uint("sampling_rate")?,
-        encoder_dim,
-        encoder_rates,
-        latent_dim,
-        decoder_dim: uint("decoder_hidden_size")?,
-        decoder_rates,
-        n_codebooks: uint("n_codebooks")?,
-        codebook_size: uint("codebook_size")?,
-        codebook_dim: uint("codebook_dim")?,
-    })
+    let names = [
+        "encoder_hidden_size",
+        "downsampling_ratios",
+        "hidden_size",
+        "decoder_hidden_size",
+        "upsampling_ratios",
+        "sampling_rate",
+    ];
+    dac_config(names, &["hidden_size", "upsampling_ratios"], uint, list, |k| j.get(k).is_some())
 }
 
 /// Maps a descript name to its hub name (`n` = number of encoder/decoder blocks).
@@ -166,61 +168,38 @@ fn original_to_hub(name: &str, n: usize) -> Option<String> {
     let idx = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok());
     let rest = |i: usize| parts[i..].join(".");
     let unit = |j: usize, k: usize| Some(format!("res_unit{}.{}", j + 1, UNIT.get(k)?));
-    match (parts.first().copied(), parts.get(1).copied()) {
-        (Some("encoder"), Some("block")) => {
-            let i = idx(2)?;
-            if i == 0 {
-                return Some(format!("encoder.conv1.{}", rest(3)));
-            }
-            if i == n + 1 {
-                return Some(format!("encoder.snake1.{}", rest(3)));
-            }
-            if i == n + 2 {
-                return Some(format!("encoder.conv2.{}", rest(3)));
-            }
-            // encoder.block.i.block.j[.block.k].…
-            let j = idx(4)?;
-            let inner = match j {
-                0..=2 => format!("{}.{}", unit(j, idx(6)?)?, rest(7)),
-                3 => format!("snake1.{}", rest(5)),
-                4 => format!("conv1.{}", rest(5)),
-                _ => return None,
-            };
-            Some(format!("encoder.block.{}.{inner}", i - 1))
-        }
-        (Some("decoder"), Some("model")) => {
-            let i = idx(2)?;
-            if i == 0 {
-                return Some(format!("decoder.conv1.{}", rest(3)));
-            }
-            if i == n + 1 {
-                return Some(format!("decoder.snake1.{}", rest(3)));
-            }
-            if i == n + 2 {
-                return Some(format!("decoder.conv2.{}", rest(3)));
-            }
-            let j = idx(4)?;
-            let inner = match j {
-                0 => format!("snake1.{}", rest(5)),
-                1 => format!("conv_t1.{}", rest(5)),
-                2..=4 => format!("{}.{}", unit(j - 2, idx(6)?)?, rest(7)),
-                _ => return None,
-            };
-            Some(format!("decoder.block.{}.{inner}", i - 1))
-        }
-        _ => Some(name.to_string()),
+    // Both sides number their layers alike: encoder.block.i / decoder.model.i, i = 0 the first conv, 1..=n the
+    // blocks, then Snake and the last conv.
+    let side = match (parts.first().copied(), parts.get(1).copied()) {
+        (Some(side @ "encoder"), Some("block")) | (Some(side @ "decoder"), Some("model")) => side,
+        _ => return Some(name.to_string()),
+    };
+    let i = idx(2)?;
+    let outer = match i {
+        0 => Some("conv1"),
+        _ if i == n + 1 => Some("snake1"),
+        _ if i == n + 2 => Some("conv2"),
+        _ => None,
+    };
+    if let Some(layer) = outer {
+        return Some(format!("{side}.{layer}.{}", rest(3)));
     }
+    // Inside block i: <side>.….i.block.j[.block.k].…
+    let j = idx(4)?;
+    let inner = match (side, j) {
+        ("encoder", 0..=2) => format!("{}.{}", unit(j, idx(6)?)?, rest(7)),
+        ("encoder", 3) | ("decoder", 0) => format!("snake1.{}", rest(5)),
+        ("encoder", 4) => format!("conv1.{}", rest(5)),
+        ("decoder", 1) => format!("conv_t1.{}", rest(5)),
+        ("decoder", 2..=4) => format!("{}.{}", unit(j - 2, idx(6)?)?, rest(7)),
+        _ => return None,
+    };
+    Some(format!("{side}.block.{}.{inner}", i - 1))
 }
 
 /// Converts a loaded checkpoint (`tensors`, descript or hub names) of architecture `cfg` into a GGUF.
-pub fn convert(
-    src: &Path,
-    tensors: HashMap<String, Tensor>,
-    cfg: DacConfig,
-    out: &Path,
-    opts: &ConvertOptions,
-) -> Result<()> {
-    let err = |msg: String| Error::convert(src, msg);
+pub fn convert(job: &Job, tensors: HashMap<String, Tensor>, cfg: DacConfig) -> Result<()> {
+    let err = |msg: String| Error::convert(job.src, msg);
     let names: Vec<&String> = tensors.keys().collect();
     let original = is_original_layout(&names);
     let n_blocks = cfg.encoder_rates.len();
@@ -236,36 +215,21 @@ pub fn convert(
         };
         renamed.insert(name, t);
     }
-    let plain = super::fold_weight_norms(src, renamed)?;
+    let plain = super::fold_weight_norms(job.src, renamed)?;
 
     // 2. Shapes the runtime wants, and the normalised codebooks.
-    let mut final_tensors: Vec<(String, Tensor, bool)> = Vec::new();
-    let mut names: Vec<String> = plain.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let t = &plain[&name];
-        let fail = |e: candle_core::Error| err(format!("tensor '{name}': {e}"));
-        if name.ends_with(".alpha") {
-            final_tensors.push((name.clone(), t.flatten_all().map_err(fail)?, true));
+    let final_tensors = super::map_in_name_order(job.src, &plain, |name, t, fail| {
+        Ok(if name.ends_with(".alpha") {
+            vec![(name.into(), t.flatten_all().map_err(fail)?, true)]
         } else if name.ends_with("proj.weight") && name.starts_with("quantizer.") {
-            final_tensors.push((name.clone(), t.squeeze(2).map_err(fail)?, false));
+            vec![(name.into(), t.squeeze(2).map_err(fail)?, false)]
         } else if let Some(prefix) = name.strip_suffix("codebook.weight") {
             let norm = t.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(fail)?;
             let normalized = t.broadcast_div(&norm.clamp(1e-12, f64::INFINITY).map_err(fail)?).map_err(fail)?;
-            final_tensors.push((name.clone(), t.clone(), true));
-            final_tensors.push((format!("{prefix}codebook.normalized"), normalized, true));
+            vec![(name.into(), t.clone(), true), (format!("{prefix}codebook.normalized"), normalized, true)]
         } else {
-            final_tensors.push((name.clone(), t.clone(), false));
-        }
-    }
-
-    super::write_gguf(
-        src,
-        ARCH,
-        &final_tensors,
-        |vb| Dac::new(cfg.clone(), vb).map(|_| ()),
-        |w| cfg.to_gguf(w),
-        out,
-        opts,
-    )
+            vec![(name.into(), t.clone(), false)]
+        })
+    })?;
+    super::write_gguf(job, ARCH, &final_tensors, |vb| Dac::new(cfg.clone(), vb), |w| cfg.to_gguf(w))
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
-use super::ConvertOptions;
+use super::Job;
 use crate::models::mimi::{Mimi, MimiConfig, ARCH};
 use crate::{Error, Result};
 
@@ -197,14 +197,8 @@ fn count_codebooks(names: &[&String]) -> usize {
 }
 
 /// Converts a loaded checkpoint (`tensors`, original or hub names) with an optional `config.json` into a GGUF.
-pub fn convert(
-    src: &Path,
-    tensors: HashMap<String, Tensor>,
-    config: Option<(&Path, &Json)>,
-    out: &Path,
-    opts: &ConvertOptions,
-) -> Result<()> {
-    let err = |msg: String| Error::convert(src, msg);
+pub fn convert(job: &Job, tensors: HashMap<String, Tensor>, config: Option<(&Path, &Json)>) -> Result<()> {
+    let err = |msg: String| Error::convert(job.src, msg);
     let names: Vec<&String> = tensors.keys().collect();
     let original = is_original_layout(&names);
     let mut cfg = match config {
@@ -247,37 +241,22 @@ pub fn convert(
     }
 
     // 2. Codebooks from running sums; projections as matrices.
-    let mut final_tensors: Vec<(String, Tensor, bool)> = Vec::new();
-    let mut names: Vec<String> = hub.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let t = &hub[&name];
-        let fail = |e: candle_core::Error| err(format!("tensor '{name}': {e}"));
-        if name.ends_with("codebook.cluster_usage") || name.ends_with("codebook.initialized") {
-            continue;
-        }
-        if let Some(prefix) = name.strip_suffix("codebook.embed_sum") {
+    let final_tensors = super::map_in_name_order(job.src, &hub, |name, t, fail| {
+        Ok(if name.ends_with("codebook.cluster_usage") || name.ends_with("codebook.initialized") {
+            vec![]
+        } else if let Some(prefix) = name.strip_suffix("codebook.embed_sum") {
             let usage = hub
                 .get(&format!("{prefix}codebook.cluster_usage"))
                 .ok_or_else(|| err(format!("'{prefix}codebook.cluster_usage' is missing")))?;
             let embed = t.broadcast_div(
                 &usage.clamp(CLUSTER_USAGE_EPS, f64::INFINITY).map_err(fail)?.unsqueeze(1).map_err(fail)?,
             );
-            final_tensors.push((format!("{prefix}codebook.embed"), embed.map_err(fail)?, true));
+            vec![(format!("{prefix}codebook.embed"), embed.map_err(fail)?, true)]
         } else if name.ends_with("input_proj.weight") || name.ends_with("output_proj.weight") {
-            final_tensors.push((name.clone(), t.squeeze(2).map_err(fail)?, false));
+            vec![(name.into(), t.squeeze(2).map_err(fail)?, false)]
         } else {
-            final_tensors.push((name.clone(), t.clone(), false));
-        }
-    }
-
-    super::write_gguf(
-        src,
-        ARCH,
-        &final_tensors,
-        |vb| Mimi::new(cfg.clone(), vb).map(|_| ()),
-        |w| cfg.to_gguf(w),
-        out,
-        opts,
-    )
+            vec![(name.into(), t.clone(), false)]
+        })
+    })?;
+    super::write_gguf(job, ARCH, &final_tensors, |vb| Mimi::new(cfg.clone(), vb), |w| cfg.to_gguf(w))
 }

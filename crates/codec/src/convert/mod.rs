@@ -34,6 +34,17 @@ pub struct ConvertOptions {
     pub name: Option<String>,
 }
 
+/// One conversion: the checkpoint it reads, the file it writes, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The checkpoint (file or directory); errors name it.
+    pub src: &'a Path,
+    /// The GGUF file to write.
+    pub out: &'a Path,
+    /// How to convert.
+    pub opts: &'a ConvertOptions,
+}
+
 /// Architectures `convert` knows.
 pub const ARCHITECTURES: &[&str] = &[
     crate::models::mimi::ARCH,
@@ -80,17 +91,38 @@ fn fold_weight_norms(src: &Path, tensors: HashMap<String, Tensor>) -> Result<Has
     Ok(plain)
 }
 
-/// Checks that `tensors` (name, tensor, keep in f32) build the model (`build`), then writes them with the metadata
-/// `metadata` adds: nothing is written for a checkpoint that does not fit its architecture.
-fn write_gguf(
+/// One tensor of the file a converter writes: its name, its values, and whether it stays f32 whatever `--dtype`
+/// says (codebooks, norm embeddings, tables).
+type OutTensor = (String, Tensor, bool);
+
+/// The tensors to write, made by `map` from each of `tensors` in name order (so a source always converts to the
+/// same file). `map` gets the name, the tensor, and the error to return for a failed tensor op on it (it names the
+/// tensor); it may give none, one or several tensors for one.
+fn map_in_name_order(
     src: &Path,
+    tensors: &HashMap<String, Tensor>,
+    mut map: impl FnMut(&str, &Tensor, &dyn Fn(candle_core::Error) -> Error) -> Result<Vec<OutTensor>>,
+) -> Result<Vec<OutTensor>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let fail = |e: candle_core::Error| Error::convert(src, format!("tensor '{name}': {e}"));
+        out.extend(map(name, &tensors[name], &fail)?);
+    }
+    Ok(out)
+}
+
+/// Checks that `tensors` build the model (`build`), then writes them with the metadata `metadata` adds: nothing is
+/// written for a checkpoint that does not fit its architecture.
+fn write_gguf<M>(
+    job: &Job,
     arch: &str,
-    tensors: &[(String, Tensor, bool)],
-    build: impl FnOnce(crate::nn::Weights) -> candle_core::Result<()>,
+    tensors: &[OutTensor],
+    build: impl FnOnce(crate::nn::Weights) -> candle_core::Result<M>,
     metadata: impl FnOnce(&mut Writer),
-    out: &Path,
-    opts: &ConvertOptions,
 ) -> Result<()> {
+    let Job { src, out, opts } = *job;
     let err = |msg: String| Error::convert(src, msg);
     let map: HashMap<String, Tensor> = tensors.iter().map(|(n, t, _)| (n.clone(), t.clone())).collect();
     let vb = candle_nn::VarBuilder::from_tensors(map, candle_core::DType::F32, &Device::Cpu);
@@ -145,6 +177,7 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
             )));
         }
     }
+    let job = Job { src, out, opts };
     let meta = std::fs::metadata(src).map_err(|e| Error::io(src, e))?;
     let ext = src.extension().and_then(|x| x.to_str()).unwrap_or("");
     if meta.is_file() && ext == "pth" {
@@ -153,7 +186,7 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
             return Err(Error::convert(src, "a .pth source is read as descript's DAC format (--arch dac)"));
         }
         let (tensors, cfg) = dac::read_pth(src)?;
-        return dac::convert(src, tensors, cfg, out, opts);
+        return dac::convert(&job, tensors, cfg);
     }
     if meta.is_file() && ext == "ckpt" {
         // WavTokenizer's release format: a Lightning checkpoint plus its training YAML.
@@ -168,7 +201,7 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
         })?;
         let tensors = wavtokenizer::read_ckpt(src)?;
         let cfg = wavtokenizer::config_from_yaml(&config, &tensors)?;
-        return wavtokenizer::convert(src, tensors, cfg, out, opts);
+        return wavtokenizer::convert(&job, tensors, cfg);
     }
     let (weights, found_config): (Vec<PathBuf>, Option<PathBuf>) = if meta.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(src)
@@ -209,7 +242,7 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
         })?;
         let tokenizer = pocket_tts::find_tokenizer(src, &config)?;
         let cfg = pocket_tts::config_from_yaml(&config, &tensors)?;
-        return pocket_tts::convert(src, tensors, cfg, &tokenizer, out, opts);
+        return pocket_tts::convert(&job, tensors, cfg, &tokenizer);
     }
     let config_path = opts.config.clone().or(found_config);
     let mut config = config_path.as_ref().map(|p| read_json(p)).transpose()?;
@@ -242,12 +275,12 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
         _ => None,
     };
     match arch.as_str() {
-        crate::models::mimi::ARCH => mimi::convert(src, tensors, own_config, out, opts),
+        crate::models::mimi::ARCH => mimi::convert(&job, tensors, own_config),
         crate::models::dac::ARCH => {
             let (path, j) = own_config.ok_or_else(|| {
                 Error::convert(src, "a DAC safetensors checkpoint needs its config.json (next to it or --config)")
             })?;
-            dac::convert(src, tensors, dac::config_from_json(path, j)?, out, opts)
+            dac::convert(&job, tensors, dac::config_from_json(path, j)?)
         }
         other => Err(Error::convert(
             src,

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
-use super::ConvertOptions;
+use super::Job;
 use crate::models::pocket_tts::{PocketTts, PocketTtsConfig, ARCH, TOKENIZER_JSON};
 use crate::{Error, Result};
 
@@ -266,15 +266,8 @@ fn transformer_to_hub(name: &str) -> String {
 }
 
 /// Converts a loaded `TTSModel` state dict with its config and tokenizer.json into a GGUF.
-pub fn convert(
-    src: &Path,
-    tensors: HashMap<String, Tensor>,
-    cfg: PocketTtsConfig,
-    tokenizer: &Path,
-    out: &Path,
-    opts: &ConvertOptions,
-) -> Result<()> {
-    let err = |msg: String| Error::convert(src, msg);
+pub fn convert(job: &Job, tensors: HashMap<String, Tensor>, cfg: PocketTtsConfig, tokenizer: &Path) -> Result<()> {
+    let err = |msg: String| Error::convert(job.src, msg);
     let tokenizer_json = std::fs::read_to_string(tokenizer).map_err(|e| Error::io(tokenizer, e))?;
     let vocab = tokenizer_vocab_size(&tokenizer_json).map_err(|e| Error::convert(tokenizer, e))?;
     if vocab != cfg.flow_lm_n_bins {
@@ -314,7 +307,7 @@ pub fn convert(
     }
     renamed.sort_by(|a, b| a.0.cmp(&b.0));
     super::write_gguf(
-        src,
+        job,
         ARCH,
         &renamed,
         |vb| PocketTts::new(cfg.clone(), tokenizer_json.clone(), vb).map(|_| ()),
@@ -322,8 +315,6 @@ pub fn convert(
             cfg.to_gguf(w);
             w.string(TOKENIZER_JSON, &tokenizer_json);
         },
-        out,
-        opts,
     )
 }
 

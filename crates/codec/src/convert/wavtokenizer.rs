@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 
-use super::ConvertOptions;
+use super::Job;
 use crate::models::wavtokenizer::{WavTokenizer, WavTokenizerConfig, ARCH};
 use crate::{Error, Result};
 
@@ -105,14 +105,8 @@ fn irfft_basis(window: &[f32]) -> candle_core::Result<(Tensor, Tensor)> {
 }
 
 /// Converts a checkpoint's `state_dict` with its YAML architecture into a GGUF.
-pub fn convert(
-    src: &Path,
-    tensors: HashMap<String, Tensor>,
-    cfg: WavTokenizerConfig,
-    out: &Path,
-    opts: &ConvertOptions,
-) -> Result<()> {
-    let err = |msg: String| Error::convert(src, msg);
+pub fn convert(job: &Job, tensors: HashMap<String, Tensor>, cfg: WavTokenizerConfig) -> Result<()> {
+    let err = |msg: String| Error::convert(job.src, msg);
     // 1. Keep what the runtime uses, under its names; fold weight norm.
     let mut kept: HashMap<String, Tensor> = HashMap::new();
     let mut window = None;
@@ -130,7 +124,7 @@ pub fn convert(
             kept.insert(name, t);
         }
     }
-    let mut plain = super::fold_weight_norms(src, kept)?;
+    let mut plain = super::fold_weight_norms(job.src, kept)?;
 
     // 2. LSTM biases summed; the ISTFT tables from the window.
     let lstm_biases: Vec<String> = plain.keys().filter(|n| n.contains(".lstm.bias_ih_l")).cloned().collect();
@@ -153,19 +147,9 @@ pub fn convert(
     plain.insert("head.istft.basis_imag".into(), basis_imag);
     plain.insert("head.istft.window_sq".into(), window_sq);
 
-    let mut names: Vec<String> = plain.keys().cloned().collect();
-    names.sort();
     // Codebooks, norm embeddings and the ISTFT tables stay f32; the rest follows --dtype.
     let keep_f32 = |n: &str| n.contains("codebook") || n.contains(".norm.") || n.starts_with("head.istft.");
-    let final_tensors: Vec<(String, Tensor, bool)> =
-        names.into_iter().map(|n| (n.clone(), plain[&n].clone(), keep_f32(&n))).collect();
-    super::write_gguf(
-        src,
-        ARCH,
-        &final_tensors,
-        |vb| WavTokenizer::new(cfg.clone(), vb).map(|_| ()),
-        |w| cfg.to_gguf(w),
-        out,
-        opts,
-    )
+    let final_tensors =
+        super::map_in_name_order(job.src, &plain, |name, t, _| Ok(vec![(name.into(), t.clone(), keep_f32(name))]))?;
+    super::write_gguf(job, ARCH, &final_tensors, |vb| WavTokenizer::new(cfg.clone(), vb), |w| cfg.to_gguf(w))
 }

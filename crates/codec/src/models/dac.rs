@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::gguf::{keys, metadata_fields, ModelFile};
+use crate::gguf::{keys, metadata_config, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::rvq::FactorizedRvq;
 use crate::nn::snake::Snake;
@@ -24,51 +24,37 @@ use crate::stream;
 /// `general.architecture` of a DAC model file.
 pub const ARCH: &str = "dac";
 
-/// `codec.dac.*` metadata keys (names follow descript's `DAC(...)` arguments).
-pub mod key {
-    /// Channels after the encoder's first conv (u32); each encoder block doubles them.
-    pub const ENCODER_DIM: &str = "codec.dac.encoder_dim";
-    /// Stride of each encoder block, in order (u32 array); their product is the hop.
-    pub const ENCODER_RATES: &str = "codec.dac.encoder_rates";
-    /// Channels after the decoder's first conv (u32); each decoder block halves them.
-    pub const DECODER_DIM: &str = "codec.dac.decoder_dim";
-    /// Upsampling factor of each decoder block, in order (u32 array).
-    pub const DECODER_RATES: &str = "codec.dac.decoder_rates";
-}
-
-/// DAC hyper-parameters, as descript's `DAC(...)` arguments; read from and written to GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DacConfig {
-    /// Audio sample rate in Hz.
-    pub sample_rate: usize,
-    /// Channels after the encoder's first conv, doubled by each encoder block.
-    pub encoder_dim: usize,
-    /// Stride of each encoder block; their product is the hop.
-    pub encoder_rates: Vec<usize>,
-    /// Channels of the latent the quantizer codes.
-    pub latent_dim: usize,
-    /// Channels after the decoder's first conv, halved by each decoder block.
-    pub decoder_dim: usize,
-    /// Upsampling factor of each decoder block (transposed-conv stride).
-    pub decoder_rates: Vec<usize>,
-    /// Number of codebooks (RVQ levels).
-    pub n_codebooks: usize,
-    /// Entries per codebook.
-    pub codebook_size: usize,
-    /// Width of a codebook entry (the latent is projected down to it).
-    pub codebook_dim: usize,
+metadata_config! {
+    /// DAC hyper-parameters, as descript's `DAC(...)` arguments (in its order); read from and written to GGUF metadata.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct DacConfig {
+        /// Channels after the encoder's first conv, doubled by each encoder block.
+        pub encoder_dim: usize = count(key::ENCODER_DIM = "codec.dac.encoder_dim"),
+        /// Stride of each encoder block; their product is the hop.
+        pub encoder_rates: Vec<usize> = strides(key::ENCODER_RATES = "codec.dac.encoder_rates"),
+        /// Channels of the latent the quantizer codes.
+        pub latent_dim: usize = count(keys::LATENT_DIM),
+        /// Channels after the decoder's first conv, halved by each decoder block.
+        pub decoder_dim: usize = count(key::DECODER_DIM = "codec.dac.decoder_dim"),
+        /// Upsampling factor of each decoder block (transposed-conv stride).
+        pub decoder_rates: Vec<usize> = strides(key::DECODER_RATES = "codec.dac.decoder_rates"),
+        /// Number of codebooks (RVQ levels).
+        pub n_codebooks: usize = count(keys::N_Q),
+        /// Entries per codebook.
+        pub codebook_size: usize = count(keys::CODEBOOK_SIZE),
+        /// Width of a codebook entry (the latent is projected down to it).
+        pub codebook_dim: usize = count(keys::CODEBOOK_DIM),
+        /// Audio sample rate in Hz.
+        pub sample_rate: usize = rate(keys::SAMPLE_RATE),
+    }
+    /// `codec.dac.*` metadata keys (names follow descript's `DAC(...)` arguments).
+    pub mod key;
 }
 
 impl DacConfig {
-    /// Audio samples per code frame: the product of the encoder rates.
-    pub fn hop(&self) -> usize {
-        self.encoder_rates.iter().product()
-    }
-
     /// descript's released 44.1 kHz model (`weights_44khz_8kbps_0.0.1.pth`), for `bench --random`.
     pub fn published_44khz() -> Self {
         Self {
-            sample_rate: 44100,
             encoder_dim: 64,
             encoder_rates: vec![2, 4, 8, 8],
             latent_dim: 1024,
@@ -77,6 +63,7 @@ impl DacConfig {
             n_codebooks: 9,
             codebook_size: 1024,
             codebook_dim: 8,
+            sample_rate: 44100,
         }
     }
 
@@ -90,19 +77,12 @@ impl DacConfig {
         crate::gguf::write_shared_keys(w, self.hop());
         self.write_metadata(w);
     }
-}
 
-metadata_fields!(DacConfig {
-    sample_rate: rate = keys::SAMPLE_RATE,
-    n_codebooks: count = keys::N_Q,
-    codebook_size: count = keys::CODEBOOK_SIZE,
-    codebook_dim: count = keys::CODEBOOK_DIM,
-    latent_dim: count = keys::LATENT_DIM,
-    encoder_dim: count = key::ENCODER_DIM,
-    encoder_rates: strides = key::ENCODER_RATES,
-    decoder_dim: count = key::DECODER_DIM,
-    decoder_rates: strides = key::DECODER_RATES,
-});
+    /// Audio samples per code frame: the product of the encoder rates.
+    pub fn hop(&self) -> usize {
+        self.encoder_rates.iter().product()
+    }
+}
 
 /// Snake → conv k7 (dilation d, "same" padding) → Snake → conv k1, plus the input (centre-cropped if shorter).
 #[derive(Debug, Clone)]
@@ -194,9 +174,22 @@ fn residual_units(dim: usize, vb: &Weights) -> Result<[ResidualUnit; 3]> {
     ])
 }
 
-/// The strided conv of an encoder block: kernel 2s, stride s, padding ⌈s/2⌉.
-fn down_conv(stride: usize) -> ConvConfig {
-    ConvConfig::torch(2 * stride, stride.div_ceil(2)).stride(stride)
+/// One block per rate, in order, block i from `vb.pp("block.i")`: `block(dim, rate, vb)` builds one with `dim`
+/// channels in, and `next_dim(dim)` is its channels out, the next block's in. Also gives the channels after the
+/// last block.
+fn blocks<B>(
+    rates: &[usize],
+    mut dim: usize,
+    next_dim: impl Fn(usize) -> usize,
+    vb: &Weights,
+    block: impl Fn(usize, usize, Weights) -> Result<B>,
+) -> Result<(Vec<B>, usize)> {
+    let mut blocks = Vec::with_capacity(rates.len());
+    for (i, &rate) in rates.iter().enumerate() {
+        blocks.push(block(dim, rate, vb.pp(format!("block.{i}")))?);
+        dim = next_dim(dim);
+    }
+    Ok((blocks, dim))
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +200,21 @@ struct EncoderBlock {
 }
 
 impl EncoderBlock {
+    /// Residual units at `dim` channels, then Snake and the strided conv (kernel 2s, stride s, padding ⌈s/2⌉)
+    /// doubling them.
+    fn new(dim: usize, stride: usize, vb: Weights) -> Result<Self> {
+        Ok(Self {
+            res: residual_units(dim, &vb)?,
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv1: Conv1d::new(
+                dim,
+                2 * dim,
+                ConvConfig::torch(2 * stride, stride.div_ceil(2)).stride(stride),
+                vb.pp("conv1"),
+            )?,
+        })
+    }
+
     /// The block on `x`; on a padded batch (`valid` given) each output that a later conv reads ahead into is
     /// masked, and `valid` becomes the lengths after the strided conv.
     fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
@@ -231,18 +239,8 @@ pub struct Encoder {
 
 impl Encoder {
     fn new(cfg: &DacConfig, vb: Weights) -> Result<Self> {
-        let mut dim = cfg.encoder_dim;
-        let conv1 = Conv1d::new(1, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
-        let mut blocks = Vec::with_capacity(cfg.encoder_rates.len());
-        for (i, &stride) in cfg.encoder_rates.iter().enumerate() {
-            let vb = vb.pp(format!("block.{i}"));
-            blocks.push(EncoderBlock {
-                res: residual_units(dim, &vb)?,
-                snake1: Snake::new(dim, vb.pp("snake1"))?,
-                conv1: Conv1d::new(dim, 2 * dim, down_conv(stride), vb.pp("conv1"))?,
-            });
-            dim *= 2;
-        }
+        let conv1 = Conv1d::new(1, cfg.encoder_dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
+        let (blocks, dim) = blocks(&cfg.encoder_rates, cfg.encoder_dim, |dim| 2 * dim, &vb, EncoderBlock::new)?;
         Ok(Self {
             conv1,
             blocks,
@@ -274,6 +272,22 @@ struct DecoderBlock {
 }
 
 impl DecoderBlock {
+    /// Snake and the transposed conv (kernel 2s, stride s, padding ⌈s/2⌉) halving `dim`, then residual units.
+    fn new(dim: usize, stride: usize, vb: Weights) -> Result<Self> {
+        // The reference sets no output_padding: an odd stride s yields s·T − 1 samples.
+        let up = ConvConfig::new(
+            2 * stride,
+            Padding::Torch { padding: stride.div_ceil(2), output_padding: 0 },
+            PadMode::Constant,
+        )
+        .stride(stride);
+        Ok(Self {
+            snake1: Snake::new(dim, vb.pp("snake1"))?,
+            conv_t1: ConvTranspose1d::new(dim, dim / 2, up, vb.pp("conv_t1"))?,
+            res: residual_units(dim / 2, &vb)?,
+        })
+    }
+
     /// The block on `x`, masked on a padded batch as [`EncoderBlock::forward`] is.
     fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
         let x = self.conv_t1.forward(&self.snake1.forward(x)?)?;
@@ -294,25 +308,8 @@ pub struct Decoder {
 
 impl Decoder {
     fn new(cfg: &DacConfig, vb: Weights) -> Result<Self> {
-        let mut dim = cfg.decoder_dim;
-        let conv1 = Conv1d::new(cfg.latent_dim, dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
-        let mut blocks = Vec::with_capacity(cfg.decoder_rates.len());
-        for (i, &stride) in cfg.decoder_rates.iter().enumerate() {
-            let vb = vb.pp(format!("block.{i}"));
-            // The reference sets no output_padding: an odd stride s yields s·T − 1 samples.
-            let up = ConvConfig::new(
-                2 * stride,
-                Padding::Torch { padding: stride.div_ceil(2), output_padding: 0 },
-                PadMode::Constant,
-            )
-            .stride(stride);
-            blocks.push(DecoderBlock {
-                snake1: Snake::new(dim, vb.pp("snake1"))?,
-                conv_t1: ConvTranspose1d::new(dim, dim / 2, up, vb.pp("conv_t1"))?,
-                res: residual_units(dim / 2, &vb)?,
-            });
-            dim /= 2;
-        }
+        let conv1 = Conv1d::new(cfg.latent_dim, cfg.decoder_dim, ConvConfig::torch(7, 3), vb.pp("conv1"))?;
+        let (blocks, dim) = blocks(&cfg.decoder_rates, cfg.decoder_dim, |dim| dim / 2, &vb, DecoderBlock::new)?;
         Ok(Self {
             conv1,
             blocks,
@@ -496,11 +493,6 @@ impl super::Model for Dac {
     fn hop(&self) -> usize {
         self.config.hop()
     }
-    fn peak_bytes(&self, n_frames: usize) -> u64 {
-        // Measured: one pass grows peak RSS by about 2 KB per sample (16 kHz, 10 s vs 20 s); a stream's pieces
-        // at 44.1 kHz by up to 8 KB (decode; all layers' carried samples and skips on top).
-        super::bytes_per_sample(n_frames, self.hop(), 8000)
-    }
     fn n_q(&self) -> usize {
         self.config.n_codebooks
     }
@@ -509,6 +501,14 @@ impl super::Model for Dac {
     }
     fn encode(&self, pcm: &Tensor, n_q: usize) -> Result<Tensor> {
         Ok(self.quantizer.encode(&self.encode_latent(pcm)?, n_q)?.0)
+    }
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.quantizer.decode(codes)?)
+    }
+    fn peak_bytes(&self, n_frames: usize) -> u64 {
+        // Measured: one pass grows peak RSS by about 2 KB per sample (16 kHz, 10 s vs 20 s); a stream's pieces
+        // at 44.1 kHz by up to 8 KB (decode; all layers' carried samples and skips on top).
+        super::bytes_per_sample(n_frames, self.hop(), 8000)
     }
     fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<super::StageTime>> {
         let mut t = super::StageTimer::default();
@@ -523,9 +523,6 @@ impl super::Model for Dac {
     }
     fn stream_decoder(self: Arc<Self>, device: &Device) -> Option<Box<dyn stream::DecoderStream>> {
         Some(Box::new(DecoderStream::new(self, device.clone())))
-    }
-    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        self.decoder.forward(&self.quantizer.decode(codes)?)
     }
     fn pads_exactly(&self) -> bool {
         true

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::gguf::{keys, metadata_fields, ModelFile};
+use crate::gguf::{keys, metadata_config, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::pad_to_multiple;
 use crate::nn::rvq::ResidualVq;
@@ -22,129 +22,65 @@ use crate::stream::{self, FrameBuffer};
 /// `general.architecture` of a Mimi model file.
 pub const ARCH: &str = "mimi";
 
-/// `codec.mimi.*` metadata keys (names follow transformers' `MimiConfig`).
-pub mod key {
-    /// How many of the codebooks, the first ones, are semantic (u32).
-    pub const NUM_SEMANTIC_QUANTIZERS: &str = "codec.mimi.num_semantic_quantizers";
-    /// Channels after SEANet's first conv (u32).
-    pub const NUM_FILTERS: &str = "codec.mimi.num_filters";
-    /// SEANet's upsampling ratio per decoder stage (u32 array).
-    pub const UPSAMPLING_RATIOS: &str = "codec.mimi.upsampling_ratios";
-    /// Kernel of SEANet's first conv (u32).
-    pub const KERNEL_SIZE: &str = "codec.mimi.kernel_size";
-    /// Kernel of the first conv in each SEANet residual block (u32).
-    pub const RESIDUAL_KERNEL_SIZE: &str = "codec.mimi.residual_kernel_size";
-    /// Kernel of SEANet's last conv (u32).
-    pub const LAST_KERNEL_SIZE: &str = "codec.mimi.last_kernel_size";
-    /// Dilation growth per residual block within a SEANet stage (u32).
-    pub const DILATION_GROWTH_RATE: &str = "codec.mimi.dilation_growth_rate";
-    /// Residual blocks per SEANet stage (u32).
-    pub const NUM_RESIDUAL_LAYERS: &str = "codec.mimi.num_residual_layers";
-    /// Narrowing of the hidden channels inside a SEANet residual block (u32).
-    pub const COMPRESS: &str = "codec.mimi.compress";
-    /// Whether convs are causal (bool).
-    pub const USE_CAUSAL_CONV: &str = "codec.mimi.use_causal_conv";
-    /// How SEANet convs pad: `constant`, `replicate` or `reflect` (string).
-    pub const PAD_MODE: &str = "codec.mimi.pad_mode";
-    /// Stride of the conv between the SEANet rate and the frame rate (2: 25 Hz → 12.5 Hz).
-    pub const DOWNSAMPLE_STRIDE: &str = "codec.mimi.downsample_stride";
-    /// Layers of each transformer (u32).
-    pub const NUM_HIDDEN_LAYERS: &str = "codec.mimi.num_hidden_layers";
-    /// Attention heads per transformer layer (u32).
-    pub const NUM_ATTENTION_HEADS: &str = "codec.mimi.num_attention_heads";
-    /// Width of one attention head (u32).
-    pub const HEAD_DIM: &str = "codec.mimi.head_dim";
-    /// Hidden width of the transformer MLP (u32).
-    pub const INTERMEDIATE_SIZE: &str = "codec.mimi.intermediate_size";
-    /// Attention span of the transformers, in steps (u32).
-    pub const SLIDING_WINDOW: &str = "codec.mimi.sliding_window";
-    /// RoPE base period (f32).
-    pub const ROPE_THETA: &str = "codec.mimi.rope_theta";
-    /// LayerNorm epsilon (f32).
-    pub const NORM_EPS: &str = "codec.mimi.norm_eps";
+metadata_config! {
+    /// Every hyper-parameter of a Mimi model, as stored in the GGUF metadata.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MimiConfig {
+        /// Audio sample rate in Hz.
+        pub sample_rate: usize = rate(keys::SAMPLE_RATE),
+        /// Audio channels: always 1 (no key holds it).
+        pub channels: usize = fixed(1),
+        /// Latent width (SEANet output, transformer d_model, quantizer input).
+        pub hidden_size: usize = count(keys::LATENT_DIM),
+        /// Channels after SEANet's first conv, doubled by each encoder stage.
+        pub num_filters: usize = count(key::NUM_FILTERS = "codec.mimi.num_filters"),
+        /// SEANet's upsampling ratio per decoder stage; the encoder downsamples by them in reverse order.
+        pub upsampling_ratios: Vec<usize> = strides(key::UPSAMPLING_RATIOS = "codec.mimi.upsampling_ratios"),
+        /// Kernel of SEANet's first conv.
+        pub kernel_size: usize = count(key::KERNEL_SIZE = "codec.mimi.kernel_size"),
+        /// Kernel of the first conv in each SEANet residual block.
+        pub residual_kernel_size: usize = count(key::RESIDUAL_KERNEL_SIZE = "codec.mimi.residual_kernel_size"),
+        /// Kernel of SEANet's last conv.
+        pub last_kernel_size: usize = count(key::LAST_KERNEL_SIZE = "codec.mimi.last_kernel_size"),
+        /// Residual block j of a SEANet stage has dilation `dilation_growth_rate^j`.
+        pub dilation_growth_rate: usize = count(key::DILATION_GROWTH_RATE = "codec.mimi.dilation_growth_rate"),
+        /// Residual blocks per SEANet stage.
+        pub num_residual_layers: usize = count(key::NUM_RESIDUAL_LAYERS = "codec.mimi.num_residual_layers"),
+        /// A SEANet residual block's hidden channels are its channels divided by this.
+        pub compress: usize = count(key::COMPRESS = "codec.mimi.compress"),
+        /// Convs pad on the left only (causal, streamable) rather than on both sides.
+        pub use_causal_conv: bool = bool(key::USE_CAUSAL_CONV = "codec.mimi.use_causal_conv"),
+        /// How SEANet convs pad: `constant` (zeros), `replicate` or `reflect`.
+        pub pad_mode: String = text(key::PAD_MODE = "codec.mimi.pad_mode"),
+        /// Stride of the conv from the SEANet rate to the frame rate (2: 25 Hz → 12.5 Hz).
+        pub downsample_stride: usize = count(key::DOWNSAMPLE_STRIDE = "codec.mimi.downsample_stride"),
+        /// Layers of each of the two transformers.
+        pub num_hidden_layers: usize = usize(key::NUM_HIDDEN_LAYERS = "codec.mimi.num_hidden_layers"),
+        /// Attention heads per transformer layer.
+        pub num_attention_heads: usize = count(key::NUM_ATTENTION_HEADS = "codec.mimi.num_attention_heads"),
+        /// Width of one attention head.
+        pub head_dim: usize = count(key::HEAD_DIM = "codec.mimi.head_dim"),
+        /// Hidden width of the transformer MLP.
+        pub intermediate_size: usize = count(key::INTERMEDIATE_SIZE = "codec.mimi.intermediate_size"),
+        /// Attention span in transformer steps (SEANet rate): a step sees itself and the `sliding_window - 1`
+        /// before it.
+        pub sliding_window: usize = count(key::SLIDING_WINDOW = "codec.mimi.sliding_window"),
+        /// RoPE base period.
+        pub rope_theta: f64 = positive_f64(key::ROPE_THETA = "codec.mimi.rope_theta"),
+        /// LayerNorm epsilon.
+        pub norm_eps: f64 = positive_f64(key::NORM_EPS = "codec.mimi.norm_eps"),
+        /// Entries per codebook.
+        pub codebook_size: usize = count(keys::CODEBOOK_SIZE),
+        /// Width of a codebook entry; the quantizer projects the latent down to it and back.
+        pub codebook_dim: usize = count(keys::CODEBOOK_DIM),
+        /// Number of codebooks, semantic and acoustic together.
+        pub num_quantizers: usize = count(keys::N_Q),
+        /// How many of the codebooks, the first ones, are semantic; the rest are acoustic.
+        pub num_semantic_quantizers: usize = count(key::NUM_SEMANTIC_QUANTIZERS = "codec.mimi.num_semantic_quantizers"),
+    }
+    /// `codec.mimi.*` metadata keys (names follow transformers' `MimiConfig`).
+    pub mod key;
 }
-
-/// Every hyper-parameter of a Mimi model, as stored in the GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MimiConfig {
-    /// Audio sample rate in Hz.
-    pub sample_rate: usize,
-    /// Audio channels: always 1 (no key holds it).
-    pub channels: usize,
-    /// Latent width (SEANet output, transformer d_model, quantizer input).
-    pub hidden_size: usize,
-    /// Channels after SEANet's first conv, doubled by each encoder stage.
-    pub num_filters: usize,
-    /// SEANet's upsampling ratio per decoder stage; the encoder downsamples by them in reverse order.
-    pub upsampling_ratios: Vec<usize>,
-    /// Kernel of SEANet's first conv.
-    pub kernel_size: usize,
-    /// Kernel of the first conv in each SEANet residual block.
-    pub residual_kernel_size: usize,
-    /// Kernel of SEANet's last conv.
-    pub last_kernel_size: usize,
-    /// Residual block j of a SEANet stage has dilation `dilation_growth_rate^j`.
-    pub dilation_growth_rate: usize,
-    /// Residual blocks per SEANet stage.
-    pub num_residual_layers: usize,
-    /// A SEANet residual block's hidden channels are its channels divided by this.
-    pub compress: usize,
-    /// Convs pad on the left only (causal, streamable) rather than on both sides.
-    pub use_causal_conv: bool,
-    /// How SEANet convs pad: `constant` (zeros), `replicate` or `reflect`.
-    pub pad_mode: String,
-    /// Stride of the conv from the SEANet rate to the frame rate (2: 25 Hz → 12.5 Hz).
-    pub downsample_stride: usize,
-    /// Layers of each of the two transformers.
-    pub num_hidden_layers: usize,
-    /// Attention heads per transformer layer.
-    pub num_attention_heads: usize,
-    /// Width of one attention head.
-    pub head_dim: usize,
-    /// Hidden width of the transformer MLP.
-    pub intermediate_size: usize,
-    /// Attention span in transformer steps (SEANet rate): a step sees itself and the `sliding_window - 1` before it.
-    pub sliding_window: usize,
-    /// RoPE base period.
-    pub rope_theta: f64,
-    /// LayerNorm epsilon.
-    pub norm_eps: f64,
-    /// Entries per codebook.
-    pub codebook_size: usize,
-    /// Width of a codebook entry; the quantizer projects the latent down to it and back.
-    pub codebook_dim: usize,
-    /// Number of codebooks, semantic and acoustic together.
-    pub num_quantizers: usize,
-    /// How many of the codebooks, the first ones, are semantic; the rest are acoustic.
-    pub num_semantic_quantizers: usize,
-}
-
-metadata_fields!(MimiConfig {
-    sample_rate: rate = keys::SAMPLE_RATE,
-    num_quantizers: count = keys::N_Q,
-    codebook_size: count = keys::CODEBOOK_SIZE,
-    codebook_dim: count = keys::CODEBOOK_DIM,
-    hidden_size: count = keys::LATENT_DIM,
-    num_semantic_quantizers: count = key::NUM_SEMANTIC_QUANTIZERS,
-    num_filters: count = key::NUM_FILTERS,
-    upsampling_ratios: strides = key::UPSAMPLING_RATIOS,
-    kernel_size: count = key::KERNEL_SIZE,
-    residual_kernel_size: count = key::RESIDUAL_KERNEL_SIZE,
-    last_kernel_size: count = key::LAST_KERNEL_SIZE,
-    dilation_growth_rate: count = key::DILATION_GROWTH_RATE,
-    num_residual_layers: count = key::NUM_RESIDUAL_LAYERS,
-    compress: count = key::COMPRESS,
-    use_causal_conv: bool = key::USE_CAUSAL_CONV,
-    pad_mode: text = key::PAD_MODE,
-    downsample_stride: count = key::DOWNSAMPLE_STRIDE,
-    num_hidden_layers: usize = key::NUM_HIDDEN_LAYERS,
-    num_attention_heads: count = key::NUM_ATTENTION_HEADS,
-    head_dim: count = key::HEAD_DIM,
-    intermediate_size: count = key::INTERMEDIATE_SIZE,
-    sliding_window: count = key::SLIDING_WINDOW,
-    rope_theta: positive_f64 = key::ROPE_THETA,
-    norm_eps: positive_f64 = key::NORM_EPS,
-} fixed { channels: 1 });
 
 impl MimiConfig {
     /// The published kyutai/mimi architecture (moshi's `loaders.py` / the hub's config.json), with `n_q` codebooks.

@@ -55,7 +55,7 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 
-use crate::gguf::{keys, metadata_fields, ModelFile};
+use crate::gguf::{keys, metadata_config, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::linear::Linear;
 use crate::nn::norm::{layer_norm, LayerNorm};
@@ -71,269 +71,116 @@ pub const ARCH: &str = "pocket-tts";
 /// tokenizer).
 pub const TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
 
-/// `codec.pocket_tts.*` metadata keys (names follow the pocket-tts YAML: `mimi.*` and `flow_lm.*`).
-pub mod key {
-    /// Width of SEANet's output and of the Mimi transformers (`mimi.seanet.dimension`, u32).
-    pub const MIMI_DIMENSION: &str = "codec.pocket_tts.mimi.dimension";
-    /// Input width of the upsampling conv (`mimi.outer_dim`, the quantizer's output dimension, u32).
-    pub const MIMI_OUTER_DIM: &str = "codec.pocket_tts.mimi.outer_dim";
-    /// Channels after SEANet's first conv (u32).
-    pub const MIMI_N_FILTERS: &str = "codec.pocket_tts.mimi.n_filters";
-    /// SEANet's decoder ratios; the encoder applies them reversed (u32 array).
-    pub const MIMI_RATIOS: &str = "codec.pocket_tts.mimi.ratios";
-    /// Kernel of SEANet's first conv (u32).
-    pub const MIMI_KERNEL_SIZE: &str = "codec.pocket_tts.mimi.kernel_size";
-    /// Kernel of the first conv in each SEANet residual block (u32).
-    pub const MIMI_RESIDUAL_KERNEL_SIZE: &str = "codec.pocket_tts.mimi.residual_kernel_size";
-    /// Kernel of SEANet's last conv (u32).
-    pub const MIMI_LAST_KERNEL_SIZE: &str = "codec.pocket_tts.mimi.last_kernel_size";
-    /// Dilation growth per residual block within a SEANet stage (u32).
-    pub const MIMI_DILATION_BASE: &str = "codec.pocket_tts.mimi.dilation_base";
-    /// Residual blocks per SEANet stage (u32).
-    pub const MIMI_N_RESIDUAL_LAYERS: &str = "codec.pocket_tts.mimi.n_residual_layers";
-    /// Narrowing of the hidden channels inside a SEANet residual block (u32).
-    pub const MIMI_COMPRESS: &str = "codec.pocket_tts.mimi.compress";
-    /// How SEANet convs pad: `constant` or `replicate` (string).
-    pub const MIMI_PAD_MODE: &str = "codec.pocket_tts.mimi.pad_mode";
-    /// Stride of the convs between the SEANet rate and the frame rate (16: 200 Hz ↔ 12.5 Hz, u32).
-    pub const MIMI_DOWNSAMPLE_STRIDE: &str = "codec.pocket_tts.mimi.downsample_stride";
-    /// Layers of each Mimi transformer (u32).
-    pub const MIMI_NUM_LAYERS: &str = "codec.pocket_tts.mimi.transformer.num_layers";
-    /// Attention heads of the Mimi transformers (u32).
-    pub const MIMI_NUM_HEADS: &str = "codec.pocket_tts.mimi.transformer.num_heads";
-    /// Hidden width of the Mimi transformers' MLP (u32).
-    pub const MIMI_DIM_FEEDFORWARD: &str = "codec.pocket_tts.mimi.transformer.dim_feedforward";
-    /// Attention span of the Mimi transformers, in steps at the SEANet rate (u32).
-    pub const MIMI_CONTEXT: &str = "codec.pocket_tts.mimi.transformer.context";
-    /// RoPE base period of the Mimi transformers (f32).
-    pub const MIMI_MAX_PERIOD: &str = "codec.pocket_tts.mimi.transformer.max_period";
-    /// Whether the Mimi transformers have LayerScale (bool).
-    pub const MIMI_LAYER_SCALE: &str = "codec.pocket_tts.mimi.transformer.layer_scale";
-    /// LayerNorm epsilon of every transformer (the package's `nn.LayerNorm(d, eps=1e-5)`, f32).
-    pub const NORM_EPS: &str = "codec.pocket_tts.norm_eps";
-    /// Width of the Flow-LM transformer (u32).
-    pub const FLOW_LM_D_MODEL: &str = "codec.pocket_tts.flow_lm.d_model";
-    /// Attention heads of the Flow-LM transformer (u32).
-    pub const FLOW_LM_NUM_HEADS: &str = "codec.pocket_tts.flow_lm.num_heads";
-    /// Layers of the Flow-LM transformer (u32).
-    pub const FLOW_LM_NUM_LAYERS: &str = "codec.pocket_tts.flow_lm.num_layers";
-    /// Hidden width of the Flow-LM MLP (`dim_feedforward`, else `d_model · hidden_scale`; u32).
-    pub const FLOW_LM_DIM_FEEDFORWARD: &str = "codec.pocket_tts.flow_lm.dim_feedforward";
-    /// RoPE base period of the Flow-LM transformer (f32).
-    pub const FLOW_LM_MAX_PERIOD: &str = "codec.pocket_tts.flow_lm.max_period";
-    /// Text pieces of the lookup table (`lookup_table.n_bins`; the table has one more row, for padding; u32).
-    pub const FLOW_LM_N_BINS: &str = "codec.pocket_tts.flow_lm.n_bins";
-    /// Whether a voice prompt is preceded by the learnt `bos_before_voice` (bool).
-    pub const FLOW_LM_INSERT_BOS_BEFORE_VOICE: &str = "codec.pocket_tts.flow_lm.insert_bos_before_voice";
-    /// The flow head's sampler: `lsd` (string; the only one this build runs).
-    pub const FLOW_TYPE: &str = "codec.pocket_tts.flow.type";
-    /// Width of the flow head (u32).
-    pub const FLOW_DIM: &str = "codec.pocket_tts.flow.dim";
-    /// Residual blocks of the flow head (u32).
-    pub const FLOW_DEPTH: &str = "codec.pocket_tts.flow.depth";
-    /// Width of the flow head's sinusoidal time embedding (u32).
-    pub const FLOW_FREQUENCY_EMBEDDING_SIZE: &str = "codec.pocket_tts.flow.frequency_embedding_size";
-    /// LayerNorm epsilon inside the flow head (the package's `LayerNorm(eps=1e-6)`, f32).
-    pub const FLOW_NORM_EPS: &str = "codec.pocket_tts.flow.norm_eps";
-    /// RMSNorm epsilon of the flow head's time embedders (f32).
-    pub const FLOW_RMS_NORM_EPS: &str = "codec.pocket_tts.flow.rms_norm_eps";
-    /// Temperature when the caller gives none (`default_temperature`, f32).
-    pub const DEFAULT_TEMPERATURE: &str = "codec.pocket_tts.default_temperature";
-    /// Generation stops once the EOS logit exceeds this (`default_eos_threshold`, f32).
-    pub const EOS_THRESHOLD: &str = "codec.pocket_tts.eos_threshold";
-    /// Frames decoded after EOS; 0: from the text's word count, as the package guesses (u32).
-    pub const FRAMES_AFTER_EOS: &str = "codec.pocket_tts.frames_after_eos";
-    /// EOS is ignored before this generation step (`TTSModel._MIN_FRAMES_BEFORE_EOS`, u32).
-    pub const MIN_FRAMES_BEFORE_EOS: &str = "codec.pocket_tts.min_frames_before_eos";
-    /// Text pieces per generated chunk at most (`MAX_TOKEN_PER_CHUNK`, u32).
-    pub const MAX_TOKENS_PER_CHUNK: &str = "codec.pocket_tts.max_tokens_per_chunk";
-    /// Tokens per second of speech the length limit assumes (`_TOKENS_PER_SECOND_ESTIMATE`, f32).
-    pub const TOKENS_PER_SECOND: &str = "codec.pocket_tts.tokens_per_second";
-    /// Seconds the length limit adds (`_GEN_SECONDS_PADDING`, f32).
-    pub const GEN_SECONDS_PADDING: &str = "codec.pocket_tts.gen_seconds_padding";
-    /// Samples faded in at the start of each chunk's audio (`sample_rate // 200`, u32).
-    pub const FADE_IN_SAMPLES: &str = "codec.pocket_tts.fade_in_samples";
-    /// Text preparation switches of the config (bool each).
-    pub const PAD_WITH_SPACES: &str = "codec.pocket_tts.pad_with_spaces_for_short_inputs";
-    /// See [`PAD_WITH_SPACES`].
-    pub const REMOVE_SEMICOLONS: &str = "codec.pocket_tts.remove_semicolons";
-    /// See [`PAD_WITH_SPACES`].
-    pub const APPEND_TERMINAL_PUNCTUATION: &str = "codec.pocket_tts.append_terminal_punctuation";
-    /// See [`PAD_WITH_SPACES`].
-    pub const CAPITALIZE_FIRST_LETTER: &str = "codec.pocket_tts.capitalize_first_letter";
-    /// Per-character rewrites before tokenization, a JSON object of strings (`replace_characters`).
-    pub const REPLACE_CHARACTERS: &str = "codec.pocket_tts.replace_characters";
-    /// A voice prompt's trailing silence: frames this many dB below the loudest count as silence (`end_on_pause`'s
-    /// `floor_db`, f32).
-    pub const VOICE_FLOOR_DB: &str = "codec.pocket_tts.voice.floor_db";
-    /// Seconds faded out at the end of a voice prompt once its silence is cut (`fade_sec`, f32).
-    pub const VOICE_FADE_SECONDS: &str = "codec.pocket_tts.voice.fade_seconds";
-    /// Seconds of silence appended to a voice prompt (`pause_sec`, f32).
-    pub const VOICE_PAUSE_SECONDS: &str = "codec.pocket_tts.voice.pause_seconds";
-    /// Seconds of a voice file used at most (the package's `truncate=True`: 30, f32).
-    pub const VOICE_MAX_SECONDS: &str = "codec.pocket_tts.voice.max_seconds";
+metadata_config! {
+    /// Every hyper-parameter of a Pocket TTS model, as stored in the GGUF metadata.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct PocketTtsConfig {
+        /// Audio sample rate in Hz.
+        pub sample_rate: usize = rate(keys::SAMPLE_RATE),
+        /// Width of the continuous latents the Flow-LM generates and Mimi decodes (`mimi.quantizer.dimension`).
+        pub latent_dim: usize = count(keys::LATENT_DIM),
+        /// Width of SEANet's output and of the Mimi transformers.
+        pub mimi_dimension: usize = count(key::MIMI_DIMENSION = "codec.pocket_tts.mimi.dimension"),
+        /// Input width of the upsampling conv (the quantizer's output); equals `mimi_dimension` (depthwise conv).
+        pub mimi_outer_dim: usize = count(key::MIMI_OUTER_DIM = "codec.pocket_tts.mimi.outer_dim"),
+        /// Channels after SEANet's first conv.
+        pub mimi_n_filters: usize = count(key::MIMI_N_FILTERS = "codec.pocket_tts.mimi.n_filters"),
+        /// SEANet's decoder ratios; the encoder applies them reversed.
+        pub mimi_ratios: Vec<usize> = strides(key::MIMI_RATIOS = "codec.pocket_tts.mimi.ratios"),
+        /// Kernel of SEANet's first conv.
+        pub mimi_kernel_size: usize = count(key::MIMI_KERNEL_SIZE = "codec.pocket_tts.mimi.kernel_size"),
+        /// Kernel of the first conv in each SEANet residual block.
+        pub mimi_residual_kernel_size: usize = count(key::MIMI_RESIDUAL_KERNEL_SIZE = "codec.pocket_tts.mimi.residual_kernel_size"),
+        /// Kernel of SEANet's last conv.
+        pub mimi_last_kernel_size: usize = count(key::MIMI_LAST_KERNEL_SIZE = "codec.pocket_tts.mimi.last_kernel_size"),
+        /// Residual block j of a SEANet stage has dilation `dilation_base^j`.
+        pub mimi_dilation_base: usize = count(key::MIMI_DILATION_BASE = "codec.pocket_tts.mimi.dilation_base"),
+        /// Residual blocks per SEANet stage.
+        pub mimi_n_residual_layers: usize = usize(key::MIMI_N_RESIDUAL_LAYERS = "codec.pocket_tts.mimi.n_residual_layers"),
+        /// A SEANet residual block's hidden channels are its channels divided by this.
+        pub mimi_compress: usize = count(key::MIMI_COMPRESS = "codec.pocket_tts.mimi.compress"),
+        /// How SEANet convs pad.
+        pub mimi_pad_mode: String = text(key::MIMI_PAD_MODE = "codec.pocket_tts.mimi.pad_mode"),
+        /// Stride of the resampling convs between the SEANet rate and the frame rate.
+        pub mimi_downsample_stride: usize = count(key::MIMI_DOWNSAMPLE_STRIDE = "codec.pocket_tts.mimi.downsample_stride"),
+        /// Layers of each Mimi transformer.
+        pub mimi_num_layers: usize = usize(key::MIMI_NUM_LAYERS = "codec.pocket_tts.mimi.transformer.num_layers"),
+        /// Attention heads of the Mimi transformers.
+        pub mimi_num_heads: usize = count(key::MIMI_NUM_HEADS = "codec.pocket_tts.mimi.transformer.num_heads"),
+        /// Hidden width of the Mimi transformers' MLP.
+        pub mimi_dim_feedforward: usize = count(key::MIMI_DIM_FEEDFORWARD = "codec.pocket_tts.mimi.transformer.dim_feedforward"),
+        /// Attention span of the Mimi transformers, in steps at the SEANet rate.
+        pub mimi_context: usize = count(key::MIMI_CONTEXT = "codec.pocket_tts.mimi.transformer.context"),
+        /// RoPE base period of the Mimi transformers.
+        pub mimi_max_period: f64 = positive_f64(key::MIMI_MAX_PERIOD = "codec.pocket_tts.mimi.transformer.max_period"),
+        /// Whether the Mimi transformers have LayerScale.
+        pub mimi_layer_scale: bool = bool(key::MIMI_LAYER_SCALE = "codec.pocket_tts.mimi.transformer.layer_scale"),
+        /// LayerNorm epsilon of every transformer.
+        pub norm_eps: f64 = positive_f64(key::NORM_EPS = "codec.pocket_tts.norm_eps"),
+        /// Width of the Flow-LM transformer.
+        pub flow_lm_d_model: usize = count(key::FLOW_LM_D_MODEL = "codec.pocket_tts.flow_lm.d_model"),
+        /// Attention heads of the Flow-LM transformer.
+        pub flow_lm_num_heads: usize = count(key::FLOW_LM_NUM_HEADS = "codec.pocket_tts.flow_lm.num_heads"),
+        /// Layers of the Flow-LM transformer.
+        pub flow_lm_num_layers: usize = usize(key::FLOW_LM_NUM_LAYERS = "codec.pocket_tts.flow_lm.num_layers"),
+        /// Hidden width of the Flow-LM MLP.
+        pub flow_lm_dim_feedforward: usize = count(key::FLOW_LM_DIM_FEEDFORWARD = "codec.pocket_tts.flow_lm.dim_feedforward"),
+        /// RoPE base period of the Flow-LM transformer.
+        pub flow_lm_max_period: f64 = positive_f64(key::FLOW_LM_MAX_PERIOD = "codec.pocket_tts.flow_lm.max_period"),
+        /// Text pieces of the lookup table.
+        pub flow_lm_n_bins: usize = count(key::FLOW_LM_N_BINS = "codec.pocket_tts.flow_lm.n_bins"),
+        /// Whether a voice prompt is preceded by `bos_before_voice`.
+        pub flow_lm_insert_bos_before_voice: bool = bool(key::FLOW_LM_INSERT_BOS_BEFORE_VOICE = "codec.pocket_tts.flow_lm.insert_bos_before_voice"),
+        /// The flow head's sampler (`lsd`).
+        pub flow_type: String = text(key::FLOW_TYPE = "codec.pocket_tts.flow.type"),
+        /// Width of the flow head.
+        pub flow_dim: usize = count(key::FLOW_DIM = "codec.pocket_tts.flow.dim"),
+        /// Residual blocks of the flow head.
+        pub flow_depth: usize = usize(key::FLOW_DEPTH = "codec.pocket_tts.flow.depth"),
+        /// Width of the flow head's sinusoidal time embedding.
+        pub flow_frequency_embedding_size: usize = count(key::FLOW_FREQUENCY_EMBEDDING_SIZE = "codec.pocket_tts.flow.frequency_embedding_size"),
+        /// LayerNorm epsilon inside the flow head.
+        pub flow_norm_eps: f64 = positive_f64(key::FLOW_NORM_EPS = "codec.pocket_tts.flow.norm_eps"),
+        /// RMSNorm epsilon of the time embedders.
+        pub flow_rms_norm_eps: f64 = positive_f64(key::FLOW_RMS_NORM_EPS = "codec.pocket_tts.flow.rms_norm_eps"),
+        /// Temperature when the caller gives none.
+        pub default_temperature: f64 = f64(key::DEFAULT_TEMPERATURE = "codec.pocket_tts.default_temperature"),
+        /// Generation stops once the EOS logit exceeds this.
+        pub eos_threshold: f64 = f64(key::EOS_THRESHOLD = "codec.pocket_tts.eos_threshold"),
+        /// Frames decoded after EOS; 0: from the text's word count.
+        pub frames_after_eos: usize = usize(key::FRAMES_AFTER_EOS = "codec.pocket_tts.frames_after_eos"),
+        /// EOS is ignored before this generation step.
+        pub min_frames_before_eos: usize = usize(key::MIN_FRAMES_BEFORE_EOS = "codec.pocket_tts.min_frames_before_eos"),
+        /// Text pieces per generated chunk at most.
+        pub max_tokens_per_chunk: usize = count(key::MAX_TOKENS_PER_CHUNK = "codec.pocket_tts.max_tokens_per_chunk"),
+        /// Tokens per second of speech the length limit assumes.
+        pub tokens_per_second: f64 = positive_f64(key::TOKENS_PER_SECOND = "codec.pocket_tts.tokens_per_second"),
+        /// Seconds the length limit adds.
+        pub gen_seconds_padding: f64 = f64(key::GEN_SECONDS_PADDING = "codec.pocket_tts.gen_seconds_padding"),
+        /// Samples faded in at the start of each chunk's audio.
+        pub fade_in_samples: usize = usize(key::FADE_IN_SAMPLES = "codec.pocket_tts.fade_in_samples"),
+        /// Short texts (< 5 words) get 8 leading spaces.
+        pub pad_with_spaces_for_short_inputs: bool = bool(key::PAD_WITH_SPACES = "codec.pocket_tts.pad_with_spaces_for_short_inputs"),
+        /// `;` becomes `,`.
+        pub remove_semicolons: bool = bool(key::REMOVE_SEMICOLONS = "codec.pocket_tts.remove_semicolons"),
+        /// A text not ending a sentence gets a period.
+        pub append_terminal_punctuation: bool = bool(key::APPEND_TERMINAL_PUNCTUATION = "codec.pocket_tts.append_terminal_punctuation"),
+        /// The first letter is upper-cased.
+        pub capitalize_first_letter: bool = bool(key::CAPITALIZE_FIRST_LETTER = "codec.pocket_tts.capitalize_first_letter"),
+        /// Per-character rewrites, a JSON object of strings.
+        pub replace_characters: String = text(key::REPLACE_CHARACTERS = "codec.pocket_tts.replace_characters"),
+        /// A voice prompt's frames this many dB below its loudest are silence.
+        pub voice_floor_db: f64 = positive_f64(key::VOICE_FLOOR_DB = "codec.pocket_tts.voice.floor_db"),
+        /// Seconds faded out at a voice prompt's end.
+        pub voice_fade_seconds: f64 = f64(key::VOICE_FADE_SECONDS = "codec.pocket_tts.voice.fade_seconds"),
+        /// Seconds of silence appended to a voice prompt.
+        pub voice_pause_seconds: f64 = f64(key::VOICE_PAUSE_SECONDS = "codec.pocket_tts.voice.pause_seconds"),
+        /// Seconds of a voice file used at most.
+        pub voice_max_seconds: f64 = positive_f64(key::VOICE_MAX_SECONDS = "codec.pocket_tts.voice.max_seconds"),
+    }
+    /// `codec.pocket_tts.*` metadata keys (names follow the pocket-tts YAML: `mimi.*` and `flow_lm.*`).
+    pub mod key;
 }
-
-/// Every hyper-parameter of a Pocket TTS model, as stored in the GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PocketTtsConfig {
-    /// Audio sample rate in Hz.
-    pub sample_rate: usize,
-    /// Width of the continuous latents the Flow-LM generates and Mimi decodes (`mimi.quantizer.dimension`).
-    pub latent_dim: usize,
-    /// Width of SEANet's output and of the Mimi transformers.
-    pub mimi_dimension: usize,
-    /// Input width of the upsampling conv (the quantizer's output); equals `mimi_dimension` (depthwise conv).
-    pub mimi_outer_dim: usize,
-    /// Channels after SEANet's first conv.
-    pub mimi_n_filters: usize,
-    /// SEANet's decoder ratios; the encoder applies them reversed.
-    pub mimi_ratios: Vec<usize>,
-    /// Kernel of SEANet's first conv.
-    pub mimi_kernel_size: usize,
-    /// Kernel of the first conv in each SEANet residual block.
-    pub mimi_residual_kernel_size: usize,
-    /// Kernel of SEANet's last conv.
-    pub mimi_last_kernel_size: usize,
-    /// Residual block j of a SEANet stage has dilation `dilation_base^j`.
-    pub mimi_dilation_base: usize,
-    /// Residual blocks per SEANet stage.
-    pub mimi_n_residual_layers: usize,
-    /// A SEANet residual block's hidden channels are its channels divided by this.
-    pub mimi_compress: usize,
-    /// How SEANet convs pad.
-    pub mimi_pad_mode: String,
-    /// Stride of the resampling convs between the SEANet rate and the frame rate.
-    pub mimi_downsample_stride: usize,
-    /// Layers of each Mimi transformer.
-    pub mimi_num_layers: usize,
-    /// Attention heads of the Mimi transformers.
-    pub mimi_num_heads: usize,
-    /// Hidden width of the Mimi transformers' MLP.
-    pub mimi_dim_feedforward: usize,
-    /// Attention span of the Mimi transformers, in steps at the SEANet rate.
-    pub mimi_context: usize,
-    /// RoPE base period of the Mimi transformers.
-    pub mimi_max_period: f64,
-    /// Whether the Mimi transformers have LayerScale.
-    pub mimi_layer_scale: bool,
-    /// LayerNorm epsilon of every transformer.
-    pub norm_eps: f64,
-    /// Width of the Flow-LM transformer.
-    pub flow_lm_d_model: usize,
-    /// Attention heads of the Flow-LM transformer.
-    pub flow_lm_num_heads: usize,
-    /// Layers of the Flow-LM transformer.
-    pub flow_lm_num_layers: usize,
-    /// Hidden width of the Flow-LM MLP.
-    pub flow_lm_dim_feedforward: usize,
-    /// RoPE base period of the Flow-LM transformer.
-    pub flow_lm_max_period: f64,
-    /// Text pieces of the lookup table.
-    pub flow_lm_n_bins: usize,
-    /// Whether a voice prompt is preceded by `bos_before_voice`.
-    pub flow_lm_insert_bos_before_voice: bool,
-    /// The flow head's sampler (`lsd`).
-    pub flow_type: String,
-    /// Width of the flow head.
-    pub flow_dim: usize,
-    /// Residual blocks of the flow head.
-    pub flow_depth: usize,
-    /// Width of the flow head's sinusoidal time embedding.
-    pub flow_frequency_embedding_size: usize,
-    /// LayerNorm epsilon inside the flow head.
-    pub flow_norm_eps: f64,
-    /// RMSNorm epsilon of the time embedders.
-    pub flow_rms_norm_eps: f64,
-    /// Temperature when the caller gives none.
-    pub default_temperature: f64,
-    /// Generation stops once the EOS logit exceeds this.
-    pub eos_threshold: f64,
-    /// Frames decoded after EOS; 0: from the text's word count.
-    pub frames_after_eos: usize,
-    /// EOS is ignored before this generation step.
-    pub min_frames_before_eos: usize,
-    /// Text pieces per generated chunk at most.
-    pub max_tokens_per_chunk: usize,
-    /// Tokens per second of speech the length limit assumes.
-    pub tokens_per_second: f64,
-    /// Seconds the length limit adds.
-    pub gen_seconds_padding: f64,
-    /// Samples faded in at the start of each chunk's audio.
-    pub fade_in_samples: usize,
-    /// Short texts (< 5 words) get 8 leading spaces.
-    pub pad_with_spaces_for_short_inputs: bool,
-    /// `;` becomes `,`.
-    pub remove_semicolons: bool,
-    /// A text not ending a sentence gets a period.
-    pub append_terminal_punctuation: bool,
-    /// The first letter is upper-cased.
-    pub capitalize_first_letter: bool,
-    /// Per-character rewrites, a JSON object of strings.
-    pub replace_characters: String,
-    /// A voice prompt's frames this many dB below its loudest are silence.
-    pub voice_floor_db: f64,
-    /// Seconds faded out at a voice prompt's end.
-    pub voice_fade_seconds: f64,
-    /// Seconds of silence appended to a voice prompt.
-    pub voice_pause_seconds: f64,
-    /// Seconds of a voice file used at most.
-    pub voice_max_seconds: f64,
-}
-
-metadata_fields!(PocketTtsConfig {
-    sample_rate: rate = keys::SAMPLE_RATE,
-    latent_dim: count = keys::LATENT_DIM,
-    mimi_dimension: count = key::MIMI_DIMENSION,
-    mimi_outer_dim: count = key::MIMI_OUTER_DIM,
-    mimi_n_filters: count = key::MIMI_N_FILTERS,
-    mimi_ratios: strides = key::MIMI_RATIOS,
-    mimi_kernel_size: count = key::MIMI_KERNEL_SIZE,
-    mimi_residual_kernel_size: count = key::MIMI_RESIDUAL_KERNEL_SIZE,
-    mimi_last_kernel_size: count = key::MIMI_LAST_KERNEL_SIZE,
-    mimi_dilation_base: count = key::MIMI_DILATION_BASE,
-    mimi_n_residual_layers: usize = key::MIMI_N_RESIDUAL_LAYERS,
-    mimi_compress: count = key::MIMI_COMPRESS,
-    mimi_pad_mode: text = key::MIMI_PAD_MODE,
-    mimi_downsample_stride: count = key::MIMI_DOWNSAMPLE_STRIDE,
-    mimi_num_layers: usize = key::MIMI_NUM_LAYERS,
-    mimi_num_heads: count = key::MIMI_NUM_HEADS,
-    mimi_dim_feedforward: count = key::MIMI_DIM_FEEDFORWARD,
-    mimi_context: count = key::MIMI_CONTEXT,
-    mimi_max_period: positive_f64 = key::MIMI_MAX_PERIOD,
-    mimi_layer_scale: bool = key::MIMI_LAYER_SCALE,
-    norm_eps: positive_f64 = key::NORM_EPS,
-    flow_lm_d_model: count = key::FLOW_LM_D_MODEL,
-    flow_lm_num_heads: count = key::FLOW_LM_NUM_HEADS,
-    flow_lm_num_layers: usize = key::FLOW_LM_NUM_LAYERS,
-    flow_lm_dim_feedforward: count = key::FLOW_LM_DIM_FEEDFORWARD,
-    flow_lm_max_period: positive_f64 = key::FLOW_LM_MAX_PERIOD,
-    flow_lm_n_bins: count = key::FLOW_LM_N_BINS,
-    flow_lm_insert_bos_before_voice: bool = key::FLOW_LM_INSERT_BOS_BEFORE_VOICE,
-    flow_type: text = key::FLOW_TYPE,
-    flow_dim: count = key::FLOW_DIM,
-    flow_depth: usize = key::FLOW_DEPTH,
-    flow_frequency_embedding_size: count = key::FLOW_FREQUENCY_EMBEDDING_SIZE,
-    flow_norm_eps: positive_f64 = key::FLOW_NORM_EPS,
-    flow_rms_norm_eps: positive_f64 = key::FLOW_RMS_NORM_EPS,
-    default_temperature: f64 = key::DEFAULT_TEMPERATURE,
-    eos_threshold: f64 = key::EOS_THRESHOLD,
-    frames_after_eos: usize = key::FRAMES_AFTER_EOS,
-    min_frames_before_eos: usize = key::MIN_FRAMES_BEFORE_EOS,
-    max_tokens_per_chunk: count = key::MAX_TOKENS_PER_CHUNK,
-    tokens_per_second: positive_f64 = key::TOKENS_PER_SECOND,
-    gen_seconds_padding: f64 = key::GEN_SECONDS_PADDING,
-    fade_in_samples: usize = key::FADE_IN_SAMPLES,
-    pad_with_spaces_for_short_inputs: bool = key::PAD_WITH_SPACES,
-    remove_semicolons: bool = key::REMOVE_SEMICOLONS,
-    append_terminal_punctuation: bool = key::APPEND_TERMINAL_PUNCTUATION,
-    capitalize_first_letter: bool = key::CAPITALIZE_FIRST_LETTER,
-    replace_characters: text = key::REPLACE_CHARACTERS,
-    voice_floor_db: positive_f64 = key::VOICE_FLOOR_DB,
-    voice_fade_seconds: f64 = key::VOICE_FADE_SECONDS,
-    voice_pause_seconds: f64 = key::VOICE_PAUSE_SECONDS,
-    voice_max_seconds: positive_f64 = key::VOICE_MAX_SECONDS,
-});
 
 impl PocketTtsConfig {
     /// Samples per latent frame: SEANet hop × resampling stride (1920 for the released models).

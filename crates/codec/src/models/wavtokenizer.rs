@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::nn::Weights;
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::gguf::{keys, metadata_fields, ModelFile};
+use crate::gguf::{keys, metadata_config, ModelFile};
 use crate::nn::compact;
 use crate::nn::conv::PadMode;
 use crate::nn::lstm::LstmState;
@@ -25,79 +25,43 @@ use crate::stream::{self, window};
 /// `general.architecture` of a WavTokenizer model file.
 pub const ARCH: &str = "wavtokenizer";
 
-/// `codec.wavtokenizer.*` metadata keys (names follow the reference's YAML where it has them).
-pub mod key {
-    /// Channels after the encoder's first conv (u32).
-    pub const N_FILTERS: &str = "codec.wavtokenizer.n_filters";
-    /// The reference's `dowmsamples`, in its order (the encoder applies them reversed).
-    pub const DOWNSAMPLES: &str = "codec.wavtokenizer.downsamples";
-    /// LSTM layers after the encoder's last stage (u32).
-    pub const LSTM_LAYERS: &str = "codec.wavtokenizer.lstm_layers";
-    /// Channels of the Vocos backbone (u32).
-    pub const BACKBONE_DIM: &str = "codec.wavtokenizer.backbone_dim";
-    /// Hidden width of a ConvNeXt block's MLP (u32).
-    pub const INTERMEDIATE_DIM: &str = "codec.wavtokenizer.intermediate_dim";
-    /// ConvNeXt blocks in the backbone (u32).
-    pub const NUM_LAYERS: &str = "codec.wavtokenizer.num_layers";
-    /// Conditioning rows of each AdaLayerNorm (u32).
-    pub const ADANORM_NUM_EMBEDDINGS: &str = "codec.wavtokenizer.adanorm_num_embeddings";
-    /// The AdaLayerNorm row decoding uses (u32).
-    pub const BANDWIDTH_ID: &str = "codec.wavtokenizer.bandwidth_id";
-    /// ISTFT frame length in samples (u32).
-    pub const N_FFT: &str = "codec.wavtokenizer.n_fft";
-    /// ISTFT hop in samples, equal to the encoder's (u32).
-    pub const ISTFT_HOP: &str = "codec.wavtokenizer.istft_hop_length";
+metadata_config! {
+    /// WavTokenizer hyper-parameters; read from and written to GGUF metadata.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct WavTokenizerConfig {
+        /// Audio sample rate in Hz.
+        pub sample_rate: usize = rate(keys::SAMPLE_RATE),
+        /// Channels after the SEANet encoder's first conv, doubled by each stage.
+        pub n_filters: usize = count(key::N_FILTERS = "codec.wavtokenizer.n_filters"),
+        /// Downsampling factor per encoder stage, in the reference's order (applied reversed); the product is the hop.
+        pub downsamples: Vec<usize> = strides(key::DOWNSAMPLES = "codec.wavtokenizer.downsamples"),
+        /// LSTM layers (with skip) after the encoder's last stage.
+        pub lstm_layers: usize = usize(key::LSTM_LAYERS = "codec.wavtokenizer.lstm_layers"),
+        /// Latent width: encoder output, codebook dim, backbone input.
+        pub dimension: usize = count(keys::LATENT_DIM),
+        /// Entries in the codebook.
+        pub codebook_size: usize = count(keys::CODEBOOK_SIZE),
+        /// Number of codebooks (1 for the released models).
+        pub n_q: usize = count(keys::N_Q),
+        /// Channels of the Vocos backbone.
+        pub backbone_dim: usize = count(key::BACKBONE_DIM = "codec.wavtokenizer.backbone_dim"),
+        /// Hidden width of a ConvNeXt block's MLP.
+        pub intermediate_dim: usize = count(key::INTERMEDIATE_DIM = "codec.wavtokenizer.intermediate_dim"),
+        /// ConvNeXt blocks in the backbone.
+        pub num_layers: usize = usize(key::NUM_LAYERS = "codec.wavtokenizer.num_layers"),
+        /// Conditioning rows of each AdaLayerNorm (one per bandwidth the model was trained for).
+        pub adanorm_num_embeddings: usize =
+            count(key::ADANORM_NUM_EMBEDDINGS = "codec.wavtokenizer.adanorm_num_embeddings"),
+        /// The AdaLayerNorm row decoding uses (below `adanorm_num_embeddings`).
+        pub bandwidth_id: usize = usize(key::BANDWIDTH_ID = "codec.wavtokenizer.bandwidth_id"),
+        /// ISTFT frame length in samples (a multiple of `istft_hop`).
+        pub n_fft: usize = count(key::N_FFT = "codec.wavtokenizer.n_fft"),
+        /// ISTFT hop in samples; must equal the encoder's hop.
+        pub istft_hop: usize = count(key::ISTFT_HOP = "codec.wavtokenizer.istft_hop_length"),
+    }
+    /// `codec.wavtokenizer.*` metadata keys (names follow the reference's YAML where it has them).
+    pub mod key;
 }
-
-/// WavTokenizer hyper-parameters; read from and written to GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WavTokenizerConfig {
-    /// Audio sample rate in Hz.
-    pub sample_rate: usize,
-    /// Channels after the SEANet encoder's first conv, doubled by each stage.
-    pub n_filters: usize,
-    /// Downsampling factor per encoder stage, in the reference's order (applied reversed); the product is the hop.
-    pub downsamples: Vec<usize>,
-    /// LSTM layers (with skip) after the encoder's last stage.
-    pub lstm_layers: usize,
-    /// Latent width: encoder output, codebook dim, backbone input.
-    pub dimension: usize,
-    /// Entries in the codebook.
-    pub codebook_size: usize,
-    /// Number of codebooks (1 for the released models).
-    pub n_q: usize,
-    /// Channels of the Vocos backbone.
-    pub backbone_dim: usize,
-    /// Hidden width of a ConvNeXt block's MLP.
-    pub intermediate_dim: usize,
-    /// ConvNeXt blocks in the backbone.
-    pub num_layers: usize,
-    /// Conditioning rows of each AdaLayerNorm (one per bandwidth the model was trained for).
-    pub adanorm_num_embeddings: usize,
-    /// The AdaLayerNorm row decoding uses (below `adanorm_num_embeddings`).
-    pub bandwidth_id: usize,
-    /// ISTFT frame length in samples (a multiple of `istft_hop`).
-    pub n_fft: usize,
-    /// ISTFT hop in samples; must equal the encoder's hop.
-    pub istft_hop: usize,
-}
-
-metadata_fields!(WavTokenizerConfig {
-    sample_rate: rate = keys::SAMPLE_RATE,
-    n_q: count = keys::N_Q,
-    codebook_size: count = keys::CODEBOOK_SIZE,
-    dimension: count = keys::LATENT_DIM,
-    n_filters: count = key::N_FILTERS,
-    downsamples: strides = key::DOWNSAMPLES,
-    lstm_layers: usize = key::LSTM_LAYERS,
-    backbone_dim: count = key::BACKBONE_DIM,
-    intermediate_dim: count = key::INTERMEDIATE_DIM,
-    num_layers: usize = key::NUM_LAYERS,
-    adanorm_num_embeddings: count = key::ADANORM_NUM_EMBEDDINGS,
-    bandwidth_id: usize = key::BANDWIDTH_ID,
-    n_fft: count = key::N_FFT,
-    istft_hop: count = key::ISTFT_HOP,
-});
 
 impl WavTokenizerConfig {
     /// Audio samples per code frame: the product of the downsampling factors.

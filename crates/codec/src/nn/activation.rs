@@ -117,40 +117,27 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{max_abs_diff, worst_errors};
     use super::*;
     use candle_core::Device;
 
     #[test]
     fn exp_matches_std() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 * i as f32 / 200_000.0;
-            let (got, want) = (exp_nonpositive(x) as f64, (x as f64).exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
+        let (_, worst) = worst_errors(0.0, -87.0, 200_000, exp_nonpositive, f64::exp);
         assert!(worst < 3e-7, "max relative error {worst}");
     }
 
     #[test]
     fn gelu_matches_candle() {
         let x = Tensor::randn(0f32, 3.0, (2, 3, 50_000), &Device::Cpu).unwrap();
-        let diff: f32 = (gelu_erf(&x).unwrap() - x.gelu_erf().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&gelu_erf(&x).unwrap(), &x.gelu_erf().unwrap());
         assert!(diff < 1e-6, "max diff {diff}");
     }
 
     #[test]
     fn elu_matches_candle() {
         let x = Tensor::randn(0f32, 3.0, (2, 3, 50_000), &Device::Cpu).unwrap();
-        let got = elu(&x).unwrap();
-        let want = x.elu(1.0).unwrap();
-        let diff: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff = max_abs_diff(&elu(&x).unwrap(), &x.elu(1.0).unwrap());
         assert!(diff < 1e-6, "max diff {diff}");
     }
 }

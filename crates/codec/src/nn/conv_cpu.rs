@@ -16,7 +16,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, Epilogue, Output, PackB};
+use std::sync::OnceLock;
+
+use super::gemm::{gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed};
 use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
 use super::{f32_slice, f32_vec};
 
@@ -31,6 +33,8 @@ pub struct PackedConv {
     kernel: usize,
     /// Taps per input channel in the GEMM depth: K for a conv, ⌈K/s⌉ for a transposed conv.
     taps: usize,
+    /// `weights` transposed as the right factor, packed on the first narrow product (see [`PackedConv::product`]).
+    right: OnceLock<Packed>,
 }
 
 impl PackedConv {
@@ -44,7 +48,7 @@ impl PackedConv {
         let layout = OperandLayout::AsStored { rows: c_out, cols: c_in * kernel };
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?;
-        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel }))
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel, right: OnceLock::new() }))
     }
 
     /// A transposed conv weight `(C_in, C_out, K)`, read as its output phases stacked (`OperandLayout::Phases`).
@@ -57,9 +61,36 @@ impl PackedConv {
         let layout = OperandLayout::Phases { c_in, c_out, kernel, stride };
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?.map(|b| b.repeat(stride));
-        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel.div_ceil(stride) }))
+        let taps = kernel.div_ceil(stride);
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps, right: OnceLock::new() }))
+    }
+
+    /// `Y = W · X̂` (+ per-row `bias`, + `residual` laid out like Y) into the row-major `rows × n` output `y`.
+    ///
+    /// A stream's deep layers produce a few time steps per push (Mimi's last encoder conv: 2). With the weights
+    /// as the left factor those few columns fill 2 of the kernel's 16 lanes, each weight broadcast on its own:
+    /// compute-bound at a fraction of what memory delivers (in bf16 slower than f32). So at most
+    /// [`NARROW_COLUMNS`] columns run transposed, `Yᵀ = X̂ᵀ · Wᵀ`: the time steps are the tile's rows, the weights
+    /// stream through full vectors. Each output element sums the same products in the same order either way, so
+    /// the results are the same bits.
+    fn product(&self, cols: &Im2col, n: usize, y: &mut [f32], row_bias: Option<&[f32]>, residual: Option<&[f32]>) {
+        let (rows, depth) = self.weights.dims();
+        if n <= NARROW_COLUMNS {
+            let right = self.right.get_or_init(|| Packed::b(&LeftAsRight(&self.weights.operand()), depth, rows));
+            let mut yt = Output::new(y, (n, rows), 1, n).expect("sized by the caller");
+            let epi = Epilogue { col_bias: row_bias, residual, ..Default::default() };
+            gemm(n, rows, depth, cols, right, &mut yt, &epi);
+        } else {
+            let mut y = Output::row_major(y, rows, n).expect("sized by the caller");
+            let epi = Epilogue { row_bias, residual, ..Default::default() };
+            gemm(rows, n, depth, &self.weights.operand(), cols, &mut y, &epi);
+        }
     }
 }
+
+/// Output columns up to which a conv runs transposed ([`PackedConv::product`]): beyond, the columns fill the
+/// kernel's vectors and the weights' panels are the better left factor.
+const NARROW_COLUMNS: usize = 16;
 
 /// The implicit im2col matrix of one signal (C_in × t): row `(i, j)` (i-major, `taps` per channel), column `c`
 /// holds `x[i, c·stride + offset + j·tap_step]`; outside the signal zero, or with `reflect` the mirrored sample
@@ -84,6 +115,14 @@ impl PackB for Im2col<'_> {
             #[inline(always)]
             || self.pack_rows(ks, cols, nr, dst),
         )
+    }
+}
+
+/// X̂ᵀ for the narrow products: its rows are X̂'s columns, and MR-tall panels of X̂ᵀ are laid out as NR-wide panels
+/// of X̂ are.
+impl PackA for Im2col<'_> {
+    fn pack_a(&self, rows: std::ops::Range<usize>, ks: std::ops::Range<usize>, mr: usize, dst: &mut [f32]) {
+        self.pack_b(ks, rows, mr, dst)
     }
 }
 
@@ -115,6 +154,14 @@ impl Im2col<'_> {
                         16 => dst[..16].copy_from_slice(&src[..16]),
                         _ => dst.copy_from_slice(src),
                     }
+                } else if start >= np as isize && start + (((valid.max(1) - 1) * self.stride) as isize) < t {
+                    // A strided conv's panel row inside the signal: a plain strided copy (the per-sample edge
+                    // checks below cost as much as a downsampling conv's products).
+                    let src = src[start as usize - np..].iter().step_by(self.stride);
+                    for (d, &v) in dst[..valid].iter_mut().zip(src) {
+                        *d = v;
+                    }
+                    dst[valid..].fill(0.0);
                 } else if self.stride == 1 && !self.reflect && np == 0 {
                     // Columns [lo, hi) of this panel read inside the signal.
                     let lo = (-start).clamp(0, valid as isize) as usize;
@@ -242,9 +289,7 @@ impl Conv1dOp<'_> {
                 tap_step: self.dilation as isize,
                 reflect: self.reflect,
             };
-            let mut y = Output::row_major(yb, w.c_out, t_out).expect("sized above");
-            let epi = Epilogue { row_bias: w.bias.as_deref(), residual, ..Default::default() };
-            gemm(w.c_out, t_out, c_in * w.kernel, &w.weights.operand(), &cols, &mut y, &epi);
+            w.product(&cols, t_out, yb, w.bias.as_deref(), residual);
         }
         Ok((CpuStorage::F32(out), shape))
     }
@@ -299,10 +344,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
                 tap_step: -1,
                 reflect: false,
             };
-            let mut y = Output::row_major(&mut phases, s * w.c_out, n).expect("sized above");
-            let row_bias = if self.with_bias { w.bias.as_deref() } else { None };
-            let epi = Epilogue { row_bias, ..Default::default() };
-            gemm(s * w.c_out, n, c_in * w.taps, &w.weights.operand(), &cols, &mut y, &epi);
+            w.product(&cols, n, &mut phases, if self.with_bias { w.bias.as_deref() } else { None }, None);
             // out[o, q·s + r − trim_left] = phases[(r, o), q − q0], written in output order.
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
                 let (mut q, mut r) = (0, self.trim_left % s);
@@ -411,12 +453,9 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::max_abs_diff;
     use super::*;
     use candle_core::{Device, Tensor};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
-    }
 
     /// Against candle's own conv1d on an explicitly zero-padded input, over strides, dilations and paddings.
     #[test]
@@ -441,11 +480,53 @@ mod tests {
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
             // The fused residual add is the conv plus the residual, exactly.
             let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
             let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
-            assert_eq!(max_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+            assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+        }
+    }
+
+    /// Outputs of at most `NARROW_COLUMNS` time steps run transposed; they must be the same bits as the same time
+    /// steps of a wide output (streams and whole clips give identical codes); with bias and residual; convs and
+    /// transposed convs. (Weights read in place from a file: `weight::tests::in_place_weights_match_packed_tensors`.)
+    #[test]
+    fn narrow_outputs_match_wide_ones_bit_for_bit() {
+        let dev = Device::Cpu;
+        let cut = |t: &Tensor, len: usize| t.narrow(2, 0, len).unwrap().contiguous().unwrap();
+        for &(c_in, c_out, k, s, d) in &[(24, 40, 3, 1, 1), (16, 100, 4, 2, 1), (9, 60, 7, 1, 3), (64, 17, 16, 8, 1)] {
+            let x = Tensor::randn(0f32, 1., (2, c_in, 200), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
+            let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
+            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: 5, pad_right: 0, reflect: false };
+            let wide = x.apply_op1_no_bwd(&op).unwrap();
+            assert!(wide.dim(2).unwrap() > NARROW_COLUMNS);
+            for t in [1, 2, 7, 16, 30] {
+                let Ok(narrow) = cut(&x, t).apply_op1_no_bwd(&op) else { continue };
+                let n = narrow.dim(2).unwrap();
+                assert_eq!(max_diff(&narrow, &cut(&wide, n)), 0.0, "conv {:?}, {t} samples", (c_in, c_out, k, s, d));
+                let residual = Tensor::randn(0f32, 1., narrow.dims(), &dev).unwrap();
+                let fused = cut(&x, t).apply_op2_no_bwd(&residual, &op).unwrap();
+                assert_eq!(max_diff(&fused, &(&narrow + &residual).unwrap()), 0.0);
+            }
+            // Transposed: the first t·s samples of t inputs' output see every input they will ever see.
+            let wt = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
+            let packed =
+                PackedConv::conv_transpose1d(&wt.clone().into(), wt.dims3().unwrap(), Some(&bias), s).unwrap().unwrap();
+            let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: 0, trim_right: 0, with_bias: true };
+            let wide = x.apply_op1_no_bwd(&op).unwrap();
+            for t in [1, 2, 5, 16] {
+                let narrow = cut(&x, t).apply_op1_no_bwd(&op).unwrap();
+                let same = cut(&narrow, t * s);
+                assert_eq!(
+                    max_diff(&same, &cut(&wide, t * s)),
+                    0.0,
+                    "transposed {:?}, {t} frames",
+                    (c_in, c_out, k, s)
+                );
+            }
         }
     }
 
@@ -464,7 +545,7 @@ mod tests {
             let padded = crate::nn::conv::pad1d(&x, l, r, crate::nn::conv::PadMode::Reflect).unwrap();
             let want = padded.conv1d(&w, 0, s, d, 1).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r, t));
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r, t));
         }
     }
 
@@ -489,11 +570,11 @@ mod tests {
             let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, 1, d, c).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-5, "case {:?}", (c, k, d, l, r, t));
+            assert!(max_abs_diff(&got, &want) < 1e-5, "case {:?}", (c, k, d, l, r, t));
             // Channels last: the same bits, transposed.
             let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
             let tc = xt.apply_op1_no_bwd(&DepthwiseConv1dOp { channels_last: true, ..op }).unwrap();
-            assert_eq!(max_diff(&tc.transpose(1, 2).unwrap(), &got), 0.0, "case {:?}", (c, k, d, l, r, t));
+            assert_eq!(max_abs_diff(&tc.transpose(1, 2).unwrap(), &got), 0.0, "case {:?}", (c, k, d, l, r, t));
         }
     }
 
@@ -523,7 +604,7 @@ mod tests {
             let want = full.narrow(2, tl, len - tl - tr).unwrap();
             let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, tl, tr));
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, tl, tr));
         }
     }
 }

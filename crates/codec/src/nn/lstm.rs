@@ -308,18 +308,22 @@ mod tests {
         Recurrence { carry: Shared(carry.as_mut_ptr()), _carry: std::marker::PhantomData }
     }
 
+    /// Random recurrent weights `w_hh` (4·hidden, hidden) and projected inputs (batch, steps, 4·hidden).
+    fn random_recurrence(hidden: usize, batch: usize, steps: usize) -> (Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let w_hh = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
+        (w_hh, Tensor::randn(0f32, 1.0, (batch, steps, 4 * hidden), &dev).unwrap())
+    }
+
     /// The threaded CPU recurrence equals the step-by-step tensor ops, over batch items (each from zero state)
     /// and an odd number of steps.
     #[test]
     fn cpu_recurrence_matches_tensor_ops() {
         let dev = Device::Cpu;
         for hidden in [40, 100] {
-            let layer = LstmLayer {
-                input: Linear::new(Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap(), None).unwrap(),
-                w_hh: Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap(),
-                hidden,
-            };
-            let x_proj = Tensor::randn(0f32, 1.0, (3, 7, 4 * hidden), &dev).unwrap();
+            let (w_hh, x_proj) = random_recurrence(hidden, 3, 7);
+            let w_ih = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
+            let layer = LstmLayer { input: Linear::new(w_ih, None).unwrap(), w_hh, hidden };
             let mut carry = vec![0f32; 3 * 2 * hidden];
             let got = x_proj.apply_op2_no_bwd(&layer.w_hh, &zero_state(&mut carry)).unwrap();
             let zero = Tensor::zeros((3, 2, hidden), DType::F32, &dev).unwrap();
@@ -336,10 +340,8 @@ mod tests {
     /// Steps run in pieces, the state carried between them, give the bits of one pass (streaming encode).
     #[test]
     fn carried_state_continues_the_recurrence() {
-        let dev = Device::Cpu;
         let hidden = 64;
-        let w_hh = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
-        let x_proj = Tensor::randn(0f32, 1.0, (2, 9, 4 * hidden), &dev).unwrap();
+        let (w_hh, x_proj) = random_recurrence(hidden, 2, 9);
         let run = |x: &Tensor, carry: &mut Vec<f32>| x.apply_op2_no_bwd(&w_hh, &zero_state(carry)).unwrap();
         let want = run(&x_proj, &mut vec![0f32; 2 * 2 * hidden]);
         let mut carry = vec![0f32; 2 * 2 * hidden];
@@ -357,10 +359,8 @@ mod tests {
     #[test]
     fn concurrent_recurrences_finish() {
         use rayon::prelude::*;
-        let dev = Device::Cpu;
         let hidden = 96;
-        let w_hh = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
-        let x_proj = Tensor::randn(0f32, 1.0, (1, 50, 4 * hidden), &dev).unwrap();
+        let (w_hh, x_proj) = random_recurrence(hidden, 1, 50);
         let run = || {
             let mut carry = vec![0f32; 2 * hidden];
             x_proj

@@ -14,6 +14,9 @@ pub mod transformer;
 pub mod vocos;
 pub mod weight;
 
+#[cfg(test)]
+pub(crate) mod test_util;
+
 pub use weight::Weights;
 
 use std::sync::OnceLock;

@@ -86,7 +86,7 @@ mod tests {
         let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
         let want = xc.broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap()).unwrap();
         let want = want.broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
-        let diff: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff = super::super::test_util::max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "max diff {diff}");
     }
 }

@@ -87,18 +87,14 @@ fn sin_squared(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{max_abs_diff, worst_errors};
     use super::*;
     use candle_core::Device;
     use std::collections::HashMap;
 
     #[test]
     fn sin_squared_matches_std() {
-        let mut worst = 0f64;
-        for i in 0..=400_000 {
-            let x = -2000.0 + 4000.0 * i as f32 / 400_000.0;
-            let want = (x as f64).sin().powi(2);
-            worst = worst.max((sin_squared(x) as f64 - want).abs());
-        }
+        let (worst, _) = worst_errors(-2000.0, 2000.0, 400_000, sin_squared, |x| x.sin().powi(2));
         assert!(worst < 2e-6, "max abs error {worst}");
     }
 
@@ -118,7 +114,7 @@ mod tests {
         let want = (&x
             + x.broadcast_mul(&a).unwrap().sin().unwrap().sqr().unwrap().broadcast_div(&(&a + 1e-9).unwrap()).unwrap())
         .unwrap();
-        let diff: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "max diff {diff}");
     }
 }

@@ -86,8 +86,8 @@ fn bf16_bits(x: f32) -> u32 {
 /// layout of `vdpbf16ps`.
 fn to_bf16_pairs(src: &[f32], width: usize, kc: usize, dst: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if width.is_multiple_of(16) && bf16_supported() {
-        // SAFETY: the CPU has AVX-512 BF16 (checked above); the slices bound every access.
+    if (width == 8 || width.is_multiple_of(16)) && bf16_supported() {
+        // SAFETY: the CPU has AVX-512 BF16, BW and VL (checked above); the slices bound every access.
         unsafe { to_bf16_pairs_avx512(src, width, kc, dst) };
         return;
     }
@@ -106,10 +106,28 @@ fn to_bf16_pairs(src: &[f32], width: usize, kc: usize, dst: &mut [u32]) {
 /// [`to_bf16_pairs`] 16 lanes at a time with the hardware's round-to-nearest-even conversion (`vcvtneps2bf16`, the
 /// same rounding as [`bf16_bits`]): the activations of every block go through it in `--precision bf16`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn to_bf16_pairs_avx512(src: &[f32], width: usize, kc: usize, dst: &mut [u32]) {
     use std::arch::x86_64::*;
     let pairs = kc.div_ceil(2);
+    if width == 8 {
+        // A's MR-tall panels: a pair's two rows are 16 consecutive floats, converted at once, then their halves
+        // interleaved (lane i of each row side by side).
+        let interleave = _mm256_setr_epi16(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+        for (src, dst) in src.chunks_exact(8 * kc).zip(dst.chunks_exact_mut(8 * pairs)) {
+            for q in 0..pairs {
+                let rows = if 2 * q + 1 < kc {
+                    _mm512_loadu_ps(src[16 * q..16 * q + 16].as_ptr())
+                } else {
+                    _mm512_maskz_loadu_ps(0x00ff, src[16 * q..16 * q + 8].as_ptr())
+                };
+                let halves: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(rows));
+                let words = _mm256_permutexvar_epi16(interleave, halves);
+                _mm256_storeu_si256(dst[8 * q..8 * q + 8].as_mut_ptr() as *mut __m256i, words);
+            }
+        }
+        return;
+    }
     for (src, dst) in src.chunks_exact(width * kc).zip(dst.chunks_exact_mut(width * pairs)) {
         for q in 0..pairs {
             let (lo_row, out) = (&src[2 * q * width..(2 * q + 1) * width], &mut dst[q * width..(q + 1) * width]);
@@ -203,6 +221,33 @@ impl Packed {
         ok.then(|| &self.data[start..start + range.len().div_ceil(self.panel) * self.panel * ks.len()])
     }
 
+    /// Lines `range` (rows of A or columns of B) × depths `ks` into panels `width` wide: the packed block itself
+    /// when `width` is the packed one, else gathered value by value (a weight packed as A read as the right
+    /// factor, [`LeftAsRight`]: once per layer). Lines past the end are zeros, as packers write them.
+    fn repack(&self, range: Range<usize>, ks: Range<usize>, width: usize, dst: &mut [f32]) {
+        if let Some(src) = self.block(range.clone(), ks.clone()).filter(|_| width == self.panel) {
+            return dst[..src.len()].copy_from_slice(src);
+        }
+        let stride = self.len.div_ceil(self.panel) * self.panel;
+        let kc = ks.len();
+        for (panel, first) in range.clone().step_by(width).enumerate() {
+            let dst = &mut dst[panel * width * kc..(panel + 1) * width * kc];
+            for (p, k) in ks.clone().enumerate() {
+                // Depth k lies in the KC block starting at `pc`, `kb` deep, at depth `k − pc` of it.
+                let (pc, kb) = (k / KC * KC, KC.min(self.depth - k / KC * KC));
+                for (lane, d) in dst[p * width..(p + 1) * width].iter_mut().enumerate() {
+                    let line = first + lane;
+                    *d = if line < range.end.min(self.len) {
+                        let panel_start = line / self.panel * self.panel;
+                        self.data[stride * pc + panel_start * kb + (k - pc) * self.panel + line - panel_start]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+
     /// Rows (packed as A) or columns (packed as B) it covers.
     pub fn rows(&self) -> usize {
         self.len
@@ -215,8 +260,7 @@ impl Packed {
 
 impl PackA for Packed {
     fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
-        let src = self.block(rows, ks).filter(|_| mr == self.panel).expect("packed operand used with another tile");
-        dst[..src.len()].copy_from_slice(src);
+        self.repack(rows, ks, mr, dst)
     }
     fn packed_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize) -> Option<&[f32]> {
         self.block(rows, ks).filter(|_| mr == self.panel)
@@ -228,8 +272,7 @@ impl PackA for Packed {
 
 impl PackB for Packed {
     fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
-        let src = self.block(cols, ks).filter(|_| nr == self.panel).expect("packed operand used with another tile");
-        dst[..src.len()].copy_from_slice(src);
+        self.repack(cols, ks, nr, dst)
     }
     fn packed_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize) -> Option<&[f32]> {
         self.block(cols, ks).filter(|_| nr == self.panel)
@@ -326,6 +369,17 @@ impl PackB for Strided<'_> {
                 }
             }
         }
+    }
+}
+
+/// The transpose of a left factor as a right factor: a conv's weights (`C_out × C_in·K`) on the right of a product
+/// whose rows are the output's few time steps (`conv_cpu`'s narrow products). A's MR-tall panels and B's NR-wide
+/// ones have the same layout (`dst[panel·(width·kc) + p·width + lane]`), so B's columns are A's rows packed `nr` wide.
+pub struct LeftAsRight<'a, A>(pub &'a A);
+
+impl<A: PackA> PackB for LeftAsRight<'_, A> {
+    fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
+        self.0.pack_a(cols, ks, nr, dst)
     }
 }
 
@@ -520,7 +574,11 @@ pub fn bf16_supported() -> bool {
     *BF16.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            isa() == Isa::Avx512 && is_x86_feature_detected!("avx512bf16")
+            // Every CPU with BF16 has BW and VL too; `to_bf16_pairs` uses them.
+            isa() == Isa::Avx512
+                && is_x86_feature_detected!("avx512bf16")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -978,27 +1036,30 @@ mod tests {
         }
     }
 
-    /// The vectorised bf16-pair conversion gives the scalar one's bits (rounding ties, odd depths).
+    /// The vectorised bf16-pair conversion gives the scalar one's bits (rounding ties, odd and even depths), for
+    /// B's 48-wide panels and A's 8-tall ones.
     #[test]
     fn bf16_pair_conversions_agree() {
         if !bf16_supported() {
             return;
         }
-        let (width, kc) = (48, 7);
-        let mut src = pseudo_random(width * kc * 2, 9);
-        src[3] = f32::from_bits(0x3f80_8000); // exactly halfway between two bf16 values
-        src[5] = f32::from_bits(0x3f81_8000);
-        let (mut fast, mut slow) = (vec![0u32; width * 4 * 2], vec![0u32; width * 4 * 2]);
-        to_bf16_pairs(&src, width, kc, &mut fast);
-        for (src, dst) in src.chunks_exact(width * kc).zip(slow.chunks_exact_mut(width * 4)) {
-            for q in 0..4 {
-                for i in 0..width {
-                    let hi = if 2 * q + 1 < kc { bf16_bits(src[(2 * q + 1) * width + i]) } else { 0 };
-                    dst[q * width + i] = bf16_bits(src[2 * q * width + i]) | (hi << 16);
+        for (width, kc) in [(48usize, 7usize), (8, 7), (8, 6), (16, 3)] {
+            let pairs = kc.div_ceil(2);
+            let mut src = pseudo_random(width * kc * 2, 9);
+            src[3] = f32::from_bits(0x3f80_8000); // exactly halfway between two bf16 values
+            src[5] = f32::from_bits(0x3f81_8000);
+            let (mut fast, mut slow) = (vec![0u32; width * pairs * 2], vec![0u32; width * pairs * 2]);
+            to_bf16_pairs(&src, width, kc, &mut fast);
+            for (src, dst) in src.chunks_exact(width * kc).zip(slow.chunks_exact_mut(width * pairs)) {
+                for q in 0..pairs {
+                    for i in 0..width {
+                        let hi = if 2 * q + 1 < kc { bf16_bits(src[(2 * q + 1) * width + i]) } else { 0 };
+                        dst[q * width + i] = bf16_bits(src[2 * q * width + i]) | (hi << 16);
+                    }
                 }
             }
+            assert_eq!(fast, slow, "width {width}, depth {kc}");
         }
-        assert_eq!(fast, slow);
     }
 
     #[test]
