@@ -53,7 +53,8 @@ struct CodebooksArg {
 #[derive(Subcommand)]
 enum Command {
     /// Convert a checkpoint into a GGUF model file: a hub-style directory (config.json + *.safetensors), a
-    /// .safetensors file, descript's DAC weights.pth, or a WavTokenizer Lightning .ckpt (+ its YAML).
+    /// .safetensors file, descript's DAC weights.pth, a WavTokenizer Lightning .ckpt (+ its YAML), or a Pocket TTS
+    /// model.safetensors (+ its YAML; its tokenizer.json beside the YAML or the weights is embedded).
     Convert {
         /// The checkpoint: directory, .safetensors, .pth or .ckpt.
         src: PathBuf,
@@ -63,7 +64,8 @@ enum Command {
         /// Architecture (default: detected from config.json or the tensor names).
         #[arg(long)]
         arch: Option<String>,
-        /// A transformers-style config.json describing the architecture.
+        /// The architecture's config: a transformers-style config.json, or the YAML of a WavTokenizer or Pocket TTS
+        /// checkpoint.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Weight storage: f32, f16 or q8_0 (biases, norms and codebooks stay f32).
