@@ -53,7 +53,8 @@ struct CodebooksArg {
 #[derive(Subcommand)]
 enum Command {
     /// Convert a checkpoint into a GGUF model file: a hub-style directory (config.json + *.safetensors), a
-    /// .safetensors file, descript's DAC weights.pth, or a WavTokenizer Lightning .ckpt (+ its YAML).
+    /// .safetensors file, descript's DAC weights.pth, a WavTokenizer Lightning .ckpt (+ its YAML), or a Pocket TTS
+    /// model.safetensors (+ its YAML; its tokenizer.json beside the YAML or the weights is embedded).
     Convert {
         /// The checkpoint: directory, .safetensors, .pth or .ckpt.
         src: PathBuf,
@@ -63,7 +64,8 @@ enum Command {
         /// Architecture (default: detected from config.json or the tensor names).
         #[arg(long)]
         arch: Option<String>,
-        /// A transformers-style config.json describing the architecture.
+        /// The architecture's config: a transformers-style config.json, or the YAML of a WavTokenizer or Pocket TTS
+        /// checkpoint.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Weight storage: f32, f16 or q8_0 (biases, norms and codebooks stay f32).
@@ -136,6 +138,35 @@ enum Command {
         pcm16: bool,
         #[command(flatten)]
         stream: StreamArg,
+    },
+    /// Speak a text with a Pocket TTS model (`codec convert` makes one from pocket-tts's model.safetensors, its
+    /// YAML config and tokenizer.json), optionally in the voice of an audio file.
+    Tts {
+        #[command(flatten)]
+        model: ModelArg,
+        /// The text to speak.
+        text: String,
+        /// The WAV file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// An audio file of the voice to speak in (any format, rate and channel count; the first 30 s are used).
+        #[arg(long)]
+        voice: Option<PathBuf>,
+        /// Sampling temperature: the noise's variance (0: deterministic; default: the model's).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Flow steps per frame (LSD).
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        /// Seed of the sampling noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write 16-bit PCM instead of 32-bit float.
+        #[arg(long)]
+        pcm16: bool,
+        /// Write each frame's audio as soon as it is made (80 ms at a time) and print the time to the first audio.
+        #[arg(long)]
+        stream: bool,
     },
     /// Print a model file's architecture, rates, codebooks, parameters and storage.
     Info {
@@ -694,6 +725,53 @@ fn run(cli: &Cli) -> Result<()> {
             wrote_audio(cli, output, seconds, codec.sample_rate());
             Ok(())
         }
+        Command::Tts { model, text, output, voice, temperature, steps, seed, pcm16, stream } => {
+            check_output(output, "wav")?;
+            let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
+            let file = codec::gguf::ModelFile::open(&path)?;
+            let device = cli.device.parse::<DeviceKind>()?.device()?;
+            let tts = codec::models::pocket_tts::PocketTts::load(&file, &device)?;
+            let rate = tts.config.sample_rate as u32;
+            let voice = match voice {
+                Some(v) => {
+                    let audio = codec::audio::read_mono_at(v, rate)?;
+                    Some(tts.voice_state_from_audio(&audio.samples).map_err(naming(v))?)
+                }
+                None => None,
+            };
+            let temperature = temperature.unwrap_or(tts.config.default_temperature);
+            let start = std::time::Instant::now();
+            let mut first_audio = None;
+            let samples = if *stream {
+                let mut wav = codec::audio::WavWriter::create(output, rate, *pcm16)?;
+                let mut written = 0usize;
+                tts.synthesize_stream(text, voice.as_ref(), temperature, *steps, *seed, &mut |pcm| {
+                    first_audio.get_or_insert_with(|| start.elapsed());
+                    written += pcm.len();
+                    wav.write(pcm)
+                })?;
+                wav.finish()?;
+                written
+            } else {
+                let samples = tts.synthesize(text, voice.as_ref(), temperature, *steps, *seed)?;
+                let n = samples.len();
+                codec::audio::write_wav(output, &Audio { sample_rate: rate, samples }, *pcm16)?;
+                n
+            };
+            let seconds = samples as f64 / rate as f64;
+            if !cli.quiet {
+                let took = start.elapsed().as_secs_f64();
+                if let Some(first) = first_audio {
+                    eprintln!("first audio after {:.0} ms", first.as_secs_f64() * 1000.0);
+                }
+                eprintln!(
+                    "generated {seconds:.2} s of speech in {took:.2} s ({:.2}× real time)",
+                    seconds / took.max(1e-9)
+                );
+            }
+            wrote_audio(cli, output, seconds, rate);
+            Ok(())
+        }
         Command::Info { model } => info(model, cli),
         Command::Tokenize { model, inputs, options } => {
             let tokenize::Options { output, batch_size, shard_rows, jobs, .. } = options;
@@ -761,7 +839,21 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
     let path = codec::hub::resolve_model(spec, !cli.quiet)?;
     let file = codec::gguf::ModelFile::open(&path)?;
     let arch = file.architecture()?.to_string();
-    let codec = Codec::load(&path, DeviceKind::Cpu)?;
+    // A TTS model is no codec: it is checked by building it, and described by its own line.
+    let (codec, tts_line) = if arch == codec::models::pocket_tts::ARCH {
+        let tts = codec::models::pocket_tts::PocketTts::load(&file, &DeviceKind::Cpu.device()?)?;
+        let cfg = &tts.config;
+        let frame_rate = cfg.sample_rate as f64 / cfg.hop() as f64;
+        (
+            None,
+            Some(format!(
+                "{} Hz audio from {frame_rate} latent frames of {} per second",
+                cfg.sample_rate, cfg.latent_dim
+            )),
+        )
+    } else {
+        (Some(Codec::load(&path, DeviceKind::Cpu)?), None)
+    };
     let tensors = file.tensor_list();
     let params: usize = tensors.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
     let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
@@ -773,17 +865,24 @@ fn info(spec: &str, cli: &Cli) -> Result<()> {
     if let Ok(name) = file.string(codec::gguf::keys::NAME) {
         println!("name:           {}", printable(name));
     }
-    println!("sample rate:    {} Hz", codec.sample_rate());
-    println!("hop:            {} samples", codec.hop());
-    println!("frame rate:     {} Hz", codec.frame_rate());
-    println!("max n_q:        {}", codec.max_n_q());
-    println!("codebook size:  {}", codec.codebook_size());
+    if let Some(line) = &tts_line {
+        println!("text-to-speech: {line}");
+    }
+    if let Some(codec) = &codec {
+        println!("sample rate:    {} Hz", codec.sample_rate());
+        println!("hop:            {} samples", codec.hop());
+        println!("frame rate:     {} Hz", codec.frame_rate());
+        println!("max n_q:        {}", codec.max_n_q());
+        println!("codebook size:  {}", codec.codebook_size());
+    }
     println!("parameters:     {params} ({:.1} M)", params as f64 / 1e6);
     let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
     println!("tensors:        {} ({})", tensors.len(), dtypes.join(", "));
     println!("file size:      {} bytes ({:.1} MiB)", file.file_size, file.file_size as f64 / (1 << 20) as f64);
     println!("metadata:");
     for (k, v) in file.metadata_lines() {
+        // Embedded documents (a tokenizer.json) are named, not printed.
+        let v = if v.len() > 200 { format!("({} bytes)", v.len()) } else { v };
         println!("  {} = {}", printable(&k), printable(&v));
     }
     Ok(())

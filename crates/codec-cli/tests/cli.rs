@@ -344,3 +344,62 @@ fn several_inputs_go_to_a_directory() {
         assert_fails(&codec(&args), &[needle]);
     }
 }
+
+/// `codec convert` on the Pocket TTS fixture (model.safetensors + config.yaml, tokenizer.json beside), then `codec
+/// tts` with the fixture's voice at temperature 0: the package's speech, sample for sample in length; `codec info`
+/// describes it; empty text and an unreadable voice fail with one line.
+#[test]
+fn tts_speaks_like_the_reference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pocket_tts");
+    let model = tmp("pocket-tts.gguf");
+    let o = codec(&[
+        "convert",
+        s(&dir.join("model.safetensors")),
+        "--config",
+        s(&dir.join("config.yaml")),
+        "-o",
+        s(&model),
+    ]);
+    assert!(o.status.success(), "convert failed: {}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp("speech.wav");
+    let text = "Hello there, how are you today?";
+    let voice = dir.join("voice.wav");
+    let o = codec(&["tts", "-m", s(&model), text, "--voice", s(&voice), "--temperature", "0", "-o", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: Vec<f32> = hound::WavReader::open(&out).unwrap().samples::<f32>().map(|x| x.unwrap()).collect();
+    let want = npy::read(&dir.join("voice_gen_audio.npy")).unwrap().to_f32_vec();
+    assert_eq!(got.len(), want.len(), "speech length");
+    let dot: f64 = got.iter().zip(&want).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let cos = dot / (norm(&got) * norm(&want));
+    assert!(cos >= 0.9999, "speech cosine {cos}");
+
+    // --stream writes the same speech frame by frame.
+    let streamed = tmp("speech-streamed.wav");
+    let o = codec(&[
+        "tts",
+        "-m",
+        s(&model),
+        text,
+        "--voice",
+        s(&voice),
+        "--temperature",
+        "0",
+        "--stream",
+        "-o",
+        s(&streamed),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: Vec<f32> = hound::WavReader::open(&streamed).unwrap().samples::<f32>().map(|x| x.unwrap()).collect();
+    assert_eq!(again, got, "--stream changed the speech");
+
+    let o = codec(&["info", s(&model)]);
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && info.contains("pocket-tts") && info.contains("text-to-speech"), "{info}");
+    assert_fails(&codec(&["tts", "-m", s(&model), " ", "-o", s(&out)]), &["text is empty"]);
+    let missing = tmp("no-such-voice.wav");
+    assert_fails(
+        &codec(&["tts", "-m", s(&model), text, "--voice", s(&missing), "-o", s(&out)]),
+        &["no-such-voice.wav"],
+    );
+}

@@ -674,7 +674,7 @@ pub fn write_shared_keys(w: &mut Writer, hop: usize) {
 /// It generates the struct, the module `key` with a const for each key declared here (documented as its field),
 /// `read_metadata(&ModelFile) -> Result<Self>` and `write_metadata(&self, &mut Writer)`. Each kind is read by the
 /// [`ModelFile`] method of its name, which checks the value and names the key and the file in its error: `count`
-/// (usize ≥ 1), `usize`, `strides` (factors of a hop), `rate` (Hz), `positive_f64`, `bool`, `text` (String).
+/// (usize ≥ 1), `usize`, `strides` (factors of a hop), `rate` (Hz), `positive_f64`, `f64`, `bool`, `text` (String).
 macro_rules! metadata_config {
     (
         $(#[$attr:meta])*
@@ -719,6 +719,7 @@ macro_rules! metadata_config {
     (@put rate, $w:ident, $key:expr, $v:expr) => { $w.u32($key, *$v) };
     (@put strides, $w:ident, $key:expr, $v:expr) => { $w.u32_array($key, $v) };
     (@put positive_f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
+    (@put f64, $w:ident, $key:expr, $v:expr) => { $w.f32($key, *$v) };
     (@put bool, $w:ident, $key:expr, $v:expr) => { $w.bool($key, *$v) };
     (@put text, $w:ident, $key:expr, $v:expr) => { $w.string($key, $v) };
 }

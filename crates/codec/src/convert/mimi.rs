@@ -184,7 +184,7 @@ fn nested_to_hub(name: &str) -> String {
 }
 
 /// Rows of a q or k projection from interleaved pairs `(2i, 2i+1)` per head to rotate-half order `(i, i + d/2)`.
-fn interleaved_to_rotate_half(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn interleaved_to_rotate_half(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     w.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.reshape((rows, cols))
 }

@@ -7,6 +7,7 @@
 pub mod dac;
 pub mod mimi;
 mod pickle;
+pub mod pocket_tts;
 pub mod wavtokenizer;
 
 use std::collections::HashMap;
@@ -45,8 +46,12 @@ pub struct Job<'a> {
 }
 
 /// Architectures `convert` knows.
-pub const ARCHITECTURES: &[&str] =
-    &[crate::models::mimi::ARCH, crate::models::dac::ARCH, crate::models::wavtokenizer::ARCH];
+pub const ARCHITECTURES: &[&str] = &[
+    crate::models::mimi::ARCH,
+    crate::models::dac::ARCH,
+    crate::models::wavtokenizer::ARCH,
+    crate::models::pocket_tts::ARCH,
+];
 
 /// `v · (g / ‖v‖)` with the norm over every dim but the first (torch's `weight_norm(dim=0)`), in torch's order.
 fn fold_weight_norm(g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
@@ -131,9 +136,10 @@ fn write_gguf<M>(
     w.write(out)
 }
 
-/// The only `.yaml`/`.yml` file next to `src`, if there is exactly one.
+/// The only `.yaml`/`.yml` file next to `src` (in it, for a directory), if there is exactly one.
 fn single_yaml_beside(src: &Path) -> Option<PathBuf> {
-    let dir = src.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir =
+        if src.is_dir() { src } else { src.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
     let yamls: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -222,6 +228,22 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
     if weights.is_empty() {
         return Err(Error::convert(src, "no .safetensors file in this directory"));
     }
+    let mut tensors = HashMap::new();
+    for file in &weights {
+        tensors.extend(load_safetensors(file)?);
+    }
+    // Pocket TTS: a TTSModel state dict with the package's YAML config (never a config.json).
+    let pocket = crate::models::pocket_tts::ARCH;
+    if opts.arch.as_deref() == Some(pocket)
+        || (opts.arch.is_none() && pocket_tts::looks_like_pocket_tts(&tensors.keys().collect::<Vec<_>>()))
+    {
+        let config = opts.config.clone().or_else(|| single_yaml_beside(src)).ok_or_else(|| {
+            Error::convert(src, "a pocket-tts checkpoint needs its YAML config: pass --config FILE.yaml")
+        })?;
+        let tokenizer = pocket_tts::find_tokenizer(src, &config)?;
+        let cfg = pocket_tts::config_from_yaml(&config, &tensors)?;
+        return pocket_tts::convert(&job, tensors, cfg, &tokenizer);
+    }
     let config_path = opts.config.clone().or(found_config);
     let mut config = config_path.as_ref().map(|p| read_json(p)).transpose()?;
     let model_type = config.as_ref().and_then(|j| j.get("model_type")).and_then(|v| v.as_str()).map(String::from);
@@ -236,10 +258,6 @@ pub fn convert_with_notes(src: &Path, out: &Path, opts: &ConvertOptions, notes: 
         }
     }
 
-    let mut tensors = HashMap::new();
-    for file in &weights {
-        tensors.extend(load_safetensors(file)?);
-    }
     let names: Vec<&String> = tensors.keys().collect();
     let model_type = config.as_ref().and(model_type.as_deref());
     let arch = match (&opts.arch, model_type) {

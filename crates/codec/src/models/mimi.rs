@@ -16,7 +16,7 @@ use crate::nn::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransp
 use crate::nn::pad_to_multiple;
 use crate::nn::rvq::ResidualVq;
 use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder, SeanetState};
-use crate::nn::transformer::{Transformer, TransformerConfig, TransformerState};
+use crate::nn::transformer::{MlpActivation, Transformer, TransformerConfig, TransformerState};
 use crate::stream::{self, FrameBuffer};
 
 /// `general.architecture` of a Mimi model file.
@@ -182,6 +182,8 @@ impl MimiConfig {
             context: self.sliding_window,
             rope_theta: self.rope_theta,
             norm_eps: self.norm_eps,
+            activation: MlpActivation::GeluErf,
+            layer_scale: true,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod dac;
 pub mod mimi;
+pub mod pocket_tts;
 pub mod wavtokenizer;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -184,6 +185,10 @@ pub fn load(file: &ModelFile, device: &Device, parts: Parts) -> crate::Result<Bo
         mimi::ARCH => Ok(Box::new(mimi::Mimi::load(file, device, parts)?)),
         dac::ARCH => Ok(Box::new(dac::Dac::load(file, device, parts)?)),
         wavtokenizer::ARCH => Ok(Box::new(wavtokenizer::WavTokenizer::load(file, device, parts)?)),
+        pocket_tts::ARCH => Err(crate::Error::model_file(
+            &file.path,
+            "a pocket-tts model is a text-to-speech model, not a codec: it does not encode or decode codes",
+        )),
         other => Err(crate::Error::model_file(
             &file.path,
             format!("architecture '{other}' is not supported (this build runs: {})", ARCHITECTURES.join(", ")),

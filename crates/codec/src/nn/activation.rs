@@ -26,6 +26,11 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// GELU's tanh approximation `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))` (torch's `approximate="tanh"`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.gelu()
+}
+
 #[inline(always)]
 fn elu_f32(v: f32) -> f32 {
     // Both branches computed, then a select: keeps the loop branch-free so it vectorises.

@@ -1,15 +1,16 @@
-//! Pre-norm transformer with rotate-half RoPE, LayerScale and a causal sliding-window mask (Mimi's encoder and
-//! decoder transformers). Works on the conv layout (B, C, T) at its boundary.
+//! Pre-norm transformer with rotate-half RoPE, optional LayerScale and a causal sliding-window mask (Mimi's encoder
+//! and decoder transformers, Pocket TTS's). Works on the conv layout (B, C, T) at its boundary.
 //!
 //! Tensor names per layer `layers.{i}.`: `input_layernorm.{weight,bias}`, `self_attn.{q,k,v,o}_proj.weight`,
 //! `self_attn_layer_scale.scale`, `post_attention_layernorm.*`, `mlp.fc1.weight`, `mlp.fc2.weight`,
-//! `mlp_layer_scale.scale`. q/k rows are in rotate-half order (the converter permutes interleaved checkpoints).
+//! `mlp_layer_scale.scale` (the two scales only with LayerScale). q/k rows are in rotate-half order (the converter
+//! permutes interleaved checkpoints).
 
 use super::Weights;
 use candle_core::{DType, Device, Layout, Module, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::activation::{exp_nonpositive, gelu_erf};
+use super::activation::{exp_nonpositive, gelu_erf, gelu_tanh};
 use super::linear::Linear;
 use super::norm::LayerNorm;
 use super::{compact, F32Kernel3, F32Op3};
@@ -33,6 +34,19 @@ pub struct TransformerConfig {
     pub rope_theta: f64,
     /// LayerNorm epsilon.
     pub norm_eps: f64,
+    /// The MLP's activation.
+    pub activation: MlpActivation,
+    /// Whether each branch is scaled per channel before it joins the residual stream (LayerScale).
+    pub layer_scale: bool,
+}
+
+/// The activation between a transformer MLP's two linears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// Exact GELU, `x · Φ(x)` (moshi's and transformers' Mimi).
+    GeluErf,
+    /// GELU's tanh approximation (`F.gelu(x, approximate="tanh")`: Pocket TTS).
+    GeluTanh,
 }
 
 fn linear(c_in: usize, c_out: usize, vb: Weights) -> Result<Linear> {
@@ -211,11 +225,12 @@ impl F32Kernel3 for WindowAttention {
 struct Layer {
     input_layernorm: LayerNorm,
     self_attn: Attention,
-    attn_scale: Tensor,
+    attn_scale: Option<Tensor>,
     post_attention_layernorm: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    mlp_scale: Tensor,
+    mlp_scale: Option<Tensor>,
+    activation: MlpActivation,
 }
 
 impl Layer {
@@ -223,20 +238,29 @@ impl Layer {
         Ok(Self {
             input_layernorm: LayerNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
-            attn_scale: vb.get(cfg.d_model, "self_attn_layer_scale.scale")?,
+            attn_scale: cfg.layer_scale.then(|| vb.get(cfg.d_model, "self_attn_layer_scale.scale")).transpose()?,
             post_attention_layernorm: LayerNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("post_attention_layernorm"))?,
             fc1: linear(cfg.d_model, cfg.ffn_dim, vb.pp("mlp.fc1"))?,
             fc2: linear(cfg.ffn_dim, cfg.d_model, vb.pp("mlp.fc2"))?,
-            mlp_scale: vb.get(cfg.d_model, "mlp_layer_scale.scale")?,
+            mlp_scale: cfg.layer_scale.then(|| vb.get(cfg.d_model, "mlp_layer_scale.scale")).transpose()?,
+            activation: cfg.activation,
         })
     }
 
     fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
+        let scaled = |h: Tensor, scale: &Option<Tensor>| match scale {
+            Some(s) => h.broadcast_mul(s),
+            None => Ok(h),
+        };
         let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache)?;
-        let x = (x + h.broadcast_mul(&self.attn_scale)?)?;
-        let h = gelu_erf(&self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?)?;
+        let x = (x + scaled(h, &self.attn_scale)?)?;
+        let h = self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let h = match self.activation {
+            MlpActivation::GeluErf => gelu_erf(&h)?,
+            MlpActivation::GeluTanh => gelu_tanh(&h)?,
+        };
         let h = self.fc2.forward(&h)?;
-        x + h.broadcast_mul(&self.mlp_scale)?
+        x + scaled(h, &self.mlp_scale)?
     }
 }
 
