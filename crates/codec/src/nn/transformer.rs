@@ -7,13 +7,13 @@
 //! permutes interleaved checkpoints).
 
 use super::Weights;
-use candle_core::{DType, Device, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use rayon::prelude::*;
 
 use super::activation::{exp_nonpositive, gelu_erf, gelu_tanh};
+use super::compact;
 use super::linear::Linear;
 use super::norm::LayerNorm;
-use super::{compact, F32Kernel3, F32Op3};
 
 /// Hyper-parameters of a [`Transformer`].
 #[derive(Debug, Clone)]
@@ -76,7 +76,58 @@ impl Rope {
 /// next step's queries can see. Bounded, so a stream of any length holds the same memory.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
+    /// Other devices: the steps as tensors, joined with each step's new ones.
     kv: Option<(Tensor, Tensor)>,
+    /// CPU: the steps in buffers appended to in place ([`KvRows`]).
+    rows: Option<KvRows>,
+}
+
+/// Keys and values on the CPU: per (batch, head) row a region of `capacity` steps of `head_dim` floats, the steps
+/// held at `start..start + len` of every region. A step appends its new keys after the held ones; steps no query can
+/// see any more are dropped by moving `start`, and only when a region is full are the held steps moved back to its
+/// front (or the regions grown, for an unbounded context). Joining the held and new keys into fresh tensors every
+/// step copied the whole window each step: 5 % of a Mimi stream, and a Pocket TTS generation's cost grew with the
+/// square of its length.
+#[derive(Debug, Clone)]
+struct KvRows {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    rows: usize,
+    head_dim: usize,
+    capacity: usize,
+    start: usize,
+    len: usize,
+}
+
+impl KvRows {
+    /// Appends `t` steps of new keys and values (rows × t × head_dim each), first dropping held steps beyond the
+    /// last `keep`.
+    fn append(&mut self, keys: &[f32], values: &[f32], t: usize, keep: usize) {
+        let dropped = self.len.saturating_sub(keep);
+        (self.start, self.len) = (self.start + dropped, self.len - dropped);
+        if self.start + self.len + t > self.capacity {
+            let capacity =
+                if self.len + t > self.capacity { (2 * self.capacity).max(self.len + t) } else { self.capacity };
+            let d = self.head_dim;
+            for buf in [&mut self.keys, &mut self.values] {
+                let mut moved = vec![0f32; self.rows * capacity * d];
+                for (r, dst) in moved.chunks_exact_mut(capacity * d).enumerate() {
+                    let from = (r * self.capacity + self.start) * d;
+                    dst[..self.len * d].copy_from_slice(&buf[from..from + self.len * d]);
+                }
+                *buf = moved;
+            }
+            (self.capacity, self.start) = (capacity, 0);
+        }
+        let (d, at) = (self.head_dim, self.start + self.len);
+        for (buf, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
+            for (r, src) in new.chunks_exact(t * d).enumerate() {
+                let to = (r * self.capacity + at) * d;
+                buf[to..to + t * d].copy_from_slice(src);
+            }
+        }
+        self.len += t;
+    }
 }
 
 /// A transformer's streaming state: the position of the next step and each layer's [`KvCache`].
@@ -128,21 +179,49 @@ impl Attention {
         let q = candle_nn::rotary_emb::rope(&q, &rope.cos, &rope.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &rope.cos, &rope.sin)?;
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        if q.device().is_cpu() && q.dtype() == DType::F32 {
+            let y = self.attend_cached(&q, &k, &v, cache)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+            return self.o_proj.forward(&y);
+        }
         let (k, v) = match cache.kv.take() {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
             None => (k, v),
         };
-        let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
-            q.apply_op3_no_bwd(&k, &v, &F32Op3(WindowAttention { context: self.context }))?
-        } else {
-            self.attend_blocks(&q, &k, &v)?
-        };
+        let y = self.attend_blocks(&q, &k, &v)?;
         let keys = k.dim(2)?;
         let keep = (self.context - 1).min(keys);
         // Copies, not views: a view would keep every key of this step alive.
         cache.kv = Some((compact(&k.narrow(2, keys - keep, keep)?)?, compact(&v.narrow(2, keys - keep, keep)?)?));
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&y)
+    }
+
+    /// CPU: the new steps' keys and values appended to `cache`'s rows, then [`WindowAttention`] of q (B, H, T, D)
+    /// over the held and new keys.
+    fn attend_cached(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let rows = cache.rows.get_or_insert_with(|| KvRows {
+            keys: Vec::new(),
+            values: Vec::new(),
+            rows: b * h,
+            head_dim: d,
+            capacity: 0,
+            start: 0,
+            len: 0,
+        });
+        if (rows.rows, rows.head_dim) != (b * h, d) {
+            candle_core::bail!("attention: {b}×{h} heads of {d} after a stream of {} of {}", rows.rows, rows.head_dim);
+        }
+        let (k, v) = (k.flatten_all()?.to_vec1::<f32>()?, v.flatten_all()?.to_vec1::<f32>()?);
+        rows.append(&k, &v, t, self.context.saturating_sub(1));
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let (capacity, start, len) = (rows.capacity, rows.start, rows.len);
+        let (keys, values) = (&rows.keys[..], &rows.values[..]);
+        let held = |r: usize| (r * capacity + start) * d..(r * capacity + start + len) * d;
+        let window = WindowAttention { context: self.context };
+        let out = window.attend(&q, t, d, |r| (&keys[held(r)], &values[held(r)]));
+        Tensor::from_vec(out, (b, h, t, d), &Device::Cpu)
     }
 
     /// Additive mask for queries at key positions `q0..q0+nq` over keys `k0..k0+nk`: 0 where `0 <= q − k < context`.
@@ -180,24 +259,26 @@ struct WindowAttention {
     context: usize,
 }
 
-impl F32Kernel3 for WindowAttention {
-    const NAME: &'static str = "codec-window-attention";
-    const INPUTS: [&'static str; 3] = ["queries", "keys", "values"];
-
-    fn run(&self, [(q, l1), (k, l2), (v, l3)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
-        let (b, h, t, d) = l1.shape().dims4()?;
-        let (kb, kh, keys, kd) = l2.shape().dims4()?;
-        if (kb, kh, kd) != (b, h, d) || l3.shape() != l2.shape() || keys < t || d == 0 {
-            candle_core::bail!("attention: queries {:?}, keys {:?}, values {:?}", l1.shape(), l2.shape(), l3.shape());
-        }
-        let mut out = vec![0f32; b * h * t * d];
-        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (row, y)| {
-            let (bh, i) = (row / t, row % t);
+impl WindowAttention {
+    /// Queries q (rows × T × D, row-major) against each row's keys and values (`row(r)`: K ≥ T steps of D each,
+    /// the queries the last T of them) → rows × T × D.
+    fn attend<'a>(
+        &self,
+        q: &[f32],
+        t: usize,
+        d: usize,
+        row: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; q.len()];
+        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (query, y)| {
+            let (r, i) = (query / t, query % t);
+            let (k, v) = row(r);
+            let keys = k.len() / d;
             let last = keys - t + i;
             let first = (last + 1).saturating_sub(self.context);
-            let q = &q[row * d..(row + 1) * d];
-            let k = &k[(bh * keys + first) * d..(bh * keys + last + 1) * d];
-            let v = &v[(bh * keys + first) * d..(bh * keys + last + 1) * d];
+            let q = &q[query * d..(query + 1) * d];
+            let k = &k[first * d..(last + 1) * d];
+            let v = &v[first * d..(last + 1) * d];
             scores.clear();
             scores.extend(k.chunks_exact(d).map(|k| super::dot(q, k)));
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -217,7 +298,7 @@ impl F32Kernel3 for WindowAttention {
             let norm = 1.0 / scores.iter().sum::<f32>();
             y.iter_mut().for_each(|y| *y *= norm);
         });
-        Ok((out, l1.shape().clone()))
+        out
     }
 }
 
