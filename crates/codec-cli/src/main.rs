@@ -149,7 +149,8 @@ enum Command {
         /// The WAV file to write.
         #[arg(short, long)]
         output: PathBuf,
-        /// An audio file of the voice to speak in (any format, rate and channel count; the first 30 s are used).
+        /// An audio file of the voice to speak in (any format, rate and channel count; the first 30 s are used; a
+        /// silent one is an error).
         #[arg(long)]
         voice: Option<PathBuf>,
         /// Sampling temperature: the noise's variance (0: deterministic; default: the model's).
@@ -732,9 +733,28 @@ fn run(cli: &Cli) -> Result<()> {
             let device = cli.device.parse::<DeviceKind>()?.device()?;
             let tts = codec::models::pocket_tts::PocketTts::load(&file, &device)?;
             let rate = tts.config.sample_rate as u32;
+            // Text problems first: they need no audio read. Characters outside the vocabulary are spoken as the
+            // model's unknown piece (as the package does), with a warning; a text with nothing else fails in the
+            // library.
+            tts.text_chunks(text)?;
+            let unknown = tts.unknown_characters(text)?;
+            if !unknown.is_empty() && !cli.quiet {
+                eprintln!(
+                    "warning: the model's vocabulary has no {}; read as its unknown piece",
+                    codec::models::pocket_tts::quote_characters(&unknown)
+                );
+            }
             let voice = match voice {
                 Some(v) => {
-                    let audio = codec::audio::read_mono_at(v, rate)?;
+                    let audio = tts.read_voice(v)?;
+                    if audio.truncated && !cli.quiet {
+                        let length = audio.file_seconds.map(|s| format!(" of {s:.1} s")).unwrap_or_default();
+                        eprintln!(
+                            "note: {}: using the first {} s{length} as the voice",
+                            v.display(),
+                            tts.config.voice_max_seconds
+                        );
+                    }
                     Some(tts.voice_state_from_audio(&audio.samples).map_err(naming(v))?)
                 }
                 None => None,

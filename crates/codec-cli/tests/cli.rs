@@ -403,3 +403,85 @@ fn tts_speaks_like_the_reference() {
         &["no-such-voice.wav"],
     );
 }
+
+/// `codec tts` on bad input (README, Pocket TTS): text with nothing to speak and a silent or non-audio voice fail
+/// with one line; characters outside the vocabulary are spoken as the unknown piece with a warning naming them; a
+/// 10-minute voice is cut to its first 30 s with a note.
+#[test]
+fn tts_bad_inputs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pocket_tts");
+    let model = tmp("pocket-tts-bad-inputs.gguf");
+    let o = codec(&[
+        "convert",
+        s(&dir.join("model.safetensors")),
+        "--config",
+        s(&dir.join("config.yaml")),
+        "-o",
+        s(&model),
+    ]);
+    assert!(o.status.success(), "convert failed: {}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp("bad-inputs-speech.wav");
+    let tts = |text: &str, extra: &[&str]| {
+        let mut args = vec!["tts", "-m", s(&model), text, "--temperature", "0", "-o", s(&out)];
+        args.extend(extra);
+        codec(&args)
+    };
+    assert_fails(&tts("", &[]), &["the text is empty"]);
+    assert_fails(&tts(" \n\t ", &[]), &["the text is empty"]);
+    assert_fails(&tts("?! ... --", &[]), &["nothing to speak", "no letters or digits"]);
+    // The fixture's vocabulary is ASCII: Cyrillic alone has no piece; the first letter is capitalised first.
+    assert_fails(&tts("жук", &[]), &["none of the text's letters are in the model's vocabulary", "'Ж', 'у', 'к'"]);
+
+    let write = |name: &str, rate: u32, samples: &[f32]| {
+        let path = tmp(name);
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        samples.iter().for_each(|x| w.write_sample((x * 32767.0) as i16).unwrap());
+        w.finalize().unwrap();
+        path
+    };
+    let silent = write("silent-voice.wav", 24000, &vec![0.0; 24000]);
+    assert_fails(&tts("Hello there.", &["--voice", s(&silent)]), &["silent-voice.wav", "the voice is silent"]);
+    // −80 dBFS hum: below the −60 dBFS floor, so silent too.
+    let hum: Vec<f32> = (0..24000).map(|i| 1e-4 * (i as f32 * 0.1).sin()).collect();
+    let hum = write("hum-voice.wav", 24000, &hum);
+    assert_fails(&tts("Hello there.", &["--voice", s(&hum)]), &["hum-voice.wav", "the voice is silent"]);
+    let not_audio = tmp("not-audio-voice.wav");
+    std::fs::write(&not_audio, "this is not audio\n").unwrap();
+    assert_fails(
+        &tts("Hello there.", &["--voice", s(&not_audio)]),
+        &["not-audio-voice.wav", "not a supported audio file"],
+    );
+
+    // Without --quiet, to see the warning and the note; both runs succeed.
+    let loud = |text: &str, extra: &[&str]| {
+        let mut args = vec!["tts", "-m", s(&model), text, "--temperature", "0", "-o", s(&out)];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_codec")).args(&args).output().unwrap()
+    };
+    let o = loud("Héllo wörld €", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: the model's vocabulary has no 'é', 'ö', '€'"), "{err}");
+    let spoken = hound::WavReader::open(&out).unwrap().len();
+    assert!(spoken >= 1920, "{spoken} samples");
+    // Ten minutes of noise at 8 kHz (9.6 MB): only the first 30 s are read.
+    let mut state = 1u32;
+    let noise: Vec<f32> = (0..8000 * 600)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 0.2 - 0.1
+        })
+        .collect();
+    let long = write("ten-minute-voice.wav", 8000, &noise);
+    let o = loud("Hello there.", &["--voice", s(&long)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ten-minute-voice.wav: using the first 30 s of 600.0 s as the voice"), "{err}");
+    std::fs::remove_file(&long).ok();
+}

@@ -273,3 +273,41 @@ fn synthesize_from_text_and_voice_wav_matches_reference() {
     assert_ne!(a, c);
     assert!(model.synthesize("", None, 0.0, 1, 0).is_err());
 }
+
+/// Bad input through the library: nothing to speak, letters outside the vocabulary, a silent voice, a long voice
+/// file (only its first `voice_max_seconds` read).
+#[test]
+fn bad_input_is_refused_or_reported() {
+    let gguf = converted();
+    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    let message = |r: codec::Result<Vec<codec::models::pocket_tts::TextChunk>>| r.unwrap_err().to_string();
+    assert_eq!(message(model.text_chunks(" \t ")), "the text is empty");
+    assert!(message(model.text_chunks("... ?!")).contains("nothing to speak"));
+    assert!(message(model.text_chunks("жук")).contains("none of the text's letters are in the model's vocabulary"));
+    assert!(model.synthesize("?", None, 0.0, 1, 0).is_err());
+    // The fixture's vocabulary is ASCII; the reference reads these as `<unk>` (id 0) and so do we.
+    assert_eq!(model.unknown_characters("Héllo wörld € and é").unwrap(), vec!['é', 'ö', '€']);
+    assert_eq!(model.unknown_characters("Hello world.").unwrap(), Vec::<char>::new());
+    let chunk = &model.text_chunks("Héllo").unwrap()[0];
+    assert!(chunk.tokens.contains(&0), "{:?}", chunk.tokens);
+
+    let err = model.voice_state_from_audio(&vec![0.0; 24000]).unwrap_err().to_string();
+    assert!(err.contains("the voice is silent"), "{err}");
+    let quiet: Vec<f32> = (0..24000).map(|i| 1e-4 * (i as f32 * 0.1).sin()).collect();
+    assert!(model.voice_state_from_audio(&quiet).is_err(), "−83 dBFS is silence");
+    let soft: Vec<f32> = quiet.iter().map(|x| x * 100.0).collect();
+    assert!(model.voice_state_from_audio(&soft).is_ok(), "−43 dBFS is a voice");
+    assert!(model.voice_state_from_audio(&[]).is_err());
+
+    // 40 s of a tone in a file: 30 s read, the rest reported.
+    let path = std::env::temp_dir().join(format!("pocket-tts-long-voice-{}.wav", std::process::id()));
+    let long: Vec<f32> = (0..24000 * 40).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+    codec::audio::write_wav(&path, &codec::Audio { sample_rate: 24000, samples: long.clone() }, false).unwrap();
+    let voice = model.read_voice(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(voice.samples.len(), 24000 * 30);
+    assert!(voice.truncated);
+    assert_eq!(voice.file_seconds, Some(40.0));
+    assert_eq!(voice.samples[..100], long[..100]);
+}

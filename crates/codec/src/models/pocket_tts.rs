@@ -1,6 +1,9 @@
 //! Pocket TTS (Kyutai, pip `pocket-tts` 4.0.1): text → speech with a Flow-LM over the continuous latents of a Mimi
 //! variant. This file holds the hyper-parameters (all from GGUF metadata), the Mimi variant and the Flow-LM with its
-//! flow head; generation (text chunking, EOS, streaming decode) is the next phase (issue 14).
+//! flow head, and generation (text chunking, EOS, voice prompts, streaming decode). Bad input: a text with nothing to
+//! speak, or none of whose letters the tokenizer knows, and a silent voice are errors
+//! ([`PocketTts::text_chunks`], [`PocketTts::voice_state_from_audio`]); other unknown characters are reported by
+//! [`PocketTts::unknown_characters`]; [`PocketTts::read_voice`] reads only the part of a voice file that is used.
 //!
 //! # The reference, read off pocket-tts 4.0.1 (`models/tts_model.py`, `models/flow_lm.py`, `models/mimi.py`)
 //!
@@ -615,6 +618,21 @@ impl FlowLm {
     }
 }
 
+/// Loudest 20 ms of a voice prompt below which it counts as silent, in dB below full scale: quieter than the noise
+/// floor of any microphone recording, well above the rounding noise of 16-bit silence (−101 dBFS).
+pub const SILENT_VOICE_DBFS: f64 = -60.0;
+
+/// A voice prompt as [`PocketTts::read_voice`] reads it.
+#[derive(Debug, Clone)]
+pub struct VoiceAudio {
+    /// Mono samples at the model rate, at most `voice_max_seconds` of them.
+    pub samples: Vec<f32>,
+    /// The file holds more than that.
+    pub truncated: bool,
+    /// The file's length in seconds when its header records it.
+    pub file_seconds: Option<f64>,
+}
+
 /// One piece of text the model generates in one go (`split_into_best_sentences` then `prepare_text_prompt`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextChunk {
@@ -779,6 +797,26 @@ fn boundary_indices(
     Ok(indices)
 }
 
+/// The id of a tokenizer.json's unknown piece: the model's `unk_id` (Unigram) or `unk_token` (BPE, WordPiece,
+/// WordLevel); `None` when it has none.
+fn unknown_piece(tokenizer_json: &str, tokenizer: &tokenizers::Tokenizer) -> Option<u32> {
+    let json: serde_json::Value = serde_json::from_str(tokenizer_json).ok()?;
+    let model = json.get("model")?;
+    if let Some(id) = model.get("unk_id").and_then(serde_json::Value::as_u64) {
+        return u32::try_from(id).ok();
+    }
+    tokenizer.token_to_id(model.get("unk_token")?.as_str()?)
+}
+
+/// `'a', 'b'` for a message, at most 10 characters, escaped where not printable.
+pub fn quote_characters(chars: &[char]) -> String {
+    let mut list: Vec<String> = chars.iter().take(10).map(|c| format!("{:?}", c)).collect();
+    if chars.len() > 10 {
+        list.push(format!("and {} more", chars.len() - 10));
+    }
+    list.join(", ")
+}
+
 fn encode(tok: &tokenizers::Tokenizer, text: &str) -> crate::Result<Vec<u32>> {
     let enc = tok.encode(text, true).map_err(|e| crate::Error::InvalidArgument(format!("cannot tokenize: {e}")))?;
     Ok(enc.get_ids().to_vec())
@@ -797,6 +835,9 @@ pub struct PocketTts {
     pub tokenizer_json: String,
     /// That tokenizer.
     pub tokenizer: tokenizers::Tokenizer,
+    /// The piece the tokenizer gives for text outside its vocabulary, if it has one (a tokenizer with byte fallback
+    /// has none: it can spell anything).
+    unknown_id: Option<u32>,
     /// Audio ↔ latents.
     pub mimi: PocketMimi,
     /// Text (and a voice) → latents.
@@ -820,7 +861,54 @@ impl PocketTts {
         let tokenizer = tokenizer_json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| candle_core::Error::Msg(format!("invalid embedded tokenizer.json: {e}")))?;
-        Ok(Self { config, tokenizer_json, tokenizer, mimi, flow_lm })
+        let unknown_id = unknown_piece(&tokenizer_json, &tokenizer);
+        Ok(Self { config, tokenizer_json, tokenizer, unknown_id, mimi, flow_lm })
+    }
+
+    /// The characters of `text` (after [`PocketTtsConfig::prepare_text`]) that the tokenizer has no piece for, each
+    /// once, in order of appearance. The model reads them as its unknown piece, as the package does: at best a
+    /// pause, at worst a wrong sound, so callers should tell the user.
+    pub fn unknown_characters(&self, text: &str) -> crate::Result<Vec<char>> {
+        self.unknown_in_prepared(&self.config.prepare_text(text)?.0)
+    }
+
+    /// [`PocketTts::unknown_characters`] of a prepared text.
+    fn unknown_in_prepared(&self, text: &str) -> crate::Result<Vec<char>> {
+        let Some(unknown) = self.unknown_id else { return Ok(vec![]) };
+        let enc = self
+            .tokenizer
+            .encode_char_offsets(text, true)
+            .map_err(|e| crate::Error::InvalidArgument(format!("cannot tokenize: {e}")))?;
+        let chars: Vec<char> = text.chars().collect();
+        let mut found = vec![];
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if id != unknown {
+                continue;
+            }
+            for &c in chars.get(start..end).unwrap_or(&[]) {
+                if !c.is_whitespace() && !found.contains(&c) {
+                    found.push(c);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Checks that the prepared `text` has something to say: a letter or digit, and at least one the tokenizer
+    /// knows. Punctuation alone, or a script the model was not trained on, would make it babble until the length
+    /// limit.
+    fn check_speakable(&self, text: &str) -> crate::Result<()> {
+        if !text.chars().any(char::is_alphanumeric) {
+            return Err(crate::Error::InvalidArgument("the text has nothing to speak (no letters or digits)".into()));
+        }
+        let unknown = self.unknown_in_prepared(text)?;
+        if text.chars().filter(|c| c.is_alphanumeric()).all(|c| unknown.contains(&c)) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "none of the text's letters are in the model's vocabulary ({})",
+                quote_characters(&unknown)
+            )));
+        }
+        Ok(())
     }
 
     /// `text` as the model generates it: split at sentence ends into chunks of at most `max_tokens_per_chunk` pieces
@@ -829,6 +917,7 @@ impl PocketTts {
     pub fn text_chunks(&self, text: &str) -> crate::Result<Vec<TextChunk>> {
         let (tok, max) = (&self.tokenizer, self.config.max_tokens_per_chunk);
         let (text, _) = self.config.prepare_text(text)?;
+        self.check_speakable(&text)?;
         let tokens = encode(tok, text.trim())?;
         // The first piece of each marker string is the word-start marker, not punctuation.
         let sentence_ends: Vec<u32> = encode(tok, ".!...?")?.into_iter().skip(1).collect();
@@ -969,13 +1058,41 @@ impl PocketTts {
         // The package's CLI and server keep the first 30 s of a voice (`truncate=True`): a longer prompt adds
         // nothing but attention cost to every generated frame.
         let max = (self.config.voice_max_seconds * self.config.sample_rate as f64).round() as usize;
-        let cut = self.config.end_on_pause(&samples[..samples.len().min(max)]);
-        if cut.is_empty() {
+        let used = &samples[..samples.len().min(max)];
+        if used.is_empty() {
             return Err(crate::Error::InvalidArgument("the voice prompt has no audio".into()));
         }
+        // A silent prompt is no voice to copy: the model would continue the silence, or babble. The package takes
+        // it anyway; an error tells the user their recording is empty (a muted microphone, a wrong channel).
+        let frame = ((0.02 * self.config.sample_rate as f64) as usize).clamp(1, used.len());
+        let loudest = used
+            .chunks(frame)
+            .map(|f| (f.iter().map(|x| x * x).sum::<f32>() / f.len() as f32).sqrt())
+            .fold(0f32, f32::max);
+        if 20.0 * (loudest as f64).log10() < SILENT_VOICE_DBFS {
+            return Err(crate::Error::InvalidArgument(format!(
+                "the voice is silent (no 20 ms of it is louder than {SILENT_VOICE_DBFS} dBFS)"
+            )));
+        }
+        let cut = self.config.end_on_pause(used);
         let device = self.flow_lm.emb_std.device();
         let pcm = Tensor::from_vec(cut, (1, 1, ()), device).map_err(candle_err)?;
         self.voice_state(&pcm).map_err(candle_err)
+    }
+
+    /// Reads a voice prompt from an audio file (any format, rate and channel count → mono at the model rate), only
+    /// its first `voice_max_seconds`: a 10-minute file costs what 30 s cost. Errors name the file.
+    pub fn read_voice(&self, path: &std::path::Path) -> crate::Result<VoiceAudio> {
+        let rate = self.config.sample_rate as u32;
+        let max = ((self.config.voice_max_seconds * rate as f64).round() as usize).max(1);
+        let mut reader = crate::audio::Reader::open(path, rate)?;
+        let file_seconds = reader.estimated_len().map(|n| n as f64 / rate as f64);
+        reader.set_chunk_len(max)?;
+        let samples = reader.next_chunk()?.unwrap_or_default();
+        // Whether more follows; what is wrong past the part used (a bad packet at minute 9) does not matter here.
+        reader.set_chunk_len(1)?;
+        let truncated = !matches!(reader.next_chunk(), Ok(None));
+        Ok(VoiceAudio { samples, truncated, file_seconds })
     }
 
     /// Speech for `text` (`generate_audio`): [`PocketTts::synthesize_stream`] collected.

@@ -37,7 +37,8 @@ struct PackedLinear {
     /// Wᵀ as the GEMM's right factor (in × out).
     weight_t: GemmWeight,
     bias: Option<Vec<f32>>,
-    /// Wᵀ in q8_0 blocks for `--precision int8`, made on its first int8 product.
+    /// Wᵀ in q8_0 blocks for `--precision int8`: made when built if that is the precision then, else on the
+    /// first int8 product.
     int8: OnceLock<PackedQ8>,
 }
 
@@ -81,7 +82,13 @@ impl Linear {
         arithmetic: Arithmetic,
         out_in: impl FnOnce(Tensor) -> Result<Tensor>,
     ) -> Result<Self> {
-        let packed = PackedLinear::new(&weight, layout, bias.as_ref())?.map(Arc::new);
+        let packed = PackedLinear::new(&weight, layout, bias.as_ref())?;
+        // In int8 mode, quantise (f32 file) or repack (q8_0 file) now, with the loading, not on the first product:
+        // that product is a streaming model's first frame (Pocket TTS's time to first audio).
+        if let Some(p) = packed.as_ref().filter(|_| arithmetic == Arithmetic::Any && precision() == Precision::Int8) {
+            p.int8.get_or_init(|| p.weight_t.quantized());
+        }
+        let packed = packed.map(Arc::new);
         let weight = if packed.is_some() { None } else { Some(out_in(weight.into_tensor()?)?) };
         Ok(Self { weight, bias, packed, arithmetic })
     }
