@@ -760,12 +760,13 @@ fn run(cli: &Cli) -> Result<()> {
                 None => None,
             };
             let temperature = temperature.unwrap_or(tts.config.default_temperature);
+            let how = codec::models::pocket_tts::Speech { temperature, steps: *steps, seed: *seed };
             let start = std::time::Instant::now();
             let mut first_audio = None;
             let samples = if *stream {
                 let mut wav = codec::audio::WavWriter::create(output, rate, *pcm16)?;
                 let mut written = 0usize;
-                tts.synthesize_stream(text, voice.as_ref(), temperature, *steps, *seed, &mut |pcm| {
+                tts.synthesize_stream(text, voice.as_ref(), how, &mut |pcm| {
                     first_audio.get_or_insert_with(|| start.elapsed());
                     written += pcm.len();
                     wav.write(pcm)
@@ -773,7 +774,7 @@ fn run(cli: &Cli) -> Result<()> {
                 wav.finish()?;
                 written
             } else {
-                let samples = tts.synthesize(text, voice.as_ref(), temperature, *steps, *seed)?;
+                let samples = tts.synthesize(text, voice.as_ref(), how)?;
                 let n = samples.len();
                 codec::audio::write_wav(output, &Audio { sample_rate: rate, samples }, *pcm16)?;
                 n

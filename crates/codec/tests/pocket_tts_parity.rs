@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Module, Tensor};
 use codec::gguf::ModelFile;
-use codec::models::pocket_tts::{PocketTts, ARCH, TOKENIZER_JSON};
+use codec::models::pocket_tts::{PocketTts, Sampling, Speech, ARCH, TOKENIZER_JSON};
 
 mod common;
 use common::{convert_to, cosine};
@@ -109,6 +109,11 @@ fn mimi_decode_matches_reference() {
     assert_close("decoded", &audio, "mimi_decoded.npy", 0.99999);
 }
 
+/// Temperature 0 (no noise), one LSD step: the reference generations' settings.
+fn greedy(frames_after_eos: usize) -> Sampling {
+    Sampling { frames_after_eos, temperature: 0.0, steps: 1 }
+}
+
 fn load_tokens(name: &str) -> Vec<u32> {
     let arr = codec::npy::read(&fixtures().join(name)).unwrap();
     arr.to_i64_vec().unwrap().into_iter().map(|t| u32::try_from(t).unwrap()).collect()
@@ -190,7 +195,7 @@ fn generation_at_temperature_zero_matches_reference() {
 
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let latents = model
-        .generate_latents(&load_tokens("gen_tokens.npy"), &Default::default(), frames_after_eos, 0.0, 1, &mut rng)
+        .generate_latents(&load_tokens("gen_tokens.npy"), &Default::default(), greedy(frames_after_eos), &mut rng)
         .unwrap();
     assert_frames_close("no voice", &latents, "gen_latents.npy", 20);
     let hop = model.config.hop();
@@ -203,7 +208,7 @@ fn generation_at_temperature_zero_matches_reference() {
     assert_close("voice conditioning", &conditioning.unwrap(), "voice_conditioning.npy", 0.99999);
     let state = model.voice_state(&pcm).unwrap();
     let voice_tokens = load_tokens("voice_gen_tokens.npy");
-    let latents = model.generate_latents(&voice_tokens, &state, frames_after_eos, 0.0, 1, &mut rng).unwrap();
+    let latents = model.generate_latents(&voice_tokens, &state, greedy(frames_after_eos), &mut rng).unwrap();
     assert_frames_close("voice", &latents, "voice_gen_latents.npy", 20);
     assert_audio_close("voice audio", &model.decode_latents(&latents).unwrap(), "voice_gen_audio.npy", 20, hop);
 }
@@ -253,7 +258,9 @@ fn synthesize_from_text_and_voice_wav_matches_reference() {
     let cos = cosine(&cut, &want);
     assert!(cos >= 0.99999, "end_on_pause: cosine {cos}");
     let state = model.voice_state_from_audio(&voice.samples).unwrap();
-    let audio = model.synthesize("Hello there, how are you today?", Some(&state), 0.0, 1, 0).unwrap();
+    let audio = model
+        .synthesize("Hello there, how are you today?", Some(&state), Speech { temperature: 0.0, steps: 1, seed: 0 })
+        .unwrap();
     let n = audio.len();
     assert_audio_close(
         "voice speech",
@@ -262,16 +269,22 @@ fn synthesize_from_text_and_voice_wav_matches_reference() {
         20,
         1920,
     );
-    let audio = model.synthesize("Hello world. The quick brown fox jumps over the lazy dog.", None, 0.0, 1, 0).unwrap();
+    let audio = model
+        .synthesize(
+            "Hello world. The quick brown fox jumps over the lazy dog.",
+            None,
+            Speech { temperature: 0.0, steps: 1, seed: 0 },
+        )
+        .unwrap();
     let n = audio.len();
     assert_audio_close("speech", &Tensor::from_vec(audio, (1, 1, n), &Device::Cpu).unwrap(), "gen_audio.npy", 20, 1920);
     // Noise: the same seed gives the same speech, another seed other speech.
-    let a = model.synthesize("Hello world.", None, 0.7, 1, 1).unwrap();
-    let b = model.synthesize("Hello world.", None, 0.7, 1, 1).unwrap();
-    let c = model.synthesize("Hello world.", None, 0.7, 1, 2).unwrap();
+    let a = model.synthesize("Hello world.", None, Speech { temperature: 0.7, steps: 1, seed: 1 }).unwrap();
+    let b = model.synthesize("Hello world.", None, Speech { temperature: 0.7, steps: 1, seed: 1 }).unwrap();
+    let c = model.synthesize("Hello world.", None, Speech { temperature: 0.7, steps: 1, seed: 2 }).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
-    assert!(model.synthesize("", None, 0.0, 1, 0).is_err());
+    assert!(model.synthesize("", None, Speech { temperature: 0.0, steps: 1, seed: 0 }).is_err());
 }
 
 /// Bad input through the library: nothing to speak, letters outside the vocabulary, a silent voice, a long voice
@@ -285,7 +298,7 @@ fn bad_input_is_refused_or_reported() {
     assert_eq!(message(model.text_chunks(" \t ")), "the text is empty");
     assert!(message(model.text_chunks("... ?!")).contains("nothing to speak"));
     assert!(message(model.text_chunks("жук")).contains("none of the text's letters are in the model's vocabulary"));
-    assert!(model.synthesize("?", None, 0.0, 1, 0).is_err());
+    assert!(model.synthesize("?", None, Speech { temperature: 0.0, steps: 1, seed: 0 }).is_err());
     // The fixture's vocabulary is ASCII; the reference reads these as `<unk>` (id 0) and so do we.
     assert_eq!(model.unknown_characters("Héllo wörld € and é").unwrap(), vec!['é', 'ö', '€']);
     assert_eq!(model.unknown_characters("Hello world.").unwrap(), Vec::<char>::new());

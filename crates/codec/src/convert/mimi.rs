@@ -137,33 +137,38 @@ fn original_to_hub(name: &str) -> Option<String> {
         return None;
     }
     let renames: &[(&str, &str)] = &[
-        ("encoder.model.", "encoder.layers."),
-        ("decoder.model.", "decoder.layers."),
-        ("encoder_transformer.transformer.", "encoder_transformer."),
-        ("decoder_transformer.transformer.", "decoder_transformer."),
         ("downsample.conv.conv.conv.", "downsample.conv."),
         ("upsample.convtr.convtr.convtr.", "upsample.conv."),
         ("quantizer.rvq_first.", "quantizer.semantic_residual_vector_quantizer."),
         ("quantizer.rvq_rest.", "quantizer.acoustic_residual_vector_quantizer."),
         (".conv.conv.", ".conv."),
         (".convtr.convtr.", ".conv."),
-        (".self_attn.out_proj.", ".self_attn.o_proj."),
-        (".linear1.", ".mlp.fc1."),
-        (".linear2.", ".mlp.fc2."),
-        (".norm1.", ".input_layernorm."),
-        (".norm2.", ".post_attention_layernorm."),
-        (".layer_scale_1.", ".self_attn_layer_scale."),
-        (".layer_scale_2.", ".mlp_layer_scale."),
         (".vq.layers.", ".layers."),
         ("._codebook.embedding_sum", ".codebook.embed_sum"),
         ("._codebook.cluster_usage", ".codebook.cluster_usage"),
     ];
-    let mut out = name.to_string();
-    for (from, to) in renames {
-        out = out.replacen(from, to, 1);
-    }
-    Some(out)
+    Some(super::renamed(name, &[MOSHI_MODULES, renames, MOSHI_TRANSFORMER_LAYERS]))
 }
+
+/// moshi's SEANet and transformer module paths → ours (Pocket TTS's Mimi is built from the same modules).
+pub(crate) const MOSHI_MODULES: &[(&str, &str)] = &[
+    ("encoder.model.", "encoder.layers."),
+    ("decoder.model.", "decoder.layers."),
+    ("encoder_transformer.transformer.", "encoder_transformer."),
+    ("decoder_transformer.transformer.", "decoder_transformer."),
+];
+
+/// moshi's transformer layer names (`norm1`, `linear1`, `layer_scale_1`, `self_attn.out_proj`) → ours (also Pocket
+/// TTS's Mimi and Flow-LM).
+pub(crate) const MOSHI_TRANSFORMER_LAYERS: &[(&str, &str)] = &[
+    (".self_attn.out_proj.", ".self_attn.o_proj."),
+    (".linear1.", ".mlp.fc1."),
+    (".linear2.", ".mlp.fc2."),
+    (".norm1.", ".input_layernorm."),
+    (".norm2.", ".post_attention_layernorm."),
+    (".layer_scale_1.", ".self_attn_layer_scale."),
+    (".layer_scale_2.", ".mlp_layer_scale."),
+];
 
 /// transformers ≥ 5 nests the halves (`encoder.encoder_seanet.layers…`); map back to the flat hub file names.
 fn nested_to_hub(name: &str) -> String {

@@ -98,6 +98,16 @@ type OutTensor = (String, Tensor, bool);
 /// The tensors to write, made by `map` from each of `tensors` in name order (so a source always converts to the
 /// same file). `map` gets the name, the tensor, and the error to return for a failed tensor op on it (it names the
 /// tensor); it may give none, one or several tensors for one.
+/// `name` with, for each rename list in turn, the first occurrence of each `from` replaced by its `to`: how a
+/// checkpoint's module paths become the names our layers read.
+fn renamed(name: &str, lists: &[&[(&str, &str)]]) -> String {
+    let mut out = name.to_string();
+    for (from, to) in lists.iter().flat_map(|list| list.iter()) {
+        out = out.replacen(from, to, 1);
+    }
+    out
+}
+
 fn map_in_name_order(
     src: &Path,
     tensors: &HashMap<String, Tensor>,

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde_json::Value as Json;
 
+use super::mimi::{MOSHI_MODULES, MOSHI_TRANSFORMER_LAYERS};
 use super::Job;
 use crate::models::pocket_tts::{PocketTts, PocketTtsConfig, ARCH, TOKENIZER_JSON};
 use crate::{Error, Result};
@@ -231,38 +232,16 @@ pub fn find_tokenizer(src: &Path, config: &Path) -> Result<PathBuf> {
 /// Maps one `mimi.*` name (after the `mimi.` prefix) to the Mimi hub name `nn::seanet` / `nn::transformer` read.
 fn mimi_to_hub(name: &str) -> String {
     let renames: &[(&str, &str)] = &[
-        ("encoder.model.", "encoder.layers."),
-        ("decoder.model.", "decoder.layers."),
-        ("encoder_transformer.transformer.", "encoder_transformer."),
-        ("decoder_transformer.transformer.", "decoder_transformer."),
         ("downsample.conv.conv.", "downsample.conv."),
         ("upsample.convtr.convtr.", "upsample.conv."),
         (".convtr.", ".conv."),
     ];
-    let mut out = name.to_string();
-    for (from, to) in renames {
-        out = out.replacen(from, to, 1);
-    }
-    transformer_to_hub(&out)
+    super::renamed(name, &[MOSHI_MODULES, renames, MOSHI_TRANSFORMER_LAYERS])
 }
 
-/// The per-layer transformer names of pocket-tts (`norm1`, `linear1`, `layer_scale_1`, `self_attn.out_proj`) → the
-/// hub names.
+/// The per-layer transformer names of pocket-tts → the hub names.
 fn transformer_to_hub(name: &str) -> String {
-    let renames: &[(&str, &str)] = &[
-        (".self_attn.out_proj.", ".self_attn.o_proj."),
-        (".linear1.", ".mlp.fc1."),
-        (".linear2.", ".mlp.fc2."),
-        (".norm1.", ".input_layernorm."),
-        (".norm2.", ".post_attention_layernorm."),
-        (".layer_scale_1.", ".self_attn_layer_scale."),
-        (".layer_scale_2.", ".mlp_layer_scale."),
-    ];
-    let mut out = name.to_string();
-    for (from, to) in renames {
-        out = out.replacen(from, to, 1);
-    }
-    out
+    super::renamed(name, &[MOSHI_TRANSFORMER_LAYERS])
 }
 
 /// Converts a loaded `TTSModel` state dict with its config and tokenizer.json into a GGUF.

@@ -266,35 +266,39 @@ impl PocketTtsConfig {
     }
 
     fn mimi_transformer(&self) -> TransformerConfig {
-        TransformerConfig {
-            d_model: self.mimi_dimension,
-            num_heads: self.mimi_num_heads,
-            head_dim: self.mimi_dimension / self.mimi_num_heads,
-            num_layers: self.mimi_num_layers,
-            ffn_dim: self.mimi_dim_feedforward,
-            context: self.mimi_context,
-            rope_theta: self.mimi_max_period,
-            norm_eps: self.norm_eps,
-            activation: MlpActivation::GeluTanh,
-            layer_scale: self.mimi_layer_scale,
-        }
+        let shape = (self.mimi_dimension, self.mimi_num_heads, self.mimi_num_layers, self.mimi_dim_feedforward);
+        self.transformer(shape, self.mimi_context, self.mimi_max_period, self.mimi_layer_scale)
     }
 }
 
 impl PocketTtsConfig {
     fn flow_lm_transformer(&self) -> TransformerConfig {
+        let shape =
+            (self.flow_lm_d_model, self.flow_lm_num_heads, self.flow_lm_num_layers, self.flow_lm_dim_feedforward);
+        // No sliding window: every step sees the whole prompt and generation so far.
+        self.transformer(shape, usize::MAX, self.flow_lm_max_period, false)
+    }
+
+    /// One of the package's transformers (GELU tanh, the shared LayerNorm epsilon): `shape` is (width, heads,
+    /// layers, MLP width).
+    fn transformer(
+        &self,
+        (d_model, num_heads, num_layers, ffn_dim): (usize, usize, usize, usize),
+        context: usize,
+        rope_theta: f64,
+        layer_scale: bool,
+    ) -> TransformerConfig {
         TransformerConfig {
-            d_model: self.flow_lm_d_model,
-            num_heads: self.flow_lm_num_heads,
-            head_dim: self.flow_lm_d_model / self.flow_lm_num_heads,
-            num_layers: self.flow_lm_num_layers,
-            ffn_dim: self.flow_lm_dim_feedforward,
-            // No sliding window: every step sees the whole prompt and generation so far.
-            context: usize::MAX,
-            rope_theta: self.flow_lm_max_period,
+            d_model,
+            num_heads,
+            head_dim: d_model / num_heads,
+            num_layers,
+            ffn_dim,
+            context,
+            rope_theta,
             norm_eps: self.norm_eps,
             activation: MlpActivation::GeluTanh,
-            layer_scale: false,
+            layer_scale,
         }
     }
 }
@@ -428,17 +432,20 @@ impl TimestepEmbedder {
 /// `x + gate · mlp(modulate(LN(x), shift, scale))`, `(shift, scale, gate)` from the conditioning.
 #[derive(Debug, Clone)]
 struct ResBlock {
+    /// Normalises the input before `modulate` shifts and scales it.
     in_ln: LayerNorm,
+    /// The MLP, `fc2(silu(fc1(·)))`.
     fc1: Linear,
     fc2: Linear,
+    /// The conditioning (after SiLU) → shift, scale and gate, `flow_dim` each.
     modulation: Linear,
 }
 
 impl ResBlock {
-    fn new(cfg: &PocketTtsConfig, vb: Weights) -> Result<Self> {
-        let dim = cfg.flow_dim;
+    /// A block `dim` wide whose LayerNorm has epsilon `eps`.
+    fn new(dim: usize, eps: f64, vb: Weights) -> Result<Self> {
         Ok(Self {
-            in_ln: LayerNorm::new(dim, cfg.flow_norm_eps, vb.pp("in_ln"))?,
+            in_ln: LayerNorm::new(dim, eps, vb.pp("in_ln"))?,
             fc1: linear(dim, dim, true, vb.pp("mlp.0"))?,
             fc2: linear(dim, dim, true, vb.pp("mlp.2"))?,
             modulation: linear(dim, 3 * dim, true, vb.pp("adaLN_modulation.1"))?,
@@ -479,7 +486,7 @@ impl FlowNet {
             cond_embed: linear(d, dim, true, vb.pp("cond_embed"))?,
             input_proj: linear(ldim, dim, true, vb.pp("input_proj"))?,
             res_blocks: (0..cfg.flow_depth)
-                .map(|i| ResBlock::new(cfg, vb.pp(format!("res_blocks.{i}"))))
+                .map(|i| ResBlock::new(cfg.flow_dim, cfg.flow_norm_eps, vb.pp(format!("res_blocks.{i}"))))
                 .collect::<Result<_>>()?,
             // `FinalLayer.norm_final` has no affine parameters.
             final_norm_weight: Tensor::ones(dim, DType::F32, &device)?,
@@ -844,6 +851,29 @@ pub struct PocketTts {
     pub flow_lm: FlowLm,
 }
 
+/// How [`PocketTts::synthesize`] samples: `temperature` sets the noise's variance (0: none), `steps` the LSD steps
+/// per frame, `seed` the noise (the same seed gives the same speech; not the package's torch random stream).
+#[derive(Debug, Clone, Copy)]
+pub struct Speech {
+    /// The noise's variance (0: deterministic).
+    pub temperature: f64,
+    /// LSD steps per frame.
+    pub steps: usize,
+    /// Seed of the noise.
+    pub seed: u64,
+}
+
+/// How a chunk's latents are sampled ([`PocketTts::generate_latents`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// Steps generated after the first EOS before generation stops.
+    pub frames_after_eos: usize,
+    /// The noise's variance (0: deterministic).
+    pub temperature: f64,
+    /// LSD steps per latent.
+    pub steps: usize,
+}
+
 impl PocketTts {
     /// Builds the model a Pocket TTS GGUF file describes, weights on `device`.
     pub fn load(file: &ModelFile, device: &candle_core::Device) -> crate::Result<Self> {
@@ -993,13 +1023,11 @@ impl PocketTts {
         &self,
         tokens: &[u32],
         state: &FlowLmState,
-        frames_after_eos: usize,
-        temperature: f64,
-        steps: usize,
+        sampling: Sampling,
         rng: &mut rand::rngs::StdRng,
     ) -> Result<Tensor> {
         let mut latents = vec![];
-        self.generate_latents_with(tokens, state, frames_after_eos, temperature, steps, rng, &mut |l| {
+        self.generate_latents_with(tokens, state, sampling, rng, &mut |l| {
             latents.push(l.clone());
             Ok(())
         })?;
@@ -1010,17 +1038,15 @@ impl PocketTts {
     }
 
     /// [`PocketTts::generate_latents`], handing each latent (1, latent_dim) to `on_latent` as soon as it is sampled.
-    #[allow(clippy::too_many_arguments)]
     pub fn generate_latents_with(
         &self,
         tokens: &[u32],
         state: &FlowLmState,
-        frames_after_eos: usize,
-        temperature: f64,
-        steps: usize,
+        sampling: Sampling,
         rng: &mut rand::rngs::StdRng,
         on_latent: &mut dyn FnMut(&Tensor) -> Result<()>,
     ) -> Result<()> {
+        let Sampling { frames_after_eos, temperature, steps } = sampling;
         let (lm, c) = (&self.flow_lm, &self.config);
         let mut state = state.clone();
         lm.prompt(&lm.text_embeddings(tokens)?, &mut state)?;
@@ -1096,16 +1122,9 @@ impl PocketTts {
     }
 
     /// Speech for `text` (`generate_audio`): [`PocketTts::synthesize_stream`] collected.
-    pub fn synthesize(
-        &self,
-        text: &str,
-        voice: Option<&FlowLmState>,
-        temperature: f64,
-        steps: usize,
-        seed: u64,
-    ) -> crate::Result<Vec<f32>> {
+    pub fn synthesize(&self, text: &str, voice: Option<&FlowLmState>, how: Speech) -> crate::Result<Vec<f32>> {
         let mut audio = vec![];
-        self.synthesize_stream(text, voice, temperature, steps, seed, &mut |pcm| {
+        self.synthesize_stream(text, voice, how, &mut |pcm| {
             audio.extend_from_slice(pcm);
             Ok(())
         })?;
@@ -1115,17 +1134,15 @@ impl PocketTts {
     /// Speech for `text` as it is made (`generate_audio_stream`), one frame's audio (`hop` samples) at a time to
     /// `on_audio`: each chunk of [`PocketTts::text_chunks`] generated from a copy of `voice` (a fresh state without
     /// one), each latent decoded as soon as it is sampled (Mimi's streaming state kept through the chunk, a fresh one
-    /// and a fade-in per chunk). `temperature` sets the noise's variance (0: none), `steps` the LSD steps per frame,
-    /// `seed` the noise (the same seed gives the same speech; not the package's torch random stream).
+    /// and a fade-in per chunk), sampled as `how` says.
     pub fn synthesize_stream(
         &self,
         text: &str,
         voice: Option<&FlowLmState>,
-        temperature: f64,
-        steps: usize,
-        seed: u64,
+        how: Speech,
         on_audio: &mut dyn FnMut(&[f32]) -> crate::Result<()>,
     ) -> crate::Result<()> {
+        let Speech { temperature, steps, seed } = how;
         if !(temperature.is_finite() && temperature >= 0.0) || steps == 0 {
             return Err(crate::Error::InvalidArgument(format!(
                 "temperature must be at least 0 (got {temperature}) and steps at least 1 (got {steps})"
@@ -1140,28 +1157,21 @@ impl PocketTts {
             // The callback's own errors (a full disk) come back through candle's error type; keep the first one.
             let mut failure: Option<crate::Error> = None;
             let state = voice.unwrap_or(&fresh);
-            let run = self.generate_latents_with(
-                &chunk.tokens,
-                state,
-                chunk.frames_after_eos,
-                temperature,
-                steps,
-                &mut rng,
-                &mut |latent| {
-                    let z = latent.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?.unsqueeze(2)?;
-                    let mut pcm = self.mimi.decode_step(&z, &mut mimi)?.flatten_all()?.to_vec1::<f32>()?;
-                    let n = self.config.fade_in_samples;
-                    for (i, x) in pcm.iter_mut().take(fade_left).enumerate() {
-                        let k = n - fade_left + i;
-                        *x *= if n == 1 { 0.0 } else { k as f32 / (n - 1) as f32 };
-                    }
-                    fade_left = fade_left.saturating_sub(pcm.len());
-                    on_audio(&pcm).map_err(|e| {
-                        failure = Some(e);
-                        candle_core::Error::Msg("stopped".into())
-                    })
-                },
-            );
+            let sampling = Sampling { frames_after_eos: chunk.frames_after_eos, temperature, steps };
+            let run = self.generate_latents_with(&chunk.tokens, state, sampling, &mut rng, &mut |latent| {
+                let z = latent.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?.unsqueeze(2)?;
+                let mut pcm = self.mimi.decode_step(&z, &mut mimi)?.flatten_all()?.to_vec1::<f32>()?;
+                let n = self.config.fade_in_samples;
+                for (i, x) in pcm.iter_mut().take(fade_left).enumerate() {
+                    let k = n - fade_left + i;
+                    *x *= if n == 1 { 0.0 } else { k as f32 / (n - 1) as f32 };
+                }
+                fade_left = fade_left.saturating_sub(pcm.len());
+                on_audio(&pcm).map_err(|e| {
+                    failure = Some(e);
+                    candle_core::Error::Msg("stopped".into())
+                })
+            });
             if let Some(e) = failure {
                 return Err(e);
             }
