@@ -566,7 +566,13 @@ impl FlowLm {
             bos_emb: vb.get(ldim, "bos_emb")?,
             bos_before_voice: cfg.flow_lm_insert_bos_before_voice.then(|| vb.get(d, "bos_before_voice")).transpose()?,
             speaker_proj: Linear::new(vb.matrix((d, ldim), "speaker_proj_weight")?, None)?,
-            transformer: Transformer::new(&cfg.flow_lm_transformer(), vb.pp("transformer"))?,
+            transformer: {
+                // One run per generated frame: its weights packed (in the precision's form) with the loading, not
+                // over the first frames.
+                let transformer = Transformer::new(&cfg.flow_lm_transformer(), vb.pp("transformer"))?;
+                transformer.prepare();
+                transformer
+            },
             out_norm: LayerNorm::new(d, cfg.norm_eps, vb.pp("out_norm"))?,
             out_eos: linear(d, 1, true, vb.pp("out_eos"))?,
             flow: FlowNet::new(cfg, vb.pp("flow_net"))?,

@@ -94,6 +94,20 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Makes the weights ready for many products now, in the form the precision set now multiplies them in (packed
+    /// f32, bf16 pairs, or q8_0 blocks), rather than over the layer's first runs: for layers run once per generated
+    /// step (an autoregressive model), where that work would land in the first steps.
+    pub fn prepare(&self) {
+        let Some(p) = &self.packed else { return };
+        match (self.arithmetic, precision()) {
+            (Arithmetic::Any, Precision::Int8) => drop(p.int8.get_or_init(|| p.weight_t.quantized())),
+            (Arithmetic::Exact, _) | (_, Precision::F32) => p.weight_t.prepare(false),
+            _ => p.weight_t.prepare(true),
+        }
+    }
+}
+
 /// The two dims of a matrix weight.
 fn matrix_dims(m: &Matrix) -> Result<(usize, usize)> {
     match m {

@@ -360,6 +360,18 @@ impl Transformer {
         Ok(Self { layers, cfg: cfg.clone() })
     }
 
+    /// Makes every layer's weights ready for many steps now ([`Linear::prepare`]): for a transformer run once per
+    /// generated step.
+    pub fn prepare(&self) {
+        let linears: Vec<&Linear> = (self.layers.iter())
+            .flat_map(|l| {
+                [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj, &l.fc1, &l.fc2]
+            })
+            .collect();
+        // Each layer packs on its own: the threads share the work.
+        linears.par_iter().for_each(|linear| linear.prepare());
+    }
+
     /// (B, C, T) → (B, C, T), the whole input at once.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.step(x, &mut TransformerState::default())

@@ -308,6 +308,17 @@ impl GemmWeight {
         }
     }
 
+    /// Packs the weight now (and converts it to bf16 pairs with `bf16`) instead of over its first products: for
+    /// layers that run once per generated step, whose first runs would read it in place and pack it mid-generation.
+    pub fn prepare(&self, bf16: bool) {
+        if let Self::InPlace { runs, .. } = self {
+            runs.fetch_max(IN_PLACE_RUNS, Ordering::Relaxed);
+        }
+        if let (Operand::Packed(packed), true) = (self.operand(), bf16) {
+            packed.prepare_pairs();
+        }
+    }
+
     /// The operand for one product.
     pub fn operand(&self) -> Operand<'_> {
         match self {

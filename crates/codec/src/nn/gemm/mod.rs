@@ -191,14 +191,10 @@ impl Packed {
         Self { data, pairs: OnceLock::new(), len, depth, panel }
     }
 
-    /// The packed bf16-pair block for `range` × depth block `ks` (every depth block converted on first use).
-    fn pairs_block(&self, range: Range<usize>, ks: Range<usize>) -> Option<&[u32]> {
+    /// Every depth block as bf16 pairs, converted on first use.
+    fn pairs(&self) -> &[u32] {
         let stride = self.len.div_ceil(self.panel) * self.panel;
-        let ok = range.start.is_multiple_of(self.panel) && range.end <= self.len && ks.end <= self.depth;
-        if !ok {
-            return None;
-        }
-        let pairs = self.pairs.get_or_init(|| {
+        self.pairs.get_or_init(|| {
             let mut out = vec![0u32; stride * self.depth.div_ceil(KC) * KC / 2];
             for pc in (0..self.depth).step_by(KC) {
                 let kc = KC.min(self.depth - pc);
@@ -206,7 +202,24 @@ impl Packed {
                 to_bf16_pairs(&self.data[stride * pc..stride * (pc + kc)], self.panel, kc, dst);
             }
             out
-        });
+        })
+    }
+
+    /// Converts to bf16 pairs now rather than on the first bf16 product (where the CPU has the bf16 kernel).
+    pub(crate) fn prepare_pairs(&self) {
+        if bf16_supported() {
+            self.pairs();
+        }
+    }
+
+    /// The packed bf16-pair block for `range` × depth block `ks` (every depth block converted on first use).
+    fn pairs_block(&self, range: Range<usize>, ks: Range<usize>) -> Option<&[u32]> {
+        let stride = self.len.div_ceil(self.panel) * self.panel;
+        let ok = range.start.is_multiple_of(self.panel) && range.end <= self.len && ks.end <= self.depth;
+        if !ok {
+            return None;
+        }
+        let pairs = self.pairs();
         // Depth blocks before `ks` are whole KC blocks (even), so this one starts at stride · ks.start / 2.
         let depth = ks.len().div_ceil(2);
         let start = stride * ks.start / 2 + range.start * depth;
