@@ -382,12 +382,6 @@ fn candle_err(source: candle_core::Error) -> crate::Error {
     crate::Error::Tensor { context: "pocket-tts".into(), source }
 }
 
-/// A linear layer `{name}.weight` (out, in) with `{name}.bias` when `bias`.
-fn linear(c_in: usize, c_out: usize, bias: bool, vb: Weights) -> Result<Linear> {
-    let b = if bias { Some(vb.get(c_out, "bias")?) } else { None };
-    Linear::new(vb.matrix((c_out, c_in), "weight")?, b)
-}
-
 /// `x · (1 + scale) + shift` (DiT's AdaLN modulation).
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
@@ -409,8 +403,8 @@ impl TimestepEmbedder {
         let (dim, freq) = (cfg.flow_dim, cfg.flow_frequency_embedding_size);
         Ok(Self {
             freqs: vb.get(freq / 2, "freqs")?.reshape((1, freq / 2))?,
-            fc1: linear(freq, dim, true, vb.pp("mlp.0"))?,
-            fc2: linear(dim, dim, true, vb.pp("mlp.2"))?,
+            fc1: Linear::load(freq, dim, true, vb.pp("mlp.0"))?,
+            fc2: Linear::load(dim, dim, true, vb.pp("mlp.2"))?,
             alpha: vb.get(dim, "mlp.3.alpha")?,
             rms_eps: cfg.flow_rms_norm_eps,
         })
@@ -446,9 +440,9 @@ impl ResBlock {
     fn new(dim: usize, eps: f64, vb: Weights) -> Result<Self> {
         Ok(Self {
             in_ln: LayerNorm::new(dim, eps, vb.pp("in_ln"))?,
-            fc1: linear(dim, dim, true, vb.pp("mlp.0"))?,
-            fc2: linear(dim, dim, true, vb.pp("mlp.2"))?,
-            modulation: linear(dim, 3 * dim, true, vb.pp("adaLN_modulation.1"))?,
+            fc1: Linear::load(dim, dim, true, vb.pp("mlp.0"))?,
+            fc2: Linear::load(dim, dim, true, vb.pp("mlp.2"))?,
+            modulation: Linear::load(dim, 3 * dim, true, vb.pp("adaLN_modulation.1"))?,
         })
     }
 
@@ -483,25 +477,47 @@ impl FlowNet {
                 TimestepEmbedder::new(cfg, vb.pp("time_embed.0"))?,
                 TimestepEmbedder::new(cfg, vb.pp("time_embed.1"))?,
             ],
-            cond_embed: linear(d, dim, true, vb.pp("cond_embed"))?,
-            input_proj: linear(ldim, dim, true, vb.pp("input_proj"))?,
+            cond_embed: Linear::load(d, dim, true, vb.pp("cond_embed"))?,
+            input_proj: Linear::load(ldim, dim, true, vb.pp("input_proj"))?,
             res_blocks: (0..cfg.flow_depth)
                 .map(|i| ResBlock::new(cfg.flow_dim, cfg.flow_norm_eps, vb.pp(format!("res_blocks.{i}"))))
                 .collect::<Result<_>>()?,
             // `FinalLayer.norm_final` has no affine parameters.
             final_norm_weight: Tensor::ones(dim, DType::F32, &device)?,
             final_norm_bias: Tensor::zeros(dim, DType::F32, &device)?,
-            final_modulation: linear(dim, 2 * dim, true, vb.pp("final_layer.adaLN_modulation.1"))?,
-            final_linear: linear(dim, ldim, true, vb.pp("final_layer.linear"))?,
+            final_modulation: Linear::load(dim, 2 * dim, true, vb.pp("final_layer.adaLN_modulation.1"))?,
+            final_linear: Linear::load(dim, ldim, true, vb.pp("final_layer.linear"))?,
             norm_eps: cfg.flow_norm_eps,
         })
     }
 
     /// The flow at `x` (B, latent_dim) from time `s` to time `t` (each (B, 1)), conditioned on `c` (B, d_model).
     pub fn forward(&self, c: &Tensor, s: &Tensor, t: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.flow(c, &self.time_condition(s, t)?, x)
+    }
+
+    /// The time part of the conditioning for a jump from `s` to `t` (each (B, 1)) → (B, flow_dim).
+    fn time_condition(&self, s: &Tensor, t: &Tensor) -> Result<Tensor> {
+        (self.time_embed[0].forward(s)? + self.time_embed[1].forward(t)?)? / 2.0
+    }
+
+    /// The time conditions of [`FlowNet::lsd_decode`]'s `steps` jumps, (1, flow_dim) each: the same for every
+    /// frame, so a generation makes them once.
+    pub fn lsd_times(&self, steps: usize, device: &candle_core::Device) -> Result<Vec<Tensor>> {
+        (0..steps)
+            .map(|i| {
+                // Times as the package makes them: a Python float (f64) rounded to f32.
+                let s = Tensor::full((i as f64 / steps as f64) as f32, (1, 1), device)?;
+                let t = Tensor::full(((i + 1) as f64 / steps as f64) as f32, (1, 1), device)?;
+                self.time_condition(&s, &t)
+            })
+            .collect()
+    }
+
+    /// [`FlowNet::forward`] with the time condition made ([`FlowNet::time_condition`]).
+    fn flow(&self, c: &Tensor, times: &Tensor, x: &Tensor) -> Result<Tensor> {
         let x = self.input_proj.forward(x)?;
-        let times = (self.time_embed[0].forward(s)? + self.time_embed[1].forward(t)?)?;
-        let y = (self.cond_embed.forward(c)? + (times / 2.0)?)?;
+        let y = self.cond_embed.forward(c)?.broadcast_add(times)?;
         let mut x = x;
         for block in &self.res_blocks {
             x = block.forward(&x, &y)?;
@@ -514,14 +530,15 @@ impl FlowNet {
     /// Lagrangian self-distillation sampling (`lsd_decode`): `steps` Euler-like jumps from `noise` (B, latent_dim),
     /// jump i from time i/steps to (i+1)/steps.
     pub fn lsd_decode(&self, c: &Tensor, noise: &Tensor, steps: usize) -> Result<Tensor> {
-        let b = noise.dim(0)?;
+        self.lsd_decode_with(c, noise, &self.lsd_times(steps, noise.device())?)
+    }
+
+    /// [`FlowNet::lsd_decode`] with its jumps' time conditions made ([`FlowNet::lsd_times`]).
+    pub fn lsd_decode_with(&self, c: &Tensor, noise: &Tensor, times: &[Tensor]) -> Result<Tensor> {
         let mut x = noise.clone();
-        for i in 0..steps {
-            // Times as the package makes them: a Python float (f64) rounded to f32.
-            let s = Tensor::full((i as f64 / steps as f64) as f32, (b, 1), noise.device())?;
-            let t = Tensor::full(((i + 1) as f64 / steps as f64) as f32, (b, 1), noise.device())?;
-            let flow = self.forward(c, &s, &t, &x)?;
-            x = (x + (flow / steps as f64)?)?;
+        for time in times {
+            let flow = self.flow(c, time, &x)?;
+            x = (x + (flow / times.len() as f64)?)?;
         }
         Ok(x)
     }
@@ -562,7 +579,7 @@ impl FlowLm {
         let (d, ldim) = (cfg.flow_lm_d_model, cfg.latent_dim);
         Ok(Self {
             embed: vb.get((cfg.flow_lm_n_bins + 1, d), "conditioner.embed.weight")?,
-            input_linear: linear(ldim, d, false, vb.pp("input_linear"))?,
+            input_linear: Linear::load(ldim, d, false, vb.pp("input_linear"))?,
             bos_emb: vb.get(ldim, "bos_emb")?,
             bos_before_voice: cfg.flow_lm_insert_bos_before_voice.then(|| vb.get(d, "bos_before_voice")).transpose()?,
             speaker_proj: Linear::new(vb.matrix((d, ldim), "speaker_proj_weight")?, None)?,
@@ -574,7 +591,7 @@ impl FlowLm {
                 transformer
             },
             out_norm: LayerNorm::new(d, cfg.norm_eps, vb.pp("out_norm"))?,
-            out_eos: linear(d, 1, true, vb.pp("out_eos"))?,
+            out_eos: Linear::load(d, 1, true, vb.pp("out_eos"))?,
             flow: FlowNet::new(cfg, vb.pp("flow_net"))?,
             emb_std: vb.get(ldim, "emb_std")?,
             emb_mean: vb.get(ldim, "emb_mean")?,
@@ -601,17 +618,19 @@ impl FlowLm {
     /// Runs `inputs` (1, S, d_model) through the transformer after what `state` holds; returns the normed output of
     /// the last position (1, d_model).
     fn backbone(&self, inputs: &Tensor, state: &mut FlowLmState) -> Result<Tensor> {
-        let x = inputs.transpose(1, 2)?.contiguous()?;
-        let y = self.transformer.step(&x, &mut state.transformer)?;
+        let y = self.transformer_step(inputs, state)?;
         let last = y.narrow(2, y.dim(2)? - 1, 1)?.squeeze(2)?;
         self.out_norm.forward(&last)
     }
 
     /// Feeds a prompt (text embeddings or a voice prompt, (1, S, d_model)) into `state`; its output is not used.
     pub fn prompt(&self, inputs: &Tensor, state: &mut FlowLmState) -> Result<()> {
-        let x = inputs.transpose(1, 2)?.contiguous()?;
-        self.transformer.step(&x, &mut state.transformer)?;
-        Ok(())
+        self.transformer_step(inputs, state).map(drop)
+    }
+
+    /// `inputs` (1, S, d_model) through the transformer after what `state` holds → (1, d_model, S).
+    fn transformer_step(&self, inputs: &Tensor, state: &mut FlowLmState) -> Result<Tensor> {
+        self.transformer.step(&inputs.transpose(1, 2)?.contiguous()?, &mut state.transformer)
     }
 
     /// One generation step: the previous latent (1, latent_dim), or `None` for the first (BOS) → the backbone's
@@ -844,8 +863,6 @@ fn decode(tok: &tokenizers::Tokenizer, ids: &[u32]) -> crate::Result<String> {
 pub struct PocketTts {
     /// Hyper-parameters.
     pub config: PocketTtsConfig,
-    /// The tokenizer.json the file embeds.
-    pub tokenizer_json: String,
     /// That tokenizer.
     pub tokenizer: tokenizers::Tokenizer,
     /// The piece the tokenizer gives for text outside its vocabulary, if it has one (a tokenizer with byte fallback
@@ -898,7 +915,7 @@ impl PocketTts {
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| candle_core::Error::Msg(format!("invalid embedded tokenizer.json: {e}")))?;
         let unknown_id = unknown_piece(&tokenizer_json, &tokenizer);
-        Ok(Self { config, tokenizer_json, tokenizer, unknown_id, mimi, flow_lm })
+        Ok(Self { config, tokenizer, unknown_id, mimi, flow_lm })
     }
 
     /// The characters of `text` (after [`PocketTtsConfig::prepare_text`]) that the tokenizer has no piece for, each
@@ -1057,6 +1074,9 @@ impl PocketTts {
         let mut state = state.clone();
         lm.prompt(&lm.text_embeddings(tokens)?, &mut state)?;
         let device = lm.emb_std.device();
+        let times = lm.flow.lsd_times(steps, device)?;
+        let normal = rand_distr::Normal::new(0f32, temperature.sqrt() as f32)
+            .map_err(|e| candle_core::Error::Msg(format!("temperature {temperature}: {e}")))?;
         let mut previous: Option<Tensor> = None;
         let mut eos_step = None;
         for step in 0..self.max_frames(tokens.len()) {
@@ -1069,15 +1089,13 @@ impl PocketTts {
                 break;
             }
             let noise = if temperature > 0.0 {
-                let normal = rand_distr::Normal::new(0f32, temperature.sqrt() as f32)
-                    .map_err(|e| candle_core::Error::Msg(format!("temperature {temperature}: {e}")))?;
                 let values: Vec<f32> =
                     (0..c.latent_dim).map(|_| rand_distr::Distribution::sample(&normal, rng)).collect();
                 Tensor::from_vec(values, (1, c.latent_dim), device)?
             } else {
                 Tensor::zeros((1, c.latent_dim), DType::F32, device)?
             };
-            let latent = lm.flow.lsd_decode(&hidden, &noise, steps)?;
+            let latent = lm.flow.lsd_decode_with(&hidden, &noise, &times)?;
             on_latent(&latent)?;
             previous = Some(latent);
         }
@@ -1159,7 +1177,8 @@ impl PocketTts {
         let lm = &self.flow_lm;
         for chunk in self.text_chunks(text)? {
             let mut mimi = MimiDecodeState::default();
-            let mut fade_left = self.config.fade_in_samples;
+            // Samples of the chunk's audio made so far (the fade-in covers its first ones).
+            let mut done = 0usize;
             // The callback's own errors (a full disk) come back through candle's error type; keep the first one.
             let mut failure: Option<crate::Error> = None;
             let state = voice.unwrap_or(&fresh);
@@ -1167,12 +1186,8 @@ impl PocketTts {
             let run = self.generate_latents_with(&chunk.tokens, state, sampling, &mut rng, &mut |latent| {
                 let z = latent.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?.unsqueeze(2)?;
                 let mut pcm = self.mimi.decode_step(&z, &mut mimi)?.flatten_all()?.to_vec1::<f32>()?;
-                let n = self.config.fade_in_samples;
-                for (i, x) in pcm.iter_mut().take(fade_left).enumerate() {
-                    let k = n - fade_left + i;
-                    *x *= if n == 1 { 0.0 } else { k as f32 / (n - 1) as f32 };
-                }
-                fade_left = fade_left.saturating_sub(pcm.len());
+                fade_in(&mut pcm, done, self.config.fade_in_samples);
+                done += pcm.len();
                 on_audio(&pcm).map_err(|e| {
                     failure = Some(e);
                     candle_core::Error::Msg("stopped".into())
@@ -1195,13 +1210,17 @@ impl PocketTts {
         }
         let z = latents.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?;
         let audio = self.mimi.decode(&z.transpose(1, 2)?.contiguous()?)?;
-        let n = self.config.fade_in_samples.min(audio.dim(2)?);
-        if n == 0 {
-            return Ok(audio);
-        }
-        let ramp: Vec<f32> = (0..n).map(|i| if n == 1 { 0.0 } else { i as f32 / (n - 1) as f32 }).collect();
-        let ramp = Tensor::from_vec(ramp, (1, 1, n), audio.device())?;
-        let head = audio.narrow(2, 0, n)?.broadcast_mul(&ramp)?;
-        Tensor::cat(&[&head, &audio.narrow(2, n, audio.dim(2)? - n)?], 2)
+        let mut pcm = audio.flatten_all()?.to_vec1::<f32>()?;
+        fade_in(&mut pcm, 0, self.config.fade_in_samples);
+        Tensor::from_vec(pcm, audio.shape(), audio.device())
+    }
+}
+
+/// The fade-in of a chunk's first `n` samples (`linspace(0, 1, n)`) on `pcm`, the chunk's samples from position
+/// `done` on (a stream fades its first frames as they come).
+fn fade_in(pcm: &mut [f32], done: usize, n: usize) {
+    for (i, x) in pcm.iter_mut().take(n.saturating_sub(done)).enumerate() {
+        let k = done + i;
+        *x *= if n == 1 { 0.0 } else { k as f32 / (n - 1) as f32 };
     }
 }

@@ -57,6 +57,12 @@ impl Linear {
         Self::weight_out_in(weight.into(), bias, Arithmetic::Any)
     }
 
+    /// `nn.Linear(c_in, c_out, bias)` from `vb`: `weight` (out, in) and, with `bias`, `bias` (out).
+    pub fn load(c_in: usize, c_out: usize, bias: bool, vb: super::Weights) -> Result<Self> {
+        let bias = if bias { Some(vb.get(c_out, "bias")?) } else { None };
+        Self::new(vb.matrix((c_out, c_in), "weight")?, bias)
+    }
+
     /// A layer that computes in f32 whatever the precision (codebook distances).
     pub fn exact(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Result<Self> {
         Self::weight_out_in(weight.into(), bias, Arithmetic::Exact)

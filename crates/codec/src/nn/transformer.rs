@@ -49,10 +49,6 @@ pub enum MlpActivation {
     GeluTanh,
 }
 
-fn linear(c_in: usize, c_out: usize, vb: Weights) -> Result<Linear> {
-    Linear::new(vb.matrix((c_out, c_in), "weight")?, None)
-}
-
 /// Rotation tables for positions `start..start + len`: (len, head_dim / 2) each. A position's angles do not depend on
 /// the other positions in the table, so a stream's tables equal the offline ones.
 struct Rope {
@@ -155,10 +151,10 @@ impl Attention {
     fn new(cfg: &TransformerConfig, vb: Weights) -> Result<Self> {
         let inner = cfg.num_heads * cfg.head_dim;
         Ok(Self {
-            q_proj: linear(cfg.d_model, inner, vb.pp("q_proj"))?,
-            k_proj: linear(cfg.d_model, inner, vb.pp("k_proj"))?,
-            v_proj: linear(cfg.d_model, inner, vb.pp("v_proj"))?,
-            o_proj: linear(inner, cfg.d_model, vb.pp("o_proj"))?,
+            q_proj: Linear::load(cfg.d_model, inner, false, vb.pp("q_proj"))?,
+            k_proj: Linear::load(cfg.d_model, inner, false, vb.pp("k_proj"))?,
+            v_proj: Linear::load(cfg.d_model, inner, false, vb.pp("v_proj"))?,
+            o_proj: Linear::load(inner, cfg.d_model, false, vb.pp("o_proj"))?,
             num_heads: cfg.num_heads,
             head_dim: cfg.head_dim,
             context: cfg.context,
@@ -321,8 +317,8 @@ impl Layer {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             attn_scale: cfg.layer_scale.then(|| vb.get(cfg.d_model, "self_attn_layer_scale.scale")).transpose()?,
             post_attention_layernorm: LayerNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("post_attention_layernorm"))?,
-            fc1: linear(cfg.d_model, cfg.ffn_dim, vb.pp("mlp.fc1"))?,
-            fc2: linear(cfg.ffn_dim, cfg.d_model, vb.pp("mlp.fc2"))?,
+            fc1: Linear::load(cfg.d_model, cfg.ffn_dim, false, vb.pp("mlp.fc1"))?,
+            fc2: Linear::load(cfg.ffn_dim, cfg.d_model, false, vb.pp("mlp.fc2"))?,
             mlp_scale: cfg.layer_scale.then(|| vb.get(cfg.d_model, "mlp_layer_scale.scale")).transpose()?,
             activation: cfg.activation,
         })

@@ -46,10 +46,6 @@ fn group_norm(channels: usize, vb: Weights) -> Result<GroupNorm> {
     GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, channels, GROUPS.min(channels), EPS)
 }
 
-fn linear(c_in: usize, c_out: usize, vb: Weights) -> Result<Linear> {
-    Linear::new(vb.matrix((c_out, c_in), "weight")?, Some(vb.get(c_out, "bias")?))
-}
-
 /// GroupNorm → swish → conv k3, twice, plus the input.
 #[derive(Debug, Clone)]
 struct ResnetBlock {
@@ -163,8 +159,8 @@ impl ConvNextBlock {
         Ok(Self {
             dwconv: Conv1d::new(d, d, ConvConfig::torch(7, 3).groups(d), vb.pp("dwconv"))?,
             norm: AdaLayerNorm::new(cfg, vb.pp("norm"))?,
-            pwconv1: linear(d, cfg.intermediate_dim, vb.pp("pwconv1"))?,
-            pwconv2: linear(cfg.intermediate_dim, d, vb.pp("pwconv2"))?,
+            pwconv1: Linear::load(d, cfg.intermediate_dim, true, vb.pp("pwconv1"))?,
+            pwconv2: Linear::load(cfg.intermediate_dim, d, true, vb.pp("pwconv2"))?,
             gamma: vb.get(d, "gamma")?,
         })
     }
@@ -250,7 +246,7 @@ impl IstftHead {
         }
         let bins = n / 2 + 1;
         Ok(Self {
-            out: linear(cfg.dim, n + 2, vb.pp("out"))?,
+            out: Linear::load(cfg.dim, n + 2, true, vb.pp("out"))?,
             basis_real: Linear::right_factor(vb.matrix((bins, n), "istft.basis_real")?, None)?,
             basis_imag: Linear::right_factor(vb.matrix((bins, n), "istft.basis_imag")?, None)?,
             window_sq: vb.get(n, "istft.window_sq")?,
