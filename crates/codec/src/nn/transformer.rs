@@ -209,14 +209,21 @@ impl Attention {
         if (rows.rows, rows.head_dim) != (b * h, d) {
             candle_core::bail!("attention: {b}×{h} heads of {d} after a stream of {} of {}", rows.rows, rows.head_dim);
         }
-        let (k, v) = (k.flatten_all()?.to_vec1::<f32>()?, v.flatten_all()?.to_vec1::<f32>()?);
-        rows.append(&k, &v, t, self.context.saturating_sub(1));
-        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        // Read in place (no copies per step): each is a fresh contiguous CPU tensor.
+        let ((q_storage, q_layout), (k_storage, k_layout), (v_storage, v_layout)) =
+            (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+        let q = cpu_f32(&q_storage, q_layout, "queries")?;
+        rows.append(
+            cpu_f32(&k_storage, k_layout, "keys")?,
+            cpu_f32(&v_storage, v_layout, "values")?,
+            t,
+            self.context.saturating_sub(1),
+        );
         let (capacity, start, len) = (rows.capacity, rows.start, rows.len);
         let (keys, values) = (&rows.keys[..], &rows.values[..]);
         let held = |r: usize| (r * capacity + start) * d..(r * capacity + start + len) * d;
         let window = WindowAttention { context: self.context };
-        let out = window.attend(&q, t, d, |r| (&keys[held(r)], &values[held(r)]));
+        let out = window.attend(q, t, d, |r| (&keys[held(r)], &values[held(r)]));
         Tensor::from_vec(out, (b, h, t, d), &Device::Cpu)
     }
 
@@ -244,6 +251,14 @@ impl Attention {
             blocks.push(probs.matmul(&v.narrow(2, k0, nk)?.contiguous()?)?);
         }
         Tensor::cat(&blocks, 2)
+    }
+}
+
+/// A CPU tensor's contiguous f32 values, read in place.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout, what: &str) -> Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(s) => super::f32_slice(s, layout, what),
+        _ => candle_core::bail!("attention: {what} not on the CPU"),
     }
 }
 
