@@ -26,14 +26,7 @@ fn load_codes(name: &str) -> Codes {
 }
 
 fn assert_close(stage: &str, ours: &Tensor, reference: &str, min_cos: f64) {
-    let (shape, want) = load_f32(reference);
-    // References drop the batch dim, and the channel dim of mono audio.
-    let got = if shape.len() == 1 { ours.flatten_all().unwrap() } else { ours.squeeze(0).unwrap() };
-    assert_eq!(got.dims(), &shape[..], "{stage}: shape");
-    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let cos = cosine(&got, &want);
-    eprintln!("{stage}: cos {cos:.9}");
-    assert!(cos >= min_cos, "{stage}: cosine {cos} < {min_cos}");
+    common::assert_close_to(stage, ours, load_f32(reference), min_cos, None);
 }
 
 fn original_gguf() -> PathBuf {

@@ -32,16 +32,7 @@ fn reference(name: &str) -> Tensor {
 /// f32 ports agree to a few ulps, while a near miss (exact GELU for its tanh form, say) moves the cosine only in the
 /// ninth digit but the largest difference a hundredfold.
 fn assert_close(stage: &str, ours: &Tensor, reference: &str, min_cos: f64) {
-    let (shape, want) = load_f32(reference);
-    let got = if shape.len() == 1 { ours.flatten_all().unwrap() } else { ours.squeeze(0).unwrap() };
-    assert_eq!(got.dims(), &shape[..], "{stage}: shape");
-    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let cos = cosine(&got, &want);
-    let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / peak;
-    eprintln!("{stage}: cos {cos:.9}, max diff {diff:.2e} of the peak");
-    assert!(cos >= min_cos, "{stage}: cosine {cos} < {min_cos}");
-    assert!(diff <= 1e-5, "{stage}: largest difference {diff:.2e} of the peak > 1e-5");
+    common::assert_close_to(stage, ours, load_f32(reference), min_cos, Some(1e-5));
 }
 
 fn converted() -> PathBuf {

@@ -36,6 +36,30 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// `ours` (a leading batch dim of 1, which references drop, as they drop the channel dim of mono audio) against the
+/// reference `(shape, values)`: the same shape, cosine at least `min_cos`, and with `max_diff` the largest difference
+/// at most that fraction of the reference's largest value.
+#[allow(dead_code)]
+pub fn assert_close_to(
+    stage: &str,
+    ours: &candle_core::Tensor,
+    (shape, want): (Vec<usize>, Vec<f32>),
+    min_cos: f64,
+    max_diff: Option<f32>,
+) {
+    let got = if shape.len() == 1 { ours.flatten_all().unwrap() } else { ours.squeeze(0).unwrap() };
+    assert_eq!(got.dims(), &shape[..], "{stage}: shape");
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let cos = cosine(&got, &want);
+    let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / peak;
+    eprintln!("{stage}: cos {cos:.9}, max diff {diff:.2e} of the peak");
+    assert!(cos >= min_cos, "{stage}: cosine {cos} < {min_cos}");
+    if let Some(limit) = max_diff {
+        assert!(diff <= limit, "{stage}: largest difference {diff:.2e} of the peak > {limit:.0e}");
+    }
+}
+
 pub fn mismatch_fraction(a: &Codes, b: &Codes) -> f64 {
     assert_eq!((a.n_q, a.n_frames), (b.n_q, b.n_frames), "codes shape");
     a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count() as f64 / a.data.len() as f64
