@@ -22,6 +22,12 @@ fn codec(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_codec")).args(args).arg("--quiet").output().unwrap()
 }
 
+/// `codec convert SRC --config CONFIG -o OUT`, which must succeed.
+fn convert_with_config(src: &Path, config: &Path, out: &Path) {
+    let o = codec(&["convert", s(src), "--config", s(config), "-o", s(out)]);
+    assert!(o.status.success(), "convert failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -257,15 +263,7 @@ fn streaming_flag_gives_the_same_output() {
 fn wavtokenizer_decode_does_not_stream() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wavtokenizer/frame75");
     let gguf = tmp("wt75.gguf");
-    let o = codec(&[
-        "convert",
-        s(&dir.join("original/model.ckpt")),
-        "--config",
-        s(&dir.join("original/config.yaml")),
-        "-o",
-        s(&gguf),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    convert_with_config(&dir.join("original/model.ckpt"), &dir.join("original/config.yaml"), &gguf);
     let out = tmp("wt-stream.wav");
     std::fs::remove_file(&out).ok();
     let o = codec(&["decode", "-m", s(&gguf), s(&dir.join("codes.npy")), "-o", s(&out), "--stream-ms", "80"]);
@@ -352,15 +350,7 @@ fn several_inputs_go_to_a_directory() {
 fn tts_speaks_like_the_reference() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pocket_tts");
     let model = tmp("pocket-tts.gguf");
-    let o = codec(&[
-        "convert",
-        s(&dir.join("model.safetensors")),
-        "--config",
-        s(&dir.join("config.yaml")),
-        "-o",
-        s(&model),
-    ]);
-    assert!(o.status.success(), "convert failed: {}", String::from_utf8_lossy(&o.stderr));
+    convert_with_config(&dir.join("model.safetensors"), &dir.join("config.yaml"), &model);
     let out = tmp("speech.wav");
     let text = "Hello there, how are you today?";
     let voice = dir.join("voice.wav");
@@ -411,15 +401,7 @@ fn tts_speaks_like_the_reference() {
 fn tts_bad_inputs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pocket_tts");
     let model = tmp("pocket-tts-bad-inputs.gguf");
-    let o = codec(&[
-        "convert",
-        s(&dir.join("model.safetensors")),
-        "--config",
-        s(&dir.join("config.yaml")),
-        "-o",
-        s(&model),
-    ]);
-    assert!(o.status.success(), "convert failed: {}", String::from_utf8_lossy(&o.stderr));
+    convert_with_config(&dir.join("model.safetensors"), &dir.join("config.yaml"), &model);
     let out = tmp("bad-inputs-speech.wav");
     let tts = |text: &str, extra: &[&str]| {
         let mut args = vec!["tts", "-m", s(&model), text, "--temperature", "0", "-o", s(&out)];
