@@ -507,6 +507,11 @@ fn tensor_from_bytes(dtype: GgmlDType, bytes: &[u8], dims: &[usize], device: &De
                 .for_each(|(out, bytes)| f32_from_q8_0(bytes, out))
         }
         _ => {
+            // candle reads the blocks in place as their structs (up to 8-byte aligned), but GGUF data may start at
+            // any offset: copy the bytes to an aligned buffer first (these dtypes are rare; f32, f16, q8_0 are not).
+            let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(bytes);
+            let bytes = &bytemuck::cast_slice::<u64, u8>(&aligned)[..bytes.len()];
             let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, bytes, dims.to_vec(), &Device::Cpu)?;
             return q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.to_device(device);
         }
@@ -822,6 +827,21 @@ mod tests {
         let want: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
         assert_eq!(aligned, want);
         assert_eq!(odd, want);
+    }
+
+    #[test]
+    fn block_dtypes_at_an_odd_offset_load_the_same() {
+        // candle views these blocks in place as structs: at an odd offset that was a misaligned slice (found by
+        // fuzzing); now they are copied aligned first.
+        use GgmlDType::*;
+        for dtype in [Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K, BF16] {
+            let dims = [2, dtype.block_size()];
+            let n = 2 * dtype.type_size();
+            let bytes: Vec<u8> = (0..=n).map(|i| (i * 37 % 251) as u8).collect();
+            let aligned = tensor_from_bytes(dtype, &bytes[1..].to_vec(), &dims, &Device::Cpu).unwrap();
+            let odd = tensor_from_bytes(dtype, &bytes[1..], &dims, &Device::Cpu).unwrap();
+            assert_eq!(bits(&odd), bits(&aligned), "{dtype:?}");
+        }
     }
 
     /// A GGUF v3 file with one tensor of `dims` (ggml order) and dtype `dtype`, data offset 0, and `data` after the
