@@ -126,18 +126,27 @@ impl ResidualUnit {
         self.join(&none, &y, state)
     }
 
-    /// conv2 over the stream's next `y` samples plus as many waiting skip samples.
+    /// conv2 over the stream's next `y` samples plus as many skip samples: the skip is the waiting samples, then
+    /// `x`; its first `y`-many are added now, the rest wait. Each skip sample is copied once (the residual of a
+    /// long piece is most of `x`).
     fn join(&self, x: &Tensor, y: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
-        let skip = match state.skip.take() {
-            Some(waiting) => Tensor::cat(&[&waiting, x], 2)?,
-            None => x.clone(),
+        let (n, len) = (y.dim(2)?, x.dim(2)?);
+        let (now, rest) = match state.skip.take() {
+            Some(waiting) => {
+                let w = waiting.dim(2)?;
+                if n <= w {
+                    (waiting.narrow(2, 0, n)?, Tensor::cat(&[&waiting.narrow(2, n, w - n)?, x], 2)?)
+                } else {
+                    (Tensor::cat(&[&waiting, &x.narrow(2, 0, n - w)?], 2)?, x.narrow(2, n - w, len + w - n)?)
+                }
+            }
+            None => (x.narrow(2, 0, n)?, x.narrow(2, n, len - n)?),
         };
-        let (n, waiting) = (y.dim(2)?, skip.dim(2)?);
-        state.skip = Some(compact(&skip.narrow(2, n, waiting - n)?)?);
+        state.skip = Some(compact(&rest)?);
         if n == 0 {
             return Ok(y.clone());
         }
-        self.conv2.forward_add(&self.snake2.forward(y)?, &skip.narrow(2, 0, n)?)
+        self.conv2.forward_add(&self.snake2.forward(y)?, &now)
     }
 }
 

@@ -76,7 +76,7 @@ impl<F: Fn(f32) -> f32 + Sync> CustomOp1 for Map<F> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = f32_slice(storage, layout, self.0)?;
         let f = &self.1;
-        let mut out = vec![0f32; src.len()];
+        let mut out = crate::mem::zeros_par(src.len());
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
             super::wide_simd(
                 #[inline(always)]

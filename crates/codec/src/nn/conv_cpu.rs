@@ -274,7 +274,7 @@ impl Conv1dOp<'_> {
                 candle_core::bail!("conv1d: residual {r:?} does not match the output {shape:?}");
             }
         }
-        let mut out = vec![0f32; b * w.c_out * t_out];
+        let mut out = crate::mem::zeros_par(b * w.c_out * t_out);
         let (x_len, p_len) = (c_in * (t - p), c_in * p);
         for (item, yb) in out.chunks_exact_mut(w.c_out * t_out).enumerate() {
             let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);
@@ -320,7 +320,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
         }
         let full = if t == 0 { 0 } else { (t - 1) * s + w.kernel };
         let t_out = full.saturating_sub(self.trim_left + self.trim_right);
-        let mut out = vec![0f32; b * w.c_out * t_out];
+        let mut out = crate::mem::zeros_par(b * w.c_out * t_out);
         if t_out == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, 0))));
         }
@@ -328,7 +328,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
         let q0 = self.trim_left / s;
         let q1 = (t_out + self.trim_left).div_ceil(s);
         let n = q1.saturating_sub(q0);
-        let mut phases = vec![0f32; s * w.c_out * n];
+        let mut phases = crate::mem::zeros_par(s * w.c_out * n);
         for (xb, yb) in x.chunks_exact(c_in * t).zip(out.chunks_exact_mut(w.c_out * t_out)) {
             if n == 0 {
                 break;
@@ -395,7 +395,7 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
         }
         let span = self.dilation * (k - 1) + 1;
         let t_out = (t + self.pad_left + self.pad_right).saturating_sub(span) + 1;
-        let mut out = vec![0f32; b * c * t_out];
+        let mut out = crate::mem::zeros_par(b * c * t_out);
         if self.channels_last && t_out > 0 && c > 0 {
             // Taps as rows (K, C), so each tap is one contiguous multiply-add over the channels.
             let taps: Vec<f32> = (0..k).flat_map(|j| (0..c).map(move |ch| self.weight[ch * k + j])).collect();

@@ -197,7 +197,7 @@ impl LinearOp<'_> {
             candle_core::bail!("linear: {} scales for {n} features", self.col_scale.map_or(0, |s| s.len()));
         }
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
+        let mut out = crate::mem::zeros_par(m * n);
         let a = Strided::row_major(x, m, k).expect("sized from x");
         let mut y = Output::row_major(&mut out, m, n).expect("sized above");
         let epi = Epilogue {

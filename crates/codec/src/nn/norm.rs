@@ -51,7 +51,7 @@ impl F32Kernel3 for LayerNormOp {
             candle_core::bail!("layer norm: {} features, weight {}, bias {}", dim, w.len(), b.len());
         }
         let eps = self.0;
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::mem::zeros_par(x.len());
         out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(y, x)| {
             super::wide_simd(
                 #[inline(always)]

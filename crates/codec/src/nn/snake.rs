@@ -46,7 +46,7 @@ impl F32Kernel3 for SnakeOp {
 
     fn run(&self, [(x, l1), (alpha, _), (inv, _)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
         let (_, c, t) = l1.shape().dims3()?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::mem::zeros_par(x.len());
         out.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (dst, src))| {
             let (a, inv) = (alpha[row % c], inv[row % c]);
             super::wide_simd(

@@ -280,7 +280,7 @@ impl WindowAttention {
         d: usize,
         row: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
     ) -> Vec<f32> {
-        let mut out = vec![0f32; q.len()];
+        let mut out = crate::mem::zeros_par(q.len());
         out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (query, y)| {
             let (r, i) = (query / t, query % t);
             let (k, v) = row(r);

@@ -181,13 +181,15 @@ impl Packed {
         Self::pack(n, k, nr, |ks, dst| b.pack_b(ks, 0..n, nr, dst))
     }
 
-    fn pack(len: usize, depth: usize, panel: usize, mut pack: impl FnMut(Range<usize>, &mut [f32])) -> Self {
+    fn pack(len: usize, depth: usize, panel: usize, pack: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Self {
         let stride = len.div_ceil(panel) * panel;
         let mut data = crate::mem::zeroed_f32(stride * depth);
-        for pc in (0..depth).step_by(KC) {
-            let kc = KC.min(depth - pc);
-            pack(pc..pc + kc, &mut data[stride * pc..stride * (pc + kc)]);
-        }
+        // Depth blocks across threads: a layer packed on its first product (a stream's first push, a transposed
+        // weight) is packed while the other threads would wait.
+        data.par_chunks_mut((stride * KC).max(1)).enumerate().for_each(|(block, dst)| {
+            let pc = block * KC;
+            pack(pc..pc + KC.min(depth - pc), dst)
+        });
         Self { data, pairs: OnceLock::new(), len, depth, panel }
     }
 
@@ -196,11 +198,16 @@ impl Packed {
         let stride = self.len.div_ceil(self.panel) * self.panel;
         self.pairs.get_or_init(|| {
             let mut out = vec![0u32; stride * self.depth.div_ceil(KC) * KC / 2];
-            for pc in (0..self.depth).step_by(KC) {
-                let kc = KC.min(self.depth - pc);
-                let dst = &mut out[stride * pc / 2..stride * (pc / 2 + kc.div_ceil(2))];
-                to_bf16_pairs(&self.data[stride * pc..stride * (pc + kc)], self.panel, kc, dst);
-            }
+            // Depth blocks across threads, as in `pack`.
+            out.par_chunks_mut((stride * KC / 2).max(1)).enumerate().for_each(|(block, dst)| {
+                let (pc, kc) = (block * KC, KC.min(self.depth - block * KC));
+                to_bf16_pairs(
+                    &self.data[stride * pc..stride * (pc + kc)],
+                    self.panel,
+                    kc,
+                    &mut dst[..stride * kc.div_ceil(2)],
+                );
+            });
             out
         })
     }
