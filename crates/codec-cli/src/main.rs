@@ -316,7 +316,7 @@ fn encode_file(
     let piece = codec.pieces(frames as usize).first().map_or(codec.piece_frames(), |p| p.len());
     let push = push.unwrap_or(piece * codec.hop());
     let pb = frame_bar(quiet, "encoding", frames as usize);
-    let mut stream = codec.stream_encoder(n_q)?;
+    let mut stream = codec.stream_encoder_without_warm_up(n_q)?;
     let (mut parts, mut pending, mut total, mut peak) = (Vec::new(), Vec::new(), 0usize, 0f32);
     let take = |codes: Codes, parts: &mut Vec<Codes>| -> Result<()> {
         pb.inc(codes.n_frames as u64);
@@ -533,7 +533,7 @@ fn decode_to_file(
 ) -> Result<f64> {
     let mut writer = AudioOut::create(output, codec.sample_rate(), pcm16, length)?;
     let pb = frame_bar(quiet, "decoding", codes.n_frames);
-    let result = (|| match codec.stream_decoder() {
+    let result = (|| match codec.stream_decoder_without_warm_up() {
         Ok(mut stream) => {
             let push = push.unwrap_or_else(|| codec.pieces(codes.n_frames).first().map_or(1, |p| p.len()));
             for from in (0..codes.n_frames).step_by(push) {
@@ -716,7 +716,7 @@ fn run(cli: &Cli) -> Result<()> {
             let (push, push_frames) = (stream.samples(codec.sample_rate())?, stream.frames(&codec)?);
             if push.is_some() {
                 // Before any work: a model whose decoder cannot stream fails now, not after encoding.
-                codec.stream_decoder()?;
+                codec.stream_decoder_without_warm_up()?;
             }
             let (codes, length) = encode_file(&codec, input, *n_q, push, cli.quiet).map_err(naming(input))?;
             // As long as the input: trimmed, or zero-extended where a model's decoder returns a few samples fewer

@@ -444,6 +444,17 @@ impl Codec {
     /// codes out as frames complete — the codes of [`Codec::encode`] on the whole input. Mimi streams with one
     /// frame of latency; DAC with its receptive field; WavTokenizer is [`Error::Unsupported`].
     pub fn stream_encoder(&self, n_q: Option<usize>) -> Result<StreamEncoder> {
+        self.make_stream_encoder(n_q, true)
+    }
+
+    /// [`Codec::stream_encoder`] without its warm-up, for going through a file, where only the total time counts:
+    /// the first pushes pack the weights as they run instead of scratch pushes packing them first, and a clip that
+    /// fits one push reads them in place and never packs them (a third of a short clip's whole `codec encode`).
+    pub fn stream_encoder_without_warm_up(&self, n_q: Option<usize>) -> Result<StreamEncoder> {
+        self.make_stream_encoder(n_q, false)
+    }
+
+    fn make_stream_encoder(&self, n_q: Option<usize>, warm: bool) -> Result<StreamEncoder> {
         self.require(Parts::Encoder)?;
         let n_q = self.check_n_q(n_q)?;
         let stream = || match self.encoder_stream(n_q)? {
@@ -453,8 +464,10 @@ impl Codec {
                 self.path.display()
             ))),
         };
-        let silence = vec![0.0; self.hop()];
-        warm_up(&self.encoder_warm, || (0..WARM_UP_PUSHES).try_for_each(|_| stream()?.push(&silence).map(drop)));
+        if warm {
+            let silence = vec![0.0; self.hop()];
+            warm_up(&self.encoder_warm, || (0..WARM_UP_PUSHES).try_for_each(|_| stream()?.push(&silence).map(drop)));
+        }
         stream()
     }
 
@@ -462,6 +475,16 @@ impl Codec {
     /// [`Codec::decode`] on all the codes (up to rounding). WavTokenizer is [`Error::Unsupported`]: its decoder's
     /// attention spans the whole clip, so no sample is final before the last frame.
     pub fn stream_decoder(&self) -> Result<StreamDecoder> {
+        self.make_stream_decoder(true)
+    }
+
+    /// [`Codec::stream_decoder`] without its warm-up, for writing a file (see
+    /// [`Codec::stream_encoder_without_warm_up`]).
+    pub fn stream_decoder_without_warm_up(&self) -> Result<StreamDecoder> {
+        self.make_stream_decoder(false)
+    }
+
+    fn make_stream_decoder(&self, warm: bool) -> Result<StreamDecoder> {
         self.require(Parts::Decoder)?;
         let stream = || match self.decoder_stream() {
             Some(inner) => Ok(StreamDecoder::new(inner, self.device.clone(), self.memory_guard())),
@@ -470,8 +493,10 @@ impl Codec {
                 self.path.display()
             ))),
         };
-        let silence = Codes { n_q: 1, n_frames: 1, data: vec![0] };
-        warm_up(&self.decoder_warm, || (0..WARM_UP_PUSHES).try_for_each(|_| stream()?.push(&silence).map(drop)));
+        if warm {
+            let silence = Codes { n_q: 1, n_frames: 1, data: vec![0] };
+            warm_up(&self.decoder_warm, || (0..WARM_UP_PUSHES).try_for_each(|_| stream()?.push(&silence).map(drop)));
+        }
         stream()
     }
 
