@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 use super::gemm::{gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed};
-use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
+use super::weight::{GemmWeight, Matrix, Operand, OperandLayout, Side};
 use super::{f32_slice, f32_vec};
 
 /// The weights of one conv layer as the GEMM's left factor, and the bias of each GEMM row.
@@ -76,10 +76,17 @@ impl PackedConv {
     fn product(&self, cols: &Im2col, n: usize, y: &mut [f32], row_bias: Option<&[f32]>, residual: Option<&[f32]>) {
         let (rows, depth) = self.weights.dims();
         if n <= NARROW_COLUMNS {
-            let right = self.right.get_or_init(|| Packed::b(&LeftAsRight(&self.weights.operand()), depth, rows));
+            let weights = self.weights.operand();
             let mut yt = Output::new(y, (n, rows), 1, n).expect("sized by the caller");
             let epi = Epilogue { col_bias: row_bias, residual, ..Default::default() };
-            gemm(n, rows, depth, cols, right, &mut yt, &epi);
+            if matches!(weights, Operand::InPlace(_)) {
+                // Weights still read in place (a short clip's only run): their transpose packed block by block
+                // within this product, not kept.
+                gemm(n, rows, depth, cols, &LeftAsRight(&weights), &mut yt, &epi);
+            } else {
+                let right = self.right.get_or_init(|| Packed::b(&LeftAsRight(&weights), depth, rows));
+                gemm(n, rows, depth, cols, right, &mut yt, &epi);
+            }
         } else {
             let mut y = Output::row_major(y, rows, n).expect("sized by the caller");
             let epi = Epilogue { row_bias, residual, ..Default::default() };
