@@ -42,6 +42,7 @@ fn main() {
     println!("conv1d (c_in -> c_out, kernel, stride, input length): ours vs candle");
     for &(ci, co, k, s, t) in &[
         (1, 64, 7, 1, 240000),
+        (64, 1, 7, 1, 240000),
         (64, 32, 3, 1, 240000),
         (32, 64, 1, 1, 240000),
         (64, 128, 8, 4, 240000),
