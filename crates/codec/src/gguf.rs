@@ -838,7 +838,8 @@ mod tests {
             let dims = [2, dtype.block_size()];
             let n = 2 * dtype.type_size();
             let bytes: Vec<u8> = (0..=n).map(|i| (i * 37 % 251) as u8).collect();
-            let aligned = tensor_from_bytes(dtype, &bytes[1..].to_vec(), &dims, &Device::Cpu).unwrap();
+            let copy = bytes[1..].to_vec(); // a fresh allocation: aligned
+            let aligned = tensor_from_bytes(dtype, &copy, &dims, &Device::Cpu).unwrap();
             let odd = tensor_from_bytes(dtype, &bytes[1..], &dims, &Device::Cpu).unwrap();
             assert_eq!(bits(&odd), bits(&aligned), "{dtype:?}");
         }
