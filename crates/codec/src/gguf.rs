@@ -461,9 +461,12 @@ fn data_range(
     file_size: u64,
 ) -> std::result::Result<std::ops::Range<usize>, String> {
     let dims = info.shape.dims();
+    // Zero dims left out of the check: candle multiplies the trailing dims into strides, which overflow even when a
+    // zero dim makes the tensor empty.
     let elems = dims
         .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))
+        .map(|n| if dims.contains(&0) { 0 } else { n })
         .ok_or_else(|| format!("has shape {dims:?}, too large"))?;
     let (block, block_bytes) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
     if elems % block != 0 {
@@ -889,6 +892,8 @@ mod tests {
         let msg = open_error("overflow.gguf", &raw_gguf(&[], &[1 << 33, 1 << 33, 1 << 33], 0, &[]));
         assert!(msg.contains("too large"), "{msg}");
         // The byte count overflows.
+        let msg = open_error("empty.gguf", &raw_gguf(&[], &[1 << 40, 1 << 40, 0], 0, &[]));
+        assert!(msg.contains("too large"), "{msg}");
         let msg = open_error("bytes.gguf", &raw_gguf(&[], &[1 << 62, 2], 0, &[]));
         assert!(msg.contains("too large"), "{msg}");
         // Data past the end of the file.
