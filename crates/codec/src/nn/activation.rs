@@ -26,6 +26,40 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x · sigmoid(x)` (SiLU / swish), with libm's `expf` as candle computes it: the same bits, across threads.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    map(x, "codec-silu", |v| v / (1.0 + (-v).exp()), candle_nn::ops::silu)
+}
+
+/// `exp(x)`, libm's as candle's: the same bits, across threads.
+pub fn exp(x: &Tensor) -> Result<Tensor> {
+    map(x, "codec-exp", f32::exp, Tensor::exp)
+}
+
+/// `cos(x)`, libm's as candle's: the same bits, across threads.
+pub fn cos(x: &Tensor) -> Result<Tensor> {
+    map(x, "codec-cos", f32::cos, Tensor::cos)
+}
+
+/// `sin(x)`, libm's as candle's: the same bits, across threads.
+pub fn sin(x: &Tensor) -> Result<Tensor> {
+    map(x, "codec-sin", f32::sin, Tensor::sin)
+}
+
+/// `f` on every element of an f32 CPU tensor, in parallel chunks; `other` elsewhere.
+fn map(
+    x: &Tensor,
+    name: &'static str,
+    f: impl Fn(f32) -> f32 + Sync,
+    other: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&Map(name, f))
+    } else {
+        other(x)
+    }
+}
+
 /// GELU's tanh approximation `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))` (torch's `approximate="tanh"`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.gelu()

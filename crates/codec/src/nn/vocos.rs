@@ -8,14 +8,13 @@
 //! `istft.basis_real` / `istft.basis_imag` (inverse real DFT × window, made by the converter) and `istft.window_sq`.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::GroupNorm;
 
 use super::Weights;
 
-use super::activation::gelu_erf;
+use super::activation::{cos, exp, gelu_erf, silu, sin};
 use super::conv::{Conv1d, ConvConfig};
 use super::linear::Linear;
-use super::norm::{layer_norm, LayerNorm};
+use super::norm::{layer_norm, GroupNorm, LayerNorm};
 use super::sum_all;
 
 /// Vocos hyper-parameters (see `WavTokenizerConfig` for how WavTokenizer's metadata fills them).
@@ -43,7 +42,7 @@ const GROUPS: usize = 32;
 const EPS: f64 = 1e-6;
 
 fn group_norm(channels: usize, vb: Weights) -> Result<GroupNorm> {
-    GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, channels, GROUPS.min(channels), EPS)
+    GroupNorm::new(channels, GROUPS.min(channels), EPS, vb)
 }
 
 /// GroupNorm → swish → conv k3, twice, plus the input.
@@ -66,8 +65,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
-        self.conv2.forward_add(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?, x)
+        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        self.conv2.forward_add(&silu(&self.norm2.forward(&h)?)?, x)
     }
 }
 
@@ -276,9 +275,9 @@ impl IstftHead {
     /// Features (B, F, dim) → audio (B, 1, F · hop).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (log_mag, phase) = self.spectrum(x)?;
-        let mag = log_mag.exp()?.clamp(f64::NEG_INFINITY, 1e2)?;
-        let real = (&mag * phase.cos()?)?;
-        let imag = (&mag * phase.sin()?)?;
+        let mag = exp(&log_mag)?.clamp(f64::NEG_INFINITY, 1e2)?;
+        let real = (&mag * cos(&phase)?)?;
+        let imag = (&mag * sin(&phase)?)?;
         let frames = (self.basis_real.forward(&real)? + self.basis_imag.forward(&imag)?)?;
         let (b, f, _) = frames.dims3()?;
         let audio = self.overlap_add(&frames)?;
