@@ -7,11 +7,12 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 use super::linear::Linear;
 use super::weight::Matrix;
-use super::{dot, get_or_try_init, sum_all, wide_simd, Weights};
+use super::{dot, f32_slice, get_or_try_init, sum_all, wide_simd, Weights};
 
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ impl EuclideanCodebook {
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         // argmin ‖x − e‖² = argmin (‖e‖² − 2 x·e): ‖x‖² is the same for every entry.
         let dots = self.dots.forward(x)?;
+        if dots.device().is_cpu() && dots.dtype() == DType::F32 {
+            return dots.contiguous()?.apply_op2_no_bwd(self.embed_sq()?, &NearestEntry);
+        }
         let dist = self.embed_sq()?.broadcast_sub(&(dots * 2.0)?)?;
         dist.argmin(D::Minus1)
     }
@@ -55,6 +59,39 @@ impl EuclideanCodebook {
     /// (N,) indices → (N, dim) vectors.
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         self.embed.rows(codes)
+    }
+}
+
+/// Per row of dot products (N, bins) and the entries' ‖e‖² (1, bins): the index of the least `‖e‖² − 2·dot`, the
+/// first of equal ones — what candle's `broadcast_sub` then `argmin` give, bit for bit, in one pass with rows across
+/// threads. Those were three single-threaded passes per codebook, and in a stream (one row per push) three ops'
+/// overhead for each of 32 codebooks.
+struct NearestEntry;
+
+impl CustomOp2 for NearestEntry {
+    fn name(&self) -> &'static str {
+        "codec-nearest-entry"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dots, sq) = (f32_slice(s1, l1, "codebook dot products")?, f32_slice(s2, l2, "codebook norms")?);
+        let (n, bins) = l1.shape().dims2()?;
+        if bins == 0 || sq.len() != bins {
+            candle_core::bail!("nearest entry: {bins} dot products per row for {} entries", sq.len());
+        }
+        let mut out = vec![0u32; n];
+        out.par_iter_mut().zip(dots.par_chunks(bins)).for_each(|(index, row)| {
+            let (mut best, mut least) = (0, sq[0] - row[0] * 2.0);
+            for (j, (&e, &d)) in sq.iter().zip(row).enumerate() {
+                let dist = e - d * 2.0;
+                // As candle's argmin: replaced only by a strictly smaller value.
+                if least > dist {
+                    (best, least) = (j, dist);
+                }
+            }
+            *index = best as u32;
+        });
+        Ok((CpuStorage::U32(out), Shape::from(n)))
     }
 }
 
@@ -225,5 +262,23 @@ impl FactorizedRvq {
     /// Number of codebooks.
     pub fn n_q(&self) -> usize {
         self.layers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn nearest_entry_is_candles_argmin() {
+        let dev = Device::Cpu;
+        // Rounded values, so many distances tie exactly: the first of equal minima must win, as in candle.
+        let dots = (Tensor::randn(0f32, 4.0, (37, 300), &dev).unwrap().round().unwrap() * 0.5).unwrap();
+        let sq = Tensor::randn(0f32, 4.0, (1, 300), &dev).unwrap().round().unwrap();
+        let got = dots.apply_op2_no_bwd(&sq, &NearestEntry).unwrap().to_vec1::<u32>().unwrap();
+        let want = sq.broadcast_sub(&(&dots * 2.0).unwrap()).unwrap().argmin(D::Minus1).unwrap();
+        assert_eq!(got, want.to_vec1::<u32>().unwrap());
+        assert!(got.iter().any(|&i| i > 0), "a degenerate draw");
     }
 }
