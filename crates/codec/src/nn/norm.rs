@@ -83,7 +83,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// A GroupNorm over `channels` in `groups` groups (which must divide them), epsilon `eps`.
     pub fn new(channels: usize, groups: usize, eps: f64, vb: Weights) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("group norm: {groups} groups do not divide {channels} channels");
         }
         Ok(Self { weight: vb.get(channels, "weight")?, bias: vb.get(channels, "bias")?, groups, eps })
@@ -112,7 +112,7 @@ impl F32Kernel3 for GroupNormOp {
 
     fn run(&self, [(x, l1), (w, _), (b, _)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
         let (_, c, t) = l1.shape().dims3()?;
-        if w.len() != c || b.len() != c || c % self.groups != 0 {
+        if w.len() != c || b.len() != c || !c.is_multiple_of(self.groups) {
             candle_core::bail!(
                 "group norm: {c} channels, {} groups, weight {}, bias {}",
                 self.groups,
