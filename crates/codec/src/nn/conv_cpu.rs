@@ -35,6 +35,8 @@ pub struct PackedConv {
     taps: usize,
     /// `weights` transposed as the right factor, packed on the first narrow product (see [`PackedConv::product`]).
     right: OnceLock<Packed>,
+    /// A conv with one output channel: its weight row, for [`PackedConv::single_output`].
+    single_row: Option<Vec<f32>>,
 }
 
 impl PackedConv {
@@ -48,7 +50,8 @@ impl PackedConv {
         let layout = OperandLayout::AsStored { rows: c_out, cols: c_in * kernel };
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?;
-        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel, right: OnceLock::new() }))
+        let single_row = if c_out == 1 { Some(f32_vec(&weight.clone().into_tensor()?)?) } else { None };
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel, right: OnceLock::new(), single_row }))
     }
 
     /// A transposed conv weight `(C_in, C_out, K)`, read as its output phases stacked (`OperandLayout::Phases`).
@@ -62,7 +65,7 @@ impl PackedConv {
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?.map(|b| b.repeat(stride));
         let taps = kernel.div_ceil(stride);
-        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps, right: OnceLock::new() }))
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps, right: OnceLock::new(), single_row: None }))
     }
 
     /// `Y = W · X̂` (+ per-row `bias`, + `residual` laid out like Y) into the row-major `rows × n` output `y`.
@@ -74,6 +77,9 @@ impl PackedConv {
     /// stream through full vectors. Each output element sums the same products in the same order either way, so
     /// the results are the same bits.
     fn product(&self, cols: &Im2col, n: usize, y: &mut [f32], row_bias: Option<&[f32]>, residual: Option<&[f32]>) {
+        if let Some(w) = &self.single_row {
+            return single_output(w, cols, y, row_bias.map(|b| b[0]), residual);
+        }
         let (rows, depth) = self.weights.dims();
         if n <= NARROW_COLUMNS {
             let weights = self.weights.operand();
@@ -94,6 +100,44 @@ impl PackedConv {
         }
     }
 }
+
+/// `y = w · X̂ (+ bias, + residual)` for a conv with one output channel (a decoder's last conv, 64 → 1), in f32 at
+/// every precision: per depth row of X̂, one multiply-add over a chunk of output steps, chunks across threads. As a
+/// GEMM that one row filled one of the tile's eight rows, and packing its im2col cost more than the arithmetic
+/// (14 GFLOP/s on Mimi's last conv).
+fn single_output(w: &[f32], cols: &Im2col, y: &mut [f32], bias: Option<f32>, residual: Option<&[f32]>) {
+    y.par_chunks_mut(SINGLE_OUTPUT_CHUNK).enumerate().for_each_init(Vec::new, |row, (chunk, y)| {
+        let (c0, len) = (chunk * SINGLE_OUTPUT_CHUNK, y.len());
+        row.resize(len, 0.0);
+        y.fill(bias.unwrap_or(0.0));
+        for (p, &wp) in w.iter().enumerate() {
+            // Read in place where the row lies inside the signal (all but the edges), else gathered with padding.
+            let x = match cols.contiguous_row(p, c0..c0 + len) {
+                Some(x) => x,
+                None => {
+                    cols.pack_rows(p..p + 1, c0..c0 + len, len, row);
+                    &row[..]
+                }
+            };
+            super::wide_simd(
+                #[inline(always)]
+                || {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y += wp * x;
+                    }
+                },
+            );
+        }
+        if let Some(r) = residual {
+            for (y, &r) in y.iter_mut().zip(&r[c0..c0 + len]) {
+                *y += r;
+            }
+        }
+    });
+}
+
+/// Output steps per task of [`single_output`]: their sums and one im2col row stay in L1.
+const SINGLE_OUTPUT_CHUNK: usize = 2048;
 
 /// Output columns up to which a conv runs transposed ([`PackedConv::product`]): beyond, the columns fill the
 /// kernel's vectors and the weights' panels are the better left factor.
@@ -134,6 +178,16 @@ impl PackA for Im2col<'_> {
 }
 
 impl Im2col<'_> {
+    /// Row `p` of X̂ over columns `cols` as a slice of the signal itself, where it is one: stride 1 and every column
+    /// inside `x` (not the prefix, not the padding).
+    fn contiguous_row(&self, p: usize, cols: std::ops::Range<usize>) -> Option<&[f32]> {
+        let (i, j) = (p / self.taps, p % self.taps);
+        let nx = self.t - self.p;
+        let start = cols.start as isize + self.offset + j as isize * self.tap_step - self.p as isize;
+        let ok = self.stride == 1 && start >= 0 && start as usize + cols.len() <= nx;
+        ok.then(|| &self.x[i * nx + start as usize..i * nx + start as usize + cols.len()])
+    }
+
     #[inline(always)]
     fn pack_rows(&self, ks: std::ops::Range<usize>, cols: std::ops::Range<usize>, nr: usize, dst: &mut [f32]) {
         let kc = ks.len();
