@@ -1,5 +1,5 @@
-//! Audio in and out: decoding common formats to mono `f32` ([`read`], [`read_mono_at`]), sample-rate conversion
-//! ([`resample`]) and WAV output ([`write_wav`]).
+//! Audio in and out: decoding common formats to mono `f32` ([`read`](fn@read), [`read_mono_at`]), sample-rate
+//! conversion ([`resample`](fn@resample)) and WAV output ([`write_wav`]).
 //!
 //! Each has a streaming form that holds one chunk rather than the whole signal: [`Reader`] (decode, downmix and
 //! resample as the file is read), [`StreamResampler`] and [`WavWriter`] (samples written as they come). The

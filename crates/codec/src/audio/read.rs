@@ -41,8 +41,9 @@ pub fn read(path: &Path) -> Result<Audio> {
     Reader::open_at(path, None)?.read_to_end()
 }
 
-/// Reads any supported audio file ([`read`]) and resamples it to `rate` Hz ([`super::resample`]); input rates
-/// outside [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`] are an error naming the file.
+/// Reads any supported audio file ([`read`](fn@read)) and resamples it to `rate` Hz
+/// ([`super::resample`](fn@super::resample)); input rates outside [`MIN_INPUT_RATE`]..=[`MAX_INPUT_RATE`] are an error
+/// naming the file.
 ///
 /// The whole file in memory; [`Reader::open`] streams it, and this is that reader's output in one piece.
 pub fn read_mono_at(path: &Path, rate: u32) -> Result<Audio> {

@@ -18,8 +18,8 @@ use crate::{Error, Result};
 const BATCH: usize = 1 << 14;
 
 /// Writes mono audio as a WAV file: 32-bit float by default (lossless, values outside [-1, 1] kept), or 16-bit PCM
-/// when `pcm16`, where samples are scaled by 32768 (the inverse of [`super::read`]), rounded and clipped to the
-/// 16-bit range. The bytes are those of a [`WavWriter`] given the samples.
+/// when `pcm16`, where samples are scaled by 32768 (the inverse of [`super::read`](fn@super::read)), rounded and
+/// clipped to the 16-bit range. The bytes are those of a [`WavWriter`] given the samples.
 pub fn write_wav(path: &Path, audio: &Audio, pcm16: bool) -> Result<()> {
     let format = SampleFormat::new(pcm16);
     // Checked before the file is created, so a signal too long for WAV leaves nothing behind.

@@ -35,7 +35,7 @@ pub struct PackedConv {
     taps: usize,
     /// `weights` transposed as the right factor, packed on the first narrow product (see [`PackedConv::product`]).
     right: OnceLock<Packed>,
-    /// A conv with one output channel: its weight row, for [`PackedConv::single_output`].
+    /// A conv with one output channel: its weight row, for [`single_output`].
     single_row: Option<Vec<f32>>,
 }
 
