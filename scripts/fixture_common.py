@@ -123,6 +123,22 @@ def best_of(reps: int, fn: Callable[[], Any]) -> tuple[float, Any]:
     return min(times), result
 
 
+def perturb_conv(mod: torch.nn.Module, randn: Callable[..., torch.Tensor]) -> bool:
+    """Fresh weights for a Conv1d (N(0, 1/fan_in)) or ConvTranspose1d (N(0, 1/taps): each output sample receives
+    in/groups * kernel/stride taps), bias N(0, 0.2^2); whether `mod` was one. Draws from `randn` in the order the
+    fixture generators always used, so their fixtures stay the same."""
+    if isinstance(mod, torch.nn.Conv1d):
+        fan_in = mod.in_channels // mod.groups * mod.kernel_size[0]
+    elif isinstance(mod, torch.nn.ConvTranspose1d):
+        fan_in = mod.in_channels // mod.groups * max(1, mod.kernel_size[0] // mod.stride[0])
+    else:
+        return False
+    mod.weight.copy_(randn(*mod.weight.shape) / math.sqrt(fan_in))
+    if mod.bias is not None:
+        mod.bias.copy_(0.2 * randn(*mod.bias.shape))
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # writing
 

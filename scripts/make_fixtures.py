@@ -52,7 +52,8 @@ from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d, pad_fo
 from moshi.quantization import SplitResidualVectorQuantizer
 
 from fixture_common import (add_common_args, best_of, cos, fixture_command, load_input_wav, np_codes, np_f32,
-                            print_files, stat, synth_signal, t3, tensor_std, warn_if_in_repo, write_input, write_json)
+                            perturb_conv, print_files, stat, synth_signal, t3, tensor_std, warn_if_in_repo, write_input,
+                            write_json)
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
@@ -205,18 +206,9 @@ def perturb(model: MimiModel, g: torch.Generator) -> None:
             attn_linears.update(id(m) for m in mod.modules() if isinstance(m, torch.nn.Linear))
     with torch.no_grad():
         for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Conv1d):
-                fan_in = mod.in_channels // mod.groups * mod.kernel_size[0]
-                mod.weight.copy_(randn(*mod.weight.shape) / math.sqrt(fan_in))
-                if mod.bias is not None:
-                    mod.bias.copy_(0.2 * randn(*mod.bias.shape))
-            elif isinstance(mod, torch.nn.ConvTranspose1d):
-                # each output sample receives in/groups * kernel/stride taps
-                taps = mod.in_channels // mod.groups * max(1, mod.kernel_size[0] // mod.stride[0])
-                mod.weight.copy_(randn(*mod.weight.shape) / math.sqrt(taps))
-                if mod.bias is not None:
-                    mod.bias.copy_(0.2 * randn(*mod.bias.shape))
-            elif isinstance(mod, torch.nn.LayerNorm):
+            if perturb_conv(mod, randn):
+                continue
+            if isinstance(mod, torch.nn.LayerNorm):
                 mod.weight.copy_(unif(0.6, 1.4, *mod.weight.shape))
                 mod.bias.copy_(0.2 * randn(*mod.bias.shape))
             elif isinstance(mod, moshi_transformer.LayerScale):

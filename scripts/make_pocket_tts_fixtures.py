@@ -38,7 +38,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from fixture_common import REPO, cos, np_f32, print_files, stat, synth_signal, write_input, write_json
+from fixture_common import (REPO, cos, np_f32, perturb_conv, print_files, stat, synth_signal, write_input,
+                            write_json)
 
 from pocket_tts.models.tts_model import TTSModel
 from pocket_tts.modules.conv import pad_for_conv1d
@@ -156,17 +157,9 @@ def perturb(model: TTSModel, g: torch.Generator) -> None:
 
     with torch.no_grad():
         for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Conv1d):
-                fan_in = mod.in_channels // mod.groups * mod.kernel_size[0]
-                mod.weight.copy_(randn(*mod.weight.shape) / math.sqrt(fan_in))
-                if mod.bias is not None:
-                    mod.bias.copy_(0.2 * randn(*mod.bias.shape))
-            elif isinstance(mod, torch.nn.ConvTranspose1d):
-                taps = mod.in_channels // mod.groups * max(1, mod.kernel_size[0] // mod.stride[0])
-                mod.weight.copy_(randn(*mod.weight.shape) / math.sqrt(taps))
-                if mod.bias is not None:
-                    mod.bias.copy_(0.2 * randn(*mod.bias.shape))
-            elif isinstance(mod, (torch.nn.LayerNorm, FlowLayerNorm)) and hasattr(mod, "weight"):
+            if perturb_conv(mod, randn):
+                continue
+            if isinstance(mod, (torch.nn.LayerNorm, FlowLayerNorm)) and hasattr(mod, "weight"):
                 mod.weight.copy_(unif(0.6, 1.4, *mod.weight.shape))
                 mod.bias.copy_(0.2 * randn(*mod.bias.shape))
             elif isinstance(mod, RMSNorm):
