@@ -40,6 +40,14 @@ fn converted() -> PathBuf {
     convert_to(&dir.join("model.safetensors"), Some(dir.join("config.yaml")), "pocket-tts")
 }
 
+/// The fixture converted and loaded (the file removed once read).
+fn loaded() -> PocketTts {
+    let gguf = converted();
+    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
+    std::fs::remove_file(gguf).ok();
+    model
+}
+
 /// The converter reads the YAML's architecture and embeds the tokenizer.
 #[test]
 fn converter_writes_the_config_and_the_tokenizer() {
@@ -68,9 +76,7 @@ fn converter_writes_the_config_and_the_tokenizer() {
 /// Mimi encode (audio → latents) stage by stage against `encode_to_latent`.
 #[test]
 fn mimi_encode_matches_reference() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     let mimi = &model.mimi;
     let (_, samples) = load_f32("input.npy");
     let pcm = Tensor::from_slice(&samples, (1, 1, samples.len()), &Device::Cpu).unwrap();
@@ -87,9 +93,7 @@ fn mimi_encode_matches_reference() {
 /// Mimi decode (latents → audio) stage by stage against `decode_from_latent`, one frame per call in the reference.
 #[test]
 fn mimi_decode_matches_reference() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     let mimi = &model.mimi;
     let latent = reference("mimi_latent.npy").transpose(1, 2).unwrap().contiguous().unwrap();
     let x = mimi.upsample.forward(&mimi.output_proj.forward(&latent).unwrap()).unwrap();
@@ -114,9 +118,7 @@ fn load_tokens(name: &str) -> Vec<u32> {
 /// given noise and from zeros) against the package's.
 #[test]
 fn flow_lm_step_matches_reference() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     let lm = &model.flow_lm;
     let mut state = Default::default();
     lm.prompt(&lm.text_embeddings(&load_tokens("step_tokens.npy")).unwrap(), &mut state).unwrap();
@@ -178,9 +180,7 @@ fn assert_audio_close(what: &str, audio: &Tensor, reference: &str, exact_frames:
 /// a voice and with one.
 #[test]
 fn generation_at_temperature_zero_matches_reference() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     // Both texts have more than 4 words: the package decodes 1 + 2 frames after EOS.
     let frames_after_eos = 3;
 
@@ -210,9 +210,7 @@ fn generation_at_temperature_zero_matches_reference() {
 /// punctuation, character rewrites, decimal points, chunks over 50 pieces, clause splits).
 #[test]
 fn text_chunks_match_reference() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("text_chunks.json")).unwrap()).unwrap();
     for case in cases.as_array().unwrap() {
@@ -238,9 +236,7 @@ fn text_chunks_match_reference() {
 /// cut (`end_on_pause`), the text chunked and tokenized, generated at temperature 0 and decoded.
 #[test]
 fn synthesize_from_text_and_voice_wav_matches_reference() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     let voice = codec::audio::read(&fixtures().join("voice.wav")).unwrap();
     assert_eq!(voice.sample_rate, 24000);
     let cut = model.config.end_on_pause(&voice.samples);
@@ -282,9 +278,7 @@ fn synthesize_from_text_and_voice_wav_matches_reference() {
 /// file (only its first `voice_max_seconds` read).
 #[test]
 fn bad_input_is_refused_or_reported() {
-    let gguf = converted();
-    let model = PocketTts::load(&ModelFile::open(&gguf).unwrap(), &Device::Cpu).unwrap();
-    std::fs::remove_file(gguf).ok();
+    let model = loaded();
     let message = |r: codec::Result<Vec<codec::models::pocket_tts::TextChunk>>| r.unwrap_err().to_string();
     assert_eq!(message(model.text_chunks(" \t ")), "the text is empty");
     assert!(message(model.text_chunks("... ?!")).contains("nothing to speak"));
