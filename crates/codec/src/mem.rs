@@ -17,7 +17,7 @@ pub(crate) fn zeroed_f32(n: usize) -> Vec<f32> {
         // In pieces across the threads: the kernel clears each page it maps, and one thread doing all of a layer's
         // pages (a weight packed on its first product) kept the others waiting.
         const PIECE: usize = 4 << 20;
-        (first..end).step_by(PIECE).collect::<Vec<_>>().into_par_iter().for_each(|from| {
+        (0..(end - first).div_ceil(PIECE)).into_par_iter().map(|i| first + i * PIECE).for_each(|from| {
             // SAFETY: MADV_POPULATE_WRITE only makes pages present (as a write fault would), never changes their
             // contents, and the page-rounded range lies in `buf`'s mapped pages.
             unsafe { libc::madvise(from as *mut libc::c_void, PIECE.min(end - from), libc::MADV_POPULATE_WRITE) };
