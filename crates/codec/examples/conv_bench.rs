@@ -67,6 +67,23 @@ fn main() {
             gflop / stock
         );
     }
+    println!("3-tap convs (WavTokenizer's pos_net at 75 and 40 Hz), direct vs Winograd F(4, 3); direct-conv FLOPs");
+    for &(ci, co, t) in &[(768, 768, 750), (768, 768, 400), (512, 256, 2000)] {
+        let (_, vb) = weights((co, ci, 3), co);
+        let direct = Conv1d::new(ci, co, ConvConfig::torch(3, 1), vb.clone().into()).unwrap();
+        let winograd = Conv1d::new(ci, co, ConvConfig::torch(3, 1).winograd(), vb.into()).unwrap();
+        let x = Tensor::randn(0f32, 1., (1, ci, t), &dev).unwrap();
+        let gflop = 2.0 * (ci * co * 3) as f64 * t as f64 / 1e9;
+        let ours = time(|| direct.forward(&x).unwrap());
+        let fast = time(|| winograd.forward(&x).unwrap());
+        println!(
+            "{ci:5} -> {co:5} k 3 s1 T{t:6}: direct {:7.2} ms {:6.1} GFLOP/s | Winograd {:7.2} ms {:6.1} GFLOP/s",
+            ours * 1e3,
+            gflop / ours,
+            fast * 1e3,
+            gflop / fast
+        );
+    }
     println!("conv-transpose1d (causal trim): ours");
     for &(ci, co, k, s, t) in
         &[(1024, 512, 16, 8, 250), (512, 256, 12, 6, 2000), (256, 128, 10, 5, 12000), (128, 64, 8, 4, 60000)]

@@ -89,12 +89,16 @@ pub struct ConvConfig {
     pub padding: Padding,
     /// How padded samples are filled.
     pub pad_mode: PadMode,
+    /// A 3-tap dense conv may run as Winograd's F(4, 3) (`nn::winograd`): half the multiplies, within f32 rounding
+    /// of the direct sum but not the same bits, and an output depends on where its tile starts. Only for layers
+    /// that never stream.
+    pub winograd: bool,
 }
 
 impl ConvConfig {
     /// A dense conv, stride 1, dilation 1, with bias.
     pub fn new(kernel_size: usize, padding: Padding, pad_mode: PadMode) -> Self {
-        Self { kernel_size, stride: 1, dilation: 1, groups: 1, bias: true, padding, pad_mode }
+        Self { kernel_size, stride: 1, dilation: 1, groups: 1, bias: true, padding, pad_mode, winograd: false }
     }
     /// torch's `Conv1d(kernel_size, padding=p)` with zero padding.
     pub fn torch(kernel_size: usize, padding: usize) -> Self {
@@ -115,6 +119,10 @@ impl ConvConfig {
     /// With or without a bias.
     pub fn bias(self, bias: bool) -> Self {
         Self { bias, ..self }
+    }
+    /// Allowed to run as Winograd's F(4, 3) (see the field).
+    pub fn winograd(self) -> Self {
+        Self { winograd: true, ..self }
     }
 }
 
@@ -143,7 +151,9 @@ impl Conv1d {
         let weight = vb.matrix(dims, "weight")?;
         let bias = if cfg.bias { Some(vb.get(c_out, "bias")?) } else { None };
         let packed = match cfg.groups {
-            1 => PackedConv::conv1d(&weight, dims, bias.as_ref())?.map(Arc::new),
+            1 => PackedConv::conv1d(&weight, dims, bias.as_ref())?
+                .map(|p| if cfg.winograd { p.with_winograd(&weight) } else { p })
+                .map(Arc::new),
             _ => None,
         };
         let weight = if packed.is_some() { None } else { Some(weight.into_tensor()?) };

@@ -20,7 +20,8 @@ use std::sync::OnceLock;
 
 use super::gemm::{gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed};
 use super::weight::{GemmWeight, Matrix, Operand, OperandLayout, Side};
-use super::{f32_slice, f32_vec};
+use super::winograd::WinogradWeights;
+use super::{f32_slice, f32_vec, winograd};
 
 /// The weights of one conv layer as the GEMM's left factor, and the bias of each GEMM row.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct PackedConv {
     right: OnceLock<Packed>,
     /// A conv with one output channel: its weight row, for [`single_output`].
     single_row: Option<Vec<f32>>,
+    /// A 3-tap conv that may run as Winograd's F(4, 3) ([`PackedConv::with_winograd`]).
+    winograd: Option<WinogradWeights>,
 }
 
 impl PackedConv {
@@ -51,7 +54,15 @@ impl PackedConv {
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?;
         let single_row = if c_out == 1 { Some(f32_vec(&weight.clone().into_tensor()?)?) } else { None };
-        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel, right: OnceLock::new(), single_row }))
+        let right = OnceLock::new();
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps: kernel, right, single_row, winograd: None }))
+    }
+
+    /// This 3-tap conv's wide stride-1, zero-padded products as Winograd's F(4, 3) (`nn::winograd`): half the
+    /// multiplies, not the same bits, so only for layers that never stream. Other kernels ignore it.
+    pub fn with_winograd(self, weight: &Matrix) -> Self {
+        let winograd = (self.kernel == 3).then(|| WinogradWeights::new(weight.clone(), self.c_out, self.c_in));
+        Self { winograd, ..self }
     }
 
     /// A transposed conv weight `(C_in, C_out, K)`, read as its output phases stacked (`OperandLayout::Phases`).
@@ -65,7 +76,8 @@ impl PackedConv {
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
         let bias = bias.map(f32_vec).transpose()?.map(|b| b.repeat(stride));
         let taps = kernel.div_ceil(stride);
-        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps, right: OnceLock::new(), single_row: None }))
+        let right = OnceLock::new();
+        Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps, right, single_row: None, winograd: None }))
     }
 
     /// `Y = W · X̂` (+ per-row `bias`, + `residual` laid out like Y) into the row-major `rows × n` output `y`.
@@ -337,8 +349,19 @@ impl Conv1dOp<'_> {
         }
         let mut out = crate::mem::zeros_par(b * w.c_out * t_out);
         let (x_len, p_len) = (c_in * (t - p), c_in * p);
+        // Winograd in f32 only: in bf16 its transforms' rounding (entries up to 8) added to bf16's own took the
+        // WavTokenizer fixture's decoded cos from 0.99982 to 0.99944.
+        let winograd = w.winograd.as_ref().filter(|_| {
+            let shape = self.stride == 1 && self.dilation == 1 && !self.reflect && p == 0;
+            shape && t_out >= winograd::MIN_OUTPUT_STEPS && super::gemm::precision() == super::gemm::Precision::F32
+        });
         for (item, yb) in out.chunks_exact_mut(w.c_out * t_out).enumerate() {
             let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);
+            if let Some(winograd) = winograd {
+                let x = &x[item * x_len..(item + 1) * x_len];
+                winograd.conv(x, t, self.pad_left, yb, t_out, w.bias.as_deref(), residual)?;
+                continue;
+            }
             let cols = Im2col {
                 x: &x[item * x_len..(item + 1) * x_len],
                 prefix: &prefix[item * p_len..(item + 1) * p_len],

@@ -13,6 +13,7 @@ pub mod snake;
 pub mod transformer;
 pub mod vocos;
 pub mod weight;
+mod winograd;
 
 #[cfg(test)]
 pub(crate) mod test_util;

@@ -58,9 +58,9 @@ impl ResnetBlock {
     fn new(dim: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             norm1: group_norm(dim, vb.pp("norm1"))?,
-            conv1: Conv1d::new(dim, dim, ConvConfig::torch(3, 1), vb.pp("conv1"))?,
+            conv1: Conv1d::new(dim, dim, ConvConfig::torch(3, 1).winograd(), vb.pp("conv1"))?,
             norm2: group_norm(dim, vb.pp("norm2"))?,
-            conv2: Conv1d::new(dim, dim, ConvConfig::torch(3, 1), vb.pp("conv2"))?,
+            conv2: Conv1d::new(dim, dim, ConvConfig::torch(3, 1).winograd(), vb.pp("conv2"))?,
         })
     }
 

@@ -136,6 +136,9 @@ pub(crate) enum OperandLayout {
     /// A transposed conv weight `(C_in, C_out, K)` as its `stride` output phases stacked (see `conv_cpu`):
     /// `A[(r, o), (i, m)] = w[i, o, r + m·stride]`, zero past the kernel.
     Phases { c_in: usize, c_out: usize, kernel: usize, stride: usize },
+    /// A 3-tap conv weight `(C_out, C_in, 3)` as row `row` of its Winograd transform (see `winograd`):
+    /// `A[o, i] = Σ_j G[row][j] · w[o, i, j]`.
+    Winograd { c_out: usize, c_in: usize, row: usize },
 }
 
 impl OperandLayout {
@@ -145,6 +148,7 @@ impl OperandLayout {
             Self::AsStored { rows, cols } => (rows, cols),
             Self::Transposed { rows, cols } => (cols, rows),
             Self::Phases { c_in, c_out, kernel, stride } => (stride * c_out, c_in * kernel.div_ceil(stride)),
+            Self::Winograd { c_out, c_in, .. } => (c_out, c_in),
         }
     }
 
@@ -153,6 +157,7 @@ impl OperandLayout {
         match self {
             Self::AsStored { rows, cols } | Self::Transposed { rows, cols } => rows * cols,
             Self::Phases { c_in, c_out, kernel, .. } => c_in * c_out * kernel,
+            Self::Winograd { c_out, c_in, .. } => c_out * c_in * 3,
         }
     }
 }
@@ -176,13 +181,16 @@ impl WeightView<'_> {
         match self.layout {
             OperandLayout::AsStored { rows, cols } => super::gemm::Strided::row_major(self.data, rows, cols),
             OperandLayout::Transposed { rows, cols } => super::gemm::Strided::transposed(self.data, rows, cols),
-            OperandLayout::Phases { .. } => None,
+            OperandLayout::Phases { .. } | OperandLayout::Winograd { .. } => None,
         }
     }
 }
 
 impl PackA for WeightView<'_> {
     fn pack_a(&self, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
+        if let OperandLayout::Winograd { c_in, row, .. } = self.layout {
+            return self.pack_winograd(rows, ks, mr, dst, c_in, &super::winograd::G[row]);
+        }
         let OperandLayout::Phases { c_out, kernel, stride, .. } = self.layout else {
             let strided = self.strided().expect("a stored matrix is strided");
             return strided.pack_a(rows, ks, mr, dst);
@@ -218,12 +226,49 @@ impl PackA for WeightView<'_> {
     }
 }
 
+impl WeightView<'_> {
+    /// Panels of `Σ_j g[j] · w[o, i, j]` over rows o and depth i from the stored `(C_out, c_in, 3)` weight: each
+    /// lane's transformed row computed whole (vectorised), then the lanes written across the panel.
+    fn pack_winograd(
+        &self,
+        rows: Range<usize>,
+        ks: Range<usize>,
+        mr: usize,
+        dst: &mut [f32],
+        c_in: usize,
+        g: &[f32; 3],
+    ) {
+        let kc = ks.len();
+        let mut lines = vec![0f32; mr * kc];
+        for (panel, r0) in rows.clone().step_by(mr).enumerate() {
+            let lanes = mr.min(rows.end - r0);
+            for (lane, line) in lines.chunks_exact_mut(kc).take(lanes).enumerate() {
+                let o = r0 + lane;
+                let taps = &self.data[(o * c_in + ks.start) * 3..(o * c_in + ks.end) * 3];
+                super::wide_simd(
+                    #[inline(always)]
+                    || {
+                        for (d, w) in line.iter_mut().zip(taps.chunks_exact(3)) {
+                            *d = g[0] * w[0] + g[1] * w[1] + g[2] * w[2];
+                        }
+                    },
+                );
+            }
+            let dst = &mut dst[panel * mr * kc..(panel + 1) * mr * kc];
+            super::gemm::pack_lines(|lane| &lines[lane * kc..(lane + 1) * kc], lanes, mr, dst);
+            if lanes < mr {
+                dst.chunks_exact_mut(mr).for_each(|d| d[lanes..].fill(0.0));
+            }
+        }
+    }
+}
+
 impl PackB for WeightView<'_> {
     fn pack_b(&self, ks: Range<usize>, cols: Range<usize>, nr: usize, dst: &mut [f32]) {
         match self.strided() {
             Some(strided) => strided.pack_b(ks, cols, nr, dst),
-            // Transposed convs are only ever the left factor.
-            None => unreachable!("a transposed conv's phases as a right factor"),
+            // Transposed convs and Winograd transforms are only ever the left factor.
+            None => unreachable!("a transposed conv's phases or a Winograd transform as a right factor"),
         }
     }
 }
@@ -425,6 +470,7 @@ mod tests {
             ("tconv.weight", vec![5, 4, 8]),
             ("linear.weight", vec![7, 5]),
             ("codebook.embed", vec![9, 5]),
+            ("wconv.weight", vec![6, 5, 3]),
         ]
         .into_iter()
         .map(|(name, shape)| (name.to_string(), Tensor::randn(0f32, 1., shape, &dev).unwrap()))
@@ -450,6 +496,7 @@ mod tests {
         };
         let linear = |vb: &Weights| Linear::new(vb.matrix((7, 5), "linear.weight")?, None);
         let codebook = |vb: &Weights| EuclideanCodebook::new(9, 5, vb.pp("codebook"));
+        let wconv = |vb: &Weights| Conv1d::new(5, 6, ConvConfig::torch(3, 1).bias(false).winograd(), vb.pp("wconv"));
         let x = Tensor::randn(0f32, 1., (2, 5, 40), &dev).unwrap();
         let rows = Tensor::randn(0f32, 1., (40, 5), &dev).unwrap();
         let same = |a: &Tensor, b: &Tensor| {
@@ -460,6 +507,8 @@ mod tests {
         let (t_m, t_o) = (tconv(&mapped).unwrap(), tconv(&owned).unwrap());
         let (l_m, l_o) = (linear(&mapped).unwrap(), linear(&owned).unwrap());
         let (q_m, q_o) = (codebook(&mapped).unwrap(), codebook(&owned).unwrap());
+        let (w_m, w_o) = (wconv(&mapped).unwrap(), wconv(&owned).unwrap());
+        let long = Tensor::randn(0f32, 1., (2, 5, 100), &dev).unwrap();
         // A few samples: the convs' narrow (transposed) products.
         let short = x.narrow(2, 0, 3).unwrap().contiguous().unwrap();
         for _run in 0..3 {
@@ -468,6 +517,7 @@ mod tests {
             same(&c_m.forward(&short).unwrap(), &c_o.forward(&short).unwrap());
             same(&t_m.forward(&short).unwrap(), &t_o.forward(&short).unwrap());
             same(&l_m.forward(&rows).unwrap(), &l_o.forward(&rows).unwrap());
+            same(&w_m.forward(&long).unwrap(), &w_o.forward(&long).unwrap());
             let codes = q_m.encode(&rows).unwrap();
             assert_eq!(codes.to_vec1::<u32>().unwrap(), q_o.encode(&rows).unwrap().to_vec1::<u32>().unwrap());
             same(&q_m.decode(&codes).unwrap(), &q_o.decode(&codes).unwrap());

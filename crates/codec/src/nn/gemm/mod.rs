@@ -406,7 +406,7 @@ impl<A: PackA> PackB for LeftAsRight<'_, A> {
 /// `dst[p·width + lane] = line(lane)[p]` for the first `lanes` lanes: lines that run along the depth (rows of a
 /// row-major A, columns of a transposed B — weights read in place pack this way) written across a panel, 8 lanes at
 /// a time transposed in registers where the CPU allows.
-fn pack_lines<'a>(line: impl Fn(usize) -> &'a [f32], lanes: usize, width: usize, dst: &mut [f32]) {
+pub(crate) fn pack_lines<'a>(line: impl Fn(usize) -> &'a [f32], lanes: usize, width: usize, dst: &mut [f32]) {
     let mut first = 0;
     if transpose_simd() {
         while first + 8 <= lanes {
