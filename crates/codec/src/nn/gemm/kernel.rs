@@ -85,12 +85,17 @@ mod x86 {
         ($acc:expr, $nr:expr, $store:expr) => {{
             let (acc, nr, store): (_, usize, &Store) = (&$acc, $nr, $store);
             if store.cs != 1 {
-                // A copy, so `acc` itself never has its address taken.
-                let mut rows = [[_mm512_setzero_ps(); 3]; 8];
-                for (dst, src) in rows.iter_mut().zip(acc.iter()) {
-                    dst[..src.len()].copy_from_slice(src);
-                }
-                store_avx512_strided(rows, acc.len(), nr, store);
+                // Each vector stored on this path only, into memory nothing clears (a zeroed array here was
+                // hoisted into every tile call as a memset: 5 % of a WavTokenizer decode), so `acc` itself never
+                // has its address taken.
+                let mut staged = std::mem::MaybeUninit::<[f32; 48 * 8]>::uninit();
+                let base = staged.as_mut_ptr() as *mut f32;
+                for_each_row!(acc, |i, row| {
+                    for (v, &x) in row.iter().enumerate() {
+                        _mm512_storeu_ps(base.add(48 * i + 16 * v), x);
+                    }
+                });
+                store_avx512_strided(base, acc.len(), nr, store);
             } else {
                 let masks = [lanes(nr, 0), lanes(nr, 16), lanes(nr, 32)];
                 let mut col_bias = [_mm512_setzero_ps(); 3];
@@ -99,45 +104,70 @@ mod x86 {
                         *cb = _mm512_maskz_loadu_ps(m, store.col_bias.add(v * 16));
                     }
                 }
-                for (i, row) in acc.iter().enumerate() {
-                    let c = store.c.offset(i as isize * store.rs);
-                    let row_bias = _mm512_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
-                    for (v, (&x, &m)) in row.iter().zip(&masks).enumerate() {
-                        if m == 0 {
-                            continue;
-                        }
-                        let p = c.add(v * 16);
-                        let mut y = _mm512_add_ps(_mm512_add_ps(x, row_bias), col_bias[v]);
-                        if store.load_c {
-                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, p));
-                        }
-                        if !store.col_scale.is_null() {
-                            y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, store.col_scale.add(v * 16)));
-                        }
-                        if !store.residual.is_null() {
-                            let r = store.residual.offset(i as isize * store.rs).add(v * 16);
-                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, r));
-                        }
-                        _mm512_mask_storeu_ps(p, m, y);
-                    }
-                }
+                // Row by row at constant indices (a loop over the rows was not unrolled for 6–8 rows, which kept
+                // the accumulators in a stack array cleared on every call).
+                for_each_row!(acc, |i, row| store_row!(row, i, &masks, &col_bias, store));
             }
         }};
     }
 
-    /// A tile through a strided store (`cs != 1`, transposed outputs): out of line, so the tile functions do not
-    /// clear its staging buffer on entry (the compiler hoisted that 1.5 KB memset into every tile call).
+    /// `f(i, &acc[i])` for each row of a tile's accumulator array, `i` a literal (up to 8 rows).
+    macro_rules! for_each_row {
+        ($acc:expr, |$i:ident, $row:ident| $body:expr) => {
+            for_each_row!(@rows $acc, $i, $row, $body, 0, 1, 2, 3, 4, 5, 6, 7)
+        };
+        (@rows $acc:expr, $i:ident, $row:ident, $body:expr, $($n:literal),*) => {
+            $(if let Some($row) = $acc.get($n) {
+                let $i: usize = $n;
+                $body;
+            })*
+        };
+    }
+
+    /// One row of a tile through `store` with contiguous columns: masked vector stores, the epilogue applied. A
+    /// macro, expanded inside the tile's AVX-512 function.
+    macro_rules! store_row {
+        ($row:expr, $i:expr, $masks:expr, $col_bias:expr, $store:expr) => {{
+            let (row, i, masks, col_bias, store): (_, usize, &[u16; 3], &[__m512; 3], &Store) =
+                ($row, $i, $masks, $col_bias, $store);
+            let c = store.c.offset(i as isize * store.rs);
+            let row_bias = _mm512_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
+            for (v, (&x, &m)) in row.iter().zip(masks).enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let p = c.add(v * 16);
+                let mut y = _mm512_add_ps(_mm512_add_ps(x, row_bias), col_bias[v]);
+                if store.load_c {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, p));
+                }
+                if !store.col_scale.is_null() {
+                    y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, store.col_scale.add(v * 16)));
+                }
+                if !store.residual.is_null() {
+                    let r = store.residual.offset(i as isize * store.rs).add(v * 16);
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, r));
+                }
+                _mm512_mask_storeu_ps(p, m, y);
+            }
+        }};
+    }
+
+    /// A tile through a strided store (`cs != 1`, transposed outputs) from `staged`, whose `rows` rows of 48
+    /// (their first `nr` columns written) the tile wrote: out of line, so the tile functions carry none of it.
+    ///
+    /// # Safety
+    /// `staged` points at `rows ≤ 8` rows of 48 floats whose first `nr ≤ 48` are initialised.
     #[cold]
     #[inline(never)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store_avx512_strided(acc: [[__m512; 3]; 8], mr: usize, nr: usize, store: &Store) {
-        let mut tmp = [[0f32; 48]; 8];
-        for (t, v) in tmp.iter_mut().zip(&acc) {
-            _mm512_storeu_ps(t.as_mut_ptr(), v[0]);
-            _mm512_storeu_ps(t.as_mut_ptr().add(16), v[1]);
-            _mm512_storeu_ps(t.as_mut_ptr().add(32), v[2]);
+    unsafe fn store_avx512_strided(staged: *const f32, rows: usize, nr: usize, store: &Store) {
+        let mut tile = [[0f32; 48]; 8];
+        for (i, row) in tile.iter_mut().enumerate().take(rows) {
+            for (j, v) in row.iter_mut().enumerate().take(nr) {
+                *v = *staged.add(48 * i + j);
+            }
         }
-        store_scalar(&tmp, mr, nr, store);
+        store_scalar(&tile, rows, nr, store);
     }
 
     pub(in super::super) struct Avx512;
