@@ -87,7 +87,7 @@ pub fn config_from_yaml(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
 
 /// The inverse real DFT of `n` points, times `window`, as two `(n/2 + 1, n)` matrices: frame = Re·real + Im·imag.
 /// Row k weighs `c_k/n · (cos, −sin)(2πkn/N)` with c = 1 for DC and Nyquist, 2 elsewhere (irfft's Hermitian sum).
-fn irfft_basis(window: &[f32]) -> candle_core::Result<(Tensor, Tensor)> {
+pub(crate) fn irfft_basis(window: &[f32]) -> candle_core::Result<(Tensor, Tensor)> {
     let n = window.len();
     let bins = n / 2 + 1;
     let mut real = Vec::with_capacity(bins * n);

@@ -31,21 +31,6 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     map(x, "codec-silu", |v| v / (1.0 + (-v).exp()), candle_nn::ops::silu)
 }
 
-/// `exp(x)`, libm's as candle's: the same bits, across threads.
-pub fn exp(x: &Tensor) -> Result<Tensor> {
-    map(x, "codec-exp", f32::exp, Tensor::exp)
-}
-
-/// `cos(x)`, libm's as candle's: the same bits, across threads.
-pub fn cos(x: &Tensor) -> Result<Tensor> {
-    map(x, "codec-cos", f32::cos, Tensor::cos)
-}
-
-/// `sin(x)`, libm's as candle's: the same bits, across threads.
-pub fn sin(x: &Tensor) -> Result<Tensor> {
-    map(x, "codec-sin", f32::sin, Tensor::sin)
-}
-
 /// `f` on every element of an f32 CPU tensor, in parallel chunks; `other` elsewhere.
 fn map(
     x: &Tensor,
