@@ -359,7 +359,7 @@ impl Conv1dOp<'_> {
             let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);
             if let Some(winograd) = winograd {
                 let x = &x[item * x_len..(item + 1) * x_len];
-                winograd.conv(x, t, self.pad_left, yb, t_out, w.bias.as_deref(), residual)?;
+                winograd.conv((x, t), self.pad_left, yb, w.bias.as_deref(), residual)?;
                 continue;
             }
             let cols = Im2col {

@@ -249,7 +249,7 @@ impl IstftHead {
     /// of the hop and `n_fft - hop` is even.
     pub fn new(cfg: &VocosConfig, vb: Weights) -> Result<Self> {
         let (n, hop) = (cfg.n_fft, cfg.hop_length);
-        if n % hop != 0 || (n - hop) % 2 != 0 {
+        if hop == 0 || n < hop || n % hop != 0 || (n - hop) % 2 != 0 {
             candle_core::bail!("ISTFT head needs n_fft ({n}) a multiple of hop ({hop}) and an even n_fft - hop");
         }
         let bins = n / 2 + 1;

@@ -75,14 +75,13 @@ impl WinogradWeights {
     /// by `pad_left` on the left and as needed on the right.
     pub fn conv(
         &self,
-        x: &[f32],
-        t: usize,
+        (x, t): (&[f32], usize),
         pad_left: usize,
         y: &mut [f32],
-        t_out: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
     ) -> Result<()> {
+        let t_out = y.len() / self.c_out.max(1);
         let transformed = super::get_or_try_init(&self.transformed, || {
             (0..POINTS)
                 .map(|row| {
