@@ -570,6 +570,15 @@ impl Codec {
         lo
     }
 
+    /// The most working memory a short clip may take in one pass: [`WHOLE_PASS_MEMORY`] on the CPU (within the memory
+    /// limit), two pieces' worth on a GPU.
+    pub fn whole_pass_memory(&self) -> u64 {
+        match &self.device {
+            Device::Cpu => WHOLE_PASS_MEMORY.min(self.memory_limit.unwrap_or(u64::MAX)),
+            _ => 2 * self.piece_memory(),
+        }
+    }
+
     /// Working memory of one piece: [`PIECE_MEMORY`] on the CPU (where bigger pieces only cost cache misses);
     /// on a GPU, whose many cores need long pieces (and batches) to be busy, a quarter of the device memory free
     /// now (`GPU_PIECE_MEMORY` where that cannot be read).
@@ -585,13 +594,15 @@ impl Codec {
         }
     }
 
-    /// How an input of `n_frames` goes through a stream: whole if it needs at most two pieces' memory, else pieces
-    /// of [`Codec::piece_frames`]. Results do not depend on the cut; memory is that of one piece.
+    /// How an input of `n_frames` goes through a stream: whole if it is a clip (at most the chunk length) whose one
+    /// pass fits [`Codec::whole_pass_memory`], else pieces of [`Codec::piece_frames`]. Results do not depend on the
+    /// cut beyond rounding; memory is that of one piece, or of one short clip.
     pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
-        // A clip that needs at most two pieces' memory runs whole: one pass costs less than two (each pass reads
-        // the weights), and the memory bound matters for long inputs.
+        // A clip runs whole: one pass costs less than several (each reads the weights, and from a stream's third
+        // piece on the weights are packed: a 10 s DAC 16 kHz decode took 4–7 % longer in ten pieces); the memory
+        // bound matters for long inputs.
         let whole = n_frames as f64 <= self.chunk_seconds * self.frame_rate()
-            && self.model.peak_bytes(n_frames) <= 2 * self.piece_memory();
+            && self.model.pass_bytes(n_frames) <= self.whole_pass_memory();
         let per_piece = if whole { n_frames.max(1) } else { self.piece_frames() };
         (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
     }
@@ -650,6 +661,10 @@ fn available_memory() -> Option<u64> {
 /// The most memory one piece of a long input may need: keeps a stream's peak memory a few hundred MB above the
 /// model's, whatever the input's length.
 pub const PIECE_MEMORY: u64 = 128 << 20;
+
+/// The most working memory a clip of at most the chunk length takes in one pass on the CPU: a 20 s Mimi or DAC 16 kHz
+/// clip runs whole; DAC 44.1 kHz clips beyond 9 s go in pieces.
+pub const WHOLE_PASS_MEMORY: u64 = 1 << 30;
 
 /// [`PIECE_MEMORY`] on a GPU whose free memory cannot be read.
 pub const GPU_PIECE_MEMORY: u64 = 4 << 30;

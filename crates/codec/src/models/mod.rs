@@ -34,6 +34,11 @@ pub trait Model: Send + Sync {
     /// [`crate::Codec`] checks against the memory limit before it runs (measured peak RSS growth per audio sample,
     /// plus attention's matrix where attention spans the whole input). Saturates instead of overflowing.
     fn peak_bytes(&self, n_frames: usize) -> u64;
+    /// About the memory one pass over a whole clip of `n_frames` frames allocates (no stream pieces, whose carried
+    /// state can cost more per sample): what decides whether a short clip runs in one pass ([`crate::Codec::pieces`]).
+    fn pass_bytes(&self, n_frames: usize) -> u64 {
+        self.peak_bytes(n_frames)
+    }
 
     /// Whether [`Model::encode_padded`] / [`Model::decode_padded`] give every item of a right-padded batch of
     /// unequal lengths its single run's result. Causal models do without more (padding after an input cannot reach
