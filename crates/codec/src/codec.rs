@@ -599,7 +599,7 @@ impl Codec {
     /// cut beyond rounding; memory is that of one piece, or of one short clip.
     pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
         // A clip runs whole: one pass costs less than several (each reads the weights, and from a stream's third
-        // piece on the weights are packed: a 10 s DAC 16 kHz decode took 4–7 % longer in ten pieces); the memory
+        // piece on the weights are packed: a 10 s DAC 16 kHz decode took 4–18 % longer in ten pieces); the memory
         // bound matters for long inputs.
         let whole = n_frames as f64 <= self.chunk_seconds * self.frame_rate()
             && self.model.pass_bytes(n_frames) <= self.whole_pass_memory();
