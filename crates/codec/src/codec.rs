@@ -553,10 +553,11 @@ impl Codec {
     }
 
     /// Frames per piece of a long input: `chunk_seconds` of audio, fewer if one pass over that would need more
-    /// than [`Codec::piece_memory`]; at least one.
+    /// than [`Codec::piece_memory`] or the memory limit; at least one.
     pub fn piece_frames(&self) -> usize {
         let most = ((self.chunk_seconds * self.frame_rate()) as usize).max(1);
-        let fits = |frames: usize| self.model.peak_bytes(frames) <= self.piece_memory();
+        let budget = self.piece_memory().min(self.memory_limit.unwrap_or(u64::MAX));
+        let fits = |frames: usize| self.model.peak_bytes(frames) <= budget;
         // The largest size that fits, by bisection (peak memory grows with length).
         let (mut lo, mut hi) = (1, most);
         while lo < hi {
@@ -601,8 +602,11 @@ impl Codec {
         // A clip runs whole: one pass costs less than several (each reads the weights, and from a stream's third
         // piece on the weights are packed: a 10 s DAC 16 kHz decode took 4–18 % longer in ten pieces); the memory
         // bound matters for long inputs.
+        // The stream's memory check of that one push counts what a stream needs (`peak_bytes`): it must pass too, or
+        // a memory limit between the two estimates would refuse a clip that pieces can run.
         let whole = n_frames as f64 <= self.chunk_seconds * self.frame_rate()
-            && self.model.pass_bytes(n_frames) <= self.whole_pass_memory();
+            && self.model.pass_bytes(n_frames) <= self.whole_pass_memory()
+            && self.memory_limit.is_none_or(|limit| self.model.peak_bytes(n_frames) <= limit);
         let per_piece = if whole { n_frames.max(1) } else { self.piece_frames() };
         (0..n_frames).step_by(per_piece).map(|from| from..(from + per_piece).min(n_frames)).collect()
     }

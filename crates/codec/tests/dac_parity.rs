@@ -84,6 +84,30 @@ fn both_layouts_match_references() {
     }
 }
 
+/// A clip runs in one pass, unless a memory limit refuses that pass: then it goes in pieces (the stream checks each
+/// push against the limit) and decodes to the same audio up to rounding.
+#[test]
+fn memory_limit_sends_a_clip_to_pieces() {
+    let variant = "16khz";
+    let [(gguf, _), (hub, _)] = layouts(variant);
+    std::fs::remove_file(hub).ok();
+    let mut codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    let audio = input(variant, codec.sample_rate());
+    let codes = codec.encode(&audio, None).unwrap();
+    let whole = codec.decode(&codes).unwrap();
+    let n = codes.n_frames;
+    assert_eq!(codec.pieces(n).len(), 1, "a short clip runs in one pass");
+    // A limit the whole clip's stream push exceeds, though its one pass would fit: pieces sized to the limit.
+    let limit = codec.model().peak_bytes(n) / 2;
+    assert!(codec.model().pass_bytes(n) < limit);
+    codec.set_memory_limit(Some(limit));
+    assert!(codec.pieces(n).len() > 1);
+    let pieces = codec.decode(&codes).unwrap();
+    assert_eq!(pieces.samples.len(), whole.samples.len());
+    assert!(common::cosine(&pieces.samples, &whole.samples) >= 0.999999);
+    std::fs::remove_file(gguf).ok();
+}
+
 /// A long input streamed in pieces of a few frames gives the codes of one pass exactly, and its audio up to rounding
 /// (the transposed convs' overlaps are summed in two parts at each cut).
 #[test]
