@@ -84,17 +84,23 @@ fn both_layouts_match_references() {
     }
 }
 
+/// The variant's model (its GGUF, the hub layout's removed), the fixture input, and that input's codes and audio
+/// from one pass each.
+fn one_pass(variant: &str) -> (PathBuf, Codec, Audio, Codes, Audio) {
+    let [(gguf, _), (hub, _)] = layouts(variant);
+    std::fs::remove_file(hub).ok();
+    let codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    let audio = input(variant, codec.sample_rate());
+    let codes = codec.encode(&audio, None).unwrap();
+    let whole = codec.decode(&codes).unwrap();
+    (gguf, codec, audio, codes, whole)
+}
+
 /// A clip runs in one pass, unless a memory limit refuses that pass: then it goes in pieces (the stream checks each
 /// push against the limit) and decodes to the same audio up to rounding.
 #[test]
 fn memory_limit_sends_a_clip_to_pieces() {
-    let variant = "16khz";
-    let [(gguf, _), (hub, _)] = layouts(variant);
-    std::fs::remove_file(hub).ok();
-    let mut codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
-    let audio = input(variant, codec.sample_rate());
-    let codes = codec.encode(&audio, None).unwrap();
-    let whole = codec.decode(&codes).unwrap();
+    let (gguf, mut codec, _, codes, whole) = one_pass("16khz");
     let n = codes.n_frames;
     assert_eq!(codec.pieces(n).len(), 1, "a short clip runs in one pass");
     // A limit the whole clip's stream push exceeds, though its one pass would fit: pieces sized to the limit.
@@ -113,12 +119,7 @@ fn memory_limit_sends_a_clip_to_pieces() {
 #[test]
 fn chunked_equals_one_pass() {
     for variant in variants() {
-        let [(gguf, _), (hub, _)] = layouts(variant);
-        std::fs::remove_file(hub).ok();
-        let mut codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
-        let audio = input(variant, codec.sample_rate());
-        let codes = codec.encode(&audio, None).unwrap();
-        let whole = codec.decode(&codes).unwrap();
+        let (gguf, mut codec, audio, codes, whole) = one_pass(variant);
         codec.set_chunk_seconds(0.05);
         assert!(codec.pieces(codes.n_frames).len() > 3, "{variant}: the test should cut several chunks");
         assert_eq!(codec.encode(&audio, None).unwrap(), codes, "{variant}: chunked codes differ");
