@@ -571,11 +571,11 @@ impl Codec {
         lo
     }
 
-    /// The most working memory a short clip may take in one pass: [`WHOLE_PASS_MEMORY`] on the CPU (within the memory
-    /// limit), two pieces' worth on a GPU.
+    /// The most working memory a short clip may take in one pass: [`WHOLE_PASS_MEMORY`] on the CPU, two pieces'
+    /// worth on a GPU ([`Codec::pieces`] also holds it to the memory limit).
     pub fn whole_pass_memory(&self) -> u64 {
         match &self.device {
-            Device::Cpu => WHOLE_PASS_MEMORY.min(self.memory_limit.unwrap_or(u64::MAX)),
+            Device::Cpu => WHOLE_PASS_MEMORY,
             _ => 2 * self.piece_memory(),
         }
     }
@@ -601,9 +601,9 @@ impl Codec {
     pub fn pieces(&self, n_frames: usize) -> Vec<std::ops::Range<usize>> {
         // A clip runs whole: one pass costs less than several (each reads the weights, and from a stream's third
         // piece on the weights are packed: a 10 s DAC 16 kHz decode took 4–18 % longer in ten pieces); the memory
-        // bound matters for long inputs.
-        // The stream's memory check of that one push counts what a stream needs (`peak_bytes`): it must pass too, or
-        // a memory limit between the two estimates would refuse a clip that pieces can run.
+        // bound matters for long inputs. The stream checks that one push against the memory limit with what a
+        // stream needs (`peak_bytes`, at least `pass_bytes`), so that check decides here too: a limit between the
+        // two estimates sends the clip to pieces rather than refusing it.
         let whole = n_frames as f64 <= self.chunk_seconds * self.frame_rate()
             && self.model.pass_bytes(n_frames) <= self.whole_pass_memory()
             && self.memory_limit.is_none_or(|limit| self.model.peak_bytes(n_frames) <= limit);

@@ -10,20 +10,12 @@ use super::f32_slice;
 
 /// `x` where `x > 0`, `exp(x) − 1` elsewhere.
 pub fn elu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1_no_bwd(&Map("codec-elu", elu_f32))
-    } else {
-        x.elu(1.0)
-    }
+    map(x, "codec-elu", elu_f32, |x| x.elu(1.0))
 }
 
 /// `x · Φ(x) = x/2 · (1 + erf(x/√2))`, torch's default (exact) GELU.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1_no_bwd(&Map("codec-gelu", gelu_f32))
-    } else {
-        x.gelu_erf()
-    }
+    map(x, "codec-gelu", gelu_f32, Tensor::gelu_erf)
 }
 
 /// `x · sigmoid(x)` (SiLU / swish), with libm's `expf` as candle computes it: the same bits, across threads.

@@ -365,26 +365,26 @@ impl CustomOp1 for InverseStft {
         // Windowed frames, (B·F, n).
         let mut frames = crate::mem::zeros_par(b * f * n);
         let scratch = || (self.fft.make_input_vec(), self.fft.make_scratch_vec());
-        let fft_error = std::sync::Mutex::new(None);
-        frames.par_chunks_mut(n).zip(y.par_chunks(width)).for_each_init(scratch, |(spectrum, work), (frame, y)| {
-            let (log_mag, phase) = y.split_at(bins);
-            for ((s, &lm), &p) in spectrum.iter_mut().zip(log_mag).zip(phase) {
-                let mag = lm.exp().min(1e2);
-                *s = Complex::new(mag * p.cos(), mag * p.sin());
-            }
-            // The inverse of a real signal's spectrum ignores the imaginary parts at DC and Nyquist (as torch's).
-            spectrum[0].im = 0.0;
-            spectrum[bins - 1].im = 0.0;
-            if let Err(e) = self.fft.process_with_scratch(spectrum, frame, work) {
-                *fft_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-            }
-            for (v, &w) in frame.iter_mut().zip(&self.scaled_window) {
-                *v *= w;
-            }
-        });
-        if let Some(e) = fft_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            candle_core::bail!("ISTFT: {e}");
-        }
+        frames.par_chunks_mut(n).zip(y.par_chunks(width)).try_for_each_init(
+            scratch,
+            |(spectrum, work), (frame, y)| {
+                let (log_mag, phase) = y.split_at(bins);
+                for ((s, &lm), &p) in spectrum.iter_mut().zip(log_mag).zip(phase) {
+                    let mag = lm.exp().min(1e2);
+                    *s = Complex::new(mag * p.cos(), mag * p.sin());
+                }
+                // The inverse of a real signal's spectrum ignores the imaginary parts at DC and Nyquist (as torch's).
+                spectrum[0].im = 0.0;
+                spectrum[bins - 1].im = 0.0;
+                self.fft
+                    .process_with_scratch(spectrum, frame, work)
+                    .map_err(|e| candle_core::Error::Msg(format!("ISTFT: {e}")))?;
+                for (v, &w) in frame.iter_mut().zip(&self.scaled_window) {
+                    *v *= w;
+                }
+                Ok::<(), candle_core::Error>(())
+            },
+        )?;
         // Output sample u of an item is sample s = u + pad of the overlap-added signal: frame q covers
         // s ∈ [q·hop, q·hop + n).
         let (pad, len) = ((n - hop) / 2, f * hop);
