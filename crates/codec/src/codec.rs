@@ -10,6 +10,7 @@ use crate::audio::Audio;
 use crate::error::TensorContext;
 use crate::gguf::ModelFile;
 use crate::models::{self, Model, Parts};
+use crate::nn::on_pool;
 use crate::stream::{self, DecoderStream, EncoderStream, StreamDecoder, StreamEncoder};
 use crate::{Error, Result};
 
@@ -249,7 +250,7 @@ impl Codec {
     pub fn stage_times(&self, audio: &Audio, n_q: usize) -> Result<Vec<crate::models::StageTime>> {
         self.require(Parts::All)?;
         let pcm = Tensor::from_slice(&audio.samples, (1, 1, audio.samples.len()), &self.device).ctx("bench input")?;
-        self.model.stage_times(&pcm, n_q).ctx("bench stages")
+        on_pool(|| self.model.stage_times(&pcm, n_q)).ctx("bench stages")
     }
 
     /// Mono audio at any rate → codes with `n_q` codebooks (all when `None`).
@@ -277,7 +278,7 @@ impl Codec {
             // No finite context: one pass.
             self.check_memory(n_frames, "encoding")?;
             let pcm = Tensor::from_slice(samples, (1, 1, samples.len()), &self.device).ctx("encode input")?;
-            let codes = self.model.encode(&pcm, n_q).ctx(format!("{}: encode", self.path.display()))?;
+            let codes = on_pool(|| self.model.encode(&pcm, n_q)).ctx(format!("{}: encode", self.path.display()))?;
             let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("encode")?;
             progress(n_frames, n_frames);
             return Ok(Codes { n_q, n_frames, data });
@@ -347,7 +348,7 @@ impl Codec {
             }
             let pcm = Tensor::from_vec(flat, (group.len(), 1, len), &self.device).ctx("encode input")?;
             let lengths: Vec<usize> = group.iter().map(|&i| samples[i].len()).collect();
-            let codes = self.named(self.model.encode_padded(&pcm, &lengths, n_q).ctx("batched encode"))?;
+            let codes = self.named(on_pool(|| self.model.encode_padded(&pcm, &lengths, n_q)).ctx("batched encode"))?;
             let data = codes.flatten_all().and_then(|c| c.to_vec1::<u32>()).ctx("batched encode")?;
             for (&i, item) in group.iter().zip(data.chunks_exact(n_q * most)) {
                 let n_frames = frames[i];
@@ -385,7 +386,8 @@ impl Codec {
             }
             let t = Tensor::from_vec(flat, (group.len(), n_q, most), &self.device).ctx("decode input")?;
             let lengths: Vec<usize> = group.iter().map(|&i| frames[i]).collect();
-            let (pcm, lengths) = self.named(self.model.decode_padded(&t, &lengths).ctx("batched decode"))?;
+            let (pcm, lengths) =
+                self.named(on_pool(|| self.model.decode_padded(&t, &lengths)).ctx("batched decode"))?;
             let per_item = pcm.dim(2).ctx("batched decode output")?;
             let data = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("batched decode output")?;
             for ((&i, item), len) in group.iter().zip(data.chunks_exact(per_item.max(1))).zip(lengths) {
@@ -524,7 +526,7 @@ impl Codec {
             self.check_memory(codes.n_frames, "decoding")?;
             let t =
                 Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
-            let pcm = self.model.decode(&t).ctx(format!("{}: decode", self.path.display()))?;
+            let pcm = on_pool(|| self.model.decode(&t)).ctx(format!("{}: decode", self.path.display()))?;
             let samples = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
             progress(codes.n_frames, codes.n_frames);
             return Ok(Audio { sample_rate, samples });

@@ -127,8 +127,8 @@ impl MemoryGuard {
 }
 
 /// Runs a step of the model's stream, marking the stream failed if it errs.
-fn guarded<T>(phase: &mut Phase, what: &str, step: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
-    step().ctx(what).inspect_err(|_| *phase = Phase::Failed)
+fn guarded<T: Send>(phase: &mut Phase, what: &str, step: impl FnOnce() -> candle_core::Result<T> + Send) -> Result<T> {
+    crate::nn::on_pool(step).ctx(what).inspect_err(|_| *phase = Phase::Failed)
 }
 
 /// Audio → codes in pieces. `Send`; made by [`crate::Codec::stream_encoder`].

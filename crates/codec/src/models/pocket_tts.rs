@@ -62,10 +62,10 @@ use crate::gguf::{keys, metadata_config, ModelFile};
 use crate::nn::conv::{Conv1d, ConvConfig, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use crate::nn::linear::Linear;
 use crate::nn::norm::{layer_norm, LayerNorm};
-use crate::nn::pad_to_multiple;
 use crate::nn::seanet::{SeanetConfig, SeanetDecoder, SeanetEncoder, SeanetState};
 use crate::nn::transformer::{MlpActivation, Transformer, TransformerConfig, TransformerState};
 use crate::nn::Weights;
+use crate::nn::{on_pool, pad_to_multiple};
 
 /// `general.architecture` of a Pocket TTS model file.
 pub const ARCH: &str = "pocket-tts";
@@ -1072,7 +1072,8 @@ impl PocketTts {
         let Sampling { frames_after_eos, temperature, steps } = sampling;
         let (lm, c) = (&self.flow_lm, &self.config);
         let mut state = state.clone();
-        lm.prompt(&lm.text_embeddings(tokens)?, &mut state)?;
+        // Each step on the pool (`nn::on_pool`): a step is hundreds of small parallel products.
+        on_pool(|| lm.prompt(&lm.text_embeddings(tokens)?, &mut state))?;
         let device = lm.emb_std.device();
         let times = lm.flow.lsd_times(steps, device)?;
         let normal = rand_distr::Normal::new(0f32, temperature.sqrt() as f32)
@@ -1080,8 +1081,11 @@ impl PocketTts {
         let mut previous: Option<Tensor> = None;
         let mut eos_step = None;
         for step in 0..self.max_frames(tokens.len()) {
-            let hidden = lm.step(previous.as_ref(), &mut state)?;
-            let eos = lm.eos_logit(&hidden)?.flatten_all()?.to_vec1::<f32>()?[0] as f64 > c.eos_threshold;
+            let (hidden, eos) = on_pool(|| {
+                let hidden = lm.step(previous.as_ref(), &mut state)?;
+                let eos = lm.eos_logit(&hidden)?.flatten_all()?.to_vec1::<f32>()?[0] as f64 > c.eos_threshold;
+                Ok::<_, candle_core::Error>((hidden, eos))
+            })?;
             if eos && eos_step.is_none() && step >= c.min_frames_before_eos {
                 eos_step = Some(step);
             }
@@ -1095,7 +1099,7 @@ impl PocketTts {
             } else {
                 Tensor::zeros((1, c.latent_dim), DType::F32, device)?
             };
-            let latent = lm.flow.lsd_decode_with(&hidden, &noise, &times)?;
+            let latent = on_pool(|| lm.flow.lsd_decode_with(&hidden, &noise, &times))?;
             on_latent(&latent)?;
             previous = Some(latent);
         }
@@ -1185,7 +1189,7 @@ impl PocketTts {
             let sampling = Sampling { frames_after_eos: chunk.frames_after_eos, temperature, steps };
             let run = self.generate_latents_with(&chunk.tokens, state, sampling, &mut rng, &mut |latent| {
                 let z = latent.broadcast_mul(&lm.emb_std)?.broadcast_add(&lm.emb_mean)?.unsqueeze(2)?;
-                let mut pcm = self.mimi.decode_step(&z, &mut mimi)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut pcm = on_pool(|| self.mimi.decode_step(&z, &mut mimi)?.flatten_all()?.to_vec1::<f32>())?;
                 fade_in(&mut pcm, done, self.config.fade_in_samples);
                 done += pcm.len();
                 on_audio(&pcm).map_err(|e| {

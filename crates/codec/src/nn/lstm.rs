@@ -209,13 +209,11 @@ impl CustomOp2 for Recurrence<'_> {
         let mut out = vec![0f32; b * t * h_dim];
         // Hidden state of the step being read and of the step being written.
         let mut states = vec![0f32; 2 * h_dim];
-        // All pool threads must reach the barrier together, so only one recurrence at a time may take the pool,
-        // and never from inside it (a worker waiting at one call's barrier while another worker waits at another's
-        // would deadlock): otherwise this one runs on the calling thread alone.
-        let pool = match rayon::current_thread_index() {
-            None => PARALLEL_RECURRENCE.try_lock().ok(),
-            Some(_) => None,
-        };
+        // All pool threads must reach the barrier together, so only one recurrence at a time may take the pool (a
+        // worker waiting at one call's barrier while another worker waits at another's would deadlock); others
+        // run on the calling thread alone. From inside the pool (`nn::on_pool`) the caller runs its own share
+        // while `broadcast` waits, and a worker busy elsewhere joins when its job ends.
+        let pool = PARALLEL_RECURRENCE.try_lock().ok();
         let threads = match pool {
             Some(_) => rayon::current_num_threads().clamp(1, h_dim.div_ceil(32).max(1)),
             None => 1,
