@@ -495,13 +495,7 @@ impl LiteralParser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn tmp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("codec-npy-tests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
-    }
+    use crate::audio::test_util::tmp_path;
 
     /// A v1.0 file with the given header dict (padded like NumPy) and raw data.
     fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {

@@ -36,11 +36,34 @@ pub const MAX_INPUT_RATE: u32 = 768_000;
 pub(crate) mod test_util {
     use std::path::PathBuf;
 
-    /// A path for a scratch file, unique per test name and process; tests run in parallel threads.
-    pub fn tmp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("codec-audio-tests-{}", std::process::id()));
+    /// A scratch file's path, unique per test name and process, removed when dropped (test runs used to leave a
+    /// directory of them behind each time).
+    pub fn tmp_path(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join("codec-rs-tests");
         std::fs::create_dir_all(&dir).expect("create temp dir");
-        dir.join(name)
+        Scratch(dir.join(format!("{}-{name}", std::process::id())))
+    }
+
+    /// See [`tmp_path`].
+    pub struct Scratch(PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<std::path::Path> for Scratch {
+        fn as_ref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            std::fs::remove_file(&self.0).ok();
+        }
     }
 
     /// `amp · sin(2π·freq·n/rate)` for n in 0..len.

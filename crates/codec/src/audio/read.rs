@@ -487,7 +487,11 @@ mod tests {
     use super::super::write_wav;
     use super::*;
 
-    fn write_hound<S: hound::Sample + Copy>(name: &str, spec: hound::WavSpec, interleaved: &[S]) -> std::path::PathBuf {
+    fn write_hound<S: hound::Sample + Copy>(
+        name: &str,
+        spec: hound::WavSpec,
+        interleaved: &[S],
+    ) -> super::super::test_util::Scratch {
         let path = tmp_path(name);
         let mut w = hound::WavWriter::create(&path, spec).unwrap();
         for &s in interleaved {
@@ -699,7 +703,7 @@ mod tests {
     }
 
     /// A 16-bit WAV of noise, `seconds` long, `channels` interleaved.
-    fn noise_wav(name: &str, rate: u32, channels: u16, seconds: f64) -> (std::path::PathBuf, usize) {
+    fn noise_wav(name: &str, rate: u32, channels: u16, seconds: f64) -> (super::super::test_util::Scratch, usize) {
         let frames = (rate as f64 * seconds) as usize + 13;
         let interleaved: Vec<i16> =
             noise(frames * channels as usize, rate as u64).iter().map(|&v| (v * 65_535.0) as i16).collect();
