@@ -457,10 +457,10 @@ pub struct ConvTransposeState {
 
 impl ConvTranspose1d {
     /// The full output `(T − 1)·stride + K` trimmed by `trim`, with or without the bias.
-    fn forward_trimmed(&self, x: &Tensor, (left, right): (usize, usize), with_bias: bool) -> Result<Tensor> {
+    fn forward_trimmed(&self, x: &Tensor, (left, right): (usize, usize), biased: usize) -> Result<Tensor> {
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
             let weights = gemm_form(&self.packed)?;
-            let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right, with_bias };
+            let op = ConvTranspose1dOp { weights, stride: self.stride, trim_left: left, trim_right: right, biased };
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = if self.groups == 1 {
@@ -470,8 +470,13 @@ impl ConvTranspose1d {
         };
         let len = y.dim(D::Minus1)?;
         let y = y.narrow(D::Minus1, left, len - left - right)?;
+        let (len, biased) = (len - left - right, biased.min(len - left - right));
         match &self.bias {
-            Some(b) if with_bias => y.broadcast_add(&b.reshape((1, (), 1))?),
+            Some(_) if biased == len => self.with_bias(y),
+            Some(_) if biased > 0 => Tensor::cat(
+                &[self.with_bias(y.narrow(D::Minus1, 0, biased)?)?, y.narrow(D::Minus1, biased, len - biased)?],
+                D::Minus1,
+            ),
             _ => Ok(y),
         }
     }
@@ -509,11 +514,12 @@ impl ConvTranspose1d {
             state.overlap.get_or_insert_with(|| y.clone());
             return Ok(y);
         }
-        // The first T·s samples with the bias, as one pass computes them, then the `tail` samples the last frame
-        // adds beyond them (without bias: the next step adds to them).
-        let y = self.forward_trimmed(x, (0, tail), true)?.contiguous()?;
-        let last = self.forward_trimmed(&x.narrow(D::Minus1, t - 1, 1)?, (0, 0), false)?;
-        let overlap = state.overlap.replace(compact(&last.narrow(D::Minus1, s, tail)?)?);
+        // Everything the frames make, in one product (the weights read once, not again for the last frame's
+        // overlap): the first T·s samples with the bias, as one pass computes them, then the `tail` the last frame
+        // adds beyond them, without bias (the next step adds to them).
+        let full = self.forward_trimmed(x, (0, 0), t * s)?;
+        let y = full.narrow(D::Minus1, 0, t * s)?.contiguous()?;
+        let overlap = state.overlap.replace(compact(&full.narrow(D::Minus1, t * s, tail)?)?);
         if let Some(overlap) = overlap.filter(|o| o.dim(D::Minus1).is_ok_and(|n| n == tail && n > 0)) {
             let head = (y.narrow(D::Minus1, 0, tail)? + overlap)?;
             y.slice_set(&head, D::Minus1, 0)?;
@@ -542,7 +548,7 @@ impl ConvTranspose1d {
 
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_trimmed(x, self.trim(), true)
+        self.forward_trimmed(x, self.trim(), usize::MAX)
     }
 }
 

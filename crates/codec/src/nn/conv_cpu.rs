@@ -74,7 +74,8 @@ impl PackedConv {
     ) -> Result<Option<Self>> {
         let layout = OperandLayout::Phases { c_in, c_out, kernel, stride };
         let Some(weights) = GemmWeight::new(weight, layout, Side::Left)? else { return Ok(None) };
-        let bias = bias.map(f32_vec).transpose()?.map(|b| b.repeat(stride));
+        // Per output channel: added as the phases are put in output order (`ConvTranspose1dOp`), not per phase row.
+        let bias = bias.map(f32_vec).transpose()?;
         let taps = kernel.div_ceil(stride);
         let right = OnceLock::new();
         Ok(Some(Self { weights, bias, c_in, c_out, kernel, taps, right, single_row: None, winograd: None }))
@@ -148,8 +149,9 @@ fn single_output(w: &[f32], cols: &Im2col, y: &mut [f32], bias: Option<f32>, res
     });
 }
 
-/// Output steps per task of [`single_output`]: their sums and one im2col row stay in L1.
-const SINGLE_OUTPUT_CHUNK: usize = 2048;
+/// Output steps per task of [`single_output`]: their sums and one im2col row stay in L1, and a stream step of one
+/// Mimi frame (1920 steps) is two tasks.
+const SINGLE_OUTPUT_CHUNK: usize = 1024;
 
 /// Output columns up to which a conv runs transposed ([`PackedConv::product`]): beyond, the columns fill the
 /// kernel's vectors and the weights' panels are the better left factor.
@@ -235,16 +237,21 @@ impl Im2col<'_> {
                         *d = v;
                     }
                     dst[valid..].fill(0.0);
-                } else if self.stride == 1 && !self.reflect && np == 0 {
-                    // Columns [lo, hi) of this panel read inside the signal.
-                    let lo = (-start).clamp(0, valid as isize) as usize;
-                    let hi = (t - start).clamp(lo as isize, valid as isize) as usize;
-                    dst[..lo].fill(0.0);
-                    if hi > lo {
-                        let s0 = (start + lo as isize) as usize;
-                        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                } else if self.stride == 1 && !self.reflect {
+                    // The panel row's columns by what they read — zero padding before the signal, the prefix, `x`,
+                    // zero padding after it — as up to four copies (a stream's first panels start in the prefix;
+                    // one sample at a time they cost a 1920-step decoder's last conv 0.25 ms a push).
+                    let first_reading = |idx: usize| (idx as isize - start).clamp(0, valid as isize) as usize;
+                    let (in_prefix, in_x, after) = (first_reading(0), first_reading(np), first_reading(t as usize));
+                    let read = |c: usize| (start + c as isize) as usize;
+                    dst[..in_prefix].fill(0.0);
+                    if in_x > in_prefix {
+                        dst[in_prefix..in_x].copy_from_slice(&pre[read(in_prefix)..read(in_x)]);
                     }
-                    dst[hi..].fill(0.0);
+                    if after > in_x {
+                        dst[in_x..after].copy_from_slice(&src[read(in_x) - np..read(after) - np]);
+                    }
+                    dst[after..].fill(0.0);
                 } else {
                     let s = self.stride as isize;
                     for (c, d) in dst[..valid].iter_mut().enumerate() {
@@ -386,8 +393,9 @@ pub struct ConvTranspose1dOp<'a> {
     pub stride: usize,
     pub trim_left: usize,
     pub trim_right: usize,
-    /// Add the bias (a stream adds it once the overlapping frames are summed).
-    pub with_bias: bool,
+    /// The output samples, from the first kept, that get the bias: all of them, or a stream step's final ones (the
+    /// samples after them are the overlap the next step completes, which adds its own bias then).
+    pub biased: usize,
 }
 
 impl CustomOp1 for ConvTranspose1dOp<'_> {
@@ -428,12 +436,14 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
                 tap_step: -1,
                 reflect: false,
             };
-            w.product(&cols, n, &mut phases, if self.with_bias { w.bias.as_deref() } else { None }, None);
-            // out[o, q·s + r − trim_left] = phases[(r, o), q − q0], written in output order.
+            w.product(&cols, n, &mut phases, None, None);
+            // out[o, q·s + r − trim_left] = phases[(r, o), q − q0] (+ bias[o]), written in output order.
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
                 let (mut q, mut r) = (0, self.trim_left % s);
-                for v in row.iter_mut() {
-                    *v = phases[(r * w.c_out + o) * n + q];
+                let bias = w.bias.as_ref().map_or(0.0, |b| b[o]);
+                for (i, v) in row.iter_mut().enumerate() {
+                    let sum = phases[(r * w.c_out + o) * n + q];
+                    *v = if i < self.biased { sum + bias } else { sum };
                     r += 1;
                     if r == s {
                         (q, r) = (q + 1, 0);
@@ -604,7 +614,7 @@ mod tests {
             let wt = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
             let packed =
                 PackedConv::conv_transpose1d(&wt.clone().into(), wt.dims3().unwrap(), Some(&bias), s).unwrap().unwrap();
-            let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: 0, trim_right: 0, with_bias: true };
+            let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: 0, trim_right: 0, biased: usize::MAX };
             let wide = x.apply_op1_no_bwd(&op).unwrap();
             for t in [1, 2, 5, 16] {
                 let narrow = cut(&x, t).apply_op1_no_bwd(&op).unwrap();
@@ -684,7 +694,8 @@ mod tests {
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let dims = w.dims3().unwrap();
             let packed = PackedConv::conv_transpose1d(&w.clone().into(), dims, Some(&bias), s).unwrap().unwrap();
-            let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: tl, trim_right: tr, with_bias: true };
+            let op =
+                ConvTranspose1dOp { weights: &packed, stride: s, trim_left: tl, trim_right: tr, biased: usize::MAX };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let items: Vec<Tensor> =
                 (0..2).map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, s, 1, 1).unwrap()).collect();
