@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use kernel::MicroKernel;
 
 /// Depth of a packed block: an A micro-panel (MR × KC) stays in L1 while the kernel sweeps the B panels.
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 /// Columns of a packed B block (a multiple of every kernel's NR): KC × NC floats = 384 KiB, in L2.
 const NC: usize = 384;
 /// Rows of a packed A block (a multiple of every kernel's MR).
@@ -72,7 +72,7 @@ pub trait PackB: Sync {
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN).
 #[inline(always)]
-fn bf16_bits(x: f32) -> u32 {
+pub(crate) fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
     if x.is_nan() {
         0x7fc0
