@@ -261,17 +261,35 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// A torch-style zip (`archive/data.pkl`) holding `pickle`.
-    fn torch_zip(dir: &str, ext: &str, pickle: &[u8]) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("codec-pickle-{dir}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("model.{ext}"));
+    /// A torch-style zip (`archive/data.pkl`) holding `pickle`, as `model.{ext}` in a scratch directory of its own
+    /// (removed when dropped).
+    fn torch_zip(ext: &str, pickle: &[u8]) -> TorchZip {
+        let dir = tempfile::Builder::new().prefix("codec-pickle-").tempdir().unwrap();
+        let path = dir.path().join(format!("model.{ext}"));
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
         let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         zip.start_file("archive/data.pkl", opts).unwrap();
         zip.write_all(pickle).unwrap();
         zip.finish().unwrap();
-        path
+        TorchZip { _dir: dir, path }
+    }
+
+    struct TorchZip {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    }
+
+    impl std::ops::Deref for TorchZip {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    impl AsRef<Path> for TorchZip {
+        fn as_ref(&self) -> &Path {
+            &self.path
+        }
     }
 
     fn nested_lists(depth: usize) -> Vec<u8> {
@@ -311,9 +329,9 @@ mod tests {
     #[test]
     fn deep_pickles_fail_cleanly_in_pth_and_ckpt() {
         // Runs on the test's own thread (2 MB stack): candle alone overflows it on these files.
-        for (name, pickle) in [("lists", nested_lists(1_000_000)), ("marks", nested_marks(1_000_000))] {
+        for pickle in [nested_lists(1_000_000), nested_marks(1_000_000)] {
             for ext in ["pth", "ckpt"] {
-                let path = torch_zip(&format!("{name}-{ext}"), ext, &pickle);
+                let path = torch_zip(ext, &pickle);
                 if ext == "ckpt" {
                     std::fs::write(path.with_file_name("config.yaml"), "model: {}\n").unwrap();
                 }
@@ -326,7 +344,7 @@ mod tests {
 
     #[test]
     fn exponential_memo_copies_are_refused() {
-        let path = torch_zip("doubling", "pth", &doubling(64));
+        let path = torch_zip("pth", &doubling(64));
         let msg = convert_error(&path);
         assert!(msg.contains("the pickle builds more than 16000000 objects"), "{msg}");
     }
@@ -348,11 +366,11 @@ mod tests {
     fn lying_string_lengths_are_an_error() {
         let pickle = b"\x80\x02}q\x00X\xff\xff\xff\xffabc";
         for ext in ["pth", "ckpt"] {
-            let path = torch_zip(&format!("lying-{ext}"), ext, pickle);
+            let path = torch_zip(ext, pickle);
             let msg = check_torch_zip(&path).unwrap_err().to_string();
             assert!(msg.contains("model.") && msg.contains("a string of 4294967295 bytes runs past"), "{msg}");
         }
-        let path = torch_zip("bad-crc", "ckpt", pickle);
+        let path = torch_zip("ckpt", pickle);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[14] ^= 0xff; // CRC-32 in the local header
         let central = bytes.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
@@ -367,12 +385,12 @@ mod tests {
         let mut pickle = b"\x80\x02\x8a\x20".to_vec();
         pickle.extend_from_slice(&[1; 32]);
         pickle.push(b'.');
-        let msg = check_torch_zip(&torch_zip("wide-long", "ckpt", &pickle)).unwrap_err().to_string();
+        let msg = check_torch_zip(&torch_zip("ckpt", &pickle)).unwrap_err().to_string();
         assert!(msg.contains("a 32-byte LONG1 integer"), "{msg}");
         // {'a': 'bc', 'n': 2**40 as a 6-byte LONG1, 'f': 1.5}
         let mut pickle = b"\x80\x02}q\x00(X\x01\x00\x00\x00aX\x02\x00\x00\x00bcX\x01\x00\x00\x00n\x8a\x06".to_vec();
         pickle.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
         pickle.extend_from_slice(b"X\x01\x00\x00\x00fG?\xf8\x00\x00\x00\x00\x00\x00u.");
-        assert!(check_torch_zip(&torch_zip("fine-values", "ckpt", &pickle)).is_ok());
+        assert!(check_torch_zip(&torch_zip("ckpt", &pickle)).is_ok());
     }
 }
