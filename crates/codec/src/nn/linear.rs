@@ -135,6 +135,17 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `forward(x) + residual` (residual shaped like the output), the add done in the GEMM's epilogue on CPU.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: None };
+            return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
+        }
+        residual + self.forward(x)?
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {

@@ -165,9 +165,9 @@ impl Attention {
         x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
-    /// x (B, T, d_model) at the positions of `rope`, after the steps whose keys `cache` holds; the cache is left
-    /// holding what the next step needs.
-    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
+    /// x (B, T, d_model) at the positions of `rope`, after the steps whose keys `cache` holds → the heads' outputs
+    /// (B, T, heads · head_dim), before `o_proj`; the cache is left holding what the next step needs.
+    fn attend(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let q = self.heads(self.q_proj.forward(x)?, b, t)?;
         let k = self.heads(self.k_proj.forward(x)?, b, t)?;
@@ -177,8 +177,7 @@ impl Attention {
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
         if q.device().is_cpu() && q.dtype() == DType::F32 {
             let y = self.attend_cached(&q, &k, &v, cache)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-            return self.o_proj.forward(&y);
+            return y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim));
         }
         let (k, v) = match cache.kv.take() {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
@@ -189,8 +188,7 @@ impl Attention {
         let keep = (self.context - 1).min(keys);
         // Copies, not views: a view would keep every key of this step alive.
         cache.kv = Some((compact(&k.narrow(2, keys - keep, keep)?)?, compact(&v.narrow(2, keys - keep, keep)?)?));
-        let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&y)
+        y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))
     }
 
     /// CPU: the new steps' keys and values appended to `cache`'s rows, then [`WindowAttention`] of q (B, H, T, D)
@@ -340,19 +338,20 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
-        let scaled = |h: Tensor, scale: &Option<Tensor>| match scale {
-            Some(s) => h.broadcast_mul(s),
-            None => Ok(h),
+        // `x + scale · linear(h)`, the scale and the add in the product's epilogue on CPU (the same operations in
+        // the same order as separate ops: a stream step's layer had four more passes, each an op's overhead).
+        let branch = |linear: &Linear, h: &Tensor, scale: &Option<Tensor>, x: &Tensor| match scale {
+            Some(s) => linear.forward_scale_add(h, s, x),
+            None => linear.forward_add(h, x),
         };
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache)?;
-        let x = (x + scaled(h, &self.attn_scale)?)?;
+        let h = self.self_attn.attend(&self.input_layernorm.forward(x)?, rope, cache)?;
+        let x = branch(&self.self_attn.o_proj, &h, &self.attn_scale, x)?;
         let h = self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?;
         let h = match self.activation {
             MlpActivation::GeluErf => gelu_erf(&h)?,
             MlpActivation::GeluTanh => gelu_tanh(&h)?,
         };
-        let h = self.fc2.forward(&h)?;
-        x + scaled(h, &self.mlp_scale)?
+        branch(&self.fc2, &h, &self.mlp_scale, &x)
     }
 }
 
