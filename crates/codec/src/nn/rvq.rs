@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::linear::Linear;
 use super::weight::Matrix;
 use super::{dot, f32_slice, get_or_try_init, sum_all, wide_simd, Weights};
+use crate::gguf::MappedF32;
 
 /// One codebook: nearest entry by Euclidean distance.
 #[derive(Debug, Clone)]
@@ -66,18 +67,21 @@ impl EuclideanCodebook {
     /// (N, dim) → (N,) u32 indices of the nearest entries.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.dim(0)? <= Screen::MAX_ROWS && self.screened_now() {
-            if let Some(screen) = self.screen.get_or_init(|| Screen::new(&self.embed).map(std::sync::Arc::new)) {
+            let screen = get_or_try_init(&self.screen, || {
+                let sq = || self.embed_sq()?.flatten_all()?.to_vec1::<f32>();
+                Ok(Screen::new(&self.embed, sq)?.map(std::sync::Arc::new))
+            })?;
+            if let Some(screen) = screen {
+                if x.dim(1)? != screen.dim {
+                    candle_core::bail!("codebook input of width {}, entries of {}", x.dim(1)?, screen.dim);
+                }
                 let x = x.contiguous()?;
                 let (storage, layout) = x.storage_and_layout();
                 let rows = match &*storage {
                     candle_core::Storage::Cpu(s) => f32_slice(s, layout, "codebook input")?,
                     _ => candle_core::bail!("codebook input not on the CPU"),
                 };
-                let sq = self.embed_sq()?.flatten_all()?.to_vec1::<f32>()?;
-                let Matrix::Mapped(entries, _) = &self.embed else {
-                    candle_core::bail!("screened codebook not mapped")
-                };
-                let codes = screen.nearest(rows, entries.as_slice(), &sq)?;
+                let codes = screen.nearest(rows);
                 let n = codes.len();
                 return Tensor::from_vec(codes, n, &candle_core::Device::Cpu);
             }
@@ -151,6 +155,9 @@ struct Screen {
     /// ‖x − x̃‖ + γ‖x̃‖).
     input_factor: Vec<f32>,
     rounded_norm: Vec<f32>,
+    /// The f32 entries (the exact sums read them) and their ‖c‖² as the exact search has them.
+    entries: MappedF32,
+    sq: Vec<f32>,
     bins: usize,
     dim: usize,
 }
@@ -166,14 +173,19 @@ impl Screen {
     /// stream's warm-up (`Codec::stream_encoder`: three pushes) makes them before the caller's first push.
     const AFTER: usize = 3;
 
-    /// The screen of a mapped f32 codebook, where this CPU runs the AVX-512 f32 kernel (whose sums it repeats) and
-    /// has BF16, and the entries fit one depth block (so the kernel sums each dot product in one run).
-    fn new(embed: &Matrix) -> Option<Self> {
+    /// The screen of a mapped f32 codebook whose ‖c‖² `sq` gives, where this CPU runs the AVX-512 f32 kernel (whose
+    /// sums it repeats) and has BF16, and the entries fit one depth block (so the kernel sums each dot product in
+    /// one run); `None` elsewhere.
+    fn new(embed: &Matrix, sq: impl FnOnce() -> Result<Vec<f32>>) -> Result<Option<Self>> {
         use super::gemm::{bf16_bits, bf16_supported, isa, Isa, KC};
-        let Matrix::Mapped(data, shape) = embed else { return None };
-        let (bins, dim) = shape.dims2().ok()?;
+        let Matrix::Mapped(data, shape) = embed else { return Ok(None) };
+        let (bins, dim) = shape.dims2()?;
         if !(isa() == Isa::Avx512 && bf16_supported() && (1..=KC).contains(&dim) && bins > 0) {
-            return None;
+            return Ok(None);
+        }
+        let sq = sq()?;
+        if sq.len() != bins {
+            candle_core::bail!("codebook screen: {} norms for {bins} entries", sq.len());
         }
         let entries = data.as_slice();
         let pairs = dim.div_ceil(2);
@@ -201,21 +213,19 @@ impl Screen {
                     rounded_norm[l] = round_up(rn.sqrt());
                 }
             });
-        Some(Self { words, input_factor, rounded_norm, bins, dim })
+        Ok(Some(Self { words, input_factor, rounded_norm, entries: data.clone(), sq, bins, dim }))
     }
 
-    /// The nearest entry of every row of `rows` (N × dim): `entries` (bins × dim) the f32 codebook, `sq` its ‖c‖².
-    fn nearest(&self, rows: &[f32], entries: &[f32], sq: &[f32]) -> Result<Vec<u32>> {
+    /// The nearest entry of every row of `rows` (N × dim).
+    fn nearest(&self, rows: &[f32]) -> Vec<u32> {
         use super::gemm::bf16_bits;
         let (dim, pairs) = (self.dim, self.dim.div_ceil(2));
-        if sq.len() != self.bins || entries.len() != self.bins * dim {
-            candle_core::bail!("codebook screen: {} norms for {} entries", sq.len(), self.bins);
-        }
-        let mut codes = Vec::with_capacity(rows.len() / dim.max(1));
-        let mut approx = vec![0f32; self.words.len() / pairs];
+        let (entries, sq) = (self.entries.as_slice(), &self.sq[..]);
+        let mut codes = Vec::with_capacity(rows.len() / dim);
+        let (mut x_pairs, mut approx) = (vec![0u32; pairs], vec![0f32; self.words.len() / pairs]);
         let (mut centre, mut radius) = (vec![0f32; self.bins], vec![0f32; self.bins]);
         for x in rows.chunks_exact(dim) {
-            let mut x_pairs = vec![0u32; pairs];
+            x_pairs.fill(0);
             let (mut nx, mut nd, mut nr) = (0f64, 0f64, 0f64);
             for (p, &v) in x.iter().enumerate() {
                 let bits = bf16_bits(v);
@@ -256,7 +266,7 @@ impl Screen {
             }
             codes.push(best);
         }
-        Ok(codes)
+        codes
     }
 
     /// `approx[j]` = x̃ · c̃_j for every entry (x̃ as bf16 pairs), groups of entries across threads.
