@@ -123,26 +123,21 @@ fn matrix_dims(m: &Matrix) -> Result<(usize, usize)> {
 }
 
 impl Linear {
-    /// `forward(x) · scale + residual` (per-feature `scale`, residual shaped like the output), the scale and the
-    /// add done in the GEMM's epilogue on CPU — ConvNeXt's `x + γ · pwconv2(h)`.
-    pub fn forward_scale_add(&self, x: &Tensor, scale: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    /// `forward(x) · scale + residual` (per-feature `scale`, none for 1; residual shaped like the output), the
+    /// scale and the add done in the GEMM's epilogue on CPU — ConvNeXt's `x + γ · pwconv2(h)`, a transformer
+    /// branch's `x + LayerScale · o_proj(h)`. The same operations in the same order as separate ops.
+    pub fn forward_scale_add(&self, x: &Tensor, scale: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let scale = f32_vec(scale)?;
-            let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: Some(&scale) };
+            let scale = scale.map(f32_vec).transpose()?;
+            let op =
+                LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: scale.as_deref() };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
-        residual + self.forward(x)?.broadcast_mul(scale)?
-    }
-}
-
-impl Linear {
-    /// `forward(x) + residual` (residual shaped like the output), the add done in the GEMM's epilogue on CPU.
-    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: None };
-            return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
+        let y = self.forward(x)?;
+        match scale {
+            Some(s) => residual + y.broadcast_mul(s)?,
+            None => residual + y,
         }
-        residual + self.forward(x)?
     }
 }
 

@@ -338,20 +338,15 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
-        // `x + scale · linear(h)`, the scale and the add in the product's epilogue on CPU (the same operations in
-        // the same order as separate ops: a stream step's layer had four more passes, each an op's overhead).
-        let branch = |linear: &Linear, h: &Tensor, scale: &Option<Tensor>, x: &Tensor| match scale {
-            Some(s) => linear.forward_scale_add(h, s, x),
-            None => linear.forward_add(h, x),
-        };
         let h = self.self_attn.attend(&self.input_layernorm.forward(x)?, rope, cache)?;
-        let x = branch(&self.self_attn.o_proj, &h, &self.attn_scale, x)?;
+        // Each branch's LayerScale and residual add in its last product's epilogue.
+        let x = self.self_attn.o_proj.forward_scale_add(&h, self.attn_scale.as_ref(), x)?;
         let h = self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?;
         let h = match self.activation {
             MlpActivation::GeluErf => gelu_erf(&h)?,
             MlpActivation::GeluTanh => gelu_tanh(&h)?,
         };
-        branch(&self.fc2, &h, &self.mlp_scale, &x)
+        self.fc2.forward_scale_add(&h, self.mlp_scale.as_ref(), &x)
     }
 }
 

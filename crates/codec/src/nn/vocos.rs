@@ -174,7 +174,7 @@ impl ConvNextBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.dwconv.forward_channels_last(x)?;
         let h = gelu_erf(&self.pwconv1.forward(&self.norm.forward(&h)?)?)?;
-        self.pwconv2.forward_scale_add(&h, &self.gamma, x)
+        self.pwconv2.forward_scale_add(&h, Some(&self.gamma), x)
     }
 }
 
