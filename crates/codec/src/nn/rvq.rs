@@ -177,7 +177,7 @@ impl Screen {
     /// sums it repeats) and has BF16, and the entries fit one depth block (so the kernel sums each dot product in
     /// one run); `None` elsewhere.
     fn new(embed: &Matrix, sq: impl FnOnce() -> Result<Vec<f32>>) -> Result<Option<Self>> {
-        use super::gemm::{bf16_bits, bf16_supported, isa, Isa, KC};
+        use super::gemm::{bf16_supported, isa, Isa, KC};
         let Matrix::Mapped(data, shape) = embed else { return Ok(None) };
         let (bins, dim) = shape.dims2()?;
         if !(isa() == Isa::Avx512 && bf16_supported() && (1..=KC).contains(&dim) && bins > 0) {
@@ -200,17 +200,9 @@ impl Screen {
             .zip(entries.par_chunks(Self::LANES * dim))
             .for_each(|(((words, input_factor), rounded_norm), group)| {
                 for (l, c) in group.chunks_exact(dim).enumerate() {
-                    let (mut err, mut rn, mut n) = (0f64, 0f64, 0f64);
-                    for (p, &v) in c.iter().enumerate() {
-                        let bits = bf16_bits(v);
-                        let rounded = f32::from_bits(bits << 16) as f64;
-                        words[(p / 2) * Self::LANES + l] |= bits << (16 * (p % 2));
-                        err += (v as f64 - rounded).powi(2);
-                        rn += rounded * rounded;
-                        n += (v as f64).powi(2);
-                    }
-                    input_factor[l] = round_up(err.sqrt() + gamma(dim) * n.sqrt());
-                    rounded_norm[l] = round_up(rn.sqrt());
+                    let [n, err, rn] = bf16_pair_words(c, |q, word| words[q * Self::LANES + l] |= word);
+                    input_factor[l] = round_up(err + gamma(dim) * n);
+                    rounded_norm[l] = round_up(rn);
                 }
             });
         Ok(Some(Self { words, input_factor, rounded_norm, entries: data.clone(), sq, bins, dim }))
@@ -218,7 +210,6 @@ impl Screen {
 
     /// The nearest entry of every row of `rows` (N × dim).
     fn nearest(&self, rows: &[f32]) -> Vec<u32> {
-        use super::gemm::bf16_bits;
         let (dim, pairs) = (self.dim, self.dim.div_ceil(2));
         let (entries, sq) = (self.entries.as_slice(), &self.sq[..]);
         let mut codes = Vec::with_capacity(rows.len() / dim);
@@ -226,16 +217,8 @@ impl Screen {
         let (mut centre, mut radius) = (vec![0f32; self.bins], vec![0f32; self.bins]);
         for x in rows.chunks_exact(dim) {
             x_pairs.fill(0);
-            let (mut nx, mut nd, mut nr) = (0f64, 0f64, 0f64);
-            for (p, &v) in x.iter().enumerate() {
-                let bits = bf16_bits(v);
-                let rounded = f32::from_bits(bits << 16) as f64;
-                x_pairs[p / 2] |= bits << (16 * (p % 2));
-                nx += (v as f64).powi(2);
-                nd += (v as f64 - rounded).powi(2);
-                nr += rounded * rounded;
-            }
-            let (nx, nr) = (round_up(nx.sqrt()), round_up(nd.sqrt() + gamma(dim) * nr.sqrt()));
+            let [nx, nd, nr] = bf16_pair_words(x, |q, word| x_pairs[q] |= word);
+            let (nx, nr) = (round_up(nx), round_up(nd + gamma(dim) * nr));
             self.approximate_dots(&x_pairs, &mut approx);
             // Each entry's screened distance and how far the exact distance may lie from it: twice the dot
             // product's bound, plus the rounding of the distance's two f32 operations (in the exact search and
@@ -294,6 +277,21 @@ const U: f32 = 1.0 / (1u32 << 24) as f32;
 const MARGIN: f32 = 1.01;
 /// Absolute margin of a dot product's bound: `vdpbf16ps` flushes subnormal products to zero (each under 2⁻¹²⁶).
 const TINY: f32 = 1e-30;
+
+/// `v` rounded to bf16 (as `vdpbf16ps` reads it), handed out as pair words (`place(q, word)`: element 2q in the low
+/// half, 2q + 1 in the high half of the words for pair q); returns ‖v‖, ‖v − ṽ‖ and ‖ṽ‖ (in f64).
+fn bf16_pair_words(v: &[f32], mut place: impl FnMut(usize, u32)) -> [f64; 3] {
+    let (mut norm, mut error, mut rounded_norm) = (0f64, 0f64, 0f64);
+    for (p, &x) in v.iter().enumerate() {
+        let bits = super::gemm::bf16_bits(x);
+        let rounded = f32::from_bits(bits << 16) as f64;
+        place(p / 2, bits << (16 * (p % 2)));
+        norm += (x as f64).powi(2);
+        error += (x as f64 - rounded).powi(2);
+        rounded_norm += rounded * rounded;
+    }
+    [norm.sqrt(), error.sqrt(), rounded_norm.sqrt()]
+}
 
 /// γ = D·u / (1 − D·u): a D-term f32 sum's rounding, relative to the sum of the terms' magnitudes.
 fn gamma(dim: usize) -> f64 {
