@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use std::sync::OnceLock;
 
-use super::gemm::{gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed};
+use super::gemm::{self, gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed};
 use super::weight::{GemmWeight, Matrix, Operand, OperandLayout, Side};
 use super::winograd::WinogradWeights;
 use super::{f32_slice, f32_vec, winograd};
@@ -181,7 +181,38 @@ impl PackB for Im2col<'_> {
             || self.pack_rows(ks, cols, nr, dst),
         )
     }
+
+    /// Stride 1 only: a strided conv's rows are gathered sample by sample either way, and packing one panel row at
+    /// a time cost more than its f32 block packed whole and converted.
+    fn pack_b_pairs(
+        &self,
+        ks: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        nr: usize,
+        dst: &mut [u32],
+    ) -> bool {
+        if self.stride != 1 || nr > MAX_PANEL {
+            return false;
+        }
+        let pairs = ks.len().div_ceil(2);
+        let mut spill = [[0f32; MAX_PANEL]; 2];
+        for q in 0..pairs {
+            let (lo, hi) = (ks.start + 2 * q, ks.start + 2 * q + 1);
+            let (lo_origin, hi_origin) = (self.origin(lo), self.origin(hi));
+            for (panel, c0) in cols.clone().step_by(nr).enumerate() {
+                let valid = nr.min(cols.end - c0);
+                let [lo_spill, hi_spill] = &mut spill;
+                let lo_row = self.panel_row(lo, lo_origin, (c0, valid, nr), lo_spill);
+                let hi_row = (hi < ks.end).then(|| self.panel_row(hi, hi_origin, (c0, valid, nr), hi_spill));
+                gemm::bf16_pair_row(lo_row, hi_row, &mut dst[(panel * pairs + q) * nr..(panel * pairs + q + 1) * nr]);
+            }
+        }
+        true
+    }
 }
+
+/// The widest panel [`Im2col::pack_b_pairs`] packs (the AVX-512 kernel's NR).
+const MAX_PANEL: usize = 48;
 
 /// X̂ᵀ for the narrow products: its rows are X̂'s columns, and MR-tall panels of X̂ᵀ are laid out as NR-wide panels
 /// of X̂ are.
@@ -192,6 +223,29 @@ impl PackA for Im2col<'_> {
 }
 
 impl Im2col<'_> {
+    /// Row `p`'s channel, and where in `x` its column 0 reads at stride 1 (negative: in the prefix or before).
+    fn origin(&self, p: usize) -> (usize, isize) {
+        let (i, j) = (p / self.taps, p % self.taps);
+        (i, self.offset + j as isize * self.tap_step - self.p as isize)
+    }
+
+    /// Row `p` (at `origin`, stride 1) over one panel's columns `c0..c0 + valid` (`nr` wide, zeros past `valid`):
+    /// the signal itself where the panel lies in `x`, else packed into `spill`.
+    fn panel_row<'s>(
+        &'s self,
+        p: usize,
+        (i, origin): (usize, isize),
+        (c0, valid, nr): (usize, usize, usize),
+        spill: &'s mut [f32],
+    ) -> &'s [f32] {
+        let (start, nx) = (origin + c0 as isize, self.t - self.p);
+        if valid == nr && start >= 0 && start as usize + nr <= nx {
+            return &self.x[i * nx + start as usize..i * nx + start as usize + nr];
+        }
+        self.pack_rows(p..p + 1, c0..c0 + valid, nr, &mut spill[..nr]);
+        &spill[..nr]
+    }
+
     /// Row `p` of X̂ over columns `cols` as a slice of the signal itself, where it is one: stride 1 and every column
     /// inside `x` (not the prefix, not the padding).
     fn contiguous_row(&self, p: usize, cols: std::ops::Range<usize>) -> Option<&[f32]> {
@@ -550,6 +604,45 @@ mod tests {
     use super::super::test_util::max_abs_diff;
     use super::*;
     use candle_core::{Device, Tensor};
+
+    /// A signal packed straight into bf16 pair panels gives the words of its f32 panels converted: over zero padding
+    /// on both sides, a stream's carried prefix, dilation, reversed taps (transposed convs), reflection, depth blocks
+    /// starting on an odd row or ending on half a pair, and a ragged last panel.
+    #[test]
+    fn pair_packing_matches_f32_packing_converted() {
+        let (c, t, nr) = (3, 130, MAX_PANEL);
+        let signal: Vec<f32> = (0..c * t).map(|i| ((i * 37) % 101) as f32 / 7.0 - 6.5).collect();
+        let prefix: Vec<f32> = (0..c * 5).map(|i| i as f32 * 0.3 - 2.0).collect();
+        // (taps, offset, tap_step, reflect, carried samples)
+        for &(taps, offset, tap_step, reflect, p) in &[
+            (3, -2, 1, false, 0),
+            (7, -9, 3, false, 0),
+            (3, 0, -1, false, 0),
+            (4, -3, 2, true, 0),
+            (3, -1, 1, false, 5),
+        ] {
+            let x = if p > 0 { &signal[..c * (t - p)] } else { &signal[..] };
+            let cols = Im2col { x, prefix: &prefix[..c * p], p, t, taps, stride: 1, offset, tap_step, reflect };
+            for (ks, range) in [(0..c * taps, 0..t), (1..c * taps, 5..t - 3), (2..c * taps - 1, 40..41)] {
+                let (kc, pairs, panels) = (ks.len(), ks.len().div_ceil(2), range.len().div_ceil(nr));
+                let mut f = vec![0f32; panels * kc * nr];
+                cols.pack_b(ks.clone(), range.clone(), nr, &mut f);
+                let mut words = vec![0u32; panels * pairs * nr];
+                assert!(cols.pack_b_pairs(ks.clone(), range.clone(), nr, &mut words));
+                for panel in 0..panels {
+                    for q in 0..pairs {
+                        for lane in 0..nr {
+                            let at = |row: usize| f[(panel * kc + row) * nr + lane];
+                            let hi = if 2 * q + 1 < kc { gemm::bf16_bits(at(2 * q + 1)) << 16 } else { 0 };
+                            let want = gemm::bf16_bits(at(2 * q)) | hi;
+                            let got = words[(panel * pairs + q) * nr + lane];
+                            assert_eq!(got, want, "taps {taps} offset {offset} ks {ks:?} panel {panel} pair {q}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Against candle's own conv1d on an explicitly zero-padded input, over strides, dilations and paddings.
     #[test]

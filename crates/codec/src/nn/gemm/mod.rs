@@ -68,6 +68,50 @@ pub trait PackB: Sync {
     fn packed_b_pairs(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize) -> Option<&[u32]> {
         None
     }
+    /// Writes the block straight into bf16-pair panels (what `to_bf16_pairs` makes of [`PackB::pack_b`]'s), if
+    /// this operand can; `false` has it packed in f32 and converted. For operands packed on every product (a
+    /// conv's signal): with few output rows the f32 round trip was a third of a bf16 product's time.
+    fn pack_b_pairs(&self, _ks: Range<usize>, _cols: Range<usize>, _nr: usize, _dst: &mut [u32]) -> bool {
+        false
+    }
+}
+
+/// `dst[i]` = the bf16 pair word of `lo[i]` (low half) and `hi[i]` (high half; zero without `hi`): one panel row
+/// pair of the bf16 kernel's B operand. The hardware's rounding where the CPU has it, [`bf16_bits`]'s elsewhere
+/// (the same).
+pub(crate) fn bf16_pair_row(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    assert!(lo.len() >= dst.len() && hi.is_none_or(|h| h.len() >= dst.len()));
+    #[cfg(target_arch = "x86_64")]
+    if bf16_supported() {
+        // SAFETY: the CPU has AVX-512 BF16 and BW (checked); the assert bounds every read.
+        unsafe { bf16_pair_row_avx512(lo, hi, dst) };
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = bf16_bits(lo[i]) | hi.map_or(0, |h| bf16_bits(h[i]) << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn bf16_pair_row_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let to_u32 = |v: __m512| -> __m512i {
+        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)))
+    };
+    let n = dst.len();
+    let mut i = 0;
+    while i < n {
+        // The last vector masked: lanes past `n` read nothing and are not written.
+        let mask: __mmask16 = if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 };
+        let mut word = to_u32(_mm512_maskz_loadu_ps(mask, lo.as_ptr().add(i)));
+        if let Some(h) = hi {
+            let high = to_u32(_mm512_maskz_loadu_ps(mask, h.as_ptr().add(i)));
+            word = _mm512_or_si512(word, _mm512_slli_epi32::<16>(high));
+        }
+        _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut i32, mask, word);
+        i += 16;
+    }
 }
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN).
@@ -749,17 +793,20 @@ fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[skip..skip + len]
 }
 
-/// Where one operand block's panels come from: prepacked as bf16 pairs, prepacked as f32, or packed now.
-struct Panels<P, F, K> {
+/// Where one operand block's panels come from: prepacked as bf16 pairs, prepacked as f32, packed now straight
+/// into bf16 pairs (where the operand can), or packed now.
+struct Panels<P, F, Q, K> {
     prepacked_pairs: P,
     prepacked: F,
+    pack_pairs: Q,
     pack: K,
 }
 
-impl<'o, P, F, K> Panels<P, F, K>
+impl<'o, P, F, Q, K> Panels<P, F, Q, K>
 where
     P: FnOnce() -> Option<&'o [u32]>,
     F: FnOnce() -> Option<&'o [f32]>,
+    Q: FnOnce(&mut [u32]) -> bool,
     K: FnOnce(&mut [f32]),
 {
     /// The block (`padded` rows or columns in panels of `width`, `kc` deep) in kernel `M`'s word format: found
@@ -770,12 +817,19 @@ where
         buf: &mut Vec<f32>,
         pairs: &mut Vec<u32>,
     ) -> *const f32 {
+        let prepacked = (self.prepacked)();
         if M::BF16_PAIRS {
             if let Some(p) = (self.prepacked_pairs)() {
                 return p.as_ptr() as *const f32;
             }
+            if prepacked.is_none() {
+                let dst = aligned(pairs, padded * kc.div_ceil(2));
+                if (self.pack_pairs)(dst) {
+                    return dst.as_ptr() as *const f32;
+                }
+            }
         }
-        let f32_panels: &[f32] = match (self.prepacked)() {
+        let f32_panels: &[f32] = match prepacked {
             Some(p) => p,
             None => {
                 let dst = aligned(buf, padded * kc);
@@ -818,6 +872,7 @@ fn block<K: MicroKernel>(
             let source = Panels {
                 prepacked_pairs: || a.packed_a_pairs(rows.clone(), ks.clone(), K::MR),
                 prepacked: || a.packed_a(rows.clone(), ks.clone(), K::MR),
+                pack_pairs: |_: &mut [u32]| false,
                 pack: |dst: &mut [f32]| a.pack_a(rows.clone(), ks.clone(), K::MR, dst),
             };
             source.words::<K>((mc.div_ceil(K::MR) * K::MR, K::MR, kc), abuf, a_pairs)
@@ -827,6 +882,7 @@ fn block<K: MicroKernel>(
             let source = Panels {
                 prepacked_pairs: || b.packed_b_pairs(ks.clone(), cols.clone(), K::NR),
                 prepacked: || b.packed_b(ks.clone(), cols.clone(), K::NR),
+                pack_pairs: |dst: &mut [u32]| b.pack_b_pairs(ks.clone(), cols.clone(), K::NR, dst),
                 pack: |dst: &mut [f32]| b.pack_b(ks.clone(), cols.clone(), K::NR, dst),
             };
             source.words::<K>((nc.div_ceil(K::NR) * K::NR, K::NR, kc), bbuf, b_pairs)
@@ -916,6 +972,22 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
+    }
+
+    /// Pair rows of every length (the vector path's masked tail) against the scalar rounding, with and without a
+    /// high row.
+    #[test]
+    fn pair_rows_match_scalar_rounding() {
+        let (lo, hi) = (pseudo_random(40, 1), pseudo_random(40, 2));
+        for n in 0..=40 {
+            let mut got = vec![7u32; n + 1];
+            bf16_pair_row(&lo, Some(&hi), &mut got[..n]);
+            let want: Vec<u32> = (0..n).map(|i| bf16_bits(lo[i]) | bf16_bits(hi[i]) << 16).collect();
+            assert_eq!(&got[..n], &want[..], "length {n}");
+            assert_eq!(got[n], 7, "length {n}: wrote past the row");
+            bf16_pair_row(&lo, None, &mut got[..n]);
+            assert!(got[..n].iter().zip(&lo).all(|(&w, &l)| w == bf16_bits(l)), "length {n}, no high row");
+        }
     }
 
     /// Every kernel family against a naive triple loop, over edge sizes (rows and columns not multiples of the
