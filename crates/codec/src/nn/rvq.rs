@@ -223,14 +223,17 @@ impl Screen {
             // Each entry's screened distance and how far the exact distance may lie from it: twice the dot
             // product's bound, plus the rounding of the distance's two f32 operations (in the exact search and
             // here) and of these f32 bounds themselves, all within 4u of the operands and the 1 % margin.
-            wide_simd(|| {
-                for j in 0..self.bins {
-                    let (a, e) = (approx[j], sq[j]);
-                    let dot = nx * self.input_factor[j] + nr * self.rounded_norm[j] + TINY;
-                    centre[j] = e - 2.0 * a;
-                    radius[j] = MARGIN * (2.0 * dot + 4.0 * U * (e.abs() + 2.0 * (a.abs() + dot)));
-                }
-            });
+            wide_simd(
+                #[inline(always)]
+                || {
+                    for j in 0..self.bins {
+                        let (a, e) = (approx[j], sq[j]);
+                        let dot = nx * self.input_factor[j] + nr * self.rounded_norm[j] + TINY;
+                        centre[j] = e - 2.0 * a;
+                        radius[j] = MARGIN * (2.0 * dot + 4.0 * U * (e.abs() + 2.0 * (a.abs() + dot)));
+                    }
+                },
+            );
             let least_upper =
                 wide_simd(|| centre.iter().zip(&radius).map(|(&d, &r)| d + r).fold(f32::INFINITY, f32::min));
             // Non-finite distances (an overflowing input or entry): every entry is a candidate, so the exact rule,
