@@ -9,14 +9,19 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, T
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::activation::{sigmoid_f32, tanh_f32};
+use super::gemm::{bf16_supported, precision, Precision};
 use super::linear::Linear;
-use super::{dot, f32_slice};
+use super::{bf16_pairs, dot, dot_bf16_pairs, f32_slice, f32_vec, get_or_try_init};
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone)]
 struct LstmLayer {
     /// Input projection of every step, with the summed biases.
     input: Linear,
     w_hh: Tensor,
+    /// `w_hh`'s rows as bf16 pairs for the fast modes, made on first use: half the bytes a step reads, so a thread's
+    /// share of the rows stays in its L2 (in f32 it streams from L3 every step).
+    w_hh_pairs: Arc<OnceLock<Vec<u32>>>,
     hidden: usize,
 }
 
@@ -35,7 +40,21 @@ impl LstmLayer {
             if values.len() != b * 2 * self.hidden {
                 candle_core::bail!("lstm: state for {} values, the input has {b} items", values.len());
             }
-            let op = Recurrence { carry: Shared(values.as_mut_ptr()), _carry: std::marker::PhantomData };
+            let pairs = if precision() != Precision::F32 && bf16_supported() {
+                Some(get_or_try_init(&self.w_hh_pairs, || {
+                    let w = f32_vec(&self.w_hh)?;
+                    let words = self.hidden.div_ceil(2);
+                    let mut pairs = vec![0u32; 4 * self.hidden * words];
+                    for (row, dst) in w.chunks_exact(self.hidden.max(1)).zip(pairs.chunks_exact_mut(words.max(1))) {
+                        bf16_pairs(row, dst);
+                    }
+                    Ok(pairs)
+                })?)
+            } else {
+                None
+            };
+            let carry = Shared(values.as_mut_ptr());
+            let op = Recurrence { carry, w_hh_pairs: pairs.map(|p| p.as_slice()), _carry: std::marker::PhantomData };
             return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &op);
         }
         let state = match carry {
@@ -102,6 +121,7 @@ impl Lstm {
                         Some(vb.get(4 * dim, &format!("bias_l{l}"))?),
                     )?,
                     w_hh: vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?,
+                    w_hh_pairs: Arc::default(),
                     hidden: dim,
                 })
             })
@@ -145,6 +165,8 @@ impl Lstm {
 /// (B × [h; c], 2H values each).
 struct Recurrence<'a> {
     carry: Shared,
+    /// `weight_hh` as bf16 pair rows (`LstmLayer::w_hh_pairs`): the fast modes' products, `h` rounded to bf16 too.
+    w_hh_pairs: Option<&'a [u32]>,
     _carry: std::marker::PhantomData<&'a mut [f32]>,
 }
 
@@ -226,6 +248,8 @@ impl CustomOp2 for Recurrence<'_> {
             let units = (thread * per).min(h_dim)..((thread + 1) * per).min(h_dim);
             let mut c = vec![0f32; units.len()];
             let mut gates = vec![0f32; 4 * units.len()];
+            let words = h_dim.div_ceil(2);
+            let mut h_pairs = vec![0u32; if self.w_hh_pairs.is_some() { words } else { 0 }];
             for bi in 0..b {
                 // This item's initial state: h into the half step 0 reads, c into this thread's units.
                 for (k, j) in units.clone().enumerate() {
@@ -242,17 +266,27 @@ impl CustomOp2 for Recurrence<'_> {
                     let h =
                         unsafe { std::slice::from_raw_parts(states_ptr.at((step % 2) * h_dim) as *const f32, h_dim) };
                     let xp = &x_proj[(bi * t + step) * four_h..(bi * t + step + 1) * four_h];
-                    super::wide_simd(
-                        #[inline(always)]
-                        || {
-                            for (g, gate) in gates.chunks_exact_mut(units.len().max(1)).enumerate() {
-                                for (k, gi) in gate.iter_mut().enumerate() {
-                                    let row = g * h_dim + units.start + k;
-                                    *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], h);
-                                }
+                    if let Some(pairs) = self.w_hh_pairs {
+                        bf16_pairs(h, &mut h_pairs);
+                        for (g, gate) in gates.chunks_exact_mut(units.len().max(1)).enumerate() {
+                            for (k, gi) in gate.iter_mut().enumerate() {
+                                let row = g * h_dim + units.start + k;
+                                *gi = xp[row] + dot_bf16_pairs(&pairs[row * words..(row + 1) * words], &h_pairs);
                             }
-                        },
-                    );
+                        }
+                    } else {
+                        super::wide_simd(
+                            #[inline(always)]
+                            || {
+                                for (g, gate) in gates.chunks_exact_mut(units.len().max(1)).enumerate() {
+                                    for (k, gi) in gate.iter_mut().enumerate() {
+                                        let row = g * h_dim + units.start + k;
+                                        *gi = xp[row] + dot(&w[row * h_dim..(row + 1) * h_dim], h);
+                                    }
+                                }
+                            },
+                        );
+                    }
                     // Gates and the cell update over this thread's units in vectorised passes (libm's scalar
                     // expf / tanhf were a fifth of each step).
                     let n = units.len();
@@ -314,7 +348,7 @@ mod tests {
     use super::*;
 
     fn zero_state(carry: &mut [f32]) -> Recurrence<'_> {
-        Recurrence { carry: Shared(carry.as_mut_ptr()), _carry: std::marker::PhantomData }
+        Recurrence { carry: Shared(carry.as_mut_ptr()), w_hh_pairs: None, _carry: std::marker::PhantomData }
     }
 
     /// Random recurrent weights `w_hh` (4·hidden, hidden) and projected inputs (batch, steps, 4·hidden).
@@ -332,7 +366,7 @@ mod tests {
         for hidden in [40, 100] {
             let (w_hh, x_proj) = random_recurrence(hidden, 3, 7);
             let w_ih = Tensor::randn(0f32, 0.2, (4 * hidden, hidden), &dev).unwrap();
-            let layer = LstmLayer { input: Linear::new(w_ih, None).unwrap(), w_hh, hidden };
+            let layer = LstmLayer { input: Linear::new(w_ih, None).unwrap(), w_hh, w_hh_pairs: Arc::default(), hidden };
             let mut carry = vec![0f32; 3 * 2 * hidden];
             let got = x_proj.apply_op2_no_bwd(&layer.w_hh, &zero_state(&mut carry)).unwrap();
             let zero = Tensor::zeros((3, 2, hidden), DType::F32, &dev).unwrap();
@@ -343,6 +377,54 @@ mod tests {
             let state = state.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let worst = state.iter().zip(&carry).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-5, "hidden {hidden}: state differs by {worst}");
+        }
+    }
+
+    /// The fast modes' recurrence (weights and h rounded to bf16, `vdpbf16ps`) against the same recurrence in f64
+    /// from the rounded operands, over an odd hidden size (a half-empty last pair), two items and several steps.
+    #[test]
+    fn bf16_recurrence_matches_rounded_reference() {
+        if !bf16_supported() {
+            return;
+        }
+        let round = |v: f32| f32::from_bits(super::super::gemm::bf16_bits(v) << 16) as f64;
+        for hidden in [40, 37] {
+            let (b, steps) = (2, 6);
+            let (w_hh, x_proj) = random_recurrence(hidden, b, steps);
+            let w = w_hh.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let words = hidden.div_ceil(2);
+            let mut pairs = vec![0u32; 4 * hidden * words];
+            for (row, dst) in w.chunks_exact(hidden).zip(pairs.chunks_exact_mut(words)) {
+                bf16_pairs(row, dst);
+            }
+            let mut carry = vec![0f32; b * 2 * hidden];
+            let op = Recurrence { w_hh_pairs: Some(&pairs), ..zero_state(&mut carry) };
+            let got = x_proj.apply_op2_no_bwd(&w_hh, &op).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let xp = x_proj.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+            let mut worst = 0f64;
+            for item in 0..b {
+                let (mut h, mut c) = (vec![0f64; hidden], vec![0f64; hidden]);
+                for step in 0..steps {
+                    let x = &xp[(item * steps + step) * 4 * hidden..];
+                    let gate = |g: usize, j: usize| {
+                        let row = &w[(g * hidden + j) * hidden..(g * hidden + j + 1) * hidden];
+                        x[g * hidden + j] as f64
+                            + row.iter().zip(&h).map(|(&w, &h)| round(w) * round(h as f32)).sum::<f64>()
+                    };
+                    let new: Vec<(f64, f64)> = (0..hidden)
+                        .map(|j| {
+                            let c = sigmoid(gate(1, j)) * c[j] + sigmoid(gate(0, j)) * gate(2, j).tanh();
+                            (sigmoid(gate(3, j)) * c.tanh(), c)
+                        })
+                        .collect();
+                    for (j, &(hj, cj)) in new.iter().enumerate() {
+                        (h[j], c[j]) = (hj, cj);
+                        worst = worst.max((got[(item * steps + step) * hidden + j] as f64 - hj).abs());
+                    }
+                }
+            }
+            assert!(worst < 2e-5, "hidden {hidden}: bf16 recurrence off the rounded reference by {worst}");
         }
     }
 

@@ -212,6 +212,50 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     _mm512_reduce_add_ps(sum) + tail
 }
 
+/// `values` as bf16 pair words (element 2q in the low half, 2q + 1 in the high half, zero past the end), the
+/// operand layout of [`dot_bf16_pairs`].
+pub(crate) fn bf16_pairs(values: &[f32], dst: &mut [u32]) {
+    for (q, d) in dst.iter_mut().enumerate() {
+        let hi = values.get(2 * q + 1).map_or(0, |&v| gemm::bf16_bits(v) << 16);
+        *d = values.get(2 * q).map_or(0, |&v| gemm::bf16_bits(v)) | hi;
+    }
+}
+
+/// Dot product of two bf16-pair vectors ([`bf16_pairs`]) with f32 accumulation (`vdpbf16ps`): the LSTM
+/// recurrence's products in the fast modes. Only where [`gemm::bf16_supported`].
+pub(crate) fn dot_bf16_pairs(a: &[u32], b: &[u32]) -> f32 {
+    assert!(gemm::bf16_supported(), "bf16 dot product without AVX-512 BF16");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512 BF16 (asserted); the loads stay inside both slices.
+    return unsafe { dot_bf16_pairs_avx512(a, b) };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("{} {}", a.len(), b.len())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_bf16_pairs_avx512(a: &[u32], b: &[u32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i < n {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let at = i + 16 * r;
+            if at >= n {
+                break;
+            }
+            // The last vector masked: lanes past `n` read zeros.
+            let mask: __mmask16 = if n - at >= 16 { 0xffff } else { (1u16 << (n - at)) - 1 };
+            let x: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(mask, a.as_ptr().add(at) as *const i32));
+            let y: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(mask, b.as_ptr().add(at) as *const i32));
+            *acc = _mm512_dpbf16_ps(*acc, x, y);
+        }
+        i += 64;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+}
+
 /// `t` in storage of its own, exactly its size: what a stream carries from one step to the next. A view would keep
 /// the whole step's buffer alive, and so would candle's `copy`, which clones the whole storage under a view;
 /// `force_contiguous` copies just the view's elements, on any device.
