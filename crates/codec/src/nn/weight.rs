@@ -349,6 +349,10 @@ impl GemmWeight {
                 // `new` keeps only what `from_q8_0` takes (`takes_q8_0`) as blocks.
                 packed.expect("a linear layer's q8_0 blocks")
             }
+            // A linear layer's W read in place: quantised from its rows, no panels packed first.
+            Self::InPlace { data, layout: OperandLayout::Transposed { .. }, .. } => {
+                PackedQ8::from_rows(data.as_slice(), depth, cols)
+            }
             _ => PackedQ8::b(&self.operand(), depth, cols),
         }
     }

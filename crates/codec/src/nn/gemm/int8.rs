@@ -116,16 +116,29 @@ impl PackedQ8 {
             return None;
         }
         let row_bytes = depth / BLOCK * BYTES;
-        Some(Self::build(depth, cols, |panel_cols, q, scales| {
+        Some(Self::build_words(depth, cols, |panel_cols, panel| {
             for (lane, j) in panel_cols.enumerate() {
                 for (block, bytes) in blocks[j * row_bytes..(j + 1) * row_bytes].chunks_exact(BYTES).enumerate() {
-                    scales[block * NR + lane] = half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
-                    for (t, &v) in bytes[2..].iter().enumerate() {
-                        q[(block * BLOCK + t) * NR + lane] = v as i8;
-                    }
+                    let scale = half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+                    panel.put(lane, block, &bytes[2..], scale);
                 }
             }
         }))
+    }
+
+    /// The right factor `Wᵀ` of a linear layer quantised from `W`'s rows (`cols × depth`, row-major) by
+    /// [`PackedQ8::b`]'s rule — the same blocks — block by block along each row: a row's blocks are contiguous in
+    /// `W`, so nothing is packed or transposed first (that took most of an int8 start-up on an f32 file).
+    pub fn from_rows(w: &[f32], depth: usize, cols: usize) -> Self {
+        assert_eq!(w.len(), depth * cols, "from_rows: {} values for {cols} rows of {depth}", w.len());
+        Self::build_words(depth, cols, |panel_cols, panel| {
+            for (lane, j) in panel_cols.enumerate() {
+                for (block, values) in w[j * depth..(j + 1) * depth].chunks(BLOCK).enumerate() {
+                    let (bytes, d) = quantize_weights(values);
+                    panel.put(lane, block, &bytes, half::f16::from_f32(d).to_f32());
+                }
+            }
+        })
     }
 
     /// Whether `len` bytes are the q8_0 blocks of a `cols × depth` weight whose rows are whole blocks (what
@@ -138,6 +151,25 @@ impl PackedQ8 {
     /// The packed operand from `fill(panel columns, q, scales)`, which writes each NR-column panel's values `q`
     /// (`[k][j]`, `⌈depth/32⌉·32` deep, left zero past the depth and the columns) and scales (`[block][j]`).
     fn build(depth: usize, cols: usize, fill: impl Fn(Range<usize>, &mut [i8], &mut [f32]) + Sync) -> Self {
+        let blocks = depth.div_ceil(BLOCK);
+        Self::build_words(depth, cols, |panel_cols, panel| {
+            let mut q = vec![0i8; blocks * BLOCK * NR];
+            let mut scales = vec![0f32; blocks * NR];
+            fill(panel_cols.clone(), &mut q, &mut scales);
+            let mut bytes = [0u8; BLOCK];
+            for lane in 0..panel_cols.len() {
+                for block in 0..blocks {
+                    for (t, b) in bytes.iter_mut().enumerate() {
+                        *b = q[(block * BLOCK + t) * NR + lane] as u8;
+                    }
+                    panel.put(lane, block, &bytes, scales[block * NR + lane]);
+                }
+            }
+        })
+    }
+
+    /// The packed operand from `fill(panel columns, panel)`, which puts each NR-column panel's blocks.
+    fn build_words(depth: usize, cols: usize, fill: impl Fn(Range<usize>, &mut PanelWords) + Sync) -> Self {
         let (blocks, panels) = (depth.div_ceil(BLOCK), cols.div_ceil(NR));
         let mut quads = vec![0u32; panels * blocks * QUADS * NR];
         let mut scales = vec![0f32; panels * blocks * NR];
@@ -149,27 +181,7 @@ impl PackedQ8 {
             .zip(compensation.par_chunks_mut(per_panel.1))
             .enumerate()
             .for_each(|(panel, ((quads, scales), compensation))| {
-                let mut q = vec![0i8; blocks * BLOCK * NR];
-                fill(panel * NR..((panel + 1) * NR).min(cols), &mut q, scales);
-                // Four rows' bytes into each lane's word; the block's sum for the offset compensation.
-                for ((q, quads), compensation) in q
-                    .chunks_exact(BLOCK * NR)
-                    .zip(quads.chunks_exact_mut(QUADS * NR))
-                    .zip(compensation.chunks_exact_mut(NR))
-                {
-                    for (quad, words) in quads.chunks_exact_mut(NR).enumerate() {
-                        let rows: [&[i8]; 4] =
-                            std::array::from_fn(|r| &q[(4 * quad + r) * NR..(4 * quad + r + 1) * NR]);
-                        for (j, w) in words.iter_mut().enumerate() {
-                            *w = word(&rows.map(|row| row[j] as u8));
-                        }
-                    }
-                    for row in q.chunks_exact(NR) {
-                        for (c, &v) in compensation.iter_mut().zip(row) {
-                            *c -= 128 * v as i32;
-                        }
-                    }
-                }
+                fill(panel * NR..((panel + 1) * NR).min(cols), &mut PanelWords { quads, scales, compensation })
             });
         Self { depth, cols, blocks, quads, scales, compensation }
     }
@@ -193,6 +205,25 @@ impl PackedQ8 {
             }
         }
         out
+    }
+}
+
+/// One NR-column panel of a [`PackedQ8`] being built.
+struct PanelWords<'a> {
+    quads: &'a mut [u32],
+    scales: &'a mut [f32],
+    compensation: &'a mut [i32],
+}
+
+impl PanelWords<'_> {
+    /// Block `block` of lane `lane`: its 32 quantised values (as bytes of `i8`) and scale — four values per word,
+    /// the first lowest, and the offset compensation `−128 · Σ q`.
+    fn put(&mut self, lane: usize, block: usize, bytes: &[u8], scale: f32) {
+        for quad in 0..QUADS {
+            self.quads[(block * QUADS + quad) * NR + lane] = word(&bytes[4 * quad..]);
+        }
+        self.compensation[block * NR + lane] = -128 * bytes[..BLOCK].iter().map(|&b| b as i8 as i32).sum::<i32>();
+        self.scales[block * NR + lane] = scale;
     }
 }
 
@@ -268,6 +299,59 @@ unsafe fn quantize_activations_avx512(values: &[f32]) -> ([u8; BLOCK], f32) {
     bytes[..16].copy_from_slice(&lo);
     bytes[16..].copy_from_slice(&hi);
     (bytes, scale)
+}
+
+/// One block of weights (≤ 32 values, zero past the end) → its q8_0 values (as bytes of `i8`) and unrounded scale
+/// `d = max|v| / 127`, by ggml's rule as [`PackedQ8::b`] applies it: `q = round(v · (1/d))`, ties away from zero.
+fn quantize_weights(values: &[f32]) -> ([u8; BLOCK], f32) {
+    #[cfg(target_arch = "x86_64")]
+    if int8_supported() {
+        // SAFETY: AVX-512 is present (checked); the loads are masked to `values`.
+        return unsafe { quantize_weights_avx512(values) };
+    }
+    let d = values.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut bytes = [0u8; BLOCK];
+    for (b, &v) in bytes.iter_mut().zip(values) {
+        *b = (v * inv).round() as i8 as u8;
+    }
+    (bytes, d)
+}
+
+/// [`quantize_weights`] in two vectors: `round` as `trunc(x + copysign(0.5 − 2⁻²⁵, x))` (exact, as LLVM lowers it);
+/// a NaN weight is skipped by the maximum and quantises to 0, as the scalar rule does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_weights_avx512(values: &[f32]) -> ([u8; BLOCK], f32) {
+    use std::arch::x86_64::*;
+    let mask = |from: usize| match values.len().saturating_sub(from) {
+        n if n >= 16 => 0xffff,
+        n => (1u16 << n) - 1,
+    };
+    let x0 = _mm512_maskz_loadu_ps(mask(0), values.as_ptr());
+    let x1 = _mm512_maskz_loadu_ps(mask(16), values.as_ptr().wrapping_add(16));
+    // `max(a, m)` returns m where a is NaN, so the running maxima never take a NaN.
+    let lanes = _mm512_max_ps(_mm512_abs_ps(x1), _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps()));
+    let mut each = [0f32; 16];
+    _mm512_storeu_ps(each.as_mut_ptr(), lanes);
+    let d = each.iter().fold(0f32, |m, &v| m.max(v)) / 127.0;
+    let inv = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let below_half = _mm512_set1_epi32(0x3eff_ffff);
+    let to_bytes = |x: __m512| {
+        let x = _mm512_mul_ps(x, inv);
+        let half = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), sign), below_half);
+        let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
+            x,
+            _mm512_castsi512_ps(half),
+        ));
+        // |r| ≤ 127 (a NaN converts to i32::MIN, whose low byte is 0).
+        std::mem::transmute::<__m128i, [u8; 16]>(_mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r)))
+    };
+    let mut bytes = [0u8; BLOCK];
+    bytes[..16].copy_from_slice(&to_bytes(x0));
+    bytes[16..].copy_from_slice(&to_bytes(x1));
+    (bytes, d)
 }
 
 /// `C = A · B` (+ the epilogue) for the `m × depth` row-major activations `a` and the quantised weights `b`
@@ -386,6 +470,24 @@ mod tests {
         assert_eq!(native.compensation, quantised.compensation);
         assert!(PackedQ8::from_q8_0(&file[1..], depth, out).is_none());
         assert!(PackedQ8::from_q8_0(&file, depth + 1, out).is_none());
+    }
+
+    /// Quantising straight from `W`'s rows gives the blocks of `Wᵀ` packed and quantised, over a depth that
+    /// ends in a partial block, columns past a panel, an all-zero block and an extreme value.
+    #[test]
+    fn rows_quantise_like_packed_weights() {
+        for (out, depth) in [(53, 96), (5, 70), (97, 33)] {
+            let mut w = pseudo_random(out * depth, 4);
+            w[..32.min(depth)].fill(0.0);
+            w[out * depth / 2] = 3e4;
+            // A block whose scale is exactly 1, with exact ties: rounded away from zero.
+            w[depth..depth + 6].copy_from_slice(&[127.0, 0.5, -0.5, 1.5, 2.5, -2.5]);
+            let direct = PackedQ8::from_rows(&w, depth, out);
+            let packed = PackedQ8::b(&Strided::transposed(&w, out, depth).unwrap(), depth, out);
+            assert!(direct == packed, "{out} × {depth}");
+            let (bytes, d) = quantize_weights(&w[depth..depth + 6]);
+            assert_eq!((bytes[..6].iter().map(|&b| b as i8).collect::<Vec<_>>(), d), (vec![127, 1, -1, 2, 3, -3], 1.0));
+        }
     }
 
     /// The int8 product equals an f64 product of the quantised operands, over edge sizes (rows and columns not
