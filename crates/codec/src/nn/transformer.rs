@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::activation::{exp_nonpositive, gelu_erf, gelu_tanh};
 use super::compact;
+use super::gemm::{gemm, Epilogue, Output, Strided};
 use super::linear::Linear;
 use super::norm::LayerNorm;
 
@@ -261,12 +262,17 @@ fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout, 
 }
 
 /// Causal sliding-window attention on CPU: q (B, H, T, D) against k, v (B, H, K, D), K ≥ T, query `i` sitting at
-/// key position `K − T + i` and seeing the `context` keys up to it. One query at a time, keys in order: a query's
-/// result depends only on its own window, never on how many other queries or cached keys the call holds, so a
-/// stream fed in any pieces gives the bits of one offline pass (and no T × T scores exist).
+/// key position `K − T + i` and seeing the `context` keys up to it. A query's result depends only on its own window,
+/// never on how many other queries or cached keys the call holds, so a stream fed in any pieces gives the bits of one
+/// offline pass (and no T × T scores exist): its scores come from one f32 GEMM over a block of [`QUERIES`] queries
+/// and the keys their windows span (each score one multiply-add chain over the head's dimensions, whatever the block),
+/// then its softmax and value sum run over its own window, keys in order.
 struct WindowAttention {
     context: usize,
 }
+
+/// Queries per scores product: few enough that the product runs on one thread (the blocks are the parallel tasks).
+const QUERIES: usize = 8;
 
 impl WindowAttention {
     /// Queries q (rows × T × D, row-major) against each row's keys and values (`row(r)`: K ≥ T steps of D each,
@@ -279,33 +285,45 @@ impl WindowAttention {
         row: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
     ) -> Vec<f32> {
         let mut out = crate::mem::zeros_par(q.len());
-        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (query, y)| {
-            let (r, i) = (query / t, query % t);
+        let tasks = out
+            .par_chunks_mut((t * d).max(1))
+            .enumerate()
+            .flat_map_iter(|(r, row)| row.chunks_mut(QUERIES * d).enumerate().map(move |(j, y)| (r, j * QUERIES, y)));
+        tasks.for_each_init(Vec::new, |scores, (r, i0, y)| {
             let (k, v) = row(r);
-            let keys = k.len() / d;
-            let last = keys - t + i;
-            let first = (last + 1).saturating_sub(self.context);
-            let q = &q[query * d..(query + 1) * d];
-            let k = &k[first * d..(last + 1) * d];
-            let v = &v[first * d..(last + 1) * d];
-            scores.clear();
-            scores.extend(k.chunks_exact(d).map(|k| super::dot(q, k)));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            super::wide_simd(
-                #[inline(always)]
-                || {
-                    for s in scores.iter_mut() {
-                        *s = exp_nonpositive(*s - max);
-                    }
-                    for (&p, v) in scores.iter().zip(v.chunks_exact(d)) {
-                        for (y, &v) in y.iter_mut().zip(v) {
-                            *y += p * v;
+            let (keys, n) = (k.len() / d, y.len() / d);
+            // Query i sits at key `keys − t + i` and sees the `context` keys up to it.
+            let last = |i: usize| keys - t + i;
+            let first = |i: usize| (last(i) + 1).saturating_sub(self.context);
+            let (k0, k1) = (first(i0), last(i0 + n - 1) + 1);
+            let nk = k1 - k0;
+            scores.resize(n * nk, 0.0);
+            let queries = Strided::row_major(&q[(r * t + i0) * d..(r * t + i0 + n) * d], n, d).expect("sized");
+            let window_keys = Strided::transposed(&k[k0 * d..k1 * d], nk, d).expect("sized");
+            let mut s = Output::row_major(scores, n, nk).expect("sized above");
+            // Exact f32 in every precision: a few MFLOP, and the softmax would amplify bf16 rounding.
+            gemm(n, nk, d, &queries, &window_keys, &mut s, &Epilogue { exact: true, ..Default::default() });
+            for (qi, y) in y.chunks_exact_mut(d).enumerate() {
+                let (f, l) = (first(i0 + qi), last(i0 + qi));
+                let s = &mut scores[qi * nk + f - k0..=qi * nk + l - k0];
+                let v = &v[f * d..(l + 1) * d];
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                super::wide_simd(
+                    #[inline(always)]
+                    || {
+                        for s in s.iter_mut() {
+                            *s = exp_nonpositive(*s - max);
                         }
-                    }
-                },
-            );
-            let norm = 1.0 / scores.iter().sum::<f32>();
-            y.iter_mut().for_each(|y| *y *= norm);
+                        for (&p, v) in s.iter().zip(v.chunks_exact(d)) {
+                            for (y, &v) in y.iter_mut().zip(v) {
+                                *y += p * v;
+                            }
+                        }
+                    },
+                );
+                let norm = 1.0 / s.iter().sum::<f32>();
+                y.iter_mut().for_each(|y| *y *= norm);
+            }
         });
         out
     }
