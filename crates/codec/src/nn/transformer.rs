@@ -274,6 +274,22 @@ struct WindowAttention {
 /// Queries per scores product: few enough that the product runs on one thread (the blocks are the parallel tasks).
 const QUERIES: usize = 8;
 
+/// The head size whose value sums run with the sum in registers ([`weighted_sum`]; Mimi's and Pocket TTS's heads).
+const HEAD_DIM: usize = 64;
+
+/// `y += Σ p_k · v_k` over the keys in order, `y` held in registers for the whole sum (a slice of run-time length was
+/// loaded and stored again at every key): the same operations in the same order as the general loop.
+#[inline(always)]
+fn weighted_sum<const D: usize>(p: &[f32], v: &[f32], y: &mut [f32; D]) {
+    let mut acc = *y;
+    for (&p, v) in p.iter().zip(v.chunks_exact(D)) {
+        for (a, &v) in acc.iter_mut().zip(v) {
+            *a += p * v;
+        }
+    }
+    *y = acc;
+}
+
 impl WindowAttention {
     /// Queries q (rows × T × D, row-major) against each row's keys and values (`row(r)`: K ≥ T steps of D each,
     /// the queries the last T of them) → rows × T × D.
@@ -314,9 +330,14 @@ impl WindowAttention {
                         for s in s.iter_mut() {
                             *s = exp_nonpositive(*s - max);
                         }
-                        for (&p, v) in s.iter().zip(v.chunks_exact(d)) {
-                            for (y, &v) in y.iter_mut().zip(v) {
-                                *y += p * v;
+                        match <&mut [f32; HEAD_DIM]>::try_from(&mut *y) {
+                            Ok(y) => weighted_sum(s, v, y),
+                            Err(_) => {
+                                for (&p, v) in s.iter().zip(v.chunks_exact(d)) {
+                                    for (y, &v) in y.iter_mut().zip(v) {
+                                        *y += p * v;
+                                    }
+                                }
                             }
                         }
                     },
