@@ -41,15 +41,7 @@ impl LstmLayer {
                 candle_core::bail!("lstm: state for {} values, the input has {b} items", values.len());
             }
             let pairs = if precision() != Precision::F32 && bf16_supported() {
-                Some(get_or_try_init(&self.w_hh_pairs, || {
-                    let w = f32_vec(&self.w_hh)?;
-                    let words = self.hidden.div_ceil(2);
-                    let mut pairs = vec![0u32; 4 * self.hidden * words];
-                    for (row, dst) in w.chunks_exact(self.hidden.max(1)).zip(pairs.chunks_exact_mut(words.max(1))) {
-                        bf16_pairs(row, dst);
-                    }
-                    Ok(pairs)
-                })?)
+                Some(get_or_try_init(&self.w_hh_pairs, || Ok(pair_rows(&f32_vec(&self.w_hh)?, self.hidden)))?)
             } else {
                 None
             };
@@ -88,6 +80,17 @@ impl LstmLayer {
         }
         Ok((Tensor::stack(&outputs, 1)?, Tensor::stack(&[&h, &c], 1)?))
     }
+}
+
+/// The rows (`width` values each) of `w` as bf16 pair words, `⌈width/2⌉` per row: the layout the fast modes'
+/// recurrence reads `weight_hh` in.
+fn pair_rows(w: &[f32], width: usize) -> Vec<u32> {
+    let words = width.div_ceil(2);
+    let mut pairs = vec![0u32; w.len() / width.max(1) * words];
+    for (row, dst) in w.chunks_exact(width.max(1)).zip(pairs.chunks_exact_mut(words.max(1))) {
+        bf16_pairs(row, dst);
+    }
+    pairs
 }
 
 /// One layer's state: on the CPU a buffer the recurrence kernel updates in place, elsewhere a (B, 2, H) tensor
@@ -392,11 +395,7 @@ mod tests {
             let (b, steps) = (2, 6);
             let (w_hh, x_proj) = random_recurrence(hidden, b, steps);
             let w = w_hh.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let words = hidden.div_ceil(2);
-            let mut pairs = vec![0u32; 4 * hidden * words];
-            for (row, dst) in w.chunks_exact(hidden).zip(pairs.chunks_exact_mut(words)) {
-                bf16_pairs(row, dst);
-            }
+            let pairs = pair_rows(&w, hidden);
             let mut carry = vec![0f32; b * 2 * hidden];
             let op = Recurrence { w_hh_pairs: Some(&pairs), ..zero_state(&mut carry) };
             let got = x_proj.apply_op2_no_bwd(&w_hh, &op).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -274,7 +274,8 @@ struct WindowAttention {
 /// Queries per scores product: few enough that the product runs on one thread (the blocks are the parallel tasks).
 const QUERIES: usize = 8;
 
-/// The head size whose value sums run with the sum in registers ([`weighted_sum`]; Mimi's and Pocket TTS's heads).
+/// The head size whose value sums run with the sum in registers ([`weighted_sum`]; Mimi's heads); other sizes take
+/// the general loop.
 const HEAD_DIM: usize = 64;
 
 /// `y += Σ p_k · v_k` over the keys in order, `y` held in registers for the whole sum (a slice of run-time length was

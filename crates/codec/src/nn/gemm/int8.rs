@@ -67,44 +67,25 @@ impl PackedQ8 {
     /// Quantises the `depth × cols` operand `b` by ggml's q8_0 rule (the scale rounded to f16, as a q8_0 file
     /// stores it), so weights read from a q8_0 file (`q · scale`, widened) come back as exactly the file's blocks.
     pub fn b(b: &impl PackB, depth: usize, cols: usize) -> Self {
-        Self::build(depth, cols, |panel_cols, q, scales| {
+        let blocks = depth.div_ceil(BLOCK);
+        Self::build_words(depth, cols, |panel_cols, panel| {
             // The panel's f32 values, `[k][j]`, zero past the depth; packed one depth block at a time (the
             // operand's own packed layout is per depth block).
-            let mut values = vec![0f32; q.len()];
+            let mut values = vec![0f32; blocks * BLOCK * NR];
             for pc in (0..depth).step_by(KC) {
                 let kc = KC.min(depth - pc);
                 b.pack_b(pc..pc + kc, panel_cols.clone(), NR, &mut values[pc * NR..(pc + kc) * NR]);
             }
-            // Column-wise over rows of NR lanes, so the loops vectorise (the closure inlined into the AVX-512
-            // body: compiled on its own, `round` stayed a `roundf` call per weight, a fifth of an int8 start-up).
-            super::super::wide_simd(
-                #[inline(always)]
-                || {
-                    for ((values, q), scales) in values
-                        .chunks_exact(BLOCK * NR)
-                        .zip(q.chunks_exact_mut(BLOCK * NR))
-                        .zip(scales.chunks_exact_mut(NR))
-                    {
-                        let mut amax = [0f32; NR];
-                        for row in values.chunks_exact(NR) {
-                            for (m, v) in amax.iter_mut().zip(row) {
-                                *m = m.max(v.abs());
-                            }
-                        }
-                        let mut inv = [0f32; NR];
-                        for ((inv, scale), m) in inv.iter_mut().zip(scales.iter_mut()).zip(amax) {
-                            let d = m / 127.0;
-                            *inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-                            *scale = half::f16::from_f32(d).to_f32();
-                        }
-                        for (row, q) in values.chunks_exact(NR).zip(q.chunks_exact_mut(NR)) {
-                            for ((q, v), inv) in q.iter_mut().zip(row).zip(inv) {
-                                *q = (v * inv).round() as i8;
-                            }
-                        }
+            let mut block_values = [0f32; BLOCK];
+            for lane in 0..panel_cols.len() {
+                for block in 0..blocks {
+                    for (t, v) in block_values.iter_mut().enumerate() {
+                        *v = values[(block * BLOCK + t) * NR + lane];
                     }
-                },
-            );
+                    let (bytes, d) = quantize_weights(&block_values);
+                    panel.put(lane, block, &bytes, half::f16::from_f32(d).to_f32());
+                }
+            }
         })
     }
 
@@ -146,26 +127,6 @@ impl PackedQ8 {
     pub fn takes_q8_0(len: usize, depth: usize, cols: usize) -> bool {
         depth.is_multiple_of(BLOCK)
             && (depth / BLOCK).checked_mul(2 + BLOCK).and_then(|r| r.checked_mul(cols)) == Some(len)
-    }
-
-    /// The packed operand from `fill(panel columns, q, scales)`, which writes each NR-column panel's values `q`
-    /// (`[k][j]`, `⌈depth/32⌉·32` deep, left zero past the depth and the columns) and scales (`[block][j]`).
-    fn build(depth: usize, cols: usize, fill: impl Fn(Range<usize>, &mut [i8], &mut [f32]) + Sync) -> Self {
-        let blocks = depth.div_ceil(BLOCK);
-        Self::build_words(depth, cols, |panel_cols, panel| {
-            let mut q = vec![0i8; blocks * BLOCK * NR];
-            let mut scales = vec![0f32; blocks * NR];
-            fill(panel_cols.clone(), &mut q, &mut scales);
-            let mut bytes = [0u8; BLOCK];
-            for lane in 0..panel_cols.len() {
-                for block in 0..blocks {
-                    for (t, b) in bytes.iter_mut().enumerate() {
-                        *b = q[(block * BLOCK + t) * NR + lane] as u8;
-                    }
-                    panel.put(lane, block, &bytes, scales[block * NR + lane]);
-                }
-            }
-        })
     }
 
     /// The packed operand from `fill(panel columns, panel)`, which puts each NR-column panel's blocks.
@@ -280,12 +241,7 @@ fn quantize_activations(values: &[f32]) -> ([u8; BLOCK], f32) {
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_activations_avx512(values: &[f32]) -> ([u8; BLOCK], f32) {
     use std::arch::x86_64::*;
-    let mask = |from: usize| match values.len().saturating_sub(from) {
-        n if n >= 16 => 0xffff,
-        n => (1u16 << n) - 1,
-    };
-    let x0 = _mm512_maskz_loadu_ps(mask(0), values.as_ptr());
-    let x1 = _mm512_maskz_loadu_ps(mask(16), values.as_ptr().wrapping_add(16));
+    let (x0, x1) = load_block_avx512(values);
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
     let scale = amax / 127.0;
     let inv = _mm512_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
@@ -302,7 +258,8 @@ unsafe fn quantize_activations_avx512(values: &[f32]) -> ([u8; BLOCK], f32) {
 }
 
 /// One block of weights (≤ 32 values, zero past the end) → its q8_0 values (as bytes of `i8`) and unrounded scale
-/// `d = max|v| / 127`, by ggml's rule as [`PackedQ8::b`] applies it: `q = round(v · (1/d))`, ties away from zero.
+/// `d = max|v| / 127`, by ggml's rule: `q = round(v · (1/d))`, ties away from zero (every `PackedQ8` constructor
+/// that quantises goes through it).
 fn quantize_weights(values: &[f32]) -> ([u8; BLOCK], f32) {
     #[cfg(target_arch = "x86_64")]
     if int8_supported() {
@@ -324,12 +281,7 @@ fn quantize_weights(values: &[f32]) -> ([u8; BLOCK], f32) {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn quantize_weights_avx512(values: &[f32]) -> ([u8; BLOCK], f32) {
     use std::arch::x86_64::*;
-    let mask = |from: usize| match values.len().saturating_sub(from) {
-        n if n >= 16 => 0xffff,
-        n => (1u16 << n) - 1,
-    };
-    let x0 = _mm512_maskz_loadu_ps(mask(0), values.as_ptr());
-    let x1 = _mm512_maskz_loadu_ps(mask(16), values.as_ptr().wrapping_add(16));
+    let (x0, x1) = load_block_avx512(values);
     // `max(a, m)` returns m where a is NaN, so the running maxima never take a NaN.
     let lanes = _mm512_max_ps(_mm512_abs_ps(x1), _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps()));
     let mut each = [0f32; 16];
@@ -352,6 +304,20 @@ unsafe fn quantize_weights_avx512(values: &[f32]) -> ([u8; BLOCK], f32) {
     bytes[..16].copy_from_slice(&to_bytes(x0));
     bytes[16..].copy_from_slice(&to_bytes(x1));
     (bytes, d)
+}
+
+/// A block of ≤ 32 values as two vectors, zero past its end (masked loads: nothing past `values` is read).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_block_avx512(values: &[f32]) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let mask = |from: usize| match values.len().saturating_sub(from) {
+        n if n >= 16 => 0xffff,
+        n => (1u16 << n) - 1,
+    };
+    let x0 = _mm512_maskz_loadu_ps(mask(0), values.as_ptr());
+    (x0, _mm512_maskz_loadu_ps(mask(16), values.as_ptr().wrapping_add(16)))
 }
 
 /// `C = A · B` (+ the epilogue) for the `m × depth` row-major activations `a` and the quantised weights `b`
