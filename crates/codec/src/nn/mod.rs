@@ -147,8 +147,8 @@ pub(crate) fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
-/// Runs `body` compiled for AVX-512 where the CPU has it, so element-wise loops vectorise 16 wide instead of
-/// baseline x86-64's 4 (ELU, GELU, Snake, depthwise taps). Results are bit-identical: Rust never contracts
+/// Runs `body` compiled for AVX-512 (else AVX2 + FMA) where the CPU has it, so element-wise loops vectorise 16 (8)
+/// wide instead of baseline x86-64's 4 (ELU, GELU, Snake, depthwise taps). Results are bit-identical: Rust never contracts
 /// `a * b + c` into an FMA, whatever the target features.
 #[inline(always)]
 pub(crate) fn wide_simd<R>(body: impl FnOnce() -> R) -> R {
@@ -160,6 +160,17 @@ pub(crate) fn wide_simd<R>(body: impl FnOnce() -> R) -> R {
         }
         // SAFETY: `isa()` detected AVX-512F.
         return unsafe { avx512(body) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if gemm::isa() == gemm::Isa::Avx2 {
+        // 8 wide, and `floor`/`mul_add` as single instructions instead of libm calls (baseline x86-64 has
+        // neither SSE4.1's rounding nor FMA).
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        // SAFETY: `isa()` detected AVX2 and FMA.
+        return unsafe { avx2(body) };
     }
     body()
 }
