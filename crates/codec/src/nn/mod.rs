@@ -175,9 +175,10 @@ pub(crate) fn wide_simd<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-/// Dot product (LSTM gates, codebook norms) with 64 independent accumulators (four AVX-512 registers), so the adds
-/// do not wait on each other, summed pairwise at the end. Written with intrinsics where the CPU has AVX-512: the
-/// portable loop's accumulator array stayed in memory, a store-to-load dependency on every add.
+/// Dot product (LSTM gates, codebook norms) with 64 independent accumulators (four AVX-512 or eight AVX2
+/// registers), so the adds do not wait on each other, summed pairwise at the end. Written with intrinsics where the
+/// CPU has AVX-512 or AVX2: the portable loop's accumulator array stayed in memory, a store-to-load dependency on
+/// every add.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -185,6 +186,16 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: AVX-512F is present (checked above).
         return unsafe { dot_avx512(a, b) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if gemm::isa() == gemm::Isa::Avx2 {
+        // SAFETY: AVX2 is present (checked above).
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 64;
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -221,6 +232,34 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
     let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
     _mm512_reduce_add_ps(sum) + tail
+}
+
+/// The portable loop's sums in the portable loop's order (so the same bits), its 64 accumulators in eight AVX2
+/// registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let (x, y) = (_mm256_loadu_ps(a.as_ptr().add(i + 8 * r)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * r)));
+            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+        }
+        i += 64;
+    }
+    let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
+    // Lane k of register r is accumulator 8r + k: halving 64 → 8 adds registers r and r + width/8.
+    for width in [4, 2, 1] {
+        for r in 0..width {
+            acc[r] = _mm256_add_ps(acc[r], acc[r + width]);
+        }
+    }
+    let half = _mm_add_ps(_mm256_castps256_ps128(acc[0]), _mm256_extractf128_ps(acc[0], 1));
+    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1))) + tail
 }
 
 /// `values` as bf16 pair words (element 2q in the low half, 2q + 1 in the high half, zero past the end), the
@@ -321,4 +360,24 @@ pub(crate) fn sum_all(tensors: impl IntoIterator<Item = Result<Tensor>>) -> Resu
 pub fn pad_to_multiple(x: &Tensor, multiple: usize) -> Result<Tensor> {
     let len = x.dim(candle_core::D::Minus1)?;
     x.pad_with_zeros(candle_core::D::Minus1, 0, len.next_multiple_of(multiple) - len)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The AVX2 dot product gives the portable loop's bits (machines without AVX-512 ran that loop before).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_dot_is_the_portable_dot() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let values = super::test_util::pseudo_random(2 * 300, 7);
+        let (a, b) = values.split_at(300);
+        for n in [0, 1, 7, 63, 64, 65, 128, 200, 256, 300] {
+            let want = super::dot_portable(&a[..n], &b[..n]);
+            // SAFETY: AVX2 detected above.
+            let got = unsafe { super::dot_avx2(&a[..n], &b[..n]) };
+            assert_eq!(got.to_bits(), want.to_bits(), "length {n}: {got} vs {want}");
+        }
+    }
 }

@@ -19,3 +19,14 @@ pub fn worst_errors(lo: f32, hi: f32, n: usize, fast: impl Fn(f32) -> f32, exact
     }
     (worst_abs, worst_rel)
 }
+
+/// Values in [−0.5, 0.5) from a seeded LCG (the GEMM, int8 and dot product tests' operands).
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}

@@ -963,16 +963,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
 mod tests {
     use super::*;
 
-    /// Values in [−0.5, 0.5) from a seeded LCG (also the int8 tests' operands).
-    pub(super) fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    pub(super) use crate::nn::test_util::pseudo_random;
 
     /// Pair rows of every length (the vector path's masked tail) against the scalar rounding, with and without a
     /// high row.
