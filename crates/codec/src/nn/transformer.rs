@@ -274,20 +274,26 @@ struct WindowAttention {
 /// Queries per scores product: few enough that the product runs on one thread (the blocks are the parallel tasks).
 const QUERIES: usize = 8;
 
-/// The head size whose value sums run with the sum in registers ([`weighted_sum`]; Mimi's heads); other sizes take
-/// the general loop.
+/// The head size whose value sums run with the sum in registers ([`weighted_sum_in_registers`]; Mimi's heads);
+/// other sizes take the general loop.
 const HEAD_DIM: usize = 64;
 
-/// `y += Σ p_k · v_k` over the keys in order, `y` held in registers for the whole sum (a slice of run-time length was
-/// loaded and stored again at every key): the same operations in the same order as the general loop.
+/// `y += Σ p_k · v_k` over the keys in order (`v`: one row of `y.len()` values per key).
 #[inline(always)]
-fn weighted_sum<const D: usize>(p: &[f32], v: &[f32], y: &mut [f32; D]) {
-    let mut acc = *y;
-    for (&p, v) in p.iter().zip(v.chunks_exact(D)) {
-        for (a, &v) in acc.iter_mut().zip(v) {
-            *a += p * v;
+fn weighted_sum(p: &[f32], v: &[f32], y: &mut [f32]) {
+    for (&p, v) in p.iter().zip(v.chunks_exact(y.len())) {
+        for (y, &v) in y.iter_mut().zip(v) {
+            *y += p * v;
         }
     }
+}
+
+/// [`weighted_sum`] for a [`HEAD_DIM`]-wide head, summed in a local array the compiler keeps in registers (a slice
+/// of run-time length was loaded and stored again at every key): the same operations in the same order.
+#[inline(always)]
+fn weighted_sum_in_registers(p: &[f32], v: &[f32], y: &mut [f32; HEAD_DIM]) {
+    let mut acc = *y;
+    weighted_sum(p, v, &mut acc);
     *y = acc;
 }
 
@@ -332,14 +338,8 @@ impl WindowAttention {
                             *s = exp_nonpositive(*s - max);
                         }
                         match <&mut [f32; HEAD_DIM]>::try_from(&mut *y) {
-                            Ok(y) => weighted_sum(s, v, y),
-                            Err(_) => {
-                                for (&p, v) in s.iter().zip(v.chunks_exact(d)) {
-                                    for (y, &v) in y.iter_mut().zip(v) {
-                                        *y += p * v;
-                                    }
-                                }
-                            }
+                            Ok(y) => weighted_sum_in_registers(s, v, y),
+                            Err(_) => weighted_sum(s, v, y),
                         }
                     },
                 );
