@@ -264,26 +264,32 @@ impl Im2col<'_> {
         // cost more than its 48-float copy), then every panel reads the same signal row.
         let (mut i, mut j) = (ks.start / self.taps, ks.start % self.taps);
         let (np, nx) = (self.p, self.t - self.p);
+        let panels = cols.len() / nr;
+        let mut phases = Phases::default();
         for p in 0..kc {
             let pre = &self.prefix[i * np..(i + 1) * np];
             let src = &self.x[i * nx..(i + 1) * nx];
             let at = |v: usize| if v < np { pre[v] } else { src[v - np] };
             let row_start = (cols.start * self.stride) as isize + self.offset + j as isize * self.tap_step;
+            let (channel, tap) = (i, j);
             (i, j) = if j + 1 == self.taps { (i + 1, 0) } else { (i, j + 1) };
-            // The panels whose row lies wholly inside `x` (all but a few at the edges, at stride 1): one tight loop
-            // of fixed-size copies. Per panel, the checks and slicing of the general loop below cost more than
-            // the 16-float copy itself (packing was a third of a 32-row conv's time on AVX2).
-            let inside = if self.stride == 1 {
-                let panels = cols.len() / nr;
+            // The whole panels whose row lies wholly inside `x` (all but a few at the edges): one tight loop of
+            // fixed-size copies. Per panel, the checks and slicing of the general loop below cost more than the
+            // 16-float copy itself (packing was a third of a 32-row conv's time on AVX2). At stride s the row is
+            // read from the channel's phases, built once for all its taps.
+            let (inside, row) = if self.stride == 1 {
                 let first = (np as isize - row_start).max(0).unsigned_abs().div_ceil(nr).min(panels);
                 let last = ((t - row_start).max(0).unsigned_abs() / nr).min(panels);
-                first..last.max(first)
+                let from = (row_start + (first * nr) as isize).max(np as isize) as usize - np;
+                (first..last.max(first), &src[from.min(nx)..])
             } else {
-                0..0
+                match phases.row(self, channel, tap, cols.start, panels * nr) {
+                    Some(row) => (0..panels, row),
+                    None => (0..0, &[][..]),
+                }
             };
             if !inside.is_empty() {
-                let from = (row_start + (inside.start * nr) as isize) as usize - np;
-                let src = &src[from..from + inside.len() * nr];
+                let src = &row[..inside.len() * nr];
                 let dst = &mut dst[(inside.start * kc + p) * nr..];
                 match nr {
                     48 => copy_panel_rows::<48>(src, dst, kc),
@@ -336,6 +342,51 @@ impl Im2col<'_> {
                 }
             }
         }
+    }
+}
+
+/// One channel's signal split into its `stride` phases over a block's columns, for a strided conv's packing: tap
+/// `j` of column `c` reads `x[base + j·tap_step + c·stride]`, which is element `c + q` of phase `r` (`j·tap_step
+/// = q·stride + r`), so every tap's row is a contiguous run of one phase. Built once per channel (each sample read
+/// once, in order) instead of gathering every tap's row sample by sample (`K = 2·stride` gathers per sample).
+#[derive(Default)]
+struct Phases {
+    channel: Option<usize>,
+    /// Phase `r` at `data[r·len..(r + 1)·len]`.
+    data: Vec<f32>,
+    len: usize,
+}
+
+impl Phases {
+    /// Row (`channel`, `tap`) of the im2col over `width` columns from `first_col`, if all of it lies inside `x`
+    /// (strided convs only; `None` sends the caller to the general path).
+    fn row(&mut self, cols: &Im2col, channel: usize, tap: usize, first_col: usize, width: usize) -> Option<&[f32]> {
+        let s = cols.stride;
+        if width == 0 || cols.tap_step <= 0 {
+            return None;
+        }
+        let step = cols.tap_step as usize;
+        let len = width + (cols.taps - 1) * step / s;
+        let base = (first_col * s) as isize + cols.offset;
+        // Samples base .. base + len·s of the signal (prefix, then x) must all lie in x.
+        let (np, t) = (cols.p as isize, cols.t as isize);
+        if base < np || base + (len * s) as isize > t {
+            return None;
+        }
+        if self.channel != Some(channel) || self.len != len {
+            let nx = cols.t - cols.p;
+            let from = channel * nx + (base - np) as usize;
+            let signal = &cols.x[from..from + len * s];
+            self.data.resize(len * s, 0.0);
+            for (m, frame) in signal.chunks_exact(s).enumerate() {
+                for (r, &v) in frame.iter().enumerate() {
+                    self.data[r * len + m] = v;
+                }
+            }
+            (self.channel, self.len) = (Some(channel), len);
+        }
+        let (q, r) = (tap * step / s, tap * step % s);
+        Some(&self.data[r * len + q..r * len + q + width])
     }
 }
 
@@ -690,21 +741,27 @@ mod tests {
             (9, 3, 5, 2, 1, 0, 0),
             (9, 2, 1, 1, 1, 0, 0),
             (40, 70, 3, 1, 1, 2, 0),
+            (5, 3, 6, 3, 2, 5, 2),
         ] {
-            let x = Tensor::randn(0f32, 1., (2, c_in, 137), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
-            let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
-            let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
-            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: false };
-            let got = x.apply_op1_no_bwd(&op).unwrap();
-            let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
-            let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
-            // The fused residual add is the conv plus the residual, exactly.
-            let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
-            let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
-            assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+            // Long enough for several column blocks (interior blocks pack from whole rows or a strided conv's
+            // phases, edge blocks sample by sample).
+            for t in [137, 1500] {
+                let x = Tensor::randn(0f32, 1., (2, c_in, t), &dev).unwrap();
+                let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
+                let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
+                let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
+                let op =
+                    Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: false };
+                let got = x.apply_op1_no_bwd(&op).unwrap();
+                let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
+                let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert!(max_abs_diff(&got, &want) < 1e-4, "case {:?}", (c_in, c_out, k, s, d, l, r));
+                // The fused residual add is the conv plus the residual, exactly.
+                let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
+                let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
+                assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+            }
         }
     }
 
