@@ -136,7 +136,8 @@ impl CustomOp2 for NearestEntry {
 
 /// A stream's codebook search at half the memory traffic, with the same result bit for bit. A stream step
 /// quantises one or two frames: reading each f32 codebook (2 MB for Mimi's, 67 MB for its 32) is all its cost, a
-/// fifth of a Mimi encode push. The screen reads the entries rounded to bf16 instead (AVX-512 BF16 dot products),
+/// fifth of a Mimi encode push. The screen reads the entries rounded to bf16 instead (AVX-512 BF16 dot products, or
+/// with AVX2 the bf16 halves widened and multiplied-added in f32),
 /// bounds how far each approximate distance can be from the one the exact search computes, and keeps the entries
 /// whose bound reaches below the least upper bound — the exact winner is always among them, usually alone. Those few
 /// get their exact f32 dot products, summed in the order the GEMM's kernel sums them (one fused multiply-add per
@@ -173,14 +174,14 @@ impl Screen {
     /// stream's warm-up (`Codec::stream_encoder`: three pushes) makes them before the caller's first push.
     const AFTER: usize = 3;
 
-    /// The screen of a mapped f32 codebook whose ‖c‖² `sq` gives, where this CPU runs the AVX-512 f32 kernel (whose
-    /// sums it repeats) and has BF16, and the entries fit one depth block (so the kernel sums each dot product in
-    /// one run); `None` elsewhere.
+    /// The screen of a mapped f32 codebook whose ‖c‖² `sq` gives, where this CPU runs the AVX-512 or AVX2 f32 kernel
+    /// (whose sums it repeats: one fused multiply-add per depth, from zero), and the entries fit one depth block (so
+    /// the kernel sums each dot product in one run); `None` elsewhere.
     fn new(embed: &Matrix, sq: impl FnOnce() -> Result<Vec<f32>>) -> Result<Option<Self>> {
-        use super::gemm::{bf16_supported, isa, Isa, KC};
+        use super::gemm::{isa, Isa, KC};
         let Matrix::Mapped(data, shape) = embed else { return Ok(None) };
         let (bins, dim) = shape.dims2()?;
-        if !(isa() == Isa::Avx512 && bf16_supported() && (1..=KC).contains(&dim) && bins > 0) {
+        if !(matches!(isa(), Isa::Avx512 | Isa::Avx2) && (1..=KC).contains(&dim) && bins > 0) {
             return Ok(None);
         }
         let sq = sq()?;
@@ -264,10 +265,15 @@ impl Screen {
         let per = (approx.len() / Self::LANES).div_ceil(tasks).max(1) * Self::LANES;
         approx.par_chunks_mut(per).zip(self.words.par_chunks(per / Self::LANES * group_words)).for_each(
             |(out, words)| {
-                // SAFETY: `new` checked AVX-512 F and BF16; `words` holds `out.len() / 16` groups of `pairs`.
+                // SAFETY: `new` checked AVX-512 F or AVX2 (and BF16 before its kernel); `words` holds
+                // `out.len() / 16` groups of `pairs`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    screen_dots_avx512(words, x_pairs, out)
+                    if super::gemm::bf16_supported() {
+                        screen_dots_avx512(words, x_pairs, out)
+                    } else {
+                        screen_dots_avx2(words, x_pairs, out)
+                    }
                 };
             },
         );
@@ -327,6 +333,33 @@ unsafe fn screen_dots_avx512(words: &[u32], x_pairs: &[u32], out: &mut [f32]) {
             acc = _mm512_dpbf16_ps(acc, x, c);
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+}
+
+/// [`screen_dots_avx512`] without AVX-512 BF16: each bf16 half widened to f32 (a shift or a mask: bf16 is f32's
+/// upper half) and multiplied-added in f32, eight entries a vector. Each product is exact and each add rounds once,
+/// within the bound's γ term like `vdpbf16ps`'s; it reads the same half-size words, which is the point.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn screen_dots_avx2(words: &[u32], x_pairs: &[u32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let pairs = x_pairs.len();
+    let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    for (g, out) in out.chunks_exact_mut(Screen::LANES).enumerate() {
+        let group = &words[g * pairs * Screen::LANES..(g + 1) * pairs * Screen::LANES];
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (q, &xq) in x_pairs.iter().enumerate() {
+            let (x_lo, x_hi) =
+                (_mm256_set1_ps(f32::from_bits(xq << 16)), _mm256_set1_ps(f32::from_bits(xq & 0xffff_0000)));
+            for (half, acc) in acc.iter_mut().enumerate() {
+                let c = _mm256_loadu_si256(group[q * 16 + 8 * half..].as_ptr() as *const __m256i);
+                let c_lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(c));
+                let c_hi = _mm256_castsi256_ps(_mm256_and_si256(c, high));
+                *acc = _mm256_fmadd_ps(x_hi, c_hi, _mm256_fmadd_ps(x_lo, c_lo, *acc));
+            }
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
     }
 }
 
@@ -508,7 +541,7 @@ mod tests {
     /// The screened search (one row at a time, as a stream runs it) picks exactly what the exact GEMM search picks
     /// (many rows at once), on random rows at several scales, entries themselves, midpoints between two entries
     /// (ties broken by rounding) and duplicated entries (exact ties: the first index wins), for an even and an odd
-    /// entry width. Where this CPU lacks AVX-512 BF16 both sides are the exact search.
+    /// entry width. Without AVX-512 or AVX2 both sides are the exact search.
     #[test]
     fn screened_search_matches_the_exact_search() {
         use crate::gguf::{ModelFile, StorageDtype, Writer};
@@ -550,7 +583,7 @@ mod tests {
                 .collect();
             assert_eq!(screened, exact, "{bins} × {dim}");
             assert!(exact.contains(&10) && !exact.contains(&11), "exact ties go to the first index");
-            if crate::nn::gemm::bf16_supported() && crate::nn::gemm::isa() == crate::nn::gemm::Isa::Avx512 {
+            if matches!(crate::nn::gemm::isa(), crate::nn::gemm::Isa::Avx512 | crate::nn::gemm::Isa::Avx2) {
                 assert!(matches!(codebook.screen.get(), Some(Some(_))), "the screen ran");
             }
         }
