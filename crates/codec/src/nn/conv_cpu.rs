@@ -305,8 +305,9 @@ impl Im2col<'_> {
                 let start = row_start + ((c0 - cols.start) * self.stride) as isize;
                 let dst = &mut dst[(panel * kc + p) * nr..(panel * kc + p + 1) * nr];
                 if start >= np as isize && start + (((valid.max(1) - 1) * self.stride) as isize) < t {
-                    // A strided conv's panel row inside the signal: a plain strided copy (the per-sample edge
-                    // checks below cost as much as a downsampling conv's products).
+                    // A panel row inside the signal that the tight loop above left (a partial last panel, a
+                    // strided conv's edge block): a plain strided copy (the per-sample edge checks below cost as
+                    // much as a downsampling conv's products).
                     let src = src[start as usize - np..].iter().step_by(self.stride);
                     for (d, &v) in dst[..valid].iter_mut().zip(src) {
                         *d = v;
@@ -373,7 +374,8 @@ impl Phases {
         if base < np || base + (len * s) as isize > t {
             return None;
         }
-        if self.channel != Some(channel) || self.len != len {
+        // One block's columns per `Phases`, so `len` is the same for every row: only the channel changes.
+        if self.channel != Some(channel) {
             let nx = cols.t - cols.p;
             let from = channel * nx + (base - np) as usize;
             let signal = &cols.x[from..from + len * s];

@@ -95,7 +95,7 @@ mod x86 {
                         _mm512_storeu_ps(base.add(48 * i + 16 * v), x);
                     }
                 });
-                store_avx512_strided(base, acc.len(), nr, store);
+                store_staged::<48, 8>(base, acc.len(), nr, store);
             } else {
                 let masks = [lanes(nr, 0), lanes(nr, 16), lanes(nr, 32)];
                 let mut col_bias = [_mm512_setzero_ps(); 3];
@@ -153,18 +153,18 @@ mod x86 {
         }};
     }
 
-    /// A tile through a strided store (`cs != 1`, transposed outputs) from `staged`, whose `rows` rows of 48
-    /// (their first `nr` columns written) the tile wrote: out of line, so the tile functions carry none of it.
+    /// A tile through the scalar store (strided outputs, edge columns) from `staged`, whose `rows ≤ R` rows of `W`
+    /// floats (their first `nr` columns written) the tile wrote: out of line, so the tile functions carry none of it.
     ///
     /// # Safety
-    /// `staged` points at `rows ≤ 8` rows of 48 floats whose first `nr ≤ 48` are initialised.
+    /// `staged` points at `rows ≤ R` rows of `W` floats whose first `nr ≤ W` are initialised.
     #[cold]
     #[inline(never)]
-    unsafe fn store_avx512_strided(staged: *const f32, rows: usize, nr: usize, store: &Store) {
-        let mut tile = [[0f32; 48]; 8];
+    unsafe fn store_staged<const W: usize, const R: usize>(staged: *const f32, rows: usize, nr: usize, store: &Store) {
+        let mut tile = [[0f32; W]; R];
         for (i, row) in tile.iter_mut().enumerate().take(rows) {
             for (j, v) in row.iter_mut().enumerate().take(nr) {
-                *v = *staged.add(48 * i + j);
+                *v = *staged.add(W * i + j);
             }
         }
         store_scalar(&tile, rows, nr, store);
@@ -354,7 +354,7 @@ mod x86 {
                 _mm256_storeu_ps(base.add(16 * i), row[0]);
                 _mm256_storeu_ps(base.add(16 * i + 8), row[1]);
             });
-            return store_avx2_staged(base, R, nr, store);
+            return store_staged::<16, 6>(base, R, nr, store);
         }
         // Full tiles (nearly all): the epilogue in vectors, as the AVX-512 kernel's `store_row`. Per element the
         // scalar path cost a sixth of a 256-deep tile's multiply-adds.
@@ -387,21 +387,5 @@ mod x86 {
     #[inline(always)]
     unsafe fn optional_ymm(ptr: *const f32, offset: usize) -> Option<__m256> {
         (!ptr.is_null()).then(|| _mm256_loadu_ps(ptr.add(offset)))
-    }
-
-    /// [`avx2`]'s edge and strided tiles from `staged` (`rows` rows of 16, the first `nr` written): out of line.
-    ///
-    /// # Safety
-    /// `staged` points at `rows ≤ 6` rows of 16 floats whose first `nr ≤ 16` are initialised.
-    #[cold]
-    #[inline(never)]
-    unsafe fn store_avx2_staged(staged: *const f32, rows: usize, nr: usize, store: &Store) {
-        let mut tile = [[0f32; 16]; 6];
-        for (i, row) in tile.iter_mut().enumerate().take(rows) {
-            for (j, v) in row.iter_mut().enumerate().take(nr) {
-                *v = *staged.add(16 * i + j);
-            }
-        }
-        store_scalar(&tile, rows, nr, store);
     }
 }
