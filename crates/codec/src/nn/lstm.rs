@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, T
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::activation::{sigmoid_f32, tanh_f32};
-use super::gemm::{bf16_supported, precision, Precision};
+use super::gemm::bf16_products;
 use super::linear::Linear;
 use super::{bf16_pairs, dot, dot_bf16_pairs, f32_slice, f32_vec, get_or_try_init};
 use std::sync::{Arc, OnceLock};
@@ -40,7 +40,7 @@ impl LstmLayer {
             if values.len() != b * 2 * self.hidden {
                 candle_core::bail!("lstm: state for {} values, the input has {b} items", values.len());
             }
-            let pairs = if precision() != Precision::F32 && bf16_supported() {
+            let pairs = if bf16_products() {
                 Some(get_or_try_init(&self.w_hh_pairs, || Ok(pair_rows(&f32_vec(&self.w_hh)?, self.hidden)))?)
             } else {
                 None
@@ -387,7 +387,7 @@ mod tests {
     /// from the rounded operands, over an odd hidden size (a half-empty last pair), two items and several steps.
     #[test]
     fn bf16_recurrence_matches_rounded_reference() {
-        if !bf16_supported() {
+        if !super::super::gemm::bf16_supported() {
             return;
         }
         let round = |v: f32| f32::from_bits(super::super::gemm::bf16_bits(v) << 16) as f64;

@@ -632,6 +632,12 @@ pub fn precision() -> Precision {
     }
 }
 
+/// Whether the products that are not int8 (convs, and all products in bf16 mode) run in bf16 now: a fast mode is
+/// set and the CPU has AVX-512 BF16. Otherwise they are exact f32.
+pub fn bf16_products() -> bool {
+    precision() != Precision::F32 && bf16_supported()
+}
+
 /// Whether this CPU has the bf16 kernel (AVX-512 BF16).
 pub fn bf16_supported() -> bool {
     static BF16: OnceLock<bool> = OnceLock::new();
@@ -704,7 +710,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if precision() != Precision::F32 && bf16_supported() && !epi.exact {
+    if bf16_products() && !epi.exact {
         return run::<kernel::Avx512Bf16>((m, n, k), a, b, c, epi);
     }
     match isa() {
