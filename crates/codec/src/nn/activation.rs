@@ -8,6 +8,44 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 
+/// An element-wise activation a GEMM layer applies as it writes its output (`gemm::Epilogue::activation`), rather
+/// than in a pass of its own over the whole output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// [`gelu_erf`].
+    GeluErf,
+    /// [`elu`].
+    Elu,
+}
+
+impl Activation {
+    /// The function on a run of values, in place: the same per-element code as the separate op, so the same bits.
+    pub(crate) fn in_place(self) -> fn(&mut [f32]) {
+        match self {
+            Self::GeluErf => |values| {
+                super::wide_simd(
+                    #[inline(always)]
+                    || values.iter_mut().for_each(|v| *v = gelu_f32(*v)),
+                )
+            },
+            Self::Elu => |values| {
+                super::wide_simd(
+                    #[inline(always)]
+                    || values.iter_mut().for_each(|v| *v = elu_f32(*v)),
+                )
+            },
+        }
+    }
+
+    /// As an op of its own (other devices and layers).
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::GeluErf => gelu_erf(x),
+            Self::Elu => elu(x),
+        }
+    }
+}
+
 /// `x` where `x > 0`, `exp(x) − 1` elsewhere.
 pub fn elu(x: &Tensor) -> Result<Tensor> {
     map(x, "codec-elu", elu_f32, |x| x.elu(1.0))

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
 
+use super::activation::Activation;
 use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv, PrefixedConv1dOp};
 use super::{compact, f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights};
 
@@ -190,7 +191,12 @@ impl Conv1d {
 
     /// The CPU GEMM op for `x` (f32 on CPU, not grouped), and whether it pads inside: zero padding, and reflect
     /// padding shorter than the input, happen while the input is packed; other modes pad the input first.
-    fn gemm_op(&self, x: &Tensor, (left, right): (usize, usize)) -> Result<Option<(Conv1dOp<'_>, bool)>> {
+    fn gemm_op(
+        &self,
+        x: &Tensor,
+        (left, right): (usize, usize),
+        activation: Option<Activation>,
+    ) -> Result<Option<(Conv1dOp<'_>, bool)>> {
         let c = &self.cfg;
         if !(x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1) {
             return Ok(None);
@@ -199,14 +205,14 @@ impl Conv1d {
         let weights = gemm_form(&self.packed)?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
-        let op =
-            Conv1dOp { weights, stride: c.stride, dilation: c.dilation, pad_left: left, pad_right: right, reflect };
+        let (stride, dilation, activation) = (c.stride, c.dilation, activation.map(Activation::in_place));
+        let op = Conv1dOp { weights, stride, dilation, pad_left: left, pad_right: right, reflect, activation };
         Ok(Some((op, inside)))
     }
 
     /// `forward(x) + residual`, the add fused into the convolution on CPU.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.gemm_op(x, self.padding(x.dim(D::Minus1)?))? {
+        match self.gemm_op(x, self.padding(x.dim(D::Minus1)?), None)? {
             Some((op, true)) => x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op),
             _ => self.forward(x)? + residual,
         }
@@ -272,6 +278,16 @@ impl Conv1d {
     /// [`Module::forward`] on the whole stream: a causal conv's at once, a centred one's once the samples its
     /// window reaches ahead to have come ([`Conv1d::flush`] ends the stream with the right padding).
     pub fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+        self.step_with(x, state, None)
+    }
+
+    /// `activation(step(x))`, the activation applied as the products write the output (see
+    /// [`Conv1d::forward_activated`]).
+    pub fn step_activated(&self, x: &Tensor, state: &mut ConvState, activation: Activation) -> Result<Tensor> {
+        self.step_with(x, state, Some(activation))
+    }
+
+    fn step_with(&self, x: &Tensor, state: &mut ConvState, activation: Option<Activation>) -> Result<Tensor> {
         let c = &self.cfg;
         // The stream so far: `left` virtual zeros (the padding, before the first step) or the carried samples,
         // then `x`.
@@ -313,19 +329,19 @@ impl Conv1d {
             return self.no_frames(x);
         }
         match carried {
-            Some(carried) => self.forward_after(&carried, x),
-            None => self.forward_padded(x, (left, 0)),
+            Some(carried) => self.forward_after(&carried, x, activation),
+            None => self.forward_padded(x, (left, 0), activation),
         }
     }
 
     /// The conv, unpadded, of `carried` followed by `x`: read in place on CPU, joined first elsewhere.
-    fn forward_after(&self, carried: &Tensor, x: &Tensor) -> Result<Tensor> {
+    fn forward_after(&self, carried: &Tensor, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         if x.dim(D::Minus1)? > 0 {
-            if let Some((op, _)) = self.gemm_op(x, (0, 0))? {
+            if let Some((op, _)) = self.gemm_op(x, (0, 0), activation)? {
                 return carried.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &PrefixedConv1dOp(op));
             }
         }
-        self.forward_padded(&Tensor::cat(&[carried, x], D::Minus1)?, (0, 0))
+        self.forward_padded(&Tensor::cat(&[carried, x], D::Minus1)?, (0, 0), activation)
     }
 
     /// The end of a stream: the last output frames, over the right padding of one pass (torch's `padding`; none
@@ -345,7 +361,7 @@ impl Conv1d {
         let x =
             Tensor::cat(&[&pending, &Tensor::zeros((b, ch, right), pending.dtype(), pending.device())?], D::Minus1)?;
         let frames = (len + right - span) / stride + 1;
-        self.forward_padded(&x.narrow(D::Minus1, 0, (frames - 1) * stride + span)?, (0, 0))
+        self.forward_padded(&x.narrow(D::Minus1, 0, (frames - 1) * stride + span)?, (0, 0), None)
     }
 
     /// An empty output (B, C_out, 0) for an input like `x`.
@@ -353,17 +369,31 @@ impl Conv1d {
         Tensor::zeros((x.dim(0)?, self.out_channels, 0), x.dtype(), x.device())
     }
 
-    /// The conv of `x` with `left`/`right` samples of this layer's padding.
-    fn forward_padded(&self, x: &Tensor, (left, right): (usize, usize)) -> Result<Tensor> {
-        let c = &self.cfg;
-        match self.gemm_op(x, (left, right))? {
+    /// `activation(forward(x))`, the activation applied on CPU by the products to the output as they write it (a
+    /// SEANet residual branch's first conv, whose output only its ELU reads): no pass of its own over the output.
+    pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
+        self.forward_padded(x, self.padding(x.dim(D::Minus1)?), Some(activation))
+    }
+
+    /// The conv of `x` with `left`/`right` samples of this layer's padding, then `activation`.
+    fn forward_padded(&self, x: &Tensor, pads: (usize, usize), activation: Option<Activation>) -> Result<Tensor> {
+        let y = match self.gemm_op(x, pads, activation)? {
             Some((op, true)) => return x.contiguous()?.apply_op1_no_bwd(&op),
             Some((op, false)) => {
-                let x = pad1d(x, left, right, c.pad_mode)?.contiguous()?;
+                let x = pad1d(x, pads.0, pads.1, self.cfg.pad_mode)?.contiguous()?;
                 return x.apply_op1_no_bwd(&Conv1dOp { pad_left: 0, pad_right: 0, ..op });
             }
-            None => {}
+            None => self.forward_other(x, pads)?,
+        };
+        match activation {
+            Some(a) => a.apply(&y),
+            None => Ok(y),
         }
+    }
+
+    /// The conv of `x` where the GEMM op does not take it (depthwise, grouped, other devices).
+    fn forward_other(&self, x: &Tensor, (left, right): (usize, usize)) -> Result<Tensor> {
+        let c = &self.cfg;
         if self.depthwise_on_cpu(x, x.dim(1)?) {
             let x = if c.pad_mode == PadMode::Constant { x.clone() } else { pad1d(x, left, right, c.pad_mode)? };
             let (left, right) = if c.pad_mode == PadMode::Constant { (left, right) } else { (0, 0) };
@@ -384,7 +414,7 @@ impl Conv1d {
 
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_padded(x, self.padding(x.dim(D::Minus1)?))
+        self.forward_padded(x, self.padding(x.dim(D::Minus1)?), None)
     }
 }
 

@@ -89,15 +89,22 @@ impl PackedConv {
     /// [`NARROW_COLUMNS`] columns run transposed, `Yᵀ = X̂ᵀ · Wᵀ`: the time steps are the tile's rows, the weights
     /// stream through full vectors. Each output element sums the same products in the same order either way, so
     /// the results are the same bits.
-    fn product(&self, cols: &Im2col, n: usize, y: &mut [f32], row_bias: Option<&[f32]>, residual: Option<&[f32]>) {
+    fn product(
+        &self,
+        cols: &Im2col,
+        n: usize,
+        y: &mut [f32],
+        (row_bias, residual): (Option<&[f32]>, Option<&[f32]>),
+        activation: Option<fn(&mut [f32])>,
+    ) {
         if let Some(w) = &self.single_row {
-            return single_output(w, cols, y, row_bias.map(|b| b[0]), residual);
+            return single_output(w, cols, y, (row_bias.map(|b| b[0]), residual), activation);
         }
         let (rows, depth) = self.weights.dims();
         if n <= NARROW_COLUMNS {
             let weights = self.weights.operand();
             let mut yt = Output::new(y, (n, rows), 1, n).expect("sized by the caller");
-            let epi = Epilogue { col_bias: row_bias, residual, ..Default::default() };
+            let epi = Epilogue { col_bias: row_bias, residual, activation, ..Default::default() };
             if matches!(weights, Operand::InPlace(_)) {
                 // Weights still read in place (a short clip's only run): their transpose packed block by block
                 // within this product, not kept.
@@ -108,7 +115,7 @@ impl PackedConv {
             }
         } else {
             let mut y = Output::row_major(y, rows, n).expect("sized by the caller");
-            let epi = Epilogue { row_bias, residual, ..Default::default() };
+            let epi = Epilogue { row_bias, residual, activation, ..Default::default() };
             gemm(rows, n, depth, &self.weights.operand(), cols, &mut y, &epi);
         }
     }
@@ -118,7 +125,13 @@ impl PackedConv {
 /// every precision: per depth row of X̂, one multiply-add over a chunk of output steps, chunks across threads. As a
 /// GEMM that one row filled one of the tile's eight rows, and packing its im2col cost more than the arithmetic
 /// (14 GFLOP/s on Mimi's last conv).
-fn single_output(w: &[f32], cols: &Im2col, y: &mut [f32], bias: Option<f32>, residual: Option<&[f32]>) {
+fn single_output(
+    w: &[f32],
+    cols: &Im2col,
+    y: &mut [f32],
+    (bias, residual): (Option<f32>, Option<&[f32]>),
+    activation: Option<fn(&mut [f32])>,
+) {
     y.par_chunks_mut(SINGLE_OUTPUT_CHUNK).enumerate().for_each_init(Vec::new, |row, (chunk, y)| {
         let (c0, len) = (chunk * SINGLE_OUTPUT_CHUNK, y.len());
         row.resize(len, 0.0);
@@ -146,8 +159,14 @@ fn single_output(w: &[f32], cols: &Im2col, y: &mut [f32], bias: Option<f32>, res
                 *y += r;
             }
         }
+        if let Some(f) = activation {
+            f(y);
+        }
     });
 }
+
+/// Output values per task of an activation applied after a product that has no epilogue for it (Winograd's).
+const ACTIVATION_CHUNK: usize = 1 << 15;
 
 /// Output steps per task of [`single_output`]: their sums and one im2col row stay in L1, and a stream step of one
 /// Mimi frame (1920 steps) is two tasks.
@@ -420,6 +439,8 @@ pub struct Conv1dOp<'a> {
     pub pad_right: usize,
     /// Reflect padding instead of zeros (pads must be shorter than the input).
     pub reflect: bool,
+    /// Applied to the output as the products write it (see `gemm::Epilogue::activation`).
+    pub activation: Option<fn(&mut [f32])>,
 }
 
 impl CustomOp1 for Conv1dOp<'_> {
@@ -507,6 +528,9 @@ impl Conv1dOp<'_> {
             if let Some(winograd) = winograd {
                 let x = &x[item * x_len..(item + 1) * x_len];
                 winograd.conv((x, t), self.pad_left, yb, w.bias.as_deref(), residual)?;
+                if let Some(f) = self.activation {
+                    yb.par_chunks_mut(ACTIVATION_CHUNK).for_each(f);
+                }
                 continue;
             }
             let cols = Im2col {
@@ -520,7 +544,7 @@ impl Conv1dOp<'_> {
                 tap_step: self.dilation as isize,
                 reflect: self.reflect,
             };
-            w.product(&cols, t_out, yb, w.bias.as_deref(), residual);
+            w.product(&cols, t_out, yb, (w.bias.as_deref(), residual), self.activation);
         }
         Ok((CpuStorage::F32(out), shape))
     }
@@ -576,7 +600,7 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
                 tap_step: -1,
                 reflect: false,
             };
-            w.product(&cols, n, &mut phases, None, None);
+            w.product(&cols, n, &mut phases, (None, None), None);
             // out[o, q·s + r − trim_left] = phases[(r, o), q − q0] (+ bias[o]), written in output order.
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
                 let (mut q, mut r) = (0, self.trim_left % s);
@@ -687,6 +711,7 @@ impl CustomOp1 for DepthwiseConv1dOp<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::activation::Activation;
     use super::super::test_util::max_abs_diff;
     use super::*;
     use candle_core::{Device, Tensor};
@@ -744,6 +769,7 @@ mod tests {
             (9, 2, 1, 1, 1, 0, 0),
             (40, 70, 3, 1, 1, 2, 0),
             (5, 3, 6, 3, 2, 5, 2),
+            (6, 1, 7, 1, 1, 3, 3),
         ] {
             // Long enough for several column blocks (interior blocks pack from whole rows or a strided conv's
             // phases, edge blocks sample by sample).
@@ -752,8 +778,15 @@ mod tests {
                 let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
                 let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
                 let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
-                let op =
-                    Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: false };
+                let op = Conv1dOp {
+                    weights: &packed,
+                    stride: s,
+                    dilation: d,
+                    pad_left: l,
+                    pad_right: r,
+                    reflect: false,
+                    activation: None,
+                };
                 let got = x.apply_op1_no_bwd(&op).unwrap();
                 let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
                 let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
@@ -763,6 +796,10 @@ mod tests {
                 let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
                 let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
                 assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+                // So is the activation applied by the products (a one-output conv's by its own loop).
+                let activated = Conv1dOp { activation: Some(Activation::Elu.in_place()), ..op };
+                let activated = x.apply_op1_no_bwd(&activated).unwrap();
+                assert_eq!(max_abs_diff(&activated, &Activation::Elu.apply(&got).unwrap()), 0.0);
             }
         }
     }
@@ -779,7 +816,15 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
-            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: 5, pad_right: 0, reflect: false };
+            let op = Conv1dOp {
+                weights: &packed,
+                stride: s,
+                dilation: d,
+                pad_left: 5,
+                pad_right: 0,
+                reflect: false,
+                activation: None,
+            };
             let wide = x.apply_op1_no_bwd(&op).unwrap();
             assert!(wide.dim(2).unwrap() > NARROW_COLUMNS);
             for t in [1, 2, 7, 16, 30] {
@@ -794,6 +839,10 @@ mod tests {
                 let residual = Tensor::randn(0f32, 1., narrow.dims(), &dev).unwrap();
                 let fused = cut(&x, t).apply_op2_no_bwd(&residual, &op).unwrap();
                 assert_eq!(max_abs_diff(&fused, &(&narrow + &residual).unwrap()), 0.0);
+                // The activation on a transposed output (strided rows, staged).
+                let activated = Conv1dOp { activation: Some(Activation::Elu.in_place()), ..op };
+                let activated = cut(&x, t).apply_op1_no_bwd(&activated).unwrap();
+                assert_eq!(max_abs_diff(&activated, &Activation::Elu.apply(&narrow).unwrap()), 0.0);
             }
             // Transposed: the first t·s samples of t inputs' output see every input they will ever see.
             let wt = Tensor::randn(0f32, 1., (c_in, c_out, k), &dev).unwrap();
@@ -824,7 +873,15 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, c_in, t), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), None).unwrap().unwrap();
-            let op = Conv1dOp { weights: &packed, stride: s, dilation: d, pad_left: l, pad_right: r, reflect: true };
+            let op = Conv1dOp {
+                weights: &packed,
+                stride: s,
+                dilation: d,
+                pad_left: l,
+                pad_right: r,
+                reflect: true,
+                activation: None,
+            };
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let padded = crate::nn::conv::pad1d(&x, l, r, crate::nn::conv::PadMode::Reflect).unwrap();
             let want = padded.conv1d(&w, 0, s, d, 1).unwrap();

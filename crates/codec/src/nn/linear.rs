@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
+use super::activation::Activation;
 use super::gemm::{gemm, gemm_int8, precision, Epilogue, Output, PackedQ8, Precision, Strided};
 use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
 use super::{f32_slice, f32_vec, gemm_form, kept};
@@ -129,8 +130,8 @@ impl Linear {
     pub fn forward_scale_add(&self, x: &Tensor, scale: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let scale = scale.map(f32_vec).transpose()?;
-            let op =
-                LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: scale.as_deref() };
+            let layer = gemm_form(&self.packed)?;
+            let op = LinearOp { layer, arithmetic: self.arithmetic, col_scale: scale.as_deref(), activation: None };
             return x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op);
         }
         let y = self.forward(x)?;
@@ -141,11 +142,26 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `activation(forward(x))`, the activation applied on CPU by the GEMM to each tile of the output as it is
+    /// written (a transformer's or ConvNeXt's hidden layer): the same values as the two ops.
+    pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.cpu_forward(x, Some(activation.in_place()));
+        }
+        activation.apply(&self.forward(x)?)
+    }
+
+    fn cpu_forward(&self, x: &Tensor, activation: Option<fn(&mut [f32])>) -> Result<Tensor> {
+        let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: None, activation };
+        x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: None };
-            return x.contiguous()?.apply_op1_no_bwd(&op);
+            return self.cpu_forward(x, None);
         }
         let y = x.broadcast_matmul(&kept(&self.weight)?.t()?)?;
         match &self.bias {
@@ -155,11 +171,12 @@ impl Module for Linear {
     }
 }
 
-/// One product of a packed layer: the fast modes it may take, and an optional per-feature scale.
+/// One product of a packed layer: the fast modes it may take, an optional per-feature scale and an activation.
 struct LinearOp<'a> {
     layer: &'a PackedLinear,
     arithmetic: Arithmetic,
     col_scale: Option<&'a [f32]>,
+    activation: Option<fn(&mut [f32])>,
 }
 
 impl CustomOp1 for LinearOp<'_> {
@@ -211,6 +228,7 @@ impl LinearOp<'_> {
             col_scale: self.col_scale,
             residual: residual.map(|(r, _)| r),
             exact: self.arithmetic == Arithmetic::Exact,
+            activation: self.activation,
             ..Default::default()
         };
         if self.arithmetic == Arithmetic::Any && precision() == Precision::Int8 {

@@ -8,7 +8,7 @@
 use super::Weights;
 use candle_core::{Module, Result, Tensor};
 
-use super::activation::elu;
+use super::activation::{elu, Activation};
 use super::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use super::lstm::Lstm;
 
@@ -71,24 +71,25 @@ impl ResidualBlock {
         Ok(Self { conv1, conv2, shortcut })
     }
 
+    /// `x + conv2(elu(conv1(elu(x))))`, the inner ELU applied by conv1 as it writes its output.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(&elu(x)?)?;
+        let y = self.conv1.forward_activated(&elu(x)?, Activation::Elu)?;
         self.finish(x, &y)
     }
 
     /// [`Self::forward`] on the next samples of a stream (conv1 is the only layer with context).
     fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
-        let y = self.conv1.step(&elu(x)?, state)?;
+        let y = self.conv1.step_activated(&elu(x)?, state, Activation::Elu)?;
         self.finish(x, &y)
     }
 
-    /// conv2 over `y` plus the skip of `x`: both pointwise, so a stream runs them as they are.
-    fn finish(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    /// conv2 over `elu(conv1(…))` plus the skip of `x`: both pointwise, so a stream runs them as they are.
+    fn finish(&self, x: &Tensor, activated: &Tensor) -> Result<Tensor> {
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        self.conv2.forward_add(&elu(y)?, &skip)
+        self.conv2.forward_add(activated, &skip)
     }
 }
 

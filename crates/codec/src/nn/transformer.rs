@@ -10,7 +10,7 @@ use super::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use rayon::prelude::*;
 
-use super::activation::{exp_nonpositive, gelu_erf, gelu_tanh};
+use super::activation::{exp_nonpositive, gelu_tanh, Activation};
 use super::compact;
 use super::gemm::{gemm, Epilogue, Output, Strided};
 use super::linear::Linear;
@@ -381,10 +381,10 @@ impl Layer {
         let h = self.self_attn.attend(&self.input_layernorm.forward(x)?, rope, cache)?;
         // Each branch's LayerScale and residual add in its last product's epilogue.
         let x = self.self_attn.o_proj.forward_scale_add(&h, self.attn_scale.as_ref(), x)?;
-        let h = self.fc1.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
         let h = match self.activation {
-            MlpActivation::GeluErf => gelu_erf(&h)?,
-            MlpActivation::GeluTanh => gelu_tanh(&h)?,
+            MlpActivation::GeluErf => self.fc1.forward_activated(&h, Activation::GeluErf)?,
+            MlpActivation::GeluTanh => gelu_tanh(&self.fc1.forward(&h)?)?,
         };
         self.fc2.forward_scale_add(&h, self.mlp_scale.as_ref(), &x)
     }

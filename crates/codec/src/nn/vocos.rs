@@ -17,7 +17,7 @@ use realfft::{ComplexToReal, RealFftPlanner};
 use super::weight::Matrix;
 use super::{f32_slice, f32_vec, Weights};
 
-use super::activation::{gelu_erf, silu};
+use super::activation::{silu, Activation};
 use super::conv::{Conv1d, ConvConfig};
 use super::linear::Linear;
 use super::norm::{layer_norm, GroupNorm, LayerNorm};
@@ -173,7 +173,7 @@ impl ConvNextBlock {
     /// (B, T, C) → (B, T, C): channels last throughout, γ and the residual add inside pwconv2.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.dwconv.forward_channels_last(x)?;
-        let h = gelu_erf(&self.pwconv1.forward(&self.norm.forward(&h)?)?)?;
+        let h = self.pwconv1.forward_activated(&self.norm.forward(&h)?, Activation::GeluErf)?;
         self.pwconv2.forward_scale_add(&h, Some(&self.gamma), x)
     }
 }

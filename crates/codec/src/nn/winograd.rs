@@ -187,6 +187,7 @@ mod tests {
     use candle_core::{DType, Device, Module, Tensor};
     use candle_nn::VarBuilder;
 
+    use super::super::activation::Activation;
     use super::super::conv::{Conv1d, ConvConfig};
     use super::super::test_util::max_abs_diff;
 
@@ -213,6 +214,9 @@ mod tests {
             let residual = Tensor::randn(0f32, 1., got.dims(), &dev).unwrap();
             let fused = conv.forward_add(&x, &residual).unwrap();
             assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
+            // An activation applied after the output transform: the same bits as the op on its own.
+            let activated = conv.forward_activated(&x, Activation::Elu).unwrap();
+            assert_eq!(max_abs_diff(&activated, &Activation::Elu.apply(&got).unwrap()), 0.0);
         }
     }
 }

@@ -392,6 +392,11 @@ unsafe fn tiles(
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("no int8 kernel on this architecture ({mr} × {nr}, {:?})", (aq, ascale, weights, &store));
         }
+        if let Some(f) = epi.activation {
+            for i in row..rows.end.min(row + MR) {
+                super::activate_row(f, out.ptr.add(i * out.rs + cols.start * out.cs), out.cs, cols.len());
+            }
+        }
     }
 }
 

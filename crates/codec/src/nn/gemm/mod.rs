@@ -560,6 +560,31 @@ pub struct Epilogue<'a> {
     /// Stay in f32 under `--precision bf16`: for nearest-codebook searches, where bf16 rounding flips decisions
     /// between close entries at little speed gain.
     pub exact: bool,
+    /// An element-wise function applied to each finished tile row while it is still in L1 (a GELU after a
+    /// ConvNeXt block's first linear layer): instead of a pass that reads and writes the whole output again.
+    pub activation: Option<fn(&mut [f32])>,
+}
+
+/// `f` on the `len` elements of C from `c` on, `cs` apart: in place where they are contiguous, else through a
+/// staging copy (a narrow product's transposed output).
+///
+/// # Safety
+/// The elements lie in C and belong to the calling thread.
+unsafe fn activate_row(f: fn(&mut [f32]), c: *mut f32, cs: usize, len: usize) {
+    if cs == 1 {
+        return f(std::slice::from_raw_parts_mut(c, len));
+    }
+    let mut staged = [0f32; 64];
+    for from in (0..len).step_by(staged.len()) {
+        let part = &mut staged[..(len - from).min(64)];
+        for (j, v) in part.iter_mut().enumerate() {
+            *v = *c.add((from + j) * cs);
+        }
+        f(part);
+        for (j, &v) in part.iter().enumerate() {
+            *c.add((from + j) * cs) = v;
+        }
+    }
 }
 
 /// Where one micro-tile goes: C at `c` with strides, biases (null when none or not the first depth block), and
@@ -704,7 +729,11 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
                 let bias = epi.row_bias.map_or(0.0, |r| r[i]) + epi.col_bias.map_or(0.0, |b| b[j]);
                 let residual = epi.residual.map_or(0.0, |r| r[i * c.rs + j * c.cs]);
                 let scale = epi.col_scale.map_or(1.0, |s| s[j]);
-                *p = bias * scale + residual;
+                let mut v = [bias * scale + residual];
+                if let Some(f) = epi.activation {
+                    f(&mut v);
+                }
+                *p = v[0];
             }
         }
         return;
@@ -962,6 +991,13 @@ unsafe fn macro_kernel<K: MicroKernel>(
             };
             K::tile(kc, apack.add(ir * depth), bpack.add(jr * depth), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
         }
+        // Once the row panel's tiles are final, while they are in cache: one call per row of the block rather
+        // than per tile row, whose 16 values would not amortise the call.
+        if let (Some(f), true) = (epi.activation, last) {
+            for i in row..row + K::MR.min(mc - ir) {
+                activate_row(f, out.ptr.add(i * out.rs + col0 * out.cs), out.cs, nc);
+            }
+        }
     }
 }
 
@@ -1029,7 +1065,7 @@ mod tests {
                     col_bias: Some(&cb),
                     col_scale: Some(&cs),
                     residual: Some(&residual),
-                    exact: false,
+                    ..Default::default()
                 };
                 match kind {
                     #[cfg(target_arch = "x86_64")]
@@ -1045,6 +1081,37 @@ mod tests {
                 }
                 let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
                 assert!(err < 1e-4 * (k as f32).sqrt(), "{kind:?} {m}×{n}×{k}: max error {err}");
+            }
+        }
+    }
+
+    /// An epilogue activation is the product's final values (residual included) put through the function, each
+    /// once: contiguous and strided outputs, depths over several blocks, a zero depth.
+    #[test]
+    fn activation_applies_once_to_final_values() {
+        // Not idempotent: applying it twice, or to a partial sum, shows.
+        fn square_plus_one(values: &mut [f32]) {
+            values.iter_mut().for_each(|v| *v = *v * *v + 1.0);
+        }
+        for &(m, n, k) in &[(17, 131, 300), (9, 5, 40), (4, 70, 0), (200, 401, 70)] {
+            let a = pseudo_random(m * k, 1);
+            let b = pseudo_random(k * n, 2);
+            let residual = pseudo_random(2 * m * n, 3);
+            for cs in [1, 2] {
+                let product = |activation| {
+                    let mut c = vec![0f32; 2 * m * n];
+                    let epi = Epilogue { residual: Some(&residual), activation, ..Default::default() };
+                    let (am, bm) = (Strided::row_major(&a, m, k).unwrap(), Strided::row_major(&b, k, n).unwrap());
+                    gemm(m, n, k, &am, &bm, &mut Output::new(&mut c, (m, n), cs * n, cs).unwrap(), &epi);
+                    c
+                };
+                let (plain, activated) = (product(None), product(Some(square_plus_one as fn(&mut [f32]))));
+                for i in 0..m {
+                    for j in 0..n {
+                        let at = i * cs * n + j * cs;
+                        assert_eq!(activated[at], plain[at] * plain[at] + 1.0, "{m}×{n}×{k}, cs {cs}: ({i}, {j})");
+                    }
+                }
             }
         }
     }
