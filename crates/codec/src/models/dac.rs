@@ -104,10 +104,11 @@ impl ResidualUnit {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(&self.snake1.forward(x)?)?;
+        // snake2 applied by conv1 as it writes its output (nothing else reads conv1's output).
+        let y = self.conv1.forward_activated(&self.snake1.forward(x)?, &self.snake2)?;
         // conv2 keeps y's length (k1); the skip is x centre-cropped to it, added inside the conv.
         let crop = (x.dim(2)? - y.dim(2)?) / 2;
-        self.conv2.forward_add(&self.snake2.forward(&y)?, &x.narrow(2, crop, y.dim(2)?)?)
+        self.conv2.forward_add(&y, &x.narrow(2, crop, y.dim(2)?)?)
     }
 }
 
@@ -116,19 +117,19 @@ impl ResidualUnit {
     /// the skip waits in `state` for the samples it is added to.
     fn step(&self, x: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
         let y = if x.dim(2)? == 0 { x.clone() } else { self.snake1.forward(x)? };
-        let y = self.conv1.step(&y, &mut state.conv1)?;
+        let y = self.conv1.step_activated(&y, &mut state.conv1, &self.snake2)?;
         self.join(x, &y, state)
     }
 
     fn flush(&self, state: &mut ResidualState) -> Result<Tensor> {
-        let y = self.conv1.flush(&mut state.conv1)?;
+        let y = snake(&self.snake2, &self.conv1.flush(&mut state.conv1)?)?;
         let none = y.narrow(2, 0, 0)?;
         self.join(&none, &y, state)
     }
 
-    /// conv2 over the stream's next `y` samples plus as many skip samples: the skip is the waiting samples, then
-    /// `x`; its first `y`-many are added now, the rest wait. Each skip sample is copied once (the residual of a
-    /// long piece is most of `x`).
+    /// conv2 over the stream's next `y` samples (conv1's output, through snake2) plus as many skip samples: the
+    /// skip is the waiting samples, then `x`; its first `y`-many are added now, the rest wait. Each skip sample is
+    /// copied once (the residual of a long piece is most of `x`).
     fn join(&self, x: &Tensor, y: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
         let (n, len) = (y.dim(2)?, x.dim(2)?);
         let (now, rest) = match state.skip.take() {
@@ -146,7 +147,7 @@ impl ResidualUnit {
         if n == 0 {
             return Ok(y.clone());
         }
-        self.conv2.forward_add(&self.snake2.forward(y)?, &now)
+        self.conv2.forward_add(y, &now)
     }
 }
 

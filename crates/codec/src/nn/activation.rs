@@ -46,6 +46,27 @@ impl Activation {
     }
 }
 
+/// An element-wise function a conv applies to its output (B, C, T) as its products write it
+/// (`Conv1d::forward_activated`); it may depend on the output channel (Snake's α).
+pub trait ChannelActivation: Sync + std::fmt::Debug {
+    /// The function on values of output channel `channel`, in place: the same per-element code as
+    /// [`ChannelActivation::apply`], so the same bits.
+    fn on_channel(&self, channel: usize, values: &mut [f32]);
+
+    /// The function as an op of its own on a (B, C, T) tensor (devices and convs without the fused path).
+    fn apply(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl ChannelActivation for Activation {
+    fn on_channel(&self, _: usize, values: &mut [f32]) {
+        self.in_place()(values)
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Activation::apply(*self, x)
+    }
+}
+
 /// `x` where `x > 0`, `exp(x) − 1` elsewhere.
 pub fn elu(x: &Tensor) -> Result<Tensor> {
     map(x, "codec-elu", elu_f32, |x| x.elu(1.0))

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
 
-use super::activation::Activation;
+use super::activation::ChannelActivation;
 use super::conv_cpu::{Conv1dOp, ConvTranspose1dOp, DepthwiseConv1dOp, PackedConv, PrefixedConv1dOp};
 use super::{compact, f32_vec, gemm_form, get_or_try_init, kept, sum_all, Weights};
 
@@ -191,12 +191,12 @@ impl Conv1d {
 
     /// The CPU GEMM op for `x` (f32 on CPU, not grouped), and whether it pads inside: zero padding, and reflect
     /// padding shorter than the input, happen while the input is packed; other modes pad the input first.
-    fn gemm_op(
-        &self,
+    fn gemm_op<'s>(
+        &'s self,
         x: &Tensor,
         (left, right): (usize, usize),
-        activation: Option<Activation>,
-    ) -> Result<Option<(Conv1dOp<'_>, bool)>> {
+        activation: Option<&'s dyn ChannelActivation>,
+    ) -> Result<Option<(Conv1dOp<'s>, bool)>> {
         let c = &self.cfg;
         if !(x.device().is_cpu() && x.dtype() == DType::F32 && c.groups == 1) {
             return Ok(None);
@@ -205,7 +205,7 @@ impl Conv1d {
         let weights = gemm_form(&self.packed)?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
-        let (stride, dilation, activation) = (c.stride, c.dilation, activation.map(Activation::in_place));
+        let (stride, dilation) = (c.stride, c.dilation);
         let op = Conv1dOp { weights, stride, dilation, pad_left: left, pad_right: right, reflect, activation };
         Ok(Some((op, inside)))
     }
@@ -283,11 +283,21 @@ impl Conv1d {
 
     /// `activation(step(x))`, the activation applied as the products write the output (see
     /// [`Conv1d::forward_activated`]).
-    pub fn step_activated(&self, x: &Tensor, state: &mut ConvState, activation: Activation) -> Result<Tensor> {
+    pub fn step_activated(
+        &self,
+        x: &Tensor,
+        state: &mut ConvState,
+        activation: &dyn ChannelActivation,
+    ) -> Result<Tensor> {
         self.step_with(x, state, Some(activation))
     }
 
-    fn step_with(&self, x: &Tensor, state: &mut ConvState, activation: Option<Activation>) -> Result<Tensor> {
+    fn step_with(
+        &self,
+        x: &Tensor,
+        state: &mut ConvState,
+        activation: Option<&dyn ChannelActivation>,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         // The stream so far: `left` virtual zeros (the padding, before the first step) or the carried samples,
         // then `x`.
@@ -335,7 +345,12 @@ impl Conv1d {
     }
 
     /// The conv, unpadded, of `carried` followed by `x`: read in place on CPU, joined first elsewhere.
-    fn forward_after(&self, carried: &Tensor, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
+    fn forward_after(
+        &self,
+        carried: &Tensor,
+        x: &Tensor,
+        activation: Option<&dyn ChannelActivation>,
+    ) -> Result<Tensor> {
         if x.dim(D::Minus1)? > 0 {
             if let Some((op, _)) = self.gemm_op(x, (0, 0), activation)? {
                 return carried.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &PrefixedConv1dOp(op));
@@ -371,12 +386,17 @@ impl Conv1d {
 
     /// `activation(forward(x))`, the activation applied on CPU by the products to the output as they write it (a
     /// SEANet residual branch's first conv, whose output only its ELU reads): no pass of its own over the output.
-    pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
+    pub fn forward_activated(&self, x: &Tensor, activation: &dyn ChannelActivation) -> Result<Tensor> {
         self.forward_padded(x, self.padding(x.dim(D::Minus1)?), Some(activation))
     }
 
     /// The conv of `x` with `left`/`right` samples of this layer's padding, then `activation`.
-    fn forward_padded(&self, x: &Tensor, pads: (usize, usize), activation: Option<Activation>) -> Result<Tensor> {
+    fn forward_padded(
+        &self,
+        x: &Tensor,
+        pads: (usize, usize),
+        activation: Option<&dyn ChannelActivation>,
+    ) -> Result<Tensor> {
         let y = match self.gemm_op(x, pads, activation)? {
             Some((op, true)) => return x.contiguous()?.apply_op1_no_bwd(&op),
             Some((op, false)) => {

@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 use std::sync::OnceLock;
 
-use super::gemm::{self, gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed};
+use super::activation::ChannelActivation;
+use super::gemm::{self, gemm, Epilogue, LeftAsRight, Output, PackA, PackB, Packed, RowFunction};
 use super::weight::{GemmWeight, Matrix, Operand, OperandLayout, Side};
 use super::winograd::WinogradWeights;
 use super::{f32_slice, f32_vec, winograd};
@@ -95,7 +96,7 @@ impl PackedConv {
         n: usize,
         y: &mut [f32],
         (row_bias, residual): (Option<&[f32]>, Option<&[f32]>),
-        activation: Option<fn(&mut [f32])>,
+        activation: Option<&dyn ChannelActivation>,
     ) {
         if let Some(w) = &self.single_row {
             return single_output(w, cols, y, (row_bias.map(|b| b[0]), residual), activation);
@@ -104,7 +105,7 @@ impl PackedConv {
         if n <= NARROW_COLUMNS {
             let weights = self.weights.operand();
             let mut yt = Output::new(y, (n, rows), 1, n).expect("sized by the caller");
-            let epi = Epilogue { col_bias: row_bias, residual, activation, ..Default::default() };
+            let epi = Epilogue { col_bias: row_bias, residual, ..Default::default() };
             if matches!(weights, Operand::InPlace(_)) {
                 // Weights still read in place (a short clip's only run): their transpose packed block by block
                 // within this product, not kept.
@@ -113,9 +114,20 @@ impl PackedConv {
                 let right = self.right.get_or_init(|| Packed::b(&LeftAsRight(&weights), depth, rows));
                 gemm(n, rows, depth, cols, right, &mut yt, &epi);
             }
+            // Here the product's rows are time steps; the few outputs are activated by channel after it.
+            if let Some(a) = activation {
+                y.chunks_exact_mut(n).enumerate().for_each(|(channel, values)| a.on_channel(channel, values));
+            }
         } else {
             let mut y = Output::row_major(y, rows, n).expect("sized by the caller");
-            let epi = Epilogue { row_bias, residual, activation, ..Default::default() };
+            // The product's rows are the output channels.
+            let hook = activation.map(|a| move |channel: usize, values: &mut [f32]| a.on_channel(channel, values));
+            let epi = Epilogue {
+                row_bias,
+                residual,
+                activation: hook.as_ref().map(|h| h as RowFunction),
+                ..Default::default()
+            };
             gemm(rows, n, depth, &self.weights.operand(), cols, &mut y, &epi);
         }
     }
@@ -130,7 +142,7 @@ fn single_output(
     cols: &Im2col,
     y: &mut [f32],
     (bias, residual): (Option<f32>, Option<&[f32]>),
-    activation: Option<fn(&mut [f32])>,
+    activation: Option<&dyn ChannelActivation>,
 ) {
     y.par_chunks_mut(SINGLE_OUTPUT_CHUNK).enumerate().for_each_init(Vec::new, |row, (chunk, y)| {
         let (c0, len) = (chunk * SINGLE_OUTPUT_CHUNK, y.len());
@@ -159,14 +171,11 @@ fn single_output(
                 *y += r;
             }
         }
-        if let Some(f) = activation {
-            f(y);
+        if let Some(a) = activation {
+            a.on_channel(0, y);
         }
     });
 }
-
-/// Output values per task of an activation applied after a product that has no epilogue for it (Winograd's).
-const ACTIVATION_CHUNK: usize = 1 << 15;
 
 /// Output steps per task of [`single_output`]: their sums and one im2col row stay in L1, and a stream step of one
 /// Mimi frame (1920 steps) is two tasks.
@@ -440,7 +449,7 @@ pub struct Conv1dOp<'a> {
     /// Reflect padding instead of zeros (pads must be shorter than the input).
     pub reflect: bool,
     /// Applied to the output as the products write it (see `gemm::Epilogue::activation`).
-    pub activation: Option<fn(&mut [f32])>,
+    pub activation: Option<&'a dyn ChannelActivation>,
 }
 
 impl CustomOp1 for Conv1dOp<'_> {
@@ -528,8 +537,8 @@ impl Conv1dOp<'_> {
             if let Some(winograd) = winograd {
                 let x = &x[item * x_len..(item + 1) * x_len];
                 winograd.conv((x, t), self.pad_left, yb, w.bias.as_deref(), residual)?;
-                if let Some(f) = self.activation {
-                    yb.par_chunks_mut(ACTIVATION_CHUNK).for_each(f);
+                if let Some(a) = self.activation {
+                    yb.par_chunks_mut(t_out).enumerate().for_each(|(channel, values)| a.on_channel(channel, values));
                 }
                 continue;
             }
@@ -797,10 +806,40 @@ mod tests {
                 let fused = x.apply_op2_no_bwd(&residual, &op).unwrap();
                 assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
                 // So is the activation applied by the products (a one-output conv's by its own loop).
-                let activated = Conv1dOp { activation: Some(Activation::Elu.in_place()), ..op };
+                let activated = Conv1dOp { activation: Some(&Activation::Elu), ..op };
                 let activated = x.apply_op1_no_bwd(&activated).unwrap();
                 assert_eq!(max_abs_diff(&activated, &Activation::Elu.apply(&got).unwrap()), 0.0);
             }
+        }
+    }
+
+    /// A per-channel activation (Snake, one α per output channel) applied by the products is the op on the
+    /// conv's output, bit for bit: wide outputs (channels are the product's rows), narrow ones (its columns), and
+    /// a one-channel conv.
+    #[test]
+    fn channel_activation_is_the_op_on_the_output() {
+        let dev = Device::Cpu;
+        for &(c_out, t) in &[(12, 300), (12, 9), (1, 300), (70, 2)] {
+            let alpha = Tensor::rand(0.2f32, 3.0, c_out, &dev).unwrap();
+            let tensors = [("alpha".to_string(), alpha)].into();
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev);
+            let snake = super::super::snake::Snake::new(c_out, vb.into()).unwrap();
+            let x = Tensor::randn(0f32, 1., (2, 5, t), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_out, 5, 3), &dev).unwrap();
+            let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), None).unwrap().unwrap();
+            let op = Conv1dOp {
+                weights: &packed,
+                stride: 1,
+                dilation: 1,
+                pad_left: 2,
+                pad_right: 0,
+                reflect: false,
+                activation: None,
+            };
+            let plain = x.apply_op1_no_bwd(&op).unwrap();
+            let activated = x.apply_op1_no_bwd(&Conv1dOp { activation: Some(&snake), ..op }).unwrap();
+            assert_eq!(max_abs_diff(&activated, &snake.forward(&plain).unwrap()), 0.0, "{c_out} channels, {t} steps");
+            assert!(max_abs_diff(&activated, &plain) > 0.0);
         }
     }
 
@@ -840,7 +879,7 @@ mod tests {
                 let fused = cut(&x, t).apply_op2_no_bwd(&residual, &op).unwrap();
                 assert_eq!(max_abs_diff(&fused, &(&narrow + &residual).unwrap()), 0.0);
                 // The activation on a transposed output (strided rows, staged).
-                let activated = Conv1dOp { activation: Some(Activation::Elu.in_place()), ..op };
+                let activated = Conv1dOp { activation: Some(&Activation::Elu), ..op };
                 let activated = cut(&x, t).apply_op1_no_bwd(&activated).unwrap();
                 assert_eq!(max_abs_diff(&activated, &Activation::Elu.apply(&narrow).unwrap()), 0.0);
             }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
 use super::activation::Activation;
-use super::gemm::{gemm, gemm_int8, precision, Epilogue, Output, PackedQ8, Precision, Strided};
+use super::gemm::{gemm, gemm_int8, precision, Epilogue, Output, PackedQ8, Precision, RowFunction, Strided};
 use super::weight::{GemmWeight, Matrix, OperandLayout, Side};
 use super::{f32_slice, f32_vec, gemm_form, kept};
 
@@ -220,6 +220,7 @@ impl LinearOp<'_> {
             candle_core::bail!("linear: {} scales for {n} features", self.col_scale.map_or(0, |s| s.len()));
         }
         let m = x.len() / k.max(1);
+        let hook = self.activation.map(|f| move |_: usize, values: &mut [f32]| f(values));
         let mut out = crate::mem::zeros_par(m * n);
         let a = Strided::row_major(x, m, k).expect("sized from x");
         let mut y = Output::row_major(&mut out, m, n).expect("sized above");
@@ -228,7 +229,7 @@ impl LinearOp<'_> {
             col_scale: self.col_scale,
             residual: residual.map(|(r, _)| r),
             exact: self.arithmetic == Arithmetic::Exact,
-            activation: self.activation,
+            activation: hook.as_ref().map(|h| h as RowFunction),
             ..Default::default()
         };
         if self.arithmetic == Arithmetic::Any && precision() == Precision::Int8 {

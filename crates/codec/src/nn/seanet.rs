@@ -73,13 +73,13 @@ impl ResidualBlock {
 
     /// `x + conv2(elu(conv1(elu(x))))`, the inner ELU applied by conv1 as it writes its output.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward_activated(&elu(x)?, Activation::Elu)?;
+        let y = self.conv1.forward_activated(&elu(x)?, &Activation::Elu)?;
         self.finish(x, &y)
     }
 
     /// [`Self::forward`] on the next samples of a stream (conv1 is the only layer with context).
     fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
-        let y = self.conv1.step_activated(&elu(x)?, state, Activation::Elu)?;
+        let y = self.conv1.step_activated(&elu(x)?, state, &Activation::Elu)?;
         self.finish(x, &y)
     }
 

@@ -8,6 +8,7 @@ use super::Weights;
 use candle_core::{DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::activation::ChannelActivation;
 use super::{F32Kernel3, F32Op3};
 
 /// Snake activation with one learnt α per channel (tensor `alpha`).
@@ -17,6 +18,8 @@ pub struct Snake {
     alpha: Tensor,
     /// 1 / (α + 1e-9), as the reference computes it: a cache of `alpha`.
     inv_alpha: Tensor,
+    /// Both on the host, per channel, for a conv that applies Snake to its output ([`ChannelActivation`]).
+    per_channel: Vec<(f32, f32)>,
 }
 
 impl Snake {
@@ -24,7 +27,8 @@ impl Snake {
     pub fn new(channels: usize, vb: Weights) -> Result<Self> {
         let alpha = vb.get(channels, "alpha")?;
         let inv_alpha = (&alpha + 1e-9)?.recip()?;
-        Ok(Self { alpha, inv_alpha })
+        let per_channel = alpha.to_vec1::<f32>()?.into_iter().zip(inv_alpha.to_vec1::<f32>()?).collect();
+        Ok(Self { alpha, inv_alpha, per_channel })
     }
 
     /// (B, C, T) → (B, C, T).
@@ -35,6 +39,26 @@ impl Snake {
         let c = self.alpha.dim(0)?;
         let s = x.broadcast_mul(&self.alpha.reshape((1, c, 1))?)?.sin()?.sqr()?;
         x + s.broadcast_mul(&self.inv_alpha.reshape((1, c, 1))?)?
+    }
+}
+
+/// One channel's Snake on one value: the op and the conv epilogue share it, so they give the same bits.
+#[inline(always)]
+fn snake(v: f32, alpha: f32, inv_alpha: f32) -> f32 {
+    v + inv_alpha * sin_squared(alpha * v)
+}
+
+impl ChannelActivation for Snake {
+    fn on_channel(&self, channel: usize, values: &mut [f32]) {
+        let (a, inv) = self.per_channel[channel];
+        super::wide_simd(
+            #[inline(always)]
+            || values.iter_mut().for_each(|v| *v = snake(*v, a, inv)),
+        )
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)
     }
 }
 
@@ -53,7 +77,7 @@ impl F32Kernel3 for SnakeOp {
                 #[inline(always)]
                 || {
                     for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v + inv * sin_squared(a * v);
+                        *d = snake(v, a, inv);
                     }
                 },
             )

@@ -394,7 +394,7 @@ unsafe fn tiles(
         }
         if let Some(f) = epi.activation {
             for i in row..rows.end.min(row + MR) {
-                super::activate_row(f, out.ptr.add(i * out.rs + cols.start * out.cs), out.cs, cols.len());
+                super::activate_row(f, i, out.ptr.add(i * out.rs + cols.start * out.cs), out.cs, cols.len());
             }
         }
     }

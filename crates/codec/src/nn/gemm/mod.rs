@@ -545,7 +545,7 @@ impl<'a> Output<'a> {
 }
 
 /// What happens to `A·B` on its way into C.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Added to every element of row `i` (a conv's per-channel bias in the (C, T) layout).
     pub row_bias: Option<&'a [f32]>,
@@ -560,19 +560,23 @@ pub struct Epilogue<'a> {
     /// Stay in f32 under `--precision bf16`: for nearest-codebook searches, where bf16 rounding flips decisions
     /// between close entries at little speed gain.
     pub exact: bool,
-    /// An element-wise function applied to each finished tile row while it is still in L1 (a GELU after a
-    /// ConvNeXt block's first linear layer): instead of a pass that reads and writes the whole output again.
-    pub activation: Option<fn(&mut [f32])>,
+    /// An element-wise function `f(row, values)` applied to runs of each finished output row while they are still
+    /// in cache (a GELU after a ConvNeXt block's first linear layer, a Snake with one α per conv channel): instead
+    /// of a pass that reads and writes the whole output again.
+    pub activation: Option<RowFunction<'a>>,
 }
 
-/// `f` on the `len` elements of C from `c` on, `cs` apart: in place where they are contiguous, else through a
-/// staging copy (a narrow product's transposed output).
+/// An element-wise function on a run of values of one output row, given the row's index.
+pub type RowFunction<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+
+/// `f` on the `len` elements of row `row` of C from `c` on, `cs` apart: in place where they are contiguous, else
+/// through a staging copy.
 ///
 /// # Safety
 /// The elements lie in C and belong to the calling thread.
-unsafe fn activate_row(f: fn(&mut [f32]), c: *mut f32, cs: usize, len: usize) {
+unsafe fn activate_row(f: RowFunction, row: usize, c: *mut f32, cs: usize, len: usize) {
     if cs == 1 {
-        return f(std::slice::from_raw_parts_mut(c, len));
+        return f(row, std::slice::from_raw_parts_mut(c, len));
     }
     let mut staged = [0f32; 64];
     for from in (0..len).step_by(staged.len()) {
@@ -580,7 +584,7 @@ unsafe fn activate_row(f: fn(&mut [f32]), c: *mut f32, cs: usize, len: usize) {
         for (j, v) in part.iter_mut().enumerate() {
             *v = *c.add((from + j) * cs);
         }
-        f(part);
+        f(row, part);
         for (j, &v) in part.iter().enumerate() {
             *c.add((from + j) * cs) = v;
         }
@@ -731,7 +735,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
                 let scale = epi.col_scale.map_or(1.0, |s| s[j]);
                 let mut v = [bias * scale + residual];
                 if let Some(f) = epi.activation {
-                    f(&mut v);
+                    f(i, &mut v);
                 }
                 *p = v[0];
             }
@@ -995,7 +999,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
         // than per tile row, whose 16 values would not amortise the call.
         if let (Some(f), true) = (epi.activation, last) {
             for i in row..row + K::MR.min(mc - ir) {
-                activate_row(f, out.ptr.add(i * out.rs + col0 * out.cs), out.cs, nc);
+                activate_row(f, i, out.ptr.add(i * out.rs + col0 * out.cs), out.cs, nc);
             }
         }
     }
@@ -1089,10 +1093,9 @@ mod tests {
     /// once: contiguous and strided outputs, depths over several blocks, a zero depth.
     #[test]
     fn activation_applies_once_to_final_values() {
-        // Not idempotent: applying it twice, or to a partial sum, shows.
-        fn square_plus_one(values: &mut [f32]) {
-            values.iter_mut().for_each(|v| *v = *v * *v + 1.0);
-        }
+        // Not idempotent, and row-dependent: applying it twice, to a partial sum or with another row shows.
+        let square_plus_row =
+            |row: usize, values: &mut [f32]| values.iter_mut().for_each(|v| *v = *v * *v + row as f32);
         for &(m, n, k) in &[(17, 131, 300), (9, 5, 40), (4, 70, 0), (200, 401, 70)] {
             let a = pseudo_random(m * k, 1);
             let b = pseudo_random(k * n, 2);
@@ -1105,11 +1108,12 @@ mod tests {
                     gemm(m, n, k, &am, &bm, &mut Output::new(&mut c, (m, n), cs * n, cs).unwrap(), &epi);
                     c
                 };
-                let (plain, activated) = (product(None), product(Some(square_plus_one as fn(&mut [f32]))));
+                let (plain, activated) = (product(None), product(Some(&square_plus_row)));
                 for i in 0..m {
                     for j in 0..n {
                         let at = i * cs * n + j * cs;
-                        assert_eq!(activated[at], plain[at] * plain[at] + 1.0, "{m}×{n}×{k}, cs {cs}: ({i}, {j})");
+                        let want = plain[at] * plain[at] + i as f32;
+                        assert_eq!(activated[at], want, "{m}×{n}×{k}, cs {cs}: ({i}, {j})");
                     }
                 }
             }
