@@ -103,34 +103,43 @@ impl ResidualUnit {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // snake2 applied by conv1 as it writes its output (nothing else reads conv1's output).
+    /// The unit on `x`, its output through `after` if given (the next layer's Snake, when nothing else reads the
+    /// unit's output). Each activation runs inside the conv that writes its input.
+    fn forward(&self, x: &Tensor, after: Option<&Snake>) -> Result<Tensor> {
         let y = self.conv1.forward_activated(&self.snake1.forward(x)?, &self.snake2)?;
         // conv2 keeps y's length (k1); the skip is x centre-cropped to it, added inside the conv.
         let crop = (x.dim(2)? - y.dim(2)?) / 2;
-        self.conv2.forward_add(&y, &x.narrow(2, crop, y.dim(2)?)?)
+        self.conv2.forward_add_then(&y, &x.narrow(2, crop, y.dim(2)?)?, after.map(|s| s as _))
     }
+}
+
+/// Three residual units on `x`, the last one's output through `after` (masked to `valid` after each).
+fn run_units(units: &[ResidualUnit; 3], x: Tensor, after: &Snake, valid: Option<&ValidLengths>) -> Result<Tensor> {
+    // Masking after an activation that keeps zeros (Snake(0) = 0) is masking before it.
+    let x = mask_to(units[0].forward(&x, None)?, valid)?;
+    let x = mask_to(units[1].forward(&x, None)?, valid)?;
+    mask_to(units[2].forward(&x, Some(after))?, valid)
 }
 
 impl ResidualUnit {
     /// [`ResidualUnit::forward`] on the next samples of a stream: conv1 answers `3·dilation` samples late, so
     /// the skip waits in `state` for the samples it is added to.
-    fn step(&self, x: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
+    fn step(&self, x: &Tensor, state: &mut ResidualState, after: Option<&Snake>) -> Result<Tensor> {
         let y = if x.dim(2)? == 0 { x.clone() } else { self.snake1.forward(x)? };
         let y = self.conv1.step_activated(&y, &mut state.conv1, &self.snake2)?;
-        self.join(x, &y, state)
+        self.join(x, &y, state, after)
     }
 
-    fn flush(&self, state: &mut ResidualState) -> Result<Tensor> {
+    fn flush(&self, state: &mut ResidualState, after: Option<&Snake>) -> Result<Tensor> {
         let y = snake(&self.snake2, &self.conv1.flush(&mut state.conv1)?)?;
         let none = y.narrow(2, 0, 0)?;
-        self.join(&none, &y, state)
+        self.join(&none, &y, state, after)
     }
 
     /// conv2 over the stream's next `y` samples (conv1's output, through snake2) plus as many skip samples: the
     /// skip is the waiting samples, then `x`; its first `y`-many are added now, the rest wait. Each skip sample is
     /// copied once (the residual of a long piece is most of `x`).
-    fn join(&self, x: &Tensor, y: &Tensor, state: &mut ResidualState) -> Result<Tensor> {
+    fn join(&self, x: &Tensor, y: &Tensor, state: &mut ResidualState, after: Option<&Snake>) -> Result<Tensor> {
         let (n, len) = (y.dim(2)?, x.dim(2)?);
         let (now, rest) = match state.skip.take() {
             Some(waiting) => {
@@ -147,7 +156,7 @@ impl ResidualUnit {
         if n == 0 {
             return Ok(y.clone());
         }
-        self.conv2.forward_add(y, &now)
+        self.conv2.forward_add_then(y, &now, after.map(|s| s as _))
     }
 }
 
@@ -174,6 +183,11 @@ fn snake(s: &Snake, x: &Tensor) -> Result<Tensor> {
     } else {
         s.forward(x)
     }
+}
+
+/// [`snake`] if there is one.
+fn snake_then(s: Option<&Snake>, x: &Tensor) -> Result<Tensor> {
+    s.map_or(Ok(x.clone()), |s| snake(s, x))
 }
 
 fn residual_units(dim: usize, vb: &Weights) -> Result<[ResidualUnit; 3]> {
@@ -225,14 +239,11 @@ impl EncoderBlock {
         })
     }
 
-    /// The block on `x`; on a padded batch (`valid` given) each output that a later conv reads ahead into is
-    /// masked, and `valid` becomes the lengths after the strided conv.
-    fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
-        let mut x = x.clone();
-        for unit in &self.res {
-            x = mask_to(unit.forward(&x)?, valid.as_ref())?;
-        }
-        let x = self.conv1.forward(&self.snake1.forward(&x)?)?;
+    /// The block on `x`, its output through `after` if given; on a padded batch (`valid` given) each output that
+    /// a later conv reads ahead into is masked, and `valid` becomes the lengths after the strided conv.
+    fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>, after: Option<&Snake>) -> Result<Tensor> {
+        let x = run_units(&self.res, x.clone(), &self.snake1, valid.as_ref())?;
+        let x = self.conv1.forward_then(&x, after.map(|s| s as _))?;
         *valid = valid.take().map(|v| v.map(|len| self.conv1.output_len(len)));
         mask_to(x, valid.as_ref())
     }
@@ -268,9 +279,14 @@ impl Encoder {
     /// gets its input masked to zeros past each item's end, as a single run pads (see [`ValidLengths`]).
     fn forward_valid(&self, x: &Tensor, valid: Option<&ValidLengths>) -> Result<Tensor> {
         let mut valid = valid.cloned();
-        let x = mask_to(self.conv1.forward(x)?, valid.as_ref())?;
-        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x, &mut valid))?;
-        self.conv2.forward(&self.snake1.forward(&x)?)
+        let mut x = mask_to(self.conv1.forward(x)?, valid.as_ref())?;
+        // The last block's output goes through the final Snake as it is written.
+        for (i, block) in self.blocks.iter().enumerate() {
+            let last = i + 1 == self.blocks.len();
+            x = block.forward(&x, &mut valid, last.then_some(&self.snake1))?;
+        }
+        let x = if self.blocks.is_empty() { self.snake1.forward(&x)? } else { x };
+        self.conv2.forward(&x)
     }
 }
 
@@ -298,12 +314,13 @@ impl DecoderBlock {
         })
     }
 
-    /// The block on `x`, masked on a padded batch as [`EncoderBlock::forward`] is.
-    fn forward(&self, x: &Tensor, valid: &mut Option<ValidLengths>) -> Result<Tensor> {
-        let x = self.conv_t1.forward(&self.snake1.forward(x)?)?;
+    /// The block on `x` already through its `snake1` (the layer before applied it), its output through `after`
+    /// (the next block's Snake, or the decoder's last), masked on a padded batch as [`EncoderBlock::forward`] is.
+    fn forward(&self, activated: &Tensor, valid: &mut Option<ValidLengths>, after: &Snake) -> Result<Tensor> {
+        let x = self.conv_t1.forward(activated)?;
         *valid = valid.take().map(|v| v.map(|len| self.conv_t1.output_len(len)));
         let x = mask_to(x, valid.as_ref())?;
-        self.res.iter().try_fold(x, |x, r| mask_to(r.forward(&x)?, valid.as_ref()))
+        run_units(&self.res, x, after, valid.as_ref())
     }
 }
 
@@ -338,9 +355,14 @@ impl Decoder {
     fn forward_valid(&self, x: &Tensor, valid: Option<&ValidLengths>) -> Result<(Tensor, Option<ValidLengths>)> {
         let mut valid = valid.cloned();
         let x = mask_to(x.clone(), valid.as_ref())?;
-        let x = mask_to(self.conv1.forward(&x)?, valid.as_ref())?;
-        let x = self.blocks.iter().try_fold(x, |x, b| b.forward(&x, &mut valid))?;
-        Ok((self.conv2.forward(&self.snake1.forward(&x)?)?.tanh()?, valid))
+        // Each Snake runs inside the conv that writes its input: block i's own inside the layer before it, the
+        // last one inside the last block.
+        let snakes: Vec<&Snake> = self.blocks.iter().map(|b| &b.snake1).chain([&self.snake1]).collect();
+        let mut x = mask_to(self.conv1.forward_activated(&x, snakes[0])?, valid.as_ref())?;
+        for (block, after) in self.blocks.iter().zip(&snakes[1..]) {
+            x = block.forward(&x, &mut valid, after)?;
+        }
+        Ok((self.conv2.forward(&x)?.tanh()?, valid))
     }
 }
 
@@ -372,15 +394,19 @@ impl EncoderStream {
         let enc = &self.model.encoder;
         let x = Tensor::from_vec(pcm, (1, 1, ()), &self.device)?;
         let mut x = streamed(enc.conv1.step(&x, &mut self.conv1), last, || enc.conv1.flush(&mut self.conv1))?;
-        for (block, (res, conv)) in enc.blocks.iter().zip(&mut self.blocks) {
-            for (unit, state) in block.res.iter().zip(res.iter_mut()) {
-                x = streamed(unit.step(&x, state), last, || unit.flush(state))?;
+        // The Snakes where the one pass (`Encoder::forward_valid`) has them: inside the layer before.
+        let blocks = enc.blocks.len();
+        for (i, (block, (res, conv))) in enc.blocks.iter().zip(&mut self.blocks).enumerate() {
+            for (j, (unit, state)) in block.res.iter().zip(res.iter_mut()).enumerate() {
+                let after = (j == 2).then_some(&block.snake1);
+                x = streamed(unit.step(&x, state, after), last, || unit.flush(state, after))?;
             }
-            let y = snake(&block.snake1, &x)?;
-            x = streamed(block.conv1.step(&y, conv), last, || block.conv1.flush(conv))?;
+            let after = (i + 1 == blocks).then_some(&enc.snake1);
+            let flush = |conv: &mut ConvState| snake_then(after, &block.conv1.flush(conv)?);
+            x = streamed(block.conv1.step_then(&x, conv, after.map(|s| s as _)), last, || flush(conv))?;
         }
-        let y = snake(&enc.snake1, &x)?;
-        let z = streamed(enc.conv2.step(&y, &mut self.conv2), last, || enc.conv2.flush(&mut self.conv2))?;
+        let x = if blocks == 0 { snake(&enc.snake1, &x)? } else { x };
+        let z = streamed(enc.conv2.step(&x, &mut self.conv2), last, || enc.conv2.flush(&mut self.conv2))?;
         if z.dim(2)? == 0 {
             return Tensor::zeros((1, self.n_q, 0), DType::U32, &self.device);
         }
@@ -424,16 +450,18 @@ impl DecoderStream {
             Some(codes) => self.model.quantizer.decode(codes)?,
             None => Tensor::zeros((1, self.model.config.latent_dim, 0), DType::F32, &self.device)?,
         };
-        let mut x = streamed(dec.conv1.step(&x, &mut self.conv1), last, || dec.conv1.flush(&mut self.conv1))?;
-        for (block, (up, res)) in dec.blocks.iter().zip(&mut self.blocks) {
-            let y = snake(&block.snake1, &x)?;
-            x = streamed(block.conv_t1.step(&y, up), last, || block.conv_t1.flush(up))?;
-            for (unit, state) in block.res.iter().zip(res.iter_mut()) {
-                x = streamed(unit.step(&x, state), last, || unit.flush(state))?;
+        // The Snakes where the one pass (`Decoder::forward_valid`) has them: inside the layer before.
+        let snakes: Vec<&Snake> = dec.blocks.iter().map(|b| &b.snake1).chain([&dec.snake1]).collect();
+        let step = dec.conv1.step_activated(&x, &mut self.conv1, snakes[0]);
+        let mut x = streamed(step, last, || snake(snakes[0], &dec.conv1.flush(&mut self.conv1)?))?;
+        for ((block, (up, res)), &next) in dec.blocks.iter().zip(&mut self.blocks).zip(&snakes[1..]) {
+            x = streamed(block.conv_t1.step(&x, up), last, || block.conv_t1.flush(up))?;
+            for (j, (unit, state)) in block.res.iter().zip(res.iter_mut()).enumerate() {
+                let after = (j == 2).then_some(next);
+                x = streamed(unit.step(&x, state, after), last, || unit.flush(state, after))?;
             }
         }
-        let y = snake(&dec.snake1, &x)?;
-        streamed(dec.conv2.step(&y, &mut self.conv2), last, || dec.conv2.flush(&mut self.conv2))?.tanh()
+        streamed(dec.conv2.step(&x, &mut self.conv2), last, || dec.conv2.flush(&mut self.conv2))?.tanh()
     }
 }
 

@@ -212,10 +212,29 @@ impl Conv1d {
 
     /// `forward(x) + residual`, the add fused into the convolution on CPU.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.gemm_op(x, self.padding(x.dim(D::Minus1)?), None)? {
+        self.forward_add_then(x, residual, None)
+    }
+
+    /// `forward(x) + residual`, then `activation` if given: both in the products' epilogue on CPU (a residual
+    /// unit whose output only the next layer's activation reads).
+    pub fn forward_add_then(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        activation: Option<&dyn ChannelActivation>,
+    ) -> Result<Tensor> {
+        match self.gemm_op(x, self.padding(x.dim(D::Minus1)?), activation)? {
             Some((op, true)) => x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op),
-            _ => self.forward(x)? + residual,
+            _ => {
+                let y = (self.forward(x)? + residual)?;
+                activation.map_or(Ok(y.clone()), |a| a.apply(&y))
+            }
         }
+    }
+
+    /// [`Conv1d::forward_activated`] where `activation` may be absent.
+    pub fn forward_then(&self, x: &Tensor, activation: Option<&dyn ChannelActivation>) -> Result<Tensor> {
+        self.forward_padded(x, self.padding(x.dim(D::Minus1)?), activation)
     }
 
     fn depthwise_on_cpu(&self, x: &Tensor, channels: usize) -> bool {
@@ -278,7 +297,7 @@ impl Conv1d {
     /// [`Module::forward`] on the whole stream: a causal conv's at once, a centred one's once the samples its
     /// window reaches ahead to have come ([`Conv1d::flush`] ends the stream with the right padding).
     pub fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
-        self.step_with(x, state, None)
+        self.step_then(x, state, None)
     }
 
     /// `activation(step(x))`, the activation applied as the products write the output (see
@@ -289,10 +308,11 @@ impl Conv1d {
         state: &mut ConvState,
         activation: &dyn ChannelActivation,
     ) -> Result<Tensor> {
-        self.step_with(x, state, Some(activation))
+        self.step_then(x, state, Some(activation))
     }
 
-    fn step_with(
+    /// [`Conv1d::step_activated`] where `activation` may be absent.
+    pub fn step_then(
         &self,
         x: &Tensor,
         state: &mut ConvState,

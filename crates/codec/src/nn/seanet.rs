@@ -8,7 +8,7 @@
 use super::Weights;
 use candle_core::{Module, Result, Tensor};
 
-use super::activation::{elu, Activation};
+use super::activation::{elu, Activation, ChannelActivation};
 use super::conv::{Conv1d, ConvConfig, ConvState, ConvTranspose1d, ConvTransposeState, PadMode, Padding};
 use super::lstm::Lstm;
 
@@ -71,25 +71,26 @@ impl ResidualBlock {
         Ok(Self { conv1, conv2, shortcut })
     }
 
-    /// `x + conv2(elu(conv1(elu(x))))`, the inner ELU applied by conv1 as it writes its output.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x + conv2(elu(conv1(elu(x))))`, then `after` if given; the inner ELU applied by conv1 as it writes its
+    /// output, `after` by conv2.
+    fn forward(&self, x: &Tensor, after: Option<&dyn ChannelActivation>) -> Result<Tensor> {
         let y = self.conv1.forward_activated(&elu(x)?, &Activation::Elu)?;
-        self.finish(x, &y)
+        self.finish(x, &y, after)
     }
 
     /// [`Self::forward`] on the next samples of a stream (conv1 is the only layer with context).
-    fn step(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+    fn step(&self, x: &Tensor, state: &mut ConvState, after: Option<&dyn ChannelActivation>) -> Result<Tensor> {
         let y = self.conv1.step_activated(&elu(x)?, state, &Activation::Elu)?;
-        self.finish(x, &y)
+        self.finish(x, &y, after)
     }
 
     /// conv2 over `elu(conv1(…))` plus the skip of `x`: both pointwise, so a stream runs them as they are.
-    fn finish(&self, x: &Tensor, activated: &Tensor) -> Result<Tensor> {
+    fn finish(&self, x: &Tensor, activated: &Tensor, after: Option<&dyn ChannelActivation>) -> Result<Tensor> {
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        self.conv2.forward_add(activated, &skip)
+        self.conv2.forward_add_then(activated, &skip, after)
     }
 }
 
@@ -104,15 +105,28 @@ enum Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Layer::Conv(c) => c.forward(x),
-            Layer::ConvTranspose(c) => c.forward(x),
-            Layer::Residual(r) => r.forward(x),
-            Layer::Lstm(l) => l.forward_with_skip(x),
-            Layer::Elu => elu(x),
+    /// The layer on `x`, then an ELU if `then_elu` (inside the layer's products where it has them).
+    fn forward(&self, x: &Tensor, then_elu: bool) -> Result<Tensor> {
+        let after = then_elu.then_some(&Activation::Elu as &dyn ChannelActivation);
+        let y = match self {
+            Layer::Conv(c) => return c.forward_then(x, after),
+            Layer::Residual(r) => return r.forward(x, after),
+            Layer::ConvTranspose(c) => c.forward(x)?,
+            Layer::Lstm(l) => l.forward_with_skip(x)?,
+            Layer::Elu => elu(x)?,
+        };
+        if then_elu {
+            elu(&y)
+        } else {
+            Ok(y)
         }
     }
+}
+
+/// Whether layer `i` takes the next one, an ELU, into its products: a conv's or residual block's output that
+/// only the ELU reads is never written unactivated.
+fn fuses_next_elu(layers: &[Layer], i: usize) -> bool {
+    matches!(layers[i], Layer::Conv(_) | Layer::Residual(_)) && matches!(layers.get(i + 1), Some(Layer::Elu))
 }
 
 /// Builds the numbered stack; `push` hands each new layer its index's weights.
@@ -148,7 +162,13 @@ impl Stack<'_> {
 }
 
 fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
-    layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x))
+    let (mut x, mut i) = (x.clone(), 0);
+    while i < layers.len() {
+        let fused = fuses_next_elu(layers, i);
+        x = layers[i].forward(&x, fused)?;
+        i += if fused { 2 } else { 1 };
+    }
+    Ok(x)
 }
 
 /// The streaming state of one layer of a stack.
@@ -177,13 +197,21 @@ fn step(layers: &[Layer], x: &Tensor, state: &mut SeanetState) -> Result<Tensor>
             })
             .collect();
     }
-    layers.iter().zip(&mut state.layers).try_fold(x.clone(), |x, (layer, state)| match (layer, state) {
-        (Layer::Conv(c), LayerState::Conv(s)) => c.step(&x, s),
-        (Layer::Residual(r), LayerState::Conv(s)) => r.step(&x, s),
-        (Layer::ConvTranspose(c), LayerState::ConvTranspose(s)) => c.step(&x, s),
-        (Layer::Elu, _) => elu(&x),
-        _ => candle_core::bail!("this SEANet stack does not stream (an LSTM layer)"),
-    })
+    // The same ELUs fused as in `run`: the same bits.
+    let (mut x, mut i) = (x.clone(), 0);
+    while i < layers.len() {
+        let fused = fuses_next_elu(layers, i);
+        let after = fused.then_some(&Activation::Elu as &dyn ChannelActivation);
+        x = match (&layers[i], &mut state.layers[i]) {
+            (Layer::Conv(c), LayerState::Conv(s)) => c.step_then(&x, s, after)?,
+            (Layer::Residual(r), LayerState::Conv(s)) => r.step(&x, s, after)?,
+            (Layer::ConvTranspose(c), LayerState::ConvTranspose(s)) => c.step(&x, s)?,
+            (Layer::Elu, _) => elu(&x)?,
+            _ => candle_core::bail!("this SEANet stack does not stream (an LSTM layer)"),
+        };
+        i += if fused { 2 } else { 1 };
+    }
+    Ok(x)
 }
 
 /// A run of consecutive layers of a stack (an encoder's layers before or after its LSTM).
