@@ -106,7 +106,7 @@ impl ResidualUnit {
     /// The unit on `x`, its output through `after` if given (the next layer's Snake, when nothing else reads the
     /// unit's output). Each activation runs inside the conv that writes its input.
     fn forward(&self, x: &Tensor, after: Option<&Snake>) -> Result<Tensor> {
-        let y = self.conv1.forward_activated(&self.snake1.forward(x)?, &self.snake2)?;
+        let y = self.conv1.forward_then(&self.snake1.forward(x)?, Some(&self.snake2))?;
         // conv2 keeps y's length (k1); the skip is x centre-cropped to it, added inside the conv.
         let crop = (x.dim(2)? - y.dim(2)?) / 2;
         self.conv2.forward_add_then(&y, &x.narrow(2, crop, y.dim(2)?)?, after.map(|s| s as _))
@@ -126,7 +126,7 @@ impl ResidualUnit {
     /// the skip waits in `state` for the samples it is added to.
     fn step(&self, x: &Tensor, state: &mut ResidualState, after: Option<&Snake>) -> Result<Tensor> {
         let y = if x.dim(2)? == 0 { x.clone() } else { self.snake1.forward(x)? };
-        let y = self.conv1.step_activated(&y, &mut state.conv1, &self.snake2)?;
+        let y = self.conv1.step_then(&y, &mut state.conv1, Some(&self.snake2))?;
         self.join(x, &y, state, after)
     }
 
@@ -350,6 +350,11 @@ impl Decoder {
         Ok(self.forward_valid(x, None)?.0)
     }
 
+    /// The Snake that opens stage `i`: block i's, or the final one after the last block.
+    fn snake_opening(&self, i: usize) -> &Snake {
+        self.blocks.get(i).map_or(&self.snake1, |b| &b.snake1)
+    }
+
     /// [`Decoder::forward`] on a right-padded batch of latents whose items hold `valid` frames, masked as
     /// [`Encoder::forward_valid`] is; also each item's audio length.
     fn forward_valid(&self, x: &Tensor, valid: Option<&ValidLengths>) -> Result<(Tensor, Option<ValidLengths>)> {
@@ -357,10 +362,9 @@ impl Decoder {
         let x = mask_to(x.clone(), valid.as_ref())?;
         // Each Snake runs inside the conv that writes its input: block i's own inside the layer before it, the
         // last one inside the last block.
-        let snakes: Vec<&Snake> = self.blocks.iter().map(|b| &b.snake1).chain([&self.snake1]).collect();
-        let mut x = mask_to(self.conv1.forward_activated(&x, snakes[0])?, valid.as_ref())?;
-        for (block, after) in self.blocks.iter().zip(&snakes[1..]) {
-            x = block.forward(&x, &mut valid, after)?;
+        let mut x = mask_to(self.conv1.forward_then(&x, Some(self.snake_opening(0)))?, valid.as_ref())?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &mut valid, self.snake_opening(i + 1))?;
         }
         Ok((self.conv2.forward(&x)?.tanh()?, valid))
     }
@@ -451,13 +455,13 @@ impl DecoderStream {
             None => Tensor::zeros((1, self.model.config.latent_dim, 0), DType::F32, &self.device)?,
         };
         // The Snakes where the one pass (`Decoder::forward_valid`) has them: inside the layer before.
-        let snakes: Vec<&Snake> = dec.blocks.iter().map(|b| &b.snake1).chain([&dec.snake1]).collect();
-        let step = dec.conv1.step_activated(&x, &mut self.conv1, snakes[0]);
-        let mut x = streamed(step, last, || snake(snakes[0], &dec.conv1.flush(&mut self.conv1)?))?;
-        for ((block, (up, res)), &next) in dec.blocks.iter().zip(&mut self.blocks).zip(&snakes[1..]) {
+        let first = dec.snake_opening(0);
+        let step = dec.conv1.step_then(&x, &mut self.conv1, Some(first));
+        let mut x = streamed(step, last, || snake(first, &dec.conv1.flush(&mut self.conv1)?))?;
+        for (i, (block, (up, res))) in dec.blocks.iter().zip(&mut self.blocks).enumerate() {
             x = streamed(block.conv_t1.step(&x, up), last, || block.conv_t1.flush(up))?;
             for (j, (unit, state)) in block.res.iter().zip(res.iter_mut()).enumerate() {
-                let after = (j == 2).then_some(next);
+                let after = (j == 2).then_some(dec.snake_opening(i + 1));
                 x = streamed(unit.step(&x, state, after), last, || unit.flush(state, after))?;
             }
         }

@@ -20,20 +20,16 @@ pub enum Activation {
 
 impl Activation {
     /// The function on a run of values, in place: the same per-element code as the separate op, so the same bits.
-    pub(crate) fn in_place(self) -> fn(&mut [f32]) {
+    pub(crate) fn in_place(self, values: &mut [f32]) {
         match self {
-            Self::GeluErf => |values| {
-                super::wide_simd(
-                    #[inline(always)]
-                    || values.iter_mut().for_each(|v| *v = gelu_f32(*v)),
-                )
-            },
-            Self::Elu => |values| {
-                super::wide_simd(
-                    #[inline(always)]
-                    || values.iter_mut().for_each(|v| *v = elu_f32(*v)),
-                )
-            },
+            Self::GeluErf => super::wide_simd(
+                #[inline(always)]
+                || values.iter_mut().for_each(|v| *v = gelu_f32(*v)),
+            ),
+            Self::Elu => super::wide_simd(
+                #[inline(always)]
+                || values.iter_mut().for_each(|v| *v = elu_f32(*v)),
+            ),
         }
     }
 
@@ -47,7 +43,7 @@ impl Activation {
 }
 
 /// An element-wise function a conv applies to its output (B, C, T) as its products write it
-/// (`Conv1d::forward_activated`); it may depend on the output channel (Snake's α).
+/// (`Conv1d::forward_then`); it may depend on the output channel (Snake's α).
 pub trait ChannelActivation: Sync + std::fmt::Debug {
     /// The function on values of output channel `channel`, in place: the same per-element code as
     /// [`ChannelActivation::apply`], so the same bits.
@@ -59,7 +55,7 @@ pub trait ChannelActivation: Sync + std::fmt::Debug {
 
 impl ChannelActivation for Activation {
     fn on_channel(&self, _: usize, values: &mut [f32]) {
-        self.in_place()(values)
+        self.in_place(values)
     }
 
     fn apply(&self, x: &Tensor) -> Result<Tensor> {

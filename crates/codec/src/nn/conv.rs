@@ -205,8 +205,7 @@ impl Conv1d {
         let weights = gemm_form(&self.packed)?;
         let reflect = c.pad_mode == PadMode::Reflect && left < len && right < len;
         let inside = c.pad_mode == PadMode::Constant || reflect || (left == 0 && right == 0);
-        let (stride, dilation) = (c.stride, c.dilation);
-        let op = Conv1dOp { weights, stride, dilation, pad_left: left, pad_right: right, reflect, activation };
+        let op = Conv1dOp { activation, ..Conv1dOp::new(weights, (c.stride, c.dilation), (left, right), reflect) };
         Ok(Some((op, inside)))
     }
 
@@ -227,12 +226,16 @@ impl Conv1d {
             Some((op, true)) => x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op),
             _ => {
                 let y = (self.forward(x)? + residual)?;
-                activation.map_or(Ok(y.clone()), |a| a.apply(&y))
+                match activation {
+                    Some(a) => a.apply(&y),
+                    None => Ok(y),
+                }
             }
         }
     }
 
-    /// [`Conv1d::forward_activated`] where `activation` may be absent.
+    /// `activation(forward(x))` with an activation: on CPU applied by the products to the output as they write
+    /// it (a layer whose output only that activation reads), no pass of its own over the output.
     pub fn forward_then(&self, x: &Tensor, activation: Option<&dyn ChannelActivation>) -> Result<Tensor> {
         self.forward_padded(x, self.padding(x.dim(D::Minus1)?), activation)
     }
@@ -300,18 +303,7 @@ impl Conv1d {
         self.step_then(x, state, None)
     }
 
-    /// `activation(step(x))`, the activation applied as the products write the output (see
-    /// [`Conv1d::forward_activated`]).
-    pub fn step_activated(
-        &self,
-        x: &Tensor,
-        state: &mut ConvState,
-        activation: &dyn ChannelActivation,
-    ) -> Result<Tensor> {
-        self.step_then(x, state, Some(activation))
-    }
-
-    /// [`Conv1d::step_activated`] where `activation` may be absent.
+    /// [`Conv1d::step`], then `activation` as [`Conv1d::forward_then`] applies it.
     pub fn step_then(
         &self,
         x: &Tensor,
@@ -402,12 +394,6 @@ impl Conv1d {
     /// An empty output (B, C_out, 0) for an input like `x`.
     fn no_frames(&self, x: &Tensor) -> Result<Tensor> {
         Tensor::zeros((x.dim(0)?, self.out_channels, 0), x.dtype(), x.device())
-    }
-
-    /// `activation(forward(x))`, the activation applied on CPU by the products to the output as they write it (a
-    /// SEANet residual branch's first conv, whose output only its ELU reads): no pass of its own over the output.
-    pub fn forward_activated(&self, x: &Tensor, activation: &dyn ChannelActivation) -> Result<Tensor> {
-        self.forward_padded(x, self.padding(x.dim(D::Minus1)?), Some(activation))
     }
 
     /// The conv of `x` with `left`/`right` samples of this layer's padding, then `activation`.

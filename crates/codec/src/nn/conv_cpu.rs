@@ -452,6 +452,18 @@ pub struct Conv1dOp<'a> {
     pub activation: Option<&'a dyn ChannelActivation>,
 }
 
+impl<'a> Conv1dOp<'a> {
+    /// The conv with `weights`, (stride, dilation), (left, right) padding, reflected or zeros; no activation.
+    pub fn new(
+        weights: &'a PackedConv,
+        (stride, dilation): (usize, usize),
+        pads: (usize, usize),
+        reflect: bool,
+    ) -> Self {
+        Self { weights, stride, dilation, pad_left: pads.0, pad_right: pads.1, reflect, activation: None }
+    }
+}
+
 impl CustomOp1 for Conv1dOp<'_> {
     fn name(&self) -> &'static str {
         "codec-conv1d"
@@ -787,15 +799,7 @@ mod tests {
                 let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
                 let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
                 let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
-                let op = Conv1dOp {
-                    weights: &packed,
-                    stride: s,
-                    dilation: d,
-                    pad_left: l,
-                    pad_right: r,
-                    reflect: false,
-                    activation: None,
-                };
+                let op = Conv1dOp::new(&packed, (s, d), (l, r), false);
                 let got = x.apply_op1_no_bwd(&op).unwrap();
                 let want = x.pad_with_zeros(2, l, r).unwrap().conv1d(&w, 0, s, d, 1).unwrap();
                 let want = want.broadcast_add(&bias.reshape((1, c_out, 1)).unwrap()).unwrap();
@@ -827,15 +831,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, 5, t), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, 5, 3), &dev).unwrap();
             let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), None).unwrap().unwrap();
-            let op = Conv1dOp {
-                weights: &packed,
-                stride: 1,
-                dilation: 1,
-                pad_left: 2,
-                pad_right: 0,
-                reflect: false,
-                activation: None,
-            };
+            let op = Conv1dOp::new(&packed, (1, 1), (2, 0), false);
             let plain = x.apply_op1_no_bwd(&op).unwrap();
             let activated = x.apply_op1_no_bwd(&Conv1dOp { activation: Some(&snake), ..op }).unwrap();
             assert_eq!(max_abs_diff(&activated, &snake.forward(&plain).unwrap()), 0.0, "{c_out} channels, {t} steps");
@@ -855,15 +851,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), Some(&bias)).unwrap().unwrap();
-            let op = Conv1dOp {
-                weights: &packed,
-                stride: s,
-                dilation: d,
-                pad_left: 5,
-                pad_right: 0,
-                reflect: false,
-                activation: None,
-            };
+            let op = Conv1dOp::new(&packed, (s, d), (5, 0), false);
             let wide = x.apply_op1_no_bwd(&op).unwrap();
             assert!(wide.dim(2).unwrap() > NARROW_COLUMNS);
             for t in [1, 2, 7, 16, 30] {
@@ -912,15 +900,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, c_in, t), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev).unwrap();
             let packed = PackedConv::conv1d(&w.clone().into(), w.dims3().unwrap(), None).unwrap().unwrap();
-            let op = Conv1dOp {
-                weights: &packed,
-                stride: s,
-                dilation: d,
-                pad_left: l,
-                pad_right: r,
-                reflect: true,
-                activation: None,
-            };
+            let op = Conv1dOp::new(&packed, (s, d), (l, r), true);
             let got = x.apply_op1_no_bwd(&op).unwrap();
             let padded = crate::nn::conv::pad1d(&x, l, r, crate::nn::conv::PadMode::Reflect).unwrap();
             let want = padded.conv1d(&w, 0, s, d, 1).unwrap();

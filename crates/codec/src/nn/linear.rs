@@ -147,12 +147,12 @@ impl Linear {
     /// written (a transformer's or ConvNeXt's hidden layer): the same values as the two ops.
     pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            return self.cpu_forward(x, Some(activation.in_place()));
+            return self.cpu_forward(x, Some(activation));
         }
         activation.apply(&self.forward(x)?)
     }
 
-    fn cpu_forward(&self, x: &Tensor, activation: Option<fn(&mut [f32])>) -> Result<Tensor> {
+    fn cpu_forward(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         let op = LinearOp { layer: gemm_form(&self.packed)?, arithmetic: self.arithmetic, col_scale: None, activation };
         x.contiguous()?.apply_op1_no_bwd(&op)
     }
@@ -176,7 +176,7 @@ struct LinearOp<'a> {
     layer: &'a PackedLinear,
     arithmetic: Arithmetic,
     col_scale: Option<&'a [f32]>,
-    activation: Option<fn(&mut [f32])>,
+    activation: Option<Activation>,
 }
 
 impl CustomOp1 for LinearOp<'_> {
@@ -220,7 +220,7 @@ impl LinearOp<'_> {
             candle_core::bail!("linear: {} scales for {n} features", self.col_scale.map_or(0, |s| s.len()));
         }
         let m = x.len() / k.max(1);
-        let hook = self.activation.map(|f| move |_: usize, values: &mut [f32]| f(values));
+        let hook = self.activation.map(|a| move |_: usize, values: &mut [f32]| a.in_place(values));
         let mut out = crate::mem::zeros_par(m * n);
         let a = Strided::row_major(x, m, k).expect("sized from x");
         let mut y = Output::row_major(&mut out, m, n).expect("sized above");

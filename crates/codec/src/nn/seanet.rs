@@ -74,13 +74,13 @@ impl ResidualBlock {
     /// `x + conv2(elu(conv1(elu(x))))`, then `after` if given; the inner ELU applied by conv1 as it writes its
     /// output, `after` by conv2.
     fn forward(&self, x: &Tensor, after: Option<&dyn ChannelActivation>) -> Result<Tensor> {
-        let y = self.conv1.forward_activated(&elu(x)?, &Activation::Elu)?;
+        let y = self.conv1.forward_then(&elu(x)?, Some(&Activation::Elu))?;
         self.finish(x, &y, after)
     }
 
     /// [`Self::forward`] on the next samples of a stream (conv1 is the only layer with context).
     fn step(&self, x: &Tensor, state: &mut ConvState, after: Option<&dyn ChannelActivation>) -> Result<Tensor> {
-        let y = self.conv1.step_activated(&elu(x)?, state, &Activation::Elu)?;
+        let y = self.conv1.step_then(&elu(x)?, state, Some(&Activation::Elu))?;
         self.finish(x, &y, after)
     }
 
@@ -105,28 +105,24 @@ enum Layer {
 }
 
 impl Layer {
-    /// The layer on `x`, then an ELU if `then_elu` (inside the layer's products where it has them).
-    fn forward(&self, x: &Tensor, then_elu: bool) -> Result<Tensor> {
-        let after = then_elu.then_some(&Activation::Elu as &dyn ChannelActivation);
-        let y = match self {
-            Layer::Conv(c) => return c.forward_then(x, after),
-            Layer::Residual(r) => return r.forward(x, after),
-            Layer::ConvTranspose(c) => c.forward(x)?,
-            Layer::Lstm(l) => l.forward_with_skip(x)?,
-            Layer::Elu => elu(x)?,
-        };
-        if then_elu {
-            elu(&y)
-        } else {
-            Ok(y)
+    /// The layer on `x`; `after` (given to convs and residual blocks only, see [`fused_elu`]) inside its products.
+    fn forward(&self, x: &Tensor, after: Option<&dyn ChannelActivation>) -> Result<Tensor> {
+        match self {
+            Layer::Conv(c) => c.forward_then(x, after),
+            Layer::Residual(r) => r.forward(x, after),
+            Layer::ConvTranspose(c) => c.forward(x),
+            Layer::Lstm(l) => l.forward_with_skip(x),
+            Layer::Elu => elu(x),
         }
     }
 }
 
-/// Whether layer `i` takes the next one, an ELU, into its products: a conv's or residual block's output that
-/// only the ELU reads is never written unactivated.
-fn fuses_next_elu(layers: &[Layer], i: usize) -> bool {
-    matches!(layers[i], Layer::Conv(_) | Layer::Residual(_)) && matches!(layers.get(i + 1), Some(Layer::Elu))
+/// The ELU that layer `i` takes into its products where the next layer is one: a conv's or residual block's
+/// output that only the ELU reads is never written unactivated.
+fn fused_elu(layers: &[Layer], i: usize) -> Option<&'static dyn ChannelActivation> {
+    let fuses =
+        matches!(layers[i], Layer::Conv(_) | Layer::Residual(_)) && matches!(layers.get(i + 1), Some(Layer::Elu));
+    fuses.then_some(&Activation::Elu)
 }
 
 /// Builds the numbered stack; `push` hands each new layer its index's weights.
@@ -164,9 +160,9 @@ impl Stack<'_> {
 fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
     let (mut x, mut i) = (x.clone(), 0);
     while i < layers.len() {
-        let fused = fuses_next_elu(layers, i);
-        x = layers[i].forward(&x, fused)?;
-        i += if fused { 2 } else { 1 };
+        let after = fused_elu(layers, i);
+        x = layers[i].forward(&x, after)?;
+        i += 1 + usize::from(after.is_some());
     }
     Ok(x)
 }
@@ -200,8 +196,7 @@ fn step(layers: &[Layer], x: &Tensor, state: &mut SeanetState) -> Result<Tensor>
     // The same ELUs fused as in `run`: the same bits.
     let (mut x, mut i) = (x.clone(), 0);
     while i < layers.len() {
-        let fused = fuses_next_elu(layers, i);
-        let after = fused.then_some(&Activation::Elu as &dyn ChannelActivation);
+        let after = fused_elu(layers, i);
         x = match (&layers[i], &mut state.layers[i]) {
             (Layer::Conv(c), LayerState::Conv(s)) => c.step_then(&x, s, after)?,
             (Layer::Residual(r), LayerState::Conv(s)) => r.step(&x, s, after)?,
@@ -209,7 +204,7 @@ fn step(layers: &[Layer], x: &Tensor, state: &mut SeanetState) -> Result<Tensor>
             (Layer::Elu, _) => elu(&x)?,
             _ => candle_core::bail!("this SEANet stack does not stream (an LSTM layer)"),
         };
-        i += if fused { 2 } else { 1 };
+        i += 1 + usize::from(after.is_some());
     }
     Ok(x)
 }

@@ -215,7 +215,7 @@ mod tests {
             let fused = conv.forward_add(&x, &residual).unwrap();
             assert_eq!(max_abs_diff(&fused, &(&got + &residual).unwrap()), 0.0);
             // An activation applied after the output transform: the same bits as the op on its own.
-            let activated = conv.forward_activated(&x, &Activation::Elu).unwrap();
+            let activated = conv.forward_then(&x, Some(&Activation::Elu)).unwrap();
             assert_eq!(max_abs_diff(&activated, &Activation::Elu.apply(&got).unwrap()), 0.0);
         }
     }
