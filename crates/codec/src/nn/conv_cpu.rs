@@ -88,8 +88,9 @@ impl PackedConv {
     /// as the left factor those few columns fill 2 of the kernel's 16 lanes, each weight broadcast on its own:
     /// compute-bound at a fraction of what memory delivers (in bf16 slower than f32). So at most
     /// [`NARROW_COLUMNS`] columns run transposed, `Yᵀ = X̂ᵀ · Wᵀ`: the time steps are the tile's rows, the weights
-    /// stream through full vectors. Each output element sums the same products in the same order either way, so
-    /// the results are the same bits.
+    /// stream through full vectors. A few more columns than that run transposed too where the kernel's tiles fit
+    /// them with less waste ([`runs_transposed`]). Each output element sums the same products in the same order
+    /// either way, so the results are the same bits.
     fn product(
         &self,
         cols: &Im2col,
@@ -102,7 +103,7 @@ impl PackedConv {
             return single_output(w, cols, y, (row_bias.map(|b| b[0]), residual), activation);
         }
         let (rows, depth) = self.weights.dims();
-        if n <= NARROW_COLUMNS {
+        if runs_transposed(n, rows) {
             let weights = self.weights.operand();
             let mut yt = Output::new(y, (n, rows), 1, n).expect("sized by the caller");
             let epi = Epilogue { col_bias: row_bias, residual, ..Default::default() };
@@ -184,6 +185,16 @@ const SINGLE_OUTPUT_CHUNK: usize = 1024;
 /// Output columns up to which a conv runs transposed ([`PackedConv::product`]): beyond, the columns fill the
 /// kernel's vectors and the weights' panels are the better left factor.
 const NARROW_COLUMNS: usize = 16;
+
+/// Whether a product of `rows` weight rows over `n` output columns runs transposed: up to [`NARROW_COLUMNS`]
+/// always, and below four tile widths where the transposed tiles pad less. A transposed conv's stream step makes
+/// one more column than its input frames (the overlap): Mimi's 16-frame decoder step 17, which as the wide
+/// product filled one 16-lane panel and a second with one lane (0.73 ms a push, transposed 0.53, on Zen 3).
+fn runs_transposed(n: usize, rows: usize) -> bool {
+    let (mr, nr) = gemm::tile_shape();
+    let padded = |len: usize, tile: usize| len.div_ceil(tile) * tile;
+    n <= NARROW_COLUMNS || (n < 4 * nr && padded(n, mr) * padded(rows, nr) < padded(n, nr) * padded(rows, mr))
+}
 
 /// The implicit im2col matrix of one signal (C_in × t): row `(i, j)` (i-major, `taps` per channel), column `c`
 /// holds `x[i, c·stride + offset + j·tap_step]`; outside the signal zero, or with `reflect` the mirrored sample
@@ -839,8 +850,8 @@ mod tests {
         }
     }
 
-    /// Outputs of at most `NARROW_COLUMNS` time steps run transposed; they must be the same bits as the same time
-    /// steps of a wide output (streams and whole clips give identical codes); with bias and residual; convs and
+    /// Short outputs run transposed ([`runs_transposed`]: up to `NARROW_COLUMNS` time steps, and some more where
+    /// the tiles pad less); they must be the same bits as the same time steps of a wide output (streams and whole clips give identical codes); with bias and residual; convs and
     /// transposed convs. (Weights read in place from a file: `weight::tests::in_place_weights_match_packed_tensors`.)
     #[test]
     fn narrow_outputs_match_wide_ones_bit_for_bit() {
@@ -877,7 +888,7 @@ mod tests {
                 PackedConv::conv_transpose1d(&wt.clone().into(), wt.dims3().unwrap(), Some(&bias), s).unwrap().unwrap();
             let op = ConvTranspose1dOp { weights: &packed, stride: s, trim_left: 0, trim_right: 0, biased: usize::MAX };
             let wide = x.apply_op1_no_bwd(&op).unwrap();
-            for t in [1, 2, 5, 16] {
+            for t in [1, 2, 5, 16, 30] {
                 let narrow = cut(&x, t).apply_op1_no_bwd(&op).unwrap();
                 let same = cut(&narrow, t * s);
                 assert_eq!(
