@@ -851,8 +851,9 @@ mod tests {
     }
 
     /// Short outputs run transposed ([`runs_transposed`]: up to `NARROW_COLUMNS` time steps, and some more where
-    /// the tiles pad less); they must be the same bits as the same time steps of a wide output (streams and whole clips give identical codes); with bias and residual; convs and
-    /// transposed convs. (Weights read in place from a file: `weight::tests::in_place_weights_match_packed_tensors`.)
+    /// the tiles pad less); they must be the same bits as the same time steps of a wide output (streams and whole
+    /// clips give identical codes); with bias and residual; convs and transposed convs. (Weights read in place
+    /// from a file: `weight::tests::in_place_weights_match_packed_tensors`.)
     #[test]
     fn narrow_outputs_match_wide_ones_bit_for_bit() {
         let dev = Device::Cpu;
