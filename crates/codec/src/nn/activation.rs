@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, with_fma};
 
 /// An element-wise activation a GEMM layer applies as it writes its output (`gemm::Epilogue::activation`), rather
 /// than in a pass of its own over the whole output.
@@ -22,13 +22,19 @@ impl Activation {
     /// The function on a run of values, in place: the same per-element code as the separate op, so the same bits.
     pub(crate) fn in_place(self, values: &mut [f32]) {
         match self {
-            Self::GeluErf => super::wide_simd(
-                #[inline(always)]
-                || values.iter_mut().for_each(|v| *v = gelu_f32(*v)),
+            Self::GeluErf => with_fma!(
+                FMA,
+                super::wide_simd(
+                    #[inline(always)]
+                    || values.iter_mut().for_each(|v| *v = gelu_f32::<FMA>(*v)),
+                )
             ),
-            Self::Elu => super::wide_simd(
-                #[inline(always)]
-                || values.iter_mut().for_each(|v| *v = elu_f32(*v)),
+            Self::Elu => with_fma!(
+                FMA,
+                super::wide_simd(
+                    #[inline(always)]
+                    || values.iter_mut().for_each(|v| *v = elu_f32::<FMA>(*v)),
+                )
             ),
         }
     }
@@ -65,12 +71,12 @@ impl ChannelActivation for Activation {
 
 /// `x` where `x > 0`, `exp(x) − 1` elsewhere.
 pub fn elu(x: &Tensor) -> Result<Tensor> {
-    map(x, "codec-elu", elu_f32, |x| x.elu(1.0))
+    with_fma!(FMA, map(x, "codec-elu", elu_f32::<FMA>, |x| x.elu(1.0)))
 }
 
 /// `x · Φ(x) = x/2 · (1 + erf(x/√2))`, torch's default (exact) GELU.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    map(x, "codec-gelu", gelu_f32, Tensor::gelu_erf)
+    with_fma!(FMA, map(x, "codec-gelu", gelu_f32::<FMA>, Tensor::gelu_erf))
 }
 
 /// `x · sigmoid(x)` (SiLU / swish), with libm's `expf` as candle computes it: the same bits, across threads.
@@ -98,9 +104,9 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 #[inline(always)]
-fn elu_f32(v: f32) -> f32 {
+fn elu_f32<const FMA: bool>(v: f32) -> f32 {
     // Both branches computed, then a select: keeps the loop branch-free so it vectorises.
-    let neg = exp_nonpositive(if v < 0.0 { v } else { 0.0 }) - 1.0;
+    let neg = exp_nonpositive::<FMA>(if v < 0.0 { v } else { 0.0 }) - 1.0;
     if v > 0.0 {
         v
     } else {
@@ -109,21 +115,21 @@ fn elu_f32(v: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_f32(v: f32) -> f32 {
-    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+fn gelu_f32<const FMA: bool>(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf::<FMA>(v * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), odd-extended; branch-free.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+fn erf<const FMA: bool>(x: f32) -> f32 {
     let a = if x < 0.0 { -x } else { x };
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    // Horner in fused multiply-adds (see `exp_nonpositive`).
-    let poly = t.mul_add(1.061_405_4, -1.453_152_1);
-    let poly = t.mul_add(poly, 1.421_413_7);
-    let poly = t.mul_add(poly, -0.284_496_74);
-    let poly = t.mul_add(poly, 0.254_829_6) * t;
-    let y = 1.0 - poly * exp_nonpositive(-a * a);
+    // Horner in fused multiply-adds where they are instructions (see `exp_nonpositive`).
+    let poly = mul_add::<FMA>(t, 1.061_405_4, -1.453_152_1);
+    let poly = mul_add::<FMA>(t, poly, 1.421_413_7);
+    let poly = mul_add::<FMA>(t, poly, -0.284_496_74);
+    let poly = mul_add::<FMA>(t, poly, 0.254_829_6) * t;
+    let y = 1.0 - poly * exp_nonpositive::<FMA>(-a * a);
     if x < 0.0 {
         -y
     } else {
@@ -164,8 +170,8 @@ impl<F: Fn(f32) -> f32 + Sync> CustomOp1 for Map<F> {
 /// `1 / (1 + e^−x)`, branch-free so loops over it vectorise: `e^−|x|` by [`exp_nonpositive`], then `1 / (1 + e)` or
 /// `e / (1 + e)`, both dividing by a number in [1, 2]; within 3 ulp.
 #[inline(always)]
-pub(crate) fn sigmoid_f32(x: f32) -> f32 {
-    let e = exp_nonpositive(-x.abs());
+pub(crate) fn sigmoid_f32<const FMA: bool>(x: f32) -> f32 {
+    let e = exp_nonpositive::<FMA>(-x.abs());
     let s = 1.0 / (1.0 + e);
     if x >= 0.0 {
         s
@@ -177,15 +183,15 @@ pub(crate) fn sigmoid_f32(x: f32) -> f32 {
 /// `tanh(x)`, branch-free so loops over it vectorise (Cephes' `tanhf`): an odd polynomial below |x| = 0.625, where
 /// `1 − e^−2|x|` would cancel, `(1 − e)/(1 + e)` with `e = e^−2|x|` above; within 3 ulp.
 #[inline(always)]
-pub(crate) fn tanh_f32(x: f32) -> f32 {
+pub(crate) fn tanh_f32<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let p = z.mul_add(-5.704_988_7e-3, 2.063_909e-2);
-    let p = p.mul_add(z, -5.373_971_6e-2);
-    let p = p.mul_add(z, 1.333_144_2e-1);
-    let p = p.mul_add(z, -3.333_328e-1);
-    let small = (p * z).mul_add(x, x);
-    let e = exp_nonpositive(-2.0 * a);
+    let p = mul_add::<FMA>(z, -5.704_988_7e-3, 2.063_909e-2);
+    let p = mul_add::<FMA>(p, z, -5.373_971_6e-2);
+    let p = mul_add::<FMA>(p, z, 1.333_144_2e-1);
+    let p = mul_add::<FMA>(p, z, -3.333_328e-1);
+    let small = mul_add::<FMA>(p * z, x, x);
+    let e = exp_nonpositive::<FMA>(-2.0 * a);
     let large = (1.0 - e) / (1.0 + e);
     let large = if x < 0.0 { -large } else { large };
     if a < 0.625 {
@@ -195,29 +201,40 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
     }
 }
 
+/// `a·b + c` in one rounding where `FMA` (an instruction there, see [`super::with_fma!`]), else two.
+#[inline(always)]
+pub(crate) fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `exp(x)` for `x ≤ 0` (Cephes' `expf` scheme: x = n·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial for e^r, 2^n from
 /// the exponent bits), about 1 ulp; branch-free so loops over it vectorise. Results below 2^-126 flush to 0.
 ///
-/// Fused multiply-adds, the polynomial in three independent pairs (Estrin's scheme): Horner's twelve dependent
-/// multiplies and adds were a latency chain the out-of-order window could not cover, 12 cycles per AVX2 vector of
-/// ELU (a third of a SEANet residual block's time); this is 7. Callers run inside [`super::wide_simd`] (or on
-/// CPUs whose baseline has FMA), where `mul_add` is one instruction, not libm's `fmaf`.
+/// Fused multiply-adds (`FMA`: where they are instructions, see [`super::with_fma!`]), the polynomial in three
+/// independent pairs (Estrin's scheme): Horner's twelve dependent multiplies and adds were a latency chain the
+/// out-of-order window could not cover, 12 cycles per AVX2 vector of ELU (a third of a SEANet residual block's
+/// time); this is 7. Without FMA the same scheme in separate multiplies and adds (Horner's speed there).
 #[inline(always)]
-pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = if x > -87.0 { x } else { -87.0 };
     // Round to nearest by adding and removing 1.5·2^23 (`f32::round` is a libm call on baseline x86-64).
     const ROUND: f32 = 12_582_912.0;
-    let n = x.mul_add(std::f32::consts::LOG2_E, ROUND) - ROUND;
-    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let fma = mul_add::<FMA>;
+    let n = fma(x, std::f32::consts::LOG2_E, ROUND) - ROUND;
+    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, x));
     // e^r = 1 + r + r²·(c2 + c3·r + r²·(c4 + c5·r + r²·(c6 + c7·r))).
     let r2 = r * r;
-    let c67 = r.mul_add(1.987_569_1e-4, 1.398_199_9e-3);
-    let c45 = r.mul_add(8.333_452e-3, 4.166_579_6e-2);
-    let c23 = r.mul_add(1.666_666_5e-1, 0.5);
-    let p = r2.mul_add(r2.mul_add(c67, c45), c23);
-    let e_r = p.mul_add(r2, r) + 1.0;
+    let c67 = fma(r, 1.987_569_1e-4, 1.398_199_9e-3);
+    let c45 = fma(r, 8.333_452e-3, 4.166_579_6e-2);
+    let c23 = fma(r, 1.666_666_5e-1, 0.5);
+    let p = fma(r2, fma(r2, c67, c45), c23);
+    let e_r = fma(p, r2, r) + 1.0;
     // 2^n without a float→int cast (Rust's saturating `as` does not vectorise): the low bits of 2^23 + 127 + n are
     // the biased exponent; shifting by 23 moves them into the exponent field and the rest out of the word.
     let two_n = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
@@ -234,18 +251,25 @@ mod tests {
     #[test]
     fn sigmoid_and_tanh_match_f64() {
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-        let (_, worst) = worst_errors(-30.0, 30.0, 400_001, sigmoid_f32, sigmoid);
-        assert!(worst < 4e-7, "sigmoid max relative error {worst}");
-        let (_, worst) = worst_errors(-9.0, 9.0, 400_001, tanh_f32, f64::tanh);
-        assert!(worst < 4e-7, "tanh max relative error {worst}");
-        let (_, worst) = worst_errors(-0.7, 0.7, 400_000, tanh_f32, f64::tanh);
-        assert!(worst < 4e-7, "tanh max relative error near 0: {worst}");
+        type Pair = (fn(f32) -> f32, fn(f32) -> f32);
+        let forms: [(Pair, bool); 2] =
+            [((sigmoid_f32::<true>, tanh_f32::<true>), true), ((sigmoid_f32::<false>, tanh_f32::<false>), false)];
+        for ((sigmoid_f32, tanh_f32), fused) in forms {
+            let (_, worst) = worst_errors(-30.0, 30.0, 400_001, sigmoid_f32, sigmoid);
+            assert!(worst < 4e-7, "sigmoid max relative error {worst} (fused {fused})");
+            let (_, worst) = worst_errors(-9.0, 9.0, 400_001, tanh_f32, f64::tanh);
+            assert!(worst < 4e-7, "tanh max relative error {worst} (fused {fused})");
+            let (_, worst) = worst_errors(-0.7, 0.7, 400_000, tanh_f32, f64::tanh);
+            assert!(worst < 4e-7, "tanh max relative error near 0: {worst} (fused {fused})");
+        }
     }
 
     #[test]
     fn exp_matches_std() {
-        let (_, worst) = worst_errors(0.0, -87.0, 200_000, exp_nonpositive, f64::exp);
-        assert!(worst < 3e-7, "max relative error {worst}");
+        for (exp, fused) in [(exp_nonpositive::<true> as fn(f32) -> f32, true), (exp_nonpositive::<false>, false)] {
+            let (_, worst) = worst_errors(0.0, -87.0, 200_000, exp, f64::exp);
+            assert!(worst < 3e-7, "max relative error {worst} (fused {fused})");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::activation::{sigmoid_f32, tanh_f32};
 use super::gemm::bf16_products;
 use super::linear::Linear;
+use super::with_fma;
 use super::{bf16_pairs, dot, dot_bf16_pairs, f32_slice, f32_vec, get_or_try_init};
 use std::sync::{Arc, OnceLock};
 
@@ -293,20 +294,23 @@ impl CustomOp2 for Recurrence<'_> {
                     // Gates and the cell update over this thread's units in vectorised passes (libm's scalar
                     // expf / tanhf were a fifth of each step).
                     let n = units.len();
-                    super::wide_simd(
-                        #[inline(always)]
-                        || {
-                            let (ifg, o) = gates.split_at_mut(3 * n);
-                            let (i_f, g) = ifg.split_at_mut(2 * n);
-                            i_f.iter_mut().chain(o.iter_mut()).for_each(|v| *v = sigmoid_f32(*v));
-                            g.iter_mut().for_each(|v| *v = tanh_f32(*v));
-                            let (i, f) = i_f.split_at(n);
-                            for (((c, &i), &f), (g, &o)) in c.iter_mut().zip(i).zip(f).zip(g.iter_mut().zip(&*o)) {
-                                *c = f * *c + i * *g;
-                                // The new h, kept where g was.
-                                *g = o * tanh_f32(*c);
-                            }
-                        },
+                    with_fma!(
+                        FMA,
+                        super::wide_simd(
+                            #[inline(always)]
+                            || {
+                                let (ifg, o) = gates.split_at_mut(3 * n);
+                                let (i_f, g) = ifg.split_at_mut(2 * n);
+                                i_f.iter_mut().chain(o.iter_mut()).for_each(|v| *v = sigmoid_f32::<FMA>(*v));
+                                g.iter_mut().for_each(|v| *v = tanh_f32::<FMA>(*v));
+                                let (i, f) = i_f.split_at(n);
+                                for (((c, &i), &f), (g, &o)) in c.iter_mut().zip(i).zip(f).zip(g.iter_mut().zip(&*o)) {
+                                    *c = f * *c + i * *g;
+                                    // The new h, kept where g was.
+                                    *g = o * tanh_f32::<FMA>(*c);
+                                }
+                            },
+                        )
                     );
                     for (k, j) in units.clone().enumerate() {
                         let h_new = gates[2 * n + k];

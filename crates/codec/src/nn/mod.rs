@@ -147,6 +147,31 @@ pub(crate) fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Whether `f32::mul_add` is one instruction inside [`wide_simd`]: x86-64 with AVX2 + FMA or AVX-512, and aarch64.
+/// Elsewhere it is libm's `fmaf`, some 20× a multiply and an add, so the element-wise polynomials
+/// (`activation::exp_nonpositive` and its users, Snake) take their unfused form there ([`with_fma!`]).
+pub(crate) fn fused_multiply_add() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return matches!(gemm::isa(), gemm::Isa::Avx512 | gemm::Isa::Avx2);
+    #[cfg(not(target_arch = "x86_64"))]
+    cfg!(target_arch = "aarch64")
+}
+
+/// `$body` with `$fma` a `const bool`: [`fused_multiply_add`], decided once per call, so each form of the
+/// element-wise polynomials is its own monomorphised, vectorised loop (`activation::mul_add::<$fma>`).
+macro_rules! with_fma {
+    ($fma:ident, $body:expr) => {
+        if $crate::nn::fused_multiply_add() {
+            const $fma: bool = true;
+            $body
+        } else {
+            const $fma: bool = false;
+            $body
+        }
+    };
+}
+pub(crate) use with_fma;
+
 /// Runs `body` compiled for AVX-512 (else AVX2 + FMA) where the CPU has it, so element-wise loops vectorise 16 (8)
 /// wide instead of baseline x86-64's 4 (ELU, GELU, Snake, depthwise taps). Results are bit-identical: Rust never contracts
 /// `a * b + c` into an FMA, whatever the target features.

@@ -8,8 +8,8 @@ use super::Weights;
 use candle_core::{DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::ChannelActivation;
-use super::{F32Kernel3, F32Op3};
+use super::activation::{mul_add, ChannelActivation};
+use super::{with_fma, F32Kernel3, F32Op3};
 
 /// Snake activation with one learnt α per channel (tensor `alpha`).
 #[derive(Debug, Clone)]
@@ -44,16 +44,19 @@ impl Snake {
 
 /// One channel's Snake on one value: the op and the conv epilogue share it, so they give the same bits.
 #[inline(always)]
-fn snake(v: f32, alpha: f32, inv_alpha: f32) -> f32 {
-    v + inv_alpha * sin_squared(alpha * v)
+fn snake<const FMA: bool>(v: f32, alpha: f32, inv_alpha: f32) -> f32 {
+    v + inv_alpha * sin_squared::<FMA>(alpha * v)
 }
 
 impl ChannelActivation for Snake {
     fn on_channel(&self, channel: usize, values: &mut [f32]) {
         let (a, inv) = self.per_channel[channel];
-        super::wide_simd(
-            #[inline(always)]
-            || values.iter_mut().for_each(|v| *v = snake(*v, a, inv)),
+        with_fma!(
+            FMA,
+            super::wide_simd(
+                #[inline(always)]
+                || values.iter_mut().for_each(|v| *v = snake::<FMA>(*v, a, inv)),
+            )
         )
     }
 
@@ -73,13 +76,16 @@ impl F32Kernel3 for SnakeOp {
         let mut out = crate::mem::zeros_par(x.len());
         out.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (dst, src))| {
             let (a, inv) = (alpha[row % c], inv[row % c]);
-            super::wide_simd(
-                #[inline(always)]
-                || {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = snake(v, a, inv);
-                    }
-                },
+            with_fma!(
+                FMA,
+                super::wide_simd(
+                    #[inline(always)]
+                    || {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = snake::<FMA>(v, a, inv);
+                        }
+                    },
+                )
             )
         });
         Ok((out, l1.shape().clone()))
@@ -88,25 +94,27 @@ impl F32Kernel3 for SnakeOp {
 
 /// `sin²(x)`: x = k·π + r with |r| ≤ π/2 (Cody–Waite, π in three parts; sin² has period π so k's parity does not
 /// matter), then the Taylor series of sin to r¹³ (error < 1e-9 on the interval). Branch- and cast-free so loops over
-/// it vectorise; accurate to a few ulp for |x| < 1e5. Fused multiply-adds, the series in independent pairs
-/// (Estrin's scheme), as `activation::exp_nonpositive` and for the same reason: a short dependency chain.
+/// it vectorise; accurate to a few ulp for |x| < 1e5. Fused multiply-adds where they are instructions (`FMA`), the
+/// series in independent pairs (Estrin's scheme), as `activation::exp_nonpositive` and for the same reason: a short
+/// dependency chain.
 #[inline(always)]
-fn sin_squared(x: f32) -> f32 {
+fn sin_squared<const FMA: bool>(x: f32) -> f32 {
+    let fma = mul_add::<FMA>;
     const PI_A: f32 = 3.140625;
     const PI_B: f32 = 9.675_026e-4;
     const PI_C: f32 = 1.509_958e-7;
     // Round to nearest by adding and removing 1.5·2^23 (`f32::round` is a libm call on baseline x86-64).
     const ROUND: f32 = 12_582_912.0;
-    let k = x.mul_add(std::f32::consts::FRAC_1_PI, ROUND) - ROUND;
-    let r = (-k).mul_add(PI_C, (-k).mul_add(PI_B, (-k).mul_add(PI_A, x)));
+    let k = fma(x, std::f32::consts::FRAC_1_PI, ROUND) - ROUND;
+    let r = fma(-k, PI_C, fma(-k, PI_B, fma(-k, PI_A, x)));
     // sin r = r + r³·(c3 + c5·r² + r⁴·(c7 + c9·r² + r⁴·(c11 + c13·r²))).
     let r2 = r * r;
-    let c35 = r2.mul_add(1.0 / 120.0, -1.0 / 6.0);
-    let c79 = r2.mul_add(1.0 / 362_880.0, -1.0 / 5_040.0);
-    let c1113 = r2.mul_add(1.0 / 6_227_020_800.0, -1.0 / 39_916_800.0);
+    let c35 = fma(r2, 1.0 / 120.0, -1.0 / 6.0);
+    let c79 = fma(r2, 1.0 / 362_880.0, -1.0 / 5_040.0);
+    let c1113 = fma(r2, 1.0 / 6_227_020_800.0, -1.0 / 39_916_800.0);
     let r4 = r2 * r2;
-    let p = r4.mul_add(r4.mul_add(c1113, c79), c35);
-    let s = (r * r2).mul_add(p, r);
+    let p = fma(r4, fma(r4, c1113, c79), c35);
+    let s = fma(r * r2, p, r);
     s * s
 }
 
@@ -119,8 +127,10 @@ mod tests {
 
     #[test]
     fn sin_squared_matches_std() {
-        let (worst, _) = worst_errors(-2000.0, 2000.0, 400_000, sin_squared, |x| x.sin().powi(2));
-        assert!(worst < 2e-6, "max abs error {worst}");
+        for (sin_squared, fused) in [(sin_squared::<true> as fn(f32) -> f32, true), (sin_squared::<false>, false)] {
+            let (worst, _) = worst_errors(-2000.0, 2000.0, 400_000, sin_squared, |x| x.sin().powi(2));
+            assert!(worst < 2e-6, "max abs error {worst} (fused {fused})");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::compact;
 use super::gemm::{gemm, Epilogue, Output, Strided};
 use super::linear::Linear;
 use super::norm::LayerNorm;
+use super::with_fma;
 
 /// Hyper-parameters of a [`Transformer`].
 #[derive(Debug, Clone)]
@@ -331,17 +332,20 @@ impl WindowAttention {
                 let s = &mut scores[qi * nk + f - k0..=qi * nk + l - k0];
                 let v = &v[f * d..(l + 1) * d];
                 let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                super::wide_simd(
-                    #[inline(always)]
-                    || {
-                        for s in s.iter_mut() {
-                            *s = exp_nonpositive(*s - max);
-                        }
-                        match <&mut [f32; HEAD_DIM]>::try_from(&mut *y) {
-                            Ok(y) => weighted_sum_in_registers(s, v, y),
-                            Err(_) => weighted_sum(s, v, y),
-                        }
-                    },
+                with_fma!(
+                    FMA,
+                    super::wide_simd(
+                        #[inline(always)]
+                        || {
+                            for s in s.iter_mut() {
+                                *s = exp_nonpositive::<FMA>(*s - max);
+                            }
+                            match <&mut [f32; HEAD_DIM]>::try_from(&mut *y) {
+                                Ok(y) => weighted_sum_in_registers(s, v, y),
+                                Err(_) => weighted_sum(s, v, y),
+                            }
+                        },
+                    )
                 );
                 let norm = 1.0 / s.iter().sum::<f32>();
                 y.iter_mut().for_each(|y| *y *= norm);
