@@ -24,7 +24,7 @@ pub struct EuclideanCodebook {
     dots: Linear,
     /// ‖e‖² per entry, (1, bins): a cache of `embed`, not a weight transform.
     embed_sq: OnceLock<Tensor>,
-    /// The entries in bf16 for [`Screen`], made on the [`Screen::AFTER`]-th stream-sized search (`None`: this CPU or
+    /// The entries in int8 for [`Screen`], made on the [`Screen::AFTER`]-th stream-sized search (`None`: this CPU or
     /// codebook cannot use it).
     screen: OnceLock<Option<std::sync::Arc<Screen>>>,
     /// Stream-sized searches so far, up to [`Screen::AFTER`].
@@ -134,28 +134,29 @@ impl CustomOp2 for NearestEntry {
     }
 }
 
-/// A stream's codebook search at half the memory traffic, with the same result bit for bit. A stream step
+/// A stream's codebook search at a quarter of the memory traffic, with the same result bit for bit. A stream step
 /// quantises one or two frames: reading each f32 codebook (2 MB for Mimi's, 67 MB for its 32) is all its cost, a
-/// fifth of a Mimi encode push. The screen reads the entries rounded to bf16 instead (AVX-512 BF16 dot products, or
-/// with AVX2 the bf16 halves widened and multiplied-added in f32),
-/// bounds how far each approximate distance can be from the one the exact search computes, and keeps the entries
-/// whose bound reaches below the least upper bound — the exact winner is always among them, usually alone. Those few
-/// get their exact f32 dot products, summed in the order the GEMM's kernel sums them (one fused multiply-add per
-/// depth, from zero, within one depth block), so the distances, and the first-of-equals choice among them, are
-/// those of [`NearestEntry`].
+/// fifth of a Mimi encode push. The screen reads the entries quantised to int8 instead (a scale per entry, the
+/// nearest multiple of it per element), dots them with the f32 input (each byte widened to f32, one fused
+/// multiply-add per element), bounds how far each approximate distance can be from the one the exact search
+/// computes, and keeps the entries whose bound reaches below the least upper bound — the exact winner is always among
+/// them, usually alone. Those few get their exact f32 dot products, summed in the order the GEMM's kernel sums them
+/// (one fused multiply-add per depth, from zero, within one depth block), so the distances, and the first-of-equals
+/// choice among them, are those of [`NearestEntry`]. (A bf16 screen, half the bytes, took 43 µs per Mimi codebook on
+/// Zen 3 at the memory's speed; this reads half that.)
 ///
-/// The bound on |exact dot − screened dot| for input x and entry c (x̃, c̃ rounded to bf16; u = 2⁻²⁴, γ = D·u/(1 − D·u)):
-/// ‖x‖·‖c − c̃‖ + ‖x − x̃‖·‖c̃‖ (the rounding to bf16) + γ·(‖x‖·‖c‖ + ‖x̃‖·‖c̃‖) (each sum's f32 rounding), and the
-/// distance `‖c‖² − 2·dot` adds its own rounding, u·(‖c‖² + 2|dot|).
+/// The bound on |exact dot − screened dot| for input x and entry c = s·q + e (q the int8 values, e the quantisation
+/// error; u = 2⁻²⁴, γ = D·u/(1 − D·u)): ‖x‖·‖e‖ (the quantisation) + γ·‖x‖·s‖q‖ (the f32 sum of the D products, each
+/// exact in the FMA) + u·|screened dot| (the product by s), and the distance `‖c‖² − 2·dot` adds its own rounding,
+/// u·(‖c‖² + 2|dot|).
 #[derive(Debug)]
 struct Screen {
-    /// Entries in groups of 16, bf16 pairs interleaved as `vdpbf16ps` takes them: word `(g·pairs + q)·16 + l` holds
-    /// elements 2q (low half) and 2q + 1 of entry 16g + l (zero past the last entry and the last element).
-    words: Vec<u32>,
-    /// Per entry, the factors of its dot product's bound (rounded up): ‖c − c̃‖ + γ‖c‖ (times ‖x‖) and ‖c̃‖ (times
-    /// ‖x − x̃‖ + γ‖x̃‖).
+    /// Entries in groups of 16: byte `(g·dim + i)·16 + l` holds element i of entry 16g + l, quantised (zero past the
+    /// last entry).
+    quants: Vec<i8>,
+    /// Per entry: its scale s, and its dot product's bound factor (rounded up), ‖e‖ + γ·s‖q‖ (times ‖x‖).
+    scale: Vec<f32>,
     input_factor: Vec<f32>,
-    rounded_norm: Vec<f32>,
     /// The f32 entries (the exact sums read them) and their ‖c‖² as the exact search has them.
     entries: MappedF32,
     sq: Vec<f32>,
@@ -167,7 +168,7 @@ impl Screen {
     /// Rows up to which a search is screened: a stream's step; wider inputs run the exact GEMM, which is then
     /// compute-bound and efficient.
     const MAX_ROWS: usize = 4;
-    /// Entries per vector.
+    /// Entries per group: two AVX2 vectors.
     const LANES: usize = 16;
     /// The stream-sized search from which a codebook is screened: making the screen costs about what two exact
     /// searches do (a 0.1 s Mimi encode, whole process, took 48 → 91 ms when it made the screens at once), and a live
@@ -189,38 +190,45 @@ impl Screen {
             candle_core::bail!("codebook screen: {} norms for {bins} entries", sq.len());
         }
         let entries = data.as_slice();
-        let pairs = dim.div_ceil(2);
         let groups = bins.div_ceil(Self::LANES);
-        let mut words = vec![0u32; groups * pairs * Self::LANES];
-        let (mut input_factor, mut rounded_norm) = (vec![0.0; bins], vec![0.0; bins]);
-        // A group of 16 entries per task: its words, and its entries' bound factors.
-        let group_words = pairs * Self::LANES;
-        (words.par_chunks_mut(group_words), input_factor.par_chunks_mut(Self::LANES))
+        let mut quants = vec![0i8; groups * dim * Self::LANES];
+        let (mut scale, mut input_factor) = (vec![0.0; bins], vec![0.0; bins]);
+        // A group of 16 entries per task: its bytes, and its entries' scales and bound factors.
+        (quants.par_chunks_mut(dim * Self::LANES), scale.par_chunks_mut(Self::LANES))
             .into_par_iter()
-            .zip(rounded_norm.par_chunks_mut(Self::LANES))
+            .zip(input_factor.par_chunks_mut(Self::LANES))
             .zip(entries.par_chunks(Self::LANES * dim))
-            .for_each(|(((words, input_factor), rounded_norm), group)| {
+            .for_each(|(((quants, scale), input_factor), group)| {
                 for (l, c) in group.chunks_exact(dim).enumerate() {
-                    let [n, err, rn] = bf16_pair_words(c, |q, word| words[q * Self::LANES + l] |= word);
-                    input_factor[l] = round_up(err + gamma(dim) * n);
-                    rounded_norm[l] = round_up(rn);
+                    let largest = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let s = if largest > 0.0 && largest.is_finite() { largest / 127.0 } else { 0.0 };
+                    let (mut error, mut q_norm) = (0f64, 0f64);
+                    for (i, &v) in c.iter().enumerate() {
+                        let q = if s > 0.0 { (v / s).round().clamp(-127.0, 127.0) } else { 0.0 };
+                        quants[i * Self::LANES + l] = q as i8;
+                        // q·s exact in f64 (a 24-bit by 8-bit product), so e is.
+                        error += (v as f64 - q as f64 * s as f64).powi(2);
+                        q_norm += (q as f64).powi(2);
+                    }
+                    scale[l] = s;
+                    // Non-finite entries: an infinite factor makes every entry a candidate.
+                    let factor = error.sqrt() + gamma(dim) * s as f64 * q_norm.sqrt();
+                    input_factor[l] = if largest.is_finite() { round_up(factor) } else { f32::INFINITY };
                 }
             });
-        Ok(Some(Self { words, input_factor, rounded_norm, entries: data.clone(), sq, bins, dim }))
+        Ok(Some(Self { quants, scale, input_factor, entries: data.clone(), sq, bins, dim }))
     }
 
     /// The nearest entry of every row of `rows` (N × dim).
     fn nearest(&self, rows: &[f32]) -> Vec<u32> {
-        let (dim, pairs) = (self.dim, self.dim.div_ceil(2));
+        let dim = self.dim;
         let (entries, sq) = (self.entries.as_slice(), &self.sq[..]);
         let mut codes = Vec::with_capacity(rows.len() / dim);
-        let (mut x_pairs, mut approx) = (vec![0u32; pairs], vec![0f32; self.words.len() / pairs]);
+        let mut approx = vec![0f32; self.quants.len() / dim];
         let (mut centre, mut radius) = (vec![0f32; self.bins], vec![0f32; self.bins]);
         for x in rows.chunks_exact(dim) {
-            x_pairs.fill(0);
-            let [nx, nd, nr] = bf16_pair_words(x, |q, word| x_pairs[q] |= word);
-            let (nx, nr) = (round_up(nx), round_up(nd + gamma(dim) * nr));
-            self.approximate_dots(&x_pairs, &mut approx);
+            let nx = round_up(x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt());
+            self.approximate_dots(x, &mut approx);
             // Each entry's screened distance and how far the exact distance may lie from it: twice the dot
             // product's bound, plus the rounding of the distance's two f32 operations (in the exact search and
             // here) and of these f32 bounds themselves, all within 4u of the operands and the 1 % margin.
@@ -228,8 +236,8 @@ impl Screen {
                 #[inline(always)]
                 || {
                     for j in 0..self.bins {
-                        let (a, e) = (approx[j], sq[j]);
-                        let dot = nx * self.input_factor[j] + nr * self.rounded_norm[j] + TINY;
+                        let (a, e) = (approx[j] * self.scale[j], sq[j]);
+                        let dot = nx * self.input_factor[j] + U * a.abs() + TINY;
                         centre[j] = e - 2.0 * a;
                         radius[j] = MARGIN * (2.0 * dot + 4.0 * U * (e.abs() + 2.0 * (a.abs() + dot)));
                     }
@@ -257,24 +265,19 @@ impl Screen {
         codes
     }
 
-    /// `approx[j]` = x̃ · c̃_j for every entry (x̃ as bf16 pairs), groups of entries across threads.
-    fn approximate_dots(&self, x_pairs: &[u32], approx: &mut [f32]) {
-        let pairs = x_pairs.len();
-        let group_words = pairs * Self::LANES;
+    /// `approx[j]` = x · q_j for every entry (unscaled), groups of entries across threads.
+    fn approximate_dots(&self, x: &[f32], approx: &mut [f32]) {
+        let group_bytes = self.dim * Self::LANES;
         // Two tasks per thread: each reads a contiguous run of the entries.
         let tasks = (2 * rayon::current_num_threads()).max(1);
         let per = (approx.len() / Self::LANES).div_ceil(tasks).max(1) * Self::LANES;
-        approx.par_chunks_mut(per).zip(self.words.par_chunks(per / Self::LANES * group_words)).for_each(
-            |(out, words)| {
-                // SAFETY: `new` checked AVX-512 F or AVX2 (and BF16 before its kernel); `words` holds
-                // `out.len() / 16` groups of `pairs`.
+        approx.par_chunks_mut(per).zip(self.quants.par_chunks(per / Self::LANES * group_bytes)).for_each(
+            |(out, quants)| {
+                // SAFETY: `new` checked AVX-512 F or AVX2 (either runs the AVX2 + FMA kernel); `quants` holds
+                // `out.len() / 16` groups of `dim` rows of 16 bytes.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    if super::gemm::bf16_supported() {
-                        screen_dots_avx512(words, x_pairs, out)
-                    } else {
-                        screen_dots_avx2(words, x_pairs, out)
-                    }
+                    screen_dots_avx2(quants, x, out)
                 };
             },
         );
@@ -285,23 +288,8 @@ impl Screen {
 const U: f32 = 1.0 / (1u32 << 24) as f32;
 /// Relative margin on every bound: covers the f32 arithmetic the bounds themselves are computed in (a few u).
 const MARGIN: f32 = 1.01;
-/// Absolute margin of a dot product's bound: `vdpbf16ps` flushes subnormal products to zero (each under 2⁻¹²⁶).
+/// Absolute margin of a dot product's bound (products below f32's normal range).
 const TINY: f32 = 1e-30;
-
-/// `v` rounded to bf16 (as `vdpbf16ps` reads it), handed out as pair words (`place(q, word)`: element 2q in the low
-/// half, 2q + 1 in the high half of the words for pair q); returns ‖v‖, ‖v − ṽ‖ and ‖ṽ‖ (in f64).
-fn bf16_pair_words(v: &[f32], mut place: impl FnMut(usize, u32)) -> [f64; 3] {
-    let (mut norm, mut error, mut rounded_norm) = (0f64, 0f64, 0f64);
-    for (p, &x) in v.iter().enumerate() {
-        let bits = super::gemm::bf16_bits(x);
-        let rounded = f32::from_bits(bits << 16) as f64;
-        place(p / 2, bits << (16 * (p % 2)));
-        norm += (x as f64).powi(2);
-        error += (x as f64 - rounded).powi(2);
-        rounded_norm += rounded * rounded;
-    }
-    [norm.sqrt(), error.sqrt(), rounded_norm.sqrt()]
-}
 
 /// γ = D·u / (1 − D·u): a D-term f32 sum's rounding, relative to the sum of the terms' magnitudes.
 fn gamma(dim: usize) -> f64 {
@@ -319,48 +307,46 @@ fn round_up(v: f64) -> f32 {
     }
 }
 
-/// `out[16g + l]` = Σ_q dpbf16(x pair q, entry 16g + l pair q) over the groups in `words` (see [`Screen::words`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn screen_dots_avx512(words: &[u32], x_pairs: &[u32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let pairs = x_pairs.len();
-    for (g, out) in out.chunks_exact_mut(Screen::LANES).enumerate() {
-        let group = &words[g * pairs * Screen::LANES..(g + 1) * pairs * Screen::LANES];
-        let mut acc = _mm512_setzero_ps();
-        for (q, &xq) in x_pairs.iter().enumerate() {
-            let c: __m512bh = std::mem::transmute(_mm512_loadu_si512(group[q * 16..].as_ptr() as *const __m512i));
-            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(xq as i32));
-            acc = _mm512_dpbf16_ps(acc, x, c);
-        }
-        _mm512_storeu_ps(out.as_mut_ptr(), acc);
-    }
-}
-
-/// [`screen_dots_avx512`] without AVX-512 BF16: each bf16 half widened to f32 (a shift or a mask: bf16 is f32's
-/// upper half) and multiplied-added in f32, eight entries a vector. Each product is exact and each add rounds once,
-/// within the bound's γ term like `vdpbf16ps`'s; it reads the same half-size words, which is the point.
+/// `out[16g + l]` = Σ_i x_i · q(entry 16g + l, element i) over the groups in `quants` (see [`Screen::quants`]): each
+/// byte sign-extended and converted to f32 (exactly), one fused multiply-add per element; 16 entries in two vectors,
+/// the elements in four interleaved sums (one chain of dependent FMAs ran at their latency, not the memory's speed),
+/// added at the end — any order of the D − 1 additions keeps within the screen's γ bound. AVX2 + FMA, which AVX-512
+/// CPUs run too: the search is bound by reading the bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn screen_dots_avx2(words: &[u32], x_pairs: &[u32], out: &mut [f32]) {
+unsafe fn screen_dots_avx2(quants: &[i8], x: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let pairs = x_pairs.len();
-    let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    /// The 16 bytes of one element of a group's entries, as two vectors of f32.
+    #[inline(always)]
+    unsafe fn widened(row: *const i8) -> [__m256; 2] {
+        [
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(row as *const __m128i))),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(row.add(8) as *const __m128i))),
+        ]
+    }
+    let dim = x.len();
+    let whole = dim / 4 * 4;
     for (g, out) in out.chunks_exact_mut(Screen::LANES).enumerate() {
-        let group = &words[g * pairs * Screen::LANES..(g + 1) * pairs * Screen::LANES];
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (q, &xq) in x_pairs.iter().enumerate() {
-            let (x_lo, x_hi) =
-                (_mm256_set1_ps(f32::from_bits(xq << 16)), _mm256_set1_ps(f32::from_bits(xq & 0xffff_0000)));
-            for (half, acc) in acc.iter_mut().enumerate() {
-                let c = _mm256_loadu_si256(group[q * 16 + 8 * half..].as_ptr() as *const __m256i);
-                let c_lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(c));
-                let c_hi = _mm256_castsi256_ps(_mm256_and_si256(c, high));
-                *acc = _mm256_fmadd_ps(x_hi, c_hi, _mm256_fmadd_ps(x_lo, c_lo, *acc));
+        let group = quants[g * dim * Screen::LANES..(g + 1) * dim * Screen::LANES].as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for i in (0..whole).step_by(4) {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let xi = _mm256_set1_ps(x[i + k]);
+                let q = widened(group.add((i + k) * Screen::LANES));
+                acc[0] = _mm256_fmadd_ps(xi, q[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(xi, q[1], acc[1]);
             }
         }
-        _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
-        _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
+        for (i, &xi) in x.iter().enumerate().skip(whole) {
+            let (xi, q) = (_mm256_set1_ps(xi), widened(group.add(i * Screen::LANES)));
+            acc[0][0] = _mm256_fmadd_ps(xi, q[0], acc[0][0]);
+            acc[0][1] = _mm256_fmadd_ps(xi, q[1], acc[0][1]);
+        }
+        let [a, b, c, d] = acc;
+        for (v, half) in out.chunks_exact_mut(8).enumerate() {
+            let sum = _mm256_add_ps(_mm256_add_ps(a[v], b[v]), _mm256_add_ps(c[v], d[v]));
+            _mm256_storeu_ps(half.as_mut_ptr(), sum);
+        }
     }
 }
 
@@ -541,8 +527,8 @@ mod tests {
 
     /// The screened search (one row at a time, as a stream runs it) picks exactly what the exact GEMM search picks
     /// (many rows at once), on random rows at several scales, entries themselves, midpoints between two entries
-    /// (ties broken by rounding) and duplicated entries (exact ties: the first index wins), for an even and an odd
-    /// entry width. Without AVX-512 or AVX2 both sides are the exact search.
+    /// (ties broken by rounding), duplicated entries (exact ties: the first index wins) and a spiky entry, for an
+    /// even and an odd entry width. Without AVX-512 or AVX2 both sides are the exact search.
     #[test]
     fn screened_search_matches_the_exact_search() {
         use crate::gguf::{ModelFile, StorageDtype, Writer};
@@ -552,6 +538,9 @@ mod tests {
             let mut entries = Tensor::randn(0f32, 1.0, (bins, dim), &dev).unwrap();
             // Entries 10 and 11 equal: their distances tie exactly.
             entries = entries.slice_assign(&[11..12, 0..dim], &entries.narrow(0, 10, 1).unwrap()).unwrap();
+            // Entry 5 spiky (one element 1000× the rest): its int8 scale leaves the others few levels.
+            let spike = (entries.narrow(0, 5, 1).unwrap().narrow(1, 0, 1).unwrap() * 1000.0).unwrap();
+            entries = entries.slice_assign(&[5..6, 0..1], &spike).unwrap();
             let path = std::env::temp_dir().join(format!("codec-screen-test-{}-{dim}.gguf", std::process::id()));
             let mut w = Writer::new("test", "test");
             w.tensor("codebook.embed", &entries, StorageDtype::F32, true).unwrap();
