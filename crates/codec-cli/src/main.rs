@@ -27,8 +27,9 @@ struct Cli {
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Arithmetic of the matrix products: f32 (exact, the default), bf16 (AVX-512 BF16 on CPU, up to 1.7x
-    /// faster) or int8 (AVX-512 VNNI: linear layers in q8_0 blocks with int8 activations, the rest bf16); in the
-    /// fast modes codes and audio differ slightly from the reference.
+    /// faster; on AVX2 CPUs bf16 operands multiplied in f32, faster only when streaming) or int8 (AVX-512 VNNI:
+    /// linear layers in q8_0 blocks with int8 activations, the rest bf16); in the fast modes codes and audio
+    /// differ slightly from the reference.
     #[arg(long, global = true, default_value = "f32")]
     precision: String,
     #[command(subcommand)]
@@ -654,7 +655,7 @@ fn run(cli: &Cli) -> Result<()> {
         other => return Err(Error::InvalidArgument(format!("--precision must be f32, bf16 or int8, not '{other}'"))),
     };
     if !codec::set_precision(precision) && !cli.quiet {
-        let missing = if precision == codec::Precision::Int8 { "AVX-512 VNNI" } else { "AVX-512 BF16" };
+        let missing = if precision == codec::Precision::Int8 { "AVX-512 VNNI" } else { "AVX-512 BF16 or AVX2" };
         eprintln!("note: this CPU has no {missing}; computing in {}", precision_name(codec::nn::gemm::precision()));
     }
     match &cli.command {

@@ -3,76 +3,10 @@
 //! offline `decode` (same length, cos ≥ 0.99999). Offline itself is checked against the references by the parity
 //! tests, so these pin streaming to the references too.
 
-use codec::{Audio, Codec, Codes, Error};
+use codec::{Codes, Error};
 
 mod common;
-use common::{cosine, dac, mimi, wavtokenizer};
-
-/// Codes of `audio` pushed in pieces of `cut` samples, then flushed.
-fn stream_encode(codec: &Codec, audio: &Audio, cut: usize) -> Codes {
-    let mut enc = codec.stream_encoder(None).unwrap();
-    let mut parts = Vec::new();
-    for piece in audio.samples.chunks(cut) {
-        parts.push(enc.push(piece).unwrap());
-    }
-    parts.push(enc.flush().unwrap());
-    concat(&parts)
-}
-
-fn concat(parts: &[Codes]) -> Codes {
-    let n_q = parts[0].n_q;
-    let n_frames = parts.iter().map(|p| p.n_frames).sum();
-    let data = (0..n_q).flat_map(|q| parts.iter().flat_map(move |p| p.row(q).to_vec())).collect();
-    Codes { n_q, n_frames, data }
-}
-
-/// Audio of `codes` pushed `cut` frames at a time, then flushed.
-fn stream_decode(codec: &Codec, codes: &Codes, cut: usize) -> Vec<f32> {
-    let mut dec = codec.stream_decoder().unwrap();
-    let mut out = Vec::new();
-    for from in (0..codes.n_frames).step_by(cut) {
-        let to = (from + cut).min(codes.n_frames);
-        let data = (0..codes.n_q).flat_map(|q| codes.row(q)[from..to].to_vec()).collect();
-        out.extend(dec.push(&Codes { n_q: codes.n_q, n_frames: to - from, data }).unwrap());
-    }
-    out.extend(dec.flush().unwrap());
-    out
-}
-
-fn assert_same_audio(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let cos = cosine(got, want);
-    eprintln!("{what}: cos {cos:.9}");
-    assert!(cos >= 0.99999, "{what}: cos {cos}");
-}
-
-fn check_cuts(name: &str, codec: &Codec, audio: &Audio, sample_cuts: &[usize], frame_cuts: &[usize]) {
-    let offline = codec.encode(audio, None).unwrap();
-    for &cut in sample_cuts {
-        assert_eq!(stream_encode(codec, audio, cut), offline, "{name}: codes pushed {cut} samples at a time");
-    }
-    // `finish` (the last push and the flush in one pass) gives the same, whole or after a push.
-    for split in [0, audio.samples.len() / 3] {
-        let mut enc = codec.stream_encoder(None).unwrap();
-        let head = enc.push(&audio.samples[..split]).unwrap();
-        let tail = enc.finish(&audio.samples[split..]).unwrap();
-        assert_eq!(concat(&[head, tail]), offline, "{name}: push {split} samples, then finish");
-        assert!(enc.push(&audio.samples[..1]).is_err(), "{name}: finish ends the stream");
-    }
-    let decoded = codec.decode(&offline).unwrap();
-    if !frame_cuts.is_empty() {
-        let mut dec = codec.stream_decoder().unwrap();
-        let whole = dec.finish(&offline).unwrap();
-        assert_same_audio(&format!("{name} decode, finish"), &whole, &decoded.samples);
-    }
-    for &cut in frame_cuts {
-        assert_same_audio(
-            &format!("{name} decode, {cut} frames a push"),
-            &stream_decode(codec, &offline, cut),
-            &decoded.samples,
-        );
-    }
-}
+use common::{check_cuts, concat, dac, mimi, wavtokenizer};
 
 #[test]
 fn mimi_streams_like_offline_for_every_cut() {

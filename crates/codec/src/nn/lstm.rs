@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, T
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::activation::{sigmoid_f32, tanh_f32};
-use super::gemm::bf16_products;
+use super::gemm::{bf16_products, bf16_supported};
 use super::linear::Linear;
 use super::with_fma;
 use super::{bf16_pairs, dot, dot_bf16_pairs, f32_slice, f32_vec, get_or_try_init};
@@ -41,7 +41,9 @@ impl LstmLayer {
             if values.len() != b * 2 * self.hidden {
                 candle_core::bail!("lstm: state for {} values, the input has {b} items", values.len());
             }
-            let pairs = if bf16_products() {
+            // Recurrent weights as bf16 pairs where `vdpbf16ps` multiplies them; elsewhere (AVX2) the recurrence
+            // stays f32: its 4 MB of weights per step come from cache, not memory.
+            let pairs = if bf16_products() && bf16_supported() {
                 Some(get_or_try_init(&self.w_hh_pairs, || Ok(pair_rows(&f32_vec(&self.w_hh)?, self.hidden)))?)
             } else {
                 None

@@ -5,19 +5,52 @@
 //! and MR·NR/W fused multiply-adds (W = vector width). AVX-512: 8 × 48 (24 zmm accumulators); AVX2 + FMA: 6 × 16
 //! (12 ymm); a portable 4 × 16 fallback the compiler vectorises as it can. Row edges (`mr < MR`) run a kernel
 //! monomorphised for exactly `mr` rows, so a 1-row output (a conv to mono audio) does not pay for 8.
+//!
+//! `--precision bf16`: on AVX-512 BF16 both operands are bf16 pairs (`vdpbf16ps`). On AVX2 + FMA the same
+//! arithmetic — bf16 operands, exact products, f32 sums — is the f32 kernel over operands rounded to bf16
+//! ([`Avx2Bf16Values`]), and where the product is a few rows over a large prepacked B (a stream step over a
+//! layer's weights, bound by memory, not arithmetic) B is read as bf16 pairs widened in registers ([`Avx2Bf16`]):
+//! half the bytes, the same bits.
 
 use super::Store;
+
+/// How a kernel takes one operand's packed panels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Panel {
+    /// f32 values.
+    F32,
+    /// f32 words holding the values rounded to bf16 (round to nearest even).
+    Bf16Values,
+    /// bf16 pairs: elements `2q` and `2q + 1` along the depth in one 32-bit word, low half first, so a panel `kc`
+    /// deep is ⌈kc/2⌉ words deep.
+    Bf16Pairs,
+}
+
+impl Panel {
+    /// 32-bit words per packed row (A) or column (B) of depth `kc`.
+    pub(super) fn words(self, kc: usize) -> usize {
+        if self == Panel::Bf16Pairs {
+            kc.div_ceil(2)
+        } else {
+            kc
+        }
+    }
+}
 
 /// One micro-kernel family: tile shape and the tile routine.
 pub(super) trait MicroKernel {
     const MR: usize;
     const NR: usize;
-    /// Whether packed panels hold bf16 pairs (`(A[i, 2q], A[i, 2q+1])` in one 32-bit word, low half first) instead
-    /// of f32: a panel `kc` deep is then ⌈kc/2⌉ words deep.
-    const BF16_PAIRS: bool = false;
+    /// The form of A's and B's panels.
+    const A: Panel = Panel::F32;
+    const B: Panel = Panel::F32;
+    /// Adjacent NR-wide B panels one tile call covers (`nr ≤ NR·PANELS`): more independent sums for a kernel
+    /// whose few rows would leave it waiting on each multiply-add's latency.
+    const PANELS: usize = 1;
     /// # Safety
-    /// `a` holds `kc·MR` floats, `b` holds `kc·NR`; `store` addresses `mr × nr` valid elements of C (`mr ≤ MR`,
-    /// `nr ≤ NR`); the CPU supports the kernel's instruction set.
+    /// `a` holds an MR-tall panel `kc` deep, `b` `⌈nr/NR⌉` adjacent NR-wide ones, in the kernel's [`Panel`] forms;
+    /// `store` addresses `mr × nr` valid elements of C (`mr ≤ MR`, `nr ≤ NR·PANELS`); the CPU supports the
+    /// kernel's instruction set.
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store);
 }
 
@@ -59,11 +92,11 @@ impl MicroKernel for Generic {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{int8_tile, Avx2, Avx512, Avx512Bf16};
+pub(super) use x86::{int8_tile, Avx2, Avx2Bf16, Avx2Bf16Values, Avx512, Avx512Bf16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{store_scalar, MicroKernel, Store};
+    use super::{store_scalar, MicroKernel, Panel, Store};
     use std::arch::x86_64::*;
 
     /// Calls `kernel::<R>(args…)` for `R = mr` among the listed row counts, `R = 1` otherwise: a tile kernel
@@ -240,7 +273,8 @@ mod x86 {
     impl MicroKernel for Avx512Bf16 {
         const MR: usize = 8;
         const NR: usize = 48;
-        const BF16_PAIRS: bool = true;
+        const A: Panel = Panel::Bf16Pairs;
+        const B: Panel = Panel::Bf16Pairs;
         unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
             let (a, b, pairs) = (a as *const u32, b as *const u32, kc.div_ceil(2));
             for_rows!(mr, avx512_bf16, (pairs, a, b, nr, store), 8, 7, 6, 5, 4, 3, 2)
@@ -323,6 +357,51 @@ mod x86 {
         store_avx512!(acc, nr, store);
     }
 
+    /// Writes an `R × 16` tile of AVX2 accumulators (`[[__m256; 2]; R]`, `rows` = R) through `store`, the epilogue
+    /// applied. A macro, expanded inside each AVX2 tile function, for the reason given at `store_avx512`.
+    macro_rules! store_avx2 {
+        ($acc:expr, $rows:expr, $nr:expr, $store:expr) => {{
+            let (acc, rows, nr, store): (_, usize, usize, &Store) = (&$acc, $rows, $nr, $store);
+            if store.cs != 1 || nr != 16 {
+                // Edge columns or a strided output: staged in memory nothing clears, then element by element.
+                let mut staged = std::mem::MaybeUninit::<[f32; 16 * 6]>::uninit();
+                let base = staged.as_mut_ptr() as *mut f32;
+                for_each_row!(acc, |i, row| {
+                    _mm256_storeu_ps(base.add(16 * i), row[0]);
+                    _mm256_storeu_ps(base.add(16 * i + 8), row[1]);
+                });
+                store_staged::<16, 6>(base, rows, nr, store);
+            } else {
+                // Full tiles (nearly all): the epilogue in vectors, as the AVX-512 kernel's `store_row`. Per
+                // element the scalar path cost a sixth of a 256-deep tile's multiply-adds.
+                let col_bias = [optional_ymm(store.col_bias, 0), optional_ymm(store.col_bias, 8)];
+                let col_scale = [optional_ymm(store.col_scale, 0), optional_ymm(store.col_scale, 8)];
+                for_each_row!(acc, |i, row| {
+                    let c = store.c.offset(i as isize * store.rs);
+                    let row_bias = _mm256_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
+                    for v in 0..2 {
+                        let p = c.add(8 * v);
+                        let mut y = _mm256_add_ps(row[v], row_bias);
+                        if let Some(b) = col_bias[v] {
+                            y = _mm256_add_ps(y, b);
+                        }
+                        if store.load_c {
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(p));
+                        }
+                        if let Some(s) = col_scale[v] {
+                            y = _mm256_mul_ps(y, s);
+                        }
+                        if !store.residual.is_null() {
+                            let r = store.residual.offset(i as isize * store.rs).add(8 * v);
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(r));
+                        }
+                        _mm256_storeu_ps(p, y);
+                    }
+                });
+            }
+        }};
+    }
+
     pub(in super::super) struct Avx2;
 
     impl MicroKernel for Avx2 {
@@ -330,6 +409,96 @@ mod x86 {
         const NR: usize = 16;
         unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
             for_rows!(mr, avx2, (kc, a, b, nr, store), 6, 5, 4, 3, 2)
+        }
+    }
+
+    /// `--precision bf16` on AVX2 for most products: the f32 kernel over panels of values rounded to bf16. The
+    /// products of two bf16 values are exact in f32, so this is bf16 × bf16 with f32 sums, at f32 speed.
+    pub(in super::super) struct Avx2Bf16Values;
+
+    impl MicroKernel for Avx2Bf16Values {
+        const MR: usize = 6;
+        const NR: usize = 16;
+        const A: Panel = Panel::Bf16Values;
+        const B: Panel = Panel::Bf16Values;
+        unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
+            Avx2::tile(kc, a, b, mr, nr, store)
+        }
+    }
+
+    /// `--precision bf16` on AVX2 for a few rows over a prepacked B (weights): B's panels are bf16 pairs, each
+    /// 32-bit word widened in registers into its two f32 values (the low half shifted up, the high half masked),
+    /// and the multiply-adds run in the order of [`Avx2Bf16Values`] over the same values — the same bits from half
+    /// the bytes. The widening costs two integer operations per 16 B values, which is why only products bound by
+    /// B's bytes take this kernel. One or two rows take two panels at a time: with 16 columns their four sums,
+    /// each a chain of dependent multiply-adds, left the kernel waiting on latency instead of memory.
+    pub(in super::super) struct Avx2Bf16;
+
+    impl MicroKernel for Avx2Bf16 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+        const A: Panel = Panel::Bf16Values;
+        const B: Panel = Panel::Bf16Pairs;
+        const PANELS: usize = 2;
+        unsafe fn tile(kc: usize, a: *const f32, b: *const f32, mr: usize, nr: usize, store: &Store) {
+            let (b, second) = (b as *const u32, (b as *const u32).add(16 * kc.div_ceil(2)));
+            match (mr, nr > 16) {
+                (1, true) => avx2_bf16::<1, 4>(kc, a, [b, second], nr, store),
+                (2, true) => avx2_bf16::<2, 4>(kc, a, [b, second], nr, store),
+                (_, true) => {
+                    for_rows!(mr, avx2_bf16_panel, (kc, a, b, 16, store), 6, 5, 4, 3, 2);
+                    let rest = store.columns_from(16);
+                    for_rows!(mr, avx2_bf16_panel, (kc, a, second, nr - 16, &rest), 6, 5, 4, 3, 2)
+                }
+                (_, false) => for_rows!(mr, avx2_bf16_panel, (kc, a, b, nr, store), 6, 5, 4, 3, 2),
+            }
+        }
+    }
+
+    unsafe fn avx2_bf16_panel<const R: usize>(kc: usize, a: *const f32, b: *const u32, nr: usize, store: &Store) {
+        avx2_bf16::<R, 2>(kc, a, [b, b], nr, store)
+    }
+
+    /// `R` rows × `V` 8-column vectors (16 columns from `b[0]`, then 16 from `b[1]` if `V` = 4).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_bf16<const R: usize, const V: usize>(
+        kc: usize,
+        a: *const f32,
+        b: [*const u32; 2],
+        nr: usize,
+        store: &Store,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        let high_halves = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        for q in 0..kc.div_ceil(2) {
+            let ap = a.add(2 * q * 6);
+            // Per panel (each sum's order is all that matters): depth 2q (low halves), then 2q + 1 (high halves),
+            // the f32 kernel's order; an odd depth's last pair has no high half to add (A has no row for it). A
+            // panel at a time keeps two words and their halves live, not four: with four, two rows spilled.
+            for panel in 0..V / 2 {
+                let bp = b[panel].add(q * 16) as *const __m256i;
+                let words = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
+                let low = words.map(|w| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w)));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_set1_ps(*ap.add(i));
+                    row[2 * panel] = _mm256_fmadd_ps(ai, low[0], row[2 * panel]);
+                    row[2 * panel + 1] = _mm256_fmadd_ps(ai, low[1], row[2 * panel + 1]);
+                }
+                if 2 * q + 1 < kc {
+                    let high = words.map(|w| _mm256_castsi256_ps(_mm256_and_si256(w, high_halves)));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let ai = _mm256_set1_ps(*ap.add(6 + i));
+                        row[2 * panel] = _mm256_fmadd_ps(ai, high[0], row[2 * panel]);
+                        row[2 * panel + 1] = _mm256_fmadd_ps(ai, high[1], row[2 * panel + 1]);
+                    }
+                }
+            }
+        }
+        let left: [[__m256; 2]; R] = std::array::from_fn(|i| [acc[i][0], acc[i][1]]);
+        store_avx2!(left, R, nr.min(16), store);
+        if V == 4 && nr > 16 {
+            let right: [[__m256; 2]; R] = std::array::from_fn(|i| [acc[i][2 % V], acc[i][3 % V]]);
+            store_avx2!(right, R, nr - 16, &store.columns_from(16));
         }
     }
 
@@ -346,41 +515,7 @@ mod x86 {
                 row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
             }
         }
-        if store.cs != 1 || nr != 16 {
-            // Edge columns or a strided output: staged in memory nothing clears, then element by element.
-            let mut staged = std::mem::MaybeUninit::<[f32; 16 * 6]>::uninit();
-            let base = staged.as_mut_ptr() as *mut f32;
-            for_each_row!(acc, |i, row| {
-                _mm256_storeu_ps(base.add(16 * i), row[0]);
-                _mm256_storeu_ps(base.add(16 * i + 8), row[1]);
-            });
-            return store_staged::<16, 6>(base, R, nr, store);
-        }
-        // Full tiles (nearly all): the epilogue in vectors, as the AVX-512 kernel's `store_row`. Per element the
-        // scalar path cost a sixth of a 256-deep tile's multiply-adds.
-        let col_bias = [optional_ymm(store.col_bias, 0), optional_ymm(store.col_bias, 8)];
-        let col_scale = [optional_ymm(store.col_scale, 0), optional_ymm(store.col_scale, 8)];
-        for_each_row!(acc, |i, row| {
-            let c = store.c.offset(i as isize * store.rs);
-            let row_bias = _mm256_set1_ps(if store.row_bias.is_null() { 0.0 } else { *store.row_bias.add(i) });
-            for v in 0..2 {
-                let p = c.add(8 * v);
-                let mut y = _mm256_add_ps(row[v], row_bias);
-                if let Some(b) = col_bias[v] {
-                    y = _mm256_add_ps(y, b);
-                }
-                if store.load_c {
-                    y = _mm256_add_ps(y, _mm256_loadu_ps(p));
-                }
-                if let Some(s) = col_scale[v] {
-                    y = _mm256_mul_ps(y, s);
-                }
-                if !store.residual.is_null() {
-                    y = _mm256_add_ps(y, _mm256_loadu_ps(store.residual.offset(i as isize * store.rs).add(8 * v)));
-                }
-                _mm256_storeu_ps(p, y);
-            }
-        });
+        store_avx2!(acc, R, nr, store);
     }
 
     /// The 8 floats at `ptr + offset`, if `ptr` is not null.

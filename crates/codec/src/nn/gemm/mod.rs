@@ -1,6 +1,6 @@
 //! Single-precision GEMM, `C (+)= A · B (+ bias)`, packed and cache-blocked in the BLIS layering, with an AVX-512
-//! micro-kernel (AVX2 + FMA and portable fallbacks, chosen at run time) and an AVX-512 BF16 kernel for
-//! `--precision bf16`.
+//! micro-kernel (AVX2 + FMA and portable fallbacks, chosen at run time) and, for `--precision bf16`, an AVX-512 BF16
+//! kernel or, on AVX2, f32 kernels over bf16 values (see `kernel`).
 //!
 //! Why our own: every model here is bounded by matrix products (convs are GEMMs over an implicit im2col, the
 //! transformers and ConvNeXt blocks are linear layers). A BLAS-style call on plain matrices — the `gemm` crate candle
@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use kernel::MicroKernel;
+use kernel::{MicroKernel, Panel};
 
 /// Depth of a packed block: an A micro-panel (MR × KC) stays in L1 while the kernel sweeps the B panels.
 pub(crate) const KC: usize = 256;
@@ -36,6 +36,8 @@ pub(crate) const KC: usize = 256;
 const NC: usize = 384;
 /// Rows of a packed A block (a multiple of every kernel's MR).
 const MC: usize = 192;
+/// Up to this many rows, a `--precision bf16` product over prepacked B reads B as bf16 pairs on AVX2.
+const BF16_PAIR_ROWS: usize = 48;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
@@ -135,6 +137,12 @@ fn to_bf16_pairs(src: &[f32], width: usize, kc: usize, dst: &mut [u32]) {
         unsafe { to_bf16_pairs_avx512(src, width, kc, dst) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if width.is_multiple_of(8) && isa() == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 (`isa`); the slices bound every access.
+        unsafe { to_bf16_pairs_avx2(src, width, kc, dst) };
+        return;
+    }
     let pairs = kc.div_ceil(2);
     for (src, dst) in src.chunks_exact(width * kc).zip(dst.chunks_exact_mut(width * pairs)) {
         for q in 0..pairs {
@@ -190,6 +198,69 @@ unsafe fn to_bf16_pairs_avx512(src: &[f32], width: usize, kc: usize, dst: &mut [
             }
         }
     }
+}
+
+/// The bits of 8 floats rounded to bf16 (round to nearest even, NaN to the quiet NaN), in the high halves, low
+/// halves zero: [`bf16_bits`]` << 16` lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_round_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let bits = _mm256_castps_si256(x);
+    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+    let biased = _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+    let rounded = _mm256_and_si256(biased, _mm256_set1_epi32(0xffff_0000_u32 as i32));
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7fc0_0000), nan)
+}
+
+/// [`to_bf16_pairs`] 8 lanes at a time on AVX2 (B's 16-wide panels, widened in the kernel: `kernel::Avx2Bf16`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn to_bf16_pairs_avx2(src: &[f32], width: usize, kc: usize, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let pairs = kc.div_ceil(2);
+    for (src, dst) in src.chunks_exact(width * kc).zip(dst.chunks_exact_mut(width * pairs)) {
+        for q in 0..pairs {
+            let (lo_row, out) = (&src[2 * q * width..(2 * q + 1) * width], &mut dst[q * width..(q + 1) * width]);
+            let hi_row = (2 * q + 1 < kc).then(|| &src[(2 * q + 1) * width..(2 * q + 2) * width]);
+            for v in (0..width).step_by(8) {
+                let lo = _mm256_srli_epi32::<16>(bf16_round_avx2(_mm256_loadu_ps(lo_row[v..v + 8].as_ptr())));
+                let word = match hi_row {
+                    Some(hi) => _mm256_or_si256(lo, bf16_round_avx2(_mm256_loadu_ps(hi[v..v + 8].as_ptr()))),
+                    None => lo,
+                };
+                _mm256_storeu_si256(out[v..v + 8].as_mut_ptr() as *mut __m256i, word);
+            }
+        }
+    }
+}
+
+/// Each value replaced by its nearest bf16 value (as [`bf16_bits`] rounds): the operands of `--precision bf16` on
+/// AVX2, whose kernels multiply them in f32.
+fn round_to_bf16_values(values: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2 || isa() == Isa::Avx512 {
+        // SAFETY: both ISAs include AVX2; the loop stays inside `values`.
+        unsafe { done = round_to_bf16_values_avx2(values) };
+    }
+    for v in &mut values[done..] {
+        *v = f32::from_bits(bf16_bits(*v) << 16);
+    }
+}
+
+/// The whole vectors of [`round_to_bf16_values`]; returns how many values it rounded.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_to_bf16_values_avx2(values: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let whole = values.len() / 8 * 8;
+    for v in values[..whole].chunks_exact_mut(8) {
+        let rounded = bf16_round_avx2(_mm256_loadu_ps(v.as_ptr()));
+        _mm256_storeu_ps(v.as_mut_ptr(), _mm256_castsi256_ps(rounded));
+    }
+    whole
 }
 
 /// An operand packed once, ahead of time, in the panel layout of this CPU's kernel: weights, which would otherwise
@@ -256,9 +327,10 @@ impl Packed {
         })
     }
 
-    /// Converts to bf16 pairs now rather than on the first bf16 product (where the CPU has the bf16 kernel).
+    /// Converts to bf16 pairs now rather than on the first bf16 product (where a bf16 kernel reads this operand
+    /// as pairs: on AVX-512 BF16 both, on AVX2 B).
     pub(crate) fn prepare_pairs(&self) {
-        if bf16_supported() {
+        if bf16_supported() || (isa() == Isa::Avx2 && self.panel == tile_shape().1) {
             self.pairs();
         }
     }
@@ -605,6 +677,24 @@ pub(crate) struct Store {
     load_c: bool,
 }
 
+impl Store {
+    /// The same tile's columns from `j` on: a kernel that covers several adjacent B panels stores each through
+    /// its own.
+    ///
+    /// # Safety
+    /// Column `j` lies inside the tile.
+    pub(crate) unsafe fn columns_from(&self, j: usize) -> Store {
+        let shift = |p: *const f32, by: isize| if p.is_null() { p } else { p.offset(by) };
+        Store {
+            c: self.c.offset(j as isize * self.cs),
+            col_bias: shift(self.col_bias, j as isize),
+            col_scale: shift(self.col_scale, j as isize),
+            residual: shift(self.residual, j as isize * self.cs),
+            ..*self
+        }
+    }
+}
+
 /// The instruction set the kernels use, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -642,8 +732,10 @@ pub fn flops_done() -> u64 {
     FLOPS.load(Ordering::Relaxed)
 }
 
-/// Sets the precision of every product in this process. bf16 needs AVX-512 BF16, int8 AVX-512 VNNI; where the CPU
-/// lacks it products run in the best precision below it that it has (int8 → bf16 → f32) and this returns `false`.
+/// Sets the precision of every product in this process. bf16 needs AVX-512 BF16 or AVX2 + FMA (there bf16 operands
+/// are multiplied in f32: the same arithmetic, faster only where weights' bytes bound a product — a stream's
+/// steps), int8 AVX-512 VNNI; where the CPU lacks it products run in the best precision below it that it has
+/// (int8 → bf16 → f32) and this returns `false`.
 pub fn set_precision(p: Precision) -> bool {
     REQUESTED.store(p as u8, Ordering::Relaxed);
     precision() == p
@@ -654,7 +746,7 @@ pub fn precision() -> Precision {
     let requested = REQUESTED.load(Ordering::Relaxed);
     if requested == Precision::Int8 as u8 && int8_supported() {
         Precision::Int8
-    } else if requested != Precision::F32 as u8 && bf16_supported() {
+    } else if requested != Precision::F32 as u8 && bf16_kernels() {
         Precision::Bf16
     } else {
         Precision::F32
@@ -662,12 +754,17 @@ pub fn precision() -> Precision {
 }
 
 /// Whether the products that are not int8 (convs, and all products in bf16 mode) run in bf16 now: a fast mode is
-/// set and the CPU has AVX-512 BF16. Otherwise they are exact f32.
+/// set and the CPU has a bf16 kernel. Otherwise they are exact f32.
 pub fn bf16_products() -> bool {
-    precision() != Precision::F32 && bf16_supported()
+    precision() != Precision::F32 && bf16_kernels()
 }
 
-/// Whether this CPU has the bf16 kernel (AVX-512 BF16).
+/// Whether this CPU has a kernel for bf16 operands: AVX-512 BF16, or AVX2 + FMA (f32 products of bf16 values).
+fn bf16_kernels() -> bool {
+    bf16_supported() || isa() == Isa::Avx2
+}
+
+/// Whether this CPU has the native bf16 kernel (AVX-512 BF16, `vdpbf16ps`).
 pub fn bf16_supported() -> bool {
     static BF16: OnceLock<bool> = OnceLock::new();
     *BF16.get_or_init(|| {
@@ -744,7 +841,16 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
     }
     #[cfg(target_arch = "x86_64")]
     if bf16_products() && !epi.exact {
-        return run::<kernel::Avx512Bf16>((m, n, k), a, b, c, epi);
+        if isa() == Isa::Avx512 {
+            return run::<kernel::Avx512Bf16>((m, n, k), a, b, c, epi);
+        }
+        // AVX2: a few rows over prepacked weights are bound by the weights' bytes, halved as bf16 pairs; every
+        // other product runs at f32 speed over bf16 values. The same bits either way.
+        let (_, nr) = tile_shape();
+        if m <= BF16_PAIR_ROWS && b.packed_b(0..KC.min(k), 0..NC.min(n), nr).is_some() {
+            return run::<kernel::Avx2Bf16>((m, n, k), a, b, c, epi);
+        }
+        return run::<kernel::Avx2Bf16Values>((m, n, k), a, b, c, epi);
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
@@ -848,16 +954,17 @@ where
     Q: FnOnce(&mut [u32]) -> bool,
     K: FnOnce(&mut [f32]),
 {
-    /// The block (`padded` rows or columns in panels of `width`, `kc` deep) in kernel `M`'s word format: found
-    /// prepacked, or packed into `buf` (then, for the bf16 kernel, converted into `pairs`).
-    fn words<M: MicroKernel>(
+    /// The block (`padded` rows or columns in panels of `width`, `kc` deep) in the panel form `format`: found
+    /// prepacked, or packed into `buf` (then rounded to bf16 values in place, or converted into bf16 `pairs`).
+    fn words(
         self,
+        format: Panel,
         (padded, width, kc): (usize, usize, usize),
         buf: &mut Vec<f32>,
         pairs: &mut Vec<u32>,
     ) -> *const f32 {
         let prepacked = (self.prepacked)();
-        if M::BF16_PAIRS {
+        if format == Panel::Bf16Pairs {
             if let Some(p) = (self.prepacked_pairs)() {
                 return p.as_ptr() as *const f32;
             }
@@ -868,15 +975,26 @@ where
                 }
             }
         }
+        let len = padded * kc;
         let f32_panels: &[f32] = match prepacked {
+            // Rounded in this thread's buffer: the prepacked panels serve the exact f32 products too.
+            Some(p) if format == Panel::Bf16Values => {
+                let dst = aligned(buf, len);
+                dst.copy_from_slice(&p[..len]);
+                round_to_bf16_values(dst);
+                return dst.as_ptr();
+            }
             Some(p) => p,
             None => {
-                let dst = aligned(buf, padded * kc);
+                let dst = aligned(buf, len);
                 (self.pack)(dst);
+                if format == Panel::Bf16Values {
+                    round_to_bf16_values(dst);
+                }
                 dst
             }
         };
-        if !M::BF16_PAIRS {
+        if format != Panel::Bf16Pairs {
             return f32_panels.as_ptr();
         }
         let dst = aligned(pairs, padded * kc.div_ceil(2));
@@ -914,7 +1032,7 @@ fn block<K: MicroKernel>(
                 pack_pairs: |_: &mut [u32]| false,
                 pack: |dst: &mut [f32]| a.pack_a(rows.clone(), ks.clone(), K::MR, dst),
             };
-            source.words::<K>((mc.div_ceil(K::MR) * K::MR, K::MR, kc), abuf, a_pairs)
+            source.words(K::A, (mc.div_ceil(K::MR) * K::MR, K::MR, kc), abuf, a_pairs)
         };
         let mut b_block = |jc: usize, nc: usize, pc: usize, kc: usize| -> *const f32 {
             let (cols, ks) = (jc..jc + nc, pc..pc + kc);
@@ -924,10 +1042,8 @@ fn block<K: MicroKernel>(
                 pack_pairs: |dst: &mut [u32]| b.pack_b_pairs(ks.clone(), cols.clone(), K::NR, dst),
                 pack: |dst: &mut [f32]| b.pack_b(ks.clone(), cols.clone(), K::NR, dst),
             };
-            source.words::<K>((nc.div_ceil(K::NR) * K::NR, K::NR, kc), bbuf, b_pairs)
+            source.words(K::B, (nc.div_ceil(K::NR) * K::NR, K::NR, kc), bbuf, b_pairs)
         };
-        // Words per packed row or column: kc floats, or ⌈kc/2⌉ bf16 pairs.
-        let words = |kc: usize| if K::BF16_PAIRS { kc.div_ceil(2) } else { kc };
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             // This thread's rows of A for the depth block, packed once (or found prepacked) and reused for every
@@ -941,7 +1057,7 @@ fn block<K: MicroKernel>(
                     // SAFETY: ic − rows.start is a whole number of MR-row panels into the packed rows; both blocks
                     // hold the packed (mc × kc) and (kc × nc) panels.
                     unsafe {
-                        let apack = a_rows.add((ic - rows.start) * words(kc));
+                        let apack = a_rows.add((ic - rows.start) * K::A.words(kc));
                         macro_kernel::<K>(apack, bpack, (ic, mc), (jc, nc), (pc, kc, k), out, epi)
                     };
                 }
@@ -965,11 +1081,11 @@ unsafe fn macro_kernel<K: MicroKernel>(
     epi: &Epilogue,
 ) {
     let (first, last) = (pc == 0, pc + kc == k);
-    // Words per panel row: a depth of kc floats, or ⌈kc/2⌉ bf16 pairs.
-    let depth = if K::BF16_PAIRS { kc.div_ceil(2) } else { kc };
+    // Words per panel row or column: a depth of kc floats, or ⌈kc/2⌉ bf16 pairs.
+    let (a_depth, b_depth) = (K::A.words(kc), K::B.words(kc));
     for ir in (0..mc).step_by(K::MR) {
         let row = row0 + ir;
-        for jr in (0..nc).step_by(K::NR) {
+        for jr in (0..nc).step_by(K::NR * K::PANELS) {
             let col = col0 + jr;
             let store = Store {
                 c: out.ptr.add(row * out.rs + col * out.cs),
@@ -993,7 +1109,14 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 },
                 load_c: !first,
             };
-            K::tile(kc, apack.add(ir * depth), bpack.add(jr * depth), K::MR.min(mc - ir), K::NR.min(nc - jr), &store);
+            K::tile(
+                kc,
+                apack.add(ir * a_depth),
+                bpack.add(jr * b_depth),
+                K::MR.min(mc - ir),
+                (K::NR * K::PANELS).min(nc - jr),
+                &store,
+            );
         }
         // Once the row panel's tiles are final, while they are in cache: one call per row of the block rather
         // than per tile row, whose 16 values would not amortise the call.
@@ -1196,18 +1319,17 @@ mod tests {
         }
     }
 
-    /// The vectorised bf16-pair conversion gives the scalar one's bits (rounding ties, odd and even depths), for
-    /// B's 48-wide panels and A's 8-tall ones.
+    /// The vectorised bf16-pair conversions (AVX-512 BF16 or AVX2, whichever this CPU has) give the scalar one's
+    /// bits (rounding ties, odd and even depths), for B's 48- and 16-wide panels and A's 8-tall ones.
     #[test]
     fn bf16_pair_conversions_agree() {
-        if !bf16_supported() {
-            return;
-        }
-        for (width, kc) in [(48usize, 7usize), (8, 7), (8, 6), (16, 3)] {
+        for (width, kc) in [(48usize, 7usize), (8, 7), (8, 6), (16, 3), (16, 256)] {
             let pairs = kc.div_ceil(2);
             let mut src = pseudo_random(width * kc * 2, 9);
             src[3] = f32::from_bits(0x3f80_8000); // exactly halfway between two bf16 values
             src[5] = f32::from_bits(0x3f81_8000);
+            src[6] = f32::NAN;
+            src[7] = f32::from_bits(0x7f7f_ffff); // rounds to infinity
             let (mut fast, mut slow) = (vec![0u32; width * pairs * 2], vec![0u32; width * pairs * 2]);
             to_bf16_pairs(&src, width, kc, &mut fast);
             for (src, dst) in src.chunks_exact(width * kc).zip(slow.chunks_exact_mut(width * pairs)) {
@@ -1219,6 +1341,81 @@ mod tests {
                 }
             }
             assert_eq!(fast, slow, "width {width}, depth {kc}");
+        }
+    }
+
+    /// Rounding to bf16 values in place, vectors and tail: [`bf16_bits`]' rounding (ties to even, NaN quiet,
+    /// overflow to infinity, signs and zeros kept).
+    #[test]
+    fn rounding_to_bf16_values_matches_scalar() {
+        let mut values = pseudo_random(37, 10);
+        let specials = [0x3f80_8000, 0x3f81_8000, 0x7fc0_0001, 0xff80_0001, 0x7f7f_ffff, 0x8000_0000, 0x0000_0001];
+        for (v, bits) in values.iter_mut().zip(specials) {
+            *v = f32::from_bits(bits);
+        }
+        let want: Vec<u32> = values.iter().map(|&v| bf16_bits(v) << 16).collect();
+        round_to_bf16_values(&mut values);
+        assert_eq!(values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+    }
+
+    /// `--precision bf16` on AVX2: the pair kernel (B as bf16 pairs, one or two panels a tile), the f32 kernel over
+    /// rounded panels, and the plain f32 kernel over operands rounded beforehand give the same bits — biases,
+    /// column scales, residuals and strided outputs included, odd depths and depths across KC; and they are the
+    /// rounded operands' product.
+    #[test]
+    fn avx2_bf16_kernels_agree_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+                return;
+            }
+            let round = |v: &[f32]| v.iter().map(|&x| f32::from_bits(bf16_bits(x) << 16)).collect::<Vec<_>>();
+            for &(m, n, k) in &[(1, 40, 7), (2, 33, 300), (3, 16, 1), (7, 100, 256), (13, 17, 513), (48, 64, 64)] {
+                let (a, b) = (pseudo_random(m * k, 11), pseudo_random(k * n, 12));
+                let (ar, br) = (round(&a), round(&b));
+                let (rb, cb, scale) = (pseudo_random(m, 13), pseudo_random(n, 14), pseudo_random(n, 15));
+                let residual = pseudo_random(2 * m * n, 16);
+                let epi = Epilogue {
+                    row_bias: Some(&rb),
+                    col_bias: Some(&cb),
+                    col_scale: Some(&scale),
+                    residual: Some(&residual),
+                    ..Default::default()
+                };
+                let (am, bm) = (Strided::row_major(&a, m, k).unwrap(), Strided::row_major(&b, k, n).unwrap());
+                let (arm, brm) = (Strided::row_major(&ar, m, k).unwrap(), Strided::row_major(&br, k, n).unwrap());
+                let pb = Packed::b(&bm, k, n);
+                for cs in [1, 2] {
+                    let product = |kernel: &dyn Fn(&mut Output)| {
+                        let mut c = pseudo_random(2 * m * n, 17);
+                        kernel(&mut Output::new(&mut c, (m, n), cs * n, cs).unwrap());
+                        c
+                    };
+                    let want = product(&|c| run::<kernel::Avx2>((m, n, k), &arm, &brm, c, &epi));
+                    let pairs = product(&|c| run::<kernel::Avx2Bf16>((m, n, k), &am, &pb, c, &epi));
+                    let values = product(&|c| run::<kernel::Avx2Bf16Values>((m, n, k), &am, &bm, c, &epi));
+                    let values_prepacked = product(&|c| run::<kernel::Avx2Bf16Values>((m, n, k), &am, &pb, c, &epi));
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let what = format!("{m}×{n}×{k}, column stride {cs}");
+                    assert_eq!(bits(&pairs), bits(&want), "{what}: pairs");
+                    assert_eq!(bits(&values), bits(&want), "{what}: rounded values");
+                    assert_eq!(bits(&values_prepacked), bits(&want), "{what}: rounded prepacked values");
+                    for i in 0..m {
+                        for j in 0..n {
+                            let at = i * cs * n + j * cs;
+                            let dot: f64 = (0..k).map(|p| ar[i * k + p] as f64 * br[p * n + j] as f64).sum();
+                            let c = dot + rb[i] as f64 + cb[j] as f64;
+                            let expect = (c * scale[j] as f64 + residual[at] as f64) as f32;
+                            let tolerance = 1e-4 * (k as f32).sqrt() * (1.0 + expect.abs());
+                            assert!(
+                                (pairs[at] - expect).abs() < tolerance,
+                                "{what} ({i}, {j}): {} vs {expect}",
+                                pairs[at]
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
