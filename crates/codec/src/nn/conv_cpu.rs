@@ -549,11 +549,14 @@ impl Conv1dOp<'_> {
         }
         let mut out = crate::mem::zeros_par(b * w.c_out * t_out);
         let (x_len, p_len) = (c_in * (t - p), c_in * p);
-        // Winograd for f32 convs only: in bf16 its transforms' rounding (entries up to 8) added to bf16's own took
-        // the WavTokenizer fixture's decoded cos from 0.99982 to 0.99944.
+        // Winograd in f32 only: in bf16 its transforms' rounding (entries up to 8) added to bf16's own took the
+        // WavTokenizer fixture's decoded cos from 0.99982 to 0.99944. Where bf16 products are f32 multiplies of
+        // bf16 values (AVX2) a direct bf16 conv is no faster than f32, so these never-streamed layers keep
+        // Winograd, exact (9 % of a WavTokenizer-75 decode).
         let winograd = w.winograd.as_ref().filter(|_| {
             let shape = self.stride == 1 && self.dilation == 1 && !self.reflect && p == 0;
-            shape && t_out >= winograd::MIN_OUTPUT_STEPS && !super::gemm::bf16_products()
+            let f32_kernels = !super::gemm::bf16_products() || !super::gemm::bf16_supported();
+            shape && t_out >= winograd::MIN_OUTPUT_STEPS && f32_kernels
         });
         for (item, yb) in out.chunks_exact_mut(w.c_out * t_out).enumerate() {
             let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);

@@ -97,7 +97,8 @@ impl WinogradWeights {
         for ((u, v), m) in transformed.iter().zip(v.chunks_exact(c_in * tiles)).zip(m.chunks_exact_mut(c_out * tiles)) {
             let v = Strided::row_major(v, c_in, tiles).expect("sized above");
             let mut m = Output::row_major(m, c_out, tiles).expect("sized above");
-            gemm(c_out, tiles, c_in, &u.operand(), &v, &mut m, &Epilogue::default());
+            // Exact f32 in every precision (see `conv_cpu`: Winograd runs only where bf16 would gain nothing).
+            gemm(c_out, tiles, c_in, &u.operand(), &v, &mut m, &Epilogue { exact: true, ..Default::default() });
         }
         output_transform(&m, tiles, y, t_out, bias, residual);
         Ok(())
