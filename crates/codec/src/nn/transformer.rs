@@ -56,6 +56,8 @@ pub enum MlpActivation {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// On the CPU, the same values (T × head_dim/2 each) for [`split_heads`].
+    cos_sin: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Rope {
@@ -66,7 +68,10 @@ impl Rope {
         let end = u32::try_from(start + len).map_err(|_| candle_core::Error::Msg("stream too long".into()))?;
         let pos = Tensor::arange(start as u32, end, device)?.to_dtype(DType::F32)?.reshape((len, 1))?;
         let angles = pos.broadcast_mul(&inv_freq)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let cos_sin = if device.is_cpu() { Some((values(&cos)?, values(&sin)?)) } else { None };
+        Ok(Self { cos, sin, cos_sin })
     }
 }
 
@@ -171,16 +176,15 @@ impl Attention {
     /// (B, T, heads · head_dim), before `o_proj`; the cache is left holding what the next step needs.
     fn attend(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.attend_cpu(x, rope, cache);
+        }
         let q = self.heads(self.q_proj.forward(x)?, b, t)?;
         let k = self.heads(self.k_proj.forward(x)?, b, t)?;
         let v = self.heads(self.v_proj.forward(x)?, b, t)?;
         let q = candle_nn::rotary_emb::rope(&q, &rope.cos, &rope.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &rope.cos, &rope.sin)?;
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        if q.device().is_cpu() && q.dtype() == DType::F32 {
-            let y = self.attend_cached(&q, &k, &v, cache)?;
-            return y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim));
-        }
+        let q = (q * self.query_scale())?;
         let (k, v) = match cache.kv.take() {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
             None => (k, v),
@@ -193,10 +197,17 @@ impl Attention {
         y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))
     }
 
-    /// CPU: the new steps' keys and values appended to `cache`'s rows, then [`WindowAttention`] of q (B, H, T, D)
-    /// over the held and new keys.
-    fn attend_cached(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (b, h, t, d) = q.dims4()?;
+    /// 1/√head_dim, the queries' scale.
+    fn query_scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    /// CPU: the projections' outputs split into heads — RoPE'd and the queries scaled in the same pass
+    /// ([`split_heads`]) — the new steps' keys and values appended to `cache`'s rows, then [`WindowAttention`] of the
+    /// queries over the held and new keys.
+    fn attend_cpu(&self, x: &Tensor, rope: &Rope, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, d) = (self.num_heads, self.head_dim);
         let rows = cache.rows.get_or_insert_with(|| KvRows {
             keys: Vec::new(),
             values: Vec::new(),
@@ -209,22 +220,22 @@ impl Attention {
         if (rows.rows, rows.head_dim) != (b * h, d) {
             candle_core::bail!("attention: {b}×{h} heads of {d} after a stream of {} of {}", rows.rows, rows.head_dim);
         }
-        // Read in place (no copies per step): each is a fresh contiguous CPU tensor.
-        let ((q_storage, q_layout), (k_storage, k_layout), (v_storage, v_layout)) =
-            (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
-        let q = cpu_f32(&q_storage, q_layout, "queries")?;
-        rows.append(
-            cpu_f32(&k_storage, k_layout, "keys")?,
-            cpu_f32(&v_storage, v_layout, "values")?,
-            t,
-            self.context.saturating_sub(1),
-        );
+        let Some((cos, sin)) = &rope.cos_sin else { candle_core::bail!("attention: RoPE tables not on the CPU") };
+        let rotation = Some((&cos[..], &sin[..]));
+        let project = |linear: &Linear, rotation, scale| -> Result<Vec<f32>> {
+            let y = linear.forward(x)?;
+            let (storage, layout) = y.storage_and_layout();
+            Ok(split_heads(cpu_f32(&storage, layout, "projection")?, (b, t, h, d), rotation, scale))
+        };
+        let q = project(&self.q_proj, rotation, Some(self.query_scale() as f32))?;
+        let (k, v) = (project(&self.k_proj, rotation, None)?, project(&self.v_proj, None, None)?);
+        rows.append(&k, &v, t, self.context.saturating_sub(1));
         let (capacity, start, len) = (rows.capacity, rows.start, rows.len);
         let (keys, values) = (&rows.keys[..], &rows.values[..]);
         let held = |r: usize| (r * capacity + start) * d..(r * capacity + start + len) * d;
         let window = WindowAttention { context: self.context };
-        let out = window.attend(q, t, d, |r| (&keys[held(r)], &values[held(r)]));
-        Tensor::from_vec(out, (b, h, t, d), &Device::Cpu)
+        let out = window.attend(&q, t, d, |r| (&keys[held(r)], &values[held(r)]));
+        Tensor::from_vec(out, (b, h, t, d), &Device::Cpu)?.transpose(1, 2)?.reshape((b, t, h * d))
     }
 
     /// Additive mask for queries at key positions `q0..q0+nq` over keys `k0..k0+nk`: 0 where `0 <= q − k < context`.
@@ -252,6 +263,41 @@ impl Attention {
         }
         Tensor::cat(&blocks, 2)
     }
+}
+
+/// x (B, T, H·D) → (B, H, T, D) in one pass: with `rotation` = (cos, sin) (T × D/2 each) RoPE as candle's `rope`
+/// computes it (rotate-half: `x₁·cos − x₂·sin`, `x₁·sin + x₂·cos`), then with `scale` each value times it plus zero
+/// (candle's scalar multiply) — the same operations in the same order as the transpose, `rope` and multiply ops,
+/// whose three tensors cost a stream step more than the arithmetic.
+fn split_heads(
+    x: &[f32],
+    (b, t, h, d): (usize, usize, usize, usize),
+    rotation: Option<(&[f32], &[f32])>,
+    scale: Option<f32>,
+) -> Vec<f32> {
+    let half = d / 2;
+    let mut out = vec![0f32; b * h * t * d];
+    for (row, dst) in out.chunks_exact_mut(t * d).enumerate() {
+        let (item, head) = (row / h, row % h);
+        for (step, dst) in dst.chunks_exact_mut(d).enumerate() {
+            let src = &x[(item * t + step) * h * d + head * d..][..d];
+            match rotation {
+                Some((cos, sin)) => {
+                    let (cos, sin) = (&cos[step * half..][..half], &sin[step * half..][..half]);
+                    for i in 0..half {
+                        let (x1, x2) = (src[i], src[i + half]);
+                        dst[i] = x1 * cos[i] - x2 * sin[i];
+                        dst[i + half] = x1 * sin[i] + x2 * cos[i];
+                    }
+                }
+                None => dst.copy_from_slice(src),
+            }
+            if let Some(s) = scale {
+                dst.iter_mut().for_each(|v| *v = *v * s + 0.0);
+            }
+        }
+    }
+    out
 }
 
 /// A CPU tensor's contiguous f32 values, read in place.
@@ -454,6 +500,27 @@ mod tests {
     use candle_nn::VarBuilder;
 
     use super::*;
+
+    /// The one-pass head split gives the bits of the tensor ops it replaces: transpose into heads, candle's `rope`,
+    /// the queries' scalar multiply.
+    #[test]
+    fn split_heads_is_candles_ops_bit_for_bit() {
+        let dev = Device::Cpu;
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let x = Tensor::randn(0f32, 3.0, (b, t, h * d), &dev).unwrap();
+        let rope = Rope::new(7, t, d, 10000.0, &dev).unwrap();
+        let heads = x.reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let rotated = candle_nn::rotary_emb::rope(&heads, &rope.cos, &rope.sin).unwrap();
+        let scaled = (&rotated * 0.125f64).unwrap();
+        let (cos, sin) = rope.cos_sin.as_ref().unwrap();
+        let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let tensor_bits = |t: &Tensor| bits(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let split = |rotation, scale| bits(split_heads(&values, (b, t, h, d), rotation, scale));
+        assert_eq!(split(None, None), tensor_bits(&heads));
+        assert_eq!(split(Some((&cos[..], &sin[..])), None), tensor_bits(&rotated));
+        assert_eq!(split(Some((&cos[..], &sin[..])), Some(0.125)), tensor_bits(&scaled));
+    }
 
     /// A 2-layer transformer of width 16 with random weights, attending over `context` steps.
     fn transformer(context: usize) -> Transformer {
