@@ -396,7 +396,7 @@ mod tests {
         if !super::super::gemm::bf16_supported() {
             return;
         }
-        let round = |v: f32| f32::from_bits(super::super::gemm::bf16_bits(v) << 16) as f64;
+        let round = |v: f32| super::super::gemm::bf16_value(v) as f64;
         for hidden in [40, 37] {
             let (b, steps) = (2, 6);
             let (w_hh, x_proj) = random_recurrence(hidden, b, steps);

@@ -497,7 +497,7 @@ mod x86 {
         let left: [[__m256; 2]; R] = std::array::from_fn(|i| [acc[i][0], acc[i][1]]);
         store_avx2!(left, R, nr.min(16), store);
         if V == 4 && nr > 16 {
-            let right: [[__m256; 2]; R] = std::array::from_fn(|i| [acc[i][2 % V], acc[i][3 % V]]);
+            let right: [[__m256; 2]; R] = std::array::from_fn(|i| [acc[i][V - 2], acc[i][V - 1]]);
             store_avx2!(right, R, nr - 16, &store.columns_from(16));
         }
     }

@@ -127,6 +127,12 @@ pub(crate) fn bf16_bits(x: f32) -> u32 {
     }
 }
 
+/// `x` rounded to the nearest bf16 value ([`bf16_bits`]' rounding), as an f32.
+#[inline(always)]
+pub(crate) fn bf16_value(x: f32) -> f32 {
+    f32::from_bits(bf16_bits(x) << 16)
+}
+
 /// Packed f32 panels (`width` wide, `kc` deep, one after another) → bf16-pair panels `⌈kc/2⌉` deep: word
 /// `[q][i]` holds elements `2q` (low half) and `2q + 1` (high half, zero past `kc`) of lane `i`, the operand
 /// layout of `vdpbf16ps`.
@@ -246,7 +252,7 @@ fn round_to_bf16_values(values: &mut [f32]) {
         unsafe { done = round_to_bf16_values_avx2(values) };
     }
     for v in &mut values[done..] {
-        *v = f32::from_bits(bf16_bits(*v) << 16);
+        *v = bf16_value(*v);
     }
 }
 
@@ -1134,6 +1140,11 @@ mod tests {
 
     pub(super) use crate::nn::test_util::pseudo_random;
 
+    /// Each value rounded to bf16.
+    fn rounded(values: &[f32]) -> Vec<f32> {
+        values.iter().map(|&x| bf16_value(x)).collect()
+    }
+
     /// Pair rows of every length (the vector path's masked tail) against the scalar rounding, with and without a
     /// high row.
     #[test]
@@ -1293,11 +1304,10 @@ mod tests {
         if !bf16_supported() {
             return;
         }
-        let round = |v: &[f32]| v.iter().map(|&x| f32::from_bits(bf16_bits(x) << 16)).collect::<Vec<_>>();
         for &(m, n, k) in &[(9, 50, 7), (20, 130, 301), (1, 3, 1), (64, 200, 512)] {
             let a = pseudo_random(m * k, 7);
             let b = pseudo_random(k * n, 8);
-            let (ar, br) = (round(&a), round(&b));
+            let (ar, br) = (rounded(&a), rounded(&b));
             let (am, bm) = (Strided::row_major(&a, m, k).unwrap(), Strided::row_major(&b, k, n).unwrap());
             let (pa, pb) = (Packed::a(&am, m, k), Packed::b(&bm, k, n));
             for prepacked in [false, true] {
@@ -1369,10 +1379,9 @@ mod tests {
             if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
                 return;
             }
-            let round = |v: &[f32]| v.iter().map(|&x| f32::from_bits(bf16_bits(x) << 16)).collect::<Vec<_>>();
             for &(m, n, k) in &[(1, 40, 7), (2, 33, 300), (3, 16, 1), (7, 100, 256), (13, 17, 513), (48, 64, 64)] {
                 let (a, b) = (pseudo_random(m * k, 11), pseudo_random(k * n, 12));
-                let (ar, br) = (round(&a), round(&b));
+                let (ar, br) = (rounded(&a), rounded(&b));
                 let (rb, cb, scale) = (pseudo_random(m, 13), pseudo_random(n, 14), pseudo_random(n, 15));
                 let residual = pseudo_random(2 * m * n, 16);
                 let epi = Epilogue {
