@@ -221,15 +221,27 @@ impl Screen {
 
     /// The nearest entry of every row of `rows` (N × dim).
     fn nearest(&self, rows: &[f32]) -> Vec<u32> {
+        SEARCH_SCRATCH.with(|cell| {
+            // Another search on this thread (a pool thread waiting inside one can run another stream's) gets its own.
+            let mut fresh = SearchScratch::default();
+            let mut borrowed = cell.try_borrow_mut();
+            self.nearest_with(rows, borrowed.as_deref_mut().unwrap_or(&mut fresh))
+        })
+    }
+
+    fn nearest_with(&self, rows: &[f32], scratch: &mut SearchScratch) -> Vec<u32> {
         let dim = self.dim;
         let (entries, sq) = (self.entries.as_slice(), &self.sq[..]);
         let mut codes = Vec::with_capacity(rows.len() / dim);
-        let mut approx = vec![0f32; self.quants.len() / dim];
-        let (mut centre, mut radius) = (vec![0f32; self.bins], vec![0f32; self.bins]);
-        let (mut candidates, mut lanes) = (Vec::new(), vec![0f32; RERANK_LANES * dim]);
+        let SearchScratch { approx, centre, radius, candidates, lanes } = scratch;
+        // Every value is written before it is read (a lane past a group's candidates is read and ignored).
+        approx.resize(self.quants.len() / dim, 0.0);
+        centre.resize(self.bins, 0.0);
+        radius.resize(self.bins, 0.0);
+        lanes.resize(RERANK_LANES * dim, 0.0);
         for x in rows.chunks_exact(dim) {
             let nx = round_up(x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt());
-            let (least_upper, nan) = self.screened_distances(x, nx, &mut approx, (&mut centre, &mut radius));
+            let (least_upper, nan) = self.screened_distances(x, nx, approx, (centre, radius));
             // Non-finite distances (an overflowing input or entry): every entry is a candidate, so the exact rule,
             // NaN included, decides.
             let every = !least_upper.is_finite() || nan;
@@ -239,7 +251,7 @@ impl Screen {
             let (mut best, mut least) = (u32::MAX, f32::INFINITY);
             let row = |j: usize| &entries[j * dim..(j + 1) * dim];
             for group in candidates.chunks(RERANK_LANES) {
-                let dots = exact_dots(x, |l| row(group[l]), group.len(), &mut lanes);
+                let dots = exact_dots(x, |l| row(group[l]), group.len(), lanes);
                 for (&j, &dot) in group.iter().zip(&dots) {
                     let dist = sq[j] - dot * 2.0;
                     if best == u32::MAX || least > dist {
@@ -301,6 +313,21 @@ impl Screen {
             })
             .reduce(|| (f32::INFINITY, false), |a, b| (a.0.min(b.0), a.1 || b.1))
     }
+}
+
+/// A search's working memory, kept per thread: a stream searches 32 codebooks a frame, and each search had
+/// allocated (and cleared) ~50 KB of it.
+#[derive(Default)]
+struct SearchScratch {
+    approx: Vec<f32>,
+    centre: Vec<f32>,
+    radius: Vec<f32>,
+    candidates: Vec<usize>,
+    lanes: Vec<f32>,
+}
+
+thread_local! {
+    static SEARCH_SCRATCH: std::cell::RefCell<SearchScratch> = std::cell::RefCell::new(SearchScratch::default());
 }
 
 /// Candidates whose exact dot products run side by side, one per SIMD lane (four AVX2 or two AVX-512 vectors).
