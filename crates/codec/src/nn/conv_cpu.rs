@@ -636,21 +636,46 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
                 reflect: false,
             };
             w.product(&cols, n, &mut phases, (None, None), None);
-            // out[o, q·s + r − trim_left] = phases[(r, o), q − q0] (+ bias[o]), written in output order.
+            // out[o, q·s + r − trim_left] = phases[(r, o), q − q0] (+ bias[o]).
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
-                let (mut q, mut r) = (0, self.trim_left % s);
-                let bias = w.bias.as_ref().map_or(0.0, |b| b[o]);
-                for (i, v) in row.iter_mut().enumerate() {
-                    let sum = phases[(r * w.c_out + o) * n + q];
-                    *v = if i < self.biased { sum + bias } else { sum };
-                    r += 1;
-                    if r == s {
-                        (q, r) = (q + 1, 0);
-                    }
-                }
+                let phase = |r: usize| &phases[(r * w.c_out + o) * n..(r * w.c_out + o + 1) * n];
+                let bias = w.bias.as_ref().map(|b| (b[o], self.biased));
+                interleave_phases(row, phase, s, self.trim_left % s, bias);
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, t_out))))
+    }
+}
+
+/// One output row of a transposed conv from its `s` phase rows: `row[i] = phase(r)[q]` where `i + offset = q·s + r`,
+/// plus `bias` on the first `biased` values. In L1-sized blocks, one phase at a time: a strided copy each, where
+/// walking the row sample by sample (phase and column updated per value) took a Mimi decode's last upsampling
+/// 13 ms for its 61 MB, twice what the memory needs.
+fn interleave_phases<'p>(
+    row: &mut [f32],
+    phase: impl Fn(usize) -> &'p [f32],
+    s: usize,
+    offset: usize,
+    bias: Option<(f32, usize)>,
+) {
+    const BLOCK: usize = 4096;
+    for (b, block) in row.chunks_mut(BLOCK).enumerate() {
+        let i0 = b * BLOCK;
+        for r in 0..s {
+            // The block's first value of phase r, and its column in that phase.
+            let first = (r + s - (i0 + offset) % s) % s;
+            if first >= block.len() {
+                continue;
+            }
+            let q = (i0 + first + offset) / s;
+            for (v, &sum) in block[first..].iter_mut().step_by(s).zip(&phase(r)[q..]) {
+                *v = sum;
+            }
+        }
+        if let Some((bias, biased)) = bias.filter(|&(_, biased)| i0 < biased) {
+            let len = block.len().min(biased - i0);
+            block[..len].iter_mut().for_each(|v| *v += bias);
+        }
     }
 }
 
@@ -950,6 +975,31 @@ mod tests {
             let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
             let tc = xt.apply_op1_no_bwd(&DepthwiseConv1dOp { channels_last: true, ..op }).unwrap();
             assert_eq!(max_abs_diff(&tc.transpose(1, 2).unwrap(), &got), 0.0, "case {:?}", (c, k, d, l, r, t));
+        }
+    }
+
+    /// Phase rows interleaved block by block equal the sample-by-sample walk, for strides 1–8, every phase offset,
+    /// rows over several blocks, and the bias stopping before, inside and across blocks.
+    #[test]
+    fn interleaved_phases_match_a_walk_over_the_row() {
+        for s in [1usize, 2, 3, 4, 5, 6, 8] {
+            for offset in 0..s {
+                for len in [1, 7, 4096, 4097, 9000] {
+                    let n = (len + offset).div_ceil(s);
+                    let phases: Vec<Vec<f32>> =
+                        (0..s).map(|r| (0..n).map(|q| (r * 100_000 + q) as f32 * 0.25).collect()).collect();
+                    for biased in [0, 3, 4095, 4100, usize::MAX] {
+                        let mut want = vec![0f32; len];
+                        for (i, v) in want.iter_mut().enumerate() {
+                            let (q, r) = ((i + offset) / s, (i + offset) % s);
+                            *v = if i < biased { phases[r][q] + 1.5 } else { phases[r][q] };
+                        }
+                        let mut got = vec![f32::NAN; len];
+                        interleave_phases(&mut got, |r| &phases[r][..], s, offset, Some((1.5, biased)));
+                        assert_eq!(got, want, "stride {s}, offset {offset}, {len} values, biased {biased}");
+                    }
+                }
+            }
         }
     }
 
