@@ -4,7 +4,6 @@
 //! threads and use branch-free `exp`/`erf` the compiler vectorises; other devices use candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::{f32_slice, with_fma};
 
@@ -152,17 +151,7 @@ impl<F: Fn(f32) -> f32 + Sync> CustomOp1 for Map<F> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = f32_slice(storage, layout, self.0)?;
         let f = &self.1;
-        let mut out = crate::mem::zeros_par(src.len());
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
-            super::wide_simd(
-                #[inline(always)]
-                || {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = f(v);
-                    }
-                },
-            )
-        });
+        let out = crate::mem::collect_par(src.len(), CHUNK, |i| src[i * CHUNK..].iter().take(CHUNK).map(|&v| f(v)));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::activation::ChannelActivation;
@@ -102,10 +103,24 @@ impl PackedConv {
         if let Some(w) = &self.single_row {
             return single_output(w, cols, y, (row_bias.map(|b| b[0]), residual), activation);
         }
+        let y = Output::row_major(y, self.weights.dims().0, n).expect("sized by the caller");
+        self.product_into(cols, n, y, (row_bias, residual), activation)
+    }
+
+    /// [`PackedConv::product`] into a view `y` of `rows × n` (row-major, possibly uninitialised: every element is
+    /// written); not for single-output convs.
+    fn product_into(
+        &self,
+        cols: &Im2col,
+        n: usize,
+        mut y: Output,
+        (row_bias, residual): (Option<&[f32]>, Option<&[f32]>),
+        activation: Option<&dyn ChannelActivation>,
+    ) {
         let (rows, depth) = self.weights.dims();
         if runs_transposed(n, rows) {
             let weights = self.weights.operand();
-            let mut yt = Output::new(y, (n, rows), 1, n).expect("sized by the caller");
+            let mut yt = y.transposed();
             let epi = Epilogue { col_bias: row_bias, residual, ..Default::default() };
             if matches!(weights, Operand::InPlace(_)) {
                 // Weights still read in place (a short clip's only run): their transpose packed block by block
@@ -117,10 +132,9 @@ impl PackedConv {
             }
             // Here the product's rows are time steps; the few outputs are activated by channel after it.
             if let Some(a) = activation {
-                y.chunks_exact_mut(n).enumerate().for_each(|(channel, values)| a.on_channel(channel, values));
+                (0..rows).for_each(|channel| a.on_channel(channel, y.row_mut(channel)));
             }
         } else {
-            let mut y = Output::row_major(y, rows, n).expect("sized by the caller");
             // The product's rows are the output channels.
             let hook = activation.map(|a| move |channel: usize, values: &mut [f32]| a.on_channel(channel, values));
             let epi = Epilogue {
@@ -547,7 +561,6 @@ impl Conv1dOp<'_> {
                 candle_core::bail!("conv1d: residual {r:?} does not match the output {shape:?}");
             }
         }
-        let mut out = crate::mem::zeros_par(b * w.c_out * t_out);
         let (x_len, p_len) = (c_in * (t - p), c_in * p);
         // Winograd in f32 only: in bf16 its transforms' rounding (entries up to 8) added to bf16's own took the
         // WavTokenizer fixture's decoded cos from 0.99982 to 0.99944. Where bf16 products are f32 multiplies of
@@ -558,28 +571,46 @@ impl Conv1dOp<'_> {
             let f32_kernels = !super::gemm::bf16_products() || !super::gemm::bf16_supported();
             shape && t_out >= winograd::MIN_OUTPUT_STEPS && f32_kernels
         });
-        for (item, yb) in out.chunks_exact_mut(w.c_out * t_out).enumerate() {
-            let residual = residual.map(|(r, _)| &r[item * w.c_out * t_out..(item + 1) * w.c_out * t_out]);
+        let item_len = w.c_out * t_out;
+        let cols = |item: usize| Im2col {
+            x: &x[item * x_len..(item + 1) * x_len],
+            prefix: &prefix[item * p_len..(item + 1) * p_len],
+            p,
+            t,
+            taps: w.kernel,
+            stride: self.stride,
+            offset: -(self.pad_left as isize),
+            tap_step: self.dilation as isize,
+            reflect: self.reflect,
+        };
+        let residual = |item: usize| residual.map(|(r, _)| &r[item * item_len..(item + 1) * item_len]);
+        let biases = w.bias.as_deref();
+        if winograd.is_none() && w.single_row.is_none() {
+            // The product writes every output: no zero fill first.
+            let fill = |out: *mut f32| {
+                for item in 0..b {
+                    // SAFETY: item's rows are the `item_len` floats from its offset, inside the `b · item_len`.
+                    let y = unsafe { Output::from_raw(out.add(item * item_len), item_len, (w.c_out, t_out), t_out, 1) };
+                    let y = y.expect("sized above");
+                    w.product_into(&cols(item), t_out, y, (biases, residual(item)), self.activation);
+                }
+            };
+            // SAFETY: each item's product writes all of its rows (`gemm`).
+            let out = unsafe { crate::mem::written_in_full(b * item_len, fill) };
+            return Ok((CpuStorage::F32(out), shape));
+        }
+        let mut out = crate::mem::zeros_par(b * item_len);
+        for (item, yb) in out.chunks_exact_mut(item_len).enumerate() {
+            let residual = residual(item);
             if let Some(winograd) = winograd {
                 let x = &x[item * x_len..(item + 1) * x_len];
-                winograd.conv((x, t), self.pad_left, yb, w.bias.as_deref(), residual)?;
+                winograd.conv((x, t), self.pad_left, yb, biases, residual)?;
                 if let Some(a) = self.activation {
                     yb.par_chunks_mut(t_out).enumerate().for_each(|(channel, values)| a.on_channel(channel, values));
                 }
                 continue;
             }
-            let cols = Im2col {
-                x: &x[item * x_len..(item + 1) * x_len],
-                prefix: &prefix[item * p_len..(item + 1) * p_len],
-                p,
-                t,
-                taps: w.kernel,
-                stride: self.stride,
-                offset: -(self.pad_left as isize),
-                tap_step: self.dilation as isize,
-                reflect: self.reflect,
-            };
-            w.product(&cols, t_out, yb, (w.bias.as_deref(), residual), self.activation);
+            w.product(&cols(item), t_out, yb, (biases, residual), self.activation);
         }
         Ok((CpuStorage::F32(out), shape))
     }
@@ -611,19 +642,19 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
         }
         let full = if t == 0 { 0 } else { (t - 1) * s + w.kernel };
         let t_out = full.saturating_sub(self.trim_left + self.trim_right);
-        let mut out = crate::mem::zeros_par(b * w.c_out * t_out);
         if t_out == 0 {
-            return Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, 0))));
+            return Ok((CpuStorage::F32(Vec::new()), Shape::from((b, w.c_out, 0))));
         }
-        // Output o = q·s + r − trim_left: the phases' columns q0..q1 cover every output sample.
+        // Output o = q·s + r − trim_left: the phases' columns q0..q1 (at least one) cover every output sample.
         let q0 = self.trim_left / s;
         let q1 = (t_out + self.trim_left).div_ceil(s);
-        let n = q1.saturating_sub(q0);
-        let mut phases = crate::mem::zeros_par(s * w.c_out * n);
-        for (xb, yb) in x.chunks_exact(c_in * t).zip(out.chunks_exact_mut(w.c_out * t_out)) {
-            if n == 0 {
-                break;
-            }
+        let n = q1 - q0;
+        let (phase_rows, total) = (s * w.c_out, b * w.c_out * t_out);
+        // Written in full below (every phase product, every interleaved row): no zero fill first.
+        let mut out = Vec::with_capacity(total);
+        for (xb, yb) in
+            x.chunks_exact(c_in * t).zip(out.spare_capacity_mut()[..total].chunks_exact_mut(w.c_out * t_out))
+        {
             let cols = Im2col {
                 x: xb,
                 prefix: &[],
@@ -635,7 +666,13 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
                 tap_step: -1,
                 reflect: false,
             };
-            w.product(&cols, n, &mut phases, (None, None), None);
+            let product = |phases: *mut f32| {
+                // SAFETY: the `phase_rows × n` floats from `phases` are the buffer being filled.
+                let y = unsafe { Output::from_raw(phases, phase_rows * n, (phase_rows, n), n, 1) };
+                w.product_into(&cols, n, y.expect("sized above"), (None, None), None);
+            };
+            // SAFETY: the product writes all of its output.
+            let phases = unsafe { crate::mem::written_in_full(phase_rows * n, product) };
             // out[o, q·s + r − trim_left] = phases[(r, o), q − q0] (+ bias[o]).
             yb.par_chunks_mut(t_out.max(1)).enumerate().for_each(|(o, row)| {
                 let phase = |r: usize| &phases[(r * w.c_out + o) * n..(r * w.c_out + o + 1) * n];
@@ -643,6 +680,8 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
                 interleave_phases(row, phase, s, self.trim_left % s, bias);
             });
         }
+        // SAFETY: every item's rows were written in full, each value once (`interleave_phases`).
+        unsafe { out.set_len(total) };
         Ok((CpuStorage::F32(out), Shape::from((b, w.c_out, t_out))))
     }
 }
@@ -651,30 +690,38 @@ impl CustomOp1 for ConvTranspose1dOp<'_> {
 /// plus `bias` on the first `biased` values. In L1-sized blocks, one phase at a time: a strided copy each, where
 /// walking the row sample by sample (phase and column updated per value) took a Mimi decode's last upsampling
 /// 13 ms for its 61 MB, twice what the memory needs.
+///
+/// Writes every value of `row` (which may be uninitialised) exactly once; panics if a phase row is too short.
 fn interleave_phases<'p>(
-    row: &mut [f32],
+    row: &mut [MaybeUninit<f32>],
     phase: impl Fn(usize) -> &'p [f32],
     s: usize,
     offset: usize,
     bias: Option<(f32, usize)>,
 ) {
     const BLOCK: usize = 4096;
+    let (bias, biased) = bias.unwrap_or((0.0, 0));
     for (b, block) in row.chunks_mut(BLOCK).enumerate() {
         let i0 = b * BLOCK;
         for r in 0..s {
-            // The block's first value of phase r, and its column in that phase.
+            // The block's first value of phase r, its column in that phase, and how many of its values are biased.
             let first = (r + s - (i0 + offset) % s) % s;
             if first >= block.len() {
                 continue;
             }
             let q = (i0 + first + offset) / s;
-            for (v, &sum) in block[first..].iter_mut().step_by(s).zip(&phase(r)[q..]) {
-                *v = sum;
+            let count = (block.len() - first).div_ceil(s);
+            let sums = &phase(r)[q..q + count];
+            let with_bias = biased.saturating_sub(i0 + first).div_ceil(s).min(count);
+            // The sums lead each zip: a zip takes its first iterator's next item before the second's, so the
+            // first loop ends without consuming a value slot.
+            let mut values = block[first..].iter_mut().step_by(s);
+            for (&sum, v) in sums[..with_bias].iter().zip(values.by_ref()) {
+                v.write(sum + bias);
             }
-        }
-        if let Some((bias, biased)) = bias.filter(|&(_, biased)| i0 < biased) {
-            let len = block.len().min(biased - i0);
-            block[..len].iter_mut().for_each(|v| *v += bias);
+            for (&sum, v) in sums[with_bias..].iter().zip(values) {
+                v.write(sum);
+            }
         }
     }
 }
@@ -994,8 +1041,10 @@ mod tests {
                             let (q, r) = ((i + offset) / s, (i + offset) % s);
                             *v = if i < biased { phases[r][q] + 1.5 } else { phases[r][q] };
                         }
-                        let mut got = vec![f32::NAN; len];
+                        let mut got = vec![MaybeUninit::new(f32::NAN); len];
                         interleave_phases(&mut got, |r| &phases[r][..], s, offset, Some((1.5, biased)));
+                        // SAFETY: initialised above (and overwritten by the call).
+                        let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
                         assert_eq!(got, want, "stride {s}, offset {offset}, {len} values, biased {biased}");
                     }
                 }

@@ -221,9 +221,7 @@ impl LinearOp<'_> {
         }
         let m = x.len() / k.max(1);
         let hook = self.activation.map(|a| move |_: usize, values: &mut [f32]| a.in_place(values));
-        let mut out = crate::mem::zeros_par(m * n);
         let a = Strided::row_major(x, m, k).expect("sized from x");
-        let mut y = Output::row_major(&mut out, m, n).expect("sized above");
         let epi = Epilogue {
             col_bias: self.layer.bias.as_deref(),
             col_scale: self.col_scale,
@@ -232,12 +230,18 @@ impl LinearOp<'_> {
             activation: hook.as_ref().map(|h| h as RowFunction),
             ..Default::default()
         };
-        if self.arithmetic == Arithmetic::Any && precision() == Precision::Int8 {
-            let weight_t = self.layer.int8.get_or_init(|| self.layer.weight_t.quantized());
-            gemm_int8(m, n, x, weight_t, &mut y, &epi);
-        } else {
-            gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi);
-        }
+        let product = |out: *mut f32| {
+            // SAFETY: `out` is the m × n buffer being filled.
+            let mut y = unsafe { Output::from_raw(out, m * n, (m, n), n, 1) }.expect("sized above");
+            if self.arithmetic == Arithmetic::Any && precision() == Precision::Int8 {
+                let weight_t = self.layer.int8.get_or_init(|| self.layer.weight_t.quantized());
+                gemm_int8(m, n, x, weight_t, &mut y, &epi);
+            } else {
+                gemm(m, n, k, &a, &self.layer.weight_t.operand(), &mut y, &epi);
+            }
+        };
+        // SAFETY: both products write every element of their output (no zero fill first).
+        let out = unsafe { crate::mem::written_in_full(m * n, product) };
         Ok((CpuStorage::F32(out), shape))
     }
 }

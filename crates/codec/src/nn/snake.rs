@@ -6,7 +6,6 @@
 
 use super::Weights;
 use candle_core::{DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::activation::{mul_add, ChannelActivation};
 use super::{with_fma, F32Kernel3, F32Op3};
@@ -73,21 +72,13 @@ impl F32Kernel3 for SnakeOp {
 
     fn run(&self, [(x, l1), (alpha, _), (inv, _)]: [(&[f32], &Layout); 3]) -> Result<(Vec<f32>, Shape)> {
         let (_, c, t) = l1.shape().dims3()?;
-        let mut out = crate::mem::zeros_par(x.len());
-        out.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (dst, src))| {
-            let (a, inv) = (alpha[row % c], inv[row % c]);
-            with_fma!(
-                FMA,
-                super::wide_simd(
-                    #[inline(always)]
-                    || {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = snake::<FMA>(v, a, inv);
-                        }
-                    },
-                )
-            )
-        });
+        let out = with_fma!(
+            FMA,
+            crate::mem::collect_par(x.len(), t, |row| {
+                let (a, inv) = (alpha[row % c], inv[row % c]);
+                x[row * t..(row + 1) * t].iter().map(move |&v| snake::<FMA>(v, a, inv))
+            })
+        );
         Ok((out, l1.shape().clone()))
     }
 }

@@ -328,13 +328,13 @@ pub fn gemm_int8(m: usize, n: usize, a: &[f32], b: &PackedQ8, c: &mut Output, ep
     assert!(a.len() >= m * depth && n <= b.cols, "gemm_int8: operands do not match");
     assert!(c.rows >= m && c.cols >= n, "gemm_int8: output {}×{} for a {m}×{n} product", c.rows, c.cols);
     assert!(epi.row_bias.is_none_or(|r| r.len() >= m) && epi.col_bias.is_none_or(|b| b.len() >= n));
-    assert!(epi.col_scale.is_none_or(|s| s.len() >= n) && epi.residual.is_none_or(|r| r.len() >= c.data.len()));
+    assert!(epi.col_scale.is_none_or(|s| s.len() >= n) && epi.residual.is_none_or(|r| r.len() >= c.len));
     if m == 0 || n == 0 {
         return;
     }
     FLOPS.fetch_add(2 * (m as u64) * (n as u64) * (depth as u64), std::sync::atomic::Ordering::Relaxed);
     let rows = quantize_rows(a, m, depth);
-    let out = SharedOut { ptr: c.data.as_mut_ptr(), rs: c.rs, cs: c.cs };
+    let out = SharedOut { ptr: c.data, rs: c.rs, cs: c.cs };
     let (row_items, col_items) = (m.div_ceil(ITEM_ROWS), n.div_ceil(ITEM_COLS));
     // Consecutive items share a column block, so a thread's run of items keeps one weight block in L2.
     let item = |index: usize| {

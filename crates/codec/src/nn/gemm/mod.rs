@@ -22,6 +22,7 @@ mod kernel;
 pub use int8::{gemm_int8, int8_supported, PackedQ8};
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -601,24 +602,60 @@ unsafe fn transpose_8x8_blocks(lines: &[&[f32]; 8], blocks: usize, dst: &mut [f3
     }
 }
 
-/// The destination `C`, `rows × cols` at `data[i·rs + j·cs]`.
+/// The destination `C`, `rows × cols` at `data[i·rs + j·cs]` of `len` floats from `data`.
 pub struct Output<'a> {
-    data: &'a mut [f32],
+    data: *mut f32,
+    len: usize,
     rows: usize,
     cols: usize,
     rs: usize,
     cs: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
 }
 
 impl<'a> Output<'a> {
     /// `None` if an element would lie outside `data`.
     pub fn new(data: &'a mut [f32], (rows, cols): (usize, usize), rs: usize, cs: usize) -> Option<Self> {
-        let last = last_index(rows, cols, rs, cs)?;
-        (last.is_none_or(|l| l < data.len())).then_some(Self { data, rows, cols, rs, cs })
+        // SAFETY: `data` is borrowed mutably for 'a.
+        unsafe { Self::from_raw(data.as_mut_ptr(), data.len(), (rows, cols), rs, cs) }
     }
+
     /// Row-major `rows × cols`; `None` if `data` is smaller.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Option<Self> {
         Self::new(data, (rows, cols), cols, 1)
+    }
+
+    /// A view of `len` floats from `data` that may be uninitialised: a product writes every element of its
+    /// `m × n` part before reading any, so a fresh output needs no zero fill first (`mem::written_in_full`).
+    /// `None` if an element would lie past `len`.
+    ///
+    /// # Safety
+    /// `data..data + len` stays valid for writes for 'a, nothing else reads or writes this view's elements
+    /// meanwhile, and if they are uninitialised, [`Output::row_mut`] is called only once a product has written them.
+    pub unsafe fn from_raw(
+        data: *mut f32,
+        len: usize,
+        (rows, cols): (usize, usize),
+        rs: usize,
+        cs: usize,
+    ) -> Option<Self> {
+        let last = last_index(rows, cols, rs, cs)?;
+        let view = Self { data, len, rows, cols, rs, cs, _borrow: PhantomData };
+        last.is_none_or(|l| l < len).then_some(view)
+    }
+
+    /// The same elements as a `cols × rows` output.
+    pub fn transposed(&mut self) -> Output<'_> {
+        Output { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, _borrow: PhantomData, ..*self }
+    }
+
+    /// Row `i`, where rows are contiguous (`cs` = 1): in a view made by [`Output::from_raw`] over uninitialised
+    /// memory, only after a product has written it.
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows && self.cs == 1, "gemm: no contiguous row {i} in a {}-row output", self.rows);
+        // SAFETY: the row's elements lie inside the view (checked when it was made) and are borrowed through
+        // `self` for as long as the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.data.add(i * self.rs), self.cols) }
     }
 }
 
@@ -818,13 +855,14 @@ pub fn isa() -> Isa {
     })
 }
 
-/// `C (+)= A · B (+ bias)` for an (m × k) · (k × n) product. Panics only on a caller bug: biases shorter than
-/// their dimension, or `c` smaller than `m × n`.
+/// `C = A · B (+ bias, + residual)` for an (m × k) · (k × n) product: every element of C's `m × n` part is written,
+/// and none read before it is (so C may be uninitialised, see [`Output::from_raw`]). Panics only on a caller bug:
+/// biases shorter than their dimension, or `c` smaller than `m × n`.
 pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mut Output, epi: &Epilogue) {
     assert!(c.rows >= m && c.cols >= n, "gemm: output {}×{} for a {m}×{n} product", c.rows, c.cols);
     assert!(epi.row_bias.is_none_or(|r| r.len() >= m) && epi.col_bias.is_none_or(|b| b.len() >= n));
     assert!(epi.col_scale.is_none_or(|s| s.len() >= n), "gemm: fewer column scales than columns");
-    assert!(epi.residual.is_none_or(|r| r.len() >= c.data.len()), "gemm: residual smaller than the output");
+    assert!(epi.residual.is_none_or(|r| r.len() >= c.len), "gemm: residual smaller than the output");
     if m == 0 || n == 0 {
         return;
     }
@@ -832,15 +870,16 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &impl PackA, b: &impl PackB, c: &mu
     if k == 0 {
         for i in 0..m {
             for j in 0..n {
-                let p = &mut c.data[i * c.rs + j * c.cs];
+                let at = i * c.rs + j * c.cs;
                 let bias = epi.row_bias.map_or(0.0, |r| r[i]) + epi.col_bias.map_or(0.0, |b| b[j]);
-                let residual = epi.residual.map_or(0.0, |r| r[i * c.rs + j * c.cs]);
+                let residual = epi.residual.map_or(0.0, |r| r[at]);
                 let scale = epi.col_scale.map_or(1.0, |s| s[j]);
                 let mut v = [bias * scale + residual];
                 if let Some(f) = epi.activation {
                     f(i, &mut v);
                 }
-                *p = v[0];
+                // SAFETY: `at` lies inside the view (checked when it was made).
+                unsafe { *c.data.add(at) = v[0] };
             }
         }
         return;
@@ -884,9 +923,9 @@ fn run<K: MicroKernel>(
     c: &mut Output,
     epi: &Epilogue,
 ) {
-    let out = SharedOut { ptr: c.data.as_mut_ptr(), rs: c.rs, cs: c.cs };
-    let threads =
-        if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };
+    let out = SharedOut { ptr: c.data, rs: c.rs, cs: c.cs };
+    let small = m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK;
+    let threads = if small { 1 } else { rayon::current_num_threads() };
     let (m_panels, n_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     // Split along the operand that has to be packed, so no thread packs what another packs too (conv: weights
     // prepacked, split the signal's columns; linear: weights prepacked, split the rows), if it gives each thread
