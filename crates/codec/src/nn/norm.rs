@@ -52,19 +52,12 @@ impl F32Kernel3 for LayerNormOp {
             candle_core::bail!("layer norm: {} features, weight {}, bias {}", dim, w.len(), b.len());
         }
         let eps = self.0;
-        let mut out = crate::mem::zeros_par(x.len());
-        out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(y, x)| {
-            super::wide_simd(
-                #[inline(always)]
-                || {
-                    let mean = x.iter().sum::<f32>() / dim as f32;
-                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-                    let std = (var + eps).sqrt();
-                    for (((y, &v), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (v - mean) / std * w + b;
-                    }
-                },
-            )
+        let out = crate::mem::collect_par(x.len(), dim, |row| {
+            let x = &x[row * dim..(row + 1) * dim];
+            let mean = x.iter().sum::<f32>() / dim as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+            let std = (var + eps).sqrt();
+            x.iter().zip(w).zip(b).map(move |((&v, &w), &b)| (v - mean) / std * w + b)
         });
         Ok((out, l1.shape().clone()))
     }

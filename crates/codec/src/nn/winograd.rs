@@ -93,13 +93,20 @@ impl WinogradWeights {
         })?;
         let (c_in, c_out, tiles) = (self.c_in, self.c_out, t_out.div_ceil(TILE));
         let v = input_transform(x, c_in, t, pad_left, tiles);
-        let mut m = crate::mem::zeros_par(POINTS * c_out * tiles);
-        for ((u, v), m) in transformed.iter().zip(v.chunks_exact(c_in * tiles)).zip(m.chunks_exact_mut(c_out * tiles)) {
-            let v = Strided::row_major(v, c_in, tiles).expect("sized above");
-            let mut m = Output::row_major(m, c_out, tiles).expect("sized above");
-            // Exact f32 in every precision (see `conv_cpu`: Winograd runs only where bf16 would gain nothing).
-            gemm(c_out, tiles, c_in, &u.operand(), &v, &mut m, &Epilogue { exact: true, ..Default::default() });
-        }
+        let plane = c_out * tiles;
+        assert_eq!(transformed.len(), POINTS, "winograd: one transformed weight per point");
+        let products = |m: *mut f32| {
+            for (point, (u, v)) in transformed.iter().zip(v.chunks_exact(c_in * tiles)).enumerate() {
+                let v = Strided::row_major(v, c_in, tiles).expect("sized above");
+                // SAFETY: plane `point` is the `plane` floats from its offset, inside the POINTS · plane.
+                let m = unsafe { Output::from_raw(m.add(point * plane), plane, (c_out, tiles), tiles, 1) };
+                // Exact f32 in every precision (see `conv_cpu`: Winograd runs only where bf16 would gain nothing).
+                let epi = Epilogue { exact: true, ..Default::default() };
+                gemm(c_out, tiles, c_in, &u.operand(), &v, &mut m.expect("sized above"), &epi);
+            }
+        };
+        // SAFETY: the POINTS products write every float of their planes.
+        let m = unsafe { crate::mem::written_in_full(POINTS * plane, products) };
         output_transform(&m, tiles, y, t_out, bias, residual);
         Ok(())
     }
