@@ -88,16 +88,18 @@ pub(crate) fn collect_par<I: Iterator<Item = f32>>(
     unsafe { written_in_full(n, fill) }
 }
 
-/// A buffer's start, shared by tasks that each write their own part of it.
+/// A buffer's start, shared by threads that each write their own elements of it (`collect_par`'s chunks, the LSTM
+/// recurrence's units between barriers).
 #[derive(Clone, Copy)]
-struct SharedFloats(*mut f32);
-// SAFETY: the tasks write disjoint parts through it (see its uses).
+pub(crate) struct SharedFloats(pub(crate) *mut f32);
+// SAFETY: its users write disjoint elements through it, and read an element only after the write is synchronised
+// (a parallel loop's end, a barrier).
 unsafe impl Send for SharedFloats {}
 unsafe impl Sync for SharedFloats {}
 
 impl SharedFloats {
     /// The float `offset` on (a method, so closures capture the whole struct, not its raw pointer).
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }

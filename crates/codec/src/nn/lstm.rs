@@ -13,6 +13,7 @@ use super::gemm::{bf16_products, bf16_supported};
 use super::linear::Linear;
 use super::with_fma;
 use super::{bf16_pairs, dot, dot_bf16_pairs, f32_slice, f32_vec, get_or_try_init};
+use crate::mem::SharedFloats;
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone)]
@@ -48,7 +49,7 @@ impl LstmLayer {
             } else {
                 None
             };
-            let carry = Shared(values.as_mut_ptr());
+            let carry = SharedFloats(values.as_mut_ptr());
             let op = Recurrence { carry, w_hh_pairs: pairs.map(|p| p.as_slice()), _carry: std::marker::PhantomData };
             return x_proj.contiguous()?.apply_op2_no_bwd(&self.w_hh, &op);
         }
@@ -170,7 +171,7 @@ impl Lstm {
 /// (4H, H); output h for every step. Each batch item starts from, and leaves its last step's state in, `carry`
 /// (B × [h; c], 2H values each).
 struct Recurrence<'a> {
-    carry: Shared,
+    carry: SharedFloats,
     /// `weight_hh` as bf16 pair rows (`LstmLayer::w_hh_pairs`): the fast modes' products, `h` rounded to bf16 too.
     w_hh_pairs: Option<&'a [u32]>,
     _carry: std::marker::PhantomData<&'a mut [f32]>,
@@ -207,20 +208,6 @@ impl SpinBarrier {
     }
 }
 
-/// A buffer the threads write disjoint parts of between barriers.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: each element is written by one thread between two barriers and read only after the next one.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The buffer's element `i` (a method, so closures capture the whole `Shared`, not its raw pointer).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 impl CustomOp2 for Recurrence<'_> {
     fn name(&self) -> &'static str {
         "codec-lstm"
@@ -247,7 +234,7 @@ impl CustomOp2 for Recurrence<'_> {
             None => 1,
         };
         let barrier = SpinBarrier { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads };
-        let (out_ptr, states_ptr) = (Shared(out.as_mut_ptr()), Shared(states.as_mut_ptr()));
+        let (out_ptr, states_ptr) = (SharedFloats(out.as_mut_ptr()), SharedFloats(states.as_mut_ptr()));
         let per = h_dim.div_ceil(threads);
         let carry = self.carry;
         let run = |thread: usize| {
@@ -357,7 +344,7 @@ mod tests {
     use super::*;
 
     fn zero_state(carry: &mut [f32]) -> Recurrence<'_> {
-        Recurrence { carry: Shared(carry.as_mut_ptr()), w_hh_pairs: None, _carry: std::marker::PhantomData }
+        Recurrence { carry: SharedFloats(carry.as_mut_ptr()), w_hh_pairs: None, _carry: std::marker::PhantomData }
     }
 
     /// Random recurrent weights `w_hh` (4·hidden, hidden) and projected inputs (batch, steps, 4·hidden).
