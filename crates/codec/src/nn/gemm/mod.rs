@@ -632,7 +632,7 @@ impl<'a> Output<'a> {
     /// # Safety
     /// `data..data + len` stays valid for writes for 'a, nothing else reads or writes this view's elements
     /// meanwhile, and if they are uninitialised, [`Output::row_mut`] is called only once a product has written them.
-    pub unsafe fn from_raw(
+    pub(crate) unsafe fn from_raw(
         data: *mut f32,
         len: usize,
         (rows, cols): (usize, usize),
@@ -645,13 +645,13 @@ impl<'a> Output<'a> {
     }
 
     /// The same elements as a `cols × rows` output.
-    pub fn transposed(&mut self) -> Output<'_> {
+    pub(crate) fn transposed(&mut self) -> Output<'_> {
         Output { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, _borrow: PhantomData, ..*self }
     }
 
     /// Row `i`, where rows are contiguous (`cs` = 1): in a view made by [`Output::from_raw`] over uninitialised
     /// memory, only after a product has written it.
-    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+    pub(crate) fn row_mut(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.rows && self.cs == 1, "gemm: no contiguous row {i} in a {}-row output", self.rows);
         // SAFETY: the row's elements lie inside the view (checked when it was made) and are borrowed through
         // `self` for as long as the slice lives.
@@ -924,8 +924,8 @@ fn run<K: MicroKernel>(
     epi: &Epilogue,
 ) {
     let out = SharedOut { ptr: c.data, rs: c.rs, cs: c.cs };
-    let small = m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK;
-    let threads = if small { 1 } else { rayon::current_num_threads() };
+    let threads =
+        if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };
     let (m_panels, n_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     // Split along the operand that has to be packed, so no thread packs what another packs too (conv: weights
     // prepacked, split the signal's columns; linear: weights prepacked, split the rows), if it gives each thread
