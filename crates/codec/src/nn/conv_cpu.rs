@@ -344,11 +344,7 @@ impl Im2col<'_> {
             if !inside.is_empty() {
                 let src = &row[..inside.len() * nr];
                 let dst = &mut dst[(inside.start * kc + p) * nr..];
-                match nr {
-                    48 => copy_panel_rows::<48>(src, dst, kc),
-                    16 => copy_panel_rows::<16>(src, dst, kc),
-                    _ => copy_panel_rows_dyn(src, dst, kc, nr),
-                }
+                gemm::copy_panel_rows(src, dst, kc, nr);
             }
             for (panel, c0) in cols.clone().step_by(nr).enumerate() {
                 if inside.contains(&panel) {
@@ -442,24 +438,6 @@ impl Phases {
         }
         let (q, r) = (tap * step / s, tap * step % s);
         Some(&self.data[r * len + q..r * len + q + width])
-    }
-}
-
-/// `src`'s consecutive `NR`-float runs into one row of consecutive panels (`dst[panel·kc·NR..]`, panels `kc` rows
-/// deep): fixed-size copies the compiler turns into vector moves.
-#[inline(always)]
-fn copy_panel_rows<const NR: usize>(src: &[f32], dst: &mut [f32], kc: usize) {
-    for (panel, run) in src.chunks_exact(NR).enumerate() {
-        let run: &[f32; NR] = run.try_into().expect("chunks_exact");
-        let to: &mut [f32; NR] = (&mut dst[panel * kc * NR..panel * kc * NR + NR]).try_into().expect("NR floats");
-        *to = *run;
-    }
-}
-
-/// [`copy_panel_rows`] for a panel width known only at run time.
-fn copy_panel_rows_dyn(src: &[f32], dst: &mut [f32], kc: usize, nr: usize) {
-    for (panel, run) in src.chunks_exact(nr).enumerate() {
-        dst[panel * kc * nr..panel * kc * nr + nr].copy_from_slice(run);
     }
 }
 
