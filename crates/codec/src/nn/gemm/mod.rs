@@ -570,6 +570,13 @@ impl<A: PackA> PackB for LeftAsRight<'_, A> {
 pub(crate) fn pack_lines<'a>(line: impl Fn(usize) -> &'a [f32], lanes: usize, width: usize, dst: &mut [f32]) {
     let mut first = 0;
     if transpose_simd() {
+        if lanes == width && (2..8).contains(&width) {
+            // A full panel narrower than a vector (AVX2's 6-row A panels): 8 by 8 blocks too, each depth's lanes
+            // written whole (lane-by-lane writes were 5 % of a WavTokenizer decode).
+            let lines: [&[f32]; 8] = std::array::from_fn(|j| line(j.min(lanes - 1)));
+            transpose_narrow(lines, width, &mut dst[..lines[0].len() * width]);
+            return;
+        }
         while first + 8 <= lanes {
             transpose_into(std::array::from_fn(|j| line(first + j)), &mut dst[first..], width);
             first += 8;
@@ -606,36 +613,85 @@ fn transpose_into(lines: [&[f32]; 8], dst: &mut [f32], stride: usize) {
     }
 }
 
+/// `dst[p·width + i] = lines[i][p]` for the first `width` (< 8) lines, `dst` exactly `len · width` floats: each
+/// depth's `width` values written as one 8-float store in ascending order, so the lanes past `width` (copies of
+/// the last line) land on the next depth's first lanes before that depth's own store overwrites them; the last
+/// depth, whose store would run past `dst`, goes through a copy. Only called where [`transpose_simd`] holds.
+fn transpose_narrow(lines: [&[f32]; 8], width: usize, dst: &mut [f32]) {
+    let len = lines[0].len();
+    assert!((1..8).contains(&width) && lines.iter().all(|l| l.len() == len) && dst.len() == len * width);
+    let blocks = len / 8 * 8;
+    for p in (0..blocks).step_by(8) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX is present (`transpose_simd`); the block reads 8 floats of every line (p + 8 ≤ len) and its
+        // 8-float stores stay inside `dst` (checked per store).
+        unsafe {
+            transpose_8x8_narrow(&lines, p, width, dst)
+        };
+    }
+    let mut depth = [0f32; 8];
+    for p in blocks..len {
+        for (d, line) in depth.iter_mut().zip(&lines) {
+            *d = line[p];
+        }
+        dst[p * width..(p + 1) * width].copy_from_slice(&depth[..width]);
+    }
+}
+
+/// One 8 × 8 block of [`transpose_narrow`]: depths `p..p + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_8x8_narrow(lines: &[&[f32]; 8], p: usize, width: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(lines[i].as_ptr().add(p)));
+    let out = transpose_8x8(r);
+    for (q, v) in out.iter().enumerate() {
+        let at = (p + q) * width;
+        if at + 8 <= dst.len() {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(at), *v);
+        } else {
+            let mut spill = [0f32; 8];
+            _mm256_storeu_ps(spill.as_mut_ptr(), *v);
+            dst[at..at + width].copy_from_slice(&spill[..width]);
+        }
+    }
+}
+
+/// The 8 × 8 transpose in registers: `out[q] = (r[0][q], …, r[7][q])`, by pairs, then quads, then 128-bit halves.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let mut t = [(_mm256_setzero_ps(), _mm256_setzero_ps()); 4];
+    for (pair, t) in t.iter_mut().enumerate() {
+        let (a, b) = (r[2 * pair], r[2 * pair + 1]);
+        *t = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    }
+    let s = [
+        _mm256_shuffle_ps::<0x44>(t[0].0, t[1].0),
+        _mm256_shuffle_ps::<0xEE>(t[0].0, t[1].0),
+        _mm256_shuffle_ps::<0x44>(t[0].1, t[1].1),
+        _mm256_shuffle_ps::<0xEE>(t[0].1, t[1].1),
+        _mm256_shuffle_ps::<0x44>(t[2].0, t[3].0),
+        _mm256_shuffle_ps::<0xEE>(t[2].0, t[3].0),
+        _mm256_shuffle_ps::<0x44>(t[2].1, t[3].1),
+        _mm256_shuffle_ps::<0xEE>(t[2].1, t[3].1),
+    ];
+    std::array::from_fn(|q| match q < 4 {
+        true => _mm256_permute2f128_ps::<0x20>(s[q], s[q + 4]),
+        false => _mm256_permute2f128_ps::<0x31>(s[q - 4], s[q]),
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn transpose_8x8_blocks(lines: &[&[f32]; 8], blocks: usize, dst: &mut [f32], stride: usize) {
     use std::arch::x86_64::*;
     for p in (0..blocks).step_by(8) {
-        let mut r = [_mm256_setzero_ps(); 8];
-        for i in 0..8 {
-            r[i] = _mm256_loadu_ps(lines[i].as_ptr().add(p));
-        }
-        // Pairs, then quads, then 128-bit halves: out[q] = (r[0][q], …, r[7][q]).
-        let mut t = [(_mm256_setzero_ps(), _mm256_setzero_ps()); 4];
-        for (pair, t) in t.iter_mut().enumerate() {
-            let (a, b) = (r[2 * pair], r[2 * pair + 1]);
-            *t = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
-        }
-        let s = [
-            _mm256_shuffle_ps::<0x44>(t[0].0, t[1].0),
-            _mm256_shuffle_ps::<0xEE>(t[0].0, t[1].0),
-            _mm256_shuffle_ps::<0x44>(t[0].1, t[1].1),
-            _mm256_shuffle_ps::<0xEE>(t[0].1, t[1].1),
-            _mm256_shuffle_ps::<0x44>(t[2].0, t[3].0),
-            _mm256_shuffle_ps::<0xEE>(t[2].0, t[3].0),
-            _mm256_shuffle_ps::<0x44>(t[2].1, t[3].1),
-            _mm256_shuffle_ps::<0xEE>(t[2].1, t[3].1),
-        ];
-        for q in 0..4 {
-            let out = dst.as_mut_ptr().add((p + q) * stride);
-            _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x20>(s[q], s[q + 4]));
-            let out = dst.as_mut_ptr().add((p + q + 4) * stride);
-            _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x31>(s[q], s[q + 4]));
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(lines[i].as_ptr().add(p)));
+        for (q, v) in transpose_8x8(r).iter().enumerate() {
+            _mm256_storeu_ps(dst.as_mut_ptr().add((p + q) * stride), *v);
         }
     }
 }
