@@ -290,7 +290,11 @@ impl CustomOp2 for Recurrence<'_> {
                             || {
                                 let (ifg, o) = gates.split_at_mut(3 * n);
                                 let (i_f, g) = ifg.split_at_mut(2 * n);
-                                i_f.iter_mut().chain(o.iter_mut()).for_each(|v| *v = sigmoid_f32::<FMA>(*v));
+                                // Two loops, not a chain: `Chain::fold` is a function of its own, compiled without
+                                // this closure's target features (scalar, a libm call per multiply-add: 5 % of a
+                                // WavTokenizer encode, on the recurrence's critical path).
+                                i_f.iter_mut().for_each(|v| *v = sigmoid_f32::<FMA>(*v));
+                                o.iter_mut().for_each(|v| *v = sigmoid_f32::<FMA>(*v));
                                 g.iter_mut().for_each(|v| *v = tanh_f32::<FMA>(*v));
                                 let (i, f) = i_f.split_at(n);
                                 for (((c, &i), &f), (g, &o)) in c.iter_mut().zip(i).zip(f).zip(g.iter_mut().zip(&*o)) {
