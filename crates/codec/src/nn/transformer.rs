@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::activation::{exp_nonpositive, gelu_tanh, Activation};
 use super::compact;
-use super::gemm::{gemm, Epilogue, Output, Strided};
+use super::gemm::{gemm, tile_shape, Epilogue, Output, PackB, Strided};
 use super::linear::Linear;
 use super::norm::LayerNorm;
 use super::with_fma;
@@ -355,49 +355,91 @@ impl WindowAttention {
         row: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
     ) -> Vec<f32> {
         let mut out = crate::mem::zeros_par(q.len());
-        let tasks = out
-            .par_chunks_mut((t * d).max(1))
-            .enumerate()
-            .flat_map_iter(|(r, row)| row.chunks_mut(QUERIES * d).enumerate().map(move |(j, y)| (r, j * QUERIES, y)));
-        tasks.for_each_init(Vec::new, |scores, (r, i0, y)| {
-            let (k, v) = row(r);
-            let (keys, n) = (k.len() / d, y.len() / d);
-            // Query i sits at key `keys − t + i` and sees the `context` keys up to it.
-            let last = |i: usize| keys - t + i;
-            let first = |i: usize| (last(i) + 1).saturating_sub(self.context);
-            let (k0, k1) = (first(i0), last(i0 + n - 1) + 1);
-            let nk = k1 - k0;
-            scores.resize(n * nk, 0.0);
-            let queries = Strided::row_major(&q[(r * t + i0) * d..(r * t + i0 + n) * d], n, d).expect("sized");
-            let window_keys = Strided::transposed(&k[k0 * d..k1 * d], nk, d).expect("sized");
-            let mut s = Output::row_major(scores, n, nk).expect("sized above");
-            // Exact f32 in every precision: a few MFLOP, and the softmax would amplify bf16 rounding.
-            gemm(n, nk, d, &queries, &window_keys, &mut s, &Epilogue { exact: true, ..Default::default() });
-            for (qi, y) in y.chunks_exact_mut(d).enumerate() {
-                let (f, l) = (first(i0 + qi), last(i0 + qi));
-                let s = &mut scores[qi * nk + f - k0..=qi * nk + l - k0];
-                let v = &v[f * d..(l + 1) * d];
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                with_fma!(
-                    FMA,
-                    super::wide_simd(
-                        #[inline(always)]
-                        || {
-                            for s in s.iter_mut() {
-                                *s = exp_nonpositive::<FMA>(*s - max);
-                            }
-                            match <&mut [f32; HEAD_DIM]>::try_from(&mut *y) {
-                                Ok(y) => weighted_sum_in_registers(s, v, y),
-                                Err(_) => weighted_sum(s, v, y),
-                            }
-                        },
-                    )
-                );
-                let norm = 1.0 / s.iter().sum::<f32>();
-                y.iter_mut().for_each(|y| *y *= norm);
-            }
-        });
+        let nr = tile_shape().1;
+        // A row's blocks run on one thread: its keys packed once as the products' right factor (panels `nr` keys
+        // wide), each block of queries multiplying the panels its windows span — not its window packed anew per
+        // block (32 times per head in a 250-step pass).
+        out.par_chunks_mut((t * d).max(1)).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, panels), (r, y_row)| {
+                let (k, v) = row(r);
+                let keys = k.len() / d;
+                panels.resize(keys.div_ceil(nr) * nr * d, 0.0);
+                Strided::transposed(k, keys, d).expect("sized").pack_b(0..d, 0..keys, nr, panels);
+                for (j, y) in y_row.chunks_mut(QUERIES * d).enumerate() {
+                    let (i0, n) = (j * QUERIES, y.len() / d);
+                    // Query i sits at key `keys − t + i` and sees the `context` keys up to it.
+                    let last = |i: usize| keys - t + i;
+                    let first = |i: usize| (last(i) + 1).saturating_sub(self.context);
+                    // The whole panels that cover the block's windows (scores outside a window are never read).
+                    let k0 = first(i0) / nr * nr;
+                    let nk = (last(i0 + n - 1) + 1).next_multiple_of(nr) - k0;
+                    scores.resize(n * nk, 0.0);
+                    let queries = Strided::row_major(&q[(r * t + i0) * d..(r * t + i0 + n) * d], n, d).expect("sized");
+                    let window_keys = PackedPanels { panels: &panels[k0 * d..(k0 + nk) * d], depth: d, width: nr };
+                    let mut s = Output::row_major(scores, n, nk).expect("sized above");
+                    // Exact f32 in every precision: a few MFLOP, and the softmax would amplify bf16 rounding.
+                    gemm(n, nk, d, &queries, &window_keys, &mut s, &Epilogue { exact: true, ..Default::default() });
+                    for (qi, y) in y.chunks_exact_mut(d).enumerate() {
+                        let (f, l) = (first(i0 + qi), last(i0 + qi));
+                        let s = &mut scores[qi * nk + f - k0..=qi * nk + l - k0];
+                        let v = &v[f * d..(l + 1) * d];
+                        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        with_fma!(
+                            FMA,
+                            super::wide_simd(
+                                #[inline(always)]
+                                || {
+                                    for s in s.iter_mut() {
+                                        *s = exp_nonpositive::<FMA>(*s - max);
+                                    }
+                                    match <&mut [f32; HEAD_DIM]>::try_from(&mut *y) {
+                                        Ok(y) => weighted_sum_in_registers(s, v, y),
+                                        Err(_) => weighted_sum(s, v, y),
+                                    }
+                                },
+                            )
+                        );
+                        let norm = 1.0 / s.iter().sum::<f32>();
+                        y.iter_mut().for_each(|y| *y *= norm);
+                    }
+                }
+            },
+        );
         out
+    }
+}
+
+/// A row's keys packed once as right-factor panels (`width` keys each, `depth` ≤ the GEMM's depth block): the
+/// products of its query blocks read whole panels from it in place.
+struct PackedPanels<'a> {
+    panels: &'a [f32],
+    depth: usize,
+    width: usize,
+}
+
+impl PackB for PackedPanels<'_> {
+    fn pack_b(&self, ks: std::ops::Range<usize>, cols: std::ops::Range<usize>, nr: usize, dst: &mut [f32]) {
+        // Only reached if the product asks for another panel width or depth block than packed (not on any path
+        // `attend` takes): gathered value by value.
+        for (panel, c0) in cols.clone().step_by(nr).enumerate() {
+            for (p, k) in ks.clone().enumerate() {
+                for lane in 0..nr {
+                    let c = c0 + lane;
+                    dst[(panel * ks.len() + p) * nr + lane] = if c < cols.end {
+                        self.panels[(c / self.width * self.depth + k) * self.width + c % self.width]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+
+    fn packed_b(&self, ks: std::ops::Range<usize>, cols: std::ops::Range<usize>, nr: usize) -> Option<&[f32]> {
+        let whole = nr == self.width && ks == (0..self.depth) && cols.start.is_multiple_of(nr);
+        let start = cols.start * self.depth;
+        whole.then(|| &self.panels[start..start + cols.len().div_ceil(nr) * nr * self.depth])
     }
 }
 
@@ -500,6 +542,29 @@ mod tests {
     use candle_nn::VarBuilder;
 
     use super::*;
+
+    /// Keys packed once serve any panel-aligned window in place, and any other window or panel width through the
+    /// gather: the same panels the keys' own packer writes.
+    #[test]
+    fn packed_key_panels_match_the_keys_packed_directly() {
+        let (keys, d, width) = (45, 12, 16);
+        let k = crate::nn::test_util::pseudo_random(keys * d, 7);
+        let strided = Strided::transposed(&k, keys, d).unwrap();
+        let mut panels = vec![0f32; keys.div_ceil(width) * width * d];
+        strided.pack_b(0..d, 0..keys, width, &mut panels);
+        let view = PackedPanels { panels: &panels, depth: d, width };
+        for (ks, cols, nr) in [(0..d, 16..45, 16), (0..d, 3..40, 8), (2..9, 0..45, 16), (0..d, 32..45, 4)] {
+            let len = cols.len().div_ceil(nr) * nr * ks.len();
+            let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+            strided.pack_b(ks.clone(), cols.clone(), nr, &mut want);
+            match view.packed_b(ks.clone(), cols.clone(), nr) {
+                Some(block) => got.copy_from_slice(block),
+                None => view.pack_b(ks.clone(), cols.clone(), nr, &mut got),
+            }
+            assert_eq!(got, want, "depths {ks:?}, keys {cols:?}, panels {nr} wide");
+        }
+        assert!(view.packed_b(0..d, 16..45, 16).is_some() && view.packed_b(0..d, 3..40, 16).is_none());
+    }
 
     /// The one-pass head split gives the bits of the tensor ops it replaces: transpose into heads, candle's `rope`,
     /// the queries' scalar multiply.
