@@ -356,27 +356,40 @@ impl WindowAttention {
     ) -> Vec<f32> {
         let mut out = crate::mem::zeros_par(q.len());
         let nr = tile_shape().1;
-        // A row's blocks run on one thread: its keys packed once as the products' right factor (panels `nr` keys
-        // wide), each block of queries multiplying the panels its windows span — not its window packed anew per
-        // block (32 times per head in a 250-step pass).
-        out.par_chunks_mut((t * d).max(1)).enumerate().for_each_init(
+        // Each task takes a run of a row's query blocks — a whole row unless there are more threads than rows —
+        // and packs the keys their windows span once, as the products' right factor (panels `nr` keys wide); each
+        // block multiplies the whole panels its windows cover, in place. Packing every 8-query block's window
+        // anew took 32 packs per head in a 250-step pass.
+        let rows = out.len() / (t * d).max(1);
+        let blocks = t.div_ceil(QUERIES);
+        let per_task = blocks.div_ceil(rayon::current_num_threads().div_ceil(rows.max(1)).max(1)).max(1) * QUERIES;
+        let tasks = out
+            .par_chunks_mut((t * d).max(1))
+            .enumerate()
+            .flat_map_iter(|(r, row)| row.chunks_mut(per_task * d).enumerate().map(move |(g, y)| (r, g * per_task, y)));
+        tasks.for_each_init(
             || (Vec::new(), Vec::new()),
-            |(scores, panels), (r, y_row)| {
+            |(scores, panels), (r, q_first, y_run)| {
                 let (k, v) = row(r);
                 let keys = k.len() / d;
-                panels.resize(keys.div_ceil(nr) * nr * d, 0.0);
-                Strided::transposed(k, keys, d).expect("sized").pack_b(0..d, 0..keys, nr, panels);
-                for (j, y) in y_row.chunks_mut(QUERIES * d).enumerate() {
-                    let (i0, n) = (j * QUERIES, y.len() / d);
-                    // Query i sits at key `keys − t + i` and sees the `context` keys up to it.
-                    let last = |i: usize| keys - t + i;
-                    let first = |i: usize| (last(i) + 1).saturating_sub(self.context);
+                // Query i sits at key `keys − t + i` and sees the `context` keys up to it.
+                let last = |i: usize| keys - t + i;
+                let first = |i: usize| (last(i) + 1).saturating_sub(self.context);
+                // The run's keys, from a panel boundary: whole panels, zeros past the last key.
+                let ka = first(q_first) / nr * nr;
+                let kb = last(q_first + y_run.len() / d - 1) + 1;
+                panels.resize((kb - ka).next_multiple_of(nr) * d, 0.0);
+                let run_keys = Strided::transposed(&k[ka * d..kb * d], kb - ka, d).expect("sized");
+                run_keys.pack_b(0..d, 0..kb - ka, nr, panels);
+                for (j, y) in y_run.chunks_mut(QUERIES * d).enumerate() {
+                    let (i0, n) = (q_first + j * QUERIES, y.len() / d);
                     // The whole panels that cover the block's windows (scores outside a window are never read).
                     let k0 = first(i0) / nr * nr;
                     let nk = (last(i0 + n - 1) + 1).next_multiple_of(nr) - k0;
+                    let panels = &panels[(k0 - ka) * d..(k0 - ka + nk) * d];
                     scores.resize(n * nk, 0.0);
                     let queries = Strided::row_major(&q[(r * t + i0) * d..(r * t + i0 + n) * d], n, d).expect("sized");
-                    let window_keys = PackedPanels { panels: &panels[k0 * d..(k0 + nk) * d], depth: d, width: nr };
+                    let window_keys = PackedPanels { panels, depth: d, width: nr };
                     let mut s = Output::row_major(scores, n, nk).expect("sized above");
                     // Exact f32 in every precision: a few MFLOP, and the softmax would amplify bf16 rounding.
                     gemm(n, nk, d, &queries, &window_keys, &mut s, &Epilogue { exact: true, ..Default::default() });
