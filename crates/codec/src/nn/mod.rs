@@ -105,6 +105,14 @@ fn one_heap() {
     }
 }
 
+/// A CPU tensor's contiguous f32 values (its storage and layout), read in place.
+pub(crate) fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(s) => f32_slice(s, layout, what),
+        _ => candle_core::bail!("{what} not on the CPU"),
+    }
+}
+
 /// The f32 data of a contiguous CPU tensor, from its storage and layout.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;

@@ -15,7 +15,7 @@ use super::compact;
 use super::gemm::{gemm, tile_shape, Epilogue, Output, PackB, Strided};
 use super::linear::Linear;
 use super::norm::LayerNorm;
-use super::with_fma;
+use super::{cpu_f32, with_fma};
 
 /// Hyper-parameters of a [`Transformer`].
 #[derive(Debug, Clone)]
@@ -298,14 +298,6 @@ fn split_heads(
         }
     }
     out
-}
-
-/// A CPU tensor's contiguous f32 values, read in place.
-fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout, what: &str) -> Result<&'a [f32]> {
-    match storage {
-        candle_core::Storage::Cpu(s) => super::f32_slice(s, layout, what),
-        _ => candle_core::bail!("attention: {what} not on the CPU"),
-    }
 }
 
 /// Causal sliding-window attention on CPU: q (B, H, T, D) against k, v (B, H, K, D), K ≥ T, query `i` sitting at

@@ -15,7 +15,7 @@ use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, RealFftPlanner};
 
 use super::weight::Matrix;
-use super::{f32_slice, f32_vec, Weights};
+use super::{cpu_f32, f32_slice, f32_vec, Weights};
 
 use super::activation::{silu, Activation};
 use super::conv::{Conv1d, ConvConfig};
@@ -109,22 +109,80 @@ impl AttnBlock {
     /// O(T²). Clips up to √`scores_per_block` frames run as one block.
     fn forward_in_blocks(&self, x: &Tensor, scores_per_block: usize) -> Result<Tensor> {
         let h = self.norm.forward(x)?;
-        let c = h.dim(1)?;
-        let q = self.q.forward(&h)?.transpose(1, 2)?.contiguous()?; // (B, T, C)
-        let k = self.k.forward(&h)?; // (B, C, T)
-        let v = self.v.forward(&h)?; // (B, C, T)
-        let t = q.dim(1)?;
-        let block = (scores_per_block / t.max(1)).clamp(1, t.max(1));
-        let mut blocks = Vec::with_capacity(t.div_ceil(block));
-        for q0 in (0..t).step_by(block) {
-            let qb = q.narrow(1, q0, block.min(t - q0))?;
-            let w = (qb.matmul(&k)? * (c as f64).powf(-0.5))?; // (B, block, Tk)
-            let w = candle_nn::ops::softmax_last_dim(&w)?;
-            blocks.push(v.matmul(&w.transpose(1, 2)?.contiguous()?)?); // (B, C, block)
-        }
-        let h = Tensor::cat(&blocks, 2)?;
-        x + self.proj_out.forward(&h)?
+        let (q, k, v) = (self.q.forward(&h)?, self.k.forward(&h)?, self.v.forward(&h)?); // (B, C, T) each
+        let h = if h.device().is_cpu() && h.dtype() == candle_core::DType::F32 {
+            attend_cpu(&q, &k, &v, scores_per_block)?
+        } else {
+            attend_with_tensor_ops(&q, &k, &v, scores_per_block)?
+        };
+        self.proj_out.forward_add(&h, x)
     }
+}
+
+/// Single-head attention of q, k, v (B, C, T each) with candle's ops (other devices), queries in blocks as
+/// [`attend_cpu`] takes them.
+fn attend_with_tensor_ops(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Result<Tensor> {
+    let (_, c, t) = q.dims3()?;
+    let q = q.transpose(1, 2)?.contiguous()?; // (B, T, C)
+    let block = (scores_per_block / t.max(1)).clamp(1, t.max(1));
+    let mut blocks = Vec::with_capacity(t.div_ceil(block));
+    for q0 in (0..t).step_by(block) {
+        let qb = q.narrow(1, q0, block.min(t - q0))?;
+        let w = (qb.matmul(k)? * (c as f64).powf(-0.5))?; // (B, block, Tk)
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        blocks.push(v.matmul(&w.transpose(1, 2)?.contiguous()?)?); // (B, C, block)
+    }
+    Tensor::cat(&blocks, 2)
+}
+
+/// Single-head attention of q, k, v (B, C, T each, channels first) on the CPU → (B, C, T): per block of queries
+/// (as many as keep the block's scores under `scores_per_block`) the scores `qᵀk · C^−½` and, after each row's
+/// softmax, `v · wᵀ` — two f32 products of our GEMM straight from the channels-first layouts (candle's matmuls
+/// needed q and w transposed into copies first), the softmax in one vectorised pass per row.
+fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Result<Tensor> {
+    use super::activation::exp_nonpositive;
+    use super::gemm::{gemm, Epilogue, Output, Strided};
+    let (b, c, t) = q.dims3()?;
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let ((qs, ql), (ks, kl), (vs, vl)) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+    let (q, k, v) = (cpu_f32(&qs, ql, "queries")?, cpu_f32(&ks, kl, "keys")?, cpu_f32(&vs, vl, "values")?);
+    let block = (scores_per_block / t.max(1)).clamp(1, t.max(1));
+    // candle's `w * C^−½`: each score rounded, then scaled.
+    let scale = vec![(c as f64).powf(-0.5) as f32; t];
+    let mut out = crate::mem::zeros_par(b * c * t);
+    let mut scores = Vec::new();
+    let len = c * t;
+    for i in 0..b {
+        let (qi, ki, vi) = (&q[i * len..(i + 1) * len], &k[i * len..(i + 1) * len], &v[i * len..(i + 1) * len]);
+        let y = &mut out[i * c * t..(i + 1) * c * t];
+        for q0 in (0..t).step_by(block) {
+            let n = block.min(t - q0);
+            scores.resize(n * t, 0.0);
+            // Query j of the block is column q0 + j of q: qᵀ's row, read down the channels.
+            let queries = Strided::new(&qi[q0..], (n, c), 1, t).expect("inside q");
+            let keys = Strided::row_major(ki, c, t).expect("sized");
+            let epi = Epilogue { col_scale: Some(&scale), ..Default::default() };
+            gemm(n, t, c, &queries, &keys, &mut Output::row_major(&mut scores, n, t).expect("sized"), &epi);
+            scores.par_chunks_mut(t).for_each(|row| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                super::with_fma!(
+                    FMA,
+                    super::wide_simd(
+                        #[inline(always)]
+                        || row.iter_mut().for_each(|s| *s = exp_nonpositive::<FMA>(*s - max))
+                    )
+                );
+                let sum: f32 = row.iter().sum();
+                row.iter_mut().for_each(|s| *s /= sum);
+            });
+            // y[:, q0 .. q0 + n] = v · wᵀ, w the block's (n × T) probabilities.
+            let values = Strided::row_major(vi, c, t).expect("sized");
+            let weights = Strided::transposed(&scores, n, t).expect("sized");
+            let mut block_out = Output::new(&mut y[q0..], (c, n), t, 1).expect("inside y");
+            gemm(c, n, t, &values, &weights, &mut block_out, &Epilogue::default());
+        }
+    }
+    Tensor::from_vec(out, (b, c, t), &candle_core::Device::Cpu)
 }
 
 /// LayerNorm without affine, then one learnt (scale, shift) row per condition.
@@ -453,6 +511,25 @@ mod tests {
         let scale = basis.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let diff = super::super::test_util::max_abs_diff(&fft, &basis);
         assert!(diff <= 1e-5 * scale, "max diff {diff} at scale {scale}");
+    }
+
+    /// The CPU attention (our GEMM, one softmax pass) gives what candle's ops give, whole and in blocks.
+    #[test]
+    fn cpu_attention_matches_tensor_ops() {
+        let dev = Device::Cpu;
+        let (c, t) = (48, 70);
+        let [q, k, v] = [1u64, 2, 3].map(|seed| {
+            let values = super::super::test_util::pseudo_random(2 * c * t, seed);
+            Tensor::from_vec(values, (2, c, t), &dev).unwrap()
+        });
+        for scores_per_block in [usize::MAX, 9 * t] {
+            let ours = attend_cpu(&q, &k, &v, scores_per_block).unwrap();
+            let theirs = attend_with_tensor_ops(&q, &k, &v, scores_per_block).unwrap();
+            assert_eq!(ours.dims(), &[2, c, t]);
+            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = super::super::test_util::max_abs_diff(&ours, &theirs);
+            assert!(diff <= 1e-5 * scale, "blocks of {scores_per_block} scores: max diff {diff} at scale {scale}");
+        }
     }
 
     /// Attention in blocks of a few queries gives what one block gives (a long input's memory stays O(T)).
