@@ -571,11 +571,11 @@ pub(crate) fn pack_lines<'a>(line: impl Fn(usize) -> &'a [f32], lanes: usize, wi
     let mut first = 0;
     if transpose_simd() {
         if lanes == width && (2..8).contains(&width) {
-            // A full panel narrower than a vector (AVX2's 6-row A panels): 8 by 8 blocks too, each depth's lanes
-            // written whole (lane-by-lane writes were 5 % of a WavTokenizer decode).
+            // A full panel narrower than a vector (AVX2's 6-row A panels): 8 by 8 blocks too, the missing lines
+            // copies of the last (lane-by-lane writes were 5 % of a WavTokenizer decode).
             let lines: [&[f32]; 8] = std::array::from_fn(|j| line(j.min(lanes - 1)));
-            transpose_narrow(lines, width, &mut dst[..lines[0].len() * width]);
-            return;
+            let len = lines[0].len();
+            return transpose_into(lines, &mut dst[..len * width], width);
         }
         while first + 8 <= lanes {
             transpose_into(std::array::from_fn(|j| line(first + j)), &mut dst[first..], width);
@@ -594,65 +594,25 @@ fn transpose_simd() -> bool {
     cfg!(target_arch = "x86_64") && isa() != Isa::Generic
 }
 
-/// `dst[p·stride + i] = lines[i][p]` for the 8 equally long `lines`: packing a panel from the other layout (rows of
-/// a row-major A, columns of a transposed B), in 8 × 8 blocks transposed in AVX registers, the tail one by one.
-/// Only called where [`transpose_simd`] holds.
+/// `dst[p·stride + i] = lines[i][p]` for the 8 equally long `lines` (for the first `stride` of them where `stride` <
+/// 8): packing a panel from the other layout (rows of a row-major A, columns of a transposed B), in 8 × 8 blocks
+/// transposed in AVX registers, the tail one by one. Each depth's 8 values are one store, in ascending order: with
+/// `stride` < 8 the values past `stride` land on the next depth's first lanes before its own store overwrites
+/// them, and a store that would run past `dst` (the last depth's) goes through a copy. Only called where
+/// [`transpose_simd`] holds.
 fn transpose_into(lines: [&[f32]; 8], dst: &mut [f32], stride: usize) {
     let len = lines[0].len();
-    assert!(lines.iter().all(|l| l.len() == len) && (len == 0 || dst.len() >= (len - 1) * stride + 8));
+    let lanes = stride.min(8);
+    assert!(lines.iter().all(|l| l.len() == len) && (len == 0 || dst.len() >= (len - 1) * stride + lanes));
     let blocks = len / 8 * 8;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX is present (`transpose_simd`); the assert above bounds every load and store.
+    // SAFETY: AVX is present (`transpose_simd`); the assert above bounds every load, and every store is checked.
     unsafe {
         transpose_8x8_blocks(&lines, blocks, dst, stride)
     };
     for p in blocks..len {
-        for (i, line) in lines.iter().enumerate() {
+        for (i, line) in lines.iter().enumerate().take(lanes) {
             dst[p * stride + i] = line[p];
-        }
-    }
-}
-
-/// `dst[p·width + i] = lines[i][p]` for the first `width` (< 8) lines, `dst` exactly `len · width` floats: each
-/// depth's `width` values written as one 8-float store in ascending order, so the lanes past `width` (copies of
-/// the last line) land on the next depth's first lanes before that depth's own store overwrites them; the last
-/// depth, whose store would run past `dst`, goes through a copy. Only called where [`transpose_simd`] holds.
-fn transpose_narrow(lines: [&[f32]; 8], width: usize, dst: &mut [f32]) {
-    let len = lines[0].len();
-    assert!((1..8).contains(&width) && lines.iter().all(|l| l.len() == len) && dst.len() == len * width);
-    let blocks = len / 8 * 8;
-    for p in (0..blocks).step_by(8) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX is present (`transpose_simd`); the block reads 8 floats of every line (p + 8 ≤ len) and its
-        // 8-float stores stay inside `dst` (checked per store).
-        unsafe {
-            transpose_8x8_narrow(&lines, p, width, dst)
-        };
-    }
-    let mut depth = [0f32; 8];
-    for p in blocks..len {
-        for (d, line) in depth.iter_mut().zip(&lines) {
-            *d = line[p];
-        }
-        dst[p * width..(p + 1) * width].copy_from_slice(&depth[..width]);
-    }
-}
-
-/// One 8 × 8 block of [`transpose_narrow`]: depths `p..p + 8`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn transpose_8x8_narrow(lines: &[&[f32]; 8], p: usize, width: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(lines[i].as_ptr().add(p)));
-    let out = transpose_8x8(r);
-    for (q, v) in out.iter().enumerate() {
-        let at = (p + q) * width;
-        if at + 8 <= dst.len() {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(at), *v);
-        } else {
-            let mut spill = [0f32; 8];
-            _mm256_storeu_ps(spill.as_mut_ptr(), *v);
-            dst[at..at + width].copy_from_slice(&spill[..width]);
         }
     }
 }
@@ -691,7 +651,15 @@ unsafe fn transpose_8x8_blocks(lines: &[&[f32]; 8], blocks: usize, dst: &mut [f3
     for p in (0..blocks).step_by(8) {
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(lines[i].as_ptr().add(p)));
         for (q, v) in transpose_8x8(r).iter().enumerate() {
-            _mm256_storeu_ps(dst.as_mut_ptr().add((p + q) * stride), *v);
+            let at = (p + q) * stride;
+            if at + 8 <= dst.len() {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(at), *v);
+            } else {
+                let mut spill = [0f32; 8];
+                _mm256_storeu_ps(spill.as_mut_ptr(), *v);
+                let fits = dst.len() - at;
+                dst[at..].copy_from_slice(&spill[..fits]);
+            }
         }
     }
 }
