@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::activation::{exp_nonpositive, gelu_tanh, Activation};
 use super::compact;
-use super::gemm::{gemm, tile_shape, Epilogue, Output, PackB, Strided};
+use super::gemm::{gemm, tile_shape, Epilogue, Output, PackB, Packed, Strided};
 use super::linear::Linear;
 use super::norm::LayerNorm;
 use super::{cpu_f32, with_fma};
@@ -367,21 +367,25 @@ impl WindowAttention {
                 // Query i sits at key `keys − t + i` and sees the `context` keys up to it.
                 let last = |i: usize| keys - t + i;
                 let first = |i: usize| (last(i) + 1).saturating_sub(self.context);
-                // The run's keys, from a panel boundary: whole panels, zeros past the last key.
+                // The run's keys from a panel boundary, packed once (in this thread's reused buffer).
                 let ka = first(q_first) / nr * nr;
                 let kb = last(q_first + y_run.len() / d - 1) + 1;
-                panels.resize((kb - ka).next_multiple_of(nr) * d, 0.0);
                 let run_keys = Strided::transposed(&k[ka * d..kb * d], kb - ka, d).expect("sized");
-                run_keys.pack_b(0..d, 0..kb - ka, nr, panels);
+                let buffer = |len: usize| {
+                    let mut buf = std::mem::take(panels);
+                    buf.resize(len, 0.0);
+                    buf
+                };
+                let packed = Packed::b_in(&run_keys, d, kb - ka, buffer);
                 for (j, y) in y_run.chunks_mut(QUERIES * d).enumerate() {
                     let (i0, n) = (q_first + j * QUERIES, y.len() / d);
-                    // The whole panels that cover the block's windows (scores outside a window are never read).
+                    // From the panel holding the block's first window start: the product reads whole packed
+                    // panels in place (scores outside a query's window are never read).
                     let k0 = first(i0) / nr * nr;
-                    let nk = (last(i0 + n - 1) + 1).next_multiple_of(nr) - k0;
-                    let panels = &panels[(k0 - ka) * d..(k0 - ka + nk) * d];
+                    let nk = last(i0 + n - 1) + 1 - k0;
                     scores.resize(n * nk, 0.0);
                     let queries = Strided::row_major(&q[(r * t + i0) * d..(r * t + i0 + n) * d], n, d).expect("sized");
-                    let window_keys = PackedPanels { panels, depth: d, width: nr };
+                    let window_keys = ColumnsFrom(&packed, k0 - ka);
                     let mut s = Output::row_major(scores, n, nk).expect("sized above");
                     // Exact f32 in every precision: a few MFLOP, and the softmax would amplify bf16 rounding.
                     gemm(n, nk, d, &queries, &window_keys, &mut s, &Epilogue { exact: true, ..Default::default() });
@@ -409,42 +413,23 @@ impl WindowAttention {
                         y.iter_mut().for_each(|y| *y *= norm);
                     }
                 }
+                *panels = packed.into_buffer();
             },
         );
         out
     }
 }
 
-/// A row's keys packed once as right-factor panels (`width` keys each, `depth` ≤ the GEMM's depth block): the
-/// products of its query blocks read whole panels from it in place.
-struct PackedPanels<'a> {
-    panels: &'a [f32],
-    depth: usize,
-    width: usize,
-}
+/// Columns `first..` of a packed right factor, as a right factor of their own (`first` on a panel boundary: the
+/// product reads the packed panels in place).
+struct ColumnsFrom<'a>(&'a Packed, usize);
 
-impl PackB for PackedPanels<'_> {
+impl PackB for ColumnsFrom<'_> {
     fn pack_b(&self, ks: std::ops::Range<usize>, cols: std::ops::Range<usize>, nr: usize, dst: &mut [f32]) {
-        // Only reached if the product asks for another panel width or depth block than packed (not on any path
-        // `attend` takes): gathered value by value.
-        for (panel, c0) in cols.clone().step_by(nr).enumerate() {
-            for (p, k) in ks.clone().enumerate() {
-                for lane in 0..nr {
-                    let c = c0 + lane;
-                    dst[(panel * ks.len() + p) * nr + lane] = if c < cols.end {
-                        self.panels[(c / self.width * self.depth + k) * self.width + c % self.width]
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
+        self.0.pack_b(ks, cols.start + self.1..cols.end + self.1, nr, dst)
     }
-
     fn packed_b(&self, ks: std::ops::Range<usize>, cols: std::ops::Range<usize>, nr: usize) -> Option<&[f32]> {
-        let whole = nr == self.width && ks == (0..self.depth) && cols.start.is_multiple_of(nr);
-        let start = cols.start * self.depth;
-        whole.then(|| &self.panels[start..start + cols.len().div_ceil(nr) * nr * self.depth])
+        self.0.packed_b(ks, cols.start + self.1..cols.end + self.1, nr)
     }
 }
 
@@ -548,27 +533,28 @@ mod tests {
 
     use super::*;
 
-    /// Keys packed once serve any panel-aligned window in place, and any other window or panel width through the
-    /// gather: the same panels the keys' own packer writes.
+    /// A row's keys packed once serve a window from any panel boundary in place, and other offsets through the
+    /// packed operand's gather: the same panels the keys' own packer writes.
     #[test]
-    fn packed_key_panels_match_the_keys_packed_directly() {
-        let (keys, d, width) = (45, 12, 16);
+    fn packed_key_columns_match_the_keys_packed_directly() {
+        let (keys, d) = (45, 12);
+        let nr = tile_shape().1;
         let k = crate::nn::test_util::pseudo_random(keys * d, 7);
         let strided = Strided::transposed(&k, keys, d).unwrap();
-        let mut panels = vec![0f32; keys.div_ceil(width) * width * d];
-        strided.pack_b(0..d, 0..keys, width, &mut panels);
-        let view = PackedPanels { panels: &panels, depth: d, width };
-        for (ks, cols, nr) in [(0..d, 16..45, 16), (0..d, 3..40, 8), (2..9, 0..45, 16), (0..d, 32..45, 4)] {
-            let len = cols.len().div_ceil(nr) * nr * ks.len();
+        let packed = Packed::b(&strided, d, keys);
+        for (from, cols) in [(0, 0..45), (nr, 0..45 - nr), (3, 0..40), (0, 5..30)] {
+            let view = ColumnsFrom(&packed, from);
+            let len = cols.len().div_ceil(nr) * nr * d;
             let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-            strided.pack_b(ks.clone(), cols.clone(), nr, &mut want);
-            match view.packed_b(ks.clone(), cols.clone(), nr) {
-                Some(block) => got.copy_from_slice(block),
-                None => view.pack_b(ks.clone(), cols.clone(), nr, &mut got),
+            strided.pack_b(0..d, cols.start + from..cols.end + from, nr, &mut want);
+            match view.packed_b(0..d, cols.clone(), nr) {
+                Some(block) => got.copy_from_slice(&block[..len]),
+                None => view.pack_b(0..d, cols.clone(), nr, &mut got),
             }
-            assert_eq!(got, want, "depths {ks:?}, keys {cols:?}, panels {nr} wide");
+            assert_eq!(got, want, "keys {cols:?} from {from}");
         }
-        assert!(view.packed_b(0..d, 16..45, 16).is_some() && view.packed_b(0..d, 3..40, 16).is_none());
+        assert!(ColumnsFrom(&packed, nr).packed_b(0..d, 0..45 - nr, nr).is_some());
+        assert!(ColumnsFrom(&packed, 3).packed_b(0..d, 0..40, nr).is_none());
     }
 
     /// The one-pass head split gives the bits of the tensor ops it replaces: transpose into heads, candle's `rope`,

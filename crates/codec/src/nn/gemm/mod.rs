@@ -294,18 +294,36 @@ impl Packed {
     /// Packs the `m × k` operand `a` as the left factor.
     pub fn a(a: &impl PackA, m: usize, k: usize) -> Self {
         let mr = tile_shape().0;
-        Self::pack(m, k, mr, |ks, dst| a.pack_a(0..m, ks, mr, dst))
+        Self::pack(m, k, mr, crate::mem::zeroed_f32, |ks, dst| a.pack_a(0..m, ks, mr, dst))
     }
 
     /// Packs the `k × n` operand `b` as the right factor.
     pub fn b(b: &impl PackB, k: usize, n: usize) -> Self {
-        let nr = tile_shape().1;
-        Self::pack(n, k, nr, |ks, dst| b.pack_b(ks, 0..n, nr, dst))
+        Self::b_in(b, k, n, crate::mem::zeroed_f32)
     }
 
-    fn pack(len: usize, depth: usize, panel: usize, pack: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Self {
+    /// [`Packed::b`] in memory from `buffer(len)` (`len` floats): a small operand packed on every call (the
+    /// attention's keys) reuses one buffer ([`Packed::into_buffer`]) instead of allocating its own each time.
+    pub(crate) fn b_in(b: &impl PackB, k: usize, n: usize, buffer: impl FnOnce(usize) -> Vec<f32>) -> Self {
+        let nr = tile_shape().1;
+        Self::pack(n, k, nr, buffer, |ks, dst| b.pack_b(ks, 0..n, nr, dst))
+    }
+
+    /// The packed values' buffer, for [`Packed::b_in`] to reuse.
+    pub(crate) fn into_buffer(self) -> Vec<f32> {
+        self.data
+    }
+
+    fn pack(
+        len: usize,
+        depth: usize,
+        panel: usize,
+        buffer: impl FnOnce(usize) -> Vec<f32>,
+        pack: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    ) -> Self {
         let stride = len.div_ceil(panel) * panel;
-        let mut data = crate::mem::zeroed_f32(stride * depth);
+        let mut data = buffer(stride * depth);
+        assert_eq!(data.len(), stride * depth, "packed operand: a buffer of the wrong size");
         // Depth blocks across threads: a layer packed on its first product (a stream's first push, a transposed
         // weight) is packed while the other threads would wait.
         data.par_chunks_mut((stride * KC).max(1)).enumerate().for_each(|(block, dst)| {
