@@ -233,12 +233,12 @@ impl Screen {
         let dim = self.dim;
         let (entries, sq) = (self.entries.as_slice(), &self.sq[..]);
         let mut codes = Vec::with_capacity(rows.len() / dim);
-        let SearchScratch { approx, centre, radius, candidates, lanes } = scratch;
+        let SearchScratch { approx, centre, radius, candidates, dots, lanes } = scratch;
         // Every value is written before it is read (a lane past a group's candidates is read and ignored).
         approx.resize(self.quants.len() / dim, 0.0);
         centre.resize(self.bins, 0.0);
         radius.resize(self.bins, 0.0);
-        lanes.resize(RERANK_LANES * dim, 0.0);
+        let row = |j: usize| &entries[j * dim..(j + 1) * dim];
         for x in rows.chunks_exact(dim) {
             let nx = round_up(x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt());
             let (least_upper, nan) = self.screened_distances(x, nx, approx, (centre, radius));
@@ -247,16 +247,28 @@ impl Screen {
             let every = !least_upper.is_finite() || nan;
             candidates.clear();
             candidates.extend((0..self.bins).filter(|&j| every || centre[j] - radius[j] <= least_upper));
-            // Exact distances of the candidates in index order: the first of equal ones wins, as in `NearestEntry`.
+            // The candidates' exact dot products, in groups across the threads where there are several (a stream's
+            // first codebooks keep hundreds: one thread reranked them while the others waited)…
+            dots.resize(candidates.len(), 0.0);
+            // One group's dot products into `out`, its entries transposed in `lanes`.
+            let group_dots = |lanes: &mut Vec<f32>, (group, out): (&[usize], &mut [f32])| {
+                lanes.resize(RERANK_LANES * dim, 0.0);
+                out.copy_from_slice(&exact_dots(x, |l| row(group[l]), group.len(), lanes)[..group.len()]);
+            };
+            if candidates.len() > PARALLEL_RERANK {
+                let groups = candidates.par_chunks(RERANK_LANES).zip(dots.par_chunks_mut(RERANK_LANES));
+                groups.for_each_init(Vec::new, |lanes, group| group_dots(lanes, group));
+            } else {
+                let groups = candidates.chunks(RERANK_LANES).zip(dots.chunks_mut(RERANK_LANES));
+                groups.for_each(|group| group_dots(lanes, group));
+            }
+            // …then their distances in index order on this thread: the first of equal ones wins, as in
+            // `NearestEntry`.
             let (mut best, mut least) = (u32::MAX, f32::INFINITY);
-            let row = |j: usize| &entries[j * dim..(j + 1) * dim];
-            for group in candidates.chunks(RERANK_LANES) {
-                let dots = exact_dots(x, |l| row(group[l]), group.len(), lanes);
-                for (&j, &dot) in group.iter().zip(&dots) {
-                    let dist = sq[j] - dot * 2.0;
-                    if best == u32::MAX || least > dist {
-                        (best, least) = (j as u32, dist);
-                    }
+            for (&j, &dot) in candidates.iter().zip(dots.iter()) {
+                let dist = sq[j] - dot * 2.0;
+                if best == u32::MAX || least > dist {
+                    (best, least) = (j as u32, dist);
                 }
             }
             codes.push(best);
@@ -323,6 +335,7 @@ struct SearchScratch {
     centre: Vec<f32>,
     radius: Vec<f32>,
     candidates: Vec<usize>,
+    dots: Vec<f32>,
     lanes: Vec<f32>,
 }
 
@@ -332,6 +345,9 @@ thread_local! {
 
 /// Candidates whose exact dot products run side by side, one per SIMD lane (four AVX2 or two AVX-512 vectors).
 const RERANK_LANES: usize = 32;
+
+/// Candidates above which their groups spread over the threads.
+const PARALLEL_RERANK: usize = 2 * RERANK_LANES;
 
 /// The exact dot products `x · entry(l)` for the `count ≤ RERANK_LANES` entries, each the kernel's sum — one fused
 /// multiply-add per depth, in order, from zero — in its own lane: the entries transposed into `lanes` (depth-major,
