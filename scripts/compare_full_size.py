@@ -14,7 +14,9 @@ reference's outputs (moshi for Mimi, descript for DAC), in f32 and in the fast m
 also on the q8_0 file, whose blocks it multiplies as stored). Then, side by side in one run
 with the same thread count: the whole `codec encode` / `codec decode` process (start-up, file I/O and all; best of
 `--runs`), `codec bench` (in-process), and the reference in-process (the generator's `--bench-only`; for Mimi also
-rustymimi, Kyutai's Rust Mimi, on the same weights file), and prints the ratios and the machine. Needs numpy and
+rustymimi, Kyutai's Rust Mimi, on the same weights file), each once per round in `--rounds` interleaved rounds, and
+prints the best of each, their ratios, each round's own f32 ratio (both sides timed minutes apart at most: robust to
+a VM whose speed drifts), and the machine. Needs numpy and
 soundfile (the reference venv has both).
 """
 
@@ -53,6 +55,12 @@ def best_wall(args: list[str], runs: int) -> float:
         run(*args)
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def _dig(d: dict, *path: str) -> float:
+    for key in path:
+        d = d[key]
+    return d
 
 
 def machine() -> str:
@@ -94,6 +102,7 @@ def main() -> int:
     ap.add_argument("fixtures", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every program (best of each)")
     ap.add_argument("--wavtokenizer-src", default="/tmp/WavTokenizer", help="checkout of the original repository")
     args = ap.parse_args()
     fx = args.fixtures
@@ -129,40 +138,61 @@ def main() -> int:
             print(f"{'':10s} file size {gguf.stat().st_size / 2**20:.1f} MiB")
 
         model = str(tmp / f"{last}.gguf")
-        process = {}
-        for precision in ("f32", *FAST):
-            opts = [*threads, "--precision", precision]
-            enc = [str(CODEC), "encode", "-m", model, str(fx / "input.wav"), "-o", str(tmp / "c.npy"), *opts]
-            dec = [str(CODEC), "decode", "-m", model, str(fx / "codes.npy"), "-o", str(tmp / "d.wav"), *opts]
-            process[precision] = {"encode": best_wall(enc, args.runs), "decode": best_wall(dec, args.runs)}
-        ours = {}
-        for precision in ("f32", *FAST):
-            bench = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), "--precision", precision, *threads)
-            print(bench.strip())
-            ours[precision] = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
-    generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py",
-                 "wavtokenizer": "make_wavtokenizer_fixtures.py"}[args.arch]
-    extra = ["--wavtokenizer-src", args.wavtokenizer_src] if args.arch == "wavtokenizer" else []
-    ref = run(sys.executable, str(ROOT / "scripts" / generator), "--bench-only", "--out", str(fx),
-              "--threads", str(args.threads), *extra)
-    print(ref.strip())
-    reference = dict(re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0]))
-    name = {"mimi": "moshi", "dac": "descript", "wavtokenizer": "WavTokenizer"}[args.arch]
-    audio_s = sf.info(str(fx / "input.wav")).duration
-    print(f"speed, {audio_s:.1f} s of audio, {args.threads} threads, best of {args.runs} "
-          f"(codec process = the whole `codec encode/decode` command; in-process = `codec bench`):")
-    for k in ("encode", "decode"):
-        theirs = float(reference[k])
-        timing = lambda times: ", ".join(f"{p} {times[p][k]:.3f} s ({theirs / times[p][k]:.2f}x)" for p in times)
-        print(f"{k}: {name} {theirs:.3f} s | codec process {timing(process)} | in-process {timing(ours)}")
-    if args.arch == "mimi":
+        generator = {"mimi": "make_fixtures.py", "dac": "make_dac_fixtures.py",
+                     "wavtokenizer": "make_wavtokenizer_fixtures.py"}[args.arch]
+        extra = ["--wavtokenizer-src", args.wavtokenizer_src] if args.arch == "wavtokenizer" else []
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
         n_q = int(ref_codes.shape[0])
-        rm = run(sys.executable, "-c", RUSTYMIMI, str(fx / "original" / "model.safetensors"), str(fx / "input.npy"),
-                 str(n_q), str(args.runs), env=env)
-        rusty = dict(re.findall(r"(encode|decode) ([\d.]+) s", rm))
+        # Every program once per round, the rounds one after another: a VM whose speed drifts over minutes then
+        # slows both sides of each round's ratio alike, where running all of ours first and the reference after
+        # compared different phases of the machine.
+        rounds = []
+        for i in range(args.rounds):
+            process, ours = {}, {}
+            for precision in ("f32", *FAST):
+                opts = [*threads, "--precision", precision]
+                enc = [str(CODEC), "encode", "-m", model, str(fx / "input.wav"), "-o", str(tmp / "c.npy"), *opts]
+                dec = [str(CODEC), "decode", "-m", model, str(fx / "codes.npy"), "-o", str(tmp / "d.wav"), *opts]
+                process[precision] = {"encode": best_wall(enc, args.runs), "decode": best_wall(dec, args.runs)}
+                bench = run(str(CODEC), "bench", "-m", model, "--runs", str(args.runs), "--precision", precision,
+                            *threads)
+                if i == 0:
+                    print(bench.strip())
+                ours[precision] = {k: float(v) / 1e3 for k, v in re.findall(r"(encode|decode):\s+([\d.]+) ms", bench)}
+            ref = run(sys.executable, str(ROOT / "scripts" / generator), "--bench-only", "--out", str(fx),
+                      "--threads", str(args.threads), *extra)
+            if i == 0:
+                print(ref.strip())
+            reference = {k: float(v) for k, v in re.findall(r"(encode|decode) ([\d.]+) s", ref.splitlines()[0])}
+            rusty = {}
+            if args.arch == "mimi":
+                rm = run(sys.executable, "-c", RUSTYMIMI, str(fx / "original" / "model.safetensors"),
+                         str(fx / "input.npy"), str(n_q), str(args.runs), env=env)
+                rusty = {k: float(v) for k, v in re.findall(r"(encode|decode) ([\d.]+) s", rm)}
+            rounds.append({"process": process, "ours": ours, "reference": reference, "rusty": rusty})
+            print(f"round {i + 1}: f32 " + ", ".join(
+                f"{k} codec process {process['f32'][k]:.3f} s, in-process {ours['f32'][k]:.3f} s, reference "
+                f"{reference[k]:.3f} s" for k in ("encode", "decode")))
+    name = {"mimi": "moshi", "dac": "descript", "wavtokenizer": "WavTokenizer"}[args.arch]
+    audio_s = sf.info(str(fx / "input.wav")).duration
+    def best(*path: str) -> float:
+        return min(_dig(r, *path) for r in rounds)
+
+    process = {p: {k: best("process", p, k) for k in ("encode", "decode")} for p in rounds[0]["process"]}
+    ours = {p: {k: best("ours", p, k) for k in ("encode", "decode")} for p in rounds[0]["ours"]}
+    print(f"speed, {audio_s:.1f} s of audio, {args.threads} threads, best of {args.runs} runs in each of "
+          f"{args.rounds} interleaved rounds (codec process = the whole `codec encode/decode` command; in-process = "
+          f"`codec bench`):")
+    for k in ("encode", "decode"):
+        theirs = best("reference", k)
+        timing = lambda times: ", ".join(f"{p} {times[p][k]:.3f} s ({theirs / times[p][k]:.2f}x)" for p in times)
+        print(f"{k}: {name} {theirs:.3f} s | codec process {timing(process)} | in-process {timing(ours)}")
+        per_round = [r["reference"][k] / r["process"]["f32"][k] for r in rounds]
+        print(f"{k}: f32 codec process vs {name} within each round: "
+              + ", ".join(f"{x:.2f}x" for x in per_round) + f" (median {float(np.median(per_round)):.2f}x)")
+    if args.arch == "mimi":
         for k in ("encode", "decode"):
-            r = float(rusty[k])
+            r = best("rusty", k)
             print(f"{k}: rustymimi {r:.3f} s in-process | codec process f32 {r / process['f32'][k]:.2f}x, "
                   f"in-process " + ", ".join(f"{p} {r / ours[p][k]:.2f}x" for p in ours))
     return 0
