@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -190,6 +190,12 @@ impl ModelFile {
         // another process truncating the file meanwhile would end this one with SIGBUS; rewriting it in place would
         // give torn values. `Writer::write` replaces files by rename, so our own writes never do either.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
+        // Pages read from disk through a huge-page-advised mapping come into the page cache as 2 MiB folios, which
+        // this process and every later one map with one entry each (4 KiB pages: 512 entries to fault in, and to
+        // tear down at exit). A 295 MB WavTokenizer file, all pages touched: 28 → 2 ms, unmapped 14 → 0.1 ms. Best
+        // effort: a file cached in smaller pages keeps them until the kernel evicts it.
+        #[cfg(target_os = "linux")]
+        map.advise(memmap2::Advice::HugePage).ok();
         Ok(self.map.get_or_init(|| Arc::new(map)))
     }
 
@@ -640,18 +646,69 @@ impl Writer {
         }
         let tmp = path.with_extension("gguf.partial");
         let file = File::create(&tmp).map_err(|e| Error::io(path, e))?;
-        let mut w = BufWriter::new(file);
+        let mut w = BlockWriter { file, block: Vec::with_capacity(WRITE_BLOCK), written: 0 };
         let metadata: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = self.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let res = gguf_file::write(&mut w, &metadata, &tensors)
             .map_err(|e| Error::model_file(path, format!("cannot write: {e}")))
-            .and_then(|_| w.into_inner().map_err(|e| Error::io(path, e.into_error())))
-            .and_then(|mut f| f.stream_position().map(|_| ()).map_err(|e| Error::io(path, e)));
+            .and_then(|_| w.flush().map_err(|e| Error::io(path, e)));
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// A model file's writer: whole blocks of [`WRITE_BLOCK`] bytes at multiples of it (the last one short). ext4 then
+/// caches the file in 2 MiB folios, which a huge-page-advised mapping ([`ModelFile`]) maps with one entry each, so a
+/// freshly converted model starts as fast as one read cold from disk; `BufWriter`'s 8 KiB writes left it in 4 KiB
+/// pages (a 295 MB WavTokenizer file: 28 ms to fault in, 14 ms to unmap at exit, per process).
+struct BlockWriter {
+    file: File,
+    block: Vec<u8>,
+    /// Bytes written to `file` before `block`.
+    written: u64,
+}
+
+/// The page cache's huge folio: 2 MiB.
+const WRITE_BLOCK: usize = 2 << 20;
+
+impl BlockWriter {
+    fn write_block(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.block)?;
+        self.written += self.block.len() as u64;
+        self.block.clear();
+        Ok(())
+    }
+}
+
+impl Write for BlockWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(WRITE_BLOCK - self.block.len());
+        self.block.extend_from_slice(&data[..n]);
+        if self.block.len() == WRITE_BLOCK {
+            self.write_block()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_block()?;
+        self.file.flush()
+    }
+}
+
+impl Seek for BlockWriter {
+    /// The position (what candle's GGUF writer asks, to pad to the alignment) without writing; a move writes what is
+    /// held first.
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        if to == SeekFrom::Current(0) {
+            return Ok(self.written + self.block.len() as u64);
+        }
+        self.write_block()?;
+        self.written = self.file.seek(to)?;
+        Ok(self.written)
     }
 }
 
