@@ -284,26 +284,11 @@ fn read_audio(py: Python<'_>, path: PathBuf) -> PyResult<(Bound<'_, PyArray1<f32
     Ok((audio_array(py, audio.samples), audio.sample_rate))
 }
 
-/// Models allocate and free tens of megabytes per layer. By default glibc serves such blocks with mmap (or trims them
-/// off the heap) and returns them on free, so every layer pays page faults and page zeroing again: per 10 s encode
-/// of the WavTokenizer fixture 7 600 faults (30 MB of fresh pages), of the Mimi fixture 1 600, and 0 and 25 with
-/// freed blocks kept on the heap for the next layer, as the CLI keeps them. A process-wide setting, made at import;
-/// `CODEC_RS_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var("CODEC_RS_KEEP_FREED_MEMORY").as_deref() != Ok("0") {
-        // SAFETY: mallopt only sets the allocator's parameters, under the allocator's own lock.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        }
-    }
-}
-
 /// Native module of codec_rs; import ``codec_rs`` instead.
 #[pymodule]
 fn _codec_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    keep_freed_memory();
+    // Per 10 s encode of the WavTokenizer fixture 7 600 page faults without it, 0 with (`codec::keep_freed_memory`).
+    codec::keep_freed_memory();
     m.add_class::<PyCodec>()?;
     m.add_class::<StreamEncoder>()?;
     m.add_class::<StreamDecoder>()?;

@@ -58,6 +58,7 @@ pub unsafe extern "C" fn codec_load(model: *const c_char, params: *const Params)
             let spec = c_str(model, "model")?;
             let params = deref(params, "params")?;
             let device = device_kind(params.device)?;
+            codec_rs::keep_freed_memory();
             set_threads(params.n_threads)?;
             Ok(Box::into_raw(Box::new(Model::load(spec, device)?)))
         },

@@ -1100,21 +1100,19 @@ fn candle_core_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
-/// Models allocate and free tens of megabytes per layer. By default glibc serves such blocks with mmap and returns
-/// them on free, so every layer pays page faults and kernel page zeroing again (18 % of a Mimi run in `perf`);
-/// keeping them on the heap lets the next layer reuse the pages.
+/// Freed blocks kept on the heap for the next layer ([`codec::keep_freed_memory`]: without it 18 % of a Mimi run in
+/// `perf` went to page faults and page zeroing).
 ///
 /// The heap's first [`HUGE_HEAP`] bytes are then reserved and advised as transparent huge pages: a one-shot command
 /// still faults in every page of its activations once (a 10 s Mimi encode: 57 000 faults, a tenth of its CPU time in
 /// the kernel), and a 2 MiB page takes one fault where 4 KiB pages take 512. Address space only: nothing is resident
 /// until touched. Where THP is off (or `never`), the advice is refused and pages fault in as before.
-fn keep_freed_memory() {
+fn prepare_heap() {
+    codec::keep_freed_memory();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: allocator parameters set before any thread starts; the block is freed at once and only advised
-    // (MADV_HUGEPAGE changes how its pages are backed, never their contents) within its own page-aligned range.
+    // SAFETY: the block is freed at once and only advised (MADV_HUGEPAGE changes how its pages are backed, never
+    // their contents) within its own page-aligned range.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         const HUGE_PAGE: usize = 2 << 20;
         let block = libc::malloc(HUGE_HEAP);
         if !block.is_null() {
@@ -1129,7 +1127,7 @@ fn keep_freed_memory() {
     }
 }
 
-/// Heap reserved as transparent huge pages at start-up (address space; see [`keep_freed_memory`]).
+/// Heap reserved as transparent huge pages at start-up (address space; see [`prepare_heap`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const HUGE_HEAP: usize = 1 << 29;
 
@@ -1139,7 +1137,7 @@ const HUGE_HEAP: usize = 1 << 29;
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    prepare_heap();
     // Errors stay one line: candle attaches a backtrace to its errors whenever RUST_BACKTRACE is set, which our
     // message then carries. RUST_LIB_BACKTRACE (which wins over RUST_BACKTRACE for errors, not for panics) turns
     // that off unless the user sets it explicitly. Set before any thread starts.

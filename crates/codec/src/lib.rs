@@ -20,6 +20,7 @@ pub mod stream;
 pub use audio::Audio;
 pub use codec::{Codec, Codes, DeviceKind, CHUNK_SECONDS, PIECE_MEMORY};
 pub use error::{Error, Result};
+pub use mem::keep_freed_memory;
 pub use models::{Model, Parts};
 pub use nn::gemm::{set_precision, Precision};
 pub use stream::{StreamDecoder, StreamEncoder};
