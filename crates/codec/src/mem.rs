@@ -4,8 +4,8 @@
 /// Tells glibc to keep freed blocks on the heap for the next allocation instead of handing them back to the kernel.
 /// A model pass allocates and frees tens of megabytes per layer, and by default glibc serves such blocks with mmap
 /// (or trims them off the heap) and returns them on free, so every layer pays page faults and page zeroing again:
-/// full-size Mimi through the C API, warm 10 s calls (Zen 3, 2 threads), encode 514–565 → 420–452 ms and decode
-/// 569–626 → 392–423 ms with it. A process-wide setting: the `codec` CLI makes it at start-up, the Python package at
+/// full-size Mimi through the C API, warm 10 s calls (Zen 3, 2 threads), encode 515–533 → 416–449 ms and decode
+/// 569–594 → 389–404 ms with it. A process-wide setting: the `codec` CLI makes it at start-up, the Python package at
 /// import, the C API at the first `codec_load`; `CODEC_RS_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
