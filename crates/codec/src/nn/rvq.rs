@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::linear::Linear;
 use super::weight::Matrix;
-use super::{dot, f32_slice, get_or_try_init, sum_all, wide_simd, Weights};
+use super::{cpu_f32, dot, f32_slice, get_or_try_init, sum_all, wide_simd, Weights};
 use crate::gguf::MappedF32;
 
 /// One codebook: nearest entry by Euclidean distance.
@@ -77,11 +77,7 @@ impl EuclideanCodebook {
                 }
                 let x = x.contiguous()?;
                 let (storage, layout) = x.storage_and_layout();
-                let rows = match &*storage {
-                    candle_core::Storage::Cpu(s) => f32_slice(s, layout, "codebook input")?,
-                    _ => candle_core::bail!("codebook input not on the CPU"),
-                };
-                let codes = screen.nearest(rows);
+                let codes = screen.nearest(cpu_f32(&storage, layout, "codebook input")?);
                 let n = codes.len();
                 return Tensor::from_vec(codes, n, &candle_core::Device::Cpu);
             }
@@ -233,7 +229,7 @@ impl Screen {
         let dim = self.dim;
         let (entries, sq) = (self.entries.as_slice(), &self.sq[..]);
         let mut codes = Vec::with_capacity(rows.len() / dim);
-        let SearchScratch { approx, centre, radius, candidates, dots, lanes } = scratch;
+        let SearchScratch { approx, centre, radius, candidates, dots } = scratch;
         // Every value is written before it is read (a lane past a group's candidates is read and ignored).
         approx.resize(self.quants.len() / dim, 0.0);
         centre.resize(self.bins, 0.0);
@@ -250,17 +246,20 @@ impl Screen {
             // The candidates' exact dot products, in groups across the threads where there are several (a stream's
             // first codebooks keep hundreds: one thread reranked them while the others waited)…
             dots.resize(candidates.len(), 0.0);
-            // One group's dot products into `out`, its entries transposed in `lanes`.
-            let group_dots = |lanes: &mut Vec<f32>, (group, out): (&[usize], &mut [f32])| {
-                lanes.resize(RERANK_LANES * dim, 0.0);
-                out.copy_from_slice(&exact_dots(x, |l| row(group[l]), group.len(), lanes)[..group.len()]);
+            // One group's dot products into `out`, its entries transposed in the running thread's lanes.
+            let group_dots = |(group, out): (&[usize], &mut [f32])| {
+                RERANK_LANES_BUFFER.with(|cell| {
+                    let mut fresh = Vec::new();
+                    let mut borrowed = cell.try_borrow_mut();
+                    let lanes = borrowed.as_deref_mut().unwrap_or(&mut fresh);
+                    lanes.resize(RERANK_LANES * dim, 0.0);
+                    out.copy_from_slice(&exact_dots(x, |l| row(group[l]), group.len(), lanes)[..group.len()]);
+                })
             };
             if candidates.len() > PARALLEL_RERANK {
-                let groups = candidates.par_chunks(RERANK_LANES).zip(dots.par_chunks_mut(RERANK_LANES));
-                groups.for_each_init(Vec::new, |lanes, group| group_dots(lanes, group));
+                candidates.par_chunks(RERANK_LANES).zip(dots.par_chunks_mut(RERANK_LANES)).for_each(group_dots);
             } else {
-                let groups = candidates.chunks(RERANK_LANES).zip(dots.chunks_mut(RERANK_LANES));
-                groups.for_each(|group| group_dots(lanes, group));
+                candidates.chunks(RERANK_LANES).zip(dots.chunks_mut(RERANK_LANES)).for_each(group_dots);
             }
             // …then their distances in index order on this thread: the first of equal ones wins, as in
             // `NearestEntry`.
@@ -336,11 +335,13 @@ struct SearchScratch {
     radius: Vec<f32>,
     candidates: Vec<usize>,
     dots: Vec<f32>,
-    lanes: Vec<f32>,
 }
 
 thread_local! {
     static SEARCH_SCRATCH: std::cell::RefCell<SearchScratch> = std::cell::RefCell::new(SearchScratch::default());
+    /// [`exact_dots`]' transposed entries, per thread: the calling thread's and the workers' reranking groups
+    /// (allocated once, not per group or per push).
+    static RERANK_LANES_BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Candidates whose exact dot products run side by side, one per SIMD lane (four AVX2 or two AVX-512 vectors).

@@ -155,13 +155,14 @@ fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Re
     for i in 0..b {
         let (qi, ki, vi) = (&q[i * len..(i + 1) * len], &k[i * len..(i + 1) * len], &v[i * len..(i + 1) * len]);
         let y = &mut out[i * c * t..(i + 1) * c * t];
+        let keys = Strided::row_major(ki, c, t).expect("sized");
+        let values = Strided::row_major(vi, c, t).expect("sized");
+        let epi = Epilogue { col_scale: Some(&scale), ..Default::default() };
         for q0 in (0..t).step_by(block) {
             let n = block.min(t - q0);
             scores.resize(n * t, 0.0);
             // Query j of the block is column q0 + j of q: qᵀ's row, read down the channels.
             let queries = Strided::new(&qi[q0..], (n, c), 1, t).expect("inside q");
-            let keys = Strided::row_major(ki, c, t).expect("sized");
-            let epi = Epilogue { col_scale: Some(&scale), ..Default::default() };
             gemm(n, t, c, &queries, &keys, &mut Output::row_major(&mut scores, n, t).expect("sized"), &epi);
             scores.par_chunks_mut(t).for_each(|row| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -176,7 +177,6 @@ fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Re
                 row.iter_mut().for_each(|s| *s /= sum);
             });
             // y[:, q0 .. q0 + n] = v · wᵀ, w the block's (n × T) probabilities.
-            let values = Strided::row_major(vi, c, t).expect("sized");
             let weights = Strided::transposed(&scores, n, t).expect("sized");
             let mut block_out = Output::new(&mut y[q0..], (c, n), t, 1).expect("inside y");
             gemm(c, n, t, &values, &weights, &mut block_out, &Epilogue::default());
