@@ -105,6 +105,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every program (best of each)")
     ap.add_argument("--wavtokenizer-src", default="/tmp/WavTokenizer", help="checkout of the original repository")
     args = ap.parse_args()
+    if args.runs < 1 or args.rounds < 1:
+        ap.error("--runs and --rounds must be at least 1")
     fx = args.fixtures
     ref_codes = np.load(fx / "codes.npy")
     ref_decoded = np.load(fx / "decoded.npy").astype(np.float64)
