@@ -344,7 +344,7 @@ impl stream::EncoderStream for EncoderStream {
     fn reset(&mut self) {
         self.frames.clear();
         self.seanet = SeanetState::default();
-        self.transformer = TransformerState::default();
+        self.transformer.restart();
         self.downsample = ConvState::default();
     }
 }
@@ -373,7 +373,7 @@ impl stream::DecoderStream for DecoderStream {
     }
     fn reset(&mut self) {
         self.upsample = ConvTransposeState::default();
-        self.transformer = TransformerState::default();
+        self.transformer.restart();
         self.seanet = SeanetState::default();
     }
 }
@@ -381,24 +381,26 @@ impl stream::DecoderStream for DecoderStream {
 impl super::Model for Mimi {
     fn stream_encoder(self: Arc<Self>, n_q: usize, device: &Device) -> Option<Box<dyn stream::EncoderStream>> {
         self.config.use_causal_conv.then(|| {
+            let transformer = self.encoder_transformer.stream_state(1, device);
             Box::new(EncoderStream {
                 model: self,
                 device: device.clone(),
                 n_q,
                 frames: FrameBuffer::default(),
                 seanet: SeanetState::default(),
-                transformer: TransformerState::default(),
+                transformer,
                 downsample: ConvState::default(),
             }) as Box<dyn stream::EncoderStream>
         })
     }
     fn stream_decoder(self: Arc<Self>, device: &Device) -> Option<Box<dyn stream::DecoderStream>> {
         self.config.use_causal_conv.then(|| {
+            let transformer = self.decoder_transformer.stream_state(1, device);
             Box::new(DecoderStream {
                 model: self,
                 device: device.clone(),
                 upsample: ConvTransposeState::default(),
-                transformer: TransformerState::default(),
+                transformer,
                 seanet: SeanetState::default(),
             }) as Box<dyn stream::DecoderStream>
         })

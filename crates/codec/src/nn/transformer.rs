@@ -102,16 +102,29 @@ struct KvRows {
     len: usize,
 }
 
+/// The longest window [`KvRows`] makes room for twice from its first step (Mimi's is 250 steps; an unbounded
+/// context grows its regions by doubling instead).
+const MAX_WINDOW_ROOM: usize = 1 << 14;
+
 impl KvRows {
+    /// Empty rows with `capacity` steps of room.
+    fn with_room(rows: usize, head_dim: usize, capacity: usize) -> Self {
+        let zeros = || vec![0f32; rows * capacity * head_dim];
+        Self { keys: zeros(), values: zeros(), rows, head_dim, capacity, start: 0, len: 0 }
+    }
+
     /// Appends `t` steps of new keys and values (rows × t × head_dim each), first dropping held steps beyond the
     /// last `keep`.
     fn append(&mut self, keys: &[f32], values: &[f32], t: usize, keep: usize) {
         let dropped = self.len.saturating_sub(keep);
         (self.start, self.len) = (self.start + dropped, self.len - dropped);
-        if self.start + self.len + t > self.capacity {
-            let capacity =
-                if self.len + t > self.capacity { (2 * self.capacity).max(self.len + t) } else { self.capacity };
-            let d = self.head_dim;
+        let d = self.head_dim;
+        if self.len + t > self.capacity {
+            // Room for two windows where the window is bounded: the held steps then move back to the front once
+            // per `keep` steps appended (every ~125 pushes of a Mimi stream, not every third), and a stream never
+            // grows its regions (each doubling mid-stream, into fresh pages, was a 5–12 ms push).
+            let window_room = if keep <= MAX_WINDOW_ROOM { 2 * keep } else { 0 };
+            let capacity = (2 * self.capacity).max(self.len + t).max(window_room + t);
             for buf in [&mut self.keys, &mut self.values] {
                 let mut moved = vec![0f32; self.rows * capacity * d];
                 for (r, dst) in moved.chunks_exact_mut(capacity * d).enumerate() {
@@ -121,8 +134,17 @@ impl KvRows {
                 *buf = moved;
             }
             (self.capacity, self.start) = (capacity, 0);
+        } else if self.start + self.len + t > self.capacity {
+            // Back to the front of each region, in place.
+            for buf in [&mut self.keys, &mut self.values] {
+                for r in 0..self.rows {
+                    let from = (r * self.capacity + self.start) * d;
+                    buf.copy_within(from..from + self.len * d, r * self.capacity * d);
+                }
+            }
+            self.start = 0;
         }
-        let (d, at) = (self.head_dim, self.start + self.len);
+        let at = self.start + self.len;
         for (buf, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
             for (r, src) in new.chunks_exact(t * d).enumerate() {
                 let to = (r * self.capacity + at) * d;
@@ -138,6 +160,19 @@ impl KvRows {
 pub struct TransformerState {
     position: usize,
     layers: Vec<KvCache>,
+}
+
+impl TransformerState {
+    /// Back to a stream's first step, keeping the key and value buffers for the next stream (a stream's `reset`).
+    pub fn restart(&mut self) {
+        self.position = 0;
+        for cache in &mut self.layers {
+            cache.kv = None;
+            if let Some(rows) = &mut cache.rows {
+                (rows.start, rows.len) = (0, 0);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -504,6 +539,20 @@ impl Transformer {
         self.step(x, &mut TransformerState::default())
     }
 
+    /// A fresh state for a stream of `batch` items on `device`. On the CPU, with a bounded window, every layer's key
+    /// and value buffers are made here, in memory, with room for two windows: a stream then never allocates them
+    /// while it runs (16 MB for Mimi's 8 layers; fresh pages are slow to fault in on our VMs, and a push that first
+    /// touched them took 20 ms).
+    pub fn stream_state(&self, batch: usize, device: &Device) -> TransformerState {
+        let mut state = TransformerState::default();
+        if device.is_cpu() && self.cfg.context <= MAX_WINDOW_ROOM {
+            let (rows, capacity) = (batch * self.cfg.num_heads, 2 * self.cfg.context);
+            let room = || KvCache { kv: None, rows: Some(KvRows::with_room(rows, self.cfg.head_dim, capacity)) };
+            state.layers = (0..self.layers.len()).map(|_| room()).collect();
+        }
+        state
+    }
+
     /// The next T steps (B, C, T) of a stream whose earlier steps `state` remembers → (B, C, T): what [`forward`]
     /// gives for these steps on the whole stream, bit for bit.
     ///
@@ -615,15 +664,18 @@ mod tests {
     }
 
     /// Steps in pieces of any size give the bits of one pass, with a window shorter than the stream (held keys
-    /// dropped, the buffers' regions filled and moved back) and with an unbounded one (regions grown).
+    /// dropped, the buffers' regions filled and moved back) and with an unbounded one (regions grown); from a
+    /// default state, from a stream's preallocated one, and from that one restarted after a whole stream.
     #[test]
     fn steps_in_pieces_match_one_pass_bit_for_bit() {
         let x = Tensor::randn(0f32, 1.0, (2, 16, 60), &Device::Cpu).unwrap();
         for context in [5, 250, usize::MAX] {
             let model = transformer(context);
             let whole = model.forward(&x).unwrap();
-            for pieces in [&[1usize][..], &[3, 1, 7], &[13, 2], &[60]] {
-                let (mut state, mut at, mut outs) = (TransformerState::default(), 0, Vec::new());
+            let mut reused = model.stream_state(2, &Device::Cpu);
+            for (pieces, fresh) in [(&[1usize][..], true), (&[3, 1, 7], false), (&[13, 2], true), (&[60], false)] {
+                let mut state = if fresh { TransformerState::default() } else { model.stream_state(2, &Device::Cpu) };
+                let (mut at, mut outs) = (0, Vec::new());
                 for &n in pieces.iter().cycle() {
                     let n = n.min(60 - at);
                     outs.push(model.step(&x.narrow(2, at, n).unwrap(), &mut state).unwrap());
@@ -635,6 +687,15 @@ mod tests {
                 let streamed = Tensor::cat(&outs, 2).unwrap();
                 let diff = (&streamed - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert_eq!(diff, 0.0, "context {context}, pieces {pieces:?}");
+                // The same stream again through one state, restarted after each.
+                reused.restart();
+                let again: Vec<Tensor> = (0..60)
+                    .step_by(pieces[0])
+                    .map(|at| model.step(&x.narrow(2, at, pieces[0].min(60 - at)).unwrap(), &mut reused).unwrap())
+                    .collect();
+                let again = Tensor::cat(&again, 2).unwrap();
+                let diff = (&again - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert_eq!(diff, 0.0, "context {context}, restarted, pieces of {}", pieces[0]);
             }
         }
     }
