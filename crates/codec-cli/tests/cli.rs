@@ -201,6 +201,14 @@ fn thread_and_run_counts() {
     assert!(err.contains("wrote") && err.contains("frames"), "success says nothing: {err}");
     assert_fails(&codec(&["bench", "-m", s(model()), "--runs", "0", "--seconds", "0.1"]), &["--runs"]);
     assert_fails(&codec(&["bench", "-m", s(model()), "--arch", "mimi", "--random"]), &["not both"]);
+    // A stream bench runs --runs streams and reports one: 0.4 s in 80 ms pushes is 5 of them each way.
+    let o = codec(&["bench", "-m", s(model()), "--stream-ms", "80", "--runs", "2", "--seconds", "0.4"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.lines().next().is_some_and(|l| l.ends_with("best of 2")), "{text}");
+    for way in ["encode: 5 pushes, latency p50", "decode: 5 pushes, latency p50"] {
+        assert_eq!(text.matches(way).count(), 1, "{text}");
+    }
     // Output paths are checked before any work.
     let codes = fixtures().join("codes.npy");
     assert_fails(&codec(&["decode", "-m", s(model()), s(&codes), "-o", s(&tmp("out.mp3"))]), &["out.mp3", ".wav"]);
