@@ -360,6 +360,12 @@ impl PocketMimi {
         self.decode_step(latent, &mut MimiDecodeState::default())
     }
 
+    /// A decoding stream's state on `device`, its transformer's key/value buffers made now rather than while it
+    /// decodes (see [`Transformer::stream_state`]).
+    pub fn decode_state(&self, device: &candle_core::Device) -> MimiDecodeState {
+        MimiDecodeState { transformer: self.decoder_transformer.stream_state(1, device), ..Default::default() }
+    }
+
     /// The next frames (B, latent_dim, F) of a stream whose earlier frames `state` remembers → their audio (B, 1,
     /// F · hop), final when returned: `decode_from_latent` with the package's streaming state.
     pub fn decode_step(&self, latent: &Tensor, state: &mut MimiDecodeState) -> Result<Tensor> {
@@ -376,6 +382,14 @@ pub struct MimiDecodeState {
     upsample: ConvTransposeState,
     transformer: TransformerState,
     seanet: SeanetState,
+}
+
+impl MimiDecodeState {
+    /// Back to a stream's start, keeping the transformer's key/value buffers (see [`Transformer::stream_state`]).
+    fn restart(&mut self) {
+        (self.upsample, self.seanet) = Default::default();
+        self.transformer.restart();
+    }
 }
 
 fn candle_err(source: candle_core::Error) -> crate::Error {
@@ -1179,8 +1193,10 @@ impl PocketTts {
         let fresh = FlowLmState::default();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
         let lm = &self.flow_lm;
+        // One decoder state for every chunk, restarted for each: its buffers are made once.
+        let mut mimi = self.mimi.decode_state(self.flow_lm.emb_std.device());
         for chunk in self.text_chunks(text)? {
-            let mut mimi = MimiDecodeState::default();
+            mimi.restart();
             // Samples of the chunk's audio made so far (the fade-in covers its first ones).
             let mut done = 0usize;
             // The callback's own errors (a full disk) come back through candle's error type; keep the first one.
