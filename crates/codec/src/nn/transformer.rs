@@ -122,7 +122,7 @@ impl KvRows {
         if self.len + t > self.capacity {
             // Room for two windows where the window is bounded: the held steps then move back to the front once
             // per `keep` steps appended (every ~125 pushes of a Mimi stream, not every third), and a stream never
-            // grows its regions (each doubling mid-stream, into fresh pages, was a 5–12 ms push).
+            // grows its regions (each doubling mid-stream, into fresh pages, made a 10–13 ms transformer step).
             let window_room = if keep <= MAX_WINDOW_ROOM { 2 * keep } else { 0 };
             let capacity = (2 * self.capacity).max(self.len + t).max(window_room + t);
             for buf in [&mut self.keys, &mut self.values] {
@@ -540,9 +540,9 @@ impl Transformer {
     }
 
     /// A fresh state for a stream of `batch` items on `device`. On the CPU, with a bounded window, every layer's key
-    /// and value buffers are made here, in memory, with room for two windows: a stream then never allocates them
-    /// while it runs (16 MB for Mimi's 8 layers; fresh pages are slow to fault in on our VMs, and a push that first
-    /// touched them took 20 ms).
+    /// and value buffers are allocated here with room for two windows (16 MB for Mimi's 8 layers), so a running
+    /// stream never allocates them: 16 MB allocated (and cleared) inside one push took it 20 ms on our VMs, where
+    /// fresh pages are slow to fault in. Their pages fault in a few at a time as the window fills.
     pub fn stream_state(&self, batch: usize, device: &Device) -> TransformerState {
         let mut state = TransformerState::default();
         if device.is_cpu() && self.cfg.context <= MAX_WINDOW_ROOM {
