@@ -964,7 +964,7 @@ fn bench_stream(codec: &Codec, seconds: f64, push: usize, n_q: Option<usize>, ru
     // Each timed run is a new stream over the whole input; the run with the least total time is reported (as the
     // whole-clip bench reports its best run), its pushes' latencies with it.
     let mut best = Vec::new();
-    let mut codes = None;
+    let mut codes = Codes { n_q, n_frames: 0, data: Vec::new() };
     for _ in 0..runs {
         let mut enc = codec.stream_encoder(Some(n_q))?;
         let (mut times, mut parts) = (Vec::new(), Vec::new());
@@ -975,10 +975,9 @@ fn bench_stream(codec: &Codec, seconds: f64, push: usize, n_q: Option<usize>, ru
         }
         parts.push(enc.flush()?);
         keep_best(&mut best, times);
-        codes = Some(concat_codes(&parts, n_q));
+        codes = concat_codes(&parts, n_q);
     }
     print_latency("encode", &mut best, seconds);
-    let codes = codes.unwrap_or(Codes { n_q, n_frames: 0, data: Vec::new() });
     let frames = push.div_ceil(codec.hop()).max(1);
     let mut best = Vec::new();
     for _ in 0..runs {

@@ -102,9 +102,11 @@ struct KvRows {
     len: usize,
 }
 
-/// The longest window [`KvRows`] makes room for twice from its first step (Mimi's is 250 steps; an unbounded
-/// context grows its regions by doubling instead).
-const MAX_WINDOW_ROOM: usize = 1 << 14;
+/// Steps of room for two windows of `keep` held steps, or `None` for a window too long to hold twice (an unbounded
+/// context, whose regions grow by doubling instead). Mimi's window: 249 held steps.
+fn two_windows(keep: usize) -> Option<usize> {
+    (keep <= 1 << 14).then_some(2 * keep)
+}
 
 impl KvRows {
     /// Empty rows with `capacity` steps of room.
@@ -123,8 +125,7 @@ impl KvRows {
             // Room for two windows where the window is bounded: the held steps then move back to the front once
             // per `keep` steps appended (every ~125 pushes of a Mimi stream, not every third), and a stream never
             // grows its regions (each doubling mid-stream, into fresh pages, made a 10–13 ms transformer step).
-            let window_room = if keep <= MAX_WINDOW_ROOM { 2 * keep } else { 0 };
-            let capacity = (2 * self.capacity).max(self.len + t).max(window_room + t);
+            let capacity = (2 * self.capacity).max(self.len + t).max(two_windows(keep).unwrap_or(0) + t);
             for buf in [&mut self.keys, &mut self.values] {
                 let mut moved = vec![0f32; self.rows * capacity * d];
                 for (r, dst) in moved.chunks_exact_mut(capacity * d).enumerate() {
@@ -545,10 +546,12 @@ impl Transformer {
     /// fresh pages are slow to fault in. Their pages fault in a few at a time as the window fills.
     pub fn stream_state(&self, batch: usize, device: &Device) -> TransformerState {
         let mut state = TransformerState::default();
-        if device.is_cpu() && self.cfg.context <= MAX_WINDOW_ROOM {
-            let (rows, capacity) = (batch * self.cfg.num_heads, 2 * self.cfg.context);
-            let room = || KvCache { kv: None, rows: Some(KvRows::with_room(rows, self.cfg.head_dim, capacity)) };
-            state.layers = (0..self.layers.len()).map(|_| room()).collect();
+        // Two windows plus a push's few steps: what the first append would make room for.
+        let capacity = two_windows(self.cfg.context.saturating_sub(1)).map(|room| room + 2);
+        if let Some(capacity) = capacity.filter(|_| device.is_cpu()) {
+            let rows = batch * self.cfg.num_heads;
+            let cache = || KvCache { kv: None, rows: Some(KvRows::with_room(rows, self.cfg.head_dim, capacity)) };
+            state.layers = (0..self.layers.len()).map(|_| cache()).collect();
         }
         state
     }
