@@ -520,8 +520,8 @@ fn decode_batch(codec: &Codec, jobs: &[Job], pcm16: bool) -> Vec<Result<String>>
 }
 
 /// Decodes `codes` into the WAV file `output`, written as it is produced: through a stream `push` frames at a time
-/// (default: pieces of the codec's chunk length), or, for a model whose decoder cannot stream (WavTokenizer), in one
-/// pass unless `push` was asked for. `length`: trim or zero-extend the audio to that many samples. A failed run
+/// (default: pieces of the codec's chunk length), or, for a model whose decoder cannot stream (WavTokenizer), as
+/// the codec cuts its pass (`Codec::decode_to`) unless `push` was asked for. `length`: trim or zero-extend the audio to that many samples. A failed run
 /// leaves no output file. Returns the seconds written.
 fn decode_to_file(
     codec: &Codec,
@@ -547,8 +547,7 @@ fn decode_to_file(
             Ok(())
         }
         Err(Error::Unsupported(_)) if push.is_none() => {
-            let audio = codec.decode_with_progress(codes, &mut |done, _| pb.set_position(done as u64))?;
-            writer.write(&audio.samples)
+            codec.decode_to(codes, &mut |pcm| writer.write(pcm), &mut |done, _| pb.set_position(done as u64))
         }
         Err(e) => Err(e),
     })();

@@ -518,31 +518,71 @@ impl Codec {
     }
 
     /// [`Codec::decode`], reporting `(frames done, frames in all)` after each chunk (see [`Codec::pieces`]).
-    pub fn decode_with_progress(&self, codes: &Codes, progress: &mut dyn FnMut(usize, usize)) -> Result<Audio> {
+    pub fn decode_with_progress(
+        &self,
+        codes: &Codes,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Audio> {
+        let mut samples = Vec::new();
+        self.decode_to(
+            codes,
+            &mut |pcm| {
+                samples.extend_from_slice(pcm);
+                Ok(())
+            },
+            progress,
+        )?;
+        Ok(Audio { sample_rate: self.sample_rate(), samples })
+    }
+
+    /// Codes → mono audio at the model rate handed to `sink` piece by piece as it is made (about `n_frames * hop`
+    /// samples in all), in the working memory of one piece whatever the length (see [`Codec::pieces`]): through the
+    /// model's stream, or, for a decoder that cannot stream, its pass cut into pieces
+    /// ([`crate::models::Model::decode_in_pieces`]). `progress(frames done, frames in all)` as it goes. An error
+    /// of `sink` ends the decode and is returned.
+    pub fn decode_to(
+        &self,
+        codes: &Codes,
+        sink: &mut (dyn FnMut(&[f32]) -> Result<()> + Send),
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<()> {
         self.require(Parts::Decoder)?;
         self.check_decodable(codes)?;
-        let sample_rate = self.sample_rate();
+        let pieces = self.pieces(codes.n_frames);
         let Some(inner) = self.decoder_stream() else {
-            self.check_memory(codes.n_frames, "decoding")?;
+            if pieces.len() == 1 {
+                self.check_memory(codes.n_frames, "decoding")?;
+            }
             let t =
                 Tensor::from_slice(&codes.data, (1, codes.n_q, codes.n_frames), &self.device).ctx("decode input")?;
-            let pcm = on_pool(|| self.model.decode(&t)).ctx(format!("{}: decode", self.path.display()))?;
-            let samples = pcm.flatten_all().and_then(|p| p.to_vec1::<f32>()).ctx("decode output")?;
-            progress(codes.n_frames, codes.n_frames);
-            return Ok(Audio { sample_rate, samples });
+            let piece_frames = pieces.first().map_or(1, |p| p.len());
+            // The model's sink speaks candle's errors: keep ours to return as it was.
+            let mut failed = None;
+            let result = {
+                let mut model_sink = |pcm: &[f32]| {
+                    sink(pcm).map_err(|e| {
+                        let message = e.to_string();
+                        failed = Some(e);
+                        candle_core::Error::Msg(message)
+                    })
+                };
+                on_pool(|| self.model.decode_in_pieces(&t, piece_frames, &mut model_sink, progress))
+            };
+            return match failed {
+                Some(e) => Err(e),
+                None => result.ctx(format!("{}: decode", self.path.display())),
+            };
         };
         let mut stream = StreamDecoder::new(inner, self.device.clone(), self.memory_guard());
-        let mut samples = Vec::with_capacity(codes.n_frames * self.hop());
-        let pieces = self.pieces(codes.n_frames);
         let last = pieces.len().saturating_sub(1);
         for (i, piece) in pieces.into_iter().enumerate() {
             let data = (0..codes.n_q).flat_map(|q| &codes.row(q)[piece.clone()]).copied().collect();
             let piece_codes = Codes { n_q: codes.n_q, n_frames: piece.len(), data };
             let pcm = if i == last { stream.finish(&piece_codes) } else { stream.push(&piece_codes) };
-            samples.extend(self.named(pcm)?);
+            sink(&self.named(pcm)?)?;
             progress(piece.end, codes.n_frames);
         }
-        Ok(Audio { sample_rate, samples })
+        Ok(())
     }
 
     /// What decoding needs of `codes`: a codebook count this model has, at least one frame, codes in range.

@@ -122,3 +122,54 @@ impl SharedFloats {
         self.0.wrapping_add(offset)
     }
 }
+
+/// Rows of `width` f32 values kept in an anonymous temporary file (in `$TMPDIR`, gone when dropped), for a
+/// sequence too long to hold whose pieces are written once and read back, possibly many times: WavTokenizer's
+/// decoder spans the whole clip (`nn::vocos`), and 1 h of its activations is 0.8 GB a tensor. Read and written
+/// with plain file I/O, not mapped: the pages then sit in the page cache, which the kernel may write out, rather
+/// than in the process.
+pub(crate) struct SpillRows {
+    file: std::fs::File,
+    width: usize,
+}
+
+impl SpillRows {
+    pub fn new(width: usize) -> candle_core::Result<Self> {
+        let file = tempfile::tempfile().map_err(|e| spill_error("create", e))?;
+        Ok(Self { file, width })
+    }
+
+    /// Values per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Writes `values` (whole rows) from row `row` on.
+    pub fn write(&self, row: usize, values: &[f32]) -> candle_core::Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        debug_assert_eq!(values.len() % self.width.max(1), 0);
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(self.offset(row)))
+            .and_then(|_| file.write_all(bytemuck::cast_slice(values)))
+            .map_err(|e| spill_error("write", e))
+    }
+
+    /// Rows `rows`, as written.
+    pub fn read(&self, rows: std::ops::Range<usize>) -> candle_core::Result<Vec<f32>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut values = vec![0f32; rows.len() * self.width];
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(self.offset(rows.start)))
+            .and_then(|_| file.read_exact(bytemuck::cast_slice_mut(&mut values)))
+            .map_err(|e| spill_error("read", e))?;
+        Ok(values)
+    }
+
+    fn offset(&self, row: usize) -> u64 {
+        (row as u64) * (self.width as u64) * 4
+    }
+}
+
+fn spill_error(what: &str, e: std::io::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("temporary file ({}): cannot {what}: {e}", std::env::temp_dir().display()))
+}

@@ -54,3 +54,36 @@ fn both_variants_match_the_reference() {
         std::fs::remove_file(gguf).ok();
     }
 }
+
+/// A decode longer than a piece runs in pieces, its pos_net's activations in temporary files (the GroupNorms'
+/// statistics gathered over every piece, the attention in blocks of queries against tiles of keys) and the layers
+/// after it with the frames they reach on each side: the audio equals one pass over the whole input.
+#[test]
+fn long_decode_in_pieces_equals_one_pass() {
+    let gguf = convert("frame75");
+    let mut codec = Codec::load(&gguf, DeviceKind::Cpu).unwrap();
+    // Two blocks of queries (4096 each), five tiles of keys (1024), pieces of 75 frames (1 s).
+    let frames = 5000;
+    codec.set_chunk_seconds(1.0);
+    assert!(codec.pieces(frames).len() > 60);
+    let size = codec.codebook_size() as u64;
+    let data: Vec<u32> = (0..frames as u64).map(|i| ((i * 2654435761) % size) as u32).collect();
+    let codes = Codes { n_q: 1, n_frames: frames, data };
+    let mut reported = vec![];
+    let pieces = codec.decode_with_progress(&codes, &mut |done, all| reported.push((done, all))).unwrap();
+
+    let tensor = Tensor::from_slice(&codes.data, (1, 1, frames), &Device::Cpu).unwrap();
+    let whole = codec.model().decode(&tensor).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(pieces.samples.len(), whole.len());
+    assert_eq!(whole.len(), frames * codec.hop());
+    let cos = cosine(&pieces.samples, &whole);
+    let worst = pieces.samples.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let peak = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!("5000 frames in pieces vs one pass: cos {cos:.12}, max diff {worst:e} at peak {peak}");
+    assert!(cos >= 0.99999, "cos {cos}");
+    assert!(worst <= 1e-4 * peak, "max diff {worst} at peak {peak}");
+    // Progress rises to the whole input.
+    assert!(reported.windows(2).all(|w| w[0].0 <= w[1].0) && reported.len() > 60);
+    assert_eq!(reported.last(), Some(&(frames, frames)));
+    std::fs::remove_file(gguf).ok();
+}

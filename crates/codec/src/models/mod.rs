@@ -62,6 +62,19 @@ pub trait Model: Send + Sync {
         let lengths = frames.iter().map(|&f| if f == most { samples } else { f * self.hop() }).collect();
         Ok((pcm, lengths))
     }
+    /// Codes (1, n, F) → the audio of [`Model::decode`] handed to `sink` in order, in the working memory of about
+    /// `piece_frames` frames whatever F: what a decoder that cannot stream but can cut its pass does for a long
+    /// input (WavTokenizer's spans the clip: it keeps its activations in temporary files). `progress(done, F)` as it
+    /// goes. As given: one `decode`.
+    fn decode_in_pieces(
+        &self,
+        codes: &Tensor,
+        _piece_frames: usize,
+        sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        decode_whole(self, codes, sink, progress)
+    }
     /// A streaming encoder with `n_q` codebooks (see [`crate::stream`]); `None` where the architecture cannot
     /// stream.
     fn stream_encoder(self: Arc<Self>, _n_q: usize, _device: &Device) -> Option<Box<dyn EncoderStream>> {
@@ -91,6 +104,19 @@ pub struct StageTime {
 /// `bytes_per_sample` bytes for each audio sample of `n_frames` frames of `hop` samples, saturating.
 pub(crate) fn bytes_per_sample(n_frames: usize, hop: usize, bytes_per_sample: u64) -> u64 {
     (n_frames as u64).saturating_mul(hop as u64).saturating_mul(bytes_per_sample)
+}
+
+/// [`Model::decode_in_pieces`] as one `decode`.
+pub(crate) fn decode_whole(
+    model: &(impl Model + ?Sized),
+    codes: &Tensor,
+    sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    sink(&crate::nn::f32_vec(&model.decode(codes)?)?)?;
+    let frames = codes.dim(2)?;
+    progress(frames, frames);
+    Ok(())
 }
 
 /// Collects named stage timings for [`Model::stage_times`].

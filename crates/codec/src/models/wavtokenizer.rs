@@ -19,7 +19,7 @@ use crate::nn::conv::PadMode;
 use crate::nn::lstm::LstmState;
 use crate::nn::rvq::ResidualVq;
 use crate::nn::seanet::{SeanetConfig, SeanetEncoder};
-use crate::nn::vocos::{Backbone, IstftHead, VocosConfig};
+use crate::nn::vocos::{Backbone, IstftHead, SpillPlan, VocosConfig};
 use crate::stream::{self, window};
 
 /// `general.architecture` of a WavTokenizer model file.
@@ -330,6 +330,21 @@ impl super::Model for WavTokenizer {
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let features = self.backbone.forward(&self.quantizer.decode(codes)?)?;
         self.head.forward(&features)
+    }
+    fn decode_in_pieces(
+        &self,
+        codes: &Tensor,
+        piece_frames: usize,
+        sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let (items, _, frames) = codes.dims3()?;
+        if items != 1 || frames <= piece_frames || !codes.device().is_cpu() {
+            return super::decode_whole(self, codes, sink, progress);
+        }
+        let latent = |rows: std::ops::Range<usize>| self.quantizer.decode(&codes.narrow(2, rows.start, rows.len())?);
+        let plan = SpillPlan::new(piece_frames);
+        crate::nn::vocos::decode_spilled(&self.backbone, &self.head, frames, &latent, plan, sink, progress)
     }
     fn stage_times(&self, pcm: &Tensor, n_q: usize) -> Result<Vec<super::StageTime>> {
         let mut t = super::StageTimer::default();

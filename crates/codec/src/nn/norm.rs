@@ -85,18 +85,93 @@ impl GroupNorm {
     /// (B, C, T) → (B, C, T).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = GroupNormOp { groups: self.groups, eps: self.eps as f32 };
+            let op = GroupNormOp { groups: self.groups, eps: self.eps as f32, moments: None };
             return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &F32Op3(op));
         }
         use candle_core::Module;
         let channels = self.weight.dim(0)?;
         candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), channels, self.groups, self.eps)?.forward(x)
     }
+
+    /// Adds the groups' values in `x` (1, C, T), f32 on the CPU, to `moments`: a sequence too long to hold
+    /// is normalised piece by piece, with the statistics of all its pieces ([`GroupNorm::forward_with`]).
+    pub fn add_moments(&self, x: &Tensor, moments: &mut GroupMoments) -> Result<()> {
+        let (_, c, _) = x.dims3()?;
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let values = super::cpu_f32(&storage, layout, "group norm input")?;
+        if moments.groups.is_empty() {
+            moments.groups = vec![Moments::default(); self.groups];
+        }
+        if x.dim(0)? != 1 || c % self.groups != 0 || moments.groups.len() != self.groups {
+            candle_core::bail!("group norm moments: {:?} for {} groups", x.dims(), self.groups);
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<Moments> = values.par_chunks(values.len() / self.groups).map(Moments::of).collect();
+        moments.groups.iter_mut().zip(parts).for_each(|(m, part)| m.merge(part));
+        Ok(())
+    }
+
+    /// [`GroupNorm::forward`] of a piece (1, C, T), f32 on the CPU, of a sequence whose groups' statistics are
+    /// `moments` (of every piece: [`GroupNorm::add_moments`]).
+    pub fn forward_with(&self, x: &Tensor, moments: &GroupMoments) -> Result<Tensor> {
+        let op = GroupNormOp { groups: self.groups, eps: self.eps as f32, moments: Some(moments.groups.clone()) };
+        x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &F32Op3(op))
+    }
+}
+
+/// Count, mean and summed squared deviation of a group's values, in f64 (a long clip's group holds hundreds of
+/// millions of values); pieces merge exactly as Chan et al.'s parallel variance.
+#[derive(Debug, Clone, Copy, Default)]
+struct Moments {
+    count: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    /// Two passes, as torch: the mean, then the squared deviations from it.
+    fn of(x: &[f32]) -> Self {
+        let count = x.len() as f64;
+        if x.is_empty() {
+            return Self::default();
+        }
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / count;
+        let m2 = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
+        Self { count, mean, m2 }
+    }
+
+    fn merge(&mut self, other: Self) {
+        let count = self.count + other.count;
+        if count == 0.0 {
+            return;
+        }
+        let delta = other.mean - self.mean;
+        self.mean += delta * other.count / count;
+        self.m2 += other.m2 + delta * delta * self.count * other.count / count;
+        self.count = count;
+    }
+
+    /// Mean and standard deviation (with `eps`) in f32, as the normalisation uses them.
+    fn mean_std(&self, eps: f32) -> (f32, f32) {
+        let var = if self.count > 0.0 { self.m2 / self.count } else { 0.0 };
+        (self.mean as f32, (var as f32 + eps).sqrt())
+    }
+}
+
+/// The statistics of each group of a GroupNorm's input, gathered over the pieces of a sequence.
+#[derive(Debug, Clone, Default)]
+pub struct GroupMoments {
+    groups: Vec<Moments>,
 }
 
 struct GroupNormOp {
     groups: usize,
     eps: f32,
+    /// Each group's statistics, given (of a whole sequence, for one of its pieces) instead of taken from the input.
+    moments: Option<Vec<Moments>>,
 }
 
 impl F32Kernel3 for GroupNormOp {
@@ -119,13 +194,16 @@ impl F32Kernel3 for GroupNormOp {
         if n == 0 {
             return Ok((out, l1.shape().clone()));
         }
-        // Groups are contiguous (channels × time) blocks of (B, C, T): one task each. Sums in f64, so the statistics
-        // of a long clip's group (hundreds of thousands of values) keep f32's precision.
+        if self.moments.as_ref().is_some_and(|m| x.len() != n * m.len()) {
+            candle_core::bail!("group norm: {} values of one item for {} groups", x.len(), self.groups);
+        }
+        // Groups are contiguous (channels × time) blocks of (B, C, T): one task each.
         out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(i, (y, x))| {
             let first = i % self.groups * per_group;
-            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-            let (mean, std) = (mean as f32, (var as f32 + self.eps).sqrt());
+            let (mean, std) = match &self.moments {
+                Some(given) => given[i].mean_std(self.eps),
+                None => Moments::of(x).mean_std(self.eps),
+            };
             for (ch, (y, x)) in y.chunks_mut(t).zip(x.chunks(t)).enumerate() {
                 let (w, b) = (w[first + ch], b[first + ch]);
                 super::wide_simd(

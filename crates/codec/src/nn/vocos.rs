@@ -20,8 +20,9 @@ use super::{cpu_f32, f32_slice, f32_vec, Weights};
 use super::activation::{silu, Activation};
 use super::conv::{Conv1d, ConvConfig};
 use super::linear::Linear;
-use super::norm::{layer_norm, GroupNorm, LayerNorm};
+use super::norm::{layer_norm, GroupMoments, GroupNorm, LayerNorm};
 use super::sum_all;
+use crate::mem::SpillRows;
 
 /// Vocos hyper-parameters (see `WavTokenizerConfig` for how WavTokenizer's metadata fills them).
 #[derive(Debug, Clone)]
@@ -74,6 +75,37 @@ impl ResnetBlock {
         let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
         self.conv2.forward_add(&silu(&self.norm2.forward(&h)?)?, x)
     }
+
+    /// [`ResnetBlock::forward`] of the sequence in `x` (`frames` rows; `moments` its norm1 statistics), in place,
+    /// `piece` frames at a time, through `h` for the inner activation → the output's statistics for `next`.
+    fn forward_spilled(
+        &self,
+        x: &SpillRows,
+        h: &SpillRows,
+        moments: &GroupMoments,
+        next: &GroupNorm,
+        frames: usize,
+        piece: usize,
+    ) -> Result<GroupMoments> {
+        let dim = x.width();
+        let mut inner = GroupMoments::default();
+        for (own, with) in pieces(frames, piece, reach(&self.conv1)) {
+            let xw = channels_first(x.read(with.clone())?, dim)?;
+            let y = own_part(&self.conv1.forward(&silu(&self.norm1.forward_with(&xw, moments)?)?)?, &own, &with)?;
+            self.norm2.add_moments(&y, &mut inner)?;
+            h.write(own.start, &time_major(&y)?)?;
+        }
+        // x's rows are read only where they are written (the residual): overwriting them in place is safe.
+        let mut out = GroupMoments::default();
+        for (own, with) in pieces(frames, piece, reach(&self.conv2)) {
+            let hw = channels_first(h.read(with.clone())?, dim)?;
+            let y = own_part(&self.conv2.forward(&silu(&self.norm2.forward_with(&hw, &inner)?)?)?, &own, &with)?;
+            let y = (y + channels_first(x.read(own.clone())?, dim)?)?;
+            next.add_moments(&y, &mut out)?;
+            x.write(own.start, &time_major(&y)?)?;
+        }
+        Ok(out)
+    }
 }
 
 /// Attention scores held at once (16 MiB of f32): clips up to 2048 frames (27 s at 75 Hz) are one block.
@@ -117,6 +149,91 @@ impl AttnBlock {
         };
         self.proj_out.forward_add(&h, x)
     }
+
+    /// [`AttnBlock::forward`] of the sequence in `x` (`frames` rows; `moments` its norm's statistics), in place:
+    /// keys and values of every frame into `k` and `v`, then blocks of queries against tiles of them
+    /// ([`attend_spilled`]) → the output's statistics for `next`. `done(n)` after each block of n queries.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_spilled(
+        &self,
+        x: &SpillRows,
+        [k, v]: [&SpillRows; 2],
+        moments: &GroupMoments,
+        next: &GroupNorm,
+        frames: usize,
+        plan: SpillPlan,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<GroupMoments> {
+        let dim = x.width();
+        let normed = |rows| self.norm.forward_with(&channels_first(x.read(rows)?, dim)?, moments);
+        for (own, _) in pieces(frames, plan.piece, 0) {
+            let h = normed(own.clone())?;
+            k.write(own.start, &time_major(&self.k.forward(&h)?)?)?;
+            v.write(own.start, &time_major(&self.v.forward(&h)?)?)?;
+        }
+        // Every frame's keys and values are made: the blocks may overwrite x's rows as they go.
+        let mut out = GroupMoments::default();
+        for (own, _) in pieces(frames, plan.queries, 0) {
+            let q = self.q.forward(&normed(own.clone())?)?;
+            let attended = attend_spilled(&q, k, v, frames, plan.keys)?;
+            let y = self.proj_out.forward_add(&attended, &channels_first(x.read(own.clone())?, dim)?)?;
+            next.add_moments(&y, &mut out)?;
+            x.write(own.start, &time_major(&y)?)?;
+            done(own.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Single-head attention of the queries `q` (1, C, n) over `frames` keys and values kept in `k` and `v` (rows of
+/// C), `tile` keys at a time → (1, C, n): per tile the scores `qᵀk · C^−½`, each query's running maximum and sum
+/// of `exp(score − max)` (earlier tiles' sums and outputs rescaled when the maximum grows), and `p · vᵀ` added to
+/// its output; divided by the sums at the end. The same as [`attend_cpu`] up to rounding, in O(n · tile) memory.
+fn attend_spilled(q: &Tensor, k: &SpillRows, v: &SpillRows, frames: usize, tile: usize) -> Result<Tensor> {
+    use super::gemm::{gemm, Epilogue, Output, Strided};
+    let (_, c, n) = q.dims3()?;
+    let q = f32_vec(q)?;
+    let tile = tile.clamp(1, frames.max(1));
+    let scale = vec![(c as f64).powf(-0.5) as f32; tile];
+    let epi = Epilogue { col_scale: Some(&scale), ..Default::default() };
+    // Query j is column j of q: qᵀ's row, read down the channels.
+    let queries = Strided::new(&q, (n, c), 1, n).expect("sized");
+    let (mut out, mut added) = (vec![0f32; n * c], vec![0f32; n * c]);
+    let mut max_sum = vec![(f32::NEG_INFINITY, 0f32); n];
+    let mut scores = vec![0f32; n * tile];
+    for from in (0..frames).step_by(tile) {
+        let t = tile.min(frames - from);
+        let (keys, values) = (k.read(from..from + t)?, v.read(from..from + t)?);
+        let scores = &mut scores[..n * t];
+        let keys = Strided::transposed(&keys, t, c).expect("sized");
+        gemm(n, t, c, &queries, &keys, &mut Output::row_major(scores, n, t).expect("sized"), &epi);
+        let rescale: Vec<f32> = scores
+            .par_chunks_mut(t)
+            .zip(max_sum.par_iter_mut())
+            .map(|(row, (max, sum))| {
+                let (new_max, tile_sum) = exp_below_max(row, *max);
+                let rescale = (*max - new_max).exp();
+                (*max, *sum) = (new_max, *sum * rescale + tile_sum);
+                rescale
+            })
+            .collect();
+        let values = Strided::row_major(&values, t, c).expect("sized");
+        let probabilities = Strided::row_major(scores, n, t).expect("sized");
+        gemm(
+            n,
+            c,
+            t,
+            &probabilities,
+            &values,
+            &mut Output::row_major(&mut added, n, c).expect("sized"),
+            &Epilogue::default(),
+        );
+        out.par_chunks_mut(c).zip(added.par_chunks(c)).zip(&rescale).for_each(|((o, a), &r)| {
+            o.iter_mut().zip(a).for_each(|(o, a)| *o = *o * r + a);
+        });
+    }
+    out.par_chunks_mut(c).zip(&max_sum).for_each(|(o, &(_, sum))| o.iter_mut().for_each(|o| *o /= sum));
+    Tensor::from_vec(out, (1, n, c), &candle_core::Device::Cpu)?.transpose(1, 2)?.contiguous()
 }
 
 /// Single-head attention of q, k, v (B, C, T each) with candle's ops (other devices), queries in blocks as
@@ -140,7 +257,6 @@ fn attend_with_tensor_ops(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: 
 /// softmax, `v · wᵀ` — two f32 products of our GEMM straight from the channels-first layouts (candle's matmuls
 /// needed q and w transposed into copies first), the softmax in one vectorised pass per row.
 fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Result<Tensor> {
-    use super::activation::exp_nonpositive;
     use super::gemm::{gemm, Epilogue, Output, Strided};
     let (b, c, t) = q.dims3()?;
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
@@ -165,15 +281,7 @@ fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Re
             let queries = Strided::new(&qi[q0..], (n, c), 1, t).expect("inside q");
             gemm(n, t, c, &queries, &keys, &mut Output::row_major(&mut scores, n, t).expect("sized"), &epi);
             scores.par_chunks_mut(t).for_each(|row| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                super::with_fma!(
-                    FMA,
-                    super::wide_simd(
-                        #[inline(always)]
-                        || row.iter_mut().for_each(|s| *s = exp_nonpositive::<FMA>(*s - max))
-                    )
-                );
-                let sum: f32 = row.iter().sum();
+                let (_, sum) = exp_below_max(row, f32::NEG_INFINITY);
                 row.iter_mut().for_each(|s| *s /= sum);
             });
             // y[:, q0 .. q0 + n] = v · wᵀ, w the block's (n × T) probabilities.
@@ -183,6 +291,21 @@ fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scores_per_block: usize) -> Re
         }
     }
     Tensor::from_vec(out, (b, c, t), &candle_core::Device::Cpu)
+}
+
+/// Each score of `row` → `exp(score − max)`, `max` the larger of the row's own maximum and `floor`; returns that
+/// maximum and the sum of the new values. One vectorised pass.
+fn exp_below_max(row: &mut [f32], floor: f32) -> (f32, f32) {
+    use super::activation::exp_nonpositive;
+    let max = row.iter().copied().fold(floor, f32::max);
+    super::with_fma!(
+        FMA,
+        super::wide_simd(
+            #[inline(always)]
+            || row.iter_mut().for_each(|s| *s = exp_nonpositive::<FMA>(*s - max))
+        )
+    );
+    (max, row.iter().sum())
 }
 
 /// LayerNorm without affine, then one learnt (scale, shift) row per condition.
@@ -239,6 +362,8 @@ impl ConvNextBlock {
 /// Latent (B, input_channels, F) → features (B, F, dim).
 #[derive(Debug, Clone)]
 pub struct Backbone {
+    dim: usize,
+    intermediate_dim: usize,
     embed: Conv1d,
     pos_resnets: [ResnetBlock; 4],
     pos_attn: AttnBlock,
@@ -254,6 +379,8 @@ impl Backbone {
         let d = cfg.dim;
         let pos = vb.pp("pos_net");
         Ok(Self {
+            dim: d,
+            intermediate_dim: cfg.intermediate_dim,
             embed: Conv1d::new(cfg.input_channels, d, ConvConfig::torch(7, 3), vb.pp("embed"))?,
             pos_resnets: [
                 ResnetBlock::new(d, pos.pp("0"))?,
@@ -279,11 +406,150 @@ impl Backbone {
         let x = self.pos_attn.forward(&x)?;
         let x = self.pos_resnets[2].forward(&x)?;
         let x = self.pos_resnets[3].forward(&x)?;
-        let x = self.pos_norm.forward(&x)?;
+        self.frame_layers(&self.pos_norm.forward(&x)?)
+    }
+
+    /// The layers after the pos_net, (B, dim, F) → features (B, F, dim): each output frame from the frames within
+    /// [`Backbone::frame_layers_reach`] of it.
+    fn frame_layers(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.norm.forward(&x.transpose(1, 2)?.contiguous()?)?;
         let x = self.convnext.iter().try_fold(x, |x, block| block.forward(&x))?;
         self.final_layer_norm.forward(&x)
     }
+
+    /// How many frames on each side an output frame of [`Backbone::frame_layers`] depends on.
+    fn frame_layers_reach(&self) -> usize {
+        self.convnext.iter().map(|block| reach(&block.dwconv)).sum()
+    }
+}
+
+/// Frames on each side an output frame of a centred conv (stride 1) reads.
+fn reach(conv: &Conv1d) -> usize {
+    (conv.span_and_stride().0 - 1) / 2
+}
+
+/// How [`decode_spilled`] cuts a sequence: frames per piece of the layers that look at a few frames around each
+/// (convs, norms, the ConvNeXt blocks and the head), queries per block and keys per tile of the attention.
+#[derive(Debug, Clone, Copy)]
+pub struct SpillPlan {
+    /// Frames per piece of the layers that see nearby frames only.
+    pub piece: usize,
+    /// Queries per block of the attention.
+    pub queries: usize,
+    /// Keys per tile of the attention.
+    pub keys: usize,
+}
+
+impl SpillPlan {
+    /// Pieces of `piece` frames; blocks of 4096 queries (the keys and values, read back from the temporary file for
+    /// each block, then cost a few % of the attention's products: 1.7 GB a block for 1 h) against tiles of 1024 keys
+    /// (16 MiB of scores).
+    pub fn new(piece: usize) -> Self {
+        Self { piece: piece.max(1), queries: 4096, keys: 1024 }
+    }
+}
+
+/// Latent (1, input_channels, F), given a range of frames at a time by `latent`, → audio handed to `sink` in order
+/// (F · hop samples): [`Backbone::forward`] then [`IstftHead::forward`] in memory bounded by `plan`, whatever F,
+/// on the CPU, the same up to rounding. The pos_net spans the clip (its GroupNorms' statistics, its attention), so its
+/// activations go to temporary files ([`crate::mem::SpillRows`], 3 KB per frame each, three files) and come back a
+/// piece at a time: each GroupNorm's statistics are gathered over all pieces first, the attention runs on blocks of
+/// queries against tiles of keys with a running softmax (never the F × F scores). The layers after the pos_net
+/// and the head see only nearby frames: they run on pieces with that many frames more on each side.
+/// `progress(done, F)` reports about the share of the work done, in frames.
+pub fn decode_spilled(
+    backbone: &Backbone,
+    head: &IstftHead,
+    frames: usize,
+    latent: &dyn Fn(std::ops::Range<usize>) -> Result<Tensor>,
+    plan: SpillPlan,
+    sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let dim = backbone.dim;
+    let mut work = SpillWork::new(backbone, head, frames);
+    let (x, h, v) = (SpillRows::new(dim)?, SpillRows::new(dim)?, SpillRows::new(dim)?);
+    let mut moments = GroupMoments::default();
+    for (own, with) in pieces(frames, plan.piece, reach(&backbone.embed)) {
+        let y = own_part(&backbone.embed.forward(&latent(with.clone())?)?, &own, &with)?;
+        backbone.pos_resnets[0].norm1.add_moments(&y, &mut moments)?;
+        x.write(own.start, &time_major(&y)?)?;
+    }
+    let [r0, r1, r2, r3] = &backbone.pos_resnets;
+    moments = r0.forward_spilled(&x, &h, &moments, &r1.norm1, frames, plan.piece)?;
+    moments = r1.forward_spilled(&x, &h, &moments, &backbone.pos_attn.norm, frames, plan.piece)?;
+    work.done(frames * 4 * work.conv_per_frame, progress);
+    moments = backbone.pos_attn.forward_spilled(&x, [&h, &v], &moments, &r2.norm1, frames, plan, &mut |n| {
+        work.done(n * work.attention_per_frame, progress)
+    })?;
+    moments = r2.forward_spilled(&x, &h, &moments, &r3.norm1, frames, plan.piece)?;
+    moments = r3.forward_spilled(&x, &h, &moments, &backbone.pos_norm, frames, plan.piece)?;
+    work.done(frames * 4 * work.conv_per_frame, progress);
+    let reach = backbone.frame_layers_reach() + head.n_fft / head.hop;
+    for (own, with) in pieces(frames, plan.piece, reach) {
+        let x = backbone.pos_norm.forward_with(&channels_first(x.read(with.clone())?, dim)?, &moments)?;
+        let audio = head.forward(&backbone.frame_layers(&x)?)?;
+        let audio = audio.narrow(2, (own.start - with.start) * head.hop, own.len() * head.hop)?;
+        sink(&f32_vec(&audio)?)?;
+        work.done(own.len() * work.frame_layers_per_frame, progress);
+    }
+    Ok(())
+}
+
+/// [`decode_spilled`]'s progress: the work of its stages, in multiply-adds, turned into frames.
+struct SpillWork {
+    frames: usize,
+    total: f64,
+    done: f64,
+    conv_per_frame: usize,
+    attention_per_frame: usize,
+    frame_layers_per_frame: usize,
+}
+
+impl SpillWork {
+    fn new(backbone: &Backbone, head: &IstftHead, frames: usize) -> Self {
+        let (dim, intermediate) = (backbone.dim, backbone.intermediate_dim);
+        let conv_per_frame = 3 * dim * dim;
+        let attention_per_frame = 2 * frames * dim + 4 * dim * dim;
+        let frame_layers_per_frame = backbone.convnext.len() * 2 * dim * intermediate + dim * (head.n_fft + 2);
+        let per_frame = 8 * conv_per_frame + attention_per_frame + frame_layers_per_frame;
+        let total = frames as f64 * per_frame as f64;
+        Self { frames, total, done: 0.0, conv_per_frame, attention_per_frame, frame_layers_per_frame }
+    }
+
+    fn done(&mut self, work: usize, progress: &mut dyn FnMut(usize, usize)) {
+        self.done += work as f64;
+        progress(((self.done / self.total).min(1.0) * self.frames as f64) as usize, self.frames);
+    }
+}
+
+/// The pieces of `frames` frames, `piece` long: each as (its own frames, those with `reach` more on each side
+/// within the sequence).
+fn pieces(
+    frames: usize,
+    piece: usize,
+    reach: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
+    (0..frames).step_by(piece.max(1)).map(move |from| {
+        let to = (from + piece).min(frames);
+        (from..to, from.saturating_sub(reach)..(to + reach).min(frames))
+    })
+}
+
+/// Of `x` (1, C, frames `with`), the frames `own`.
+fn own_part(x: &Tensor, own: &std::ops::Range<usize>, with: &std::ops::Range<usize>) -> Result<Tensor> {
+    x.narrow(2, own.start - with.start, own.len())
+}
+
+/// Frames of `width` values each, one after another (a temporary file's rows) → (1, width, frames).
+fn channels_first(rows: Vec<f32>, width: usize) -> Result<Tensor> {
+    let n = rows.len() / width.max(1);
+    Tensor::from_vec(rows, (1, n, width), &candle_core::Device::Cpu)?.transpose(1, 2)?.contiguous()
+}
+
+/// (1, C, frames) → the frames' values one frame after another.
+fn time_major(x: &Tensor) -> Result<Vec<f32>> {
+    f32_vec(&x.transpose(1, 2)?.contiguous()?)
 }
 
 /// Features (B, F, dim) → audio (B, 1, F · hop): log-magnitude and phase → inverse real DFT of each frame, times
@@ -529,6 +795,32 @@ mod tests {
             let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let diff = super::super::test_util::max_abs_diff(&ours, &theirs);
             assert!(diff <= 1e-5 * scale, "blocks of {scores_per_block} scores: max diff {diff} at scale {scale}");
+        }
+    }
+
+    /// Attention over keys and values read back from temporary files in tiles, with a running softmax, gives what
+    /// the one-pass attention gives: tiles of 1, 7 and more keys than there are.
+    #[test]
+    fn spilled_attention_matches_one_pass() {
+        let dev = Device::Cpu;
+        let (c, t) = (48, 70);
+        let [q, k, v] = [4u64, 5, 6].map(|seed| {
+            let values = super::super::test_util::pseudo_random(c * t, seed);
+            (Tensor::from_vec(values, (1, c, t), &dev).unwrap() * 3.0).unwrap()
+        });
+        let want = attend_cpu(&q, &k, &v, usize::MAX).unwrap();
+        let spill = |x: &Tensor| {
+            let rows = SpillRows::new(c).unwrap();
+            rows.write(0, &time_major(x).unwrap()).unwrap();
+            rows
+        };
+        let (keys, values) = (spill(&k), spill(&v));
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for tile in [1, 7, 1000] {
+            // Queries 10..30 only: a block of them.
+            let got = attend_spilled(&q.narrow(2, 10, 20).unwrap(), &keys, &values, t, tile).unwrap();
+            let diff = super::super::test_util::max_abs_diff(&got, &want.narrow(2, 10, 20).unwrap());
+            assert!(diff <= 1e-5 * scale, "tiles of {tile}: max diff {diff} at scale {scale}");
         }
     }
 
