@@ -530,7 +530,8 @@ fn pieces(
     piece: usize,
     reach: usize,
 ) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
-    (0..frames).step_by(piece.max(1)).map(move |from| {
+    let piece = piece.max(1);
+    (0..frames).step_by(piece).map(move |from| {
         let to = (from + piece).min(frames);
         (from..to, from.saturating_sub(reach)..(to + reach).min(frames))
     })
