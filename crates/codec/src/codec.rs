@@ -523,7 +523,7 @@ impl Codec {
         codes: &Codes,
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Audio> {
-        let mut samples = Vec::new();
+        let mut samples = Vec::with_capacity(codes.n_frames.saturating_mul(self.hop()));
         self.decode_to(
             codes,
             &mut |pcm| {
