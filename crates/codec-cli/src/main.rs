@@ -711,19 +711,23 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Roundtrip { model, input, output, codebooks: CodebooksArg { n_q }, pcm16, stream } => {
             check_output(output, "wav")?;
-            let codec = load(&model.model, cli, Parts::All)?;
-            codec.check_n_q(*n_q)?;
-            let (push, push_frames) = (stream.samples(codec.sample_rate())?, stream.frames(&codec)?);
+            // Each half loaded apart, the encoder dropped before decoding: its packed weights (a long input's pieces
+            // pack them) are not held beside the decoder's. DAC 44.1 kHz, 2 min: peak RSS 655 → 487 MB.
+            let (encoder, decoder) =
+                (load(&model.model, cli, Parts::Encoder)?, load(&model.model, cli, Parts::Decoder)?);
+            encoder.check_n_q(*n_q)?;
+            let (push, push_frames) = (stream.samples(encoder.sample_rate())?, stream.frames(&decoder)?);
             if push.is_some() {
                 // Before any work: a model whose decoder cannot stream fails now, not after encoding.
-                codec.stream_decoder_without_warm_up()?;
+                decoder.stream_decoder_without_warm_up()?;
             }
-            let (codes, length) = encode_file(&codec, input, *n_q, push, cli.quiet).map_err(naming(input))?;
+            let (codes, length) = encode_file(&encoder, input, *n_q, push, cli.quiet).map_err(naming(input))?;
+            drop(encoder);
             // As long as the input: trimmed, or zero-extended where a model's decoder returns a few samples fewer
             // than frames × hop (DAC with odd strides).
-            let seconds = decode_to_file(&codec, &codes, push_frames, output, *pcm16, Some(length), cli.quiet)
+            let seconds = decode_to_file(&decoder, &codes, push_frames, output, *pcm16, Some(length), cli.quiet)
                 .map_err(naming(input))?;
-            wrote_audio(cli, output, seconds, codec.sample_rate());
+            wrote_audio(cli, output, seconds, decoder.sample_rate());
             Ok(())
         }
         Command::Tts { model, text, output, voice, temperature, steps, seed, pcm16, stream } => {
