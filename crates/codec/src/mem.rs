@@ -156,13 +156,19 @@ impl SpillRows {
 
     /// Rows `rows`, as written.
     pub fn read(&self, rows: std::ops::Range<usize>) -> candle_core::Result<Vec<f32>> {
+        let mut values = Vec::new();
+        self.read_into(rows, &mut values)?;
+        Ok(values)
+    }
+
+    /// Rows `rows` into `values` (resized to them): for a loop that reads many tiles into one buffer.
+    pub fn read_into(&self, rows: std::ops::Range<usize>, values: &mut Vec<f32>) -> candle_core::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
-        let mut values = vec![0f32; rows.len() * self.width];
+        values.resize(rows.len() * self.width, 0.0);
         let mut file = &self.file;
         file.seek(SeekFrom::Start(self.offset(rows.start)))
-            .and_then(|_| file.read_exact(bytemuck::cast_slice_mut(&mut values)))
-            .map_err(|e| spill_error("read", e))?;
-        Ok(values)
+            .and_then(|_| file.read_exact(bytemuck::cast_slice_mut(values)))
+            .map_err(|e| spill_error("read", e))
     }
 
     fn offset(&self, row: usize) -> u64 {

@@ -200,14 +200,16 @@ fn attend_spilled(q: &Tensor, k: &SpillRows, v: &SpillRows, frames: usize, tile:
     let queries = Strided::new(&q, (n, c), 1, n).expect("sized");
     let (mut out, mut added) = (vec![0f32; n * c], vec![0f32; n * c]);
     let mut max_sum = vec![(f32::NEG_INFINITY, 0f32); n];
-    let mut scores = vec![0f32; n * tile];
+    // Buffers of one tile, reused by every tile.
+    let (mut scores, mut keys, mut values, mut rescale) = (vec![0f32; n * tile], vec![], vec![], vec![]);
     for from in (0..frames).step_by(tile) {
         let t = tile.min(frames - from);
-        let (keys, values) = (k.read(from..from + t)?, v.read(from..from + t)?);
+        k.read_into(from..from + t, &mut keys)?;
+        v.read_into(from..from + t, &mut values)?;
         let scores = &mut scores[..n * t];
         let keys = Strided::transposed(&keys, t, c).expect("sized");
         gemm(n, t, c, &queries, &keys, &mut Output::row_major(scores, n, t).expect("sized"), &epi);
-        let rescale: Vec<f32> = scores
+        scores
             .par_chunks_mut(t)
             .zip(max_sum.par_iter_mut())
             .map(|(row, (max, sum))| {
@@ -216,7 +218,7 @@ fn attend_spilled(q: &Tensor, k: &SpillRows, v: &SpillRows, frames: usize, tile:
                 (*max, *sum) = (new_max, *sum * rescale + tile_sum);
                 rescale
             })
-            .collect();
+            .collect_into_vec(&mut rescale);
         let values = Strided::row_major(&values, t, c).expect("sized");
         let probabilities = Strided::row_major(scores, n, t).expect("sized");
         gemm(
