@@ -521,8 +521,8 @@ fn decode_batch(codec: &Codec, jobs: &[Job], pcm16: bool) -> Vec<Result<String>>
 
 /// Decodes `codes` into the WAV file `output`, written as it is produced: through a stream `push` frames at a time
 /// (default: pieces of the codec's chunk length), or, for a model whose decoder cannot stream (WavTokenizer), as
-/// the codec cuts its pass (`Codec::decode_to`) unless `push` was asked for. `length`: trim or zero-extend the audio to that many samples. A failed run
-/// leaves no output file. Returns the seconds written.
+/// the codec cuts its pass (`Codec::decode_to`) unless `push` was asked for. `length`: trim or zero-extend the audio
+/// to that many samples. A failed run leaves no output file. Returns the seconds written.
 fn decode_to_file(
     codec: &Codec,
     codes: &Codes,
