@@ -254,12 +254,30 @@ fn spinner(quiet: bool, msg: String) -> ProgressBar {
 
 /// Loads the model for `parts`: `encode` and `decode` read only their half of the weights.
 fn load(spec: &str, cli: &Cli, parts: Parts) -> Result<Codec> {
-    let path = codec::hub::resolve_model(spec, !cli.quiet)?;
+    let path = model_path(spec, cli)?;
     let device: DeviceKind = cli.device.parse()?;
     let pb = spinner(cli.quiet, format!("loading {}", path.display()));
     let codec = Codec::load_parts(&path, device, parts);
     pb.finish_and_clear();
     codec
+}
+
+/// MODEL as a GGUF file to map: the file named, or a hub id's converted download. A checkpoint `codec convert` reads
+/// (a directory, `.safetensors`, `.pth`, `.ckpt`) is an error that says how to make the GGUF, rather than that the
+/// file is not one.
+fn model_path(spec: &str, cli: &Cli) -> Result<PathBuf> {
+    let path = codec::hub::resolve_model(spec, !cli.quiet)?;
+    let checkpoint = path.is_dir()
+        || path.extension().is_some_and(|e| ["safetensors", "pth", "ckpt"].iter().any(|c| e.eq_ignore_ascii_case(c)));
+    if !checkpoint {
+        return Ok(path);
+    }
+    Err(Error::InvalidArgument(format!(
+        "{}: a checkpoint, not a GGUF model file; convert it once with `codec convert {} -o model.gguf` and pass \
+         that",
+        path.display(),
+        path.display()
+    )))
 }
 
 /// Checks an output path before any work: the format its extension names is the one we write, its directory exists,
@@ -732,7 +750,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Tts { model, text, output, voice, temperature, steps, seed, pcm16, stream } => {
             check_output(output, "wav")?;
-            let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
+            let path = model_path(&model.model, cli)?;
             let file = codec::gguf::ModelFile::open(&path)?;
             let device = cli.device.parse::<DeviceKind>()?.device()?;
             let tts = codec::models::pocket_tts::PocketTts::load(&file, &device)?;
@@ -809,7 +827,7 @@ fn run(cli: &Cli) -> Result<()> {
                 return Err(Error::InvalidArgument(format!("{}: is not a directory", output.display())));
             }
             let items = tokenize::collect_inputs(inputs)?;
-            let path = codec::hub::resolve_model(&model.model, !cli.quiet)?;
+            let path = model_path(&model.model, cli)?;
             let codec = load(&path.to_string_lossy(), cli, Parts::Encoder)?;
             let opts = tokenize::Options { quiet: cli.quiet, ..options.clone() };
             let s = tokenize::run(&codec, &path, items, &opts)?;
@@ -861,7 +879,7 @@ fn run(cli: &Cli) -> Result<()> {
 }
 
 fn info(spec: &str, cli: &Cli) -> Result<()> {
-    let path = codec::hub::resolve_model(spec, !cli.quiet)?;
+    let path = model_path(spec, cli)?;
     let file = codec::gguf::ModelFile::open(&path)?;
     let arch = file.architecture()?.to_string();
     // A TTS model is no codec: it is checked by building it, and described by its own line.

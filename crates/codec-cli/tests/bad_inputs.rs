@@ -178,6 +178,9 @@ fn bad_inputs_fail_cleanly() {
         cases.push(Case { what, args, names, says, out: codes_out.clone(), env: None });
     };
     let bytes = std::fs::read(&model).unwrap();
+    // A checkpoint given as MODEL: say how to convert it, not only that it is not GGUF.
+    model_case("checkpoint directory as MODEL", fixtures().join("hub"), "codec convert");
+    model_case("safetensors as MODEL", fixtures().join("hub/model.safetensors"), "codec convert");
     model_case("empty GGUF", dir.file("empty.gguf", b""), "not a valid GGUF");
     model_case("text GGUF", dir.file("text.gguf", b"just some text, not a model file at all"), "not a valid GGUF");
     model_case("magic only", dir.file("magic.gguf", b"GGUF"), "not a valid GGUF");
