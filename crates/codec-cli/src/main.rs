@@ -254,10 +254,14 @@ fn spinner(quiet: bool, msg: String) -> ProgressBar {
 
 /// Loads the model for `parts`: `encode` and `decode` read only their half of the weights.
 fn load(spec: &str, cli: &Cli, parts: Parts) -> Result<Codec> {
-    let path = model_path(spec, cli)?;
+    load_file(&model_path(spec, cli)?, cli, parts)
+}
+
+/// [`load`] of a MODEL already resolved by [`model_path`].
+fn load_file(path: &Path, cli: &Cli, parts: Parts) -> Result<Codec> {
     let device: DeviceKind = cli.device.parse()?;
     let pb = spinner(cli.quiet, format!("loading {}", path.display()));
-    let codec = Codec::load_parts(&path, device, parts);
+    let codec = Codec::load_parts(path, device, parts);
     pb.finish_and_clear();
     codec
 }
@@ -828,7 +832,7 @@ fn run(cli: &Cli) -> Result<()> {
             }
             let items = tokenize::collect_inputs(inputs)?;
             let path = model_path(&model.model, cli)?;
-            let codec = load(&path.to_string_lossy(), cli, Parts::Encoder)?;
+            let codec = load_file(&path, cli, Parts::Encoder)?;
             let opts = tokenize::Options { quiet: cli.quiet, ..options.clone() };
             let s = tokenize::run(&codec, &path, items, &opts)?;
             eprintln!(
